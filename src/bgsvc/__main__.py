@@ -1,0 +1,3 @@
+from bgsvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The application factory: lifespan, routers, middleware and the one error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bgsvc import __version__
+from bgsvc.config import Settings, get_settings
+from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
+from bgsvc.inference.loader import load_engines
+from bgsvc.inference.scheduler import Scheduler
+from bgsvc.metrics import Metrics
+from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
+from bgsvc.routes import compat_rembg, compat_removebg, health, remove
+from bgsvc.service import Predictor
+from bgsvc.state import AppState
+
+log = logging.getLogger(__name__)
+
+EngineLoader = Callable[[Settings], Mapping[str, Predictor]]
+
+
+def _stop_process() -> None:
+    # A worker that can never become ready must not linger half-alive behind the balancer.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _load_models(
+    state: AppState, loader: EngineLoader, on_failure: Callable[[], None]
+) -> None:
+    try:
+        engines = await anyio.to_thread.run_sync(loader, state.settings)
+    except ModelError as exc:
+        state.load_error = exc.message
+        log.error("model load failed: %s", exc.message)
+        on_failure()
+        return
+    state.engines.update(engines)
+    for name, engine in engines.items():
+        seconds = getattr(engine, "load_seconds", None)
+        if seconds is not None:
+            state.metrics.model_load.labels(name).set(seconds)
+    state.ready = True
+    state.metrics.ready.set(1)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine_loader: EngineLoader = load_engines,
+    on_load_failure: Callable[[], None] = _stop_process,
+) -> FastAPI:
+    """Build the ASGI app. Nothing heavy happens here: models load in the lifespan, in the
+    background, so /health answers and /ready says 503 until they are warm."""
+    settings = settings or get_settings()
+    metrics = Metrics(settings.prometheus_multiproc_dir)
+    scheduler = Scheduler(settings.max_concurrency, settings.max_queue, observer=metrics)
+    state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load_models(state, engine_loader, on_load_failure))
+        try:
+            yield
+        finally:
+            state.draining = True
+            metrics.ready.set(0)
+            if not loading.done():
+                loading.cancel()
+                with suppress(asyncio.CancelledError):
+                    await loading
+            await anyio.to_thread.run_sync(scheduler.shutdown)
+
+    app = FastAPI(
+        title="bgsvc",
+        version=__version__,
+        description="Background removal as an HTTP service: native, rembg- and "
+        "remove.bg-compatible APIs.",
+        lifespan=lifespan,
+    )
+    app.state.bgsvc = state
+    app.include_router(health.router)
+    app.include_router(remove.router)
+    app.include_router(compat_rembg.router)
+    app.include_router(compat_removebg.router)
+    if settings.ui_enabled:
+        from bgsvc.routes import ui
+
+        app.include_router(ui.build_router())
+
+    async def on_domain_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BgsvcError)
+        if exc.reason is not None:
+            metrics.rejections.labels(exc.reason).inc()
+        return error_response(exc, request_id_of(request.scope), request.url.path)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body"))
+        return await on_domain_error(request, InvalidParameter(f"{where}: {first['msg']}"))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"code": code, "message": str(exc.detail), "request_id": request_id_of(request.scope)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        request_id = request_id_of(request.scope)
+        log.exception("unhandled error in %s %s [%s]", request.method, request.url.path, request_id)
+        body = {
+            "code": "internal_error",
+            "message": "Internal server error.",
+            "request_id": request_id,
+        }
+        return JSONResponse(body, status_code=500, headers={"X-Request-ID": request_id})
+
+    app.add_exception_handler(BgsvcError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+    # Last added runs first: context (request id, metrics) wraps admission.
+    app.add_middleware(AdmissionMiddleware, state=state)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, node_name=settings.effective_node_name
+    )
+    return app

@@ -1,0 +1,149 @@
+"""The `bgsvc` command: serve, models fetch|list, remove."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from bgsvc.config import Settings, get_settings
+from bgsvc.errors import BgsvcError
+from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from bgsvc.app import create_app
+    from bgsvc.inference.loader import preflight
+    from bgsvc.log import configure_logging
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    configure_logging(settings.log_level)
+    preflight(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    return 0
+
+
+def _models_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from bgsvc.inference.fetch import fetch
+    from bgsvc.inference.registry import resolve
+
+    for name in args.names or settings.models:
+        spec = resolve(name, settings)
+        path, fetched = fetch(spec, settings.model_dir, force=args.force)
+        print(f"{name}: {'fetched' if fetched else 'present'} at {path}")
+    return 0
+
+
+def _models_list(_: argparse.Namespace, settings: Settings) -> int:
+    from bgsvc.inference.registry import known_models
+
+    for name, spec in sorted(known_models(settings).items()):
+        path = spec.file_in(settings.model_dir)
+        flags = "present" if path.is_file() else "missing"
+        if name == settings.default_model:
+            flags += ", default"
+        elif name in settings.models:
+            flags += ", allowed"
+        print(f"{name:24} {spec.source:6} {spec.license:32} {flags}")
+    return 0
+
+
+def _inputs(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def _remove(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from bgsvc.inference.loader import load_engines
+    from bgsvc.service import Remover
+
+    model = args.model or settings.default_model
+    settings = settings.model_copy(update={"models": [model], "default_model": model})
+    options = RemovalOptions(
+        format=parse_format(args.format),
+        bg_color=parse_color(args.bg_color),
+        channels=args.channels,
+        crop=args.crop,
+        crop_margin=parse_margin(args.crop_margin),
+        model=model,
+    )
+    remover = Remover(dict(load_engines(settings)), settings)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    files = list(_inputs(args.inputs))
+    for path in tqdm(files, unit="img", disable=args.quiet):
+        try:
+            result = remover.remove(path.read_bytes(), options)
+        except (BgsvcError, OSError) as exc:
+            failures += 1
+            tqdm.write(f"{path}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            continue
+        (out_dir / f"{path.stem}.{result.format}").write_bytes(result.body)
+    print(f"{len(files) - failures} written to {out_dir}, {failures} failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="bgsvc", description="Background-removal service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service in the foreground")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=_serve)
+
+    models = sub.add_parser("models", help="fetch or list models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    fetch = models_sub.add_parser("fetch", help="fetch and verify models (default: allow-list)")
+    fetch.add_argument("names", nargs="*")
+    fetch.add_argument("--force", action="store_true", help="fetch even if present")
+    fetch.set_defaults(func=_models_fetch)
+    listing = models_sub.add_parser("list", help="list known models and whether they are here")
+    listing.set_defaults(func=_models_list)
+
+    remove = sub.add_parser("remove", help="remove backgrounds of local files or folders")
+    remove.add_argument("inputs", nargs="+", metavar="IN")
+    remove.add_argument("-o", "--output", default="out", metavar="OUT_DIR")
+    remove.add_argument("--format", default="png", choices=["png", "webp", "jpg", "auto"])
+    remove.add_argument("--bg-color", default=None)
+    remove.add_argument("--channels", default="rgba", choices=["rgba", "alpha"])
+    remove.add_argument("--crop", action="store_true")
+    remove.add_argument("--crop-margin", default=None)
+    remove.add_argument("--model", default=None)
+    remove.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    remove.set_defaults(func=_remove)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; domain errors become one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args, get_settings())
+    except BgsvcError as exc:
+        print(f"bgsvc: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,125 @@
+"""One exception hierarchy with stable codes; app.py maps it to HTTP in one place."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+
+class BgsvcError(Exception):
+    """Base of every error a client may see; ``code`` is stable and machine-readable."""
+
+    code = "internal_error"
+    status = 500
+    # Label for bgsvc_rejections_total; None means "not counted as a rejection".
+    reason: str | None = None
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidParameter(BgsvcError):
+    code = "invalid_parameter"
+    status = 400
+    reason = "invalid_parameter"
+
+
+class MissingImage(BgsvcError):
+    code = "missing_image"
+    status = 400
+    reason = "invalid_parameter"
+
+
+class InvalidImage(BgsvcError):
+    code = "invalid_image"
+    status = 400
+    reason = "invalid_image"
+
+
+class UploadTooLarge(BgsvcError):
+    code = "upload_too_large"
+    status = 413
+    reason = "too_large"
+
+
+class TooManyPixels(BgsvcError):
+    code = "image_too_large"
+    status = 413
+    reason = "too_many_pixels"
+
+
+class UnsupportedFormat(BgsvcError):
+    code = "unsupported_format"
+    status = 415
+    reason = "unsupported_format"
+
+
+class ModelNotAvailable(BgsvcError):
+    code = "model_not_available"
+    status = 400
+    reason = "invalid_parameter"
+
+
+class NoForeground(BgsvcError):
+    code = "no_foreground"
+    status = 422
+    reason = "no_foreground"
+
+
+class Overloaded(BgsvcError):
+    code = "overloaded"
+    status = 429
+    reason = "queue_full"
+
+
+class NotReady(BgsvcError):
+    code = "not_ready"
+    status = 503
+    reason = "not_ready"
+
+
+class RequestTimeout(BgsvcError):
+    code = "timeout"
+    status = 504
+    reason = "timeout"
+
+
+class ModelError(BgsvcError):
+    """A model file is missing, corrupt or unusable; raised at start-up and by the CLI."""
+
+    code = "model_error"
+    status = 500
+
+
+class ProviderUnavailable(ModelError):
+    code = "provider_unavailable"
+
+
+# --- HTTP mapping: the one place where errors become responses. -------------------------
+
+REMOVEBG_PREFIX = "/v1.0/"
+
+
+def error_body(exc: BgsvcError, request_id: str, path: str) -> dict[str, object]:
+    """The JSON body for ``exc``: remove.bg's shape on its paths, ours elsewhere."""
+    if path.startswith(REMOVEBG_PREFIX):
+        return {"errors": [{"title": exc.message, "code": exc.code}], "request_id": request_id}
+    return {"code": exc.code, "message": exc.message, "request_id": request_id}
+
+
+def error_headers(exc: BgsvcError, request_id: str) -> dict[str, str]:
+    """Headers for an error response (Retry-After on 429/503)."""
+    headers = {"X-Request-ID": request_id}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return headers
+
+
+def error_response(exc: BgsvcError, request_id: str, path: str) -> JSONResponse:
+    """The response for a domain error."""
+    return JSONResponse(
+        error_body(exc, request_id, path),
+        status_code=exc.status,
+        headers=error_headers(exc, request_id),
+    )

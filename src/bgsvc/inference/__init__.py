@@ -1,0 +1,1 @@
+"""Model registry, fetching, the ONNX Runtime engine and the scheduler. Never imports FastAPI."""

@@ -1,0 +1,55 @@
+"""Load and warm every allow-listed model for one process."""
+
+from __future__ import annotations
+
+import logging
+
+from bgsvc.config import Settings
+from bgsvc.inference.engine import Engine, RuntimeOptions
+from bgsvc.inference.registry import resolve
+
+log = logging.getLogger(__name__)
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    """Session options from settings."""
+    return RuntimeOptions(
+        provider=settings.provider,
+        intra_op_threads=settings.effective_intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+    )
+
+
+def load_engines(settings: Settings) -> dict[str, Engine]:
+    """One warmed engine per allow-listed model; raises ModelError with the fix on failure."""
+    runtime = runtime_options(settings)
+    engines: dict[str, Engine] = {}
+    for name in settings.models:
+        spec = resolve(name, settings)
+        engine = Engine.load(spec, spec.file_in(settings.model_dir), runtime)
+        warm = engine.warmup() if settings.warmup else 0.0
+        engine.load_seconds += warm
+        log.info(
+            "loaded model %s on %s in %.2fs (warm-up %.2fs, %d threads)",
+            name,
+            engine.providers[0],
+            engine.load_seconds,
+            warm,
+            runtime.intra_op_threads,
+        )
+        engines[name] = engine
+    return engines
+
+
+def preflight(settings: Settings) -> None:
+    """Cheap start-up checks, so a misconfigured node fails with one clear line before it
+    binds a port: known models, files present and intact, provider available."""
+    import onnxruntime as ort
+
+    from bgsvc.inference.engine import choose_providers
+    from bgsvc.inference.fetch import verify
+
+    choose_providers(settings.provider, ort.get_available_providers())
+    for name in settings.models:
+        spec = resolve(name, settings)
+        verify(spec, spec.file_in(settings.model_dir))

@@ -1,0 +1,132 @@
+"""Admission control and bounded inference: shed load with 429 instead of queueing forever."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+from bgsvc.errors import Overloaded
+
+T = TypeVar("T")
+
+
+class SchedulerObserver(Protocol):
+    """Where the scheduler reports its gauges (metrics.Metrics implements it)."""
+
+    def set_queue(self, queued: int, running: int) -> None: ...
+
+
+class _NullObserver:
+    def set_queue(self, queued: int, running: int) -> None:
+        return None
+
+
+class Ticket:
+    """A place in the process: held from admission until the response is done *and* any
+    inference it started has really finished (a timed-out request's thread keeps running,
+    and must keep counting against the bound)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._pending = 0
+        self._closed = False
+        self._released = False
+        self.queue_seconds = 0.0
+
+    def close(self) -> None:
+        """The response is finished; release once no inference is still running for it."""
+        self._closed = True
+        self._maybe_release()
+
+    def _inference_done(self) -> None:
+        self._pending -= 1
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self._closed and self._pending == 0 and not self._released:
+            self._released = True
+            self._scheduler._release()
+
+
+class Scheduler:
+    """At most ``max_concurrency`` inferences at once and ``max_queue`` admitted requests
+    waiting; an arrival beyond that is refused at once with a Retry-After estimate."""
+
+    def __init__(
+        self,
+        max_concurrency: int,
+        max_queue: int,
+        observer: SchedulerObserver | None = None,
+    ) -> None:
+        self.max_concurrency = max_concurrency
+        self.capacity = max_concurrency + max_queue
+        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="bgsvc-infer")
+        self._observer = observer or _NullObserver()
+        self._admitted = 0
+        self._running = 0
+        self._lock = threading.Lock()
+        # Mean inference time (EWMA), for Retry-After; seeded by the first inferences.
+        self._mean_seconds = 1.0
+
+    @property
+    def admitted(self) -> int:
+        """Requests currently holding a ticket."""
+        return self._admitted
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely to free up, at least 1."""
+        waiting = max(0, self._admitted - self.max_concurrency) + 1
+        return max(1, math.ceil(waiting * self._mean_seconds / self.max_concurrency))
+
+    def try_admit(self) -> Ticket:
+        """A ticket, or Overloaded (429) straight away when the process is full."""
+        if self._admitted >= self.capacity:
+            raise Overloaded(
+                "The service is at capacity; retry later.", retry_after=self.retry_after()
+            )
+        self._admitted += 1
+        self._publish()
+        return Ticket(self)
+
+    def _release(self) -> None:
+        self._admitted -= 1
+        self._publish()
+
+    def _publish(self) -> None:
+        with self._lock:
+            running = self._running
+        self._observer.set_queue(max(0, self._admitted - running), running)
+
+    async def run(self, ticket: Ticket, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on the inference pool; the ticket stays held until it ends."""
+        loop = asyncio.get_running_loop()
+        enqueued = time.perf_counter()
+
+        def job() -> T:
+            started = time.perf_counter()
+            ticket.queue_seconds = started - enqueued
+            with self._lock:
+                self._running += 1
+            loop.call_soon_threadsafe(self._publish)
+            try:
+                return fn(*args)
+            finally:
+                elapsed = time.perf_counter() - started
+                with self._lock:
+                    self._running -= 1
+                    self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
+                loop.call_soon_threadsafe(self._publish)
+
+        ticket._pending += 1
+        future: Future[T] = self._executor.submit(job)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(ticket._inference_done))
+        return await asyncio.wrap_future(future)
+
+    def shutdown(self) -> None:
+        """Stop the pool after the running inferences finish."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

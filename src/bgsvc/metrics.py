@@ -1,0 +1,109 @@
+"""Every Prometheus metric of the service, correct under several worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# End-to-end latency on a CPU spans 50 ms (health, rejections) to ~20 s (queued 4K images).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0)
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+MEGAPIXEL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 50.0)
+
+
+class Metrics:
+    """The service's metrics on their own registry, so each app (and test) has its own.
+
+    In multiprocess mode (gunicorn; PROMETHEUS_MULTIPROC_DIR set before start-up) values
+    go to per-process files and :meth:`render` aggregates every live and dead worker.
+    """
+
+    def __init__(self, multiproc_dir: Path | None = None) -> None:
+        self.multiproc_dir = multiproc_dir
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "bgsvc_http_requests", "HTTP requests.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "bgsvc_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "bgsvc_inference_duration_seconds",
+            "Model forward pass incl. pre/post-processing.",
+            ["model"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.decode = Histogram(
+            "bgsvc_decode_duration_seconds", "Decode and guard.", buckets=STAGE_BUCKETS, registry=r
+        )
+        self.postprocess = Histogram(
+            "bgsvc_postprocess_duration_seconds",
+            "Refinement and compositing.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.encode = Histogram(
+            "bgsvc_encode_duration_seconds", "Output encoding.", buckets=STAGE_BUCKETS, registry=r
+        )
+        self.inflight = Gauge(
+            "bgsvc_inflight_inferences",
+            "Inferences running now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queued = Gauge(
+            "bgsvc_queued_requests",
+            "Admitted requests not yet in inference.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rejections = Counter(
+            "bgsvc_rejections", "Requests refused, by reason.", ["reason"], registry=r
+        )
+        self.model_load = Gauge(
+            "bgsvc_model_load_seconds",
+            "Time to load and warm a model.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.input_megapixels = Histogram(
+            "bgsvc_input_megapixels",
+            "Source image size in megapixels.",
+            buckets=MEGAPIXEL_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge(
+            "bgsvc_ready",
+            "1 per worker process that is ready to serve.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    def set_queue(self, queued: int, running: int) -> None:
+        """Scheduler observer hook."""
+        self.queued.set(queued)
+        self.inflight.set(running)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        if self.multiproc_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.multiproc_dir))
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,141 @@
+"""What a caller can ask for, independent of which API dialect they spoke."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import ImageColor
+
+from bgsvc.errors import InvalidParameter
+
+OutputFormat = Literal["png", "webp", "jpg", "auto"]
+Channels = Literal["rgba", "alpha"]
+RGBA = tuple[int, int, int, int]
+
+_FORMAT_ALIASES: dict[str, OutputFormat] = {
+    "png": "png",
+    "webp": "webp",
+    "jpg": "jpg",
+    "jpeg": "jpg",
+    "auto": "auto",
+}
+_RGB_LIST = re.compile(r"^\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*(?:,\s*(\d{1,3})\s*)?\)?$")
+_HEX_BARE = re.compile(r"^[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")
+_MARGIN_TOKEN = re.compile(r"^(\d+(?:\.\d+)?)(px|%)?$")
+
+
+@dataclass(frozen=True)
+class Margin:
+    """A crop margin per side, each in pixels or as a fraction of the subject's size."""
+
+    top: float = 0.0
+    right: float = 0.0
+    bottom: float = 0.0
+    left: float = 0.0
+    relative: tuple[bool, bool, bool, bool] = (False, False, False, False)
+
+    def resolve(self, subject_w: int, subject_h: int) -> tuple[int, int, int, int]:
+        """Margins in pixels (top, right, bottom, left), capped at 50% of the subject or 500 px."""
+        out = []
+        for value, rel, extent in zip(
+            (self.top, self.right, self.bottom, self.left),
+            self.relative,
+            (subject_h, subject_w, subject_h, subject_w),
+            strict=True,
+        ):
+            px = value * extent / 100.0 if rel else value
+            out.append(int(round(min(px, extent * 0.5, 500.0) if rel else min(px, 500.0))))
+        return out[0], out[1], out[2], out[3]
+
+
+@dataclass(frozen=True)
+class RemovalOptions:
+    """Everything that shapes one result; part of the cache key for a later result cache."""
+
+    format: OutputFormat = "png"
+    bg_color: RGBA | None = None
+    channels: Channels = "rgba"
+    crop: bool = False
+    crop_margin: Margin = field(default_factory=Margin)
+    quality: int | None = None
+    alpha_matting: bool = False
+    alpha_matting_foreground_threshold: int = 240
+    alpha_matting_background_threshold: int = 10
+    alpha_matting_erode_size: int = 10
+    post_process_mask: bool = False
+    model: str | None = None
+    max_output_pixels: int | None = None
+
+
+def parse_format(value: str | None) -> OutputFormat:
+    """``png``, ``webp``, ``jpg``/``jpeg`` or ``auto``."""
+    if value is None or value == "":
+        return "png"
+    try:
+        return _FORMAT_ALIASES[value.strip().lower()]
+    except KeyError:
+        raise InvalidParameter(
+            f"Unknown format {value!r}; use png, webp, jpg or auto."
+        ) from None
+
+
+def parse_color(value: str | None) -> RGBA | None:
+    """A colour as ``#rrggbb``, ``#rrggbbaa``, bare hex, ``r,g,b[,a]`` or a CSS name."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if _HEX_BARE.match(text):
+        text = "#" + text
+    match = _RGB_LIST.match(text)
+    try:
+        if match:
+            parts = [int(p) for p in match.groups() if p is not None]
+            if any(p > 255 for p in parts):
+                raise ValueError(text)
+            rgb: tuple[int, ...] = tuple(parts)
+        else:
+            rgb = ImageColor.getrgb(text)
+    except ValueError:
+        raise InvalidParameter(
+            f"Unknown colour {value!r}; use #rrggbb, #rrggbbaa, r,g,b[,a] or a CSS colour name."
+        ) from None
+    if len(rgb) == 3:
+        return rgb[0], rgb[1], rgb[2], 255
+    return rgb[0], rgb[1], rgb[2], rgb[3]
+
+
+def parse_margin(value: str | None) -> Margin:
+    """CSS-like margin: one, two or four values, each ``N``, ``Npx`` or ``N%``."""
+    if value is None or not value.strip():
+        return Margin()
+    tokens = value.replace(",", " ").split()
+    parsed: list[tuple[float, bool]] = []
+    for token in tokens:
+        match = _MARGIN_TOKEN.match(token.strip().lower())
+        if not match:
+            raise InvalidParameter(
+                f"Bad crop_margin {value!r}; use e.g. 30px, 10% or '10px 5%' (1, 2 or 4 values)."
+            )
+        parsed.append((float(match.group(1)), match.group(2) == "%"))
+    if len(parsed) == 1:
+        parsed *= 4
+    elif len(parsed) == 2:
+        parsed = [parsed[0], parsed[1], parsed[0], parsed[1]]
+    elif len(parsed) != 4:
+        raise InvalidParameter("crop_margin takes 1, 2 or 4 values.")
+    return Margin(
+        top=parsed[0][0],
+        right=parsed[1][0],
+        bottom=parsed[2][0],
+        left=parsed[3][0],
+        relative=(parsed[0][1], parsed[1][1], parsed[2][1], parsed[3][1]),
+    )
+
+
+def check_quality(value: int | None) -> int | None:
+    """Quality for lossy formats, 1..100."""
+    if value is not None and not 1 <= value <= 100:
+        raise InvalidParameter("quality must be between 1 and 100.")
+    return value

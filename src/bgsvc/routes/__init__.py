@@ -1,0 +1,1 @@
+"""Thin HTTP routers: parse parameters, call the service, shape the response."""

@@ -1,0 +1,122 @@
+"""Helpers the routers share: reading the upload, reaching the state, shaping the response."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from bgsvc.errors import InvalidParameter, MissingImage
+from bgsvc.inference.scheduler import Ticket
+from bgsvc.service import RemovalResult
+from bgsvc.state import AppState
+
+# OpenAPI for routes that take either a multipart upload or a raw image body.
+IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "The image."},
+                        "image_file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Alias of `file`.",
+                        },
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}},
+    400: {"description": "Bad parameter or undecodable image"},
+    413: {"description": "Upload or image too large"},
+    415: {"description": "Unsupported image format"},
+    429: {"description": "At capacity; see Retry-After"},
+    503: {"description": "Model not loaded yet or draining"},
+    504: {"description": "Request took longer than the timeout"},
+}
+
+
+def app_state(request: Request) -> AppState:
+    """The process state created by the app factory."""
+    state: AppState = request.app.state.bgsvc
+    return state
+
+
+def ticket_of(request: Request) -> Ticket:
+    """The admission ticket the middleware issued for this request."""
+    ticket: Ticket = request.state.ticket
+    return ticket
+
+
+async def read_upload(request: Request, fields: tuple[str, ...]) -> tuple[bytes | None, dict[str, str]]:
+    """The image bytes (multipart field in ``fields`` or a raw ``image/*`` body) and any
+    other form fields as strings."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form(max_files=4, max_fields=64)
+        data: bytes | None = None
+        others: dict[str, str] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key in fields and data is None:
+                    data = await value.read()
+            elif key in fields and data is None:
+                # A text field where the file should be: curl -F file=... without '@'.
+                raise MissingImage(f"Field {key!r} must be a file upload.")
+            else:
+                others[key] = value
+        await form.close()
+        return data, others
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        return await request.body(), {}
+    return None, {}
+
+
+def parse_params(model: type[M], values: dict[str, str]) -> M:
+    """Validate merged query and form values, mapping failures to InvalidParameter."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "parameters"
+        raise InvalidParameter(f"{where}: {first['msg']}") from None
+
+
+def result_headers(result: RemovalResult) -> dict[str, str]:
+    """Size, subject box, model and stage timings of a result."""
+    timing = ", ".join(
+        f"{name};dur={seconds * 1000:.1f}" for name, seconds in result.timings.items()
+    )
+    headers = {
+        "X-Width": str(result.width),
+        "X-Height": str(result.height),
+        "X-Foreground-Top": str(result.box.top),
+        "X-Foreground-Left": str(result.box.left),
+        "X-Foreground-Width": str(result.box.width),
+        "X-Foreground-Height": str(result.box.height),
+        "X-Model": result.model,
+        "X-Source-Width": str(result.source_size[0]),
+        "X-Source-Height": str(result.source_size[1]),
+    }
+    if timing:
+        headers["Server-Timing"] = timing
+    return headers
+
+
+def image_response(result: RemovalResult) -> Response:
+    """The result as image bytes with its headers."""
+    return Response(result.body, media_type=result.media_type, headers=result_headers(result))

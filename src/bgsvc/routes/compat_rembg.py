@@ -1,0 +1,84 @@
+"""rembg's server API: POST /api/remove with its parameter names, for unchanged clients."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from bgsvc.errors import InvalidParameter, MissingImage
+from bgsvc.options import RemovalOptions, parse_color
+from bgsvc.routes.common import (
+    ERROR_RESPONSES,
+    IMAGE_BODY,
+    app_state,
+    image_response,
+    parse_params,
+    read_upload,
+    ticket_of,
+)
+
+router = APIRouter(tags=["rembg compatibility"])
+
+
+class RembgParams(BaseModel):
+    """rembg's parameters (query or form), same names and defaults."""
+
+    model: str | None = Field(None, description="Model; only allow-listed names (GET /models).")
+    a: bool = Field(False, description="Enable alpha matting.")
+    af: int = Field(240, ge=0, le=255, description="Alpha matting foreground threshold.")
+    ab: int = Field(10, ge=0, le=255, description="Alpha matting background threshold.")
+    ae: int = Field(10, ge=0, le=100, description="Alpha matting erode size.")
+    om: bool = Field(False, description="Only mask: return the matte.")
+    ppm: bool = Field(False, description="Post-process the mask.")
+    bgc: str | None = Field(None, description="Background colour: r,g,b,a or #rrggbb[aa].")
+    dc: bool = Field(False, description="Decontaminate edges (not supported: must be false).")
+    vm: bool = Field(False, description="ViTMatte refinement (not supported: must be false).")
+    extras: str | None = Field(None, description="Ignored (rembg's per-session extras).")
+
+    def to_options(self) -> RemovalOptions:
+        """The dialect-neutral options (rembg always answers PNG)."""
+        if self.dc or self.vm:
+            raise InvalidParameter("dc and vm (rembg's edge decontamination/ViTMatte) are not supported.")
+        return RemovalOptions(
+            format="png",
+            bg_color=None if self.om else parse_color(self.bgc),
+            channels="alpha" if self.om else "rgba",
+            alpha_matting=self.a,
+            alpha_matting_foreground_threshold=self.af,
+            alpha_matting_background_threshold=self.ab,
+            alpha_matting_erode_size=self.ae,
+            post_process_mask=self.ppm,
+            model=self.model,
+        )
+
+
+@router.post(
+    "/api/remove",
+    summary="rembg: remove from stream",
+    description="Drop-in for rembg's `POST /api/remove` (multipart field `file`).",
+    response_class=Response,
+    responses=ERROR_RESPONSES,
+    openapi_extra=IMAGE_BODY,
+)
+async def rembg_remove(request: Request, params: Annotated[RembgParams, Query()]) -> Response:
+    data, fields = await read_upload(request, ("file",))
+    if data is None:
+        raise MissingImage("Send the image as multipart field 'file'.")
+    if fields:
+        params = parse_params(RembgParams, {**request.query_params, **fields})
+    service = app_state(request).service
+    result = await service.process(ticket_of(request), data, params.to_options())
+    return image_response(result)
+
+
+@router.get(
+    "/api/remove",
+    summary="rembg: remove from URL (not supported)",
+    description="This server never fetches URLs (no SSRF surface); POST the image instead.",
+    responses={400: {"description": "Always"}},
+)
+async def rembg_remove_url() -> Response:
+    raise InvalidParameter("Fetching images by URL is not supported; POST the image as 'file'.")

@@ -1,0 +1,160 @@
+"""remove.bg's API: POST /v1.0/removebg with its fields, headers and error body."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from bgsvc.errors import InvalidParameter, MissingImage
+from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
+from bgsvc.routes.common import (
+    ERROR_RESPONSES,
+    app_state,
+    image_response,
+    parse_params,
+    read_upload,
+    result_headers,
+    ticket_of,
+)
+
+router = APIRouter(tags=["remove.bg compatibility"])
+
+# remove.bg's output sizes as pixel budgets; "full"-like sizes are limited by max_edge only.
+SIZE_PIXELS: dict[str, int | None] = {
+    "preview": 250_000,
+    "small": 250_000,
+    "regular": 250_000,
+    "medium": 1_500_000,
+    "hd": 4_000_000,
+    "4k": None,
+    "full": None,
+    "50mp": None,
+    "auto": None,
+}
+# Fields that would change the result in ways this server does not implement.
+UNSUPPORTED = ("image_url", "bg_image_url", "bg_image_file", "roi", "scale", "position")
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image_file": {"type": "string", "format": "binary"},
+                        "image_file_b64": {"type": "string"},
+                        "size": {"type": "string", "default": "auto"},
+                        "format": {"type": "string", "enum": ["auto", "png", "jpg", "webp"]},
+                        "bg_color": {"type": "string"},
+                        "crop": {"type": "boolean"},
+                        "crop_margin": {"type": "string"},
+                        "channels": {"type": "string", "enum": ["rgba", "alpha"]},
+                    },
+                }
+            },
+            "application/json": {"schema": {"type": "object"}},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+class RemoveBgParams(BaseModel):
+    """The remove.bg fields this server honours."""
+
+    size: str = Field("auto")
+    type: str | None = Field(None, description="Ignored: one model serves every subject type.")
+    type_level: str | None = Field(None, description="Ignored.")
+    format: str = Field("auto")
+    bg_color: str | None = None
+    crop: bool = False
+    crop_margin: str | None = None
+    channels: Literal["rgba", "alpha"] = "rgba"
+    semitransparency: bool = True
+    add_shadow: bool = False
+
+    def to_options(self) -> RemovalOptions:
+        """The dialect-neutral options."""
+        size = self.size.lower()
+        if size not in SIZE_PIXELS:
+            raise InvalidParameter(f"Unknown size {self.size!r}.")
+        if self.format.lower() == "zip":
+            raise InvalidParameter("format=zip is not supported; use png, webp, jpg or auto.")
+        return RemovalOptions(
+            format=parse_format(self.format),
+            bg_color=parse_color(self.bg_color),
+            channels=self.channels,
+            crop=self.crop,
+            crop_margin=parse_margin(self.crop_margin),
+            max_output_pixels=SIZE_PIXELS[size],
+        )
+
+
+async def _read_request(request: Request) -> tuple[bytes | None, dict[str, str]]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            payload = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InvalidParameter("The JSON body could not be parsed.") from None
+        if not isinstance(payload, dict):
+            raise InvalidParameter("The JSON body must be an object.")
+        fields = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in payload.items()}
+        return None, fields
+    return await read_upload(request, ("image_file",))
+
+
+def _image_bytes(data: bytes | None, fields: dict[str, str]) -> bytes:
+    for name in UNSUPPORTED:
+        if fields.get(name):
+            raise InvalidParameter(f"{name} is not supported by this server.")
+    b64 = fields.pop("image_file_b64", None)
+    if data is None and b64:
+        try:
+            return base64.b64decode(b64.split(",", 1)[-1], validate=False)
+        except (binascii.Error, ValueError):
+            raise InvalidParameter("image_file_b64 is not valid base64.") from None
+    if data is None:
+        raise MissingImage("Send image_file or image_file_b64.")
+    return data
+
+
+@router.post(
+    "/v1.0/removebg",
+    summary="remove.bg: remove the background",
+    description="Drop-in for remove.bg's `POST /v1.0/removebg`. Answers image bytes, or JSON "
+    "with `result_b64` when the client sends `Accept: application/json`.",
+    response_class=Response,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_BODY_DOC,
+)
+async def removebg(request: Request) -> Response:
+    data, fields = await _read_request(request)
+    image = _image_bytes(data, fields)
+    params = parse_params(RemoveBgParams, {**request.query_params, **fields})
+    service = app_state(request).service
+    result = await service.process(ticket_of(request), image, params.to_options())
+    headers = {**result_headers(result), "X-Credits-Charged": "0"}
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(
+            {
+                "data": {
+                    "result_b64": base64.b64encode(result.body).decode("ascii"),
+                    "foreground_top": result.box.top,
+                    "foreground_left": result.box.left,
+                    "foreground_width": result.box.width,
+                    "foreground_height": result.box.height,
+                }
+            },
+            headers=headers,
+        )
+    response = image_response(result)
+    response.headers["X-Credits-Charged"] = "0"
+    return response

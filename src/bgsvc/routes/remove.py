@@ -1,0 +1,89 @@
+"""POST /remove-background: the native API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from bgsvc.errors import MissingImage
+from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
+from bgsvc.routes.common import (
+    ERROR_RESPONSES,
+    IMAGE_BODY,
+    app_state,
+    image_response,
+    parse_params,
+    read_upload,
+    ticket_of,
+)
+
+router = APIRouter(tags=["Background removal"])
+
+
+class RemoveParams(BaseModel):
+    """Options of /remove-background, accepted as query parameters or form fields."""
+
+    format: str = Field("png", description="Output format: png, webp, jpg or auto.")
+    bg_color: str | None = Field(
+        None,
+        description="Composite on this colour: #rrggbb, #rrggbbaa, r,g,b[,a] or a CSS name. "
+        "jpg without it uses white.",
+    )
+    channels: Literal["rgba", "alpha"] = Field(
+        "rgba", description="rgba: the cutout; alpha: the matte alone as greyscale."
+    )
+    crop: bool = Field(False, description="Crop to the subject's bounding box.")
+    crop_margin: str | None = Field(
+        None,
+        description="Margin around the crop: 1, 2 or 4 values of N, Npx or N% (of the subject); "
+        "capped at 50% of the subject or 500 px.",
+    )
+    quality: int | None = Field(None, ge=1, le=100, description="Quality for webp and jpg.")
+    alpha_matting: bool = Field(False, description="Refine edges with alpha matting (slow).")
+    alpha_matting_foreground_threshold: int = Field(240, ge=0, le=255, description="Matting: fg.")
+    alpha_matting_background_threshold: int = Field(10, ge=0, le=255, description="Matting: bg.")
+    alpha_matting_erode_size: int = Field(10, ge=0, le=100, description="Matting: erosion.")
+    post_process_mask: bool = Field(False, description="Smooth the mask's boundary.")
+    model: str | None = Field(None, description="Model name from GET /models.")
+
+    def to_options(self) -> RemovalOptions:
+        """The dialect-neutral options."""
+        return RemovalOptions(
+            format=parse_format(self.format),
+            bg_color=parse_color(self.bg_color),
+            channels=self.channels,
+            crop=self.crop,
+            crop_margin=parse_margin(self.crop_margin),
+            quality=self.quality,
+            alpha_matting=self.alpha_matting,
+            alpha_matting_foreground_threshold=self.alpha_matting_foreground_threshold,
+            alpha_matting_background_threshold=self.alpha_matting_background_threshold,
+            alpha_matting_erode_size=self.alpha_matting_erode_size,
+            post_process_mask=self.post_process_mask,
+            model=self.model,
+        )
+
+
+@router.post(
+    "/remove-background",
+    summary="Remove the background of an image",
+    description="Send the image as multipart field `file` (or `image_file`), or as a raw body "
+    "with an `image/*` content type. Options may also be sent as form fields.",
+    response_class=Response,
+    responses=ERROR_RESPONSES,
+    openapi_extra=IMAGE_BODY,
+)
+async def remove_background(
+    request: Request, params: Annotated[RemoveParams, Query()]
+) -> Response:
+    data, fields = await read_upload(request, ("file", "image_file"))
+    if data is None:
+        raise MissingImage("Send the image as multipart field 'file' or as an image/* body.")
+    if fields:
+        params = parse_params(RemoveParams, {**request.query_params, **fields})
+    service = app_state(request).service
+    result = await service.process(ticket_of(request), data, params.to_options())
+    return image_response(result)

@@ -1,0 +1,473 @@
+// bgsvc web page: plain JavaScript, no build step, no dependencies.
+// Each image is a "card" with its own options; changing an option re-runs only that card.
+"use strict";
+
+const MAX_TRIES = 5;          // attempts per image when the server answers 429/503
+const MAX_PARALLEL = 2;       // requests in flight at once from this page
+const MAX_RETRY_WAIT_S = 60;  // never wait longer than this between tries
+
+const state = {
+  cards: [],                  // every Card, in page order
+  models: null,               // {default, models:[{name, description}]} or null
+  lastOptions: null,          // options of the last card the user changed: new images start with them
+  running: 0,
+  pasteCount: 0,
+};
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+// ---------- small helpers ----------
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(2)} MB`;
+}
+
+function formatMs(ms) {
+  return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`;
+}
+
+// "decode;dur=12.1, inference;desc="x";dur=1800.4" -> [{name, dur}]
+function parseServerTiming(header) {
+  if (!header) return [];
+  return header.split(",").map((entry) => {
+    const parts = entry.trim().split(";");
+    const dur = parts.map((p) => p.trim()).find((p) => p.startsWith("dur="));
+    return { name: parts[0].trim(), dur: dur ? Number(dur.slice(4)) : NaN };
+  }).filter((t) => t.name);
+}
+
+const EXTENSIONS = { "image/png": "png", "image/webp": "webp", "image/jpeg": "jpg" };
+
+function outputName(sourceName, contentType, mask) {
+  const dot = sourceName.lastIndexOf(".");
+  const stem = dot > 0 ? sourceName.slice(0, dot) : sourceName;
+  const type = (contentType || "").split(";")[0].trim();
+  return `${stem}-${mask ? "mask" : "nobg"}.${EXTENSIONS[type] || "png"}`;
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(t); reject(signal.reason); }, { once: true });
+  });
+}
+
+// ---------- zip (STORE only, no compression: images are already compressed) ----------
+
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// files: [{name, bytes: Uint8Array}] -> Blob (application/zip)
+function makeZip(files) {
+  const enc = new TextEncoder();
+  const now = new Date();
+  const dosTime = (now.getHours() << 11) | (now.getMinutes() << 5) | (now.getSeconds() >> 1);
+  const dosDate = ((now.getFullYear() - 1980) << 9) | ((now.getMonth() + 1) << 5) | now.getDate();
+  const parts = [];
+  const central = [];
+  let offset = 0;
+  for (const f of files) {
+    const name = enc.encode(f.name);
+    const crc = crc32(f.bytes);
+    // Fields shared by the local header (from "version needed") and the central entry.
+    const common = (v) => {
+      v.setUint16(0, 20, true);          // version needed
+      v.setUint16(2, 0x0800, true);      // flags: UTF-8 names
+      v.setUint16(4, 0, true);           // method: store
+      v.setUint16(6, dosTime, true);
+      v.setUint16(8, dosDate, true);
+      v.setUint32(10, crc, true);
+      v.setUint32(14, f.bytes.length, true);  // compressed size
+      v.setUint32(18, f.bytes.length, true);  // uncompressed size
+      v.setUint16(22, name.length, true);
+    };
+    const local = new DataView(new ArrayBuffer(30));
+    local.setUint32(0, 0x04034b50, true);
+    common(new DataView(local.buffer, 4));
+    parts.push(local, name, f.bytes);
+    const entry = new DataView(new ArrayBuffer(46));
+    entry.setUint32(0, 0x02014b50, true);
+    entry.setUint16(4, 20, true);        // version made by
+    common(new DataView(entry.buffer, 6));
+    entry.setUint32(42, offset, true);   // local header offset
+    central.push(entry, name);
+    offset += 30 + name.length + f.bytes.length;
+  }
+  const centralSize = central.reduce((n, p) => n + p.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true);
+  end.setUint16(8, files.length, true);
+  end.setUint16(10, files.length, true);
+  end.setUint32(12, centralSize, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...central, end], { type: "application/zip" });
+}
+
+// ---------- one image ----------
+
+class Card {
+  constructor(file) {
+    this.file = file;
+    this.result = null;       // {blob, url, name, ...}
+    this.controller = null;   // AbortController of the request in flight
+    this.pending = false;     // waiting for a free slot
+    this.sourceUrl = URL.createObjectURL(file);
+
+    this.el = $("#card-template").content.firstElementChild.cloneNode(true);
+    this.el.card = this;
+    $(".card-title", this.el).textContent = file.name;
+    this.before = $(".before", this.el);
+    this.after = $(".after", this.el);
+    this.slider = $(".slider", this.el);
+    this.form = $(".options", this.el);
+    this.before.src = this.sourceUrl;
+    this.before.alt = `Original: ${file.name}`;
+    this.before.addEventListener("error", () => {
+      this.before.hidden = true;
+      this.el.classList.toggle("no-preview", !this.result);
+    });
+    this.before.addEventListener("load", () => {
+      if (!this.result) this.setAspect(this.before.naturalWidth, this.before.naturalHeight);
+    });
+
+    this.fillModels();
+    if (state.lastOptions) this.setOptions(state.lastOptions);
+    this.syncOptionFields();
+    this.form.addEventListener("change", () => {
+      this.syncOptionFields();
+      state.lastOptions = this.options();
+      this.start();
+    });
+    this.form.addEventListener("submit", (e) => e.preventDefault());
+    this.slider.addEventListener("input", () => this.setSlider());
+    this.setSlider();
+    $(".remove", this.el).setAttribute("aria-label", `Remove ${file.name}`);
+    $(".remove", this.el).addEventListener("click", () => removeCard(this));
+    $(".retry", this.el).addEventListener("click", () => this.start());
+  }
+
+  fillModels() {
+    const select = this.form.elements.model;
+    if (!state.models || state.models.models.length < 2) return;
+    select.replaceChildren(...state.models.models.map((m) => {
+      const opt = new Option(m.name, m.name, false, m.name === state.models.default);
+      if (m.description) opt.title = m.description;
+      return opt;
+    }));
+    $(".model-field", this.el).hidden = false;
+  }
+
+  // Enable/disable the fields that depend on others.
+  syncOptionFields() {
+    const f = this.form.elements;
+    f.bg_color.disabled = !f.fill.checked;
+    f.crop_margin.disabled = !f.crop.checked;
+    $(".quality-field", this.el).hidden = f.format.value === "png";
+  }
+
+  options() {
+    const f = this.form.elements;
+    return {
+      format: f.format.value, quality: f.quality.value, model: f.model.value,
+      fill: f.fill.checked, bg_color: f.bg_color.value,
+      crop: f.crop.checked, crop_margin: f.crop_margin.value.trim(), mask: f.mask.checked,
+    };
+  }
+
+  setOptions(o) {
+    const f = this.form.elements;
+    f.format.value = o.format; f.quality.value = o.quality;
+    if ([...f.model.options].some((opt) => opt.value === o.model)) f.model.value = o.model;
+    f.fill.checked = o.fill; f.bg_color.value = o.bg_color;
+    f.crop.checked = o.crop; f.crop_margin.value = o.crop_margin; f.mask.checked = o.mask;
+  }
+
+  // Only options that differ from the server's defaults go into the query string.
+  query() {
+    const o = this.options();
+    const q = new URLSearchParams();
+    if (o.format !== "png") {
+      q.set("format", o.format);
+      if (o.quality) q.set("quality", o.quality);
+    }
+    if (o.fill) q.set("bg_color", o.bg_color);
+    if (o.crop) {
+      q.set("crop", "true");
+      if (o.crop_margin && o.crop_margin !== "0" && o.crop_margin !== "0px") {
+        q.set("crop_margin", o.crop_margin);
+      }
+    }
+    if (o.mask) q.set("channels", "alpha");
+    if (o.model && state.models && o.model !== state.models.default) q.set("model", o.model);
+    return q;
+  }
+
+  setState(name, message) {
+    this.el.dataset.state = name;
+    $(".status", this.el).textContent = message;
+    $(".retry", this.el).hidden = name !== "error";
+  }
+
+  setAspect(w, h) {
+    if (w && h) $(".compare", this.el).style.aspectRatio = `${w} / ${h}`;
+  }
+
+  setSlider() {
+    const v = this.slider.value;
+    this.el.style.setProperty("--split", `${v}%`);
+    this.slider.setAttribute("aria-valuetext", `${v}% original, ${100 - v}% result`);
+  }
+
+  // (Re)run this image: cancel what is in flight, then wait for a free slot.
+  start() {
+    if (this.controller) this.controller.abort();
+    this.controller = null;
+    if (!this.form.reportValidity()) {
+      this.setState("error", "Check the highlighted option.");
+      return;
+    }
+    this.pending = true;
+    this.setState("queued", "Waiting…");
+    pump();
+  }
+
+  async run() {
+    const controller = new AbortController();
+    this.controller = controller;
+    const { signal } = controller;
+    const url = `/remove-background?${this.query()}`;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        this.setState("working", attempt === 1 ? "Removing background…" : `Removing background… (try ${attempt} of ${MAX_TRIES})`);
+        const body = new FormData();
+        body.append("file", this.file, this.file.name);
+        const t0 = performance.now();
+        const resp = await fetch(url, { method: "POST", body, signal });
+        if ((resp.status === 429 || resp.status === 503) && attempt < MAX_TRIES) {
+          const wait = Math.min(Math.max(Number(resp.headers.get("Retry-After")) || 1, 1), MAX_RETRY_WAIT_S);
+          await resp.body?.cancel();
+          for (let left = Math.ceil(wait); left > 0; left--) {
+            this.setState("busy", `Server busy, retrying in ${left} s (try ${attempt + 1} of ${MAX_TRIES})…`);
+            await sleep(1000, signal);
+          }
+          continue;
+        }
+        if (!resp.ok) {
+          this.setState("error", await errorMessage(resp));
+          return;
+        }
+        const blob = await resp.blob();
+        this.showResult(resp, blob, performance.now() - t0);
+        return;
+      }
+    } catch (err) {
+      if (signal.aborted) return;   // replaced by a newer run or removed
+      this.setState("error", `Could not reach the server (${err.message || err}).`);
+    } finally {
+      if (this.controller === controller) this.controller = null;
+    }
+  }
+
+  showResult(resp, blob, elapsedMs) {
+    const h = (name) => resp.headers.get(name);
+    if (this.result) URL.revokeObjectURL(this.result.url);
+    const mask = this.options().mask;
+    const width = Number(h("X-Width")), height = Number(h("X-Height"));
+    this.result = {
+      blob, url: URL.createObjectURL(blob), name: outputName(this.file.name, blob.type, mask),
+      width, height, model: h("X-Model"), requestId: h("X-Request-ID"),
+    };
+    this.after.src = this.result.url;
+    this.after.alt = `${mask ? "Mask" : "Result"}: ${this.file.name}`;
+    this.after.hidden = false;
+    this.el.classList.remove("no-preview");
+
+    // Comparing needs both images in the same frame: not so once the result is cropped.
+    const sameFrame = this.before.naturalWidth && !this.before.hidden &&
+      Math.abs(this.before.naturalWidth / this.before.naturalHeight - width / height) < 0.01;
+    this.el.classList.toggle("compare-on", Boolean(sameFrame));
+    this.setAspect(width, height);
+
+    const type = { "image/png": "PNG", "image/webp": "WebP", "image/jpeg": "JPEG" }[blob.type] || blob.type;
+    $(".out-size", this.el).textContent =
+      `${width} × ${height} px · ${formatBytes(blob.size)} · ${type}` +
+      (this.result.model ? ` · model ${this.result.model}` : "");
+    const timings = parseServerTiming(h("Server-Timing"))
+      .map((t) => `${t.name} ${Number.isFinite(t.dur) ? formatMs(t.dur) : ""}`.trim());
+    timings.push(`round trip ${formatMs(elapsedMs)}`);
+    $(".timing", this.el).textContent = timings.join(" · ");
+    $(".info", this.el).hidden = false;
+
+    const link = $(".download", this.el);
+    link.href = this.result.url;
+    link.download = this.result.name;
+    link.textContent = `Download ${this.result.name}`;
+    link.hidden = false;
+    this.setState("done", "Done.");
+    updateToolbar();
+  }
+
+  destroy() {
+    if (this.controller) this.controller.abort();
+    this.pending = false;
+    URL.revokeObjectURL(this.sourceUrl);
+    if (this.result) URL.revokeObjectURL(this.result.url);
+    this.el.remove();
+  }
+}
+
+async function errorMessage(resp) {
+  let text = "";
+  try {
+    const data = await resp.json();
+    text = data.message || data.detail || "";
+    if (typeof text !== "string") text = JSON.stringify(text);
+  } catch { /* not JSON */ }
+  if (resp.status === 429 || resp.status === 503) {
+    return `Server busy: gave up after ${MAX_TRIES} tries. ${text}`.trim();
+  }
+  return `Error ${resp.status}: ${text || resp.statusText || "request failed"}`;
+}
+
+// Start pending cards while there is a free slot, oldest first.
+function pump() {
+  while (state.running < MAX_PARALLEL) {
+    const card = state.cards.find((c) => c.pending);
+    if (!card) return;
+    card.pending = false;
+    state.running++;
+    card.run().finally(() => { state.running--; pump(); });
+  }
+}
+
+// ---------- page ----------
+
+function addFiles(files) {
+  for (const file of files) {
+    const card = new Card(file);
+    state.cards.push(card);
+    $("#cards").append(card.el);
+    card.start();
+  }
+  updateToolbar();
+}
+
+function removeCard(card) {
+  const i = state.cards.indexOf(card);
+  card.destroy();
+  state.cards.splice(i, 1);
+  // Keep keyboard focus somewhere sensible.
+  const next = state.cards[i] || state.cards[i - 1];
+  (next ? $(".remove", next.el) : $("#file-input")).focus();
+  updateToolbar();
+}
+
+function updateToolbar() {
+  const done = state.cards.filter((c) => c.result);
+  $("#download-all").disabled = done.length === 0;
+  $("#download-all").textContent = done.length > 1 ? `Download all ${done.length} (.zip)` : "Download all (.zip)";
+  $("#clear-all").disabled = state.cards.length === 0;
+  $("#empty").hidden = state.cards.length > 0;
+}
+
+async function downloadAll() {
+  const used = new Set();
+  const files = [];
+  for (const card of state.cards.filter((c) => c.result)) {
+    let name = card.result.name;
+    for (let n = 2; used.has(name); n++) name = card.result.name.replace(/(\.[^.]+)$/, `-${n}$1`);
+    used.add(name);
+    files.push({ name, bytes: new Uint8Array(await card.result.blob.arrayBuffer()) });
+  }
+  const url = URL.createObjectURL(makeZip(files));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = "backgrounds-removed.zip";
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+function setPreviewBackground() {
+  const choice = $("input[name=preview-bg]:checked").value;
+  document.body.dataset.previewBg = choice;
+  document.body.style.setProperty("--preview-color", $("#preview-color").value);
+}
+
+async function loadModels() {
+  try {
+    const resp = await fetch("/models");
+    if (!resp.ok) return;
+    state.models = await resp.json();
+    for (const card of state.cards) {
+      const chosen = card.form.elements.model.value;
+      card.fillModels();
+      if (chosen) card.form.elements.model.value = chosen;
+    }
+  } catch { /* the model picker stays hidden: the server's default is used */ }
+}
+
+function init() {
+  const input = $("#file-input");
+  input.addEventListener("change", () => { addFiles([...input.files]); input.value = ""; });
+
+  const zone = $("#dropzone");
+  const over = (on) => (e) => { e.preventDefault(); zone.classList.toggle("dragover", on); };
+  zone.addEventListener("dragenter", over(true));
+  zone.addEventListener("dragover", over(true));
+  zone.addEventListener("dragleave", over(false));
+  // Dropping anywhere on the page works; the zone only shows where.
+  document.addEventListener("dragover", (e) => e.preventDefault());
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("dragover");
+    if (e.dataTransfer?.files.length) addFiles([...e.dataTransfer.files]);
+  });
+
+  document.addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.files || [])];
+    if (!files.length) return;
+    e.preventDefault();
+    addFiles(files.map((f) => {
+      state.pasteCount++;
+      const ext = EXTENSIONS[f.type] || "png";
+      return new File([f], `pasted-${state.pasteCount}.${ext}`, { type: f.type });
+    }));
+  });
+
+  for (const radio of document.querySelectorAll("input[name=preview-bg]")) {
+    radio.addEventListener("change", setPreviewBackground);
+  }
+  $("#preview-color").addEventListener("input", () => {
+    $("input[name=preview-bg][value=custom]").checked = true;
+    setPreviewBackground();
+  });
+  setPreviewBackground();
+
+  $("#download-all").addEventListener("click", downloadAll);
+  $("#clear-all").addEventListener("click", () => {
+    for (const card of state.cards.splice(0)) card.destroy();
+    updateToolbar();
+    input.focus();
+  });
+  updateToolbar();
+  loadModels();
+}
+
+init();
