@@ -1,0 +1,128 @@
+"""Shared fixtures: a tiny generated ONNX model, settings around it, and a ready client."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
+from PIL import Image
+
+from bgsvc.app import EngineLoader, create_app
+from bgsvc.config import Settings
+from bgsvc.inference.loader import load_engines
+
+TINY_SIZE = 32
+
+
+def build_tiny_model(path: Path, size: int = TINY_SIZE) -> Path:
+    """A real ONNX graph shaped like ISNet's: bright pixels become foreground.
+
+    output = sigmoid(8 * mean_c(input)), where input is (pixel - 128) / 256.
+    """
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
+    gain = helper.make_tensor("gain", TensorProto.FLOAT, [], [8.0])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
+        helper.make_node("Sigmoid", ["scaled"], ["output"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [inp], [out], initializer=[gain, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture
+def make_settings(tiny_model_path: Path, tmp_path: Path) -> Callable[..., Settings]:
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "model_dir": tmp_path / "models",
+            "default_model": "tiny",
+            "custom_models": {"tiny": {"path": tiny_model_path, "profile": "imgly", "input_size": TINY_SIZE}},
+            "intra_op_threads": 1,
+            "node_name": "test-node",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return factory
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"service not ready: {client.get('/ready').json()}")
+
+
+@pytest.fixture
+def make_client(
+    make_settings: Callable[..., Settings],
+) -> Iterator[Callable[..., TestClient]]:
+    """Start an app (lifespan included) and wait until it is ready."""
+    opened: list[TestClient] = []
+
+    def factory(
+        loader: EngineLoader = load_engines, wait: bool = True, **overrides: Any
+    ) -> TestClient:
+        app = create_app(make_settings(**overrides), engine_loader=loader, on_load_failure=lambda: None)
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        opened.append(client)
+        if wait:
+            wait_ready(client)
+        return client
+
+    yield factory
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def subject_image(size: tuple[int, int] = (120, 80), mode: str = "RGB") -> Image.Image:
+    """A bright disc (the subject) on a dark background."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) < (min(w, h) / 4) ** 2
+    rgb = np.where(disc[..., None], 240, 20).astype(np.uint8).repeat(3, axis=2)
+    img = Image.fromarray(rgb, "RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+def encode_image(img: Image.Image, fmt: str = "PNG", **params: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def photo_png() -> bytes:
+    return encode_image(subject_image())
+
+
+@pytest.fixture
+def photo_jpeg() -> bytes:
+    return encode_image(subject_image(), "JPEG", quality=95)

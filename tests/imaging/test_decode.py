@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgsvc.errors import InvalidImage, MissingImage, TooManyPixels, UnsupportedFormat
+from bgsvc.imaging.decode import DecodeLimits, decode, target_size
+from tests.conftest import encode_image, subject_image
+
+LIMITS = DecodeLimits(
+    allowed_formats=frozenset({"JPEG", "PNG", "WEBP", "GIF"}), max_pixels=50_000_000, max_edge=2048
+)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` but carries no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_decodes_png_to_rgb_without_alpha() -> None:
+    out = decode(encode_image(subject_image((64, 48))), LIMITS)
+    assert out.rgb.mode == "RGB"
+    assert out.size == (64, 48)
+    assert out.alpha is None
+    assert out.source_format == "PNG"
+
+
+def test_rejects_empty_body() -> None:
+    with pytest.raises(MissingImage):
+        decode(b"", LIMITS)
+
+
+def test_rejects_unknown_bytes_as_unsupported_format() -> None:
+    with pytest.raises(UnsupportedFormat):
+        decode(b"this is not an image at all", LIMITS)
+
+
+def test_rejects_format_outside_allow_list() -> None:
+    with pytest.raises(UnsupportedFormat):
+        decode(encode_image(subject_image(), "BMP"), LIMITS)
+    with pytest.raises(UnsupportedFormat):
+        decode(encode_image(subject_image(), "TIFF"), LIMITS)
+
+
+def test_rejects_truncated_jpeg() -> None:
+    data = encode_image(subject_image((200, 200)), "JPEG")
+    with pytest.raises(InvalidImage):
+        decode(data[: len(data) // 2], LIMITS)
+
+
+def test_rejects_corrupt_png_data() -> None:
+    data = bytearray(encode_image(subject_image((64, 64))))
+    data[60:90] = b"\x00" * 30
+    with pytest.raises(InvalidImage):
+        decode(bytes(data), LIMITS)
+
+
+def test_rejects_image_over_pixel_limit_from_header_alone() -> None:
+    with pytest.raises(TooManyPixels):
+        decode(png_header_only(8000, 8000), LIMITS)
+
+
+def test_rejects_decompression_bomb_header() -> None:
+    with pytest.raises(TooManyPixels):
+        decode(png_header_only(30000, 30000), LIMITS)
+
+
+def test_applies_exif_orientation() -> None:
+    img = subject_image((40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = decode(encode_image(img, "JPEG", exif=exif.tobytes()), LIMITS)
+    assert out.size == (20, 40)
+    assert out.source_size == (20, 40)
+
+
+def test_downscales_longest_edge_to_max_edge() -> None:
+    limits = DecodeLimits(LIMITS.allowed_formats, LIMITS.max_pixels, max_edge=100)
+    out = decode(encode_image(subject_image((300, 150))), limits)
+    assert out.size == (100, 50)
+    assert out.source_size == (300, 150)
+
+
+def test_jpeg_draft_keeps_exact_target_size() -> None:
+    limits = DecodeLimits(LIMITS.allowed_formats, LIMITS.max_pixels, max_edge=250)
+    out = decode(encode_image(subject_image((1000, 600)), "JPEG"), limits)
+    assert out.size == (250, 150)
+    assert out.source_size == (1000, 600)
+
+
+def test_output_pixel_budget_downscales() -> None:
+    assert target_size((2000, 1000), DecodeLimits(frozenset(), 10**9, 4096, 500_000)) == (1000, 500)
+
+
+def test_keeps_input_alpha_and_hides_transparent_colour_from_model() -> None:
+    img = subject_image((32, 32), "RGBA")
+    arr = np.asarray(img).copy()
+    arr[:, :16, 3] = 0
+    arr[:, :16, :3] = (255, 0, 0)
+    out = decode(encode_image(Image.fromarray(arr, "RGBA")), LIMITS)
+    assert out.alpha is not None
+    assert np.asarray(out.alpha)[:, :16].max() == 0
+    # Transparent red is shown to the model as white, not red.
+    assert tuple(np.asarray(out.rgb)[0, 0]) == (255, 255, 255)
+
+
+def test_palette_with_transparency_becomes_alpha() -> None:
+    img = subject_image((32, 32)).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    data = encode_image(img, "PNG", transparency=0)
+    out = decode(data, LIMITS)
+    assert out.rgb.mode == "RGB"
+    assert out.alpha is not None
+
+
+def test_greyscale_with_alpha_is_handled() -> None:
+    out = decode(encode_image(subject_image((32, 32), "LA")), LIMITS)
+    assert out.rgb.mode == "RGB"
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
+    arr = np.full((16, 16), 40000, dtype=np.uint16)
+    out = decode(encode_image(Image.fromarray(arr)), LIMITS)
+    value = np.asarray(out.rgb)[0, 0, 0]
+    assert 150 <= value <= 160  # 40000 / 257 = 155.6; clipping would give 255
+
+
+def test_cmyk_jpeg_is_converted_to_rgb() -> None:
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
+    out = decode(encode_image(cmyk, "JPEG", quality=95), LIMITS)
+    r, g, b = np.asarray(out.rgb)[8, 8]
+    assert out.rgb.mode == "RGB"
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    first = Image.new("RGB", (16, 16), (250, 250, 250))
+    second = Image.new("RGB", (16, 16), (0, 0, 0))
+    buf = encode_image(first, "GIF", save_all=True, append_images=[second])
+    out = decode(buf, LIMITS)
+    assert np.asarray(out.rgb).mean() > 200
+
+
+def test_webp_input_is_accepted() -> None:
+    out = decode(encode_image(subject_image((40, 30)), "WEBP"), LIMITS)
+    assert out.size == (40, 30)
+    assert out.source_format == "WEBP"

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+
+def open_image(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def test_returns_transparent_png_of_the_subject(client: TestClient, photo_jpeg: bytes) -> None:
+    r = client.post("/remove-background", files={"file": ("a.jpg", photo_jpeg, "image/jpeg")})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
+    img = open_image(r.content)
+    assert img.mode == "RGBA" and img.size == (120, 80)
+    alpha = np.asarray(img.getchannel("A"))
+    assert alpha[40, 60] > 200 and alpha[2, 2] < 30
+    assert r.headers["x-width"] == "120" and r.headers["x-height"] == "80"
+    assert r.headers["x-model"] == "tiny"
+    # Disc of radius 20 centred at (60, 40); the 32x32 tiny model blurs its edge a little.
+    left, width = int(r.headers["x-foreground-left"]), int(r.headers["x-foreground-width"])
+    assert abs(left - 40) <= 4 and abs(width - 40) <= 8
+    assert left + width / 2 == pytest.approx(60, abs=1.5)
+    timing = r.headers["server-timing"]
+    for stage in ("decode", "inference", "encode"):
+        assert f"{stage};dur=" in timing
+
+
+def test_accepts_image_file_field_and_raw_body(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/remove-background", files={"image_file": ("a.png", photo_png, "image/png")})
+    assert r.status_code == 200
+    raw = client.post("/remove-background", content=photo_png, headers={"content-type": "image/png"})
+    assert raw.status_code == 200
+    assert raw.content == r.content
+
+
+def test_options_as_query_or_form_fields_agree(client: TestClient, photo_png: bytes) -> None:
+    files = {"file": ("a.png", photo_png, "image/png")}
+    q = client.post("/remove-background?format=jpg&bg_color=%2300ff00", files=files)
+    f = client.post("/remove-background", files=files, data={"format": "jpg", "bg_color": "#00ff00"})
+    assert q.status_code == f.status_code == 200
+    assert q.headers["content-type"] == f.headers["content-type"] == "image/jpeg"
+    corner = open_image(f.content).getpixel((1, 1))
+    assert isinstance(corner, tuple) and corner[1] > 200 and corner[0] < 50
+
+
+def test_webp_output_keeps_alpha(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/remove-background?format=webp&quality=80", files={"file": photo_png})
+    assert r.headers["content-type"] == "image/webp"
+    assert open_image(r.content).mode == "RGBA"
+
+
+def test_alpha_channel_returns_greyscale_matte(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/remove-background?channels=alpha", files={"file": photo_png})
+    img = open_image(r.content)
+    assert img.mode == "L" and img.size == (120, 80)
+
+
+def test_crop_with_margin_returns_subject_box(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/remove-background?crop=true&crop_margin=10px", files={"file": photo_png})
+    assert r.status_code == 200
+    img = open_image(r.content)
+    assert img.size == (int(r.headers["x-width"]), int(r.headers["x-height"]))
+    assert r.headers["x-foreground-left"] == "10" and r.headers["x-foreground-top"] == "10"
+    assert img.width == int(r.headers["x-foreground-width"]) + 20
+
+
+def test_max_edge_guard_downscales_and_reports_size(make_client, photo_png: bytes) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(max_edge=64)
+    r = client.post("/remove-background", files={"file": photo_png})
+    assert (r.headers["x-width"], r.headers["x-height"]) == ("64", "43")
+    assert (r.headers["x-source-width"], r.headers["x-source-height"]) == ("120", "80")
+    assert open_image(r.content).size == (64, 43)
+
+
+def test_echoes_caller_request_id_and_names_the_node(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/remove-background", files={"file": photo_png}, headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert r.headers["x-served-by"] == "test-node"
+    made = client.get("/health", headers={"X-Request-ID": "bad id with spaces"})
+    assert made.headers["x-request-id"] != "bad id with spaces"
+    assert len(made.headers["x-request-id"]) == 32
