@@ -55,7 +55,9 @@ def make_settings(tiny_model_path: Path, tmp_path: Path) -> Callable[..., Settin
         values: dict[str, Any] = {
             "model_dir": tmp_path / "models",
             "default_model": "tiny",
-            "custom_models": {"tiny": {"path": tiny_model_path, "profile": "imgly", "input_size": TINY_SIZE}},
+            "custom_models": {
+                "tiny": {"path": tiny_model_path, "profile": "imgly", "input_size": TINY_SIZE}
+            },
             "intra_op_threads": 1,
             "node_name": "test-node",
         }
@@ -84,7 +86,9 @@ def make_client(
     def factory(
         loader: EngineLoader = load_engines, wait: bool = True, **overrides: Any
     ) -> TestClient:
-        app = create_app(make_settings(**overrides), engine_loader=loader, on_load_failure=lambda: None)
+        app = create_app(
+            make_settings(**overrides), engine_loader=loader, on_load_failure=lambda: None
+        )
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         opened.append(client)

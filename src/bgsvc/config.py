@@ -20,7 +20,7 @@ class CustomModel(BaseModel):
     path: Path
     profile: str = Field(
         default="isnet",
-        description="Name of a built-in profile (imgly, isnet, u2net, birefnet) to preprocess with.",
+        description="Built-in profile to preprocess with: imgly, isnet, u2net or birefnet.",
     )
     input_size: int | None = Field(default=None, description="Overrides the profile's input size.")
     output_index: int | None = Field(default=None, description="Overrides the output to read.")
@@ -78,7 +78,9 @@ class Settings(BaseSettings):
         default=25 * 1024 * 1024, ge=1, description="Largest accepted request body (413)."
     )
     max_pixels: int = Field(
-        default=50_000_000, ge=1, description="Largest source image in pixels, from its header (413)."
+        default=50_000_000,
+        ge=1,
+        description="Largest source image in pixels, from its header (413).",
     )
     max_edge: int = Field(
         default=2048, ge=64, description="Longer edges are downscaled to this before processing."
@@ -93,6 +95,20 @@ class Settings(BaseSettings):
     webp_quality: int = Field(default=90, ge=1, le=100, description="Default WebP quality.")
 
     ui_enabled: bool = Field(default=True, description="Serve the web page at /.")
+
+    workers: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("BGSVC_WORKERS", "WEB_CONCURRENCY", "workers"),
+        description="gunicorn worker processes (deploy/gunicorn.conf.py); on CPU keep "
+        "workers x intra_op_threads = cores.",
+    )
+    drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="After SIGTERM: seconds /ready answers 503 while the node still serves "
+        "everything it receives, before it stops listening and finishes in-flight requests.",
+    )
 
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
@@ -120,10 +136,18 @@ class Settings(BaseSettings):
 
     @property
     def effective_intra_op_threads(self) -> int:
-        """Intra-op thread count with 0 resolved to the number of usable cores."""
+        """Intra-op thread count; 0 means the usable cores shared out over the workers, so
+        workers x threads = cores (one thread per core, no oversubscription)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        return max(1, cores // self.workers)
+
+    @property
+    def graceful_timeout_s(self) -> float:
+        """How long a stopping process may take: the drain window, then the longest
+        request's budget, plus a margin. Past it gunicorn kills the worker."""
+        return self.drain_seconds + self.request_timeout_s + 5.0
 
 
 @lru_cache(maxsize=1)

@@ -104,6 +104,6 @@ class Metrics:
         """The exposition text and its content type."""
         if self.multiproc_dir is not None:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=str(self.multiproc_dir))
+            MultiProcessCollector(registry, path=str(self.multiproc_dir))  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

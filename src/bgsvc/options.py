@@ -21,7 +21,9 @@ _FORMAT_ALIASES: dict[str, OutputFormat] = {
     "jpeg": "jpg",
     "auto": "auto",
 }
-_RGB_LIST = re.compile(r"^\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*(?:,\s*(\d{1,3})\s*)?\)?$")
+_RGB_LIST = re.compile(
+    r"^\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*(?:,\s*(\d{1,3})\s*)?\)?$"
+)
 _HEX_BARE = re.compile(r"^[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")
 _MARGIN_TOKEN = re.compile(r"^(\d+(?:\.\d+)?)(px|%)?$")
 
@@ -46,7 +48,7 @@ class Margin:
             strict=True,
         ):
             px = value * extent / 100.0 if rel else value
-            out.append(int(round(min(px, extent * 0.5, 500.0) if rel else min(px, 500.0))))
+            out.append(round(min(px, extent * 0.5, 500.0) if rel else min(px, 500.0)))
         return out[0], out[1], out[2], out[3]
 
 
@@ -76,9 +78,7 @@ def parse_format(value: str | None) -> OutputFormat:
     try:
         return _FORMAT_ALIASES[value.strip().lower()]
     except KeyError:
-        raise InvalidParameter(
-            f"Unknown format {value!r}; use png, webp, jpg or auto."
-        ) from None
+        raise InvalidParameter(f"Unknown format {value!r}; use png, webp, jpg or auto.") from None
 
 
 def parse_color(value: str | None) -> RGBA | None:

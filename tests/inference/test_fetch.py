@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import tarfile
 from dataclasses import replace
@@ -28,7 +29,7 @@ def fake_package(dest: Path, payload: bytes = PAYLOAD) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
-        for start, end in zip(cuts, cuts[1:], strict=False):
+        for start, end in itertools.pairwise(cuts):
             part = payload[start:end]
             digest = hashlib.sha256(part).hexdigest()
             chunks.append({"hash": digest, "offsets": [start, end]})

@@ -111,7 +111,9 @@ class GatedEngine:
         return self.inner.predict(rgb)
 
 
-def gated_loader(gate: threading.Event, delay: float = 0.0) -> Callable[[Settings], Mapping[str, Predictor]]:
+def gated_loader(
+    gate: threading.Event, delay: float = 0.0
+) -> Callable[[Settings], Mapping[str, Predictor]]:
     def load(settings: Settings) -> Mapping[str, Predictor]:
         return {n: GatedEngine(e, gate, delay) for n, e in load_engines(settings).items()}
 
@@ -179,7 +181,9 @@ def test_failed_model_load_keeps_reporting_not_ready(make_client) -> None:  # ty
     assert r.status_code == 503 and "bgsvc models fetch" in r.json()["status"]
 
 
-def test_unexpected_error_is_a_generic_500_with_request_id(make_client, photo_png: bytes, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_unexpected_error_is_a_generic_500_with_request_id(
+    make_client, photo_png: bytes, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
     class Exploding:
         name = "tiny"
 
@@ -187,9 +191,15 @@ def test_unexpected_error_is_a_generic_500_with_request_id(make_client, photo_pn
             raise RuntimeError("secret internal detail " + os.sep)
 
     client = make_client(loader=lambda s: {"tiny": Exploding()})
-    r = client.post("/remove-background", files={"file": photo_png}, headers={"X-Request-ID": "rid-500"})
+    r = client.post(
+        "/remove-background", files={"file": photo_png}, headers={"X-Request-ID": "rid-500"}
+    )
     assert r.status_code == 500
-    assert r.json() == {"code": "internal_error", "message": "Internal server error.", "request_id": "rid-500"}
+    assert r.json() == {
+        "code": "internal_error",
+        "message": "Internal server error.",
+        "request_id": "rid-500",
+    }
     assert "secret" not in r.text
     assert any("rid-500" in rec.getMessage() for rec in caplog.records)
 

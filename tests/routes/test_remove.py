@@ -36,7 +36,9 @@ def test_returns_transparent_png_of_the_subject(client: TestClient, photo_jpeg: 
 def test_accepts_image_file_field_and_raw_body(client: TestClient, photo_png: bytes) -> None:
     r = client.post("/remove-background", files={"image_file": ("a.png", photo_png, "image/png")})
     assert r.status_code == 200
-    raw = client.post("/remove-background", content=photo_png, headers={"content-type": "image/png"})
+    raw = client.post(
+        "/remove-background", content=photo_png, headers={"content-type": "image/png"}
+    )
     assert raw.status_code == 200
     assert raw.content == r.content
 
@@ -44,7 +46,9 @@ def test_accepts_image_file_field_and_raw_body(client: TestClient, photo_png: by
 def test_options_as_query_or_form_fields_agree(client: TestClient, photo_png: bytes) -> None:
     files = {"file": ("a.png", photo_png, "image/png")}
     q = client.post("/remove-background?format=jpg&bg_color=%2300ff00", files=files)
-    f = client.post("/remove-background", files=files, data={"format": "jpg", "bg_color": "#00ff00"})
+    f = client.post(
+        "/remove-background", files=files, data={"format": "jpg", "bg_color": "#00ff00"}
+    )
     assert q.status_code == f.status_code == 200
     assert q.headers["content-type"] == f.headers["content-type"] == "image/jpeg"
     corner = open_image(f.content).getpixel((1, 1))
@@ -81,7 +85,9 @@ def test_max_edge_guard_downscales_and_reports_size(make_client, photo_png: byte
 
 
 def test_echoes_caller_request_id_and_names_the_node(client: TestClient, photo_png: bytes) -> None:
-    r = client.post("/remove-background", files={"file": photo_png}, headers={"X-Request-ID": "abc-123"})
+    r = client.post(
+        "/remove-background", files={"file": photo_png}, headers={"X-Request-ID": "abc-123"}
+    )
     assert r.headers["x-request-id"] == "abc-123"
     assert r.headers["x-served-by"] == "test-node"
     made = client.get("/health", headers={"X-Request-ID": "bad id with spaces"})

@@ -1,0 +1,44 @@
+# bgsvc: every command a user or CI needs. `make run` and `make test` start from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install model run lint format test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Fetch (once) and verify the allow-listed models into BGSVC_MODEL_DIR.
+model: install
+	$(BIN)/bgsvc models fetch
+
+## Start the service in the foreground on BGSVC_HOST:BGSVC_PORT (127.0.0.1:8000).
+run: model
+	$(BIN)/bgsvc serve
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+## Lint, then every test (real-model, cluster and browser tests included).
+test: lint model
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## The fast suite only: the tiny generated model, seconds.
+test-fast: install
+	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import base64
+import io
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import encode_image, subject_image
+
+
+def test_removebg_multipart_with_its_field_names(client: TestClient, photo_png: bytes) -> None:
+    r = client.post(
+        "/v1.0/removebg",
+        files={"image_file": ("a.png", photo_png, "image/png")},
+        data={"size": "auto", "format": "png", "bg_color": "81d4fa"},
+        headers={"X-Api-Key": "ignored"},
+    )
+    assert r.status_code == 200
+    assert r.headers["x-width"] == "120" and r.headers["x-height"] == "80"
+    img = Image.open(io.BytesIO(r.content))
+    pixel = img.convert("RGB").getpixel((0, 0))
+    assert isinstance(pixel, tuple)
+    assert all(abs(a - b) <= 8 for a, b in zip(pixel, (0x81, 0xD4, 0xFA), strict=True))
+
+
+def test_removebg_json_body_with_base64_and_json_answer(
+    client: TestClient, photo_png: bytes
+) -> None:
+    payload = {
+        "image_file_b64": base64.b64encode(photo_png).decode(),
+        "crop": True,
+        "format": "png",
+    }
+    r = client.post("/v1.0/removebg", json=payload, headers={"Accept": "application/json"})
+    assert r.status_code == 200
+    data = r.json()["data"]
+    img = Image.open(io.BytesIO(base64.b64decode(data["result_b64"])))
+    assert img.size == (data["foreground_width"], data["foreground_height"])
+    assert data["foreground_top"] == 0 and data["foreground_left"] == 0
+
+
+def test_removebg_size_preview_caps_pixels(client: TestClient) -> None:
+    big = encode_image(subject_image((1000, 800)))
+    r = client.post("/v1.0/removebg", files={"image_file": big}, data={"size": "preview"})
+    w, h = int(r.headers["x-width"]), int(r.headers["x-height"])
+    assert w * h <= 250_000 and w * h > 240_000
+    assert abs(w / h - 1000 / 800) < 0.01
+
+
+def test_removebg_auto_format_is_jpg_when_opaque(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"bg_color": "white"})
+    assert r.headers["content-type"] == "image/jpeg"
+
+
+def test_removebg_errors_use_its_error_body(client: TestClient) -> None:
+    r = client.post("/v1.0/removebg", data={"size": "auto"})
+    assert r.status_code == 400
+    errors = r.json()["errors"]
+    assert errors[0]["code"] == "missing_image" and errors[0]["title"]
+    bad = client.post("/v1.0/removebg", files={"image_file": b"not an image"})
+    assert bad.status_code == 415 and bad.json()["errors"][0]["code"] == "unsupported_format"
+
+
+def test_removebg_unsupported_fields_are_refused(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/v1.0/removebg", data={"image_url": "http://127.0.0.1/x.jpg"})
+    assert r.status_code == 400 and "image_url" in r.json()["errors"][0]["title"]
+    z = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"format": "zip"})
+    assert z.status_code == 400

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+
+def test_health_and_ready_when_warm(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").status_code == 200
+
+
+def test_models_lists_the_allow_list(client: TestClient) -> None:
+    body = client.get("/models").json()
+    assert body["default"] == "tiny"
+    assert [m["name"] for m in body["models"]] == ["tiny"]
+
+
+def test_metrics_count_requests_by_route_and_status(client: TestClient, photo_png: bytes) -> None:
+    client.post("/remove-background", files={"file": photo_png})
+    client.post("/remove-background", files={"file": b"junk"})
+    text = client.get("/metrics").text
+    assert (
+        'bgsvc_http_requests_total{method="POST",route="/remove-background",status="200"} 1.0'
+        in text
+    )
+    assert (
+        'bgsvc_http_requests_total{method="POST",route="/remove-background",status="415"} 1.0'
+        in text
+    )
+    assert 'bgsvc_rejections_total{reason="unsupported_format"} 1.0' in text
+    assert 'bgsvc_inference_duration_seconds_count{model="tiny"} 1.0' in text
+    assert 'bgsvc_model_load_seconds{model="tiny"}' in text
+    assert "bgsvc_ready 1.0" in text
+    assert 'bgsvc_http_request_duration_seconds_bucket{le="20.0"' in text
+    assert "bgsvc_input_megapixels_count 1.0" in text
+
+
+def test_metrics_aggregate_across_processes_in_multiprocess_mode(
+    make_client, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import values
+    from prometheus_client.values import MultiProcessValue
+
+    # prometheus-client picks its value class at import; emulate a gunicorn worker's.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    previous = values.ValueClass
+    values.ValueClass = MultiProcessValue(lambda: 4242)
+    try:
+        client = make_client(prometheus_multiproc_dir=tmp_path)
+        client.get("/health")
+        text = client.get("/metrics").text
+    finally:
+        values.ValueClass = previous
+    assert any(p.name.endswith("_4242.db") for p in tmp_path.iterdir())
+    assert 'bgsvc_http_requests_total{method="GET",route="/health",status="200"} 1.0' in text
+
+
+def test_openapi_documents_every_remove_parameter(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/remove-background"]["post"]
+    params = {p["name"]: p for p in op["parameters"]}
+    for name in (
+        "format",
+        "bg_color",
+        "channels",
+        "crop",
+        "crop_margin",
+        "quality",
+        "model",
+        "alpha_matting",
+        "post_process_mask",
+    ):
+        assert params[name].get("description"), name
+    assert "multipart/form-data" in op["requestBody"]["content"]
+    assert "/api/remove" in spec["paths"] and "/v1.0/removebg" in spec["paths"]
+    assert client.get("/docs").status_code == 200

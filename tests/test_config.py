@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bgsvc.config import Settings
+
+
+def test_settings_read_the_bgsvc_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGSVC_MAX_QUEUE", "9")
+    monkeypatch.setenv("BGSVC_ALLOWED_FORMATS", '["png", "jpeg"]')
+    monkeypatch.setenv("MAX_QUEUE", "1")
+    settings = Settings()
+    assert settings.max_queue == 9
+    assert settings.allowed_formats == ["PNG", "JPEG"]
+
+
+def test_defaults_match_the_documented_limits() -> None:
+    s = Settings()
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.max_upload_bytes == 25 * 1024 * 1024
+    assert s.max_pixels == 50_000_000 and s.max_edge == 2048
+    assert s.max_concurrency == 1 and s.provider == "auto"
+    assert s.model_dir == Path.home() / ".cache" / "bgsvc" / "models"
+
+
+def test_default_model_is_always_allowed() -> None:
+    assert Settings(default_model="u2net", models=["silueta"]).models == ["u2net", "silueta"]
+
+
+def test_invalid_values_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        Settings(max_concurrency=0)
+    with pytest.raises(ValueError):
+        Settings(provider="tpu")  # type: ignore[arg-type]
