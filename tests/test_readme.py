@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from bgsvc.config import Settings
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_documents_every_setting() -> None:
+    missing = []
+    for name, field in Settings.model_fields.items():
+        env = "PROMETHEUS_MULTIPROC_DIR" if name == "prometheus_multiproc_dir" else f"BGSVC_{name.upper()}"
+        if f"`{env}`" not in README:
+            missing.append(env)
+    assert missing == []
+
+
+def test_readme_shows_the_two_commands_and_the_license() -> None:
+    assert "make run" in README and "make test" in README
+    assert "curl -F file=@photo.jpg http://127.0.0.1:8000/remove-background" in README
+    assert "AGPL-3.0" in README
