@@ -58,7 +58,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            label = getattr(route, "path", None)
+            if label is None:
+                # Admission answers before routing; keep those answers on their route.
+                label = scope["path"] if scope["path"] in HEAVY_ROUTES else "unmatched"
             method = scope["method"]
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(label, method, str(status)).inc()
@@ -84,7 +87,7 @@ class AdmissionMiddleware:
             return
         limit = self.state.settings.max_upload_bytes
         try:
-            ready, reason = self.state.readiness()
+            ready, reason = self.state.serviceable()
             if not ready:
                 raise NotReady(f"Not ready: {reason}.", retry_after=5)
             declared = Headers(scope=scope).get("content-length")

@@ -58,6 +58,7 @@ def _status(url: str) -> int:
             status: int = resp.status
             return status
     except urllib.error.HTTPError as exc:
+        exc.close()
         return exc.code
     except OSError:
         return 0
@@ -82,9 +83,12 @@ def start_service(tmp: Path, model: Path, extra_env: dict[str, str] | None = Non
             "BGSVC_HOST": "127.0.0.1",
             "BGSVC_PORT": str(port),
             "BGSVC_MODEL_DIR": str(tmp / "models"),
-            "BGSVC_CUSTOM_MODELS": json.dumps({"tiny": {"path": str(model), "profile": "imgly"}}),
+            "BGSVC_CUSTOM_MODELS": json.dumps(
+                {"tiny": {"path": str(model), "profile": "imgly", "input_size": 32}}
+            ),
             "BGSVC_DEFAULT_MODEL": "tiny",
             "BGSVC_LOG_LEVEL": "warning",
+            "BGSVC_INTRA_OP_THREADS": "1",
         }
     )
     env.update(extra_env or {})

@@ -17,7 +17,9 @@ NGINX_CONF = REPO / "deploy" / "nginx" / "nginx.conf"
 BEGIN_SERVERS = "# BEGIN UPSTREAM SERVERS"
 END_SERVERS = "# END UPSTREAM SERVERS"
 TEMP_ROOT = "/var/cache/nginx"
-_TAGGED = re.compile(r"^(?P<indent>\s*)(?P<body>.*?)\s*#\s*(?P<tag>LISTEN|PID|ERROR_LOG|ACCESS_LOG|TEMP)\s*$")
+_TAGGED = re.compile(
+    r"^(?P<indent>\s*)(?P<body>.*?)\s*#\s*(?P<tag>LISTEN|PID|ERROR_LOG|ACCESS_LOG|TEMP)\s*$"
+)
 _SERVER = re.compile(r"^\s*server\s+(?P<addr>\S+?)(?P<params>(?:\s+[^;]+)?);\s*$")
 
 
@@ -66,8 +68,13 @@ def render(
             out.append(line)
             continue
         ind, body, tag = match["indent"], match["body"], match["tag"]
-        value = {"LISTEN": listen, "PID": pid, "ERROR_LOG": error_log,
-                 "ACCESS_LOG": access_log, "TEMP": temp_dir}[tag]
+        value = {
+            "LISTEN": listen,
+            "PID": pid,
+            "ERROR_LOG": error_log,
+            "ACCESS_LOG": access_log,
+            "TEMP": temp_dir,
+        }[tag]
         if value is None:
             out.append(line)
         elif tag == "LISTEN":

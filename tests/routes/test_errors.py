@@ -137,6 +137,8 @@ def test_full_queue_gets_429_at_once_with_retry_after(make_client, photo_png: by
     assert [r.status_code for r in results] == [200, 200]
     metrics = client.get("/metrics").text
     assert 'bgsvc_rejections_total{reason="queue_full"} 1.0' in metrics
+    # Refused before routing, yet counted on its route.
+    assert 'route="/remove-background",status="429"} 1.0' in metrics
 
 
 def test_slow_request_gets_504_and_worker_keeps_serving(make_client, photo_png: bytes) -> None:  # type: ignore[no-untyped-def]

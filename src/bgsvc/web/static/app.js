@@ -224,7 +224,10 @@ class Card {
   }
 
   setAspect(w, h) {
-    if (w && h) $(".compare", this.el).style.aspectRatio = `${w} / ${h}`;
+    if (!w || !h) return;
+    const box = $(".compare", this.el);
+    box.style.aspectRatio = `${w} / ${h}`;
+    box.style.setProperty("--ratio", String(w / h));
   }
 
   setSlider() {

@@ -1,0 +1,128 @@
+"""docker-compose.yml against the Compose Specification schema, and its host paths.
+
+No Docker engine runs here. The schema is the copy of compose-spec.json that
+check-jsonschema ships (check_jsonschema/builtin_schemas/vendor/), so the test
+needs no network.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from bgsvc.config import Settings
+
+from .conftest import REPO, load_yaml
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+REPLICAS = ["bgsvc-1", "bgsvc-2", "bgsvc-3"]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = load_yaml(COMPOSE_FILE)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.protocols.Validator:
+    text = files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+    schema = json.loads(text.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def test_compose_file_is_valid_against_the_compose_specification(
+    compose: dict[str, Any], validator: jsonschema.protocols.Validator
+) -> None:
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+
+
+def test_schema_check_rejects_an_unknown_service_key(
+    compose: dict[str, Any], validator: jsonschema.protocols.Validator
+) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["nginx"]["helthcheck"] = {}
+    assert not validator.is_valid(broken)
+
+
+def _host_paths(compose: dict[str, Any]) -> list[tuple[str, Path]]:
+    found = []
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            context = REPO / (build if isinstance(build, str) else build.get("context", "."))
+            found.append((f"{name} build context", context))
+            if isinstance(build, dict) and "dockerfile" in build:
+                found.append((f"{name} dockerfile", context / build["dockerfile"]))
+        for volume in service.get("volumes", []):
+            source = volume.get("source") if isinstance(volume, dict) else volume.split(":")[0]
+            bind = (
+                volume.get("type") == "bind"
+                if isinstance(volume, dict)
+                else (source.startswith((".", "/")))
+            )
+            if bind:
+                found.append((f"{name} volume", (REPO / source).resolve()))
+    return found
+
+
+def test_every_mounted_or_built_host_path_exists_in_the_repo(compose: dict[str, Any]) -> None:
+    paths = _host_paths(compose)
+    assert len(paths) >= 10  # 3 x (context, dockerfile) + nginx, prometheus x2, grafana x3
+    for what, path in paths:
+        assert path.is_relative_to(REPO), f"{what} leaves the repo: {path}"
+        assert path.exists(), f"{what}: {path} does not exist"
+
+
+def test_nginx_waits_for_healthy_replicas_and_replicas_have_healthchecks(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert sorted(s for s in services if s.startswith("bgsvc-")) == REPLICAS
+    depends = services["nginx"]["depends_on"]
+    assert {name: d["condition"] for name, d in depends.items()} == {
+        name: "service_healthy" for name in REPLICAS
+    }
+    for name in [*REPLICAS, "nginx", "prometheus"]:
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] == "CMD" and len(test) > 1, name
+    # A replica is healthy when ready for traffic, not merely alive.
+    assert any("/ready" in part for part in services["bgsvc-1"]["healthcheck"]["test"])
+
+
+def test_replicas_drain_before_docker_kills_them(compose: dict[str, Any]) -> None:
+    timeout = Settings.model_fields["request_timeout_s"].default
+    for name in REPLICAS:
+        grace = compose["services"][name]["stop_grace_period"]
+        assert int(re.fullmatch(r"(\d+)s", grace)[1]) > timeout  # type: ignore[index]
+
+
+def test_each_replica_names_itself_and_uses_only_known_settings(compose: dict[str, Any]) -> None:
+    known = {f"BGSVC_{name.upper()}" for name in Settings.model_fields}
+    for name in REPLICAS:
+        env = compose["services"][name]["environment"]
+        assert env["BGSVC_NODE_NAME"] == name
+        unknown = {k for k in env if k.startswith("BGSVC_")} - known
+        assert not unknown, f"{name}: not bgsvc settings: {unknown}"
+
+
+def test_compose_mounts_the_configs_where_the_images_read_them(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
+    prom = services["prometheus"]["volumes"]
+    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom
+    # prometheus.yml names its rule file relative to itself.
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in prom
+    grafana = services["grafana"]["volumes"]
+    assert any(v.endswith(":/etc/grafana/provisioning/datasources:ro") for v in grafana)
+    assert any(v.endswith(":/etc/grafana/provisioning/dashboards:ro") for v in grafana)

@@ -1,0 +1,144 @@
+"""deploy/k8s/ manifests against the Kubernetes JSON schemas, and their wiring.
+
+The schemas come from the kubernetes-validate package, which ships them for
+each Kubernetes release, so nothing is fetched at test time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from bgsvc.config import Settings
+
+from .conftest import REPO, load_yaml_all
+
+K8S = REPO / "deploy" / "k8s"
+# Oldest release still commonly run, and the newest the package knows.
+VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+
+
+def _docs() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in load_yaml_all(path):
+            if doc:
+                assert isinstance(doc, dict)
+                out.append((path, doc))
+    return out
+
+
+DOCS = _docs()
+BY_KIND = {doc["kind"]: doc for _, doc in DOCS}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(("path", "doc"), DOCS, ids=[f"{p.name}:{d['kind']}" for p, d in DOCS])
+def test_manifest_is_valid_against_the_kubernetes_schema(
+    path: Path, doc: dict[str, Any], version: str
+) -> None:
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_schema_validation_rejects_a_misspelt_field() -> None:
+    deployment = BY_KIND["Deployment"]
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 3}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSIONS[-1], strict=True)
+
+
+def test_all_four_kinds_are_shipped_with_stable_api_versions() -> None:
+    assert {kind: doc["apiVersion"] for kind, doc in BY_KIND.items()} == {
+        "Deployment": "apps/v1",
+        "Service": "v1",
+        "HorizontalPodAutoscaler": "autoscaling/v2",
+        "PodDisruptionBudget": "policy/v1",
+    }
+
+
+def _pod() -> dict[str, Any]:
+    pod: dict[str, Any] = BY_KIND["Deployment"]["spec"]["template"]["spec"]
+    return pod
+
+
+def _container() -> dict[str, Any]:
+    container: dict[str, Any] = _pod()["containers"][0]
+    return container
+
+
+def test_selectors_of_service_and_pdb_match_the_pod_labels() -> None:
+    deployment = BY_KIND["Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert BY_KIND["Service"]["spec"]["selector"].items() <= labels.items()
+    pdb_selector = BY_KIND["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]
+    assert pdb_selector.items() <= labels.items()
+    target = BY_KIND["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+
+
+def test_service_targets_the_container_port() -> None:
+    port = BY_KIND["Service"]["spec"]["ports"][0]
+    names = {p["name"]: p["containerPort"] for p in _container()["ports"]}
+    assert names[port["targetPort"]] == 8000
+
+
+def test_probes_use_ready_for_traffic_and_health_for_liveness() -> None:
+    c = _container()
+    assert c["startupProbe"]["httpGet"]["path"] == "/ready"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    startup = c["startupProbe"]
+    # Model load takes up to ~120 s: the startup budget must cover it.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 150
+
+
+def test_termination_grace_covers_pre_stop_delay_and_drain() -> None:
+    pre_stop = _container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    delay = int(pre_stop[1])
+    assert delay >= 5
+    grace = _pod()["terminationGracePeriodSeconds"]
+    assert grace > delay + Settings.model_fields["request_timeout_s"].default
+
+
+def test_pod_runs_as_non_root_with_metrics_dir_on_an_empty_dir() -> None:
+    pod, c = _pod(), _container()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    # The image sets PROMETHEUS_MULTIPROC_DIR=/tmp/bgsvc-metrics.
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "PROMETHEUS_MULTIPROC_DIR=/tmp/bgsvc-metrics" in dockerfile
+    assert mounts["/tmp"] in empty_dirs
+
+
+def test_resources_are_set_and_threads_fit_the_cpu_limit() -> None:
+    c = _container()
+    assert c["resources"]["requests"]["cpu"] == c["resources"]["limits"]["cpu"]
+    assert "memory" in c["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    workers, threads = int(env["WEB_CONCURRENCY"]), int(env["BGSVC_INTRA_OP_THREADS"])
+    assert workers * threads == int(c["resources"]["limits"]["cpu"])
+
+
+def test_env_names_are_bgsvc_settings() -> None:
+    known = {f"BGSVC_{name.upper()}" for name in Settings.model_fields}
+    names = {e["name"] for e in _container()["env"] if e["name"].startswith("BGSVC_")}
+    assert names and names <= known, names - known
+
+
+def test_hpa_scales_on_cpu_from_the_pdb_safe_minimum() -> None:
+    hpa = BY_KIND["HorizontalPodAutoscaler"]["spec"]
+    metric = hpa["metrics"][0]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    pdb = BY_KIND["PodDisruptionBudget"]["spec"]
+    # A drain may take one pod; at least two stay up at the minimum size.
+    assert hpa["minReplicas"] - pdb["maxUnavailable"] >= 2

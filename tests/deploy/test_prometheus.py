@@ -1,0 +1,145 @@
+"""Prometheus config, alert rules and the Grafana dashboard, checked with promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from .conftest import REPO, load_yaml, require_tool
+from .grafana_queries import DASHBOARD, dashboard_queries, iter_panels, load_dashboard
+
+PROM = REPO / "deploy" / "prometheus"
+GRAFANA = REPO / "deploy" / "grafana"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = require_tool("promtool", "prometheus")
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_scrape_config_and_rule_files_pass_promtool_check_config() -> None:
+    result = _promtool("check", "config", str(PROM / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The rule file is found and checked as part of the config.
+    assert "1 rule files found" in result.stdout
+
+
+def test_alert_rules_pass_promtool_check_rules() -> None:
+    result = _promtool("check", "rules", str(PROM / "alerts.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerts_fire_and_stay_quiet_as_their_unit_tests_expect() -> None:
+    result = _promtool("test", "rules", str(REPO / "tests/deploy/prometheus/alerts_test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_alerts_cover_latency_errors_node_down_and_rejections() -> None:
+    rules = {
+        rule["alert"]: rule
+        for group in load_yaml(PROM / "alerts.yml")["groups"]  # type: ignore[index]
+        for rule in group["rules"]
+    }
+    assert "> 1.5" in rules["BgsvcHighLatencyP95"]["expr"]
+    assert "histogram_quantile(0.95" in rules["BgsvcHighLatencyP95"]["expr"]
+    assert "> 0.01" in rules["BgsvcHigh5xxRate"]["expr"]
+    assert rules["BgsvcNodeDown"]["expr"].strip() == 'up{job="bgsvc"} == 0'
+    assert "bgsvc_rejections_total" in rules["BgsvcSustainedRejections"]["expr"]
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"]
+
+
+def test_every_compose_replica_is_scraped() -> None:
+    config = load_yaml(PROM / "prometheus.yml")
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "bgsvc")  # type: ignore[index]
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    compose = load_yaml(REPO / "docker-compose.yml")
+    replicas = sorted(s for s in compose["services"] if re.fullmatch(r"bgsvc-\d+", s))  # type: ignore[index]
+    assert len(replicas) == 3
+    assert sorted(targets) == [f"{name}:8000" for name in replicas]
+
+
+def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
+    queries = dashboard_queries()
+    assert len(queries) >= 20
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": q.expr}
+                    for i, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = _promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+
+
+def test_dashboard_query_check_rejects_broken_promql(tmp_path: Path) -> None:
+    # The check above would be worthless if promtool accepted anything.
+    path = tmp_path / "broken.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {"groups": [{"name": "g", "rules": [{"record": "r:x", "expr": "sum(rate(x[1m])"}]}]}
+        )
+    )
+    assert _promtool("check", "rules", str(path)).returncode != 0
+
+
+def test_dashboard_has_a_panel_for_each_required_signal() -> None:
+    exprs = " ".join(q.expr for q in dashboard_queries())
+    for needle in (
+        "rate(bgsvc_http_requests_total",  # RPS
+        'status=~"5.."',  # error rate
+        "histogram_quantile(0.5, sum by (le) (rate(bgsvc_http_request_duration_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le) (rate(bgsvc_http_request_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(bgsvc_http_request_duration_seconds_bucket",
+        "bgsvc_inference_duration_seconds_bucket",
+        "bgsvc_queued_requests",
+        "bgsvc_inflight_inferences",
+        "bgsvc_rejections_total",
+        "sum by (instance) (rate(bgsvc_http_requests_total",  # per node
+    ):
+        assert needle in exprs, needle
+
+
+def test_dashboard_panels_use_the_provisioned_datasource_and_do_not_overlap() -> None:
+    datasource = load_yaml(GRAFANA / "provisioning/datasources/prometheus.yml")
+    uid = datasource["datasources"][0]["uid"]  # type: ignore[index]
+    dashboard = load_dashboard()
+    panels = list(iter_panels(dashboard))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == uid, panel["title"]
+            assert all(t["datasource"]["uid"] == uid for t in panel["targets"])
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        mine = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not mine & cells, f"{panel['title']} overlaps another panel"
+        cells |= mine
+
+
+def test_dashboard_provider_points_at_the_folder_compose_mounts() -> None:
+    provider = load_yaml(GRAFANA / "provisioning/dashboards/bgsvc.yml")["providers"][0]  # type: ignore[index]
+    compose = load_yaml(REPO / "docker-compose.yml")
+    mounts = compose["services"]["grafana"]["volumes"]  # type: ignore[index]
+    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    assert json.loads(DASHBOARD.read_text())["uid"]
