@@ -154,3 +154,67 @@ def test_webp_input_is_accepted() -> None:
     out = decode(encode_image(subject_image((40, 30)), "WEBP"), LIMITS)
     assert out.size == (40, 30)
     assert out.source_format == "WEBP"
+
+
+def swapped_rgb_profile() -> bytes:
+    """A matrix/TRC ICC v2 profile whose red and blue primaries are sRGB's blue and red."""
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
+
+    curve = b"curv" + b"\0" * 4 + struct.pack(">I", 1) + struct.pack(">H", 0x0233) + b"\0\0"
+    text = b"swapped\0"
+    desc = (
+        b"desc"
+        + b"\0" * 4
+        + struct.pack(">I", len(text))
+        + text
+        + b"\0" * 8
+        + b"\0\0"
+        + b"\0"
+        + b"\0" * 67
+    )
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.1431, 0.0606, 0.7141)),  # sRGB's blue
+        (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+        (b"bXYZ", xyz(0.4361, 0.2225, 0.0139)),  # sRGB's red
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (
+        struct.pack(">I", size)
+        + b"\0" * 4
+        + struct.pack(">I", 0x02100000)
+        + b"mntrRGB XYZ "
+        + b"\0" * 12
+        + b"acsp"
+        + b"\0" * 24
+        + struct.pack(">I", 0)
+        + s15(0.9642)
+        + s15(1.0)
+        + s15(0.8249)
+        + b"\0" * 48
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_icc_tagged_image_is_converted_to_srgb() -> None:
+    red = Image.new("RGB", (8, 8), (255, 0, 0))
+    out = decode(encode_image(red, "PNG", icc_profile=swapped_rgb_profile()), LIMITS)
+    r, g, b = np.asarray(out.rgb)[4, 4].tolist()
+    # "Red" in this profile is sRGB's blue: the pixels must have been converted.
+    assert b > 200 and r < 60
