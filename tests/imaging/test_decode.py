@@ -215,6 +215,6 @@ def swapped_rgb_profile() -> bytes:
 def test_icc_tagged_image_is_converted_to_srgb() -> None:
     red = Image.new("RGB", (8, 8), (255, 0, 0))
     out = decode(encode_image(red, "PNG", icc_profile=swapped_rgb_profile()), LIMITS)
-    r, g, b = np.asarray(out.rgb)[4, 4].tolist()
+    r, _, b = np.asarray(out.rgb)[4, 4].tolist()
     # "Red" in this profile is sRGB's blue: the pixels must have been converted.
     assert b > 200 and r < 60
