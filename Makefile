@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install model run lint format test test-fast bench clean
+.PHONY: install model run cluster lint format test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ model: install
 ## Start the service in the foreground on BGSVC_HOST:BGSVC_PORT (127.0.0.1:8000).
 run: model
 	$(BIN)/bgsvc serve
+
+## Three nodes + nginx on 127.0.0.1:8080 (logs in .cluster/logs); Ctrl-C stops all.
+cluster: model
+	$(BIN)/bgsvc cluster up
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -24,7 +24,7 @@ from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
 from bgsvc.routes import compat_rembg, compat_removebg, health, remove
 from bgsvc.service import Predictor
-from bgsvc.state import AppState
+from bgsvc.state import AppState, on_drain
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load_models(state, engine_loader, on_load_failure))
+        # SIGTERM reaches us through bgsvc.server: /ready turns 503 first (drain window),
+        # then the server stops listening and waits for in-flight requests, and only then
+        # does this lifespan end.
+        unregister = on_drain(state.start_draining)
         try:
             yield
         finally:
-            state.draining = True
-            metrics.ready.set(0)
+            unregister()
+            state.start_draining()
             if not loading.done():
                 loading.cancel()
                 with suppress(asyncio.CancelledError):
@@ -114,7 +118,11 @@ def create_app(
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        body = {"code": code, "message": str(exc.detail), "request_id": request_id_of(request.scope)}
+        body = {
+            "code": code,
+            "message": str(exc.detail),
+            "request_id": request_id_of(request.scope),
+        }
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -15,23 +15,22 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from bgsvc.app import create_app
     from bgsvc.inference.loader import preflight
     from bgsvc.log import configure_logging
+    from bgsvc.server import serve
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
     configure_logging(settings.log_level)
     preflight(settings)
-    uvicorn.run(
+    serve(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        drain_seconds=settings.drain_seconds,
+        graceful_timeout=settings.request_timeout_s + 5,
     )
     return 0
 
@@ -103,6 +102,25 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+def _cluster_up(args: argparse.Namespace, _: Settings) -> int:
+    from bgsvc.cluster import ClusterError, config_from_args, run_foreground
+
+    try:
+        config = config_from_args(
+            nodes=args.nodes,
+            base_port=args.base_port,
+            host=args.host,
+            listen_port=args.listen_port,
+            run_dir=Path(args.run_dir),
+            workers=args.workers,
+            threads=args.threads,
+        )
+        return run_foreground(config, ready_timeout=args.ready_timeout)
+    except ClusterError as exc:
+        print(f"bgsvc: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="bgsvc", description="Background-removal service.")
@@ -133,6 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--model", default=None)
     remove.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     remove.set_defaults(func=_remove)
+    cluster = sub.add_parser("cluster", help="a local fleet: N nodes behind nginx")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = cluster_sub.add_parser(
+        "up",
+        help="start N nodes and nginx on loopback, in the foreground until Ctrl-C/SIGTERM",
+        description="Nodes are gunicorn (deploy/start.sh) on BASE_PORT.., named node-PORT "
+        "(X-Served-By); nginx renders deploy/nginx/nginx.conf. Every BGSVC_* variable of "
+        "this environment reaches the nodes.",
+    )
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--base-port", type=int, default=8001, help="first node's port")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--listen-port", type=int, default=8080, help="nginx's port")
+    up.add_argument("--workers", type=int, default=1, help="gunicorn workers per node")
+    up.add_argument(
+        "--threads", type=int, default=0, help="ORT threads per worker; 0: cores / all workers"
+    )
+    up.add_argument("--run-dir", default=".cluster", help="logs/, nginx/ and metrics/ go here")
+    up.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
+    up.set_defaults(func=_cluster_up)
     return parser
 
 

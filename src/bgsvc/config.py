@@ -94,6 +94,61 @@ class Settings(BaseSettings):
     jpeg_quality: int = Field(default=90, ge=1, le=100, description="Default JPEG quality.")
     webp_quality: int = Field(default=90, ge=1, le=100, description="Default WebP quality.")
 
+    webp_method: int = Field(
+        default=4,
+        ge=0,
+        le=6,
+        description="libwebp effort (0 fastest .. 6 smallest) for WebP output.",
+    )
+
+    # Model preparation and runtime levers; defaults follow benchmarks/RESULTS.md.
+    cpu_fp32: bool = Field(
+        default=True,
+        description="On the CPU provider, run a cached float32 copy of fp16 models "
+        "(made once in <model_dir>/.prepared; the fetched file stays as verified).",
+    )
+    cache_optimized_model: bool = Field(
+        default=True,
+        description="Save ORT's fully optimised graph to <model_dir>/.prepared and load it "
+        "on later starts (CPU provider).",
+    )
+    allow_spinning: bool = Field(
+        default=False,
+        description="Let ORT worker threads busy-wait between ops (burns idle CPU).",
+    )
+    result_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Per-process LRU cache of encoded results, in bytes; 0 disables it.",
+    )
+
+    # GPU (CUDA / TensorRT) settings; see docs/gpu.md.
+    cuda_device_id: int = Field(default=0, ge=0, description="CUDA device ordinal.")
+    cuda_cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        default="EXHAUSTIVE", description="cuDNN convolution algorithm search."
+    )
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = Field(
+        default="kSameAsRequested", description="How the CUDA memory arena grows."
+    )
+    cuda_mem_limit_bytes: int = Field(
+        default=0, ge=0, description="CUDA arena limit in bytes; 0 means no limit."
+    )
+    io_binding: bool = Field(
+        default=True, description="Bind inputs/outputs explicitly on GPU providers."
+    )
+    gpu_fp16: bool = Field(
+        default=True,
+        description="On GPU, run fp16 weights as shipped (CUDA) or build fp16 engines (TensorRT).",
+    )
+    tensorrt: bool = Field(
+        default=False,
+        description="Put the TensorRT provider before CUDA (needs onnxruntime-gpu + TensorRT).",
+    )
+    tensorrt_cache_dir: Path | None = Field(
+        default=None,
+        description="TensorRT engine and timing caches; empty means <model_dir>/.prepared/trt.",
+    )
+
     ui_enabled: bool = Field(default=True, description="Serve the web page at /.")
 
     workers: int = Field(

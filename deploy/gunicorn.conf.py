@@ -1,0 +1,81 @@
+"""gunicorn settings for bgsvc: ``gunicorn -c deploy/gunicorn.conf.py 'bgsvc.app:create_app()'``
+(deploy/start.sh does exactly that). Every value comes from bgsvc's settings, so the
+same BGSVC_* environment drives `bgsvc serve`, this file, Compose and Kubernetes.
+
+Sizing on CPU: workers x ORT intra-op threads = cores. Each worker is a process with its
+own model session (~0.5-1 GB for the default model) and runs one inference at a time by
+default; ONNX Runtime spreads that inference over its intra-op threads. More threads than
+cores only adds contention. With BGSVC_INTRA_OP_THREADS=0 (the default) each worker takes
+cores // workers threads, so set only the worker count (BGSVC_WORKERS or gunicorn's usual
+WEB_CONCURRENCY): 1 worker x 8 threads has the lowest latency per image, 4 x 2 or 8 x 1
+the highest throughput and better isolation. In a container, the CPU limit is not what
+the process sees as cores: set BGSVC_INTRA_OP_THREADS explicitly there.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from bgsvc.config import get_settings
+from bgsvc.server import KEEPALIVE_SECONDS
+
+_settings = get_settings()
+
+_host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
+bind = [f"{_host}:{_settings.port}"]
+workers = _settings.workers
+worker_class = "bgsvc.server.DrainingUvicornWorker"
+# The model is loaded in each worker (never in the arbiter): ONNX Runtime sessions and
+# their thread pools do not survive fork.
+preload_app = False
+
+# Heartbeat: a worker whose event loop is stuck this long is killed and replaced.
+# Inference runs in threads, so a healthy worker's loop stays responsive under load.
+timeout = 60
+# After SIGTERM: drain window + the longest request's budget + margin; then SIGKILL.
+graceful_timeout = int(_settings.graceful_timeout_s)
+# Longer than nginx's upstream keepalive_timeout (60 s): nginx closes idle connections.
+keepalive = KEEPALIVE_SECONDS
+# Recycle a worker now and then (memory fragmentation of large image buffers). Large,
+# so the per-process files in PROMETHEUS_MULTIPROC_DIR do not pile up; the jitter keeps
+# the workers of one node from restarting (and reloading the model) at the same time.
+max_requests = 5000
+max_requests_jitter = 500
+
+# One line per request comes from nginx's access log; workers log app events only.
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level
+# gunicorn >= 25 opens a control socket under $HOME by default: several nodes on one
+# machine would fight over it, and the container's home is not writable.
+control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    """In the arbiter, before any port is bound: fail with one clear line when the model
+    file is missing or corrupt or the provider is unusable, instead of a crash loop of
+    workers."""
+    from bgsvc.errors import BgsvcError
+    from bgsvc.inference.loader import preflight
+    from bgsvc.log import configure_logging
+
+    configure_logging(_settings.log_level)
+    try:
+        preflight(_settings)
+    except BgsvcError as exc:
+        print(f"bgsvc: error: {exc.message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if _settings.prometheus_multiproc_dir is None and _settings.workers > 1:
+        server.log.warning(
+            "PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows one random worker only"
+        )
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker died or was recycled: its live gauges stop counting (livesum), its
+    counters and histograms keep contributing to the totals."""
+    if _settings.prometheus_multiproc_dir is not None:
+        multiprocess.mark_process_dead(worker.pid, str(_settings.prometheus_multiproc_dir))

@@ -1,0 +1,37 @@
+"""Generated ONNX models for cluster nodes: a slow one, so requests stay in flight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def build_slow_model(path: Path, size: int = 128, channels: int = 32, layers: int = 4) -> Path:
+    """A real conv net shaped like the tiny model (1x3xSxS in, 1x1xSxS out) whose forward
+    pass costs about layers x size² x channels² x 18 FLOPs: tens to hundreds of ms on one
+    thread, so a few requests keep a node busy for a while without any sleep in the app."""
+    rng = np.random.default_rng(0)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
+    inits = []
+    nodes = []
+    prev, prev_ch = "input", 3
+    for i in range(layers):
+        w = (rng.standard_normal((channels, prev_ch, 3, 3)) * 0.05).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        prev, prev_ch = f"r{i}", channels
+    head = (rng.standard_normal((1, channels, 1, 1)) * 0.05).astype(np.float32)
+    inits.append(numpy_helper.from_array(head, "head"))
+    nodes.append(helper.make_node("Conv", [prev, "head"], ["logits"]))
+    nodes.append(helper.make_node("Sigmoid", ["logits"], ["output"]))
+    graph = helper.make_graph(nodes, "slow", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
