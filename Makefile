@@ -28,13 +28,13 @@ cluster: model
 	$(BIN)/bgsvc cluster up
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 ## Lint, then every test (real-model, cluster and browser tests included).
 test: lint model
@@ -43,6 +43,11 @@ test: lint model
 ## The fast suite only: the tiny generated model, seconds.
 test-fast: install
 	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus" $(PYTEST_ARGS)
+
+## Bare-session limit vs the service (c=1/2/4/8), layouts, overload, memory, cluster;
+## writes benchmarks/out/ (~11 min here; BENCH_ARGS=--quick ~4 min).
+bench: model
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ def tiny_env(tiny_model_path: Path, tmp_path: Path) -> dict[str, str]:
             {"tiny": {"path": str(tiny_model_path), "profile": "imgly", "input_size": TINY_SIZE}}
         ),
         "BGSVC_INTRA_OP_THREADS": "1",
+        "BGSVC_DRAIN_SECONDS": "0",
     }
 
 

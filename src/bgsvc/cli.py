@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from bgsvc.inference import prepare
     from bgsvc.inference.fetch import fetch
     from bgsvc.inference.registry import resolve
 
@@ -43,6 +44,12 @@ def _models_fetch(args: argparse.Namespace, settings: Settings) -> int:
         spec = resolve(name, settings)
         path, fetched = fetch(spec, settings.model_dir, force=args.force)
         print(f"{name}: {'fetched' if fetched else 'present'} at {path}")
+        if settings.cpu_fp32 and settings.provider != "cuda":
+            # Prepared now so that no worker pays for the conversion at start-up.
+            key = prepare.source_key(path, spec.sha256)
+            fp32 = prepare.fp32_copy(path, key, prepare.prepared_dir(settings.model_dir))
+            if fp32 != path:
+                print(f"{name}: float32 copy for CPU at {fp32}")
     return 0
 
 

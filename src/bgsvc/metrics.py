@@ -43,7 +43,7 @@ class Metrics:
         )
         self.inference = Histogram(
             "bgsvc_inference_duration_seconds",
-            "Model forward pass incl. pre/post-processing.",
+            "Model forward pass (incl. pre/post-processing for unstaged predictors).",
             ["model"],
             buckets=STAGE_BUCKETS,
             registry=r,
@@ -91,6 +91,22 @@ class Metrics:
         self.ready = Gauge(
             "bgsvc_ready",
             "1 per worker process that is ready to serve.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+        self.cache_lookups = Counter(
+            "bgsvc_result_cache_lookups",
+            "Result-cache lookups, by result (hit or miss).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "bgsvc_result_cache_evictions", "Results evicted to stay within budget.", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "bgsvc_result_cache_bytes",
+            "Bytes held by the per-process result cache.",
             registry=r,
             multiprocess_mode="livesum",
         )

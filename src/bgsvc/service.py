@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio.to_thread
 import numpy as np
 from PIL import Image
 
+from bgsvc.cache import CachedResult, MemoryLRUCache, ResultCache, cache_key
 from bgsvc.config import Settings
 from bgsvc.errors import NotReady, RequestTimeout
 from bgsvc.imaging import refine
@@ -32,6 +33,27 @@ class Predictor(Protocol):
     def predict(self, rgb: Image.Image) -> np.ndarray: ...
 
 
+@runtime_checkable
+class StagedPredictor(Protocol):
+    """A predictor whose stages can run apart (Engine): pre- and post-processing then run
+    outside the inference slot, overlapping other requests' forward passes."""
+
+    @property
+    def name(self) -> str: ...
+
+    def preprocess(self, rgb: Image.Image) -> np.ndarray: ...
+
+    def run(self, tensor: np.ndarray) -> np.ndarray: ...
+
+    def postprocess(self, raw: np.ndarray, size: tuple[int, int]) -> np.ndarray: ...
+
+    def predict(self, rgb: Image.Image) -> np.ndarray: ...
+
+
+# Below this, hashing the upload for the cache key costs less than a thread hop.
+_INLINE_HASH_BYTES = 1 << 20
+
+
 @dataclass
 class RemovalResult:
     """An encoded result and what the response headers report about it."""
@@ -45,6 +67,36 @@ class RemovalResult:
     model: str
     source_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
+    # "HIT" or "MISS" when a result cache is on (the X-Cache header), else None.
+    cache: str | None = None
+
+    def to_cached(self) -> CachedResult:
+        """The cacheable part (no timings)."""
+        return CachedResult(
+            body=self.body,
+            media_type=self.media_type,
+            format=self.format,
+            width=self.width,
+            height=self.height,
+            box=self.box,
+            model=self.model,
+            source_size=self.source_size,
+        )
+
+    @classmethod
+    def from_cached(cls, entry: CachedResult) -> RemovalResult:
+        """A result rebuilt from a cache entry."""
+        return cls(
+            body=entry.body,
+            media_type=entry.media_type,
+            format=entry.format,
+            width=entry.width,
+            height=entry.height,
+            box=entry.box,
+            model=entry.model,
+            source_size=entry.source_size,
+            cache="HIT",
+        )
 
 
 class Remover:
@@ -56,8 +108,10 @@ class Remover:
         self._formats = frozenset(settings.allowed_formats)
         self._encode = EncodeSettings(
             png_compress_level=settings.png_compress_level,
+            png_zlib_strategy=settings.png_zlib_strategy,
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
+            webp_method=settings.webp_method,
         )
 
     def engine_for(self, options: RemovalOptions) -> Predictor:
@@ -119,15 +173,25 @@ class Remover:
 
 
 class RemovalService:
-    """The pipeline under the scheduler and the request budget, with stage metrics."""
+    """The pipeline under the scheduler and the request budget, with stage metrics and an
+    optional result cache."""
 
     def __init__(
-        self, remover: Remover, scheduler: Scheduler, metrics: Metrics, settings: Settings
+        self,
+        remover: Remover,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        settings: Settings,
+        cache: ResultCache | None = None,
     ) -> None:
         self.remover = remover
         self.scheduler = scheduler
         self.metrics = metrics
         self.timeout = settings.request_timeout_s
+        if cache is None and settings.result_cache_bytes > 0:
+            cache = MemoryLRUCache(settings.result_cache_bytes)
+        self.cache = cache
+        self._evictions_seen = 0
 
     async def process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
         """Decode, infer and encode one request within the timeout; raises domain errors."""
@@ -135,37 +199,87 @@ class RemovalService:
             async with asyncio.timeout(self.timeout):
                 return await self._process(ticket, data, options)
         except TimeoutError:
-            raise RequestTimeout(
-                f"The request did not finish within {self.timeout:g} s."
-            ) from None
+            raise RequestTimeout(f"The request did not finish within {self.timeout:g} s.") from None
 
     async def _process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
         engine = self.remover.engine_for(options)
+        key: str | None = None
+        if self.cache is not None:
+            started = time.perf_counter()
+            version = str(getattr(engine, "version", engine.name))
+            if len(data) < _INLINE_HASH_BYTES:
+                key = cache_key(data, options, engine.name, version)
+            else:
+                key = await anyio.to_thread.run_sync(cache_key, data, options, engine.name, version)
+            entry = self.cache.get(key)
+            if entry is not None:
+                self.metrics.cache_lookups.labels("hit").inc()
+                result = RemovalResult.from_cached(entry)
+                result.timings = {"cache": time.perf_counter() - started}
+                return result
+            self.metrics.cache_lookups.labels("miss").inc()
+
+        result = await self._compute(ticket, data, options, engine)
+        if self.cache is not None and key is not None:
+            self.cache.put(key, result.to_cached())
+            stats = self.cache.stats()
+            self.metrics.cache_bytes.set(stats.bytes)
+            if stats.evictions > self._evictions_seen:
+                self.metrics.cache_evictions.inc(stats.evictions - self._evictions_seen)
+                self._evictions_seen = stats.evictions
+            result.cache = "MISS"
+        return result
+
+    async def _compute(
+        self, ticket: Ticket, data: bytes, options: RemovalOptions, engine: Predictor
+    ) -> RemovalResult:
         timings: dict[str, float] = {}
+        staged = engine if isinstance(engine, StagedPredictor) else None
+
+        def decode() -> tuple[DecodedImage, np.ndarray | None, float]:
+            image = self.remover.decode(data, options)
+            if staged is None:
+                return image, None, 0.0
+            # Preprocessing here, before the inference slot, overlaps another forward pass.
+            t0 = time.perf_counter()
+            tensor = staged.preprocess(image.rgb)
+            return image, tensor, time.perf_counter() - t0
 
         started = time.perf_counter()
-        image = await anyio.to_thread.run_sync(
-            self.remover.decode, data, options, abandon_on_cancel=True
-        )
-        timings["decode"] = time.perf_counter() - started
+        image, tensor, preprocess_s = await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
+        timings["decode"] = time.perf_counter() - started - preprocess_s
+        if staged is not None:
+            timings["preprocess"] = preprocess_s
         self.metrics.decode.observe(timings["decode"])
         w, h = image.source_size
         self.metrics.input_megapixels.observe(w * h / 1e6)
 
         def infer() -> tuple[np.ndarray, float]:
             t0 = time.perf_counter()
-            mask = engine.predict(image.rgb)
-            return mask, time.perf_counter() - t0
+            if staged is not None and tensor is not None:
+                out = staged.run(tensor)
+            else:
+                out = engine.predict(image.rgb)
+            return out, time.perf_counter() - t0
 
-        mask, timings["inference"] = await self.scheduler.run(ticket, infer)
+        raw, timings["inference"] = await self.scheduler.run(ticket, infer)
         timings["queue"] = ticket.queue_seconds
         self.metrics.inference.labels(engine.name).observe(timings["inference"])
 
+        def finish() -> tuple[RemovalResult, float, float]:
+            t0 = time.perf_counter()
+            mask = staged.postprocess(raw, image.rgb.size) if staged is not None else raw
+            mask_s = time.perf_counter() - t0
+            result, encode_s = self.remover.finish(image, mask, options)
+            return result, mask_s, encode_s
+
         started = time.perf_counter()
-        result, timings["encode"] = await anyio.to_thread.run_sync(
-            self.remover.finish, image, mask, options, abandon_on_cancel=True
+        result, mask_s, timings["encode"] = await anyio.to_thread.run_sync(
+            finish, abandon_on_cancel=True
         )
-        timings["postprocess"] = time.perf_counter() - started - timings["encode"]
+        if staged is not None:
+            timings["mask"] = mask_s
+        timings["postprocess"] = time.perf_counter() - started - timings["encode"] - mask_s
         self.metrics.postprocess.observe(timings["postprocess"])
         self.metrics.encode.observe(timings["encode"])
         result.model = engine.name

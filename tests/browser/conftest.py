@@ -89,6 +89,9 @@ def start_service(tmp: Path, model: Path, extra_env: dict[str, str] | None = Non
             "BGSVC_DEFAULT_MODEL": "tiny",
             "BGSVC_LOG_LEVEL": "warning",
             "BGSVC_INTRA_OP_THREADS": "1",
+            # Several tests upload the same photo and check the real stage timings.
+            "BGSVC_RESULT_CACHE_BYTES": "0",
+            "BGSVC_DRAIN_SECONDS": "0",
         }
     )
     env.update(extra_env or {})
@@ -118,7 +121,9 @@ def stop_service(service: Service) -> None:
         service.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in the main thread
+# while it is open, which would break asyncio.run() in every test collected after these.
+@pytest.fixture(scope="module")
 def service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
@@ -147,7 +152,7 @@ def launch_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         stop_service(svc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():

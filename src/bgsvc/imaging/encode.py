@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass
 
 from PIL import Image
@@ -15,22 +16,28 @@ class EncodeSettings:
     """Defaults for each format; a request's ``quality`` overrides the lossy ones."""
 
     png_compress_level: int = 1
+    # Run-length matching suits filtered photo rows and transparent runs: at level 1 it
+    # is a little faster and 15-22% smaller than the default strategy (RESULTS.md).
+    png_zlib_strategy: str = "rle"
     jpeg_quality: int = 90
     webp_quality: int = 90
+    # libwebp effort: 2 costs ~40% less time than 4 for ~5% larger files (RESULTS.md).
+    webp_method: int = 2
 
 
 def encode(img: Image.Image, fmt: str, quality: int | None, settings: EncodeSettings) -> bytes:
     """Encode ``img`` as ``fmt`` (png, webp or jpg); JPEG inputs must already be opaque."""
     buf = io.BytesIO()
     if fmt == "png":
-        img.save(buf, "PNG", compress_level=settings.png_compress_level)
+        strategy = zlib.Z_RLE if settings.png_zlib_strategy == "rle" else zlib.Z_DEFAULT_STRATEGY
+        img.save(buf, "PNG", compress_level=settings.png_compress_level, compress_type=strategy)
     elif fmt == "webp":
         img.save(
             buf,
             "WEBP",
             quality=quality or settings.webp_quality,
             alpha_quality=100,
-            method=4,
+            method=settings.webp_method,
         )
     elif fmt == "jpg":
         if img.mode not in ("RGB", "L"):

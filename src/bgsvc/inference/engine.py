@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
 from bgsvc.errors import ModelError, ProviderUnavailable
+from bgsvc.inference import prepare
 from bgsvc.inference.fetch import verify
 from bgsvc.inference.registry import ModelSpec
 
@@ -20,21 +21,71 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = frozenset({CUDA, TENSORRT})
+
+CudnnSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+ArenaStrategy = Literal["kNextPowerOfTwo", "kSameAsRequested"]
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """CUDA and TensorRT provider settings (ignored on the CPU provider)."""
+
+    device_id: int = 0
+    # EXHAUSTIVE benchmarks every cuDNN algorithm once per input shape; the model's input
+    # shape is fixed, so the one-off cost at warm-up buys the fastest kernels for good.
+    cudnn_conv_algo_search: CudnnSearch = "EXHAUSTIVE"
+    # kSameAsRequested keeps the arena from doubling past what the model needs.
+    arena_extend_strategy: ArenaStrategy = "kSameAsRequested"
+    mem_limit_bytes: int = 0
+    # The input goes up once and the output comes back once, without ORT's extra copies.
+    io_binding: bool = True
+    # CUDA runs the shipped fp16 weights as they are (tensor cores); TensorRT builds its
+    # engine from the fp32 graph with its own fp16 mode.
+    fp16: bool = True
+    tensorrt: bool = False
+    tensorrt_cache_dir: Path | None = None
+    tensorrt_workspace_bytes: int = 2 * 1024**3
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How sessions are built: provider and explicit thread counts (ORT ignores OMP_*)."""
+    """How sessions are built: provider, explicit thread counts (ORT ignores OMP_*) and the
+    model preparation that the benchmarks showed to pay (benchmarks/RESULTS.md)."""
 
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    # Worker threads busy-wait between ops; off, an idle process does not burn its cores.
+    allow_spinning: bool = False
+    # Where derived files (float32 copy, optimised graph) are cached; None: derive nothing.
+    prepared_dir: Path | None = None
+    cpu_fp32: bool = True
+    # Static int8 QDQ copy on the CPU (opt-in; see inference.quantize).
+    cpu_int8: bool = False
+    int8_calibration_dir: Path | None = None
+    cache_optimized: bool = True
+    gpu: GpuOptions = field(default_factory=GpuOptions)
 
 
-def choose_providers(requested: str, available: list[str]) -> list[str]:
-    """Providers to ask ORT for; raises ProviderUnavailable when CUDA was demanded but absent."""
+def choose_providers(requested: str, available: list[str], *, tensorrt: bool = False) -> list[str]:
+    """Providers to ask ORT for; raises ProviderUnavailable when a GPU provider was demanded
+    but this onnxruntime build lacks it."""
     if requested == "cpu":
+        if tensorrt:
+            raise ProviderUnavailable(
+                "BGSVC_TENSORRT=true needs BGSVC_PROVIDER=cuda or auto, not cpu."
+            )
         return [CPU]
+    if tensorrt:
+        if TENSORRT not in available:
+            raise ProviderUnavailable(
+                "BGSVC_TENSORRT=true but this onnxruntime has no TensorRT provider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu with TensorRT "
+                "libraries, or set BGSVC_TENSORRT=false."
+            )
+        return [TENSORRT, CUDA, CPU] if CUDA in available else [TENSORRT, CPU]
     if requested == "cuda":
         if CUDA not in available:
             raise ProviderUnavailable(
@@ -46,24 +97,134 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+def provider_options(providers: list[str], gpu: GpuOptions) -> list[dict[str, str]]:
+    """ORT's per-provider option dicts, in the order of ``providers``."""
+    options: list[dict[str, str]] = []
+    for name in providers:
+        if name == CUDA:
+            cuda = {
+                "device_id": str(gpu.device_id),
+                "cudnn_conv_algo_search": gpu.cudnn_conv_algo_search,
+                "arena_extend_strategy": gpu.arena_extend_strategy,
+                "do_copy_in_default_stream": "1",
+            }
+            if gpu.mem_limit_bytes:
+                cuda["gpu_mem_limit"] = str(gpu.mem_limit_bytes)
+            options.append(cuda)
+        elif name == TENSORRT:
+            trt = {
+                "device_id": str(gpu.device_id),
+                "trt_fp16_enable": "1" if gpu.fp16 else "0",
+                "trt_max_workspace_size": str(gpu.tensorrt_workspace_bytes),
+            }
+            if gpu.tensorrt_cache_dir is not None:
+                # Building an engine takes minutes; the caches make later starts seconds.
+                cache = str(gpu.tensorrt_cache_dir)
+                trt |= {
+                    "trt_engine_cache_enable": "1",
+                    "trt_engine_cache_path": cache,
+                    "trt_timing_cache_enable": "1",
+                    "trt_timing_cache_path": cache,
+                }
+            options.append(trt)
+        else:
+            options.append({})
+    return options
+
+
+def check_provider_used(requested: str, gpu: GpuOptions, active: list[str], name: str) -> None:
+    """Fail loudly when ORT quietly fell back from a GPU provider the settings demanded."""
+    first = active[0] if active else "nothing"
+    if gpu.tensorrt and first != TENSORRT:
+        raise ProviderUnavailable(
+            f"BGSVC_TENSORRT=true but the session for {name!r} fell back to {first} "
+            "(TensorRT libraries not usable, or the model is not supported by TensorRT)."
+        )
+    if requested == "cuda" and first not in GPU_PROVIDERS:
+        raise ProviderUnavailable(
+            f"BGSVC_PROVIDER=cuda but the session for {name!r} fell back to "
+            f"{first} (CUDA or cuDNN libraries not usable)."
+        )
+
+
+def session_options(runtime: RuntimeOptions) -> ort.SessionOptions:
+    """Threads, sequential execution, full graph optimisation and spinning policy."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = runtime.intra_op_threads
+    options.inter_op_num_threads = runtime.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    spin = "1" if runtime.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
+
+
+def model_file_for(
+    spec: ModelSpec, path: Path, runtime: RuntimeOptions, providers: list[str]
+) -> Path:
+    """The file the session loads: the verified original, or its cached float32 copy when
+    the CPU runs it (or TensorRT, which wants fp32 graphs and applies its own fp16)."""
+    if runtime.prepared_dir is None:
+        return path
+    first = providers[0]
+    if first == CPU:
+        wanted = runtime.cpu_fp32 or runtime.cpu_int8
+    elif first == TENSORRT:
+        wanted = True
+    else:  # CUDA: the fp16 weights as shipped when fp16 is on, else the fp32 copy
+        wanted = not runtime.gpu.fp16
+    if not wanted:
+        return path
+    key = prepare.source_key(path, spec.sha256)
+    try:
+        fp32 = prepare.fp32_copy(path, key, runtime.prepared_dir)
+        if first == CPU and runtime.cpu_int8:
+            return prepare.int8_copy(
+                fp32, key, runtime.prepared_dir, spec.profile, runtime.int8_calibration_dir
+            )
+        return fp32
+    except OSError as exc:
+        log.warning("could not cache a prepared copy of %s (%s); using it as is", path, exc)
+        return path
+
+
 class Engine:
     """A loaded model: ``predict`` maps RGB pixels to a uint8 alpha matte of the same size."""
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, load_seconds: float):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        load_seconds: float,
+        *,
+        io_binding: bool = False,
+        version: str | None = None,
+    ):
         self.spec = spec
         self.session = session
         self.load_seconds = load_seconds
         self.providers: list[str] = session.get_providers()
-        self._input = session.get_inputs()[0].name
+        # Identifies the weights in cache keys: a new model file must never hit old results.
+        self.version = version or spec.sha256 or spec.name
+        first_input = session.get_inputs()[0]
+        self._input = first_input.name
+        self._input_dtype = np.float16 if first_input.type == "tensor(float16)" else np.float32
         outputs = session.get_outputs()
         index = spec.profile.output_index
         if index >= len(outputs):
             raise ModelError(f"Model {spec.name!r} has no output #{index}.")
         # Asking for one output lets ORT skip the side outputs' final ops.
         self._output = outputs[index].name
+        self._io_binding = io_binding and self.providers[0] in GPU_PROVIDERS
         profile = spec.profile
-        self._mean = np.asarray(profile.mean, dtype=np.float32)
-        self._inv_std = (1.0 / np.asarray(profile.std, dtype=np.float32)).astype(np.float32)
+        mean = np.asarray(profile.mean, dtype=np.float32)
+        inv_std = (1.0 / np.asarray(profile.std, dtype=np.float32)).astype(np.float32)
+        # (x - mean) / std as x * inv_std - mean * inv_std: one converting multiply and one
+        # in-place subtract per channel, on contiguous planes (benchmarks/RESULTS.md).
+        self._scale = [np.float32(v) for v in inv_std]
+        self._shift = [np.float32(m * v) for m, v in zip(mean, inv_std, strict=True)]
 
     @property
     def name(self) -> str:
@@ -75,26 +236,55 @@ class Engine:
         """Verify the file, build the session, and fail loudly on a missing accelerator."""
         started = time.perf_counter()
         verify(spec, path)
-        providers = choose_providers(runtime.provider, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = runtime.intra_op_threads
-        options.inter_op_num_threads = runtime.inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        providers = choose_providers(
+            runtime.provider, ort.get_available_providers(), tensorrt=runtime.gpu.tensorrt
+        )
+        model_file = model_file_for(spec, path, runtime, providers)
+        options = session_options(runtime)
+        load_from = model_file
+        optimized: Path | None = None
+        if runtime.prepared_dir is not None and runtime.cache_optimized and providers == [CPU]:
+            key = prepare.source_key(path, spec.sha256)
+            optimized = prepare.optimized_path(model_file, key, runtime.prepared_dir, CPU)
+            if optimized.is_file():
+                load_from = optimized
+                # Already optimised: running the optimisers again would only cost start time.
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            else:
+                optimized.parent.mkdir(parents=True, exist_ok=True)
+                partial = optimized.with_name(f".{optimized.name}.{time.time_ns()}.part")
+                options.optimized_model_filepath = str(partial)
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(
+                str(load_from),
+                sess_options=options,
+                providers=providers,
+                provider_options=provider_options(providers, runtime.gpu),
+            )
         except Exception as exc:  # ORT raises its own untyped errors for bad files
+            if load_from != model_file:
+                # A damaged cache must not take the node down: drop it and build afresh.
+                log.warning("cached optimised model %s failed to load; rebuilding", load_from)
+                load_from.unlink(missing_ok=True)
+                return cls.load(spec, path, runtime)
             raise ModelError(
                 f"Model {spec.name!r} at {path} could not be loaded ({exc}); it may be corrupt: "
                 f"delete it and run `bgsvc models fetch {spec.name}`."
             ) from exc
-        if runtime.provider == "cuda" and session.get_providers()[0] != CUDA:
-            raise ProviderUnavailable(
-                f"BGSVC_PROVIDER=cuda but the session for {spec.name!r} fell back to "
-                f"{session.get_providers()[0]} (CUDA or cuDNN libraries not usable)."
-            )
-        engine = cls(spec, session, time.perf_counter() - started)
+        if options.optimized_model_filepath and optimized is not None:
+            partial = Path(options.optimized_model_filepath)
+            if partial.is_file():
+                partial.replace(optimized)
+        check_provider_used(runtime.provider, runtime.gpu, session.get_providers(), spec.name)
+        engine = cls(
+            spec,
+            session,
+            time.perf_counter() - started,
+            io_binding=runtime.gpu.io_binding,
+            # The weights' content and the variant run (fp32 copy, int8 copy, original):
+            # results differ between variants, so cached results must too.
+            version=f"{prepare.source_key(path, spec.sha256)}:{model_file.name}",
+        )
         engine._check_input_shape()
         return engine
 
@@ -108,35 +298,59 @@ class Engine:
                 f"{size}; set input_size for this custom model."
             )
 
-    def preprocess(self, rgb: Image.Image) -> np.ndarray:
-        """Resize to the model's square input (bilinear) and normalise to NCHW float32."""
+    def preprocess(self, rgb: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """Resize to the model's square input and normalise to NCHW float32 (into ``out``
+        when given, e.g. a buffer reused across calls).
+
+        Large images are first box-reduced by an integer factor (reducing_gap), then
+        resized bilinearly: within a level or two of a full bilinear filter, at a fraction
+        of the cost for 12 MP inputs.
+        """
         size = self.spec.profile.input_size
-        resized = rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BILINEAR)
-        pixels = np.asarray(resized, dtype=np.float32)
-        tensor = np.empty((1, 3, size, size), dtype=np.float32)
-        for c in range(3):
-            np.subtract(pixels[:, :, c], self._mean[c], out=tensor[0, c])
-            tensor[0, c] *= self._inv_std[c]
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        tensor = np.empty((1, 3, size, size), dtype=np.float32) if out is None else out
+        for c, plane in enumerate(rgb.split()):
+            np.multiply(np.asarray(plane), self._scale[c], out=tensor[0, c], dtype=np.float32)
+            tensor[0, c] -= self._shift[c]
         return tensor
 
     def postprocess(self, raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """The raw output map to a uint8 matte at ``size`` (width, height)."""
-        pred = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
+        pred: np.ndarray = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
         transform = self.spec.profile.output_transform
         if transform == "minmax":
             lo, hi = float(pred.min()), float(pred.max())
             pred = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
         elif transform == "sigmoid":
-            pred = 1.0 / (1.0 + np.exp(-pred))
-        matte = Image.fromarray(pred, "F")
+            pred = (1.0 / (1.0 + np.exp(-pred))).astype(np.float32)
+        # Quantise at the model's resolution, then resize 8-bit: a quarter of the bytes
+        # to move and Pillow's fast uint8 path, within one level of the float resize.
+        scaled = np.multiply(pred, 255.0, dtype=np.float32)
+        scaled += 0.5
+        np.clip(scaled, 0.0, 255.0, out=scaled)
+        matte = Image.fromarray(scaled.astype(np.uint8), "L")
         if matte.size != size:
-            matte = matte.resize(size, Image.BILINEAR)
-        out = np.asarray(matte, dtype=np.float32) * 255.0 + 0.5
-        return np.clip(out, 0.0, 255.0).astype(np.uint8)
+            matte = matte.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(matte, dtype=np.uint8)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """The bare forward pass: the model's chosen output for an NCHW tensor."""
+        if self._input_dtype is not np.float32:
+            tensor = tensor.astype(self._input_dtype)
+        if self._io_binding:
+            return self._run_bound(tensor)
         result: np.ndarray = self.session.run([self._output], {self._input: tensor})[0]
+        return result
+
+    def _run_bound(self, tensor: np.ndarray) -> np.ndarray:
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._input, tensor)
+        device = "cuda"
+        binding.bind_output(self._output, device)
+        self.session.run_with_iobinding(binding)
+        outputs: list[Any] = binding.copy_outputs_to_cpu()
+        result: np.ndarray = np.asarray(outputs[0])
         return result
 
     def predict(self, rgb: Image.Image) -> np.ndarray:

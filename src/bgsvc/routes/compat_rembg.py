@@ -41,7 +41,9 @@ class RembgParams(BaseModel):
     def to_options(self) -> RemovalOptions:
         """The dialect-neutral options (rembg always answers PNG)."""
         if self.dc or self.vm:
-            raise InvalidParameter("dc and vm (rembg's edge decontamination/ViTMatte) are not supported.")
+            raise InvalidParameter(
+                "dc and vm (rembg's edge decontamination/ViTMatte) are not supported."
+            )
         return RemovalOptions(
             format="png",
             bg_color=None if self.om else parse_color(self.bgc),

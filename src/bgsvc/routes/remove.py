@@ -76,9 +76,7 @@ class RemoveParams(BaseModel):
     responses=ERROR_RESPONSES,
     openapi_extra=IMAGE_BODY,
 )
-async def remove_background(
-    request: Request, params: Annotated[RemoveParams, Query()]
-) -> Response:
+async def remove_background(request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
     data, fields = await read_upload(request, ("file", "image_file"))
     if data is None:
         raise MissingImage("Send the image as multipart field 'file' or as an image/* body.")

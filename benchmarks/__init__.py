@@ -1,0 +1,1 @@
+"""The performance harness: `python -m benchmarks.bench` (see benchmarks/RESULTS.md)."""

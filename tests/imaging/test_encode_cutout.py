@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from bgsvc.imaging.compose import cutout
+from bgsvc.imaging.encode import EncodeSettings, encode
+
+
+def photo_and_mask(seed: int = 0) -> tuple[Image.Image, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), "RGB")
+    mask = (rng.integers(0, 3, (40, 60)) * 127).astype(np.uint8)
+    return rgb, mask
+
+
+def test_cutout_zeroes_colour_only_where_fully_transparent() -> None:
+    rgb, mask = photo_and_mask()
+    out = np.asarray(cutout(rgb, mask))
+    ref = np.dstack([np.asarray(rgb), mask])
+    ref[mask == 0, :3] = 0
+    np.testing.assert_array_equal(out, ref)
+    assert cutout(rgb, mask).mode == "RGBA"
+
+
+def test_png_level_is_a_setting_and_trades_size_for_time() -> None:
+    rgb, mask = photo_and_mask()
+    img = cutout(rgb, mask)
+    stored = encode(img, "png", None, EncodeSettings(png_compress_level=0))
+    packed = encode(img, "png", None, EncodeSettings(png_compress_level=9))
+    assert len(stored) > len(packed)
+    for body in (stored, packed):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(img))
+
+
+def test_webp_method_is_a_setting_and_every_method_decodes() -> None:
+    rgb, mask = photo_and_mask()
+    img = cutout(rgb, mask)
+    for method in (0, 2, 6):
+        body = encode(img, "webp", 90, EncodeSettings(webp_method=method))
+        decoded = Image.open(io.BytesIO(body))
+        assert decoded.format == "WEBP" and decoded.size == img.size
+
+
+def test_png_rle_strategy_is_lossless_and_smaller_on_a_cutout() -> None:
+    from benchmarks.levers import _cutout_image
+
+    img = _cutout_image(0.3)
+    rle = encode(img, "png", None, EncodeSettings(png_zlib_strategy="rle"))
+    default = encode(img, "png", None, EncodeSettings(png_zlib_strategy="default"))
+    assert len(rle) < len(default)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(rle))), np.asarray(img))
