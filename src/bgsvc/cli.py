@@ -104,7 +104,8 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
             failures += 1
             tqdm.write(f"{path}: {getattr(exc, 'message', exc)}", file=sys.stderr)
             continue
-        (out_dir / f"{path.stem}.{result.format}").write_bytes(result.body)
+        output = result.output
+        (out_dir / f"{path.stem}.{output.format}").write_bytes(output.body)
     print(f"{len(files) - failures} written to {out_dir}, {failures} failed", file=sys.stderr)
     return 1 if failures else 0
 

@@ -15,7 +15,7 @@ from bgsvc.cache import CachedResult, MemoryLRUCache, ResultCache, cache_key
 from bgsvc.config import Settings
 from bgsvc.errors import NotReady, RequestTimeout
 from bgsvc.imaging import refine
-from bgsvc.imaging.compose import Box, combine_alpha, render
+from bgsvc.imaging.compose import combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode
 from bgsvc.inference.registry import select
@@ -56,47 +56,12 @@ _INLINE_HASH_BYTES = 1 << 20
 
 @dataclass
 class RemovalResult:
-    """An encoded result and what the response headers report about it."""
+    """One request's answer: the encoded output (what a cache keeps) and how it was made."""
 
-    body: bytes
-    media_type: str
-    format: str
-    width: int
-    height: int
-    box: Box
-    model: str
-    source_size: tuple[int, int]
+    output: CachedResult
     timings: dict[str, float] = field(default_factory=dict)
     # "HIT" or "MISS" when a result cache is on (the X-Cache header), else None.
     cache: str | None = None
-
-    def to_cached(self) -> CachedResult:
-        """The cacheable part (no timings)."""
-        return CachedResult(
-            body=self.body,
-            media_type=self.media_type,
-            format=self.format,
-            width=self.width,
-            height=self.height,
-            box=self.box,
-            model=self.model,
-            source_size=self.source_size,
-        )
-
-    @classmethod
-    def from_cached(cls, entry: CachedResult) -> RemovalResult:
-        """A result rebuilt from a cache entry."""
-        return cls(
-            body=entry.body,
-            media_type=entry.media_type,
-            format=entry.format,
-            width=entry.width,
-            height=entry.height,
-            box=entry.box,
-            model=entry.model,
-            source_size=entry.source_size,
-            cache="HIT",
-        )
 
 
 class Remover:
@@ -133,7 +98,7 @@ class Remover:
         return decode(data, limits)
 
     def finish(
-        self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions
+        self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str
     ) -> tuple[RemovalResult, float]:
         """Stages 3 and 4: refine, composite, encode. Returns the result and encode seconds."""
         if options.post_process_mask:
@@ -150,25 +115,24 @@ class Remover:
         rendered = render(image.rgb, mask, options)
         started = time.perf_counter()
         body = encode(rendered.image, rendered.format, options.quality, self._encode)
-        result = RemovalResult(
+        output = CachedResult(
             body=body,
             media_type=CONTENT_TYPES[rendered.format],
             format=rendered.format,
             width=rendered.image.width,
             height=rendered.image.height,
             box=rendered.box,
-            model="",
+            model=model,
             source_size=image.source_size,
         )
-        return result, time.perf_counter() - started
+        return RemovalResult(output), time.perf_counter() - started
 
     def remove(self, data: bytes, options: RemovalOptions) -> RemovalResult:
         """The whole pipeline in the calling thread (the CLI's path)."""
         engine = self.engine_for(options)
         image = self.decode(data, options)
         mask = engine.predict(image.rgb)
-        result, _ = self.finish(image, mask, options)
-        result.model = engine.name
+        result, _ = self.finish(image, mask, options, engine.name)
         return result
 
 
@@ -214,14 +178,14 @@ class RemovalService:
             entry = self.cache.get(key)
             if entry is not None:
                 self.metrics.cache_lookups.labels("hit").inc()
-                result = RemovalResult.from_cached(entry)
+                result = RemovalResult(entry, cache="HIT")
                 result.timings = {"cache": time.perf_counter() - started}
                 return result
             self.metrics.cache_lookups.labels("miss").inc()
 
         result = await self._compute(ticket, data, options, engine)
         if self.cache is not None and key is not None:
-            self.cache.put(key, result.to_cached())
+            self.cache.put(key, result.output)
             stats = self.cache.stats()
             self.metrics.cache_bytes.set(stats.bytes)
             if stats.evictions > self._evictions_seen:
@@ -270,7 +234,7 @@ class RemovalService:
             t0 = time.perf_counter()
             mask = staged.postprocess(raw, image.rgb.size) if staged is not None else raw
             mask_s = time.perf_counter() - t0
-            result, encode_s = self.remover.finish(image, mask, options)
+            result, encode_s = self.remover.finish(image, mask, options, engine.name)
             return result, mask_s, encode_s
 
         started = time.perf_counter()
@@ -282,6 +246,5 @@ class RemovalService:
         timings["postprocess"] = time.perf_counter() - started - timings["encode"] - mask_s
         self.metrics.postprocess.observe(timings["postprocess"])
         self.metrics.encode.observe(timings["encode"])
-        result.model = engine.name
         result.timings = timings
         return result

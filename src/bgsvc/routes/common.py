@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 
 from bgsvc.errors import InvalidParameter, MissingImage
 from bgsvc.inference.scheduler import Ticket
+from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalResult
 from bgsvc.state import AppState
 
@@ -98,21 +99,47 @@ def parse_params(model: type[M], values: dict[str, str]) -> M:
         raise InvalidParameter(f"{where}: {first['msg']}") from None
 
 
+class RemovalParams(BaseModel):
+    """Options of one API dialect; each maps them to the dialect-neutral options."""
+
+    def to_options(self) -> RemovalOptions:
+        """The dialect-neutral options."""
+        raise NotImplementedError
+
+
+P = TypeVar("P", bound=RemovalParams)
+
+
+async def remove_upload(
+    request: Request, params: P, fields: tuple[str, ...], missing: str
+) -> RemovalResult:
+    """Read the upload (``fields`` name the file part), let form fields override the query
+    parameters, and run the removal under the request's admission ticket."""
+    data, form = await read_upload(request, fields)
+    if data is None:
+        raise MissingImage(missing)
+    if form:
+        params = parse_params(type(params), {**request.query_params, **form})
+    service = app_state(request).service
+    return await service.process(ticket_of(request), data, params.to_options())
+
+
 def result_headers(result: RemovalResult) -> dict[str, str]:
     """Size, subject box, model and stage timings of a result."""
     timing = ", ".join(
         f"{name};dur={seconds * 1000:.1f}" for name, seconds in result.timings.items()
     )
+    out = result.output
     headers = {
-        "X-Width": str(result.width),
-        "X-Height": str(result.height),
-        "X-Foreground-Top": str(result.box.top),
-        "X-Foreground-Left": str(result.box.left),
-        "X-Foreground-Width": str(result.box.width),
-        "X-Foreground-Height": str(result.box.height),
-        "X-Model": result.model,
-        "X-Source-Width": str(result.source_size[0]),
-        "X-Source-Height": str(result.source_size[1]),
+        "X-Width": str(out.width),
+        "X-Height": str(out.height),
+        "X-Foreground-Top": str(out.box.top),
+        "X-Foreground-Left": str(out.box.left),
+        "X-Foreground-Width": str(out.box.width),
+        "X-Foreground-Height": str(out.box.height),
+        "X-Model": out.model,
+        "X-Source-Width": str(out.source_size[0]),
+        "X-Source-Height": str(out.source_size[1]),
     }
     if timing:
         headers["Server-Timing"] = timing
@@ -123,4 +150,5 @@ def result_headers(result: RemovalResult) -> dict[str, str]:
 
 def image_response(result: RemovalResult) -> Response:
     """The result as image bytes with its headers."""
-    return Response(result.body, media_type=result.media_type, headers=result_headers(result))
+    out = result.output
+    return Response(out.body, media_type=out.media_type, headers=result_headers(result))

@@ -6,24 +6,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from bgsvc.errors import InvalidParameter, MissingImage
+from bgsvc.errors import InvalidParameter
 from bgsvc.options import RemovalOptions, parse_color
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
     IMAGE_BODY,
-    app_state,
+    RemovalParams,
     image_response,
-    parse_params,
-    read_upload,
-    ticket_of,
+    remove_upload,
 )
 
 router = APIRouter(tags=["rembg compatibility"])
 
 
-class RembgParams(BaseModel):
+class RembgParams(RemovalParams):
     """rembg's parameters (query or form), same names and defaults."""
 
     model: str | None = Field(None, description="Model; only allow-listed names (GET /models).")
@@ -66,13 +64,8 @@ class RembgParams(BaseModel):
     openapi_extra=IMAGE_BODY,
 )
 async def rembg_remove(request: Request, params: Annotated[RembgParams, Query()]) -> Response:
-    data, fields = await read_upload(request, ("file",))
-    if data is None:
-        raise MissingImage("Send the image as multipart field 'file'.")
-    if fields:
-        params = parse_params(RembgParams, {**request.query_params, **fields})
-    service = app_state(request).service
-    result = await service.process(ticket_of(request), data, params.to_options())
+    missing = "Send the image as multipart field 'file'."
+    result = await remove_upload(request, params, ("file",), missing)
     return image_response(result)
 
 

@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from bgsvc.errors import InvalidParameter, MissingImage
 from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
+    RemovalParams,
     app_state,
     image_response,
     parse_params,
@@ -66,7 +67,7 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
-class RemoveBgParams(BaseModel):
+class RemoveBgParams(RemovalParams):
     """The remove.bg fields this server honours."""
 
     size: str = Field("auto")
@@ -146,11 +147,11 @@ async def removebg(request: Request) -> Response:
         return JSONResponse(
             {
                 "data": {
-                    "result_b64": base64.b64encode(result.body).decode("ascii"),
-                    "foreground_top": result.box.top,
-                    "foreground_left": result.box.left,
-                    "foreground_width": result.box.width,
-                    "foreground_height": result.box.height,
+                    "result_b64": base64.b64encode(result.output.body).decode("ascii"),
+                    "foreground_top": result.output.box.top,
+                    "foreground_left": result.output.box.left,
+                    "foreground_width": result.output.box.width,
+                    "foreground_height": result.output.box.height,
                 }
             },
             headers=headers,

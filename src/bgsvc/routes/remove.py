@@ -6,24 +6,21 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from bgsvc.errors import MissingImage
 from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
     IMAGE_BODY,
-    app_state,
+    RemovalParams,
     image_response,
-    parse_params,
-    read_upload,
-    ticket_of,
+    remove_upload,
 )
 
 router = APIRouter(tags=["Background removal"])
 
 
-class RemoveParams(BaseModel):
+class RemoveParams(RemovalParams):
     """Options of /remove-background, accepted as query parameters or form fields."""
 
     format: str = Field("png", description="Output format: png, webp, jpg or auto.")
@@ -77,11 +74,6 @@ class RemoveParams(BaseModel):
     openapi_extra=IMAGE_BODY,
 )
 async def remove_background(request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
-    data, fields = await read_upload(request, ("file", "image_file"))
-    if data is None:
-        raise MissingImage("Send the image as multipart field 'file' or as an image/* body.")
-    if fields:
-        params = parse_params(RemoveParams, {**request.query_params, **fields})
-    service = app_state(request).service
-    result = await service.process(ticket_of(request), data, params.to_options())
+    missing = "Send the image as multipart field 'file' or as an image/* body."
+    result = await remove_upload(request, params, ("file", "image_file"), missing)
     return image_response(result)
