@@ -25,7 +25,9 @@ WORKDIR /build
 # Metadata first so the dependency layer is reused while only src/ changes.
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install .
+# pymatting compiles its numba kernels on first import: cache them in the venv now, not
+# in every container's first start.
+RUN pip install . && python -c "import rembg.bg"
 
 ENV BGSVC_MODEL_DIR=/opt/bgsvc/models
 RUN bgsvc models fetch imgly-medium

@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@# pymatting (rembg's matting) compiles its numba kernels on first import; do it once
+	@# here, into the venv's cache, rather than in the first service start.
+	$(BIN)/python -c "import rembg.bg"
 	touch $(STAMP)
 
 install: $(STAMP)

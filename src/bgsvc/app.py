@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bgsvc import __version__
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
+from bgsvc.imaging import refine
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.metrics import Metrics
@@ -41,6 +42,7 @@ async def _load_models(
 ) -> None:
     try:
         engines = await anyio.to_thread.run_sync(loader, state.settings)
+        await anyio.to_thread.run_sync(refine.preload)
     except ModelError as exc:
         state.load_error = exc.message
         log.error("model load failed: %s", exc.message)

@@ -10,9 +10,16 @@ from PIL import Image
 MATTING_MAX_PIXELS = 1_000_000
 
 
+def preload() -> None:
+    """Import rembg's refinement code ahead of the first request: pymatting compiles its
+    numba kernels on first import (up to a minute in a fresh install, ~1 s from the cache
+    after that), which would otherwise land on a request and blow its timeout."""
+    import rembg.bg  # noqa: F401
+
+
 def post_process_mask(mask: np.ndarray) -> np.ndarray:
     """Smooth the mask's boundary as rembg's ``post_process_mask`` does (morphology + blur)."""
-    from rembg.bg import post_process  # heavy import (pymatting/numba), only when asked
+    from rembg.bg import post_process  # loaded by preload() at start-up
 
     return np.asarray(post_process(mask), dtype=np.uint8)
 
@@ -26,7 +33,7 @@ def alpha_matting(
     erode_size: int,
 ) -> np.ndarray:
     """Refine the mask with rembg's closed-form alpha matting; returns a new uint8 alpha."""
-    from rembg.bg import alpha_matting_cutout  # heavy import, only when asked
+    from rembg.bg import alpha_matting_cutout  # loaded by preload() at start-up
 
     full = rgb.size
     work_rgb, work_mask = rgb, Image.fromarray(mask, "L")
