@@ -200,3 +200,26 @@ def test_int8_without_calibration_photos_says_what_to_do(fp16_model: Path, tmp_p
     )
     with pytest.raises(ModelError, match="holds no images"):
         Engine.load(_spec(fp16_model), fp16_model, runtime)
+
+
+def test_unwritable_prepared_dir_still_loads(tiny_model_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from bgsvc.config import Settings
+    from bgsvc.inference.loader import runtime_options
+    from bgsvc.inference.registry import known_models
+
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    model = shutil.copy(tiny_model_path, model_dir / "tiny.onnx")
+    # Tests run as root, which ignores permission bits: a file where the folder should be
+    # is an unwritable prepared directory for root too.
+    (model_dir / prepare.PREPARED_DIRNAME).write_text("not a folder")
+    settings = Settings(
+        model_dir=model_dir,
+        custom_models={"tiny": {"path": model, "profile": "imgly", "input_size": 32}},
+        default_model="tiny",
+    )
+    spec = known_models(settings)["tiny"]
+    engine = Engine.load(spec, spec.file_in(model_dir), runtime_options(settings))
+    assert engine.predict(subject_image((40, 30))).shape == (30, 40)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,14 @@ def model_file_for(
         return path
 
 
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
 class Engine:
     """A loaded model: ``predict`` maps RGB pixels to a uint8 alpha matte of the same size."""
 
@@ -250,10 +259,13 @@ class Engine:
                 load_from = optimized
                 # Already optimised: running the optimisers again would only cost start time.
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            else:
-                optimized.parent.mkdir(parents=True, exist_ok=True)
+            elif _writable_dir(optimized.parent):
                 partial = optimized.with_name(f".{optimized.name}.{time.time_ns()}.part")
                 options.optimized_model_filepath = str(partial)
+            else:
+                # A read-only model directory (a container's baked-in models, run as a
+                # non-root user) just means optimising at every start, not failing.
+                log.info("model directory not writable; not caching the optimised graph")
         try:
             session = ort.InferenceSession(
                 str(load_from),
