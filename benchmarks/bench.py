@@ -330,27 +330,13 @@ def cheap_model(out_dir: Path, size: int) -> Path:
     and 1,000 requests take minutes instead of the ~20 the real forward would need. (A
     dynamic-shape copy of the real model does not work: ISNet's export has fixed Resize
     sizes.)"""
-    import onnx
-    from onnx import TensorProto, helper
+    from tests.models import build_tiny_model
 
     target = out_dir / f"soak-{size}.onnx"
     if target.is_file():
         return target
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
-    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
-    gain = helper.make_tensor("gain", TensorProto.FLOAT, [], [8.0])
-    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
-    nodes = [
-        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=1),
-        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
-        helper.make_node("Sigmoid", ["scaled"], ["output"]),
-    ]
-    graph = helper.make_graph(nodes, "soak", [inp], [out], initializer=[gain, axes])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(target))
-    return target
+    return build_tiny_model(target, size)
 
 
 def memory(

@@ -373,6 +373,10 @@ def lever_png(rounds: int) -> None:
         variants[f"level {lvl} Z_RLE"] = lambda lvl=lvl: _encoded_size(
             img, "PNG", compress_level=lvl, compress_type=zlib.Z_RLE
         )
+    import fpng
+
+    # fpng: its own fast deflate (no zlib level), lossless like the rest.
+    variants["fpng"] = lambda: len(fpng.from_pil(img))
     runs = interleaved(variants, rounds)
     sizes = {k: fn() for k, fn in variants.items()}
     _save(

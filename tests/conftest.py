@@ -9,39 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper
 from PIL import Image
 
 from bgsvc.app import EngineLoader, create_app
 from bgsvc.config import Settings
 from bgsvc.inference.loader import load_engines
-
-TINY_SIZE = 32
-
-
-def build_tiny_model(path: Path, size: int = TINY_SIZE) -> Path:
-    """A real ONNX graph shaped like ISNet's: bright pixels become foreground.
-
-    output = sigmoid(8 * mean_c(input)), where input is (pixel - 128) / 256.
-    """
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
-    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
-    gain = helper.make_tensor("gain", TensorProto.FLOAT, [], [8.0])
-    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
-    nodes = [
-        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=1),
-        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
-        helper.make_node("Sigmoid", ["scaled"], ["output"]),
-    ]
-    graph = helper.make_graph(nodes, "tiny", [inp], [out], initializer=[gain, axes])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+from tests.models import TINY_SIZE, build_tiny_model
 
 
 @pytest.fixture(scope="session")

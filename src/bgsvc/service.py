@@ -72,6 +72,7 @@ class Remover:
         self.settings = settings
         self._formats = frozenset(settings.allowed_formats)
         self._encode = EncodeSettings(
+            png_encoder=settings.png_encoder,
             png_compress_level=settings.png_compress_level,
             png_zlib_strategy=settings.png_zlib_strategy,
             jpeg_quality=settings.jpeg_quality,

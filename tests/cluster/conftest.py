@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from bgsvc.cluster import Cluster, ClusterConfig, NodeSpec, port_is_free
-from tests.cluster.models import build_slow_model
-from tests.conftest import TINY_SIZE, build_tiny_model, encode_image, subject_image
+from tests.conftest import encode_image, subject_image
+from tests.models import TINY_SIZE, build_slow_model, build_tiny_model
 
 # A forward pass of ~0.5 s on one thread: requests stay in flight long enough to SIGTERM.
 SLOW = {"size": 256, "channels": 64, "layers": 20}

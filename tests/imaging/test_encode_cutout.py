@@ -28,8 +28,8 @@ def test_cutout_zeroes_colour_only_where_fully_transparent() -> None:
 def test_png_level_is_a_setting_and_trades_size_for_time() -> None:
     rgb, mask = photo_and_mask()
     img = cutout(rgb, mask)
-    stored = encode(img, "png", None, EncodeSettings(png_compress_level=0))
-    packed = encode(img, "png", None, EncodeSettings(png_compress_level=9))
+    stored = encode(img, "png", None, EncodeSettings(png_encoder="zlib", png_compress_level=0))
+    packed = encode(img, "png", None, EncodeSettings(png_encoder="zlib", png_compress_level=9))
     assert len(stored) > len(packed)
     for body in (stored, packed):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(img))
@@ -48,7 +48,21 @@ def test_png_rle_strategy_is_lossless_and_smaller_on_a_cutout() -> None:
     from benchmarks.levers import _cutout_image
 
     img = _cutout_image(0.3)
-    rle = encode(img, "png", None, EncodeSettings(png_zlib_strategy="rle"))
-    default = encode(img, "png", None, EncodeSettings(png_zlib_strategy="default"))
+    rle = encode(img, "png", None, EncodeSettings(png_encoder="zlib", png_zlib_strategy="rle"))
+    default = encode(
+        img, "png", None, EncodeSettings(png_encoder="zlib", png_zlib_strategy="default")
+    )
     assert len(rle) < len(default)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(rle))), np.asarray(img))
+
+
+def test_fpng_writes_lossless_png_for_colour_and_zlib_for_mattes() -> None:
+    rgb, mask = photo_and_mask()
+    for img in (cutout(rgb, mask), rgb, Image.fromarray(mask, "L")):
+        fast = encode(img, "png", None, EncodeSettings(png_encoder="fpng"))
+        slow = encode(img, "png", None, EncodeSettings(png_encoder="zlib"))
+        with Image.open(io.BytesIO(fast)) as decoded:
+            assert decoded.format == "PNG" and decoded.mode == img.mode
+            np.testing.assert_array_equal(np.asarray(decoded), np.asarray(img))
+        # Different writers give different bytes, except for the matte, which is zlib's.
+        assert (fast == slow) == (img.mode == "L")

@@ -1,4 +1,4 @@
-"""Generated ONNX models for cluster nodes: a slow one, so requests stay in flight."""
+"""Generated ONNX models for tests and benchmarks: real graphs, no weights to download."""
 
 from __future__ import annotations
 
@@ -7,6 +7,30 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+TINY_SIZE = 32
+
+
+def build_tiny_model(path: Path, size: int = TINY_SIZE) -> Path:
+    """A real ONNX graph shaped like ISNet's: bright pixels become foreground.
+
+    output = sigmoid(8 * mean_c(input)), where input is (pixel - 128) / 256.
+    """
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
+    gain = helper.make_tensor("gain", TensorProto.FLOAT, [], [8.0])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
+        helper.make_node("Sigmoid", ["scaled"], ["output"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [inp], [out], initializer=[gain, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
 
 
 def build_slow_model(path: Path, size: int = 128, channels: int = 32, layers: int = 4) -> Path:
