@@ -87,6 +87,7 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await loading
             await anyio.to_thread.run_sync(scheduler.shutdown)
+            await anyio.to_thread.run_sync(state.service.shutdown)
 
     app = FastAPI(
         title="bgsvc",

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Per-request budget; beyond it, 504."
     )
 
+    stage_thread_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="Niceness of the decode/encode threads (e.g. 10), so the forward pass "
+        "wins the cores under saturation; 0 leaves them at the process's priority. "
+        "No gain measured on 2 cores (benchmarks/RESULTS.md).",
+    )
     max_upload_bytes: int = Field(
         default=25 * 1024 * 1024, ge=1, description="Largest accepted request body (413)."
     )

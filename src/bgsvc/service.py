@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import anyio.to_thread
 import numpy as np
@@ -22,6 +27,8 @@ from bgsvc.inference.registry import select
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
+
+T = TypeVar("T")
 
 
 class Predictor(Protocol):
@@ -137,6 +144,15 @@ class Remover:
         return result
 
 
+def _stage_thread_init(nice: int) -> None:
+    # Under saturation the decode/encode of queued requests competes with the forward
+    # pass for the same cores; a niced thread still uses every idle cycle but yields to
+    # ONNX Runtime's threads (Linux schedules niceness per thread).
+    if nice > 0:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class RemovalService:
     """The pipeline under the scheduler and the request budget, with stage metrics and an
     optional result cache."""
@@ -157,6 +173,22 @@ class RemovalService:
             cache = MemoryLRUCache(settings.result_cache_bytes)
         self.cache = cache
         self._evictions_seen = 0
+        # Decode, pre/post-processing and encode run here, never on the event loop.
+        self._stages = ThreadPoolExecutor(
+            max_workers=max(2, settings.effective_intra_op_threads),
+            thread_name_prefix="bgsvc-stage",
+            initializer=_stage_thread_init,
+            initargs=(settings.stage_thread_nice,),
+        )
+
+    async def _in_stage_pool(self, fn: Callable[[], T]) -> T:
+        # A cancelled await (request timeout) abandons the thread's work rather than
+        # waiting for it; the thread finishes on its own.
+        return await asyncio.get_running_loop().run_in_executor(self._stages, fn)
+
+    def shutdown(self) -> None:
+        """Stop the stage threads after the work they hold."""
+        self._stages.shutdown(wait=True, cancel_futures=True)
 
     async def process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
         """Decode, infer and encode one request within the timeout; raises domain errors."""
@@ -211,7 +243,7 @@ class RemovalService:
             return image, tensor, time.perf_counter() - t0
 
         started = time.perf_counter()
-        image, tensor, preprocess_s = await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
+        image, tensor, preprocess_s = await self._in_stage_pool(decode)
         timings["decode"] = time.perf_counter() - started - preprocess_s
         if staged is not None:
             timings["preprocess"] = preprocess_s
@@ -239,9 +271,7 @@ class RemovalService:
             return result, mask_s, encode_s
 
         started = time.perf_counter()
-        result, mask_s, timings["encode"] = await anyio.to_thread.run_sync(
-            finish, abandon_on_cancel=True
-        )
+        result, mask_s, timings["encode"] = await self._in_stage_pool(finish)
         if staged is not None:
             timings["mask"] = mask_s
         timings["postprocess"] = time.perf_counter() - started - timings["encode"] - mask_s
