@@ -104,7 +104,7 @@ class Settings(BaseSettings):
 
     png_encoder: Literal["fpng", "zlib"] = Field(
         default="fpng",
-        description="PNG writer: fpng (14x faster, ~35% larger files) or zlib (Pillow; "
+        description="PNG writer: fpng (7x faster, 16-37% larger files) or zlib (Pillow; "
         "smallest files, uses the two settings below). Mattes always use zlib.",
     )
     png_zlib_strategy: Literal["default", "rle"] = Field(
