@@ -265,7 +265,9 @@ def lever_prepost(rounds: int) -> None:
 
     spec = BUILTIN["imgly-medium"]
     # The stages without a session: an Engine over a stub is all preprocess needs.
-    engine = Engine(spec, _StubSession(), 0.0)  # type: ignore[arg-type]
+    from tests.models import StubSession
+
+    engine = Engine(spec, StubSession(1024), 0.0)  # type: ignore[arg-type]
     limits = DecodeLimits(frozenset(Settings().allowed_formats), 50_000_000, 2048)
     results: dict[str, Any] = {}
     images = build_set(FULL_SET, OUT / "images", duplicates=0)
@@ -315,25 +317,6 @@ def _ms(fn: Callable[[], object], rounds: int = 5) -> float:
         fn()
         best = min(best, time.perf_counter() - started)
     return best * 1000
-
-
-class _StubSession:
-    """Just enough of an InferenceSession for Engine.__init__."""
-
-    class _Arg:
-        def __init__(self, name: str) -> None:
-            self.name = name
-            self.type = "tensor(float)"
-            self.shape = [1, 3, 1024, 1024]
-
-    def get_providers(self) -> list[str]:
-        return ["CPUExecutionProvider"]
-
-    def get_inputs(self) -> list[Any]:
-        return [self._Arg("input")]
-
-    def get_outputs(self) -> list[Any]:
-        return [self._Arg("output")]
 
 
 # -- encoders ------------------------------------------------------------------------------

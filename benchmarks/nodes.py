@@ -98,13 +98,7 @@ class Node:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (graceful), then SIGKILL if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, timeout)
         self._log.close()
 
 
@@ -172,14 +166,18 @@ class ClusterProc:
 
     def stop(self, timeout: float = 90.0) -> None:
         """SIGTERM to `bgsvc cluster up`, which drains and stops its nodes and nginx."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, timeout)
         self._log.close()
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _port_free(port: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -59,3 +60,25 @@ def build_slow_model(path: Path, size: int = 128, channels: int = 32, layers: in
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+class StubSession:
+    """Just enough of an InferenceSession for Engine.__init__, to exercise the engine's
+    pre- and post-processing without a model."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def _arg(self, name: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name=name, type="tensor(float)", shape=[1, 3, self.size, self.size])
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    def get_inputs(self) -> list[Any]:
+        return [self._arg("input")]
+
+    def get_outputs(self) -> list[Any]:
+        return [self._arg("output")]

@@ -3,33 +3,13 @@ how much faster it is; this says it is still right)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from bgsvc.inference.engine import Engine
 from bgsvc.inference.registry import BUILTIN, PROFILES, ModelSpec
-
-
-class _Session:
-    """Just enough of an InferenceSession for Engine.__init__."""
-
-    class _Arg:
-        def __init__(self, name: str) -> None:
-            self.name = name
-            self.type = "tensor(float)"
-            self.shape = [1, 3, 64, 64]
-
-    def get_providers(self) -> list[str]:
-        return ["CPUExecutionProvider"]
-
-    def get_inputs(self) -> list[Any]:
-        return [self._Arg("input")]
-
-    def get_outputs(self) -> list[Any]:
-        return [self._Arg("output")]
+from tests.models import StubSession
 
 
 def engine_for(profile: str, size: int = 64) -> Engine:
@@ -38,7 +18,7 @@ def engine_for(profile: str, size: int = 64) -> Engine:
     spec: ModelSpec = replace(
         BUILTIN["imgly-medium"], profile=replace(PROFILES[profile], input_size=size)
     )
-    return Engine(spec, _Session(), 0.0)  # type: ignore[arg-type]
+    return Engine(spec, StubSession(size), 0.0)  # type: ignore[arg-type]
 
 
 def random_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
