@@ -58,7 +58,13 @@ def model_env(models: dict[str, Path], default: str, allow: Sequence[str] = ()) 
         name: {"path": str(path), "profile": "imgly", "input_size": sizes[name]}
         for name, path in models.items()
     }
-    env = {"BGSVC_CUSTOM_MODELS": json.dumps(custom), "BGSVC_DEFAULT_MODEL": default}
+    env = {
+        "BGSVC_CUSTOM_MODELS": json.dumps(custom),
+        "BGSVC_DEFAULT_MODEL": default,
+        # Prepared (optimised) copies go next to the generated models, not into the
+        # user's model cache.
+        "BGSVC_MODEL_DIR": str(next(iter(models.values())).parent / "model-dir"),
+    }
     if allow:
         env["BGSVC_MODELS"] = json.dumps(list(allow))
     return env
