@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -25,7 +24,7 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.images import FULL_SET, QUICK_SET, BenchImage, build_set, two_megapixel
-from benchmarks.load import Target, closed_loop, open_loop
+from benchmarks.load import Target, closed_loop, open_loop, process_throughput
 from benchmarks.nodes import ClusterProc, Node, cluster_available, rss_kib
 from benchmarks.stats import LoadSummary, percentile, ratio, slope, summarise
 
@@ -176,18 +175,7 @@ def measure_limit(images: list[BenchImage], threads: int, runs: int) -> dict[str
 
 def measure_limit_processes(procs: int, threads: int, runs: int) -> float:
     """Images/s of ``procs`` processes each running bare forwards with ``threads``."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs)
-    out = ctx.Queue()
-    workers = [
-        ctx.Process(target=_limit_worker, args=(threads, runs, barrier, out)) for _ in range(procs)
-    ]
-    for w in workers:
-        w.start()
-    spans = [out.get() for _ in workers]
-    for w in workers:
-        w.join()
-    return procs * runs / max(spans)
+    return process_throughput(_limit_worker, (threads,), procs, runs)
 
 
 # -- 2. the service -----------------------------------------------------------------------

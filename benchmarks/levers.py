@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import math
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.images import CALIBRATION, FULL_SET, HELD_OUT, build_set, sample
+from benchmarks.load import process_throughput
 
 OUT = Path(__file__).resolve().parent / "out"
 MODEL_DIR = Path(os.environ.get("BGSVC_MODEL_DIR", Path.home() / ".cache" / "bgsvc" / "models"))
@@ -174,19 +174,7 @@ def _worker(path: str, threads: int, n: int, barrier: Any, out: Any) -> None:
 
 def _parallel(path: Path, procs: int, threads: int, n: int) -> float:
     """Images/s of ``procs`` processes, each running ``n`` inferences with ``threads``."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs)
-    out = ctx.Queue()
-    workers = [
-        ctx.Process(target=_worker, args=(str(path), threads, n, barrier, out))
-        for _ in range(procs)
-    ]
-    for w in workers:
-        w.start()
-    spans = [out.get() for _ in workers]
-    for w in workers:
-        w.join()
-    return procs * n / max(spans)
+    return process_throughput(_worker, (str(path), threads), procs, n)
 
 
 def lever_threads(rounds: int) -> None:

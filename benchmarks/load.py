@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import multiprocessing as mp
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from benchmarks.stats import Sample, parse_server_timing
 
@@ -141,3 +143,21 @@ def open_loop(
     for thread in threads:
         thread.join()
     return samples
+
+
+def process_throughput(
+    worker: Callable[..., None], args: tuple[Any, ...], procs: int, runs: int
+) -> float:
+    """Images/s of ``procs`` spawned processes, each calling ``worker(*args, runs, barrier,
+    out)``: warm up, wait at the barrier, time ``runs`` forwards and put the seconds on
+    ``out``. The slowest process sets the span."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    out = ctx.Queue()
+    workers = [ctx.Process(target=worker, args=(*args, runs, barrier, out)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    spans = [out.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return procs * runs / max(spans)

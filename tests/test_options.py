@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from bgsvc.errors import InvalidParameter
-from bgsvc.options import check_quality, parse_color, parse_format, parse_margin
+from bgsvc.options import parse_color, parse_format, parse_margin
 
 
 @pytest.mark.parametrize(
@@ -50,5 +50,3 @@ def test_format_aliases_and_errors() -> None:
     assert parse_format(None) == "png"
     with pytest.raises(InvalidParameter):
         parse_format("bmp")
-    with pytest.raises(InvalidParameter):
-        check_quality(0)

@@ -36,20 +36,28 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    import onnxruntime as ort
+
     from bgsvc.inference import prepare
+    from bgsvc.inference.engine import choose_providers, model_file_for
     from bgsvc.inference.fetch import fetch
+    from bgsvc.inference.loader import runtime_options
     from bgsvc.inference.registry import resolve
 
+    runtime = runtime_options(settings)
+    providers = choose_providers(
+        runtime.provider, ort.get_available_providers(), tensorrt=runtime.gpu.tensorrt
+    )
     for name in args.names or settings.models:
         spec = resolve(name, settings)
         path, fetched = fetch(spec, settings.model_dir, force=args.force)
         print(f"{name}: {'fetched' if fetched else 'present'} at {path}")
-        if settings.cpu_fp32 and settings.provider != "cuda":
-            # Prepared now so that no worker pays for the conversion at start-up.
-            key = prepare.source_key(path, spec.sha256)
-            fp32 = prepare.fp32_copy(path, key, prepare.prepared_dir(settings.model_dir))
-            if fp32 != path:
-                print(f"{name}: float32 copy for CPU at {fp32}")
+        # The same derived file a worker would load (fp32 or int8 copy), made now so that
+        # no worker pays for the conversion at start-up.
+        key = prepare.source_key(path, spec.sha256)
+        prepared = model_file_for(spec, path, key, runtime, providers)
+        if prepared != path:
+            print(f"{name}: prepared copy for {providers[0]} at {prepared}")
     return 0
 
 

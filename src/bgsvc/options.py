@@ -132,10 +132,3 @@ def parse_margin(value: str | None) -> Margin:
         left=parsed[3][0],
         relative=(parsed[0][1], parsed[1][1], parsed[2][1], parsed[3][1]),
     )
-
-
-def check_quality(value: int | None) -> int | None:
-    """Quality for lossy formats, 1..100."""
-    if value is not None and not 1 <= value <= 100:
-        raise InvalidParameter("quality must be between 1 and 100.")
-    return value

@@ -163,7 +163,7 @@ def session_options(runtime: RuntimeOptions) -> ort.SessionOptions:
 
 
 def model_file_for(
-    spec: ModelSpec, path: Path, runtime: RuntimeOptions, providers: list[str]
+    spec: ModelSpec, path: Path, key: str, runtime: RuntimeOptions, providers: list[str]
 ) -> Path:
     """The file the session loads: the verified original, or its cached float32 copy when
     the CPU runs it (or TensorRT, which wants fp32 graphs and applies its own fp16)."""
@@ -178,7 +178,6 @@ def model_file_for(
         wanted = not runtime.gpu.fp16
     if not wanted:
         return path
-    key = prepare.source_key(path, spec.sha256)
     try:
         fp32 = prepare.fp32_copy(path, key, runtime.prepared_dir)
         if first == CPU and runtime.cpu_int8:
@@ -248,12 +247,12 @@ class Engine:
         providers = choose_providers(
             runtime.provider, ort.get_available_providers(), tensorrt=runtime.gpu.tensorrt
         )
-        model_file = model_file_for(spec, path, runtime, providers)
+        key = prepare.source_key(path, spec.sha256)
+        model_file = model_file_for(spec, path, key, runtime, providers)
         options = session_options(runtime)
         load_from = model_file
         optimized: Path | None = None
         if runtime.prepared_dir is not None and runtime.cache_optimized and providers == [CPU]:
-            key = prepare.source_key(path, spec.sha256)
             optimized = prepare.optimized_path(model_file, key, runtime.prepared_dir, CPU)
             if optimized.is_file():
                 load_from = optimized
@@ -295,7 +294,7 @@ class Engine:
             io_binding=runtime.gpu.io_binding,
             # The weights' content and the variant run (fp32 copy, int8 copy, original):
             # results differ between variants, so cached results must too.
-            version=f"{prepare.source_key(path, spec.sha256)}:{model_file.name}",
+            version=f"{key}:{model_file.name}",
         )
         engine._check_input_shape()
         return engine
