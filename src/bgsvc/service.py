@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, runtime_checkable
 
-import anyio.to_thread
 import numpy as np
 from PIL import Image
 
@@ -207,7 +206,9 @@ class RemovalService:
             if len(data) < _INLINE_HASH_BYTES:
                 key = cache_key(data, options, engine.name, version)
             else:
-                key = await anyio.to_thread.run_sync(cache_key, data, options, engine.name, version)
+                key = await self._in_stage_pool(
+                    lambda: cache_key(data, options, engine.name, version)
+                )
             entry = self.cache.get(key)
             if entry is not None:
                 self.metrics.cache_lookups.labels("hit").inc()
