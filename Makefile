@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install model run cluster lint format test test-fast bench clean
+.PHONY: install system-deps system-deps-cluster model run cluster lint format test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Debian packages the whole test suite needs, apt-get installed (via sudo -n when not root)
+## only when their commands are missing: nginx, promtool/prometheus, amtool, chromium, npm.
+system-deps:
+	@bash scripts/system-deps.sh nginx promtool prometheus amtool chromium npm
+
+## The cluster's balancer only.
+system-deps-cluster:
+	@bash scripts/system-deps.sh nginx
+
 ## Fetch (once) and verify the allow-listed models into BGSVC_MODEL_DIR.
 model: install
 	$(BIN)/bgsvc models fetch
@@ -27,7 +36,7 @@ run: model
 	$(BIN)/bgsvc serve
 
 ## Three nodes + nginx on 127.0.0.1:8080 (logs in .cluster/logs); Ctrl-C stops all.
-cluster: model
+cluster: system-deps-cluster model
 	$(BIN)/bgsvc cluster up
 
 lint: install
@@ -40,7 +49,7 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 
 ## Lint, then every test (real-model, cluster and browser tests included).
-test: lint model
+test: system-deps lint model
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## The fast suite only: the tiny generated model, seconds.
