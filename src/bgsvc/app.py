@@ -141,7 +141,13 @@ def create_app(
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         request_id = request_id_of(request.scope)
-        log.exception("unhandled error in %s %s [%s]", request.method, request.url.path, request_id)
+        log.exception(
+            "unhandled error in %s %s [%s]",
+            request.method,
+            request.url.path,
+            request_id,
+            extra={"request_id": request_id},
+        )
         body = {
             "code": "internal_error",
             "message": "Internal server error.",

@@ -29,7 +29,10 @@ _handler: logging.StreamHandler[Any] | None = None
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        # A record may name its request itself (extra=): errors are logged by the handler
+        # outside the middleware that sets the context variable.
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id_var.get()
         ids = tracing.current_ids()
         if ids is not None:
             record.trace_id, record.span_id = ids
