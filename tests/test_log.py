@@ -67,7 +67,10 @@ def test_json_records_carry_time_level_logger_message_and_request_id(
     buffer = capture("json")
     token = request_id_var.set("rid-json")
     try:
-        logging.getLogger("bgsvc.example").info("loaded %s", "tiny")
+        # uvicorn adds a coloured copy of its messages; it has no place in a JSON line.
+        logging.getLogger("bgsvc.example").info(
+            "loaded %s", "tiny", extra={"color_message": "\x1b[36mloaded\x1b[0m %s"}
+        )
     finally:
         request_id_var.reset(token)
     (record,) = json_lines(buffer)
@@ -75,6 +78,7 @@ def test_json_records_carry_time_level_logger_message_and_request_id(
     assert record["logger"] == "bgsvc.example"
     assert record["message"] == "loaded tiny"
     assert record["request_id"] == "rid-json"
+    assert "color_message" not in record
     stamp = datetime.fromisoformat(record["time"])
     assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
     assert abs((datetime.now(UTC) - stamp).total_seconds()) < 600

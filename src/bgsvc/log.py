@@ -40,13 +40,16 @@ class _ContextFilter(logging.Filter):
 
 
 def _json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.json import JsonFormatter
 
     # Fields not named here (route, status, duration, trace_id...) come from each record's
-    # extras; exceptions land in "exc_info" inside the same object.
+    # extras; exceptions land in "exc_info" inside the same object. uvicorn's extra
+    # color_message repeats the message with terminal colour codes.
     return JsonFormatter(
         "%(levelname)s %(name)s %(message)s %(request_id)s",
         rename_fields={"levelname": "level", "name": "logger"},
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         timestamp="time",
     )
 
