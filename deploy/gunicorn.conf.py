@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from bgsvc.config import get_settings
+from bgsvc.log import gunicorn_logger_class
 from bgsvc.server import KEEPALIVE_SECONDS
 
 _settings = get_settings()
@@ -45,10 +46,13 @@ keepalive = KEEPALIVE_SECONDS
 max_requests = 5000
 max_requests_jitter = 500
 
-# One line per request comes from nginx's access log; workers log app events only.
+# The per-request record comes from the app (BGSVC_ACCESS_LOG), with the request id and
+# the route; gunicorn's own access log would only repeat it without them.
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
+# gunicorn's lines (and uvicorn's, in the workers) in BGSVC_LOG_FORMAT, like the app's.
+logger_class = gunicorn_logger_class()
 # gunicorn >= 25 opens a control socket under $HOME by default: several nodes on one
 # machine would fight over it, and the container's home is not writable.
 control_socket_disable = True
@@ -62,11 +66,14 @@ def on_starting(server: Any) -> None:
     from bgsvc.inference.loader import preflight
     from bgsvc.log import configure_logging
 
-    configure_logging(_settings.log_level)
+    configure_logging(_settings.log_level, _settings.log_format)
     try:
         preflight(_settings)
     except BgsvcError as exc:
-        print(f"bgsvc: error: {exc.message}", file=sys.stderr, flush=True)
+        if _settings.log_format == "json":
+            server.log.critical("bgsvc: error: %s", exc.message)
+        else:
+            print(f"bgsvc: error: {exc.message}", file=sys.stderr, flush=True)
         sys.exit(2)
     if _settings.prometheus_multiproc_dir is None and _settings.workers > 1:
         server.log.warning(

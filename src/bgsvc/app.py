@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -15,17 +16,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bgsvc import __version__
+from bgsvc import __version__, tracing
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Scheduler
+from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
 from bgsvc.routes import compat_rembg, compat_removebg, health, remove
 from bgsvc.service import Predictor
 from bgsvc.state import AppState, on_drain
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +67,14 @@ def create_app(
     *,
     engine_loader: EngineLoader = load_engines,
     on_load_failure: Callable[[], None] = _stop_process,
+    span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
     """Build the ASGI app. Nothing heavy happens here: models load in the lifespan, in the
-    background, so /health answers and /ready says 503 until they are warm."""
+    background, so /health answers and /ready says 503 until they are warm.
+    ``span_exporter`` (tests) receives every span, whatever the OTEL_* settings say."""
     settings = settings or get_settings()
+    traces = tracing.setup(settings, span_exporter)
+    tracing.install(traces)
     metrics = Metrics(settings.prometheus_multiproc_dir)
     scheduler = Scheduler(settings.max_concurrency, settings.max_queue, observer=metrics)
     state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
@@ -88,6 +97,7 @@ def create_app(
                     await loading
             await anyio.to_thread.run_sync(scheduler.shutdown)
             await anyio.to_thread.run_sync(state.service.shutdown)
+            await anyio.to_thread.run_sync(tracing.uninstall, traces)
 
     app = FastAPI(
         title="bgsvc",
@@ -95,6 +105,7 @@ def create_app(
         description="Background removal as an HTTP service: native, rembg- and "
         "remove.bg-compatible APIs.",
         lifespan=lifespan,
+        telemetry=tracing.fastapi_telemetry(traces, lambda scope: scope["path"] in QUIET_ROUTES),
     )
     app.state.bgsvc = state
     app.include_router(health.router)
@@ -130,7 +141,13 @@ def create_app(
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         request_id = request_id_of(request.scope)
-        log.exception("unhandled error in %s %s [%s]", request.method, request.url.path, request_id)
+        log.exception(
+            "unhandled error in %s %s [%s]",
+            request.method,
+            request.url.path,
+            request_id,
+            extra={"request_id": request_id},
+        )
         body = {
             "code": "internal_error",
             "message": "Internal server error.",
@@ -145,6 +162,9 @@ def create_app(
     # Last added runs first: context (request id, metrics) wraps admission.
     app.add_middleware(AdmissionMiddleware, state=state)
     app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, node_name=settings.effective_node_name
+        RequestContextMiddleware,
+        metrics=metrics,
+        node_name=settings.effective_node_name,
+        access_log=settings.access_log,
     )
     return app

@@ -42,6 +42,46 @@ class Settings(BaseSettings):
         description="Name sent in X-Served-By; empty means hostname:port.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text (one readable line) or json (one JSON object per line, for "
+        "Loki/ELK), for every line of the process: bgsvc, uvicorn and gunicorn.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One record per request (route, status, duration in seconds) at info; "
+        "/health, /ready and /metrics at debug.",
+    )
+    # OpenTelemetry tracing: on when a trace exporter or an OTLP endpoint is named; the
+    # SDK itself reads the other OTEL_* variables (headers, sampler, batch sizes).
+    otel_traces_exporter: str = Field(
+        default="",
+        validation_alias=AliasChoices("OTEL_TRACES_EXPORTER", "otel_traces_exporter"),
+        description="otlp, console or none (comma-separated); empty means otlp when an "
+        "OTLP endpoint is set, else tracing off.",
+    )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_exporter_otlp_endpoint"),
+        description="OTLP/HTTP base URL (e.g. http://collector:4318); spans go to /v1/traces.",
+    )
+    otel_exporter_otlp_traces_endpoint: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel_exporter_otlp_traces_endpoint"
+        ),
+        description="Full OTLP/HTTP URL for spans; overrides the base endpoint.",
+    )
+    otel_service_name: str = Field(
+        default="bgsvc",
+        validation_alias=AliasChoices("OTEL_SERVICE_NAME", "otel_service_name"),
+        description="service.name of the spans.",
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OTEL_SDK_DISABLED", "otel_sdk_disabled"),
+        description="true turns tracing off whatever else is set.",
+    )
 
     model_dir: Path = Field(
         default_factory=_default_model_dir, description="Where fetched models are stored."
@@ -203,6 +243,18 @@ class Settings(BaseSettings):
     def _upper_formats(cls, value: list[str]) -> list[str]:
         return [v.upper() for v in value]
 
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _known_trace_exporters(cls, value: str) -> str:
+        unknown = {e.strip().lower() for e in value.split(",") if e.strip()} - {
+            "otlp",
+            "console",
+            "none",
+        }
+        if unknown:
+            raise ValueError(f"OTEL_TRACES_EXPORTER {sorted(unknown)}: use otlp, console, none")
+        return value
+
     @model_validator(mode="after")
     def _default_in_allow_list(self) -> Settings:
         if not self.models:
@@ -210,6 +262,17 @@ class Settings(BaseSettings):
         elif self.default_model not in self.models:
             self.models = [self.default_model, *self.models]
         return self
+
+    @property
+    def trace_exporters(self) -> list[str]:
+        """The span exporters to run; empty means tracing is off (and costs nothing)."""
+        if self.otel_sdk_disabled:
+            return []
+        named = [e.strip().lower() for e in self.otel_traces_exporter.split(",") if e.strip()]
+        if not named:
+            endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+            named = ["otlp"] if endpoint else []
+        return [e for e in named if e != "none"]
 
     @property
     def effective_node_name(self) -> str:

@@ -1,26 +1,120 @@
-"""Logging with the request id on every line."""
+"""Logging for a serving process: text or one JSON object per line, the request id (and
+the trace id when tracing is on) on every record, and one record per request."""
 
 from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+from typing import Any, Literal
+
+from bgsvc import tracing
+
+LogFormat = Literal["text", "json"]
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
-class _RequestIdFilter(logging.Filter):
+# Probes and scrapes arrive every few seconds from every balancer, kubelet and Prometheus:
+# their records are kept at debug so that info shows traffic only.
+QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+
+access_logger = logging.getLogger("bgsvc.access")
+
+# One handler per process, shared by the root logger and gunicorn's error log, so a later
+# configure_logging (gunicorn calls it in the arbiter, then again in on_starting) changes
+# every line's format in one place.
+_handler: logging.StreamHandler[Any] | None = None
+
+
+class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        # A record may name its request itself (extra=): errors are logged by the handler
+        # outside the middleware that sets the context variable.
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id_var.get()
+        ids = tracing.current_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         return True
 
 
-def configure_logging(level: str) -> None:
-    """Root logging for a serving process; called by the CLI/gunicorn, never at import."""
-    handler = logging.StreamHandler()
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+def _json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.json import JsonFormatter
+
+    # Fields not named here (route, status, duration, trace_id...) come from each record's
+    # extras; exceptions land in "exc_info" inside the same object. uvicorn's extra
+    # color_message repeats the message with terminal colour codes.
+    return JsonFormatter(
+        "%(levelname)s %(name)s %(message)s %(request_id)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+        timestamp="time",
     )
+
+
+def formatter_for(fmt: LogFormat) -> logging.Formatter:
+    """The formatter of every line in format ``fmt``."""
+    return _json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure_logging(level: str, fmt: LogFormat = "text") -> logging.Handler:
+    """Root logging for a serving process; called by the CLI/gunicorn, never at import.
+    Returns the one handler every line goes through."""
+    global _handler
+    if _handler is None:
+        _handler = logging.StreamHandler()
+        _handler.addFilter(_ContextFilter())
+    _handler.setFormatter(formatter_for(fmt))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_handler]
     root.setLevel(level.upper())
+    # warnings.warn from libraries would otherwise reach stderr as raw lines.
+    logging.captureWarnings(fmt == "json")
+    return _handler
+
+
+def log_request(method: str, path: str, route: str, status: int, duration: float) -> None:
+    """The per-request record: ``route`` is the route template, ``duration`` in seconds."""
+    level = logging.DEBUG if path in QUIET_ROUTES else logging.INFO
+    if not access_logger.isEnabledFor(level):
+        return
+    access_logger.log(
+        level,
+        '"%s %s" %d %.3fs',
+        method,
+        path,
+        status,
+        duration,
+        extra={
+            "method": method,
+            "path": path,
+            "route": route,
+            "status": status,
+            "duration": round(duration, 6),
+        },
+    )
+
+
+def gunicorn_logger_class() -> type:
+    """gunicorn's ``logger_class`` (deploy/gunicorn.conf.py): gunicorn's own lines, and
+    uvicorn's in its workers (they take gunicorn's error handlers), in our format."""
+    from gunicorn.glogging import Logger
+
+    from bgsvc.config import get_settings
+
+    class GunicornLogger(Logger):  # type: ignore[misc]
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            settings = get_settings()
+            handler = configure_logging(settings.log_level, settings.log_format)
+            # gunicorn's own stderr handler writes its own format; ours replaces it.
+            for log in (self.error_log, self.access_log):
+                ours = [h for h in log.handlers if getattr(h, "_gunicorn", False)]
+                for h in ours:
+                    log.removeHandler(h)
+                if ours:
+                    log.addHandler(handler)
+
+    return GunicornLogger

@@ -9,8 +9,9 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bgsvc import tracing
 from bgsvc.errors import BgsvcError, NotReady, UploadTooLarge, error_response
-from bgsvc.log import request_id_var
+from bgsvc.log import log_request, request_id_var
 from bgsvc.metrics import Metrics
 from bgsvc.state import AppState
 
@@ -27,12 +28,16 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Request id (echoed or made), X-Served-By, and the HTTP request metrics."""
+    """Request id (echoed or made), X-Served-By, traceresponse, the HTTP request metrics
+    and the per-request log record."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, node_name: str) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, node_name: str, access_log: bool = False
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.node_name = node_name
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,6 +57,9 @@ class RequestContextMiddleware:
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
                 headers["X-Served-By"] = self.node_name
+                trace = tracing.traceresponse()
+                if trace is not None:
+                    headers["traceresponse"] = trace
             await send(message)
 
         try:
@@ -66,6 +74,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(label, method, str(status)).inc()
             self.metrics.latency.labels(label, method, str(status)).observe(elapsed)
+            if self.access_log:
+                log_request(method, scope["path"], label, status, elapsed)
             request_id_var.reset(token)
 
 

@@ -112,6 +112,8 @@ def serve(app: Any, host: str, port: int, drain_seconds: float, graceful_timeout
         host=host,
         port=port,
         log_config=None,
+        # The app writes the per-request record (bgsvc.log.log_request, BGSVC_ACCESS_LOG).
+        access_log=False,
         timeout_keep_alive=KEEPALIVE_SECONDS,
         timeout_graceful_shutdown=int(graceful_timeout),
     )

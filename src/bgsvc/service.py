@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from bgsvc.inference.registry import select
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
+from bgsvc.tracing import record, span
 
 T = TypeVar("T")
 
@@ -102,26 +104,29 @@ class Remover:
             max_edge=self.settings.max_edge,
             max_output_pixels=options.max_output_pixels,
         )
-        return decode(data, limits)
+        with span("decode"):
+            return decode(data, limits)
 
     def finish(
         self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str
     ) -> tuple[RemovalResult, float]:
         """Stages 3 and 4: refine, composite, encode. Returns the result and encode seconds."""
-        if options.post_process_mask:
-            mask = refine.post_process_mask(mask)
-        if options.alpha_matting:
-            mask = refine.alpha_matting(
-                image.rgb,
-                mask,
-                foreground_threshold=options.alpha_matting_foreground_threshold,
-                background_threshold=options.alpha_matting_background_threshold,
-                erode_size=options.alpha_matting_erode_size,
-            )
-        mask = combine_alpha(mask, image.alpha)
-        rendered = render(image.rgb, mask, options)
+        with span("compose"):
+            if options.post_process_mask:
+                mask = refine.post_process_mask(mask)
+            if options.alpha_matting:
+                mask = refine.alpha_matting(
+                    image.rgb,
+                    mask,
+                    foreground_threshold=options.alpha_matting_foreground_threshold,
+                    background_threshold=options.alpha_matting_background_threshold,
+                    erode_size=options.alpha_matting_erode_size,
+                )
+            mask = combine_alpha(mask, image.alpha)
+            rendered = render(image.rgb, mask, options)
         started = time.perf_counter()
-        body = encode(rendered.image, rendered.format, options.quality, self._encode)
+        with span("encode"):
+            body = encode(rendered.image, rendered.format, options.quality, self._encode)
         output = CachedResult(
             body=body,
             media_type=CONTENT_TYPES[rendered.format],
@@ -182,8 +187,10 @@ class RemovalService:
 
     async def _in_stage_pool(self, fn: Callable[[], T]) -> T:
         # A cancelled await (request timeout) abandons the thread's work rather than
-        # waiting for it; the thread finishes on its own.
-        return await asyncio.get_running_loop().run_in_executor(self._stages, fn)
+        # waiting for it; the thread finishes on its own. run_in_executor does not carry
+        # contextvars: the copy gives the thread the request id and the current span.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._stages, context.run, fn)
 
     def shutdown(self) -> None:
         """Stop the stage threads after the work they hold."""
@@ -240,7 +247,8 @@ class RemovalService:
                 return image, None, 0.0
             # Preprocessing here, before the inference slot, overlaps another forward pass.
             t0 = time.perf_counter()
-            tensor = staged.preprocess(image.rgb)
+            with span("preprocess"):
+                tensor = staged.preprocess(image.rgb)
             return image, tensor, time.perf_counter() - t0
 
         started = time.perf_counter()
@@ -253,11 +261,14 @@ class RemovalService:
         self.metrics.input_megapixels.observe(w * h / 1e6)
 
         def infer() -> tuple[np.ndarray, float]:
+            # The scheduler has just measured the wait for this inference slot.
+            record("queue", ticket.queue_seconds)
             t0 = time.perf_counter()
-            if staged is not None and tensor is not None:
-                out = staged.run(tensor)
-            else:
-                out = engine.predict(image.rgb)
+            with span("inference"):
+                if staged is not None and tensor is not None:
+                    out = staged.run(tensor)
+                else:
+                    out = engine.predict(image.rgb)
             return out, time.perf_counter() - t0
 
         raw, timings["inference"] = await self.scheduler.run(ticket, infer)
@@ -266,7 +277,8 @@ class RemovalService:
 
         def finish() -> tuple[RemovalResult, float, float]:
             t0 = time.perf_counter()
-            mask = staged.postprocess(raw, image.rgb.size) if staged is not None else raw
+            with span("mask"):
+                mask = staged.postprocess(raw, image.rgb.size) if staged is not None else raw
             mask_s = time.perf_counter() - t0
             result, encode_s = self.remover.finish(image, mask, options, engine.name)
             return result, mask_s, encode_s

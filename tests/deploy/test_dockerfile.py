@@ -86,6 +86,8 @@ def test_image_is_built_in_a_builder_stage_and_shipped_from_a_runtime_stage(name
     assert [s.name for s in stages] == ["builder", "runtime"]
     builder, runtime = stages
     assert any("pip install" in r.args and "." in r.args for r in builder.all("RUN"))
+    # OpenTelemetry ships in the image: OTEL_* variables alone turn tracing on.
+    assert any("tracing" in r.args for r in builder.all("RUN") if "pip install" in r.args)
     # Build tools stay in the builder.
     assert not any("pip install" in r.args for r in runtime.all("RUN"))
     assert not any("npm" in r.args for r in runtime.all("RUN"))
@@ -261,7 +263,7 @@ def test_gpu_image_uses_cuda_with_cudnn_and_only_the_gpu_onnxruntime() -> None:
     assert base and base[1].startswith("nvidia/cuda:") and "cudnn-runtime" in base[1]
     assert builder.base == runtime.base == "${CUDA_IMAGE}"
     install = " && ".join(r.args for r in builder.all("RUN"))
-    assert '".[gpu]"' in install
+    assert '".[gpu,tracing]"' in install
     assert "pip uninstall -y onnxruntime" in install
     # The GPU wheel goes back in after the uninstall, and its CUDA provider is checked.
     assert install.index("pip uninstall") < install.rindex("onnxruntime-gpu==")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import threading
 import time
@@ -123,7 +124,8 @@ class Scheduler:
                 loop.call_soon_threadsafe(self._publish)
 
         ticket._pending += 1
-        future: Future[T] = self._executor.submit(job)
+        # The pool's thread runs in this request's context (request id, current span).
+        future: Future[T] = self._executor.submit(contextvars.copy_context().run, job)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(ticket._inference_done))
         return await asyncio.wrap_future(future)
 
