@@ -157,6 +157,7 @@ def test_a_hanging_inference_marks_the_process_stuck_and_replaces_it(
         assert fresh.status_code == 503
         assert fresh.json()["code"] == "not_ready"
         assert int(fresh.headers["Retry-After"]) >= 1
+        assert fresh.headers["Connection"] == "close"  # reconnect, to another worker
         assert node.metric("bgsvc_watchdog_trips_total") == 1
         assert node.metric("bgsvc_ready") == 0
         stuck.join()
