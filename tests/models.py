@@ -62,6 +62,78 @@ def build_slow_model(path: Path, size: int = 128, channels: int = 32, layers: in
     return path
 
 
+# Grey levels for build_hang_model (a uniform image of that grey, e.g. PNG): at or below
+# 200 no extra work (normal photos); each level above roughly doubles the spin.
+HANG_THRESHOLD_GREY = 200
+HANG_GAIN = 180.0
+STALL_GREY = 220  # a few seconds on one thread
+HANG_GREY = 255  # effectively forever (exp(38) iterations)
+
+
+def build_hang_model(path: Path, size: int = TINY_SIZE, dim: int = 16) -> Path:
+    """The tiny model's graph plus an ONNX Loop whose trip count comes from the input:
+    exp(HANG_GAIN x relu(brightness - threshold)) - 1, where brightness is the mean of
+    the normalised input. Normal images (mean grey <= HANG_THRESHOLD_GREY) skip it and
+    run in well under a millisecond; a white image keeps ONNX Runtime busy for good.
+    Same input/output contract as build_tiny_model; the loop's result is multiplied by
+    zero into the output, so the graph cannot drop it."""
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["x_in", "w"], ["xw"]),
+            helper.make_node("Tanh", ["xw"], ["x_out"]),
+        ],
+        "spin",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [1, dim]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [1, dim]),
+        ],
+    )
+    threshold = (HANG_THRESHOLD_GREY - 128) / 256  # the imgly profile's normalisation
+    inits = [
+        helper.make_tensor("gain", TensorProto.FLOAT, [], [8.0]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("threshold", TensorProto.FLOAT, [], [threshold]),
+        helper.make_tensor("hang_gain", TensorProto.FLOAT, [], [HANG_GAIN]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.full((1, dim), 0.5, np.float32), "x0"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=1),
+        helper.make_node("ReduceMean", ["input"], ["brightness"], keepdims=0),
+        helper.make_node("Sub", ["brightness", "threshold"], ["excess"]),
+        helper.make_node("Relu", ["excess"], ["over"]),
+        helper.make_node("Mul", ["over", "hang_gain"], ["exponent"]),
+        helper.make_node("Exp", ["exponent"], ["grown"]),
+        helper.make_node("Sub", ["grown", "one"], ["trips_f"]),
+        helper.make_node("Cast", ["trips_f"], ["trips"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["trips", "true", "x0"], ["spun"], body=body),
+        helper.make_node("ReduceSum", ["spun"], ["spun_sum"], keepdims=0),
+        helper.make_node("Mul", ["spun_sum", "zero"], ["nothing"]),
+        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "nothing"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["output"]),
+    ]
+    graph = helper.make_graph(nodes, "hang", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 class StubSession:
     """Just enough of an InferenceSession for Engine.__init__, to exercise the engine's
     pre- and post-processing without a model."""

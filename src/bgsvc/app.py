@@ -23,6 +23,7 @@ from bgsvc.imaging import refine
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.log import QUIET_ROUTES
+from bgsvc.inference.watchdog import Watchdog, hard_exit
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
 from bgsvc.routes import compat_rembg, compat_removebg, health, remove
@@ -68,16 +69,29 @@ def create_app(
     engine_loader: EngineLoader = load_engines,
     on_load_failure: Callable[[], None] = _stop_process,
     span_exporter: SpanExporter | None = None,
+    on_stuck: Callable[[], None] = _stop_process,
+    exit_process: Callable[[int], None] = hard_exit,
 ) -> FastAPI:
     """Build the ASGI app. Nothing heavy happens here: models load in the lifespan, in the
     background, so /health answers and /ready says 503 until they are warm.
-    ``span_exporter`` (tests) receives every span, whatever the OTEL_* settings say."""
+
+    ``span_exporter`` (tests) receives every span, whatever the OTEL_* settings say.
+    ``on_stuck`` starts the replacement of a process whose inference hangs (default: the
+    drain, via SIGTERM) and ``exit_process`` ends it once drained (default: os._exit);
+    tests inject both."""
     settings = settings or get_settings()
     traces = tracing.setup(settings, span_exporter)
     tracing.install(traces)
     metrics = Metrics(settings.prometheus_multiproc_dir)
-    scheduler = Scheduler(settings.max_concurrency, settings.max_queue, observer=metrics)
+    watchdog = Watchdog(settings.effective_watchdog_s, settings.graceful_timeout_s, exit_process)
+    scheduler = Scheduler(
+        settings.max_concurrency, settings.max_queue, observer=metrics, watchdog=watchdog
+    )
     state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
+
+    def on_trip() -> None:
+        state.mark_stuck()
+        on_stuck()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -86,9 +100,11 @@ def create_app(
         # then the server stops listening and waits for in-flight requests, and only then
         # does this lifespan end.
         unregister = on_drain(state.start_draining)
+        watching = asyncio.create_task(watchdog.run(on_trip))
         try:
             yield
         finally:
+            watching.cancel()
             unregister()
             state.start_draining()
             if not loading.done():
@@ -98,6 +114,7 @@ def create_app(
             await anyio.to_thread.run_sync(scheduler.shutdown)
             await anyio.to_thread.run_sync(state.service.shutdown)
             await anyio.to_thread.run_sync(tracing.uninstall, traces)
+            watchdog.finish()
 
     app = FastAPI(
         title="bgsvc",

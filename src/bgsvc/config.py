@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Per-request budget; beyond it, 504."
     )
+    watchdog_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="An inference running longer than this marks the process stuck: /ready "
+        "503, then a drain and a fresh process; 0 means 3x request_timeout_s.",
+    )
 
     stage_thread_nice: int = Field(
         default=0,
@@ -293,6 +299,12 @@ class Settings(BaseSettings):
         """How long a stopping process may take: the drain window, then the longest
         request's budget, plus a margin. Past it gunicorn kills the worker."""
         return self.drain_seconds + self.request_timeout_s + 5.0
+
+    @property
+    def effective_watchdog_s(self) -> float:
+        """The stuck-inference limit: by then the request had its 504 long ago, so the
+        inference is holding a slot for nobody."""
+        return self.watchdog_s or 3.0 * self.request_timeout_s
 
 
 @lru_cache(maxsize=1)

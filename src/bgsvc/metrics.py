@@ -111,6 +111,13 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        # Stuck-inference watchdog (bgsvc.inference.watchdog); alert rules use this name.
+        self.watchdog_trips = Counter(
+            "bgsvc_watchdog_trips",
+            "Processes replaced because an inference ran past BGSVC_WATCHDOG_S.",
+            registry=r,
+        )
+
     def set_queue(self, queued: int, running: int) -> None:
         """Scheduler observer hook."""
         self.queued.set(queued)

@@ -122,6 +122,11 @@ class AdmissionMiddleware:
         if exc.reason is not None:
             self.state.metrics.rejections.labels(exc.reason).inc()
         response = error_response(exc, request_id_of(scope), scope["path"])
+        if self.state.stuck:
+            # This process is going away: a kept-alive client (nginx's upstream pool)
+            # reconnects, most likely to another worker, instead of racing the close of
+            # its idle connection when the drain ends.
+            response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
     @staticmethod

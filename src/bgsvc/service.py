@@ -271,7 +271,7 @@ class RemovalService:
                     out = engine.predict(image.rgb)
             return out, time.perf_counter() - t0
 
-        raw, timings["inference"] = await self.scheduler.run(ticket, infer)
+        raw, timings["inference"] = await self.scheduler.run(ticket, infer, model=engine.name)
         timings["queue"] = ticket.queue_seconds
         self.metrics.inference.labels(engine.name).observe(timings["inference"])
 

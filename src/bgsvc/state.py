@@ -42,6 +42,7 @@ class AppState:
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
+    stuck: bool = False
 
     def __post_init__(self) -> None:
         self.remover = Remover(self.engines, self.settings)
@@ -55,15 +56,28 @@ class AppState:
             self.metrics.ready.set(0)
             log.info("draining: /ready now answers 503; serving until the listener closes")
 
+    def mark_stuck(self) -> None:
+        """The watchdog tripped: not ready and no new work, for good (the process is
+        about to be replaced); requests waiting for the stuck slot are refused too."""
+        self.stuck = True
+        self.metrics.ready.set(0)
+        self.metrics.watchdog_trips.inc()
+        self.scheduler.refuse_queued()
+
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason) for /ready: not ready while loading, failed or draining."""
+        """(ready, reason) for /ready: not ready while loading, failed, stuck or draining."""
+        if self.stuck:
+            return False, "stuck inference"
         if self.draining:
             return False, "draining"
         return self.serviceable()
 
     def serviceable(self) -> tuple[bool, str]:
         """(ok, reason) for admission. A draining node still serves what reaches it: a
-        request accepted during the drain window is finished, never refused."""
+        request accepted during the drain window is finished, never refused; a stuck
+        one refuses, since its inference slot may never free up."""
+        if self.stuck:
+            return False, "stuck inference"
         if self.load_error is not None:
             return False, f"model failed to load: {self.load_error}"
         if not self.ready:

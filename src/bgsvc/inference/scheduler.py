@@ -9,9 +9,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from contextlib import nullcontext, suppress
+from typing import Any, Protocol, TypeVar
 
-from bgsvc.errors import Overloaded
+from bgsvc.errors import NotReady, Overloaded
+from bgsvc.inference.watchdog import Watchdog
+from bgsvc.log import request_id_var
 
 T = TypeVar("T")
 
@@ -20,6 +23,12 @@ class SchedulerObserver(Protocol):
     """Where the scheduler reports its gauges (metrics.Metrics implements it)."""
 
     def set_queue(self, queued: int, running: int) -> None: ...
+
+
+def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    # An inference abandoned at shutdown (a stuck one) may end after its loop closed.
+    with suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 class _NullObserver:
@@ -63,11 +72,16 @@ class Scheduler:
         max_concurrency: int,
         max_queue: int,
         observer: SchedulerObserver | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.capacity = max_concurrency + max_queue
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="bgsvc-infer")
         self._observer = observer or _NullObserver()
+        self._watchdog = watchdog
+        # Submitted, not yet finished; on a stuck inference the queued ones are refused.
+        self._pending: set[Future[Any]] = set()
+        self._refused: set[Future[Any]] = set()
         self._admitted = 0
         self._running = 0
         self._lock = threading.Lock()
@@ -103,32 +117,56 @@ class Scheduler:
             running = self._running
         self._observer.set_queue(max(0, self._admitted - running), running)
 
-    async def run(self, ticket: Ticket, fn: Callable[..., T], *args: object) -> T:
+    async def run(self, ticket: Ticket, fn: Callable[..., T], *args: object, model: str = "-") -> T:
         """Run ``fn(*args)`` on the inference pool; the ticket stays held until it ends."""
         loop = asyncio.get_running_loop()
         enqueued = time.perf_counter()
+        request_id = request_id_var.get()
+        watchdog = self._watchdog
+        if watchdog is not None and watchdog.tripped is not None:
+            raise NotReady("Not ready: stuck inference.", retry_after=5)
 
         def job() -> T:
             started = time.perf_counter()
             ticket.queue_seconds = started - enqueued
             with self._lock:
                 self._running += 1
-            loop.call_soon_threadsafe(self._publish)
+            _notify(loop, self._publish)
             try:
-                return fn(*args)
+                with watchdog.watching(request_id, model) if watchdog else nullcontext():
+                    return fn(*args)
             finally:
                 elapsed = time.perf_counter() - started
                 with self._lock:
                     self._running -= 1
                     self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
-                loop.call_soon_threadsafe(self._publish)
+                _notify(loop, self._publish)
 
         ticket._pending += 1
         # The pool's thread runs in this request's context (request id, current span).
         future: Future[T] = self._executor.submit(contextvars.copy_context().run, job)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(ticket._inference_done))
-        return await asyncio.wrap_future(future)
+        future.add_done_callback(lambda _: _notify(loop, ticket._inference_done))
+        self._pending.add(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future in self._refused:
+                raise NotReady("Not ready: stuck inference.", retry_after=5) from None
+            raise
+        finally:
+            self._pending.discard(future)
+            self._refused.discard(future)
+
+    def refuse_queued(self) -> int:
+        """A slot is stuck: answer 503 (which the balancer retries elsewhere) to every
+        request still waiting for the pool, instead of a 504 after its whole budget.
+        Called on the event loop; returns how many were refused."""
+        refused = [f for f in list(self._pending) if f.cancel()]
+        self._refused.update(refused)
+        return len(refused)
 
     def shutdown(self) -> None:
-        """Stop the pool after the running inferences finish."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the pool after the running inferences finish, except a stuck one, which
+        never will (the process then exits without joining it)."""
+        stuck = self._watchdog is not None and self._watchdog.tripped is not None
+        self._executor.shutdown(wait=not stuck, cancel_futures=True)
