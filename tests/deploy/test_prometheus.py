@@ -112,6 +112,7 @@ def test_dashboard_has_a_panel_for_each_required_signal() -> None:
         "bgsvc_inflight_inferences",
         "bgsvc_rejections_total",
         "sum by (instance) (rate(bgsvc_http_requests_total",  # per node
+        "changes(bgsvc_process_start_time_seconds",  # restarts
     ):
         assert needle in exprs, needle
 
