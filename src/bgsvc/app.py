@@ -20,6 +20,7 @@ from bgsvc import __version__, tracing
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
+from bgsvc.inference.engine import GPU_PROVIDERS
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.log import QUIET_ROUTES
@@ -43,6 +44,12 @@ def _stop_process() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _on_gpu(engine: Predictor) -> bool:
+    # The provider ORT really uses, not the setting: `auto` may have ended up on the CPU.
+    providers = getattr(engine, "providers", None) or [None]
+    return providers[0] in GPU_PROVIDERS
+
+
 async def _load_models(
     state: AppState, loader: EngineLoader, on_failure: Callable[[], None]
 ) -> None:
@@ -59,6 +66,10 @@ async def _load_models(
         seconds = getattr(engine, "load_seconds", None)
         if seconds is not None:
             state.metrics.model_load.labels(name).set(seconds)
+    if any(_on_gpu(engine) for engine in engines.values()):
+        from bgsvc.gpu_metrics import GpuCollector
+
+        state.metrics.add_collector(GpuCollector())
     state.ready = True
     state.metrics.ready.set(1)
 
@@ -83,6 +94,9 @@ def create_app(
     traces = tracing.setup(settings, span_exporter)
     tracing.install(traces)
     metrics = Metrics(settings.prometheus_multiproc_dir)
+    # Once per worker process (gunicorn builds one app per worker): a restart alert sees
+    # this move whenever a node or one of its workers starts again.
+    metrics.process_start.set_to_current_time()
     watchdog = Watchdog(settings.effective_watchdog_s, settings.graceful_timeout_s, exit_process)
     scheduler = Scheduler(
         settings.max_concurrency, settings.max_queue, observer=metrics, watchdog=watchdog

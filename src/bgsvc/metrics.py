@@ -13,6 +13,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 # End-to-end latency on a CPU spans 50 ms (health, rejections) to ~20 s (queued 4K images).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0)
@@ -118,6 +119,22 @@ class Metrics:
             registry=r,
         )
 
+        # Alerting: restarts. "max" is the newest worker's start: files of dead workers
+        # stay (and a node start wipes the folder), so each start moves it exactly once.
+        self.process_start = Gauge(
+            "bgsvc_process_start_time_seconds",
+            "Start time (Unix seconds) of the newest worker process of this node.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self._collectors: list[Collector] = []
+
+    def add_collector(self, collector: Collector) -> None:
+        """A collector read at every scrape (e.g. GPU metrics), in both modes."""
+        self._collectors.append(collector)
+        if self.multiproc_dir is None:
+            self.registry.register(collector)
+
     def set_queue(self, queued: int, running: int) -> None:
         """Scheduler observer hook."""
         self.queued.set(queued)
@@ -128,5 +145,7 @@ class Metrics:
         if self.multiproc_dir is not None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(self.multiproc_dir))  # type: ignore[no-untyped-call]
+            for collector in self._collectors:
+                registry.register(collector)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -78,7 +78,8 @@ def _host_paths(compose: dict[str, Any]) -> list[tuple[str, Path]]:
 
 def test_every_mounted_or_built_host_path_exists_in_the_repo(compose: dict[str, Any]) -> None:
     paths = _host_paths(compose)
-    assert len(paths) >= 10  # 3 x (context, dockerfile) + nginx, prometheus x2, grafana x3
+    # 3 x (context, dockerfile) + nginx, prometheus x2, alertmanager, grafana x3
+    assert len(paths) >= 11
     for what, path in paths:
         assert path.is_relative_to(REPO), f"{what} leaves the repo: {path}"
         assert path.exists(), f"{what}: {path} does not exist"
@@ -93,7 +94,7 @@ def test_nginx_waits_for_healthy_replicas_and_replicas_have_healthchecks(
     assert {name: d["condition"] for name, d in depends.items()} == {
         name: "service_healthy" for name in REPLICAS
     }
-    for name in [*REPLICAS, "nginx", "prometheus"]:
+    for name in [*REPLICAS, "nginx", "prometheus", "alertmanager"]:
         test = services[name]["healthcheck"]["test"]
         assert test[0] == "CMD" and len(test) > 1, name
     # A replica is healthy when ready for traffic, not merely alive.
@@ -126,3 +127,27 @@ def test_compose_mounts_the_configs_where_the_images_read_them(compose: dict[str
     grafana = services["grafana"]["volumes"]
     assert any(v.endswith(":/etc/grafana/provisioning/datasources:ro") for v in grafana)
     assert any(v.endswith(":/etc/grafana/provisioning/dashboards:ro") for v in grafana)
+
+
+def test_alertmanager_runs_a_pinned_image_with_the_repo_config(compose: dict[str, Any]) -> None:
+    service = compose["services"]["alertmanager"]
+    image, _, tag = service["image"].partition(":")
+    assert image == "prom/alertmanager"
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), "pin a release, not latest"
+    assert service["restart"] == compose["services"]["prometheus"]["restart"]
+    mount = "./deploy/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro"
+    assert mount in service["volumes"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in service["command"]
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager(compose: dict[str, Any]) -> None:
+    config = load_yaml(REPO / "deploy" / "prometheus" / "prometheus.yml")
+    targets = [
+        target
+        for manager in config["alerting"]["alertmanagers"]  # type: ignore[index]
+        for static in manager["static_configs"]
+        for target in static["targets"]
+    ]
+    service = compose["services"]["alertmanager"]
+    ports = {p.split(":")[-1] for p in service["ports"]}
+    assert targets == [f"alertmanager:{port}" for port in ports]

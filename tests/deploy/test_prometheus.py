@@ -39,7 +39,7 @@ def test_alerts_fire_and_stay_quiet_as_their_unit_tests_expect() -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_alerts_cover_latency_errors_node_down_and_rejections() -> None:
+def test_alerts_cover_latency_errors_node_down_rejections_restarts_and_watchdog() -> None:
     rules = {
         rule["alert"]: rule
         for group in load_yaml(PROM / "alerts.yml")["groups"]  # type: ignore[index]
@@ -50,6 +50,8 @@ def test_alerts_cover_latency_errors_node_down_and_rejections() -> None:
     assert "> 0.01" in rules["BgsvcHigh5xxRate"]["expr"]
     assert rules["BgsvcNodeDown"]["expr"].strip() == 'up{job="bgsvc"} == 0'
     assert "bgsvc_rejections_total" in rules["BgsvcSustainedRejections"]["expr"]
+    assert "bgsvc_process_start_time_seconds" in rules["BgsvcFrequentRestarts"]["expr"]
+    assert "bgsvc_watchdog_trips_total" in rules["BgsvcInferenceWatchdogTripped"]["expr"]
     for rule in rules.values():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"]
@@ -110,6 +112,7 @@ def test_dashboard_has_a_panel_for_each_required_signal() -> None:
         "bgsvc_inflight_inferences",
         "bgsvc_rejections_total",
         "sum by (instance) (rate(bgsvc_http_requests_total",  # per node
+        "changes(bgsvc_process_start_time_seconds",  # restarts
     ):
         assert needle in exprs, needle
 
