@@ -23,8 +23,8 @@ from bgsvc.imaging import refine
 from bgsvc.inference.engine import GPU_PROVIDERS
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Scheduler
-from bgsvc.log import QUIET_ROUTES
 from bgsvc.inference.watchdog import Watchdog, hard_exit
+from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
 from bgsvc.routes import compat_rembg, compat_removebg, health, remove
