@@ -40,11 +40,12 @@ timeout = 60
 graceful_timeout = int(_settings.graceful_timeout_s)
 # Longer than nginx's upstream keepalive_timeout (60 s): nginx closes idle connections.
 keepalive = KEEPALIVE_SECONDS
-# Recycle a worker now and then (memory fragmentation of large image buffers). Large,
-# so the per-process files in PROMETHEUS_MULTIPROC_DIR do not pile up; the jitter keeps
-# the workers of one node from restarting (and reloading the model) at the same time.
-max_requests = 5000
-max_requests_jitter = 500
+# No recycling. gunicorn's max_requests ends a worker without the drain (/ready never
+# turns 503, keep-alive and in-flight connections are reset) and, with one worker per node
+# and least_conn spreading load evenly, every node reached the count at the same moment:
+# 10,387 of 22,367 requests failed at ~550 requests/s. Worker memory was measured flat
+# (benchmarks/RESULTS.md), so there is nothing to recycle for.
+max_requests = 0
 
 # The per-request record comes from the app (BGSVC_ACCESS_LOG), with the request id and
 # the route; gunicorn's own access log would only repeat it without them.
@@ -62,18 +63,18 @@ def on_starting(server: Any) -> None:
     """In the arbiter, before any port is bound: fail with one clear line when the model
     file is missing or corrupt or the provider is unusable, instead of a crash loop of
     workers."""
-    from bgsvc.errors import BgsvcError
-    from bgsvc.inference.loader import preflight
+    from bgsvc.inference.preflight import check_in_child
     from bgsvc.log import configure_logging
 
     configure_logging(_settings.log_level, _settings.log_format)
-    try:
-        preflight(_settings)
-    except BgsvcError as exc:
+    # In a child interpreter: this process forks the workers, and onnxruntime loaded here
+    # would make every one of them abort when it exits (see bgsvc.inference.preflight).
+    error = check_in_child()
+    if error is not None:
         if _settings.log_format == "json":
-            server.log.critical("bgsvc: error: %s", exc.message)
+            server.log.critical("bgsvc: error: %s", error)
         else:
-            print(f"bgsvc: error: {exc.message}", file=sys.stderr, flush=True)
+            print(f"bgsvc: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     if _settings.prometheus_multiproc_dir is None and _settings.workers > 1:
         server.log.warning(

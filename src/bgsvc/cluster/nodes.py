@@ -1,0 +1,157 @@
+"""The nodes of a local fleet: what to start (NodeSpec, ClusterConfig) and one running
+node (Node: deploy/start.sh, i.e. gunicorn, in its own process group)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from bgsvc.cluster.common import ClusterError, http_status, usable_cores
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_BASE_PORT = 8001
+DEFAULT_LISTEN_PORT = 8080
+DEFAULT_RUN_DIR = Path(".cluster")
+
+
+@dataclass
+class NodeSpec:
+    """One node to start: its port and environment on top of the cluster's."""
+
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.port}"
+
+
+@dataclass
+class ClusterConfig:
+    """What to start and where."""
+
+    nodes: list[NodeSpec]
+    host: str = DEFAULT_HOST
+    listen_port: int = DEFAULT_LISTEN_PORT
+    run_dir: Path = DEFAULT_RUN_DIR
+    workers: int = 1
+    threads: int = 0  # ORT intra-op threads per worker; 0: cores shared over all workers
+    env: dict[str, str] = field(default_factory=dict)
+    deploy_dir: Path | None = None
+
+    @classmethod
+    def local(
+        cls, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT, **kwargs: object
+    ) -> ClusterConfig:
+        """``nodes`` nodes on consecutive ports from ``base_port``."""
+        specs = [NodeSpec(base_port + i) for i in range(nodes)]
+        return cls(nodes=specs, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def threads_per_worker(self) -> int:
+        """workers x threads over the whole cluster ≈ the machine's cores (at least 1)."""
+        if self.threads:
+            return self.threads
+        return max(1, usable_cores() // (len(self.nodes) * self.workers))
+
+
+class Node:
+    """One service node: `deploy/start.sh` (gunicorn) in its own process group."""
+
+    def __init__(self, spec: NodeSpec, config: ClusterConfig, deploy_dir: Path) -> None:
+        self.spec = spec
+        self.config = config
+        self.deploy_dir = deploy_dir
+        self.log_path = config.run_dir / "logs" / f"{spec.name}.log"
+        self.metrics_dir = config.run_dir / "metrics" / spec.name
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The gunicorn arbiter's pid (also the node's process group id)."""
+        if self.process is None:
+            raise ClusterError(f"{self.name} is not started")
+        return self.process.pid
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # gunicorn and bgsvc from the same environment as this interpreter.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(
+            {
+                "BGSVC_HOST": self.config.host,
+                "BGSVC_PORT": str(self.port),
+                "BGSVC_NODE_NAME": self.name,
+                "BGSVC_WORKERS": str(self.config.workers),
+                "BGSVC_INTRA_OP_THREADS": str(self.config.threads_per_worker),
+                "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir.resolve()),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.pop("WEB_CONCURRENCY", None)
+        env.update(self.config.env)
+        env.update(self.spec.env)
+        return env
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(self.deploy_dir / "start.sh")],
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ready(self) -> bool:
+        return http_status(f"{self.url}/ready", timeout=1.0) == 200
+
+    def terminate(self) -> None:
+        """SIGTERM to the arbiter: graceful drain of its workers."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole node (arbiter and workers), as if its machine died."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def wait(self, timeout: float) -> int | None:
+        """Exit status, or None if still running after ``timeout`` seconds."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
