@@ -107,7 +107,8 @@ def test_gunicorn_conf_takes_its_values_from_the_settings(monkeypatch: pytest.Mo
     assert conf["worker_class"] == "bgsvc.server.DrainingUvicornWorker"
     # Longer than the drain window plus a full request budget.
     assert conf["graceful_timeout"] > 4 + 20
-    assert conf["max_requests"] >= 1000 and 0 < conf["max_requests_jitter"] < conf["max_requests"]
+    # Never recycled: a recycle ends a worker without the drain (see the config's comment).
+    assert conf["max_requests"] == 0
     assert conf["keepalive"] > 60  # nginx's upstream keepalive_timeout
     assert callable(conf["child_exit"]) and callable(conf["on_starting"])
 
@@ -167,7 +168,8 @@ def test_cluster_renders_local_upstreams_and_paths() -> None:
     }
     ours = render_nginx_conf(text, servers, **paths)
     assert "listen 127.0.0.1:8080;" in ours and "pid /run/x/nginx.pid;" in ours
-    assert "server 127.0.0.1:8002 max_fails=1 fail_timeout=5s;" in ours
+    assert "server 127.0.0.1:8002 max_fails=3 fail_timeout=2s;" in ours
+    assert "server 127.0.0.1:8002 backup max_fails=0;" in ours
     directives = "\n".join(line.split("#")[0] for line in ours.splitlines())
     assert "bgsvc-1" not in directives and "/var/cache/nginx" not in directives
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bgsvc.cluster import backup_servers, upstream_servers
 from bgsvc.cluster import render_nginx_conf as render
-from bgsvc.cluster import upstream_servers
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF = REPO / "deploy" / "nginx" / "nginx.conf"
 
-__all__ = ["NGINX_CONF", "REPO", "render", "upstream_servers"]
+__all__ = ["NGINX_CONF", "REPO", "backup_servers", "render", "upstream_servers"]

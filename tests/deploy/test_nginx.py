@@ -17,7 +17,7 @@ import pytest
 from bgsvc.config import Settings
 
 from .conftest import require_tool
-from .nginx_render import NGINX_CONF, render, upstream_servers
+from .nginx_render import NGINX_CONF, backup_servers, render, upstream_servers
 
 SYNC_PATHS = ["/remove-background", "/api/remove", "/v1.0/removebg"]
 TEXT = NGINX_CONF.read_text()
@@ -66,12 +66,9 @@ def test_local_render_passes_nginx_t_and_changes_only_marked_lines(tmp_path: Pat
     )
     result = _nginx_t(conf, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert re.findall(r"server (127\.0\.0\.1:800\d) max_fails=1 fail_timeout=5s;", conf) == [
-        "127.0.0.1:8001",
-        "127.0.0.1:8002",
-        "127.0.0.1:8003",
-        "127.0.0.1:8004",
-    ]
+    nodes = ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003", "127.0.0.1:8004"]
+    assert re.findall(r"server (127\.0\.0\.1:800\d) max_fails=3 fail_timeout=2s;", conf) == nodes
+    assert re.findall(r"server (127\.0\.0\.1:800\d) backup max_fails=0;", conf) == nodes
     directives = "\n".join(line.split("#")[0] for line in conf.splitlines())
     assert "bgsvc-1" not in directives and "/var/cache/nginx" not in directives
     assert "access_log logs/access.log bgsvc;" in conf
@@ -92,7 +89,12 @@ def test_upstream_balances_by_least_connections_with_passive_health_and_keepaliv
     servers = upstream_servers(TEXT)
     assert [addr for addr, _ in servers] == ["bgsvc-1:8000", "bgsvc-2:8000", "bgsvc-3:8000"]
     for _, params in servers:
-        assert re.search(r"max_fails=\d+", params) and re.search(r"fail_timeout=\d+s", params)
+        # More than one failure: a single reset on a reused connection keeps a node in.
+        fails = re.search(r"max_fails=(\d+)", params)
+        assert fails and int(fails[1]) > 1 and re.search(r"fail_timeout=\d+s", params)
+    # The same nodes as backups that are never marked failed: the fleet never answers
+    # 502 "no live upstreams" while a node can still answer.
+    assert backup_servers(TEXT) == [(addr, "backup max_fails=0") for addr, _ in servers]
     # Upstream keepalive only works over HTTP/1.1 with the Connection header cleared.
     assert "proxy_http_version 1.1;" in TEXT
     assert 'proxy_set_header Connection "";' in TEXT
@@ -106,7 +108,7 @@ def test_sync_endpoints_fail_over_on_dead_or_loading_nodes_but_never_on_429() ->
     conditions = set(next_upstream[1].split())
     assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= conditions
     assert not conditions & {"http_429", "http_504", "http_500", "http_404", "http_403"}
-    assert re.search(r"proxy_next_upstream_tries 3;", body)
+    assert re.search(r"proxy_next_upstream_tries 4;", body)
     assert re.search(r"proxy_request_buffering on;", body)
     # No other location retries POSTs or treats a 429 as a failure.
     assert TEXT.count("non_idempotent") == 1
@@ -278,6 +280,27 @@ def test_sync_post_reaches_a_live_node_when_others_are_dead_or_loading(
     assert {headers["X-Served-By"] for _, headers, _ in results} == {"live"}
 
 
+def test_nodes_all_marked_failed_are_still_tried_instead_of_an_immediate_502(
+    stub_fleet: Callable[..., Balancer], nodes: Callable[..., StubNode]
+) -> None:
+    # Each node answers 503 three times (max_fails), then 200: after the first requests
+    # every primary entry is marked failed for fail_timeout, as after a burst of resets.
+    def flapping(node: list[int]) -> Callable[[str], int]:
+        def status(_: str) -> int:
+            node[0] += 1
+            return 503 if node[0] <= 3 else 200
+
+        return status
+
+    a, b = nodes("a", flapping([0])), nodes("b", flapping([0]))
+    balancer = stub_fleet([a.address, b.address])
+    statuses = [balancer.request("POST", "/remove-background", b"x")[0] for _ in range(6)]
+    assert len(a.requests) >= 3 and len(b.requests) >= 3
+    # Without the backup entries these would be 502 "no live upstreams" for 2 s.
+    assert 502 not in statuses
+    assert statuses[-4:] == [200] * 4
+
+
 def test_429_reaches_the_client_unretried_and_keeps_the_node_in_rotation(
     stub_fleet: Callable[..., Balancer], nodes: Callable[..., StubNode]
 ) -> None:
@@ -289,9 +312,9 @@ def test_429_reaches_the_client_unretried_and_keeps_the_node_in_rotation(
     assert statuses.count(429) == len(busy.requests)
     assert statuses.count(200) == len(live.requests)
     assert len(busy.requests) + len(live.requests) == 10
-    # Had a 429 counted as a failure (max_fails=1), the busy node would have been
-    # taken out for fail_timeout after its first answer.
-    assert len(busy.requests) >= 3
+    # Had a 429 counted as a failure (max_fails=3), the busy node would have been
+    # taken out for fail_timeout after its third answer.
+    assert len(busy.requests) >= 4
 
 
 def test_post_outside_the_sync_endpoints_is_not_resent_after_a_503(

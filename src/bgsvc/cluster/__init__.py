@@ -9,7 +9,13 @@ go to one folder (``.cluster/logs`` by default).
 
 from bgsvc.cluster.common import ClusterError, find_deploy_dir, http_status, port_is_free
 from bgsvc.cluster.fleet import Cluster, config_from_args, run_foreground
-from bgsvc.cluster.nginx import Nginx, find_nginx, render_nginx_conf, upstream_servers
+from bgsvc.cluster.nginx import (
+    Nginx,
+    backup_servers,
+    find_nginx,
+    render_nginx_conf,
+    upstream_servers,
+)
 from bgsvc.cluster.nodes import ClusterConfig, Node, NodeSpec
 
 __all__ = [
@@ -19,6 +25,7 @@ __all__ = [
     "Nginx",
     "Node",
     "NodeSpec",
+    "backup_servers",
     "config_from_args",
     "find_deploy_dir",
     "find_nginx",

@@ -109,9 +109,7 @@ def render_nginx_conf(
     return "\n".join(out) + "\n"
 
 
-def _render_block(
-    lines: list[str], begin: str, end: str, servers: Sequence[str]
-) -> list[str]:
+def _render_block(lines: list[str], begin: str, end: str, servers: Sequence[str]) -> list[str]:
     template = _block_servers("\n".join(lines), begin, end)
     params = f" {template[0][1]}" if template and template[0][1] else ""
     first, last = _marker(lines, begin), _marker(lines, end)
