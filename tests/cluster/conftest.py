@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,17 @@ SLOW = {"size": 256, "channels": 64, "layers": 20}
 SLOW_WARMUP = {"size": 512, "channels": 64, "layers": 80}
 
 REMOVE = "/remove-background"
+REPO = Path(__file__).resolve().parents[2]
+MEASUREMENTS = REPO / "test-artifacts" / "cluster-measurements.json"
+
+
+def record(name: str, values: dict[str, Any]) -> None:
+    """Print a measurement and keep it in test-artifacts/ for the README's tables."""
+    print(f"\n[{name}] {json.dumps(values)}")
+    MEASUREMENTS.parent.mkdir(exist_ok=True)
+    data = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.exists() else {}
+    data[name] = values
+    MEASUREMENTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def free_ports(count: int) -> list[int]:

@@ -6,7 +6,6 @@ test-artifacts/cluster-measurements.json for the README's scaling section.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -31,22 +29,12 @@ from tests.cluster.conftest import (
     node_gauge,
     port_closed,
     post,
+    record,
     stream,
     wait_for,
 )
 
 pytestmark = pytest.mark.cluster
-
-REPO = Path(__file__).resolve().parents[2]
-MEASUREMENTS = REPO / "test-artifacts" / "cluster-measurements.json"
-
-
-def record(name: str, values: dict[str, Any]) -> None:
-    print(f"\n[{name}] {json.dumps(values)}")
-    MEASUREMENTS.parent.mkdir(exist_ok=True)
-    data = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.exists() else {}
-    data[name] = values
-    MEASUREMENTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def failures(outcomes: list[Outcome]) -> list[Outcome]:

@@ -15,6 +15,11 @@ from typing import IO
 from bgsvc.cluster.common import ClusterError, find_deploy_dir, http_status, port_is_free
 from bgsvc.cluster.nginx import Nginx
 from bgsvc.cluster.nodes import ClusterConfig, Node
+from bgsvc.cluster.supervisor import Supervisor
+
+# After a restarted node is ready, before the next one goes down: nginx may still hold
+# the first one as failed for its fail_timeout (2 s, deploy/nginx/nginx.conf).
+SETTLE_S = 2.5
 
 
 class Cluster:
@@ -25,6 +30,7 @@ class Cluster:
         self.deploy_dir = config.deploy_dir or find_deploy_dir()
         self.nodes = [Node(spec, config, self.deploy_dir) for spec in config.nodes]
         self.nginx = Nginx(config, self.deploy_dir)
+        self.supervisor: Supervisor | None = None
 
     @property
     def url(self) -> str:
@@ -79,13 +85,49 @@ class Cluster:
         names = ", ".join(n.name for n in waiting) or "nginx"
         raise ClusterError(f"not ready after {timeout:.0f}s: {names}; see {self.log_dir}")
 
+    def supervise(self, say: Callable[[str], None] = print) -> Supervisor:
+        """From now on, restart any node that dies (see bgsvc.cluster.supervisor)."""
+        if self.supervisor is None:
+            self.supervisor = Supervisor(self.nodes, say)
+            self.supervisor.start()
+        return self.supervisor
+
+    def restart_node(self, node: Node, ready_timeout: float = 300.0) -> float:
+        """Planned restart of one node: SIGTERM (its drain: /ready 503, still serving,
+        then no longer listening, in-flight work finished), then a fresh start, until it
+        is ready. Returns the seconds it was away."""
+        hold = self.supervisor.hold(node) if self.supervisor else contextlib.nullcontext()
+        began = time.monotonic()
+        with hold:
+            node.terminate()
+            if node.wait(_graceful_timeout() + 5) is None:
+                node.kill()
+            node.close()
+            node.start()
+            self.wait_ready(ready_timeout, nodes=[node])
+        return time.monotonic() - began
+
+    def rolling_restart(
+        self, ready_timeout: float = 300.0, say: Callable[[str], None] = print
+    ) -> dict[str, float]:
+        """Every node in turn, the next one only once the last is serving again: the
+        fleet never loses more than one node, and a node's model and configuration files
+        are read afresh (a model or config reload)."""
+        away: dict[str, float] = {}
+        for node in self.nodes:
+            say(f"rolling restart: {node.name}")
+            away[node.name] = self.restart_node(node, ready_timeout)
+            say(f"rolling restart: {node.name} ready again after {away[node.name]:.1f}s")
+            time.sleep(SETTLE_S)
+        return away
+
     def stop(self, timeout: float | None = None) -> dict[str, int | None]:
         """nginx first (it finishes what it is proxying), then every node drains at once;
         whatever is still running after ``timeout`` is killed. Exit status per process."""
-        from bgsvc.config import Settings
-
         if timeout is None:
-            timeout = Settings().graceful_timeout_s + 5
+            timeout = _graceful_timeout() + 5
+        if self.supervisor is not None:
+            self.supervisor.stop()
         self.nginx.stop(timeout)
         for node in self.nodes:
             node.terminate()
@@ -112,17 +154,26 @@ class Cluster:
         self.stop()
 
 
+def _graceful_timeout() -> float:
+    from bgsvc.config import Settings
+
+    return Settings().graceful_timeout_s
+
+
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[list[int]]:
-    """Collect SIGINT/SIGTERM instead of dying, so the cluster is stopped cleanly."""
+def _stop_signals() -> Iterator[tuple[list[int], list[int]]]:
+    """Collect SIGINT/SIGTERM (stop) and SIGHUP (rolling restart) instead of dying, so the
+    cluster is stopped or restarted cleanly."""
     received: list[int] = []
+    reloads: list[int] = []
 
     def handler(signum: int, _: FrameType | None) -> None:
-        received.append(signum)
+        (reloads if signum == signal.SIGHUP else received).append(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
-        yield received
+        yield received, reloads
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -131,13 +182,14 @@ def _stop_signals() -> Iterator[list[int]]:
 def run_foreground(
     config: ClusterConfig, ready_timeout: float = 300.0, out: IO[str] = sys.stdout
 ) -> int:
-    """``bgsvc cluster up``: start, report, run until Ctrl-C/SIGTERM, stop everything."""
+    """``bgsvc cluster up``: start, report, restart nodes that die, restart every node in
+    turn on SIGHUP (a model or config reload), run until Ctrl-C/SIGTERM, stop everything."""
 
     def say(message: str) -> None:
         print(message, file=out, flush=True)
 
     cluster = Cluster(config)
-    with _stop_signals() as received:
+    with _stop_signals() as (received, reloads):
         cluster.start()
         names = ", ".join(f"{n.name} ({n.url})" for n in cluster.nodes)
         say(
@@ -149,17 +201,19 @@ def run_foreground(
         try:
             _wait_until_ready(cluster, ready_timeout, received, say)
             if not received:
-                say(f"ready: {cluster.url} (nginx least_conn); Ctrl-C to stop")
-            down: set[str] = set()
+                say(
+                    f"ready: {cluster.url} (nginx least_conn); nodes that die are restarted; "
+                    "SIGHUP restarts every node in turn; Ctrl-C to stop"
+                )
+                cluster.supervise(say)
             while not received:
                 if not cluster.nginx.alive():
                     say(f"nginx exited; see {cluster.nginx.error_log}")
                     code = 1
                     break
-                for node in cluster.nodes:
-                    if node.name not in down and not node.alive():
-                        down.add(node.name)
-                        say(f"{node.name} exited (status {node.wait(0)}); the others serve on")
+                if reloads:
+                    reloads.clear()
+                    cluster.rolling_restart(ready_timeout, say)
                 time.sleep(0.2)
         except ClusterError as exc:
             say(f"bgsvc: error: {exc}")
