@@ -68,6 +68,19 @@ def test_cluster_up_spreads_requests_over_every_node_and_stops_cleanly(
         health = httpx.get(f"http://127.0.0.1:{listen}/health", timeout=5)
         assert health.status_code == 200 and "x-served-by" not in health.headers
 
+        # A node that dies is started again by the supervisor, and says so.
+        victim = f"node-{node_ports[0]}"
+        os.killpg(node_arbiter(node_ports[0]), signal.SIGKILL)
+        wait_for(lambda: f"{victim} ready again" in output.read_text(), 90, "restart")
+        assert f"{victim} exited (status -9); restarting" in output.read_text()
+        # SIGHUP: every node restarted in turn (a model or config reload).
+        proc.send_signal(signal.SIGHUP)
+        for port in node_ports:
+            line = f"rolling restart: node-{port} ready again"
+            wait_for(lambda line=line: line in output.read_text(), 120, line)
+        after = stream(f"http://127.0.0.1:{listen}{REMOVE}", images, total=30, threads=3)
+        assert failures(after) == []
+
         proc.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         assert proc.wait(timeout=90) == 0, output.read_text()
@@ -83,7 +96,7 @@ def test_cluster_up_spreads_requests_over_every_node_and_stops_cleanly(
     logs = {p.name for p in (run_dir / "logs").iterdir()}
     assert {f"node-{p}.log" for p in node_ports} | {"nginx-access.log"} <= logs
     access = (run_dir / "logs" / "nginx-access.log").read_text()
-    assert access.count(f'"POST {REMOVE} HTTP/1.1" 200') == 60
+    assert access.count(f'"POST {REMOVE} HTTP/1.1" 200') == 90
     record(
         "spread",
         {
@@ -93,6 +106,21 @@ def test_cluster_up_spreads_requests_over_every_node_and_stops_cleanly(
             "stop_seconds": round(stop_seconds, 1),
         },
     )
+
+
+def node_arbiter(port: int) -> int:
+    """The gunicorn arbiter (its process group's leader) of the node on ``port``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            pid = int(entry.name)
+            if f"BGSVC_PORT={port}".encode() in environ and os.getpgid(pid) == pid:
+                return pid
+        except (OSError, ProcessLookupError):
+            continue
+    raise AssertionError(f"no node process for port {port}")
 
 
 def test_kill_9_of_one_node_fails_no_client_request(
