@@ -4,7 +4,6 @@ worker whose inference hangs is replaced while the other keeps serving."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ from bgsvc.cluster import ClusterConfig, Node, NodeSpec, find_deploy_dir
 from bgsvc.inference.watchdog import STUCK_EXIT_STATUS
 from tests.conftest import encode_image, subject_image
 from tests.models import HANG_GREY, TINY_SIZE, build_hang_model
+from tests.procs import children
 
 REMOVE = "/remove-background"
 
@@ -29,23 +29,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def children(pid: int) -> set[int]:
-    """Live child processes of ``pid`` (gunicorn's workers of its arbiter)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may hold spaces, so split after its ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry))
-    return found
 
 
 def metric(url: str, name: str) -> float:
