@@ -9,6 +9,8 @@ printed and written to test-artifacts/cluster-measurements.json.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -19,6 +21,7 @@ from benchmarks.hammer import Hammer, LoadResult
 from bgsvc.cluster import Cluster
 from tests.cluster.conftest import REMOVE, record, wait_for
 from tests.conftest import encode_image, subject_image
+from tests.procs import children
 
 pytestmark = pytest.mark.cluster
 
@@ -127,4 +130,33 @@ def test_rolling_restart_of_every_node_at_high_rate_fails_no_request(
     # Every node really was replaced, during the load, and each cleanly.
     assert done_during_load, "the load ended before the last node was back"
     assert all(n.pid != old for n, old in zip(cluster.nodes, pids, strict=True))
+    assert node_log_aborts(cluster) == []
+
+
+def test_gunicorn_reload_of_every_node_at_high_rate_fails_no_request(
+    make_cluster: Callable[..., Cluster], photo_2mp: bytes
+) -> None:
+    # SIGHUP to a node's gunicorn: fresh workers (the model file and the app code read
+    # again), the old ones drained; each node in turn, as a deploy script would.
+    cluster = make_cluster(nodes=3)
+    before = {n.name: children(n.pid) for n in cluster.nodes}
+    load = hammer(cluster, photo_2mp)
+    load.start()
+    wait_for(lambda: load.elapsed() >= 5, 60, "5 s of load")
+    for node in cluster.nodes:
+        os.kill(node.pid, signal.SIGHUP)
+        wait_for(
+            lambda node=node: (
+                bool(children(node.pid)) and not children(node.pid) & before[node.name]
+            ),
+            60,
+            f"{node.name}'s workers replaced",
+        )
+        time.sleep(5)
+    done_during_load = load.elapsed() < SECONDS
+    result = load.join()
+
+    check("high_rate_gunicorn_reload", result)
+    assert done_during_load, "the load ended before the last node was reloaded"
+    assert all(n.alive() for n in cluster.nodes)
     assert node_log_aborts(cluster) == []
