@@ -98,7 +98,7 @@ class Node:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (graceful), then SIGKILL if it lingers."""
-        _terminate(self.proc, timeout)
+        stop_process(self.proc, timeout)
         self._log.close()
 
 
@@ -166,11 +166,12 @@ class ClusterProc:
 
     def stop(self, timeout: float = 90.0) -> None:
         """SIGTERM to `bgsvc cluster up`, which drains and stops its nodes and nginx."""
-        _terminate(self.proc, timeout)
+        stop_process(self.proc, timeout)
         self._log.close()
 
 
-def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from benchmarks.nodes import stop_process
 
-from bgsvc.cluster import Cluster
+from bgsvc.cluster import Cluster, http_status
 from tests.cluster.conftest import REMOVE, free_ports, model_env, stream, wait_for
 from tests.deploy.grafana_queries import dashboard_queries
 
@@ -47,24 +48,12 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], str]]:
         with (tmp_path / "prometheus.log").open("wb") as log:
             procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _status(f"{url}/-/ready") == 200, 60, "prometheus ready", poll=0.2)
+        wait_for(lambda: http_status(f"{url}/-/ready") == 200, 60, "prometheus ready", poll=0.2)
         return url
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _status(url: str) -> int | None:
-    try:
-        return httpx.get(url, timeout=2).status_code
-    except httpx.HTTPError:
-        return None
+        stop_process(proc, 30)
 
 
 def _query(url: str, expr: str) -> list[dict[str, Any]]:

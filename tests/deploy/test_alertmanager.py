@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from benchmarks.nodes import stop_process
 
+from bgsvc.cluster import http_status
 from tests.cluster.conftest import free_ports, wait_for
 
 from .conftest import REPO, load_yaml, require_tool
@@ -116,22 +118,10 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _status(f"{url}/-/ready") == 200, 30, "alertmanager ready", poll=0.1)
+        wait_for(lambda: http_status(f"{url}/-/ready") == 200, 30, "alertmanager ready", poll=0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _status(url: str) -> int | None:
-    try:
-        return httpx.get(url, timeout=2).status_code
-    except httpx.HTTPError:
-        return None
+        stop_process(proc, 10)
 
 
 def _alert(name: str, instance: str, severity: str) -> dict[str, Any]:

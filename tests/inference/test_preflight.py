@@ -11,11 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bgsvc.cluster import ClusterConfig, Node, NodeSpec, find_deploy_dir
+from bgsvc.cluster import Node
 from bgsvc.inference.preflight import check_in_child
-from tests.cluster.conftest import free_ports
 from tests.models import TINY_SIZE, build_tiny_model
-from tests.procs import children, maps_library
+from tests.procs import children, maps_library, running_node
 
 
 def custom(path: Path) -> str:
@@ -38,23 +37,14 @@ def test_checks_in_a_child_pass_for_a_present_model_and_name_a_missing_one(
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    spec = NodeSpec(free_ports(1)[0])
     env = {
         "BGSVC_CUSTOM_MODELS": custom(build_tiny_model(tmp_path / "tiny.onnx")),
         "BGSVC_DEFAULT_MODEL": "tiny",
         "BGSVC_MODEL_DIR": str(tmp_path / "model-dir"),
         "BGSVC_DRAIN_SECONDS": "0.2",
     }
-    config = ClusterConfig(nodes=[spec], run_dir=tmp_path / "run", workers=2, threads=1, env=env)
-    started = Node(spec, config, find_deploy_dir())
-    started.start()
-    try:
+    with running_node(tmp_path / "run", env, workers=2) as started:
         yield started
-    finally:
-        started.terminate()
-        if started.wait(30) is None:
-            started.kill()
-        started.close()
 
 
 def test_the_arbiter_never_loads_onnxruntime_and_its_workers_exit_cleanly(node: Node) -> None:

@@ -4,7 +4,6 @@ worker whose inference hangs is replaced while the other keeps serving."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -15,20 +14,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from bgsvc.cluster import ClusterConfig, Node, NodeSpec, find_deploy_dir
+from bgsvc.cluster import Node
 from bgsvc.inference.watchdog import STUCK_EXIT_STATUS
 from tests.conftest import encode_image, subject_image
 from tests.models import HANG_GREY, TINY_SIZE, build_hang_model
-from tests.procs import children
+from tests.procs import children, running_node
 
 REMOVE = "/remove-background"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def metric(url: str, name: str) -> float:
@@ -57,36 +49,22 @@ def normal_image(index: int) -> bytes:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     hang = build_hang_model(tmp_path / "hang.onnx")
-    spec = NodeSpec(free_port())
-    config = ClusterConfig(
-        nodes=[spec],
-        run_dir=tmp_path / "run",
-        workers=2,
-        threads=1,
-        env={
-            "BGSVC_CUSTOM_MODELS": json.dumps(
-                {"hang": {"path": str(hang), "profile": "imgly", "input_size": TINY_SIZE}}
-            ),
-            "BGSVC_DEFAULT_MODEL": "hang",
-            "BGSVC_MODEL_DIR": str(tmp_path / "model-dir"),
-            # A stuck slot is noticed before the requests queued behind it run out of
-            # their budget, so they are refused with a retryable 503 instead of a 504.
-            "BGSVC_REQUEST_TIMEOUT_S": "4",
-            "BGSVC_WATCHDOG_S": "2",
-            "BGSVC_DRAIN_SECONDS": "1",
-            "BGSVC_RESULT_CACHE_BYTES": "0",
-            "BGSVC_LOG_LEVEL": "info",
-        },
-    )
-    started = Node(spec, config, find_deploy_dir())
-    started.start()
-    try:
+    env = {
+        "BGSVC_CUSTOM_MODELS": json.dumps(
+            {"hang": {"path": str(hang), "profile": "imgly", "input_size": TINY_SIZE}}
+        ),
+        "BGSVC_DEFAULT_MODEL": "hang",
+        "BGSVC_MODEL_DIR": str(tmp_path / "model-dir"),
+        # A stuck slot is noticed before the requests queued behind it run out of
+        # their budget, so they are refused with a retryable 503 instead of a 504.
+        "BGSVC_REQUEST_TIMEOUT_S": "4",
+        "BGSVC_WATCHDOG_S": "2",
+        "BGSVC_DRAIN_SECONDS": "1",
+        "BGSVC_RESULT_CACHE_BYTES": "0",
+        "BGSVC_LOG_LEVEL": "info",
+    }
+    with running_node(tmp_path / "run", env, workers=2) as started:
         yield started
-    finally:
-        started.terminate()
-        if started.wait(30) is None:
-            started.kill()
-        started.close()
 
 
 def test_a_worker_with_a_hanging_inference_is_replaced_while_the_node_keeps_serving(
