@@ -145,6 +145,12 @@ class StubNode:
                     self.rfile.read(length)
                 node.requests.append((self.command, self.path, self.headers.get("X-Request-ID")))
                 status = node.status(self.path) if callable(node.status) else node.status
+                if status == 0:
+                    # Drop the connection unanswered, as a node closing it under
+                    # nginx's feet (or dying) does.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 payload = node.name.encode()
                 self.send_response(status)
                 self.send_header("X-Served-By", node.name)
@@ -299,6 +305,24 @@ def test_nodes_all_marked_failed_are_still_tried_instead_of_an_immediate_502(
     # Without the backup entries these would be 502 "no live upstreams" for 2 s.
     assert 502 not in statuses
     assert statuses[-4:] == [200] * 4
+
+
+def test_one_dropped_connection_keeps_a_healthy_node_in_rotation(
+    stub_fleet: Callable[..., Balancer], nodes: Callable[..., StubNode]
+) -> None:
+    answers = [0]
+
+    def drops_once(_: str) -> int:
+        answers[0] += 1
+        return 0 if answers[0] == 1 else 200
+
+    flaky, steady = nodes("flaky", drops_once), nodes("steady", 200)
+    balancer = stub_fleet([flaky.address, steady.address])
+    statuses = [balancer.request("POST", "/remove-background", b"x")[0] for _ in range(10)]
+    assert statuses == [200] * 10  # the dropped request was re-sent to the other node
+    # With max_fails=1 the flaky node would sit out fail_timeout (2 s) and serve none of
+    # these; it stays in and takes its share.
+    assert len(flaky.requests) >= 4
 
 
 def test_429_reaches_the_client_unretried_and_keeps_the_node_in_rotation(
