@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="start N nodes and nginx on loopback, in the foreground until Ctrl-C/SIGTERM",
         description="Nodes are gunicorn (deploy/start.sh) on BASE_PORT.., named node-PORT "
         "(X-Served-By); nginx renders deploy/nginx/nginx.conf. Every BGSVC_* variable of "
-        "this environment reaches the nodes.",
+        "this environment reaches the nodes. A node that dies is started again; SIGHUP "
+        "restarts every node in turn (a model or config reload).",
     )
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--base-port", type=int, default=8001, help="first node's port")
