@@ -110,6 +110,8 @@ def summarise_chaos(
         "p99_s": percentile(latencies, 99),
         "max_s": max(latencies, default=float("nan")),
         "served_by": dict(sorted(Counter(o.served_by or "?" for o in outcomes).items())),
+        # Every request (start s, latency s, status, node), for a closer look afterwards.
+        "samples": [[round(o.at, 2), round(o.latency, 3), o.status, o.served_by] for o in outcomes],
         "kills": list(kills),
         "recovery_max_s": max(recoveries, default=float("nan")),
         "recovery_median_s": percentile(recoveries, 50),

@@ -57,6 +57,11 @@ def per_worker(series: dict[int, list[tuple[int, int]]], total: int) -> list[dic
         first, last = fifth_medians(points, total)
         settled = [p for p in points if p[0] >= total / 5]
         per_req = slope([n for n, _ in settled], [k for _, k in settled])
+        # One allocator step (a new arena or a larger free-list high-water mark) moves a
+        # least-squares slope as much as a leak would; a leak keeps climbing in the second
+        # half too, a step does not.
+        late = [p for p in points if p[0] >= total / 2]
+        late_per_req = slope([n for n, _ in late], [k for _, k in late])
         rows.append(
             {
                 "pid": pid,
@@ -67,10 +72,40 @@ def per_worker(series: dict[int, list[tuple[int, int]]], total: int) -> list[dic
                 "median_first_fifth_mib": first,
                 "median_last_fifth_mib": last,
                 "slope_kib_per_1000_requests": per_req * 1000,
+                "slope_second_half_kib_per_1000_requests": late_per_req * 1000,
                 "rss_kib": points,
             }
         )
     return rows
+
+
+def soak_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-worker table of the report."""
+    return {
+        "headers": [
+            "worker",
+            "RSS at 0",
+            "median 1st fifth MiB",
+            "median last fifth MiB",
+            "max MiB",
+            "RSS at end",
+            "slope KiB / 1,000 req",
+            "2nd-half slope KiB / 1,000 req",
+        ],
+        "rows": [
+            [
+                f"pid {r['pid']}",
+                r["rss_start_mib"],
+                r["median_first_fifth_mib"],
+                r["median_last_fifth_mib"],
+                r["rss_max_mib"],
+                r["rss_end_mib"],
+                r["slope_kib_per_1000_requests"],
+                r["slope_second_half_kib_per_1000_requests"],
+            ]
+            for r in rows
+        ],
+    }
 
 
 def worker_memory(
@@ -168,36 +203,15 @@ def worker_memory(
         "arbiter_rss_mib": [arbiter_start / 1024, arbiter_end / 1024],
         "per_worker": rows,
     }
-    result["table"] = {
-        "headers": [
-            "worker",
-            "RSS at 0",
-            "median 1st fifth MiB",
-            "median last fifth MiB",
-            "max MiB",
-            "RSS at end",
-            "slope KiB / 1,000 req",
-        ],
-        "rows": [
-            [
-                f"pid {r['pid']}",
-                r["rss_start_mib"],
-                r["median_first_fifth_mib"],
-                r["median_last_fifth_mib"],
-                r["rss_max_mib"],
-                r["rss_end_mib"],
-                r["slope_kib_per_1000_requests"],
-            ]
-            for r in rows
-        ],
-    }
+    result["table"] = soak_table(rows)
     result["note"] = (
         f"{requests} requests of one 2 MP JPEG ({len(body) // 1024} KiB; PNG and JPEG "
         f"output alternating every {step}) at {CLIENTS} clients to one node "
         f"(deploy/start.sh, {workers} workers x 1 thread, result cache off, model a "
         f"cheap graph with a {model_size}x{model_size} input) in {elapsed:.0f} s "
         f"({result['requests_per_s']:.1f} req/s); RSS of each worker every {step} "
-        f"requests; slope after the first fifth. Statuses: {statuses}. Arbiter RSS "
+        f"requests; slopes after the first fifth and over the second half. Statuses: "
+        f"{statuses}. Arbiter RSS "
         f"{arbiter_start / 1024:.0f} -> {arbiter_end / 1024:.0f} MiB."
         + (f" Workers replaced: {replaced}." if replaced else " No worker was replaced.")
     )

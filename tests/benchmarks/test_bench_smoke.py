@@ -177,6 +177,7 @@ def test_chaos_summary_counts_every_failure_with_its_time_and_the_recoveries() -
         {"at_s": 3.0, "status": 502, "error": "HTTP 502 Bad Gateway"},
     ]
     assert summary["served_by"] == {"?": 2, "node-1": 1, "node-2": 1}
+    assert summary["samples"][2] == [2.0, 180.0, 0, ""]
     assert summary["recovery_max_s"] == 20.0
     assert summary["p50_s"] == pytest.approx(2.5)
 
@@ -189,6 +190,13 @@ def test_worker_memory_reports_fifth_medians_and_slope_per_worker() -> None:
     assert rows[1]["slope_kib_per_1000_requests"] == 0.0
     assert rows[2]["slope_kib_per_1000_requests"] == pytest.approx(1000.0)
     assert rows[2]["median_last_fifth_mib"] > rows[2]["median_first_fifth_mib"]
+
+
+def test_a_single_rss_step_shows_in_the_slope_but_not_in_the_second_half() -> None:
+    step = [(n, (300 if n < 8000 else 360) * 1024) for n in range(0, 20_001, 1000)]
+    (row,) = per_worker({1: step}, 20_000)
+    assert row["slope_kib_per_1000_requests"] > 0
+    assert row["slope_second_half_kib_per_1000_requests"] == 0.0
 
 
 def test_worker_pids_are_the_children_of_the_process() -> None:
