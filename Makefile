@@ -56,8 +56,10 @@ test: system-deps lint model
 test-fast: install
 	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus" $(PYTEST_ARGS)
 
-## Bare-session limit vs the service (c=1/2/4/8), layouts, overload, memory, cluster;
-## writes benchmarks/out/ (~11 min here; BENCH_ARGS=--quick ~4 min).
+## Bare-session limit vs the service (c=1/2/4/8), layouts, overload, memory (short, and
+## per worker over 20,000 requests), cluster, chaos (kill -9 of a node every 30 s for
+## 5 min); writes benchmarks/out/ (~32 min here; BENCH_ARGS=--quick ~5 min, no chaos;
+## BENCH_ARGS="--only soak,chaos" just the two long ones, ~21 min).
 bench: model
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 

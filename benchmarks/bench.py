@@ -1,7 +1,10 @@
 """The benchmark: the model's own limit, the service at 1/2/4/8 concurrent clients, the
-scheduling layouts, overload, the result cache, memory, and the cluster when there is one.
+scheduling layouts, overload, the result cache, memory (short, and per worker over a long
+run), the cluster when there is one, and a chaos run (kill -9 of nodes under load).
 
     python -m benchmarks.bench [--quick] [--out DIR] [--no-cluster] [--skip-memory]
+        [--chaos-seconds S] [--chaos-interval S] [--soak-requests N]
+        [--only memory,soak,chaos,cluster]
 
 Writes DIR/results.json, DIR/results.md and DIR/bench.png (DIR: benchmarks/out).
 Nothing here asserts a number: the run prints and records.
@@ -10,6 +13,7 @@ Nothing here asserts a number: the run prints and records.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -23,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.chaos import chaos
 from benchmarks.images import FULL_SET, QUICK_SET, BenchImage, build_set, two_megapixel
 from benchmarks.load import Target, closed_loop, open_loop, process_throughput
 from benchmarks.nodes import ClusterProc, Node, cluster_available, rss_kib
+from benchmarks.soak import worker_memory
 from benchmarks.stats import LoadSummary, percentile, ratio, slope, summarise
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +51,11 @@ class Plan:
     overload_seconds: float
     memory_requests: int
     layouts: tuple[str, ...]
+    # Memory per worker over a long run (0: skipped).
+    soak_requests: int = 0
+    # Chaos run length and the time between kills (0 s: skipped).
+    chaos_seconds: float = 0.0
+    chaos_interval: float = 30.0
 
 
 FULL = Plan(
@@ -55,6 +66,8 @@ FULL = Plan(
     overload_seconds=40.0,
     memory_requests=1000,
     layouts=("1x2", "2x1"),
+    soak_requests=20_000,
+    chaos_seconds=300.0,
 )
 QUICK = Plan(
     mode="quick",
@@ -64,6 +77,19 @@ QUICK = Plan(
     overload_seconds=12.0,
     memory_requests=150,
     layouts=("1x2",),
+    # A chaos run is only telling at length (several kills and recoveries of a node that
+    # loads the real model): the quick run leaves it out unless --chaos-seconds asks.
+    soak_requests=1000,
+    chaos_seconds=0.0,
+)
+# Sections that run on their own with --only.
+SECTIONS = ("memory", "soak", "chaos", "cluster")
+# Four different 2 MP photographs for the chaos run's clients.
+CHAOS_SET: tuple[tuple[str, float], ...] = (
+    ("chelsea", 2.0),
+    ("rocket", 2.0),
+    ("astronaut", 2.0),
+    ("coffee", 2.0),
 )
 
 
@@ -415,7 +441,30 @@ def memory(
     return result
 
 
+def soak(plan: Plan, images: list[BenchImage]) -> dict[str, Any]:
+    """RSS of each of two gunicorn workers over ``plan.soak_requests`` 2 MP requests."""
+    size = 1024
+    model = cheap_model(OUT / "prepared", size)
+    body = two_megapixel(images).data
+    return worker_memory(OUT, model, size, body, plan.soak_requests, say)
+
+
 # -- 3. the cluster -----------------------------------------------------------------------
+
+
+def chaos_run(plan: Plan) -> dict[str, Any]:
+    """The fleet on the real model under load while nodes are killed (benchmarks.chaos)."""
+    from bgsvc.cluster import ClusterError, find_nginx
+
+    try:
+        find_nginx()
+    except ClusterError as exc:
+        note = f"Chaos run skipped: {exc}."
+        say(note)
+        return {"skipped": True, "note": note}
+    bodies = [im.data for im in build_set(CHAOS_SET, OUT / "images", duplicates=0)]
+    say(f"chaos: {plan.chaos_seconds:.0f} s, kill -9 every {plan.chaos_interval:.0f} s")
+    return chaos(OUT, bodies, plan.chaos_seconds, plan.chaos_interval, say)
 
 
 def cluster(plan: Plan, images: list[BenchImage]) -> dict[str, Any]:
@@ -574,36 +623,109 @@ def run(plan: Plan, out: Path, with_cluster: bool, with_memory: bool) -> dict[st
         # glibc gives each thread that allocates its own arena and keeps freed memory in
         # them; with a fixed arena count the RSS shows whether growth is a leak or that.
         results["memory_arena2"] = memory(plan, images, {"MALLOC_ARENA_MAX": "2"})
+        if plan.soak_requests:
+            results["soak"] = soak(plan, images)
     if with_cluster:
         results["cluster"] = cluster(plan, images)
         for level in results["cluster"].get("levels", []):
             results["load"].append(level)
+        if plan.chaos_seconds:
+            results["chaos"] = chaos_run(plan)
     results["elapsed_s"] = time.perf_counter() - started
     return results
+
+
+def run_only(plan: Plan, sections: tuple[str, ...]) -> dict[str, Any]:
+    """Just the named ``sections`` (of SECTIONS), at the plan's lengths."""
+    images = build_set(plan.images, OUT / "images")
+    results: dict[str, Any] = {
+        "mode": f"{plan.mode} (only {', '.join(sections)})",
+        "environment": environment(),
+    }
+    if "memory" in sections:
+        results["memory"] = memory(plan, images)
+        results["memory_arena2"] = memory(plan, images, {"MALLOC_ARENA_MAX": "2"})
+    if "soak" in sections:
+        results["soak"] = soak(plan, images)
+    if "cluster" in sections:
+        results["cluster"] = cluster(plan, images)
+        results["load"] = results["cluster"].get("levels", [])
+    if "chaos" in sections:
+        results["chaos"] = chaos_run(plan)
+    return results
+
+
+def only_sections(text: str) -> tuple[str, ...]:
+    """``--only``'s comma-separated section names, checked against SECTIONS."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown) or '(none)'}; choose from "
+            + ", ".join(SECTIONS)
+        )
+    return names
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    """The quick or full plan with the lengths given on the command line."""
+    plan = QUICK if args.quick else FULL
+    changes: dict[str, Any] = {}
+    if args.chaos_seconds is not None:
+        changes["chaos_seconds"] = args.chaos_seconds
+    if args.chaos_interval is not None:
+        changes["chaos_interval"] = args.chaos_interval
+    if args.soak_requests is not None:
+        changes["soak_requests"] = args.soak_requests
+    return dataclasses.replace(plan, **changes)
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few minutes, fewer requests")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the nginx cluster part")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the memory soaks")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the memory soak (both malloc settings)"
+    )
+    parser.add_argument(
+        "--only",
+        type=only_sections,
+        help=f"only these sections, comma-separated ({', '.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--chaos-seconds",
+        type=float,
+        help="length of the chaos run (full: 300, quick: 0 = skipped)",
+    )
+    parser.add_argument(
+        "--chaos-interval", type=float, help="seconds between kills in the chaos run (30)"
+    )
+    parser.add_argument(
+        "--soak-requests",
+        type=int,
+        help="requests of the per-worker memory run (full: 20000, quick: 1000; 0 = skipped)",
+    )
+    return parser
 
 
 def write(results: dict[str, Any], out: Path) -> None:
     report.write_json(out / "results.json", results)
     (out / "results.md").write_text(report.render_markdown(results))
     limit_tp = results.get("limit", {}).get("throughput", 0.0)
-    drawn = report.plot(out / "bench.png", results.get("load", []), limit_tp)
+    levels = results.get("load", [])
+    # A run of single sections may have no load levels: nothing to draw then.
+    drawn = bool(levels) and report.plot(out / "bench.png", levels, limit_tp)
     say(
         f"wrote {out / 'results.json'}, {out / 'results.md'}"
-        + (f", {out / 'bench.png'}" if drawn else " (no plot: matplotlib missing)")
+        + (f", {out / 'bench.png'}" if drawn else " (no plot: no load levels or no matplotlib)")
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a few minutes, fewer requests")
-    parser.add_argument("--out", type=Path, default=HERE / "out")
-    parser.add_argument("--no-cluster", action="store_true", help="skip the nginx cluster part")
-    parser.add_argument("--skip-memory", action="store_true", help="skip the memory soak")
-    parser.add_argument(
-        "--memory-only", action="store_true", help="only the memory soak (both malloc settings)"
-    )
-    args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    args = arg_parser().parse_args(argv)
+    plan = plan_from(args)
     global OUT
     OUT = args.out
     from bgsvc.config import Settings
@@ -619,14 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.memory_only:
-        images = build_set(plan.images, OUT / "images")
-        results = {
-            "mode": f"{plan.mode} (memory only)",
-            "environment": environment(),
-            "memory": memory(plan, images),
-            "memory_arena2": memory(plan, images, {"MALLOC_ARENA_MAX": "2"}),
-        }
+        results = run_only(plan, ("memory",))
+        results["mode"] = f"{plan.mode} (memory only)"
         args.out = args.out / "memory-only"
+    elif args.only:
+        results = run_only(plan, args.only)
+        args.out = args.out / f"only-{'-'.join(args.only)}"
     else:
         results = run(plan, args.out, not args.no_cluster, not args.skip_memory)
     write(results, args.out)

@@ -178,7 +178,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("overload", "Overload"),
         ("memory", "Memory"),
         ("memory_arena2", "Memory with MALLOC_ARENA_MAX=2"),
+        ("soak", "Memory per worker over a long run"),
         ("cluster", "Cluster"),
+        ("chaos", "Chaos: kill -9 of a random node under load"),
     ):
         section = results.get(key)
         if not section:

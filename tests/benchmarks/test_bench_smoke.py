@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from benchmarks.chaos import Outcome, summarise_chaos
 from benchmarks.images import size_for
+from benchmarks.soak import per_worker, worker_pids
 from benchmarks.stats import (
     Sample,
     mean_stages,
@@ -19,7 +24,7 @@ from benchmarks.stats import (
     summarise,
 )
 
-from benchmarks import report
+from benchmarks import bench, report
 
 
 def test_percentile_interpolates_between_ranks_like_numpy() -> None:
@@ -129,3 +134,89 @@ def test_image_sizes_keep_the_aspect_and_the_megapixels() -> None:
     w, h = size_for(1.5, 2.0)
     assert abs(w * h - 2_000_000) < 3000
     assert w / h == pytest.approx(1.5, rel=0.01)
+
+
+def test_flags_set_the_chaos_and_soak_lengths_over_the_plan() -> None:
+    full = bench.plan_from(bench.arg_parser().parse_args([]))
+    assert (full.chaos_seconds, full.chaos_interval, full.soak_requests) == (300.0, 30.0, 20_000)
+    quick = bench.plan_from(bench.arg_parser().parse_args(["--quick"]))
+    assert quick.chaos_seconds == 0.0  # skipped unless asked for
+    args = bench.arg_parser().parse_args(
+        ["--quick", "--chaos-seconds", "60", "--chaos-interval", "15", "--soak-requests", "500"]
+    )
+    plan = bench.plan_from(args)
+    assert (plan.chaos_seconds, plan.chaos_interval, plan.soak_requests) == (60.0, 15.0, 500)
+    assert plan.requests == bench.QUICK.requests
+
+
+def test_only_takes_known_sections_and_refuses_others() -> None:
+    args = bench.arg_parser().parse_args(["--only", "chaos, soak,chaos"])
+    assert args.only == ("chaos", "soak")
+    with pytest.raises(SystemExit):
+        bench.arg_parser().parse_args(["--only", "chaos,limit"])
+    with pytest.raises(SystemExit):
+        bench.arg_parser().parse_args(["--only", ","])
+
+
+def test_chaos_summary_counts_every_failure_with_its_time_and_the_recoveries() -> None:
+    outcomes = [
+        Outcome(0.5, 1.0, 200, "node-1", ""),
+        Outcome(1.0, 3.0, 200, "node-2", ""),
+        Outcome(2.0, 180.0, 0, "", "TimeoutError: timed out"),
+        Outcome(3.0, 2.0, 502, "", "HTTP 502 Bad Gateway"),
+    ]
+    kills = [
+        {"at_s": 1.0, "node": "node-1", "kill_to_ready_s": 20.0},
+        {"at_s": 2.5, "node": "node-2", "kill_to_ready_s": None},
+    ]
+    summary = summarise_chaos(outcomes, kills, seconds=4.0)
+    assert (summary["requests"], summary["ok"], summary["failures"]) == (4, 2, 2)
+    assert summary["statuses"] == {"0": 1, "200": 2, "502": 1}
+    assert summary["failed_requests"] == [
+        {"at_s": 2.0, "status": 0, "error": "TimeoutError: timed out"},
+        {"at_s": 3.0, "status": 502, "error": "HTTP 502 Bad Gateway"},
+    ]
+    assert summary["served_by"] == {"?": 2, "node-1": 1, "node-2": 1}
+    assert summary["samples"][2] == [2.0, 180.0, 0, ""]
+    assert summary["recovery_max_s"] == 20.0
+    assert summary["p50_s"] == pytest.approx(2.5)
+
+
+def test_worker_memory_reports_fifth_medians_and_slope_per_worker() -> None:
+    flat = [(n, 300 * 1024) for n in range(0, 20_001, 1000)]
+    growing = [(n, 300 * 1024 + n) for n in range(0, 20_001, 1000)]  # 1 KiB per request
+    rows = {r["pid"]: r for r in per_worker({1: flat, 2: growing}, 20_000)}
+    assert rows[1]["median_first_fifth_mib"] == rows[1]["median_last_fifth_mib"] == 300.0
+    assert rows[1]["slope_kib_per_1000_requests"] == 0.0
+    assert rows[2]["slope_kib_per_1000_requests"] == pytest.approx(1000.0)
+    assert rows[2]["median_last_fifth_mib"] > rows[2]["median_first_fifth_mib"]
+
+
+def test_a_single_rss_step_shows_in_the_slope_but_not_in_the_second_half() -> None:
+    step = [(n, (300 if n < 8000 else 360) * 1024) for n in range(0, 20_001, 1000)]
+    (row,) = per_worker({1: step}, 20_000)
+    assert row["slope_kib_per_1000_requests"] > 0
+    assert row["slope_second_half_kib_per_1000_requests"] == 0.0
+
+
+def test_worker_pids_are_the_children_of_the_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in worker_pids(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert worker_pids(2**22 + 1) == []  # no such process
+
+
+def test_markdown_report_has_the_chaos_and_soak_sections() -> None:
+    results = _results()
+    results["chaos"] = {
+        "table": {"headers": ["kill", "at s"], "rows": [[1, 30.0]]},
+        "note": "0 failed",
+    }
+    results["soak"] = {"table": {"headers": ["worker"], "rows": [["pid 7"]]}, "note": "flat"}
+    text = report.render_markdown(results)
+    assert "## Chaos: kill -9 of a random node under load" in text
+    assert "## Memory per worker over a long run" in text
+    assert "| 1 | 30.000 |" in text
