@@ -60,7 +60,7 @@ test-fast: install
 ## per worker over 20,000 requests), cluster, chaos (kill -9 of a node every 30 s for
 ## 5 min); writes benchmarks/out/ (~32 min here; BENCH_ARGS=--quick ~5 min, no chaos;
 ## BENCH_ARGS="--only soak,chaos" just the two long ones, ~21 min).
-bench: model
+bench: system-deps-cluster model
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
