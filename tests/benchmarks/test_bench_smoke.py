@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from benchmarks.chaos import Outcome, summarise_chaos
 from benchmarks.images import size_for
+from benchmarks.plan import QUICK, plan_from
 from benchmarks.soak import per_worker, worker_pids
 from benchmarks.stats import (
     Sample,
@@ -137,16 +138,16 @@ def test_image_sizes_keep_the_aspect_and_the_megapixels() -> None:
 
 
 def test_flags_set_the_chaos_and_soak_lengths_over_the_plan() -> None:
-    full = bench.plan_from(bench.arg_parser().parse_args([]))
+    full = plan_from(bench.arg_parser().parse_args([]))
     assert (full.chaos_seconds, full.chaos_interval, full.soak_requests) == (300.0, 30.0, 20_000)
-    quick = bench.plan_from(bench.arg_parser().parse_args(["--quick"]))
+    quick = plan_from(bench.arg_parser().parse_args(["--quick"]))
     assert quick.chaos_seconds == 0.0  # skipped unless asked for
     args = bench.arg_parser().parse_args(
         ["--quick", "--chaos-seconds", "60", "--chaos-interval", "15", "--soak-requests", "500"]
     )
-    plan = bench.plan_from(args)
+    plan = plan_from(args)
     assert (plan.chaos_seconds, plan.chaos_interval, plan.soak_requests) == (60.0, 15.0, 500)
-    assert plan.requests == bench.QUICK.requests
+    assert plan.requests == QUICK.requests
 
 
 def test_only_takes_known_sections_and_refuses_others() -> None:
