@@ -26,10 +26,11 @@ import sys
 import time
 import warnings
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 
+from bgsvc.http_protocol import PROTOCOL
 from bgsvc.state import begin_drain
 
 try:  # gunicorn's uvicorn worker lives in its own package since uvicorn 0.30
@@ -92,6 +93,9 @@ class DrainingUvicornWorker(_UvicornWorker):  # type: ignore[misc]
     """gunicorn worker class (``worker_class`` in deploy/gunicorn.conf.py) that serves the
     app with :class:`DrainingServer`."""
 
+    # Responses leave in one write of head and body (bgsvc.http_protocol).
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {**_UvicornWorker.CONFIG_KWARGS, "http": PROTOCOL}
+
     async def _serve(self) -> None:
         from gunicorn.arbiter import Arbiter
 
@@ -112,6 +116,7 @@ def serve(app: Any, host: str, port: int, drain_seconds: float, graceful_timeout
         host=host,
         port=port,
         log_config=None,
+        http=PROTOCOL,
         # The app writes the per-request record (bgsvc.log.log_request, BGSVC_ACCESS_LOG).
         access_log=False,
         timeout_keep_alive=KEEPALIVE_SECONDS,
