@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
 	@# pymatting (rembg's matting) compiles its numba kernels on first import; do it once
 	@# here, into the venv's cache, rather than in the first service start.
 	$(BIN)/python -c "import rembg.bg"

@@ -1,6 +1,8 @@
 """The benchmark: the model's own limit, the service at 1/2/4/8 concurrent clients, the
 scheduling layouts, overload, the result cache, memory (short, and per worker over a long
-run), the cluster when there is one, and a chaos run (kill -9 of nodes under load).
+run), the cluster when there is one, and a chaos run (kill -9 of nodes under load). On a
+host whose default-model session really runs on CUDA, the CUDA bench instead
+(benchmarks/gpu.py: bare session vs gunicorn 1/4/8 workers at c=1/32/64).
 
     python -m benchmarks.bench [--quick] [--out DIR] [--no-cluster] [--skip-memory]
         [--chaos-seconds S] [--chaos-interval S] [--soak-requests N]
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import gpu, report
 from benchmarks.cluster import chaos_run, cluster
 from benchmarks.images import build_set, two_megapixel
 from benchmarks.limit import measure_limit, measure_limit_processes, say_limit
@@ -166,6 +168,16 @@ def run(plan: Plan, out: Path, with_cluster: bool, with_memory: bool) -> dict[st
     return results
 
 
+def run_cuda(plan: Plan, out: Path) -> dict[str, Any]:
+    """The bench of a CUDA host (benchmarks/gpu.py) instead of the CPU sections."""
+    images = build_set(plan.images, out / "images")
+    gpu_plan = gpu.QUICK_GPU if plan.mode == "quick" else gpu.FULL_GPU
+    environment_ = environment() | {"provider": gpu.CUDA}
+    return {"mode": f"{plan.mode} (CUDA)", "environment": environment_} | gpu.run_gpu(
+        two_megapixel(images), gpu_plan, out
+    )
+
+
 def run_only(plan: Plan, sections: tuple[str, ...], out: Path) -> dict[str, Any]:
     """Just the named ``sections`` (of SECTIONS), at the plan's lengths."""
     images = build_set(plan.images, out / "images")
@@ -253,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.only:
         results = run_only(plan, args.only, out)
         dest = out / f"only-{'-'.join(args.only)}"
+    elif gpu.choose_bench(*gpu.session_provider()) == "gpu":
+        results = run_cuda(plan, out)
     else:
         results = run(plan, out, not args.no_cluster, not args.skip_memory)
     write(results, dest)

@@ -181,6 +181,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("soak", "Memory per worker over a long run"),
         ("cluster", "Cluster"),
         ("chaos", "Chaos: kill -9 of a random node under load"),
+        ("gpu", "CUDA: service against the bare session"),
     ):
         section = results.get(key)
         if not section:

@@ -10,15 +10,22 @@ cores // workers threads, so set only the worker count (BGSVC_WORKERS or gunicor
 WEB_CONCURRENCY): 1 worker x 8 threads has the lowest latency per image, 4 x 2 or 8 x 1
 the highest throughput and better isolation. In a container, the CPU limit is not what
 the process sees as cores: set BGSVC_INTRA_OP_THREADS explicitly there.
+
+Sizing on a CUDA host (docs/gpu.md): with BGSVC_WORKERS unset, 2 workers per GPU, each
+running 4 inferences at once (BGSVC_MAX_CONCURRENCY=0). Each worker holds a slot (the
+lowest one free when it is forked, so a replacement takes over the slot of the worker it
+replaces) and runs on GPU slot mod n of BGSVC_GPU_DEVICES (default: every visible GPU).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from prometheus_client import multiprocess
 
+from bgsvc import gpu_layout
 from bgsvc.config import get_settings
 from bgsvc.log import gunicorn_logger_class
 from bgsvc.server import KEEPALIVE_SECONDS
@@ -27,7 +34,9 @@ _settings = get_settings()
 
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 bind = [f"{_host}:{_settings.port}"]
-workers = _settings.workers
+# NVML and package metadata only: onnxruntime must never be loaded in the arbiter.
+_gpu = gpu_layout.probe(_settings)
+workers = gpu_layout.worker_count(_settings, _gpu)
 worker_class = "bgsvc.server.DrainingUvicornWorker"
 # The model is loaded in each worker (never in the arbiter): ONNX Runtime sessions and
 # their thread pools do not survive fork.
@@ -76,7 +85,11 @@ def on_starting(server: Any) -> None:
         else:
             print(f"bgsvc: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
-    if _settings.prometheus_multiproc_dir is None and _settings.workers > 1:
+    if _gpu is not None:
+        server.log.info(
+            "CUDA host: %d worker(s) over GPU(s) %s", workers, ",".join(map(str, _gpu.devices))
+        )
+    if _settings.prometheus_multiproc_dir is None and workers > 1:
         server.log.warning(
             "PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows one random worker only"
         )
@@ -87,3 +100,30 @@ def child_exit(server: Any, worker: Any) -> None:
     counters and histograms keep contributing to the totals."""
     if _settings.prometheus_multiproc_dir is not None:
         multiprocess.mark_process_dead(worker.pid, str(_settings.prometheus_multiproc_dir))
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """In the arbiter: the new worker takes the lowest slot no live worker holds (dead ones
+    are reaped before their replacement is forked), so its GPU is the one it replaces."""
+    worker.bgsvc_slot = gpu_layout.lowest_free_slot(
+        getattr(w, "bgsvc_slot", -1) for w in server.WORKERS.values()
+    )
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In the new worker, before the app is built: its GPU and memory share become its own
+    settings (the environment is what the worker's Settings read)."""
+    if _gpu is None:
+        return
+    env = gpu_layout.worker_environment(_settings, _gpu, workers, worker.bgsvc_slot)
+    os.environ.update(env)
+    # The settings were read (and cached) in the arbiter before the fork.
+    get_settings.cache_clear()
+    server.log.info(
+        "worker slot %d on CUDA device %s%s",
+        worker.bgsvc_slot,
+        env["BGSVC_CUDA_DEVICE_ID"],
+        f", arena limit {env['BGSVC_CUDA_MEM_LIMIT_BYTES']} bytes"
+        if "BGSVC_CUDA_MEM_LIMIT_BYTES" in env
+        else "",
+    )

@@ -21,7 +21,8 @@ def test_defaults_match_the_documented_limits() -> None:
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.max_upload_bytes == 25 * 1024 * 1024
     assert s.max_pixels == 50_000_000 and s.max_edge == 2048
-    assert s.max_concurrency == 1 and s.provider == "auto"
+    # 0: provider-dependent (1 on the CPU, 4 on CUDA; tests/test_gpu_layout.py).
+    assert s.max_concurrency == 0 and s.provider == "auto"
     assert s.model_dir == Path.home() / ".cache" / "bgsvc" / "models"
 
 
@@ -31,6 +32,8 @@ def test_default_model_is_always_allowed() -> None:
 
 def test_invalid_values_are_rejected() -> None:
     with pytest.raises(ValueError):
-        Settings(max_concurrency=0)
+        Settings(max_concurrency=-1)
+    with pytest.raises(ValueError):
+        Settings(gpu_devices="0,gpu1")
     with pytest.raises(ValueError):
         Settings(provider="tpu")  # type: ignore[arg-type]

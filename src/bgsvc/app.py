@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bgsvc import __version__, tracing
+from bgsvc import __version__, gpu_layout, tracing
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
@@ -98,9 +98,10 @@ def create_app(
     # this move whenever a node or one of its workers starts again.
     metrics.process_start.set_to_current_time()
     watchdog = Watchdog(settings.effective_watchdog_s, settings.graceful_timeout_s, exit_process)
-    scheduler = Scheduler(
-        settings.max_concurrency, settings.max_queue, observer=metrics, watchdog=watchdog
-    )
+    # The pool is sized before the models load, so a CUDA host is recognised the way
+    # gunicorn's arbiter does it (NVML and the installed wheel), not by the loaded session.
+    concurrency = gpu_layout.max_concurrency(settings, gpu_layout.probe(settings) is not None)
+    scheduler = Scheduler(concurrency, settings.max_queue, observer=metrics, watchdog=watchdog)
     state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
 
     def on_trip() -> None:

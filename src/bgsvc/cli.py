@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bgsvc.config import Settings, get_settings
-from bgsvc.errors import BgsvcError
+from bgsvc.errors import NO_ONNXRUNTIME, BgsvcError, is_missing_onnxruntime
 from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
@@ -201,4 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if not is_missing_onnxruntime(exc):
+            raise
+        print(f"bgsvc: error: {NO_ONNXRUNTIME}", file=sys.stderr)
+        return 2
     return code

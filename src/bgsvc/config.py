@@ -106,7 +106,12 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(default=1, ge=1, description="ORT inter-op threads.")
     warmup: bool = Field(default=True, description="Run one inference before reporting ready.")
 
-    max_concurrency: int = Field(default=1, ge=1, description="Inferences at once per process.")
+    max_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Inferences at once per process; 0 means 4 on a CUDA host and 1 on the "
+        "CPU (docs/gpu.md).",
+    )
     max_queue: int = Field(
         default=4, ge=0, description="Requests allowed to wait per process; beyond it, 429."
     )
@@ -204,7 +209,10 @@ class Settings(BaseSettings):
         default="kSameAsRequested", description="How the CUDA memory arena grows."
     )
     cuda_mem_limit_bytes: int = Field(
-        default=0, ge=0, description="CUDA arena limit in bytes; 0 means no limit."
+        default=0,
+        ge=0,
+        description="CUDA arena limit in bytes; unset under gunicorn with several workers "
+        "on one GPU, 80% of its memory shared out over them, else no limit (docs/gpu.md).",
     )
     io_binding: bool = Field(
         default=True, description="Bind inputs/outputs explicitly on GPU providers."
@@ -221,6 +229,17 @@ class Settings(BaseSettings):
         default=None,
         description="TensorRT engine and timing caches; empty means <model_dir>/.prepared/trt.",
     )
+    gpu_devices: str = Field(
+        default="",
+        description="CUDA ordinals gunicorn's workers spread over (worker slot i gets "
+        "device i mod n), e.g. 0,1; empty means every GPU visible (docs/gpu.md).",
+    )
+    cuda_visible_devices: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES", "cuda_visible_devices"),
+        description="CUDA's own device mask; when set, it and not NVML says how many GPUs "
+        "the workers can use.",
+    )
 
     ui_enabled: bool = Field(default=True, description="Serve the web page at /.")
 
@@ -229,7 +248,7 @@ class Settings(BaseSettings):
         ge=1,
         validation_alias=AliasChoices("BGSVC_WORKERS", "WEB_CONCURRENCY", "workers"),
         description="gunicorn worker processes (deploy/gunicorn.conf.py); on CPU keep "
-        "workers x intra_op_threads = cores.",
+        "workers x intra_op_threads = cores. Unset on a CUDA host: 2 per GPU.",
     )
     drain_seconds: float = Field(
         default=5.0,
@@ -261,6 +280,14 @@ class Settings(BaseSettings):
             raise ValueError(f"OTEL_TRACES_EXPORTER {sorted(unknown)}: use otlp, console, none")
         return value
 
+    @field_validator("gpu_devices")
+    @classmethod
+    def _device_list(cls, value: str) -> str:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(v.isdigit() for v in items):
+            raise ValueError(f"BGSVC_GPU_DEVICES {value!r}: comma-separated CUDA ordinals")
+        return ",".join(items)
+
     @model_validator(mode="after")
     def _default_in_allow_list(self) -> Settings:
         if not self.models:
@@ -279,6 +306,11 @@ class Settings(BaseSettings):
             endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
             named = ["otlp"] if endpoint else []
         return [e for e in named if e != "none"]
+
+    @property
+    def gpu_device_ids(self) -> tuple[int, ...]:
+        """BGSVC_GPU_DEVICES as ordinals; empty means every visible GPU."""
+        return tuple(int(v) for v in self.gpu_devices.split(",") if v)
 
     @property
     def effective_node_name(self) -> str:

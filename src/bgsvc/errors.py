@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+# The runtime is an extra because its CPU and GPU wheels conflict (pyproject.toml).
+NO_ONNXRUNTIME = (
+    "onnxruntime is not installed: pip install 'bgsvc[cpu]' (CPU) or 'bgsvc[gpu]' (CUDA), "
+    "one of the two"
+)
+
+
+def is_missing_onnxruntime(exc: BaseException) -> bool:
+    """True when ``exc`` is the import of onnxruntime (or a submodule) failing."""
+    return isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "onnxruntime"
+
 
 class BgsvcError(Exception):
     """Base of every error a client may see; ``code`` is stable and machine-readable."""

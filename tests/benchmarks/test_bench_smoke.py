@@ -221,3 +221,55 @@ def test_markdown_report_has_the_chaos_and_soak_sections() -> None:
     assert "## Chaos: kill -9 of a random node under load" in text
     assert "## Memory per worker over a long run" in text
     assert "| 1 | 30.000 |" in text
+
+
+def test_cuda_bench_runs_only_where_a_session_really_ran_on_cuda() -> None:
+    from benchmarks.gpu import CUDA, choose_bench
+
+    cuda_build = ["TensorrtExecutionProvider", CUDA, "CPUExecutionProvider"]
+    assert choose_bench(cuda_build, CUDA) == "gpu"
+    # The GPU wheel without a usable CUDA/cuDNN: ORT fell back to the CPU by itself.
+    assert choose_bench(cuda_build, "CPUExecutionProvider") == "cpu"
+    assert choose_bench(cuda_build, None) == "cpu"
+    assert choose_bench(["CPUExecutionProvider"], None) == "cpu"
+
+
+def test_cpu_host_runs_the_cpu_bench_without_loading_a_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnxruntime
+
+    from benchmarks import gpu
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(gpu, "_engine", lambda threads: pytest.fail("no session on a CPU host"))
+    assert gpu.choose_bench(*gpu.session_provider()) == "cpu"
+
+
+def test_cuda_plan_sends_every_client_several_requests_at_every_level() -> None:
+    from benchmarks.gpu import FULL_GPU, QUICK_GPU
+
+    assert FULL_GPU.limit_threads == (1, 4)
+    assert FULL_GPU.workers == (1, 4, 8) and FULL_GPU.concurrency == (1, 32, 64)
+    for plan in (FULL_GPU, QUICK_GPU):
+        for c in plan.concurrency:
+            assert plan.requests(c) >= 3 * c
+    assert FULL_GPU.requests(1) == 100 and FULL_GPU.requests(64) == 512
+
+
+def test_cuda_ratio_table_divides_by_the_bare_limit_and_reports_cpu_outside_the_model() -> None:
+    from benchmarks.gpu import outside_model, ratio_table
+
+    samples = [
+        Sample(0.0, 0.05, 200, {"decode": 0.01, "inference": 0.01, "queue": 0.002, "encode": 0.02}),
+        Sample(0.05, 0.05, 200, {"decode": 0.01, "inference": 0.01, "queue": 0.0, "encode": 0.02}),
+    ]
+    level = summarise("gunicorn 1 worker(s)", 1, samples)
+    assert outside_model(level) == pytest.approx(30.0)
+    table = ratio_table([level], 40.0, {"gunicorn 1 worker(s) c=1": outside_model(level)})
+    (row,) = table["rows"]
+    assert len(row) == len(table["headers"])
+    assert row[2] == pytest.approx(20.0)  # 2 requests over 0.1 s
+    assert row[3] == pytest.approx(0.5)
+    assert row[5] == pytest.approx(30.0)
+    assert "service / bare limit" in report.markdown_table(table["headers"], table["rows"])

@@ -40,13 +40,19 @@ def check_in_child() -> str | None:
 
 def main() -> int:
     from bgsvc.config import get_settings
-    from bgsvc.errors import BgsvcError
-    from bgsvc.inference.loader import preflight
+    from bgsvc.errors import NO_ONNXRUNTIME, BgsvcError, is_missing_onnxruntime
 
     try:
+        from bgsvc.inference.loader import preflight
+
         preflight(get_settings())
     except BgsvcError as exc:
         print(exc.message, file=sys.stderr, flush=True)
+        return 2
+    except ModuleNotFoundError as exc:
+        if not is_missing_onnxruntime(exc):
+            raise
+        print(NO_ONNXRUNTIME, file=sys.stderr, flush=True)
         return 2
     return 0
 
