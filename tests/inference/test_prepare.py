@@ -189,6 +189,8 @@ def test_int8_copy_is_quantised_calibrated_and_close_to_fp32(
     (quantised,) = (p for p in prepared.glob("*-int8-*.onnx") if "-graph" not in p.name)
     ops = {n.op_type for n in onnx.load(str(quantised)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # The int8 copy is what gets wrapped: calibrated unwrapped, run wrapped.
+    assert int8.graph_pipeline and quantised.stem in int8.version
     img = subject_image((60, 40))
     diff = np.abs(fp32.predict(img).astype(int) - int8.predict(img).astype(int))
     assert diff.max() <= 8  # 8-bit activations: a few levels at most
