@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Bump whenever the graph built here changes: the file name carries it, so a changed
 # wrapper never loads a stale file, and the result cache's version changes with it.
-WRAP_VERSION = 2
+WRAP_VERSION = 3
 OPSET = 18
 INPUT = "image"
 OUTPUT = "matte"
@@ -202,7 +202,6 @@ def _postprocess(profile: Profile, model_output: str, out_type: int) -> tuple[li
 
     consts = [
         _const("zero", 0.0, np.float32),
-        _const("one", 1.0, np.float32),
         _const("levels", 255.0, np.float32),
         _const("half", 0.5, np.float32),
     ]
@@ -217,6 +216,7 @@ def _postprocess(profile: Profile, model_output: str, out_type: int) -> tuple[li
     ]
     transform = profile.output_transform
     if transform == "minmax":
+        consts.append(_const("one", 1.0, np.float32))
         nodes += [
             helper.make_node("ReduceMin", [_P + "map"], [_P + "lo"], keepdims=0),
             helper.make_node("ReduceMax", [_P + "map"], [_P + "hi"], keepdims=0),
