@@ -154,3 +154,53 @@ class StubSession:
 
     def get_outputs(self) -> list[Any]:
         return [self._arg("output")]
+
+
+def build_profile_model(
+    path: Path,
+    size: int,
+    transform: str = "clip",
+    *,
+    outputs: int = 1,
+    main_output: int = 0,
+    fp16: bool = False,
+    opset: int = 15,
+) -> Path:
+    """A tiny graph shaped like one profile's model family, at an older opset (the
+    shipped ISNet is opset 15, so wrapping has to convert it).
+
+    The main map is 8 x mean_c(input), then per transform: ``clip`` models emit its
+    sigmoid (already in [0, 1]), ``minmax`` and ``sigmoid`` models emit it raw. The other
+    ``outputs`` are side maps (deep-supervision heads) that differ from the main one, so
+    reading the wrong output shows. ``fp16``: float16 input and output, as fp16 exports.
+    """
+    elem = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    np_type = np.float16 if fp16 else np.float32
+    inp = helper.make_tensor_value_info("input", elem, [1, 3, size, size])
+    names = [f"out{i}" for i in range(outputs)]
+    outs = [helper.make_tensor_value_info(n, elem, [1, 1, size, size]) for n in names]
+    inits = [
+        numpy_helper.from_array(np.array(8.0, np_type), "gain"),
+        numpy_helper.from_array(np.array(-3.0, np_type), "side_gain"),
+    ]
+    # opset < 18: ReduceMean takes its axes as an attribute (converted when wrapping).
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["mean", "gain"], ["logits"]),
+    ]
+    main = "logits"
+    if transform == "clip":
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["prob"]))
+        main = "prob"
+    for i, name in enumerate(names):
+        if i == main_output:
+            nodes.append(helper.make_node("Identity", [main], [name]))
+        else:
+            nodes.append(helper.make_node("Mul", ["mean", "side_gain"], [f"side{i}"]))
+            nodes.append(helper.make_node("Sigmoid", [f"side{i}"], [name]))
+    graph = helper.make_graph(nodes, "profile", [inp], outs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

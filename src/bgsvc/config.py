@@ -190,6 +190,12 @@ class Settings(BaseSettings):
         description="Save ORT's fully optimised graph to <model_dir>/.prepared and load it "
         "on later starts (CPU provider).",
     )
+    graph_pipeline: bool = Field(
+        default=True,
+        description="Run the resize to the model's input, the normalisation, the output "
+        "transform and the resize back inside the ONNX graph (cached in <model_dir>/.prepared); "
+        "false: numpy/Pillow around the bare model.",
+    )
     allow_spinning: bool = Field(
         default=False,
         description="Let ORT worker threads busy-wait between ops (burns idle CPU).",

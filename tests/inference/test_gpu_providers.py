@@ -11,7 +11,7 @@ import pytest
 from bgsvc.config import Settings
 from bgsvc.errors import ProviderUnavailable
 from bgsvc.inference import engine as engine_mod
-from bgsvc.inference import prepare
+from bgsvc.inference import prepare, wrap
 from bgsvc.inference.engine import (
     CPU,
     CUDA,
@@ -106,16 +106,23 @@ def test_model_file_per_provider(tmp_path: Path) -> None:
     src = build_fp16_model(tmp_path / "half.onnx")
     spec = BUILTIN["imgly-medium"]
     prepared = tmp_path / "prepared"
-    runtime = RuntimeOptions("auto", prepared_dir=prepared)
+    runtime = RuntimeOptions("auto", prepared_dir=prepared, graph_pipeline=False)
     key = prepare.source_key(src, spec.sha256)
     cpu_file = model_file_for(spec, src, key, runtime, [CPU])
     assert cpu_file.name.endswith("-fp32.onnx")
     # CUDA runs the shipped fp16 weights; TensorRT takes fp32 and applies its own fp16.
     assert model_file_for(spec, src, key, runtime, [CUDA, CPU]) == src
     assert model_file_for(spec, src, key, runtime, [TENSORRT, CUDA, CPU]) == cpu_file
-    no_fp16 = RuntimeOptions("auto", prepared_dir=prepared, gpu=GpuOptions(fp16=False))
+    no_fp16 = RuntimeOptions(
+        "auto", prepared_dir=prepared, gpu=GpuOptions(fp16=False), graph_pipeline=False
+    )
     assert model_file_for(spec, src, key, no_fp16, [CUDA, CPU]) == cpu_file
     assert model_file_for(spec, src, key, RuntimeOptions("auto"), [CPU]) == src
+    # The wrapped graph wraps whichever variant the provider runs.
+    wrapped = RuntimeOptions("auto", prepared_dir=prepared)
+    for providers, variant in [([CPU], cpu_file), ([CUDA, CPU], src)]:
+        chosen = model_file_for(spec, src, key, wrapped, providers)
+        assert chosen == wrap.wrapped_path(variant, key, prepared, spec.profile)
 
 
 def test_io_binding_is_only_used_on_a_gpu_provider(tiny_model_path: Path) -> None:

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from bgsvc.errors import ModelError, ProviderUnavailable
-from bgsvc.inference import prepare
+from bgsvc.inference import prepare, wrap
 from bgsvc.inference.fetch import verify
 from bgsvc.inference.registry import ModelSpec
 
@@ -24,6 +24,9 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 GPU_PROVIDERS = frozenset({CUDA, TENSORRT})
+
+# A 2 MP, 4:3 photo: the size most uploads are near.
+WARMUP_SIZE = (1600, 1200)
 
 CudnnSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
 ArenaStrategy = Literal["kNextPowerOfTwo", "kSameAsRequested"]
@@ -67,6 +70,8 @@ class RuntimeOptions:
     cpu_int8: bool = False
     int8_calibration_dir: Path | None = None
     cache_optimized: bool = True
+    # Resize, normalisation and the output transform inside the ONNX graph (inference.wrap).
+    graph_pipeline: bool = True
     gpu: GpuOptions = field(default_factory=GpuOptions)
 
 
@@ -165,11 +170,28 @@ def session_options(runtime: RuntimeOptions) -> ort.SessionOptions:
 def model_file_for(
     spec: ModelSpec, path: Path, key: str, runtime: RuntimeOptions, providers: list[str]
 ) -> Path:
-    """The file the session loads: the verified original, or its cached float32 copy when
-    the CPU runs it (or TensorRT, which wants fp32 graphs and applies its own fp16)."""
+    """The file the session loads: the verified original, or its cached float32 / int8
+    copy when the CPU runs it (or TensorRT, which wants fp32 graphs and applies its own
+    fp16); wrapped with its pre/post-processing when ``runtime.graph_pipeline``."""
     if runtime.prepared_dir is None:
         return path
-    first = providers[0]
+    chosen = _variant_for(spec, path, key, runtime, providers[0])
+    if not runtime.graph_pipeline:
+        return chosen
+    try:
+        # Wrapped after quantising: calibration feeds the unwrapped float model.
+        return wrap.wrapped_copy(chosen, key, runtime.prepared_dir, spec.profile)
+    except ModelError as exc:
+        log.warning("could not wrap %s (%s); running numpy/Pillow pre/post", chosen.name, exc)
+    except OSError as exc:
+        log.warning("could not cache the wrapped %s (%s); running it unwrapped", chosen.name, exc)
+    return chosen
+
+
+def _variant_for(
+    spec: ModelSpec, path: Path, key: str, runtime: RuntimeOptions, first: str
+) -> Path:
+    assert runtime.prepared_dir is not None
     if first == CPU:
         wanted = runtime.cpu_fp32 or runtime.cpu_int8
     elif first == TENSORRT:
@@ -219,8 +241,10 @@ class Engine:
         first_input = session.get_inputs()[0]
         self._input = first_input.name
         self._input_dtype = np.float16 if first_input.type == "tensor(float16)" else np.float32
+        # A wrapped graph (inference.wrap) takes the uint8 image and returns the matte.
+        self.graph_pipeline = first_input.type == "tensor(uint8)"
         outputs = session.get_outputs()
-        index = spec.profile.output_index
+        index = 0 if self.graph_pipeline else spec.profile.output_index
         if index >= len(outputs):
             raise ModelError(f"Model {spec.name!r} has no output #{index}.")
         # Asking for one output lets ORT skip the side outputs' final ops.
@@ -300,6 +324,8 @@ class Engine:
         return engine
 
     def _check_input_shape(self) -> None:
+        if self.graph_pipeline:
+            return  # any image size: the graph resizes
         shape = self.session.get_inputs()[0].shape
         size = self.spec.profile.input_size
         fixed = [d for d in shape[2:] if isinstance(d, int)]
@@ -316,7 +342,11 @@ class Engine:
         Large images are first box-reduced by an integer factor (reducing_gap), then
         resized bilinearly: within a level or two of a full bilinear filter, at a fraction
         of the cost for 12 MP inputs.
+
+        With the wrapped graph, just the image's uint8 HxWx3 pixels: the graph does the rest.
         """
+        if self.graph_pipeline:
+            return np.asarray(rgb, dtype=np.uint8)
         size = self.spec.profile.input_size
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -328,6 +358,12 @@ class Engine:
 
     def postprocess(self, raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """The raw output map to a uint8 matte at ``size`` (width, height)."""
+        if self.graph_pipeline:
+            # The graph made the matte already, at the size of the image it was given.
+            if raw.shape == (size[1], size[0]):
+                return np.asarray(raw, dtype=np.uint8)
+            resized = Image.fromarray(raw, "L").resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(resized, dtype=np.uint8)
         pred: np.ndarray = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
         transform = self.spec.profile.output_transform
         if transform == "minmax":
@@ -346,8 +382,9 @@ class Engine:
         return np.asarray(matte, dtype=np.uint8)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        """The bare forward pass: the model's chosen output for an NCHW tensor."""
-        if self._input_dtype is not np.float32:
+        """The forward pass: the model's chosen output for an NCHW tensor, or the matte
+        for an image's pixels when the graph is wrapped."""
+        if not self.graph_pipeline and self._input_dtype is not np.float32:
             tensor = tensor.astype(self._input_dtype)
         if self._io_binding:
             return self._run_bound(tensor)
@@ -369,8 +406,9 @@ class Engine:
         return self.postprocess(self.run(self.preprocess(rgb)), rgb.size)
 
     def warmup(self) -> float:
-        """One inference on a blank image, so the first request does not pay for setup."""
+        """One inference on a blank photo-sized image, so the first request does not pay
+        for setup (a non-square size larger than the model's input: the wrapped graph's
+        resizes and their buffers are exercised as a real upload would)."""
         started = time.perf_counter()
-        size = self.spec.profile.input_size
-        self.predict(Image.new("RGB", (size, size), (128, 128, 128)))
+        self.predict(Image.new("RGB", WARMUP_SIZE, (128, 128, 128)))
         return time.perf_counter() - started

@@ -25,6 +25,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         cpu_int8=settings.cpu_int8,
         int8_calibration_dir=settings.int8_calibration_dir,
         cache_optimized=settings.cache_optimized_model,
+        graph_pipeline=settings.graph_pipeline,
         gpu=GpuOptions(
             device_id=settings.cuda_device_id,
             cudnn_conv_algo_search=settings.cuda_cudnn_conv_algo_search,
