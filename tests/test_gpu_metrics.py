@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bgsvc.config import Settings
 from bgsvc.gpu_metrics import GpuCollector
-from bgsvc.inference.engine import CPU, CUDA, TENSORRT
 from bgsvc.inference.loader import load_engines
+from bgsvc.inference.providers import CPU, CUDA, TENSORRT
 from bgsvc.metrics import Metrics
 from bgsvc.service import Predictor
 

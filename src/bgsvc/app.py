@@ -20,8 +20,8 @@ from bgsvc import __version__, gpu_layout, tracing
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
-from bgsvc.inference.engine import GPU_PROVIDERS
 from bgsvc.inference.loader import load_engines
+from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.inference.watchdog import Watchdog, hard_exit
 from bgsvc.log import QUIET_ROUTES

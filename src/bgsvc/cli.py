@@ -39,9 +39,10 @@ def _models_fetch(args: argparse.Namespace, settings: Settings) -> int:
     import onnxruntime as ort
 
     from bgsvc.inference import prepare
-    from bgsvc.inference.engine import choose_providers, model_file_for
+    from bgsvc.inference.engine import model_file_for
     from bgsvc.inference.fetch import fetch
     from bgsvc.inference.loader import runtime_options
+    from bgsvc.inference.providers import choose_providers
     from bgsvc.inference.registry import resolve
 
     runtime = runtime_options(settings)

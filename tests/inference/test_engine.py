@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bgsvc.errors import ModelError, ProviderUnavailable
-from bgsvc.inference.engine import CPU, CUDA, Engine, RuntimeOptions, choose_providers
+from bgsvc.inference.engine import Engine, RuntimeOptions
+from bgsvc.inference.providers import CPU, CUDA, choose_providers
 from bgsvc.inference.registry import known_models
 from tests.conftest import TINY_SIZE, subject_image
 

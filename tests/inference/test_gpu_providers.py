@@ -12,19 +12,17 @@ from bgsvc.config import Settings
 from bgsvc.errors import ProviderUnavailable
 from bgsvc.inference import engine as engine_mod
 from bgsvc.inference import prepare, wrap
-from bgsvc.inference.engine import (
+from bgsvc.inference.engine import Engine, RuntimeOptions, model_file_for
+from bgsvc.inference.loader import runtime_options
+from bgsvc.inference.providers import (
     CPU,
     CUDA,
     TENSORRT,
-    Engine,
     GpuOptions,
-    RuntimeOptions,
     check_provider_used,
     choose_providers,
-    model_file_for,
     provider_options,
 )
-from bgsvc.inference.loader import runtime_options
 from bgsvc.inference.registry import BUILTIN
 from tests.inference.test_prepare import build_fp16_model
 

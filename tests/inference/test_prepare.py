@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bgsvc.errors import ModelError
 from bgsvc.inference import prepare
-from bgsvc.inference.engine import CPU, Engine, RuntimeOptions
+from bgsvc.inference.engine import Engine, RuntimeOptions
+from bgsvc.inference.providers import CPU
 from bgsvc.inference.registry import known_models
 from tests.conftest import TINY_SIZE, subject_image
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from bgsvc.config import Settings
-from bgsvc.inference.engine import Engine, GpuOptions, RuntimeOptions
+from bgsvc.inference.engine import Engine, RuntimeOptions
 from bgsvc.inference.prepare import prepared_dir
+from bgsvc.inference.providers import GpuOptions
 from bgsvc.inference.registry import resolve
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ def preflight(settings: Settings) -> None:
     binds a port: known models, files present and intact, provider available."""
     import onnxruntime as ort
 
-    from bgsvc.inference.engine import choose_providers
     from bgsvc.inference.fetch import verify
+    from bgsvc.inference.providers import choose_providers
 
     choose_providers(settings.provider, ort.get_available_providers(), tensorrt=settings.tensorrt)
     for name in settings.models:
