@@ -234,9 +234,10 @@ def test_outside_model_sums_every_stage_but_inference_and_queue() -> None:
     ]
     row = outside_row("png", samples)
     assert row is not None
-    fmt, count, median, least, decode, _pre, _mask, post, encode = row
+    fmt, count, median, least, imaging, decode, _pre, _mask, post, encode = row
     assert (fmt, count) == ("png", 2)
     assert median == pytest.approx(25.0) and least == pytest.approx(20.0)
+    assert imaging == pytest.approx(25.0)
     assert (decode, post, encode) == pytest.approx((6.0, 4.0, 15.0))
     assert outside_row("webp", [Sample(0.0, 0.1, 429)]) is None
 
