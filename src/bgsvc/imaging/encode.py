@@ -32,8 +32,8 @@ class EncodeSettings:
     png_zlib_strategy: str = "rle"
     jpeg_quality: int = 90
     webp_quality: int = 90
-    # libwebp effort. On 2 MP cutouts with real mattes, 0 takes 2.5-2.7x less time than 2
-    # at equal or better PSNR/SSIM for ~25% larger files: most of 2's time is the
+    # libwebp effort. On 2 MP cutouts with real mattes, 0 takes 2.4-2.6x less time than 2
+    # at equal or better PSNR/SSIM for 20-25% larger files: most of 2's time is the
     # lossless alpha plane, whose effort follows the method (RESULTS.md, "Lean CPU stages").
     webp_method: int = 0
     # 100: lossless alpha. Lower quantises the alpha plane (cheaper, not exact).
