@@ -30,6 +30,7 @@ from benchmarks.limit import measure_limit, measure_limit_processes, say_limit
 from benchmarks.load import closed_loop
 from benchmarks.memory import memory, soak
 from benchmarks.nodes import Node, rss_kib
+from benchmarks.outside import outside_model
 from benchmarks.plan import HERE, SECTIONS, Plan, cores, only_sections, plan_from, say
 from benchmarks.service import by_size, cache_check, node_env, overload, run_levels, warm
 from benchmarks.stats import LoadSummary, percentile, ratio
@@ -85,6 +86,7 @@ def run(plan: Plan, out: Path, with_cluster: bool, with_memory: bool) -> dict[st
         rss.append(("after the load levels", rss_kib(node.pid) / 1024))
         c1_2mp = closed_loop([node.target], [two_mp.data], 1, max(3, plan.requests[1] - 2))
         results["by_size"] = by_size(node.target, images)
+        results["outside_model"] = outside_model(node.target, two_mp, plan.requests[1])
         rss.append(("after the by-size pass", rss_kib(node.pid) / 1024))
     finally:
         node.stop()

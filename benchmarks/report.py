@@ -174,6 +174,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
     for key, title in (
         ("by_size", "Latency by image size (c=1)"),
+        ("outside_model", "CPU ms per image outside the model (c=1, 2 MP JPEG)"),
         ("cache", "Result cache (same upload three times)"),
         ("overload", "Overload"),
         ("memory", "Memory"),

@@ -86,6 +86,7 @@ class Remover:
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
             webp_method=settings.webp_method,
+            webp_alpha_quality=settings.webp_alpha_quality,
         )
 
     def engine_for(self, options: RemovalOptions) -> Predictor:

@@ -273,3 +273,29 @@ def test_cuda_ratio_table_divides_by_the_bare_limit_and_reports_cpu_outside_the_
     assert row[3] == pytest.approx(0.5)
     assert row[5] == pytest.approx(30.0)
     assert "service / bare limit" in report.markdown_table(table["headers"], table["rows"])
+
+
+def test_outside_model_sums_every_stage_but_inference_and_queue() -> None:
+    from benchmarks.outside import outside_row
+
+    stages = {"decode": 0.006, "queue": 0.5, "inference": 1.0, "postprocess": 0.004}
+    samples = [
+        Sample(0.0, 1.5, 200, {**stages, "encode": 0.010}),
+        Sample(2.0, 1.5, 200, {**stages, "encode": 0.020}),
+        Sample(4.0, 0.1, 500, {"decode": 9.0}),
+    ]
+    row = outside_row("png", samples)
+    assert row is not None
+    fmt, count, median, least, imaging, decode, _pre, _mask, post, encode = row
+    assert (fmt, count) == ("png", 2)
+    assert median == pytest.approx(25.0) and least == pytest.approx(20.0)
+    assert imaging == pytest.approx(25.0)
+    assert (decode, post, encode) == pytest.approx((6.0, 4.0, 15.0))
+    assert outside_row("webp", [Sample(0.0, 0.1, 429)]) is None
+
+
+def test_markdown_report_has_the_outside_the_model_section() -> None:
+    table = {"headers": ["format", "outside median ms"], "rows": [["png", 21.5]]}
+    text = report.render_markdown({"outside_model": {"table": table, "note": "c=1"}})
+    assert "## CPU ms per image outside the model" in text
+    assert "| png | 21.500 |" in text

@@ -156,7 +156,7 @@ def test_webp_input_is_accepted() -> None:
     assert out.source_format == "WEBP"
 
 
-def swapped_rgb_profile() -> bytes:
+def swapped_rgb_profile(description: bytes = b"swapped") -> bytes:
     """A matrix/TRC ICC v2 profile whose red and blue primaries are sRGB's blue and red."""
 
     def s15(v: float) -> bytes:
@@ -166,7 +166,7 @@ def swapped_rgb_profile() -> bytes:
         return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
 
     curve = b"curv" + b"\0" * 4 + struct.pack(">I", 1) + struct.pack(">H", 0x0233) + b"\0\0"
-    text = b"swapped\0"
+    text = description + b"\0"
     desc = (
         b"desc"
         + b"\0" * 4
@@ -217,4 +217,24 @@ def test_icc_tagged_image_is_converted_to_srgb() -> None:
     out = decode(encode_image(red, "PNG", icc_profile=swapped_rgb_profile()), LIMITS)
     r, _, b = np.asarray(out.rgb)[4, 4].tolist()
     # "Red" in this profile is sRGB's blue: the pixels must have been converted.
+    assert b > 200 and r < 60
+
+
+def test_srgb_tagged_image_skips_the_colour_transform(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageCms
+
+    def no_transform(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sRGB to sRGB should not be transformed")
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    monkeypatch.setattr(ImageCms, "profileToProfile", no_transform)
+    tagged = decode(encode_image(img, "PNG", icc_profile=srgb), LIMITS)
+    np.testing.assert_array_equal(np.asarray(tagged.rgb), np.asarray(img))
+
+
+def test_profile_named_srgb_with_other_primaries_is_still_converted() -> None:
+    red = Image.new("RGB", (8, 8), (255, 0, 0))
+    icc = swapped_rgb_profile(b"sRGB IEC61966-2.1")
+    r, _, b = np.asarray(decode(encode_image(red, "PNG", icc_profile=icc), LIMITS).rgb)[4, 4]
     assert b > 200 and r < 60

@@ -5,8 +5,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from bgsvc.imaging.compose import cutout
+from bgsvc.imaging.compose import cutout, render
 from bgsvc.imaging.encode import EncodeSettings, encode
+from bgsvc.options import RemovalOptions
 
 
 def photo_and_mask(seed: int = 0) -> tuple[Image.Image, np.ndarray]:
@@ -66,3 +67,56 @@ def test_fpng_writes_lossless_png_for_colour_and_zlib_for_mattes() -> None:
             np.testing.assert_array_equal(np.asarray(decoded), np.asarray(img))
         # Different writers give different bytes, except for the matte, which is zlib's.
         assert (fast == slow) == (img.mode == "L")
+
+
+def visible_psnr_and_alpha_error(src: Image.Image, body: bytes) -> tuple[float, int]:
+    """PSNR of the colour as seen (premultiplied) where the source is not transparent,
+    and the largest alpha error."""
+    ref = np.asarray(src, dtype=np.float64)
+    with Image.open(io.BytesIO(body)) as decoded:
+        out = np.asarray(decoded.convert("RGBA"), dtype=np.float64)
+    seen = ref[..., 3] > 0
+    mse = np.mean(
+        (ref[..., :3] * ref[..., 3:] / 255 - out[..., :3] * out[..., 3:] / 255)[seen] ** 2
+    )
+    return float(10 * np.log10(255**2 / mse)), int(np.abs(ref[..., 3] - out[..., 3]).max())
+
+
+def test_default_webp_keeps_alpha_exact_and_colour_as_faithful_as_method_2() -> None:
+    from benchmarks.levers import _cutout_image
+
+    img = _cutout_image(0.3)
+    psnr, alpha_error = visible_psnr_and_alpha_error(
+        img, encode(img, "webp", None, EncodeSettings())
+    )
+    before, _ = visible_psnr_and_alpha_error(
+        img, encode(img, "webp", None, EncodeSettings(webp_method=2))
+    )
+    assert alpha_error == 0
+    assert psnr >= before - 0.25 and psnr > 38
+
+
+def test_webp_alpha_quality_below_100_quantises_alpha_slightly() -> None:
+    from benchmarks.levers import _cutout_image
+
+    img = _cutout_image(0.3)
+    body = encode(img, "webp", None, EncodeSettings(webp_alpha_quality=90))
+    _, alpha_error = visible_psnr_and_alpha_error(img, body)
+    assert 0 < alpha_error <= 2
+
+
+def test_png_and_jpg_bytes_match_the_reference_path() -> None:
+    from tests.imaging.test_compose import reference_render, soft_scene
+
+    rgb, mask = soft_scene()
+    for options in (
+        RemovalOptions(),
+        RemovalOptions(format="jpg"),
+        RemovalOptions(crop=True, bg_color=(9, 9, 9, 255)),
+    ):
+        got = render(rgb, mask, options)
+        want = reference_render(rgb, mask, options)
+        settings = EncodeSettings()
+        assert encode(got.image, got.format, None, settings) == encode(
+            want.image, want.format, None, settings
+        )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -93,3 +94,16 @@ def test_echoes_caller_request_id_and_names_the_node(client: TestClient, photo_p
     made = client.get("/health", headers={"X-Request-ID": "bad id with spaces"})
     assert made.headers["x-request-id"] != "bad id with spaces"
     assert len(made.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize("alpha_quality", [100, 20])
+def test_webp_alpha_is_the_matte_exactly_unless_alpha_quality_is_lowered(
+    make_client: Callable[..., TestClient], photo_png: bytes, alpha_quality: int
+) -> None:
+    client = make_client(webp_alpha_quality=alpha_quality, result_cache_bytes=0)
+    matte = client.post("/remove-background?channels=alpha", files={"file": photo_png})
+    webp = client.post("/remove-background?format=webp", files={"file": photo_png})
+    assert webp.headers["content-type"] == "image/webp"
+    want = np.asarray(open_image(matte.content)).astype(int)
+    got = np.asarray(open_image(webp.content).getchannel("A")).astype(int)
+    assert (np.abs(got - want).max() == 0) == (alpha_quality == 100)

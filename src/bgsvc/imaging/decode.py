@@ -91,12 +91,39 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
 
 
+def _colorants(profile: ImageCms.ImageCmsProfile) -> list[tuple[float, float, float] | None]:
+    p = profile.profile
+    return [c[0] if c else None for c in (p.red_colorant, p.green_colorant, p.blue_colorant)]
+
+
+_SRGB_COLORANTS = _colorants(ImageCms.ImageCmsProfile(_SRGB))
+
+
+def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
+    """Whether an embedded profile is sRGB: it says so ("sRGB IEC61966-2.1", "sRGB
+    built-in", ...) and its primaries are sRGB's, so a mislabelled profile is converted."""
+    if not ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb"):
+        return False
+    for own, srgb in zip(_colorants(profile), _SRGB_COLORANTS, strict=True):
+        if (
+            own is None
+            or srgb is None
+            or max(abs(a - b) for a, b in zip(own, srgb, strict=True)) > 0.003
+        ):
+            return False
+    return True
+
+
 def _to_srgb(img: Image.Image) -> Image.Image:
     icc = img.info.get("icc_profile")
     if not icc or img.mode not in ("RGB", "CMYK"):
         return img
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if _is_srgb(src):
+            # Most camera and web JPEGs embed an sRGB profile: converting sRGB to sRGB
+            # through LCMS costs ~37 ms on 2 MP (6x the JPEG decode) for no change.
+            return img
         converted = ImageCms.profileToProfile(img, src, _SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         # A broken profile should not cost the user the image: fall back to plain conversion.
@@ -148,7 +175,8 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     try:
         img.load()
         loaded_size = img.size
-        img = ImageOps.exif_transpose(img)
+        # In place: without an orientation tag a copy would only duplicate the pixels.
+        ImageOps.exif_transpose(img, in_place=True)
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"The image could not be decoded: {exc}.") from exc
 
