@@ -14,14 +14,15 @@ from benchmarks.stats import percentile
 
 
 def _engine(threads: int) -> Any:
-    """The default model exactly as the service loads it (same prepared file, session
-    options, provider and threads)."""
+    """The default model as the service loads it (same prepared file, session options,
+    provider and threads), without the pre/post-processing the service wraps around it:
+    the model's own forward pass is the limit the service is held to."""
     from bgsvc.config import Settings
     from bgsvc.inference.engine import Engine
     from bgsvc.inference.loader import runtime_options
     from bgsvc.inference.registry import resolve
 
-    settings = Settings(intra_op_threads=threads)
+    settings = Settings(intra_op_threads=threads, graph_pipeline=False)
     spec = resolve(settings.default_model, settings)
     return Engine.load(spec, spec.file_in(settings.model_dir), runtime_options(settings))
 

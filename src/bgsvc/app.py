@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgsvc import __version__, gpu_layout, tracing
+from bgsvc.allocator import tune_malloc
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
@@ -110,6 +111,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Once per serving process, before the model and the first image are allocated.
+        tune_malloc(settings.malloc_mmap_threshold_bytes)
         loading = asyncio.create_task(_load_models(state, engine_loader, on_load_failure))
         # SIGTERM reaches us through bgsvc.server: /ready turns 503 first (drain window),
         # then the server stops listening and waits for in-flight requests, and only then

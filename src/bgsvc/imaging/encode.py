@@ -36,8 +36,9 @@ class EncodeSettings:
     # at equal or better PSNR/SSIM for 20-25% larger files: most of 2's time is the
     # lossless alpha plane, whose effort follows the method (RESULTS.md, "Lean CPU stages").
     webp_method: int = 0
-    # 100: lossless alpha. Lower quantises the alpha plane (cheaper, not exact).
-    webp_alpha_quality: int = 100
+    # 100 keeps the alpha plane lossless, the costliest part of the encode; 90 stays within
+    # one level of the matte (mean 0.26 on a 2 MP cat) for 14-35% less time.
+    webp_alpha_quality: int = 90
 
 
 def encode(img: Image.Image, fmt: str, quality: int | None, settings: EncodeSettings) -> bytes:
