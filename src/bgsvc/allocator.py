@@ -4,9 +4,10 @@ request.
 Why: glibc serves allocations above its mmap threshold (128 KiB, raised dynamically up to
 32 MiB) with fresh mmap()s and unmaps them on free, so every 2 MP request's buffers (the
 RGBA cutout, the encoder's copy of it, its output) were page-faulted in and zeroed by the
-kernel again. In the service that doubled the PNG encode and compose stages (24 vs 12 ms
-and 8 vs 4 ms, benchmarks/RESULTS.md). With a higher mmap threshold and a trim threshold
-above it, those buffers come from the heap and are reused by the next request.
+kernel again. glibc raises the threshold by itself after such frees, but not in every
+run: a fresh node's first requests and one whole bench run paid twice the PNG encode and
+compose time (24-26 vs 12 ms, 8-9 vs 4 ms; benchmarks/RESULTS.md). Set explicitly, the
+buffers come from the heap and are reused by the next request, from the first one on.
 """
 
 from __future__ import annotations

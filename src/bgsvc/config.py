@@ -213,7 +213,7 @@ class Settings(BaseSettings):
         ge=0,
         le=32 * 1024 * 1024,
         description="glibc: allocations below this come from the heap and are reused, not "
-        "mmap()ed and page-faulted in per request (PNG encode 26 to 12 ms); 0 keeps "
+        "mmap()ed and page-faulted in per request (glibc adapts, but not always); 0 keeps "
         "glibc's defaults.",
     )
     result_cache_bytes: int = Field(
