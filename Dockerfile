@@ -28,7 +28,7 @@ COPY src ./src
 # pymatting compiles its numba kernels on first import: cache them in the venv now, not
 # in every container's first start. `cpu`: the CPU onnxruntime (Dockerfile.gpu takes the
 # GPU one instead). `tracing`: OTEL_* variables alone turn traces on.
-RUN pip install ".[cpu,tracing]" && python -c "import rembg.bg"
+RUN pip install ".[cpu,tracing,s3]" && python -c "import rembg.bg"
 
 ENV BGSVC_MODEL_DIR=/opt/bgsvc/models
 RUN bgsvc models fetch imgly-medium

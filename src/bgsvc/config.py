@@ -30,6 +30,10 @@ def _default_model_dir() -> Path:
     return Path.home() / ".cache" / "bgsvc" / "models"
 
 
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "bgsvc"
+
+
 class Settings(BaseSettings):
     """Every knob of the service; environment variables use the ``BGSVC_`` prefix."""
 
@@ -264,6 +268,51 @@ class Settings(BaseSettings):
     )
 
     ui_enabled: bool = Field(default=True, description="Serve the web page at /.")
+
+    # Result storage (bgsvc.storage; docs/storage.md).
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the service keeps its own files; results go to <data_dir>/results "
+        "unless BGSVC_STORAGE_URL says otherwise.",
+    )
+    storage_url: str = Field(
+        default="",
+        description="Result store: file:///path (a directory) or s3://bucket/prefix; empty "
+        "means file://<data_dir>/results.",
+    )
+    s3_endpoint_url: str = Field(
+        default="",
+        description="S3 API endpoint for MinIO or another S3-compatible store (e.g. "
+        "http://minio:9000); empty means AWS. Credentials and region come from boto3's own "
+        "chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ...).",
+    )
+    s3_presign: bool = Field(
+        default=False,
+        description="Give clients presigned S3 GET URLs for results instead of proxying the "
+        "bytes; the endpoint must be reachable by them.",
+    )
+    s3_presign_expires_s: int = Field(
+        default=3600, ge=1, le=7 * 24 * 3600, description="Lifetime of a presigned URL."
+    )
+    job_ttl_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="Results (and kept originals) older than this are deleted: by a periodic "
+        "sweep for file://, by a bucket lifecycle rule for s3:// (docs/storage.md).",
+    )
+    store_originals: bool = Field(
+        default=False, description="Keep each job's uploaded image next to its result."
+    )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage_scheme(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if value and not (sep and scheme in ("file", "s3") and rest.strip("/")):
+            raise ValueError(
+                f"BGSVC_STORAGE_URL {value!r}: use file:///absolute/path or s3://bucket/prefix"
+            )
+        return value
 
     workers: int = Field(
         default=1,

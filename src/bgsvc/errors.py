@@ -134,3 +134,23 @@ def error_response(exc: BgsvcError, request_id: str, path: str) -> JSONResponse:
         status_code=exc.status,
         headers=error_headers(exc, request_id),
     )
+
+
+# --- Result storage (bgsvc.storage). ----------------------------------------------------
+
+
+class StorageConfigError(BgsvcError):
+    """BGSVC_STORAGE_URL or the backend it names cannot be used; raised at start-up."""
+
+    code = "storage_config"
+    status = 500
+
+
+class StorageUnavailable(BgsvcError):
+    """The result store did not answer (S3 down, disk full, permissions)."""
+
+    code = "storage_unavailable"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(message, retry_after=retry_after)

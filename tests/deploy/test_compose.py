@@ -151,3 +151,33 @@ def test_prometheus_sends_alerts_to_the_compose_alertmanager(compose: dict[str, 
     service = compose["services"]["alertmanager"]
     ports = {p.split(":")[-1] for p in service["ports"]}
     assert targets == [f"alertmanager:{port}" for port in ports]
+
+
+def test_replicas_store_results_in_the_compose_minio_with_its_credentials(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    minio = services["minio"]
+    image, _, tag = minio["image"].partition(":")
+    assert image == "minio/minio"
+    assert re.fullmatch(r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", tag), "pin a release"
+    assert minio["healthcheck"]["test"][0] == "CMD"
+    assert "minio-data" in compose["volumes"]
+    assert any(v.startswith("minio-data:") for v in minio["volumes"])
+
+    init = services["minio-init"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(init["command"])
+    assert "mc mb --ignore-existing local/bgsvc" in script
+    assert "mc ilm rule add --prefix results/ --expire-days 1 local/bgsvc" in script
+
+    for name in REPLICAS:
+        service = services[name]
+        env = service["environment"]
+        assert env["BGSVC_STORAGE_URL"] == "s3://bgsvc/results"  # the bucket and rule prefix
+        assert env["BGSVC_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+        assert service["depends_on"]["minio-init"]["condition"] == (
+            "service_completed_successfully"
+        )
