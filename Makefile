@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Debian packages the whole test suite needs, apt-get installed (via sudo -n when not root)
-## only when their commands are missing: nginx, promtool/prometheus, amtool, chromium, npm.
+## only when their commands are missing: nginx, promtool/prometheus, amtool, chromium, npm,
+## redis-server.
 system-deps:
-	@bash scripts/system-deps.sh nginx promtool prometheus amtool chromium npm
+	@bash scripts/system-deps.sh nginx promtool prometheus amtool chromium npm redis-server
 
 ## The cluster's balancer only.
 system-deps-cluster:
@@ -54,7 +55,7 @@ test: system-deps lint model
 
 ## The fast suite only: the tiny generated model, seconds.
 test-fast: install
-	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus and not redis" $(PYTEST_ARGS)
 
 ## Bare-session limit vs the service (c=1/2/4/8), layouts, overload, memory (short, and
 ## per worker over 20,000 requests), cluster, chaos (kill -9 of a node every 30 s for

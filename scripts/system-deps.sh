@@ -3,7 +3,7 @@
 # those that are missing: `make test` and `make cluster` call it so that a fresh machine with
 # Python, git, make and npm needs nothing else. With everything present it makes no apt call.
 #
-#   scripts/system-deps.sh nginx promtool prometheus amtool chromium npm
+#   scripts/system-deps.sh nginx promtool prometheus amtool chromium npm redis-server
 #
 # Root runs apt-get itself; anyone else goes through `sudo -n`, and when that would prompt (or
 # there is no sudo or apt-get) it prints one line naming the packages and exits 1.
@@ -21,6 +21,7 @@ packages_for() {
         # Without a font the browser tests' pages render as boxes.
         chromium) echo chromium fonts-dejavu-core ;;
         npm) echo npm ;;
+        redis-server) echo redis-server ;;
         *) return 1 ;;
     esac
 }
@@ -77,6 +78,7 @@ for pkg in "${packages[@]}"; do
         nginx) services+=(nginx) ;;
         prometheus) services+=(prometheus prometheus-node-exporter) ;;
         prometheus-alertmanager) services+=(prometheus-alertmanager) ;;
+        redis-server) services+=(redis-server) ;;
     esac
 done
 for service in "${services[@]}"; do

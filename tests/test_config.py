@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bgsvc.config import Settings
 
@@ -37,3 +38,9 @@ def test_invalid_values_are_rejected() -> None:
         Settings(gpu_devices="0,gpu1")
     with pytest.raises(ValueError):
         Settings(provider="tpu")  # type: ignore[arg-type]
+
+
+def test_cache_ttl_jitter_must_stay_below_the_ttl() -> None:
+    with pytest.raises(ValidationError):
+        Settings(cache_ttl_s=60, cache_ttl_jitter_s=60)
+    assert Settings(cache_ttl_s=60, cache_ttl_jitter_s=59).cache_ttl_jitter_s == 59

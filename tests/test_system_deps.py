@@ -168,3 +168,12 @@ def test_unknown_command_is_refused_before_any_apt_call(root: Machine) -> None:
     assert result.returncode == 2
     assert "no-such-tool" in result.stderr
     assert root.log.read_text() == ""
+
+
+def test_redis_server_is_installed_and_its_debian_service_stopped(root: Machine) -> None:
+    assert root.run("redis-server").returncode == 0
+
+    _, install = root.calls("apt-get")
+    assert _packages(install) == ["redis-server"]
+    stopped = [args[-1] for args in root.calls("systemctl") if "stop" in args]
+    assert stopped == ["redis-server"]

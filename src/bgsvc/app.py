@@ -131,6 +131,7 @@ def create_app(
                     await loading
             await anyio.to_thread.run_sync(scheduler.shutdown)
             await anyio.to_thread.run_sync(state.service.shutdown)
+            await state.service.aclose()
             await anyio.to_thread.run_sync(tracing.uninstall, traces)
             watchdog.finish()
 

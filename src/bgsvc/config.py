@@ -225,6 +225,33 @@ class Settings(BaseSettings):
         ge=0,
         description="Per-process LRU cache of encoded results, in bytes; 0 disables it.",
     )
+    # Shared result cache (bgsvc.cache.redis): a Redis level behind the local LRU.
+    redis_url: str = Field(
+        default="",
+        description="Redis for the shared result cache (redis://host:6379/0); empty means "
+        "no Redis: each process has only its local cache.",
+    )
+    cache_ttl_s: float = Field(
+        default=3600.0, gt=0, description="Lifetime of a result in Redis, before jitter."
+    )
+    cache_ttl_jitter_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Each Redis entry lives cache_ttl_s plus or minus a random share of "
+        "this, so entries written together do not expire together.",
+    )
+    cache_lock_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long one node holds the Redis lock on a result it computes; other "
+        "nodes poll for it that long, then compute it themselves.",
+    )
+    redis_socket_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Connect and read timeout of each Redis call; a slow or down Redis "
+        "costs a request at most this before the cache is bypassed.",
+    )
 
     # GPU (CUDA / TensorRT) settings; see docs/gpu.md.
     cuda_device_id: int = Field(default=0, ge=0, description="CUDA device ordinal.")
@@ -358,6 +385,12 @@ class Settings(BaseSettings):
         if not all(v.isdigit() for v in items):
             raise ValueError(f"BGSVC_GPU_DEVICES {value!r}: comma-separated CUDA ordinals")
         return ",".join(items)
+
+    @model_validator(mode="after")
+    def _jitter_below_ttl(self) -> Settings:
+        if self.cache_ttl_jitter_s >= self.cache_ttl_s:
+            raise ValueError("BGSVC_CACHE_TTL_JITTER_S must be below BGSVC_CACHE_TTL_S")
+        return self
 
     @model_validator(mode="after")
     def _default_in_allow_list(self) -> Settings:

@@ -129,6 +129,27 @@ class Metrics:
         )
         self._collectors: list[Collector] = []
 
+        # Shared result cache (bgsvc.cache.tiered): lookups per level, coalesced requests.
+        self.cache_level_lookups = Counter(
+            "bgsvc_result_cache_level_lookups",
+            "Result-cache lookups per level (local or redis), by result (hit or miss).",
+            ["level", "result"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "bgsvc_cache_errors",
+            "Cache level calls that failed (the level was bypassed), by level.",
+            ["level"],
+            registry=r,
+        )
+        self.cache_coalesced = Counter(
+            "bgsvc_result_cache_coalesced",
+            "Requests answered by another request's computation: in this process or, "
+            "through the Redis lock, on another node.",
+            ["scope"],
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         """A collector read at every scrape (e.g. GPU metrics), in both modes."""
         self._collectors.append(collector)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from bgsvc.cache import CachedResult, MemoryLRUCache, ResultCache, cache_key
+from bgsvc.cache.tiered import TieredCache
 from bgsvc.config import Settings
 from bgsvc.errors import NotReady, RequestTimeout
 from bgsvc.imaging import refine
@@ -158,6 +159,49 @@ def _stage_thread_init(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
+class _CacheObserver:
+    """The tiered cache's counters on the service's metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def cache_level_lookup(self, level: str, hit: bool) -> None:
+        self.metrics.cache_level_lookups.labels(level, "hit" if hit else "miss").inc()
+
+    def cache_coalesced(self, scope: str) -> None:
+        self.metrics.cache_coalesced.labels(scope).inc()
+
+
+def _build_tiers(
+    local: ResultCache | None, settings: Settings, metrics: Metrics
+) -> TieredCache | None:
+    """The local LRU and, with BGSVC_REDIS_URL, the shared level behind it; None when
+    neither is configured (no cache, no single flight)."""
+    shared = None
+    if settings.redis_url:
+        try:
+            from bgsvc.cache.redis import RedisLevel
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(
+                "BGSVC_REDIS_URL is set but redis-py is not installed: pip install 'bgsvc[redis]'"
+            ) from exc
+
+        errors = metrics.cache_errors.labels("redis")
+        shared = RedisLevel(
+            settings.redis_url,
+            ttl_s=settings.cache_ttl_s,
+            jitter_s=settings.cache_ttl_jitter_s,
+            socket_timeout_s=settings.redis_socket_timeout_s,
+            on_error=errors.inc,
+        )
+    if local is None and shared is None:
+        return None
+    observer = _CacheObserver(metrics)
+    return TieredCache(
+        local, shared, lock_timeout_s=settings.cache_lock_timeout_s, observer=observer
+    )
+
+
 class RemovalService:
     """The pipeline under the scheduler and the request budget, with stage metrics and an
     optional result cache."""
@@ -177,6 +221,7 @@ class RemovalService:
         if cache is None and settings.result_cache_bytes > 0:
             cache = MemoryLRUCache(settings.result_cache_bytes)
         self.cache = cache
+        self.tiers = _build_tiers(cache, settings, metrics)
         self._evictions_seen = 0
         # Decode, pre/post-processing and encode run here, never on the event loop.
         self._stages = ThreadPoolExecutor(
@@ -197,6 +242,11 @@ class RemovalService:
         """Stop the stage threads after the work they hold."""
         self._stages.shutdown(wait=True, cancel_futures=True)
 
+    async def aclose(self) -> None:
+        """Close network connections (the shared cache's), on the serving loop."""
+        if self.tiers is not None:
+            await self.tiers.aclose()
+
     async def process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
         """Decode, infer and encode one request within the timeout; raises domain errors."""
         try:
@@ -207,33 +257,31 @@ class RemovalService:
 
     async def _process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
         engine = self.remover.engine_for(options)
-        key: str | None = None
+        if self.tiers is None:
+            return await self._compute(ticket, data, options, engine)
+        started = time.perf_counter()
+        version = str(getattr(engine, "version", engine.name))
+        if len(data) < _INLINE_HASH_BYTES:
+            key = cache_key(data, options, engine.name, version)
+        else:
+            key = await self._in_stage_pool(lambda: cache_key(data, options, engine.name, version))
+        outcome = await self.tiers.get_or_compute(
+            key, lambda: self._compute(ticket, data, options, engine)
+        )
+        if outcome.computed is None:
+            self.metrics.cache_lookups.labels("hit").inc()
+            result = RemovalResult(outcome.entry, cache="HIT")
+            result.timings = {"cache": time.perf_counter() - started}
+            return result
+        self.metrics.cache_lookups.labels("miss").inc()
+        result = outcome.computed
         if self.cache is not None:
-            started = time.perf_counter()
-            version = str(getattr(engine, "version", engine.name))
-            if len(data) < _INLINE_HASH_BYTES:
-                key = cache_key(data, options, engine.name, version)
-            else:
-                key = await self._in_stage_pool(
-                    lambda: cache_key(data, options, engine.name, version)
-                )
-            entry = self.cache.get(key)
-            if entry is not None:
-                self.metrics.cache_lookups.labels("hit").inc()
-                result = RemovalResult(entry, cache="HIT")
-                result.timings = {"cache": time.perf_counter() - started}
-                return result
-            self.metrics.cache_lookups.labels("miss").inc()
-
-        result = await self._compute(ticket, data, options, engine)
-        if self.cache is not None and key is not None:
-            self.cache.put(key, result.output)
             stats = self.cache.stats()
             self.metrics.cache_bytes.set(stats.bytes)
             if stats.evictions > self._evictions_seen:
                 self.metrics.cache_evictions.inc(stats.evictions - self._evictions_seen)
                 self._evictions_seen = stats.evictions
-            result.cache = "MISS"
+        result.cache = "MISS"
         return result
 
     async def _compute(
