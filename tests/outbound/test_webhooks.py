@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -12,7 +9,7 @@ from standardwebhooks import Webhook
 
 from bgsvc.config import Settings
 from bgsvc.outbound.client import OutboundClient
-from bgsvc.outbound.signing import WebhookSigner, decode_secret, generate_secret
+from bgsvc.outbound.signing import WebhookSigner, generate_secret
 from bgsvc.outbound.webhooks import (
     JOB_SUCCEEDED,
     DeliveryAttempt,
@@ -95,18 +92,6 @@ def test_a_delivery_is_signed_so_the_receiver_library_verifies_it(
         headers["webhook-id"] == result.event_id and headers["content-type"] == "application/json"
     )
     assert sleeps.waits == []
-
-
-def test_the_signature_is_hmac_sha256_of_id_timestamp_body_by_an_independent_check() -> None:
-    # The Standard Webhooks spec's own example.
-    signer = WebhookSigner("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    body = b'{"test": 2432232314}'
-    headers = signer.headers("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
-    key = base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    mac = hmac.new(key, b"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330." + body, hashlib.sha256)
-    assert headers["webhook-signature"] == "v1," + base64.b64encode(mac.digest()).decode()
-    assert headers["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-    assert headers["webhook-timestamp"] == "1614265330"
 
 
 def test_a_500_then_a_200_is_two_recorded_attempts_of_the_same_event(
@@ -203,15 +188,6 @@ def test_the_default_schedule_makes_at_least_5_attempts_over_about_10_minutes() 
     rng = random.Random(1)
     delays = [schedule.delay(3, rng) for _ in range(200)]
     assert all(0 <= d <= 60.0 for d in delays) and len(set(delays)) == 200
-
-
-def test_the_webhook_secret_setting_must_be_strict_base64_of_24_bytes_or_more() -> None:
-    assert len(decode_secret(SECRET)) == 32
-    assert Settings(webhook_secret=SECRET).webhook_secret.get_secret_value() == SECRET
-    assert SECRET not in repr(Settings(webhook_secret=SECRET))
-    for bad in ("whsec_not base64!", "whsec_" + base64.b64encode(b"short").decode()):
-        with pytest.raises(ValueError, match="webhook secret"):
-            Settings(webhook_secret=bad)
 
 
 def test_a_sender_without_a_secret_is_refused(make_client: Callable[..., OutboundClient]) -> None:
