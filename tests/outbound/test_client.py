@@ -55,6 +55,7 @@ HOSTILE = [
     ("http://127.0.0.1\\@example.com/", "url_invalid"),
     ("http:///image.png", "url_invalid"),
     ("http://example.com:99999/", "url_invalid"),
+    ("http://example.com/" + "a" * 70_000, "url_invalid"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -78,7 +79,7 @@ def parse_target(url: str) -> Target:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
-    return Target(
+    target = Target(
         url=url,
         scheme=scheme,
         host=host,
@@ -86,3 +87,8 @@ def parse_target(url: str) -> Target:
         literal=literal,
         path=path,
     )
+    try:
+        target.url_for(ipaddress.IPv4Address(0))  # what httpx refuses is refused here, as 400
+    except httpx.InvalidURL as exc:
+        raise UrlInvalid(f"The URL cannot be parsed: {exc}.") from exc
+    return target
