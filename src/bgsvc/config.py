@@ -8,8 +8,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bgsvc.outbound.policy import AllowList
+from bgsvc.outbound.signing import decode_secret
 
 Provider = Literal["auto", "cpu", "cuda"]
 
@@ -355,6 +365,43 @@ class Settings(BaseSettings):
         "everything it receives, before it stops listening and finishes in-flight requests.",
     )
 
+    # Outbound requests (URL inputs, webhooks) and webhook delivery; docs/webhooks.md.
+    outbound_allow: str = Field(
+        default="",
+        description="Exceptions to the outbound address policy, comma-separated: host, "
+        "host:port, IP, IP:port, [IPv6]:port or CIDR (e.g. 127.0.0.1:9000,hooks.internal); "
+        "empty means public addresses only.",
+    )
+    outbound_connect_timeout_s: float = Field(
+        default=3.0, gt=0, description="Outbound requests: resolving, then connecting, each."
+    )
+    outbound_read_timeout_s: float = Field(
+        default=10.0, gt=0, description="Outbound requests: longest wait for the next bytes."
+    )
+    outbound_total_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Outbound requests: the whole exchange, redirects included (bounds a "
+        "body dripped slower than the read timeout).",
+    )
+    webhook_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Standard Webhooks signing key: whsec_ + base64 of at least 24 random "
+        "bytes; empty means webhooks cannot be sent.",
+    )
+    webhook_attempts: int = Field(
+        default=8, ge=1, le=30, description="Delivery attempts per webhook event."
+    )
+    webhook_backoff_base_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="Wait after the first failed attempt is uniform in [0, base]; the bound "
+        "doubles per attempt (full jitter).",
+    )
+    webhook_backoff_max_s: float = Field(
+        default=300.0, ge=0, description="Longest wait between two webhook attempts."
+    )
+
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
@@ -385,6 +432,19 @@ class Settings(BaseSettings):
         if not all(v.isdigit() for v in items):
             raise ValueError(f"BGSVC_GPU_DEVICES {value!r}: comma-separated CUDA ordinals")
         return ",".join(items)
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _valid_outbound_allow(cls, value: str) -> str:
+        AllowList.parse(value)
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _valid_webhook_secret(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            decode_secret(value.get_secret_value())
+        return value
 
     @model_validator(mode="after")
     def _jitter_below_ttl(self) -> Settings:

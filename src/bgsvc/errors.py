@@ -154,3 +154,40 @@ class StorageUnavailable(BgsvcError):
 
     def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+# --- Outbound requests (bgsvc.outbound): URL inputs and webhook deliveries. ------------
+
+
+class UrlInvalid(BgsvcError):
+    """The URL cannot be parsed into a scheme, a host and a port."""
+
+    code = "url_invalid"
+    status = 400
+    reason = "url_invalid"
+
+
+class UrlForbidden(BgsvcError):
+    """The scheme is not http(s), or the host is (or resolves to) an address the outbound
+    policy refuses: loopback, private, link-local, multicast, reserved..."""
+
+    code = "url_forbidden"
+    status = 400
+    reason = "url_forbidden"
+
+
+class UrlFetchFailed(BgsvcError):
+    """The host could not be resolved or reached, timed out, redirected where it may not,
+    or answered with an error status."""
+
+    code = "url_fetch_failed"
+    status = 400
+    reason = "url_fetch_failed"
+
+
+class UrlTooLarge(BgsvcError):
+    """The response body is larger than the limit (declared or counted while streaming)."""
+
+    code = "url_too_large"
+    status = 400
+    reason = "url_too_large"

@@ -1,0 +1,195 @@
+"""Webhook deliveries signed as Standard Webhooks sign them, retried with backoff.
+
+Signing is in ``signing``; every delivery goes through the guarded outbound client and never
+follows a redirect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+from bgsvc.errors import UrlFetchFailed, UrlForbidden, UrlInvalid
+from bgsvc.outbound.client import OutboundClient
+from bgsvc.outbound.signing import WebhookSigner
+
+if TYPE_CHECKING:
+    from bgsvc.config import Settings
+
+JOB_SUCCEEDED = "job.succeeded"
+JOB_FAILED = "job.failed"
+BATCH_COMPLETED = "batch.completed"
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """Exponential backoff with full jitter: the wait after attempt n (n = 1, 2, ...) is
+    uniform in [0, min(max_s, base_s * 2**(n-1))], so receivers that failed together are
+    not retried together."""
+
+    attempts: int = 8
+    base_s: float = 15.0
+    max_s: float = 300.0
+
+    def cap(self, attempt: int) -> float:
+        """The longest wait after attempt ``attempt`` (1-based)."""
+        return float(min(self.max_s, self.base_s * 2.0 ** min(attempt - 1, 64)))
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, self.cap(attempt))
+
+    @property
+    def longest_s(self) -> float:
+        """The most time all the waits can add up to."""
+        return sum(self.cap(n) for n in range(1, self.attempts))
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    """One POST: when it started (Unix seconds), how long it took, and the status or the
+    error code (``url_fetch_failed``, ``url_forbidden``...) with its message."""
+
+    number: int
+    started_at: float
+    duration_s: float
+    status: int | None = None
+    error: str | None = None
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+Outcome = Literal["delivered", "gone", "refused", "exhausted"]
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """How a delivery ended: ``delivered`` (2xx), ``gone`` (410: the receiver asks for no
+    more), ``refused`` (the URL may not be reached; not retried) or ``exhausted``."""
+
+    event_id: str
+    outcome: Outcome
+    attempts: tuple[DeliveryAttempt, ...]
+
+    @property
+    def delivered(self) -> bool:
+        return self.outcome == "delivered"
+
+
+def new_event_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def event_body(event_type: str, data: Mapping[str, object], created: datetime) -> bytes:
+    """The JSON sent: ``type`` and ``data`` as the API promises, plus the spec's
+    ``timestamp`` (when the event happened, which retries do not change)."""
+    payload = {"type": event_type, "timestamp": created.isoformat(), "data": dict(data)}
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+class WebhookSender:
+    """Delivers events to callback URLs; every attempt is recorded and returned."""
+
+    def __init__(
+        self,
+        client: OutboundClient,
+        signer: WebhookSigner,
+        schedule: RetrySchedule,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._signer = signer
+        self._schedule = schedule
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: OutboundClient) -> WebhookSender:
+        """A sender with BGSVC_WEBHOOK_*; ValueError when no secret is set, because an
+        unsigned delivery could not be told from a forged one."""
+        secret = settings.webhook_secret.get_secret_value()
+        if not secret:
+            raise ValueError("BGSVC_WEBHOOK_SECRET is empty: webhooks cannot be signed")
+        schedule = RetrySchedule(
+            attempts=settings.webhook_attempts,
+            base_s=settings.webhook_backoff_base_s,
+            max_s=settings.webhook_backoff_max_s,
+        )
+        return cls(client, WebhookSigner(secret), schedule)
+
+    async def deliver(
+        self,
+        url: str,
+        event_type: str,
+        data: Mapping[str, object],
+        *,
+        event_id: str | None = None,
+        on_attempt: Callable[[DeliveryAttempt], Awaitable[None]] | None = None,
+    ) -> DeliveryResult:
+        """POST the event until a 2xx or a 410, or until the attempts run out.
+
+        The id and body stay the same across retries (receivers deduplicate on
+        ``webhook-id``); the timestamp and signature are made per attempt, as receivers
+        refuse timestamps older than a few minutes. ``on_attempt`` sees each attempt as it
+        ends, for callers that store progress."""
+        event_id = event_id or new_event_id()
+        body = event_body(event_type, data, datetime.fromtimestamp(self._clock(), tz=UTC))
+        attempts: list[DeliveryAttempt] = []
+        for number in range(1, self._schedule.attempts + 1):
+            started_at = self._clock()
+            began = time.monotonic()
+            headers = {
+                "Content-Type": "application/json",
+                **self._signer.headers(event_id, int(started_at), body),
+            }
+            status: int | None = None
+            error: UrlFetchFailed | UrlForbidden | UrlInvalid | None = None
+            wait_at_least = 0.0
+            try:
+                response = await self._client.post(url, content=body, headers=headers)
+                status = response.status
+                wait_at_least = _retry_after(response.headers) or 0.0
+            except (UrlFetchFailed, UrlForbidden, UrlInvalid) as exc:
+                error = exc
+            attempt = DeliveryAttempt(
+                number=number,
+                started_at=started_at,
+                duration_s=time.monotonic() - began,
+                status=status,
+                error=error.code if error else None,
+                message=error.message if error else None,
+            )
+            attempts.append(attempt)
+            if on_attempt is not None:
+                await on_attempt(attempt)
+            outcome: Outcome | None = None
+            if status is not None and 200 <= status < 300:
+                outcome = "delivered"
+            elif status == 410:
+                outcome = "gone"
+            elif isinstance(error, UrlForbidden | UrlInvalid):
+                outcome = "refused"
+            if outcome is not None:
+                return DeliveryResult(event_id, outcome, tuple(attempts))
+            if number < self._schedule.attempts:
+                delay = self._schedule.delay(number, self._rng)
+                # A receiver's Retry-After is honoured, within the schedule's longest wait.
+                await self._sleep(max(delay, min(wait_at_least, self._schedule.max_s)))
+        return DeliveryResult(event_id, "exhausted", tuple(attempts))
