@@ -72,3 +72,7 @@ def cache_key(data: bytes, options: RemovalOptions, model: str, model_version: s
         digest.update(part)
     digest.update(data)
     return digest.hexdigest()
+
+
+class Unavailable(Exception):
+    """Redis did not answer (or is being skipped after an error); bypass this level."""

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bgsvc.cache import codec
-from bgsvc.cache.base import CachedResult
+from bgsvc.cache.base import CachedResult, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ return 0
 RETRY_AFTER_ERROR_S = 1.0
 # One warning per this many seconds while Redis keeps failing, however many requests.
 LOG_EVERY_S = 30.0
-
-
-class Unavailable(Exception):
-    """Redis did not answer (or is being skipped after an error); bypass this level."""
 
 
 class RedisLevel:

@@ -13,10 +13,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
-from bgsvc.cache.base import CachedResult, ResultCache
-from bgsvc.cache.redis import RedisLevel, Unavailable
+from bgsvc.cache.base import CachedResult, ResultCache, Unavailable
+
+if TYPE_CHECKING:
+    # Only for types: redis-py imports OpenTelemetry's SDK at import time (redis 8), which
+    # must not load in a process that has no Redis configured and tracing off.
+    from bgsvc.cache.redis import RedisLevel
 
 # Where an answer came from: a level, another request of this process, another node.
 Source = Literal["local", "redis", "process", "cluster"]
