@@ -27,8 +27,9 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # pymatting compiles its numba kernels on first import: cache them in the venv now, not
 # in every container's first start. `cpu`: the CPU onnxruntime (Dockerfile.gpu takes the
-# GPU one instead). `tracing`: OTEL_* variables alone turn traces on.
-RUN pip install ".[cpu,tracing,s3]" && python -c "import rembg.bg"
+# GPU one instead). `tracing`: OTEL_* variables alone turn traces on. `s3` and `redis`:
+# BGSVC_STORAGE_URL=s3://... and BGSVC_REDIS_URL alone turn those on.
+RUN pip install ".[cpu,tracing,s3,redis]" && python -c "import rembg.bg"
 
 ENV BGSVC_MODEL_DIR=/opt/bgsvc/models
 RUN bgsvc models fetch imgly-medium

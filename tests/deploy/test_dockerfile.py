@@ -266,19 +266,19 @@ def test_gpu_image_uses_cuda_with_cudnn_and_only_the_gpu_onnxruntime() -> None:
     assert base and base[1].startswith("nvidia/cuda:") and "cudnn-runtime" in base[1]
     assert builder.base == runtime.base == "${CUDA_IMAGE}"
     install = " && ".join(r.args for r in builder.all("RUN"))
-    assert '".[gpu,tracing,s3]"' in install
+    assert '".[gpu,tracing,s3,redis]"' in install
     # onnxruntime is an extra, so `gpu` brings the GPU wheel alone: nothing to uninstall.
     assert "uninstall" not in install and "--no-deps" not in install
     assert not re.search(r"\.\[[^\]]*\bcpu\b", install)
     # The build fails unless the installed wheel has its CUDA provider.
-    assert install.index('".[gpu,tracing,s3]"') < install.index("CUDAExecutionProvider")
+    assert install.index('".[gpu,tracing,s3,redis]"') < install.index("CUDAExecutionProvider")
     assert runtime.env()["BGSVC_PROVIDER"] == "cuda"
 
 
 def test_cpu_image_installs_the_cpu_onnxruntime_extra() -> None:
     builder = _stages("Dockerfile")[0]
     installs = [r.args for r in builder.all("RUN") if "pip install" in r.args]
-    assert any('".[cpu,tracing,s3]"' in r for r in installs)
+    assert any('".[cpu,tracing,s3,redis]"' in r for r in installs)
     assert not any("gpu" in r for r in installs)
 
 
