@@ -25,10 +25,11 @@ from bgsvc.inference.loader import load_engines
 from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.inference.watchdog import Watchdog, hard_exit
+from bgsvc.jobs.runtime import Jobs
 from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
-from bgsvc.routes import compat_rembg, compat_removebg, health, remove
+from bgsvc.routes import compat_rembg, compat_removebg, health, jobs, remove
 from bgsvc.service import Predictor
 from bgsvc.state import AppState, on_drain
 
@@ -104,6 +105,7 @@ def create_app(
     concurrency = gpu_layout.max_concurrency(settings, gpu_layout.probe(settings) is not None)
     scheduler = Scheduler(concurrency, settings.max_queue, observer=metrics, watchdog=watchdog)
     state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
+    job_runtime = Jobs(settings, state, jobs.options_from_record)
 
     def on_trip() -> None:
         state.mark_stuck()
@@ -119,12 +121,15 @@ def create_app(
         # does this lifespan end.
         unregister = on_drain(state.start_draining)
         watching = asyncio.create_task(watchdog.run(on_trip))
+        job_runtime.start()
         try:
             yield
         finally:
             watching.cancel()
             unregister()
             state.start_draining()
+            # Jobs still running get the request budget to end; the rest run after a restart.
+            await job_runtime.stop(settings.request_timeout_s)
             if not loading.done():
                 loading.cancel()
                 with suppress(asyncio.CancelledError):
@@ -144,8 +149,10 @@ def create_app(
         telemetry=tracing.fastapi_telemetry(traces, lambda scope: scope["path"] in QUIET_ROUTES),
     )
     app.state.bgsvc = state
+    app.state.jobs = job_runtime
     app.include_router(health.router)
     app.include_router(remove.router)
+    app.include_router(jobs.router)
     app.include_router(compat_rembg.router)
     app.include_router(compat_removebg.router)
     if settings.ui_enabled:

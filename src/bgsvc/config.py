@@ -139,6 +139,22 @@ class Settings(BaseSettings):
         "503, then a drain and a fresh process; 0 means 3x request_timeout_s.",
     )
 
+    # Asynchronous jobs (bgsvc.jobs; README "Jobs"). TTL and originals: see storage below.
+    job_timeout_s: float = Field(
+        default=60.0, gt=0, description="Hard limit on one attempt of a job; beyond it, a retry."
+    )
+    job_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Attempts per job (time-outs, crashes, storage errors) before it is failed.",
+    )
+    job_queue_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="Unfinished (queued or running) jobs accepted; beyond it POST /jobs is 429.",
+    )
+
     stage_thread_nice: int = Field(
         default=0,
         ge=0,

@@ -191,3 +191,80 @@ class UrlTooLarge(BgsvcError):
     code = "url_too_large"
     status = 400
     reason = "url_too_large"
+
+
+# --- Asynchronous jobs (bgsvc.jobs). ----------------------------------------------------
+
+
+class JobNotFound(BgsvcError):
+    """No job has this id (never had, or its record was purged after expiry)."""
+
+    code = "job_not_found"
+    status = 404
+
+
+class JobNotFinished(BgsvcError):
+    """The job is queued or running: its result does not exist yet."""
+
+    code = "job_not_finished"
+    status = 409
+
+
+class JobHasNoResult(BgsvcError):
+    """The job failed or was canceled: it has no result and never will."""
+
+    code = "job_no_result"
+    status = 409
+
+
+class JobRunning(BgsvcError):
+    """A running job cannot be canceled; it ends on its own within the time limit."""
+
+    code = "job_running"
+    status = 409
+
+
+class JobExpired(BgsvcError):
+    """The job's result outlived BGSVC_JOB_TTL_S and was deleted."""
+
+    code = "job_expired"
+    status = 410
+
+
+class JobQueueFull(BgsvcError):
+    """BGSVC_JOB_QUEUE_LIMIT unfinished jobs are waiting already."""
+
+    code = "job_queue_full"
+    status = 429
+    reason = "job_queue_full"
+
+
+class IdempotencyKeyReused(BgsvcError):
+    """An Idempotency-Key already names a job submitted with another image or options."""
+
+    code = "idempotency_key_reused"
+    status = 422
+    reason = "invalid_parameter"
+
+
+class WebhooksDisabled(BgsvcError):
+    """A callback_url was given but BGSVC_WEBHOOK_SECRET is empty: nothing could be signed."""
+
+    code = "webhooks_disabled"
+    status = 400
+    reason = "invalid_parameter"
+
+
+class JobTimedOut(BgsvcError):
+    """One attempt ran past BGSVC_JOB_TIMEOUT_S (recorded in the job, never an HTTP answer)."""
+
+    code = "job_timeout"
+    status = 500
+
+
+class JobAttemptsExhausted(BgsvcError):
+    """Every attempt ended without a result: the process died or the store failed each time
+    (recorded in the job, never an HTTP answer)."""
+
+    code = "job_attempts_exhausted"
+    status = 500

@@ -150,6 +150,33 @@ class Metrics:
             registry=r,
         )
 
+        # Asynchronous jobs (bgsvc.jobs): outcomes, backlog and how long jobs take.
+        self.jobs = Counter(
+            "bgsvc_jobs",
+            "Jobs ended or retried, by outcome (succeeded, failed, canceled, expired, retried).",
+            ["outcome"],
+            registry=r,
+        )
+        self.job_queue_depth = Gauge(
+            "bgsvc_job_queue_depth",
+            "Jobs queued and not yet started (the node's shared job store).",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.job_oldest_age = Gauge(
+            "bgsvc_job_oldest_queued_age_seconds",
+            "Age of the oldest queued job; 0 when none waits.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.job_duration = Histogram(
+            "bgsvc_job_duration_seconds",
+            "Last attempt of a job, claim to end, by outcome.",
+            ["outcome"],
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0, 120.0),
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         """A collector read at every scrape (e.g. GPU metrics), in both modes."""
         self._collectors.append(collector)

@@ -247,13 +247,22 @@ class RemovalService:
         if self.tiers is not None:
             await self.tiers.aclose()
 
-    async def process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
-        """Decode, infer and encode one request within the timeout; raises domain errors."""
+    async def process(
+        self,
+        ticket: Ticket,
+        data: bytes,
+        options: RemovalOptions,
+        *,
+        timeout_s: float | None = None,
+    ) -> RemovalResult:
+        """Decode, infer and encode one request within the timeout (the request budget
+        unless ``timeout_s`` says otherwise: jobs have their own); raises domain errors."""
+        timeout = self.timeout if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 return await self._process(ticket, data, options)
         except TimeoutError:
-            raise RequestTimeout(f"The request did not finish within {self.timeout:g} s.") from None
+            raise RequestTimeout(f"The request did not finish within {timeout:g} s.") from None
 
     async def _process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
         engine = self.remover.engine_for(options)

@@ -1,0 +1,88 @@
+"""What a job is: its record, its states, and the JSON clients see."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def finished(self) -> bool:
+        """No attempt will run any more."""
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: a stable code from bgsvc.errors and a message."""
+
+    code: str
+    message: str
+
+
+def new_job_id() -> str:
+    # A store key segment as it is (bgsvc.storage.check_key) and unguessable: the id is
+    # the only thing that lets a client read a result.
+    return f"job_{uuid.uuid4().hex}"
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+@dataclass
+class JobRecord:
+    """One job as the store keeps it. Timestamps are Unix seconds."""
+
+    id: str
+    status: JobStatus
+    created_at: float
+    # The validated request parameters (the /remove-background query/form names), from
+    # which the options are rebuilt when the job runs.
+    options: dict[str, Any]
+    input_key: str
+    # sha256 of the image and the options: a retried Idempotency-Key must match it.
+    fingerprint: str
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    error: JobError | None = None
+    result_key: str | None = None
+    content_type: str | None = None
+    client: str = ""
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    webhook_attempts: list[dict[str, Any]] = field(default_factory=list)
+    # Who runs it now (runner id), so a restart knows which running jobs were its own.
+    owner: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The JSON of GET /jobs/{id} (and of the webhook's ``data``)."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status.value,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "attempts": self.attempts,
+            "error": None
+            if self.error is None
+            else {"code": self.error.code, "message": self.error.message},
+            "status_url": f"/jobs/{self.id}",
+            "result_url": f"/jobs/{self.id}/result" if self.status is JobStatus.SUCCEEDED else None,
+        }
+        if self.callback_url is not None:
+            body["callback_url"] = self.callback_url
+            body["webhook_attempts"] = list(self.webhook_attempts)
+        return body

@@ -1,0 +1,184 @@
+"""What the routes ask of jobs: submit, look up, fetch the result, cancel or delete.
+
+The stores are opened on first use (or at start when the job database already exists), so
+a node that never takes a job writes nothing to its data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from bgsvc.errors import (
+    IdempotencyKeyReused,
+    JobExpired,
+    JobHasNoResult,
+    JobNotFinished,
+    JobNotFound,
+    JobQueueFull,
+    JobRunning,
+)
+from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
+from bgsvc.jobs.store import JobStore
+from bgsvc.storage import ResultStore, StoredObject
+
+ORIGINAL_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Backends:
+    jobs: JobStore
+    results: ResultStore
+
+
+def input_key(job_id: str) -> str:
+    return f"jobs/{job_id}/original"
+
+
+def result_key(job_id: str, fmt: str) -> str:
+    # One key per job whatever the attempt: a second run after a crash publishes over the
+    # first, so there is never more than one result object.
+    return f"jobs/{job_id}/result.{fmt.lower()}"
+
+
+def fingerprint(data: bytes, options: dict[str, Any]) -> str:
+    digest = hashlib.sha256(data)
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class JobQueue:
+    """Submission and lookup over a job store and a result store."""
+
+    def __init__(
+        self,
+        open_backends: Callable[[], Backends],
+        exists: Callable[[], bool],
+        *,
+        queue_limit: int,
+        concurrency: int,
+        keep_originals: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._open_backends = open_backends
+        self._exists = exists
+        self.queue_limit = queue_limit
+        self.concurrency = max(1, concurrency)
+        self.keep_originals = keep_originals
+        self.clock = clock
+        self.backends: Backends | None = None
+        self._opening = asyncio.Lock()
+        self.wake = asyncio.Event()
+        # Mean seconds per job (EWMA, the runner feeds it), for Retry-After.
+        self.mean_job_s = 1.0
+
+    async def open(self, create: bool) -> Backends | None:
+        """The stores; None when ``create`` is false and no job was ever submitted here."""
+        if self.backends is not None:
+            return self.backends
+        async with self._opening:
+            if self.backends is None and (create or self._exists()):
+                self.backends = await anyio.to_thread.run_sync(self._open_backends)
+        return self.backends
+
+    async def submit(
+        self,
+        data: bytes,
+        options: dict[str, Any],
+        *,
+        client: str,
+        idempotency_key: str | None,
+        callback_url: str | None,
+    ) -> tuple[JobRecord, bool]:
+        """A new queued job, or (with a known Idempotency-Key) the job it names and
+        False. Raises JobQueueFull or IdempotencyKeyReused."""
+        backends = await self.open(create=True)
+        assert backends is not None
+        stats = await backends.jobs.stats()
+        if stats.unfinished >= self.queue_limit:
+            wait = math.ceil(stats.unfinished * self.mean_job_s / self.concurrency)
+            raise JobQueueFull(
+                f"{stats.unfinished} jobs are waiting; retry later.", retry_after=max(1, wait)
+            )
+        record = JobRecord(
+            id=new_job_id(),
+            status=JobStatus.QUEUED,
+            created_at=self.clock(),
+            options=options,
+            input_key="",
+            fingerprint=fingerprint(data, options),
+            client=client,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )
+        record.input_key = input_key(record.id)
+        # The upload is published before the record exists, so a runner never claims a job
+        # whose input is not there yet.
+        await anyio.to_thread.run_sync(backends.results.put, record.input_key, data, ORIGINAL_TYPE)
+        stored, created = await backends.jobs.create(record)
+        if not created:
+            await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
+            if stored.fingerprint != record.fingerprint:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was used for another image or other options."
+                )
+        self.wake.set()
+        return stored, created
+
+    async def get(self, job_id: str) -> JobRecord:
+        backends = await self.open(create=False)
+        record = None if backends is None else await backends.jobs.get(job_id)
+        if record is None:
+            raise JobNotFound(f"No job {job_id!r}.")
+        return record
+
+    async def result(self, job_id: str) -> StoredObject | str:
+        """The result object, or a URL to send the client to (presigned S3)."""
+        record = await self.get(job_id)
+        if record.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise JobNotFinished(f"Job {job_id} is {record.status.value}.", retry_after=1)
+        if record.status is JobStatus.EXPIRED:
+            raise JobExpired(f"The result of job {job_id} has expired.")
+        if record.status is not JobStatus.SUCCEEDED or record.result_key is None:
+            raise JobHasNoResult(f"Job {job_id} is {record.status.value}: it has no result.")
+        assert self.backends is not None
+        results = self.backends.results
+        url = await anyio.to_thread.run_sync(results.url, record.result_key)
+        if url is not None:
+            return url
+        found = await anyio.to_thread.run_sync(results.get, record.result_key)
+        if found is None:
+            raise JobExpired(f"The result of job {job_id} has expired.")
+        return found
+
+    async def cancel_or_delete(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job (its record, now canceled, is returned) or delete a
+        finished one with its objects (None). Raises JobRunning for a running job."""
+        record = await self.get(job_id)
+        assert self.backends is not None
+        backends = self.backends
+        if record.status is JobStatus.QUEUED:
+            if await backends.jobs.cancel(job_id, self.clock()):
+                if not self.keep_originals:
+                    await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
+                return await self.get(job_id)
+            record = await self.get(job_id)  # a runner took it meanwhile
+        if record.status is JobStatus.RUNNING:
+            raise JobRunning(f"Job {job_id} is running; it cannot be canceled now.")
+        for key in (record.result_key, record.input_key):
+            if key:
+                await anyio.to_thread.run_sync(backends.results.delete, key)
+        await backends.jobs.delete(job_id)
+        return None
+
+    async def aclose(self) -> None:
+        if self.backends is not None:
+            await self.backends.jobs.close()

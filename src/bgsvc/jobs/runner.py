@@ -1,0 +1,299 @@
+"""Runs queued jobs in the serving process, on capacity sync requests leave idle.
+
+A job is claimed only while the scheduler has a free inference slot (admitted tickets
+below its concurrency), and then holds a ticket like a request does: sync requests that
+arrive meanwhile queue behind at most the jobs already started, and no job starts while
+sync traffic fills the slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio.to_thread
+
+from bgsvc.errors import BgsvcError, JobAttemptsExhausted, JobExpired, JobTimedOut
+from bgsvc.inference.scheduler import Scheduler, Ticket
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.notify import Notifier
+from bgsvc.jobs.queue import Backends, JobQueue, result_key
+from bgsvc.metrics import Metrics
+from bgsvc.options import RemovalOptions
+from bgsvc.service import RemovalService
+from bgsvc.storage import default_sweep_interval
+
+log = logging.getLogger(__name__)
+
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    timeout_s: float
+    max_attempts: int
+    ttl_s: float
+    keep_originals: bool
+    poll_s: float = 0.2
+    recover_every_s: float = 5.0
+    # A running job older than its time limit plus this belongs to a dead process.
+    lease_grace_s: float = 30.0
+
+
+def _error(exc: BaseException) -> JobError:
+    if isinstance(exc, BgsvcError):
+        return JobError(exc.code, exc.message)
+    return JobError("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+class JobRunner:
+    """The asyncio task that claims, runs, retries, finishes and expires jobs."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        service: RemovalService,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        config: RunnerConfig,
+        *,
+        parse_options: Callable[[dict[str, object]], RemovalOptions],
+        serviceable: Callable[[], bool],
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.service = service
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.config = config
+        self.parse_options = parse_options
+        self.serviceable = serviceable
+        self.notifier = notifier
+        self.clock = clock
+        self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.running: set[asyncio.Task[None]] = set()
+        self.webhooks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._next_recover = 0.0
+        self._next_expire = 0.0
+
+    def orphaned(self, owner: str) -> bool:
+        """Whether ``owner``'s process is gone (only knowable on this host)."""
+        host, _, rest = owner.partition(":")
+        pid_text, _, _token = rest.partition(":")
+        if host != _HOST or owner == self.owner or not pid_text.isdigit():
+            return False
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return True  # an earlier runner of this very process (an app restarted in it)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    async def run(self) -> None:
+        """Until cancelled: maintenance, then claim while there is room, then wait."""
+        while not self._stopping:
+            try:
+                backends = await self.queue.open(create=False)
+                if backends is not None:
+                    await self._maintain(backends)
+                    if self.serviceable():
+                        await self._claim(backends)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job runner tick failed")
+            self.queue.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.poll_s):
+                    await self.queue.wake.wait()
+
+    async def _maintain(self, backends: Backends) -> None:
+        now = self.clock()
+        if now >= self._next_recover:
+            self._next_recover = now + self.config.recover_every_s
+            stale = now - self.config.timeout_s - self.config.lease_grace_s
+            requeued = await backends.jobs.recover(self.orphaned, stale)
+            if requeued:
+                log.warning("%d job(s) of a stopped process queued again", requeued)
+        if now >= self._next_expire:
+            self._next_expire = now + default_sweep_interval(self.config.ttl_s)
+            await self.expire(backends, now)
+            # The store's own sweep: leftovers of writers killed mid-publish, and objects
+            # past the TTL whose record is gone.
+            await anyio.to_thread.run_sync(backends.results.sweep)
+        stats = await backends.jobs.stats()
+        self.metrics.job_queue_depth.set(stats.queued)
+        oldest = 0.0 if stats.oldest_queued_at is None else now - stats.oldest_queued_at
+        self.metrics.job_oldest_age.set(max(0.0, oldest))
+
+    async def expire(self, backends: Backends, now: float) -> int:
+        """Expire jobs past the TTL (their objects go) and purge records a TTL later."""
+        expired = await backends.jobs.expire(now - self.config.ttl_s)
+        for record in expired:
+            for key in (record.result_key, record.input_key):
+                if key:
+                    await anyio.to_thread.run_sync(backends.results.delete, key)
+        if expired:
+            self.metrics.jobs.labels("expired").inc(len(expired))
+        await backends.jobs.purge(now - 2 * self.config.ttl_s)
+        return len(expired)
+
+    async def _claim(self, backends: Backends) -> None:
+        while (
+            not self._stopping
+            and self.scheduler.admitted < self.scheduler.max_concurrency
+            and len(self.running) < self.scheduler.max_concurrency
+        ):
+            # The ticket first: a claimed job must never wait for a place.
+            ticket = self.scheduler.try_admit()
+            record = await backends.jobs.claim(self.owner, self.clock())
+            if record is None:
+                ticket.close()
+                return
+            task = asyncio.create_task(self._execute(backends, record, ticket))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _execute(self, backends: Backends, record: JobRecord, ticket: Ticket) -> None:
+        started = time.monotonic()
+        try:
+            if record.attempts > self.config.max_attempts:
+                last = record.error.message if record.error else "the process running it died"
+                exc = JobAttemptsExhausted(
+                    f"{self.config.max_attempts} attempts failed; the last: {last}"
+                )
+                await self._end(backends, record, JobStatus.FAILED, started, error=_error(exc))
+                return
+            await self._attempt(backends, record, ticket, started)
+        except asyncio.CancelledError:
+            # Shutdown: the job goes back to the queue for the next start (or process).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    backends.jobs.requeue(record.id, self.owner, JobError("canceled", "shutdown"))
+                )
+            raise
+        finally:
+            ticket.close()
+
+    async def _attempt(
+        self, backends: Backends, record: JobRecord, ticket: Ticket, started: float
+    ) -> None:
+        results = backends.results
+        stored = await anyio.to_thread.run_sync(results.get, record.input_key)
+        if stored is None:
+            exc: BgsvcError = JobExpired("The upload expired before the job could run.")
+            await self._end(backends, record, JobStatus.EXPIRED, started, error=_error(exc))
+            return
+        try:
+            options = self.parse_options(record.options)
+            async with asyncio.timeout(self.config.timeout_s):
+                result = await self.service.process(
+                    ticket,
+                    stored.data,
+                    options,
+                    timeout_s=self.config.timeout_s,
+                )
+                key = result_key(record.id, result.output.format)
+                # Published whole before the record says succeeded: no reader ever sees
+                # a job succeeded without its result, or a part of one.
+                await anyio.to_thread.run_sync(
+                    results.put, key, result.output.body, result.output.media_type
+                )
+        except TimeoutError:
+            exc = JobTimedOut(f"An attempt ran past {self.config.timeout_s:g} s.")
+            await self._retry_or_fail(backends, record, started, exc)
+            return
+        except BgsvcError as exc:
+            if exc.status < 500:  # the input or the options: another attempt cannot help
+                await self._end(backends, record, JobStatus.FAILED, started, error=_error(exc))
+            else:
+                await self._retry_or_fail(backends, record, started, exc)
+            return
+        except Exception as exc:
+            log.exception("job %s attempt %d failed", record.id, record.attempts)
+            await self._retry_or_fail(backends, record, started, exc)
+            return
+        await self._end(
+            backends,
+            record,
+            JobStatus.SUCCEEDED,
+            started,
+            result_key=key,
+            content_type=result.output.media_type,
+        )
+
+    async def _retry_or_fail(
+        self, backends: Backends, record: JobRecord, started: float, exc: Exception
+    ) -> None:
+        error = _error(exc)
+        if record.attempts < self.config.max_attempts:
+            if await backends.jobs.requeue(record.id, self.owner, error):
+                self.metrics.jobs.labels("retried").inc()
+                self.queue.wake.set()
+            return
+        if not isinstance(exc, JobTimedOut):
+            exhausted = JobAttemptsExhausted(
+                f"{record.attempts} attempts failed; the last: {error.message}"
+            )
+            error = _error(exhausted)
+        await self._end(backends, record, JobStatus.FAILED, started, error=error)
+
+    async def _end(
+        self,
+        backends: Backends,
+        record: JobRecord,
+        status: JobStatus,
+        started: float,
+        *,
+        error: JobError | None = None,
+        result_key: str | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        owned = await backends.jobs.finish(
+            record.id,
+            self.owner,
+            status,
+            self.clock(),
+            error=error,
+            result_key=result_key,
+            content_type=content_type,
+        )
+        if not owned:
+            return  # another runner took it over (lease expired); it finishes it
+        elapsed = time.monotonic() - started
+        self.metrics.jobs.labels(status.value).inc()
+        self.metrics.job_duration.labels(status.value).observe(elapsed)
+        self.queue.mean_job_s = 0.8 * self.queue.mean_job_s + 0.2 * elapsed
+        if not self.config.keep_originals:
+            await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
+        finished = await backends.jobs.get(record.id)
+        if finished is not None and finished.callback_url and self.notifier is not None:
+            task = asyncio.create_task(self.notifier.notify(finished, backends.jobs))
+            self.webhooks.add(task)
+            task.add_done_callback(self.webhooks.discard)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; give running jobs and webhooks ``grace_s`` to end, then cancel
+        them (cancelled jobs are queued again)."""
+        self._stopping = True
+        self.queue.wake.set()
+        pending = self.running | self.webhooks
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5.0)

@@ -1,0 +1,81 @@
+"""The jobs capability of one serving process, built from the settings (embedded mode:
+SQLite records under BGSVC_DATA_DIR, results in bgsvc.storage, runs in this process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from bgsvc.config import Settings
+from bgsvc.jobs.notify import Notifier
+from bgsvc.jobs.queue import Backends, JobQueue
+from bgsvc.jobs.runner import JobRunner, RunnerConfig
+from bgsvc.jobs.sqlite import SqliteJobStore
+from bgsvc.options import RemovalOptions
+from bgsvc.state import AppState
+from bgsvc.storage import open_store
+
+DB_NAME = "jobs.sqlite3"
+
+
+class Jobs:
+    """Queue (for the routes), runner (a task of the lifespan) and webhook notifier."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: AppState,
+        parse_options: Callable[[dict[str, object]], RemovalOptions],
+        *,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        db_path = settings.data_dir.expanduser().resolve() / DB_NAME
+
+        def open_backends() -> Backends:
+            return Backends(SqliteJobStore(db_path), open_store(settings))
+
+        concurrency = state.scheduler.max_concurrency
+        self.queue = JobQueue(
+            open_backends,
+            db_path.exists,
+            queue_limit=settings.job_queue_limit,
+            concurrency=concurrency,
+            keep_originals=settings.store_originals,
+        )
+        self.notifier = Notifier.from_settings(settings)
+        config = RunnerConfig(
+            timeout_s=settings.job_timeout_s,
+            max_attempts=settings.job_max_attempts,
+            ttl_s=settings.job_ttl_s,
+            keep_originals=settings.store_originals,
+            poll_s=poll_s,
+        )
+        self.runner = JobRunner(
+            self.queue,
+            state.service,
+            state.scheduler,
+            state.metrics,
+            config,
+            parse_options=parse_options,
+            serviceable=lambda: state.serviceable()[0] and not state.draining,
+            notifier=self.notifier,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the runner on the running loop (from the lifespan)."""
+        self._task = asyncio.create_task(self.runner.run())
+
+    async def stop(self, grace_s: float) -> None:
+        """Let running jobs finish within ``grace_s`` (the rest are queued again), then
+        close the stores and the webhook client."""
+        await self.runner.stop(grace_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.queue.aclose()
+        if self.notifier is not None:
+            await self.notifier.aclose()

@@ -1,0 +1,279 @@
+"""The embedded job store: one SQLite file (WAL) under the data directory.
+
+Several processes of one node (gunicorn workers) may share the file: WAL lets readers run
+beside the one writer, and a claim is a single UPDATE ... RETURNING, so each queued job
+goes to exactly one of them. Calls run in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.store import QueueStats
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    options TEXT NOT NULL,
+    input_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result_key TEXT,
+    content_type TEXT,
+    client TEXT NOT NULL,
+    idempotency_key TEXT,
+    callback_url TEXT,
+    webhook_attempts TEXT NOT NULL DEFAULT '[]',
+    owner TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
+    ON jobs (client, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
+"""
+
+_COLUMNS = (
+    "id, status, created_at, started_at, finished_at, attempts, error_code, error_message, "
+    "options, input_key, fingerprint, result_key, content_type, client, idempotency_key, "
+    "callback_url, webhook_attempts, owner"
+)
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    error = None
+    if row["error_code"] is not None:
+        error = JobError(row["error_code"], row["error_message"] or "")
+    return JobRecord(
+        id=row["id"],
+        status=JobStatus(row["status"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        attempts=row["attempts"],
+        error=error,
+        options=json.loads(row["options"]),
+        input_key=row["input_key"],
+        fingerprint=row["fingerprint"],
+        result_key=row["result_key"],
+        content_type=row["content_type"],
+        client=row["client"],
+        idempotency_key=row["idempotency_key"],
+        callback_url=row["callback_url"],
+        webhook_attempts=json.loads(row["webhook_attempts"]),
+        owner=row["owner"],
+    )
+
+
+class SqliteJobStore:
+    """:class:`bgsvc.jobs.store.JobStore` on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # One connection, used by one thread at a time (the lock): the calls are short.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL survives a killed process (not a power cut) without an fsync
+        # per commit.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return fn(self._db)
+
+        return await anyio.to_thread.run_sync(locked)
+
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        def insert(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
+            try:
+                db.execute(
+                    f"INSERT INTO jobs ({_COLUMNS}) VALUES "
+                    "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, "
+                    "'[]', NULL)",
+                    (
+                        record.id,
+                        record.status.value,
+                        record.created_at,
+                        json.dumps(record.options),
+                        record.input_key,
+                        record.fingerprint,
+                        record.client,
+                        record.idempotency_key,
+                        record.callback_url,
+                    ),
+                )
+                return record, True
+            except sqlite3.IntegrityError:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE client = ? AND idempotency_key = ?",
+                    (record.client, record.idempotency_key),
+                ).fetchone()
+                if row is None:
+                    raise
+                return _record(row), False
+
+        return await self._run(insert)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        def select(db: sqlite3.Connection) -> JobRecord | None:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._run(select)
+
+    async def stats(self) -> QueueStats:
+        def count(db: sqlite3.Connection) -> QueueStats:
+            row = db.execute(
+                "SELECT SUM(status = 'queued'), SUM(status = 'running'), "
+                "MIN(CASE WHEN status = 'queued' THEN created_at END) "
+                "FROM jobs WHERE status IN ('queued', 'running')"
+            ).fetchone()
+            return QueueStats(int(row[0] or 0), int(row[1] or 0), row[2])
+
+        return await self._run(count)
+
+    async def claim(self, owner: str, now: float) -> JobRecord | None:
+        def update(db: sqlite3.Connection) -> JobRecord | None:
+            row = db.execute(
+                "UPDATE jobs SET status = 'running', owner = ?, started_at = ?, "
+                "attempts = attempts + 1 WHERE id = (SELECT id FROM jobs WHERE status = "
+                f"'queued' ORDER BY created_at LIMIT 1) AND status = 'queued' RETURNING {_COLUMNS}",
+                (owner, now),
+            ).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._run(update)
+
+    async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE jobs SET status = 'queued', owner = NULL, error_code = ?, "
+                "error_message = ? WHERE id = ? AND status = 'running' AND owner = ?",
+                (error.code, error.message, job_id, owner),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(update)
+
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        *,
+        error: JobError | None = None,
+        result_key: str | None = None,
+        content_type: str | None = None,
+    ) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error_code = ?, "
+                "error_message = ?, result_key = ?, content_type = ?, owner = NULL "
+                "WHERE id = ? AND status = 'running' AND owner = ?",
+                (
+                    status.value,
+                    now,
+                    None if error is None else error.code,
+                    None if error is None else error.message,
+                    result_key,
+                    content_type,
+                    job_id,
+                    owner,
+                ),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(update)
+
+    async def cancel(self, job_id: str, now: float) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE jobs SET status = 'canceled', finished_at = ? "
+                "WHERE id = ? AND status = 'queued'",
+                (now, job_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(update)
+
+    async def delete(self, job_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
+
+    async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE jobs SET webhook_attempts = json_insert(webhook_attempts, '$[#]', "
+                "json(?)) WHERE id = ?",
+                (json.dumps(attempt), job_id),
+            )
+
+        await self._run(update)
+
+    async def recover(self, orphaned: Callable[[str], bool], started_before: float) -> int:
+        def update(db: sqlite3.Connection) -> int:
+            rows = db.execute(
+                "SELECT id, owner, started_at FROM jobs WHERE status = 'running'"
+            ).fetchall()
+            stale = [
+                (r["id"], r["owner"])
+                for r in rows
+                if r["owner"] is None
+                or orphaned(r["owner"])
+                or (r["started_at"] or 0.0) < started_before
+            ]
+            for job_id, owner in stale:
+                db.execute(
+                    "UPDATE jobs SET status = 'queued', owner = NULL "
+                    "WHERE id = ? AND status = 'running' AND owner IS ?",
+                    (job_id, owner),
+                )
+            return len(stale)
+
+        return await self._run(update)
+
+    async def expire(self, before: float) -> list[JobRecord]:
+        def update(db: sqlite3.Connection) -> list[JobRecord]:
+            rows = db.execute(
+                "UPDATE jobs SET status = 'expired' WHERE "
+                "(status IN ('succeeded', 'failed', 'canceled') AND finished_at < ?) OR "
+                f"(status = 'queued' AND created_at < ?) RETURNING {_COLUMNS}",
+                (before, before),
+            ).fetchall()
+            return [_record(r) for r in rows]
+
+        return await self._run(update)
+
+    async def purge(self, before: float) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM jobs WHERE status = 'expired' "
+                "AND COALESCE(finished_at, created_at) < ?",
+                (before,),
+            )
+            return cursor.rowcount
+
+        return await self._run(delete)
+
+    async def close(self) -> None:
+        await self._run(lambda db: db.close())

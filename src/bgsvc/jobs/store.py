@@ -1,0 +1,84 @@
+"""Where job records live: the interface a queue backend implements.
+
+Every method is a coroutine so that a backend on the network (Redis) fits as well as the
+embedded one (SQLite, whose calls go to a worker thread). The state changes a runner makes
+are conditional on the job being in the state, and with the owner, it expects, so two
+runners (two processes, or a run that outlived its owner's restart) can never both move
+one job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queued: int
+    running: int
+    # created_at of the oldest queued job; None when none is queued.
+    oldest_queued_at: float | None
+
+    @property
+    def unfinished(self) -> int:
+        return self.queued + self.running
+
+
+class JobStore(Protocol):
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert ``record``; when its (client, idempotency key) already names a job,
+        that job and False instead."""
+        ...
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def stats(self) -> QueueStats: ...
+
+    async def claim(self, owner: str, now: float) -> JobRecord | None:
+        """The oldest queued job, now running for ``owner`` with one more attempt."""
+        ...
+
+    async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
+        """Put ``owner``'s running job back in the queue (keeping its attempts)."""
+        ...
+
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        *,
+        error: JobError | None = None,
+        result_key: str | None = None,
+        content_type: str | None = None,
+    ) -> bool:
+        """End ``owner``'s running job; False when it is not (no longer) theirs."""
+        ...
+
+    async def cancel(self, job_id: str, now: float) -> bool:
+        """Queued to canceled; False when the job is not queued."""
+        ...
+
+    async def delete(self, job_id: str) -> None: ...
+
+    async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None: ...
+
+    async def recover(self, orphaned: Callable[[str], bool], started_before: float) -> int:
+        """Queue again every running job whose owner is gone (``orphaned(owner)``) or
+        that started before ``started_before`` (past any attempt's time limit)."""
+        ...
+
+    async def expire(self, before: float) -> list[JobRecord]:
+        """Mark expired every job finished (or, queued, created) before ``before``."""
+        ...
+
+    async def purge(self, before: float) -> int:
+        """Delete the records of jobs that expired and finished before ``before``."""
+        ...
+
+    async def close(self) -> None: ...

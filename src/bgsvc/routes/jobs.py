@@ -1,0 +1,144 @@
+"""/jobs: asynchronous removal (submit, poll, fetch, cancel). The work is in bgsvc.jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import Message, Receive
+
+from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge, WebhooksDisabled
+from bgsvc.inference.registry import select
+from bgsvc.jobs.notify import check_callback_url
+from bgsvc.jobs.runtime import Jobs
+from bgsvc.options import RemovalOptions
+from bgsvc.routes.common import IMAGE_BODY, app_state, parse_params, read_upload
+from bgsvc.routes.remove import RemoveParams
+
+router = APIRouter(tags=["Jobs"])
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def options_from_record(values: dict[str, Any]) -> RemovalOptions:
+    """The options a job was submitted with (stored as /remove-background's parameters)."""
+    return RemoveParams.model_validate(values).to_options()
+
+
+def jobs_of(request: Request) -> Jobs:
+    jobs: Jobs = request.app.state.jobs
+    return jobs
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    # POST /jobs takes no admission ticket (it queues, it does not infer), so the upload
+    # limit the admission middleware applies to the sync routes is applied here.
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
+        return message
+
+    return counted
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    summary="Submit a background removal job",
+    description="The same image inputs and options as /remove-background, plus an optional "
+    "`callback_url` (query or form field) for a signed webhook on completion and an optional "
+    "`Idempotency-Key` header. Answers 202 with the job's URLs.",
+    responses={
+        202: {"description": "Queued (or, for a known Idempotency-Key, the existing job)"},
+        429: {"description": "BGSVC_JOB_QUEUE_LIMIT reached; see Retry-After"},
+    },
+    openapi_extra=IMAGE_BODY,
+)
+async def submit_job(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    state = app_state(request)
+    settings = state.settings
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise InvalidParameter("Idempotency-Key: 1 to 255 printable ASCII characters.")
+    upload = Request(request.scope, _limited(request.receive, limit))
+    data, form = await read_upload(upload, ("file", "image_file"))
+    if data is None:
+        raise MissingImage("Send the image as multipart field 'file' or as an image/* body.")
+    callback_url = form.pop("callback_url", None) or request.query_params.get("callback_url")
+    params = parse_params(RemoveParams, {**request.query_params, **form})
+    # Everything that can be refused is refused now, not reported later as a failed job.
+    select(params.to_options().model, settings)
+    jobs = jobs_of(request)
+    if callback_url:
+        if jobs.notifier is None:
+            raise WebhooksDisabled("callback_url needs BGSVC_WEBHOOK_SECRET set on the server.")
+        await check_callback_url(callback_url, settings)
+    record, _ = await jobs.queue.submit(
+        data,
+        params.model_dump(mode="json"),
+        client=request.client.host if request.client else "",
+        idempotency_key=idempotency_key,
+        callback_url=callback_url or None,
+    )
+    status_url = f"/jobs/{record.id}"
+    body = {
+        "id": record.id,
+        "status": record.status.value,
+        "status_url": status_url,
+        "result_url": f"{status_url}/result",
+    }
+    return JSONResponse(body, status_code=202, headers={"Location": status_url})
+
+
+@router.get("/jobs/{job_id}", summary="A job's status")
+async def job_status(request: Request, job_id: str) -> JSONResponse:
+    record = await jobs_of(request).queue.get(job_id)
+    return JSONResponse(record.public())
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="A finished job's image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}},
+        307: {"description": "Presigned URL of the result (S3 with BGSVC_S3_PRESIGN)"},
+        409: {"description": "Not finished yet (job_not_finished), or failed or canceled"},
+        410: {"description": "The result expired"},
+    },
+)
+async def job_result(request: Request, job_id: str) -> Response:
+    found = await jobs_of(request).queue.result(job_id)
+    if isinstance(found, str):
+        return RedirectResponse(found, status_code=307)
+    return Response(found.data, media_type=found.content_type)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    summary="Cancel a queued job, or delete a finished one and its result",
+    responses={
+        200: {"description": "Canceled; the job's status"},
+        204: {"description": "Deleted"},
+        409: {"description": "Running: it cannot be canceled"},
+    },
+)
+async def delete_job(request: Request, job_id: str) -> Response:
+    record = await jobs_of(request).queue.cancel_or_delete(job_id)
+    if record is None:
+        return Response(status_code=204)
+    app_state(request).metrics.jobs.labels("canceled").inc()
+    return JSONResponse(record.public())
