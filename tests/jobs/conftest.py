@@ -1,0 +1,76 @@
+"""Apps with jobs on a temporary data directory, and helpers to drive them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bgsvc.inference.scheduler import Ticket
+from bgsvc.jobs.runtime import Jobs
+from bgsvc.state import AppState
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def jobs_client(
+    make_client: Callable[..., TestClient], data_dir: Path
+) -> Callable[..., TestClient]:
+    def factory(**overrides: Any) -> TestClient:
+        return make_client(**{"data_dir": data_dir, **overrides})
+
+    return factory
+
+
+def state_of(client: TestClient) -> AppState:
+    state: AppState = client.app.state.bgsvc  # type: ignore[attr-defined]
+    return state
+
+
+def jobs_of(client: TestClient) -> Jobs:
+    jobs: Jobs = client.app.state.jobs  # type: ignore[attr-defined]
+    return jobs
+
+
+def submit(client: TestClient, image: bytes, **kwargs: Any) -> dict[str, Any]:
+    response = client.post("/jobs", files={"file": ("photo.png", image, "image/png")}, **kwargs)
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_status(
+    client: TestClient, job_id: str, statuses: tuple[str, ...], timeout: float = 15.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if body.get("status") in statuses or time.monotonic() > deadline:
+            assert body.get("status") in statuses, body
+            return body
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def hold_sync() -> Iterator[Callable[[TestClient], list[Ticket]]]:
+    """Fill a client's inference slots with sync tickets (as in-flight requests would);
+    released at the end of the test unless the test closes them first."""
+    held: list[Ticket] = []
+
+    def fill(client: TestClient) -> list[Ticket]:
+        scheduler = state_of(client).scheduler
+        tickets = [scheduler.try_admit() for _ in range(scheduler.max_concurrency)]
+        held.extend(tickets)
+        return tickets
+
+    yield fill
+    for ticket in held:
+        ticket.close()
