@@ -165,6 +165,15 @@ def render_markdown(results: Sequence[dict[str, Any]]) -> str:
 # --- the I/O part: one library in this process -------------------------------------------
 
 
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
+
+
 class _Bench:
     def __init__(self, library: str, url: str, workdir: Path) -> None:
         import redis
@@ -189,6 +198,11 @@ class _Bench:
 
     @staticmethod
     def kill(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the worker and every descendant, as a container's death would: rq's work
+        horse moves to its own process group, so killing the group alone would spare it."""
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -374,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--libs", default=",".join(LIBRARIES))
     parser.add_argument("--phases", default="drain,latency,cancel,kill")
     parser.add_argument("--tuned", action="store_true")
-    parser.add_argument("--kill-wait", type=float, default=75.0)
+    parser.add_argument("--kill-wait", type=float, default=200.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = parser.parse_args(argv)
     if args.command == "run":
