@@ -29,7 +29,7 @@ from bgsvc.jobs.runtime import Jobs
 from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
-from bgsvc.routes import compat_rembg, compat_removebg, health, jobs, remove
+from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, remove
 from bgsvc.service import Predictor
 from bgsvc.state import AppState, on_drain
 
@@ -153,6 +153,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(remove.router)
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     app.include_router(compat_rembg.router)
     app.include_router(compat_removebg.router)
     if settings.ui_enabled:

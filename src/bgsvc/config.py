@@ -154,6 +154,16 @@ class Settings(BaseSettings):
         ge=1,
         description="Unfinished (queued or running) jobs accepted; beyond it POST /jobs is 429.",
     )
+    # Batches of jobs (bgsvc.batches; README "Jobs").
+    batch_max_items: int = Field(
+        default=100, ge=1, le=10_000, description="Images in one POST /batches (413 beyond)."
+    )
+    batch_max_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1,
+        description="Largest POST /batches body, and largest total uncompressed size of a zip "
+        "upload's entries (413); each image is also held to BGSVC_MAX_UPLOAD_BYTES.",
+    )
 
     stage_thread_nice: int = Field(
         default=0,

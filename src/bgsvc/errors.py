@@ -268,3 +268,27 @@ class JobAttemptsExhausted(BgsvcError):
 
     code = "job_attempts_exhausted"
     status = 500
+
+
+class BatchNotFound(BgsvcError):
+    """No batch has this id."""
+
+    code = "batch_not_found"
+    status = 404
+
+
+class BatchTooLarge(BgsvcError):
+    """More images than BGSVC_BATCH_MAX_ITEMS, or a zip whose entries unpack past the
+    size limits (a zip bomb is refused before it is unpacked)."""
+
+    code = "batch_too_large"
+    status = 413
+    reason = "too_large"
+
+
+class InvalidArchive(BgsvcError):
+    """The batch's zip upload is not a readable zip, or holds no image."""
+
+    code = "invalid_archive"
+    status = 400
+    reason = "invalid_parameter"

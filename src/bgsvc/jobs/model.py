@@ -66,6 +66,8 @@ class JobRecord:
     webhook_attempts: list[dict[str, Any]] = field(default_factory=list)
     # Who runs it now (runner id), so a restart knows which running jobs were its own.
     owner: str | None = None
+    # The batch it is an item of (bgsvc.batches), if any.
+    batch_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /jobs/{id} (and of the webhook's ``data``)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
+from bgsvc.batches.service import item_finished
 from bgsvc.errors import BgsvcError, JobAttemptsExhausted, JobExpired, JobTimedOut
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
@@ -284,6 +285,11 @@ class JobRunner:
             task = asyncio.create_task(self.notifier.notify(finished, backends.jobs))
             self.webhooks.add(task)
             task.add_done_callback(self.webhooks.discard)
+        if record.batch_id is not None:
+            done = item_finished(backends.jobs, record, self.clock(), self.notifier)
+            batch_task = asyncio.create_task(done)
+            self.webhooks.add(batch_task)
+            batch_task.add_done_callback(self.webhooks.discard)
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; give running jobs and webhooks ``grace_s`` to end, then cancel

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
+from bgsvc.batches.model import BatchItem, BatchRecord
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.store import QueueStats
 
@@ -45,13 +46,26 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs (client, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    client TEXT NOT NULL,
+    callback_url TEXT,
+    items TEXT NOT NULL,
+    completed_at REAL,
+    webhook_attempts TEXT NOT NULL DEFAULT '[]'
+);
 """
+
+# Columns added after the first release: a database created before them gets them here.
+_ADDED_COLUMNS = {"batch_id": "TEXT"}
 
 _COLUMNS = (
     "id, status, created_at, started_at, finished_at, attempts, error_code, error_message, "
     "options, input_key, fingerprint, result_key, content_type, client, idempotency_key, "
-    "callback_url, webhook_attempts, owner"
+    "callback_url, webhook_attempts, owner, batch_id"
 )
+_BATCH_COLUMNS = "id, created_at, client, callback_url, items, completed_at, webhook_attempts"
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
@@ -76,6 +90,38 @@ def _record(row: sqlite3.Row) -> JobRecord:
         callback_url=row["callback_url"],
         webhook_attempts=json.loads(row["webhook_attempts"]),
         owner=row["owner"],
+        batch_id=row["batch_id"],
+    )
+
+
+def _batch(row: sqlite3.Row) -> BatchRecord:
+    return BatchRecord(
+        id=row["id"],
+        created_at=row["created_at"],
+        client=row["client"],
+        callback_url=row["callback_url"],
+        items=[BatchItem(i["name"], i["job_id"]) for i in json.loads(row["items"])],
+        completed_at=row["completed_at"],
+        webhook_attempts=json.loads(row["webhook_attempts"]),
+    )
+
+
+def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
+    db.execute(
+        f"INSERT INTO jobs ({_COLUMNS}) VALUES "
+        "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?)",
+        (
+            record.id,
+            record.status.value,
+            record.created_at,
+            json.dumps(record.options),
+            record.input_key,
+            record.fingerprint,
+            record.client,
+            record.idempotency_key,
+            record.callback_url,
+            record.batch_id,
+        ),
     )
 
 
@@ -95,6 +141,11 @@ class SqliteJobStore:
         # per commit.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id)")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -106,22 +157,7 @@ class SqliteJobStore:
     async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
         def insert(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
             try:
-                db.execute(
-                    f"INSERT INTO jobs ({_COLUMNS}) VALUES "
-                    "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, "
-                    "'[]', NULL)",
-                    (
-                        record.id,
-                        record.status.value,
-                        record.created_at,
-                        json.dumps(record.options),
-                        record.input_key,
-                        record.fingerprint,
-                        record.client,
-                        record.idempotency_key,
-                        record.callback_url,
-                    ),
-                )
+                _insert_job(db, record)
                 return record, True
             except sqlite3.IntegrityError:
                 row = db.execute(
@@ -274,6 +310,64 @@ class SqliteJobStore:
             return cursor.rowcount
 
         return await self._run(delete)
+
+    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord]) -> None:
+        items = json.dumps([{"name": i.name, "job_id": i.job_id} for i in batch.items])
+
+        def insert(db: sqlite3.Connection) -> None:
+            # One transaction: a runner never claims an item of a batch that is not whole.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '[]')",
+                    (batch.id, batch.created_at, batch.client, batch.callback_url, items),
+                )
+                for record in jobs:
+                    _insert_job(db, record)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        await self._run(insert)
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        def select(db: sqlite3.Connection) -> BatchRecord | None:
+            row = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+            return None if row is None else _batch(row)
+
+        return await self._run(select)
+
+    async def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        def select(db: sqlite3.Connection) -> list[JobRecord]:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE batch_id = ?", (batch_id,))
+            return [_record(r) for r in rows.fetchall()]
+
+        return await self._run(select)
+
+    async def complete_batch(self, batch_id: str, now: float) -> BatchRecord | None:
+        def update(db: sqlite3.Connection) -> BatchRecord | None:
+            row = db.execute(
+                "UPDATE batches SET completed_at = ? WHERE id = ? AND completed_at IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM jobs WHERE batch_id = ? "
+                f"AND status IN ('queued', 'running')) RETURNING {_BATCH_COLUMNS}",
+                (now, batch_id, batch_id),
+            ).fetchone()
+            return None if row is None else _batch(row)
+
+        return await self._run(update)
+
+    async def add_batch_webhook_attempt(self, batch_id: str, attempt: dict[str, Any]) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE batches SET webhook_attempts = json_insert(webhook_attempts, '$[#]', "
+                "json(?)) WHERE id = ?",
+                (json.dumps(attempt), batch_id),
+            )
+
+        await self._run(update)
 
     async def close(self) -> None:
         await self._run(lambda db: db.close())

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bgsvc.batches.model import BatchRecord
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 
 
@@ -80,5 +81,21 @@ class JobStore(Protocol):
     async def purge(self, before: float) -> int:
         """Delete the records of jobs that expired and finished before ``before``."""
         ...
+
+    # Batches: a record naming its items' jobs, each job carrying the batch id.
+    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord]) -> None:
+        """Insert the batch and all its jobs at once (none of them if any fails)."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    async def batch_jobs(self, batch_id: str) -> list[JobRecord]: ...
+
+    async def complete_batch(self, batch_id: str, now: float) -> BatchRecord | None:
+        """Mark the batch completed when every item is final and nobody did yet: the
+        batch for exactly one caller (who sends batch.completed), else None."""
+        ...
+
+    async def add_batch_webhook_attempt(self, batch_id: str, attempt: dict[str, Any]) -> None: ...
 
     async def close(self) -> None: ...

@@ -1,0 +1,114 @@
+"""Submitting a batch through the job queue, and its completion webhook."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import anyio.to_thread
+
+from bgsvc.batches.intake import Item
+from bgsvc.batches.model import BatchItem, BatchRecord, new_batch_id
+from bgsvc.errors import BatchNotFound, JobQueueFull
+from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
+from bgsvc.jobs.notify import Notifier
+from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key
+from bgsvc.jobs.store import JobStore
+from bgsvc.outbound.webhooks import BATCH_COMPLETED, DeliveryAttempt
+
+log = logging.getLogger(__name__)
+
+
+async def submit_batch(
+    queue: JobQueue,
+    items: list[Item],
+    options: dict[str, Any],
+    *,
+    client: str,
+    callback_url: str | None,
+) -> BatchRecord:
+    """One queued job per item, all or none. Raises JobQueueFull when the queue has less
+    room than the batch has items (a part of a batch is never queued)."""
+    backends = await queue.open(create=True)
+    assert backends is not None
+    stats = await backends.jobs.stats()
+    room = queue.queue_limit - stats.unfinished
+    if len(items) > room:
+        wait = math.ceil((stats.unfinished + len(items)) * queue.mean_job_s / queue.concurrency)
+        raise JobQueueFull(
+            f"The queue has room for {max(0, room)} jobs, the batch has {len(items)}; retry later.",
+            retry_after=max(1, wait),
+        )
+    batch_id = new_batch_id()
+    now = queue.clock()
+    records = []
+    for item in items:
+        job_id = new_job_id()
+        records.append(
+            JobRecord(
+                id=job_id,
+                status=JobStatus.QUEUED,
+                created_at=now,
+                options=options,
+                input_key=input_key(job_id),
+                fingerprint=fingerprint(item.data, options),
+                client=client,
+                batch_id=batch_id,
+            )
+        )
+    batch = BatchRecord(
+        id=batch_id,
+        created_at=now,
+        items=[BatchItem(i.name, r.id) for i, r in zip(items, records, strict=True)],
+        client=client,
+        callback_url=callback_url,
+    )
+    results = backends.results
+    # Uploads first, as for single jobs: no runner claims a job whose input is missing.
+    for item, record in zip(items, records, strict=True):
+        await anyio.to_thread.run_sync(results.put, record.input_key, item.data, ORIGINAL_TYPE)
+    try:
+        await backends.jobs.create_batch(batch, records)
+    except BaseException:
+        for record in records:
+            await anyio.to_thread.run_sync(results.delete, record.input_key)
+        raise
+    queue.wake.set()
+    return batch
+
+
+async def get_batch(queue: JobQueue, batch_id: str) -> tuple[BatchRecord, dict[str, JobRecord]]:
+    """The batch and its items' records by job id. Raises BatchNotFound."""
+    backends = await queue.open(create=False)
+    batch = None if backends is None else await backends.jobs.get_batch(batch_id)
+    if batch is None or backends is None:
+        raise BatchNotFound(f"No batch {batch_id!r}.")
+    jobs = await backends.jobs.batch_jobs(batch_id)
+    return batch, {j.id: j for j in jobs}
+
+
+async def item_finished(
+    jobs: JobStore, record: JobRecord, now: float, notifier: Notifier | None
+) -> None:
+    """After an item became final: when it was the batch's last, send ``batch.completed``
+    (once, whichever runner finished the last item)."""
+    if record.batch_id is None:
+        return
+    batch = await jobs.complete_batch(record.batch_id, now)
+    if batch is None or batch.callback_url is None or notifier is None:
+        return
+    records = {j.id: j for j in await jobs.batch_jobs(batch.id)}
+    data = batch.public(records)
+    data.pop("webhook_attempts", None)
+    data.pop("callback_url", None)
+    batch_id = batch.id
+
+    async def store(attempt: DeliveryAttempt) -> None:
+        await jobs.add_batch_webhook_attempt(batch_id, attempt.as_dict())
+
+    result = await notifier.sender.deliver(
+        batch.callback_url, BATCH_COMPLETED, data, event_id=f"msg_{batch_id}", on_attempt=store
+    )
+    if not result.delivered:
+        log.warning("webhook for %s ended %s", batch_id, result.outcome)

@@ -1,0 +1,170 @@
+"""/batches: many images, one job each, one zip of the results. Work in bgsvc.batches."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from bgsvc.batches.archive import result_names, stream_zip
+from bgsvc.batches.intake import Item, Limits, base_name, check_count, is_zip, unzip
+from bgsvc.batches.service import get_batch, submit_batch
+from bgsvc.errors import (
+    BatchTooLarge,
+    JobHasNoResult,
+    JobNotFinished,
+    MissingImage,
+    UploadTooLarge,
+    WebhooksDisabled,
+)
+from bgsvc.inference.registry import select
+from bgsvc.jobs.model import JobStatus
+from bgsvc.jobs.notify import check_callback_url
+from bgsvc.routes.common import app_state, parse_params
+from bgsvc.routes.jobs import _limited, jobs_of
+from bgsvc.routes.remove import RemoveParams
+
+router = APIRouter(tags=["Jobs"])
+
+
+async def _read_items(request: Request, limits: Limits) -> tuple[list[Item], dict[str, str]]:
+    try:
+        form = await request.form(max_files=limits.max_items + 1, max_fields=64)
+    except HTTPException as exc:
+        raise BatchTooLarge(f"A batch holds at most {limits.max_items} images.") from exc
+    files: list[UploadFile] = []
+    others: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key == "file":
+                files.append(value)
+        elif key == "file":
+            raise MissingImage("Field 'file' must be a file upload.")
+        else:
+            others[key] = value
+    try:
+        check_count(len(files), limits)
+        items: list[Item] = []
+        for index, upload in enumerate(files):
+            data = await upload.read()
+            name = upload.filename or ""
+            if len(files) == 1 and is_zip(name, upload.content_type or "", data):
+                items = unzip(data, limits)
+                break
+            if len(data) > limits.max_item_bytes:
+                raise UploadTooLarge(f"{name} exceeds {limits.max_item_bytes} bytes.")
+            items.append(Item(base_name(name, index), data))
+    finally:
+        await form.close()
+    if not items:
+        raise MissingImage("Send images as repeated multipart fields 'file', or one zip.")
+    return items, others
+
+
+@router.post(
+    "/batches",
+    status_code=202,
+    summary="Submit a batch of images, one job each",
+    description="Repeated multipart `file` fields, or one zip in `file`; the options of "
+    "/remove-background apply to every image; optional `callback_url` for a signed "
+    "`batch.completed` webhook when every item is final.",
+    responses={
+        202: {"description": "Queued"},
+        413: {"description": "Too many images, or a zip that unpacks too large"},
+        429: {"description": "The job queue has less room than the batch; see Retry-After"},
+    },
+)
+async def submit(request: Request) -> JSONResponse:
+    state = app_state(request)
+    settings = state.settings
+    limit = settings.batch_max_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge(f"The batch exceeds {limit} bytes.")
+    limits = Limits(settings.batch_max_items, settings.max_upload_bytes, limit)
+    upload = Request(request.scope, _limited(request.receive, limit))
+    items, form = await _read_items(upload, limits)
+    callback_url = form.pop("callback_url", None) or request.query_params.get("callback_url")
+    params = parse_params(RemoveParams, {**request.query_params, **form})
+    select(params.to_options().model, settings)
+    jobs = jobs_of(request)
+    if callback_url:
+        if jobs.notifier is None:
+            raise WebhooksDisabled("callback_url needs BGSVC_WEBHOOK_SECRET set on the server.")
+        await check_callback_url(callback_url, settings)
+    batch = await submit_batch(
+        jobs.queue,
+        items,
+        params.model_dump(mode="json"),
+        client=request.client.host if request.client else "",
+        callback_url=callback_url or None,
+    )
+    status_url = f"/batches/{batch.id}"
+    body = {
+        "id": batch.id,
+        "status": "queued",
+        "status_url": status_url,
+        "result_url": f"{status_url}/result.zip",
+        "items": [{"name": i.name, "job_id": i.job_id} for i in batch.items],
+    }
+    return JSONResponse(body, status_code=202, headers={"Location": status_url})
+
+
+@router.get("/batches/{batch_id}", summary="A batch's status: counts and every item")
+async def batch_status(request: Request, batch_id: str) -> JSONResponse:
+    batch, records = await get_batch(jobs_of(request).queue, batch_id)
+    return JSONResponse(batch.public(records))
+
+
+@router.get(
+    "/batches/{batch_id}/result.zip",
+    summary="A zip of the batch's finished images",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/zip": {}},
+            "description": "The succeeded items so far; Batch-Pending counts the rest to come",
+        },
+        409: {"description": "No item succeeded yet (job_not_finished) or ever (job_no_result)"},
+    },
+)
+async def batch_result(request: Request, batch_id: str) -> Response:
+    queue = jobs_of(request).queue
+    batch, records = await get_batch(queue, batch_id)
+    done = [
+        (item, records[item.job_id])
+        for item in batch.items
+        if item.job_id in records and records[item.job_id].status is JobStatus.SUCCEEDED
+    ]
+    pending = sum(1 for r in records.values() if not r.status.finished)
+    if not done:
+        if pending:
+            raise JobNotFinished(f"No item of {batch_id} has finished yet.", retry_after=1)
+        raise JobHasNoResult(f"No item of {batch_id} succeeded.")
+    names = result_names([i.name for i, _ in done], [r.content_type or "" for _, r in done])
+    backends = queue.backends
+    assert backends is not None
+    results = backends.results
+
+    def loader(key: str | None) -> Callable[[], Awaitable[bytes | None]]:
+        async def load() -> bytes | None:
+            if key is None:
+                return None
+            found = await anyio.to_thread.run_sync(results.get, key)
+            return None if found is None else found.data
+
+        return load
+
+    entries = [(name, loader(r.result_key)) for name, (_, r) in zip(names, done, strict=True)]
+    return StreamingResponse(
+        stream_zip(entries),
+        media_type="application/zip",
+        headers={
+            "Batch-Pending": str(pending),
+            "Content-Disposition": f'attachment; filename="{batch_id}.zip"',
+        },
+    )
