@@ -24,8 +24,8 @@ from bgsvc.errors import (
 from bgsvc.inference.registry import select
 from bgsvc.jobs.model import JobStatus
 from bgsvc.jobs.notify import check_callback_url
-from bgsvc.routes.common import app_state, parse_params
-from bgsvc.routes.jobs import _limited, jobs_of
+from bgsvc.routes.common import app_state, limited_receive, parse_params
+from bgsvc.routes.jobs import jobs_of
 from bgsvc.routes.remove import RemoveParams
 
 router = APIRouter(tags=["Jobs"])
@@ -86,7 +86,7 @@ async def submit(request: Request) -> JSONResponse:
     if declared.isdigit() and int(declared) > limit:
         raise UploadTooLarge(f"The batch exceeds {limit} bytes.")
     limits = Limits(settings.batch_max_items, settings.max_upload_bytes, limit)
-    upload = Request(request.scope, _limited(request.receive, limit))
+    upload = Request(request.scope, limited_receive(request.receive, limit))
     items, form = await _read_items(upload, limits)
     callback_url = form.pop("callback_url", None) or request.query_params.get("callback_url")
     params = parse_params(RemoveParams, {**request.query_params, **form})

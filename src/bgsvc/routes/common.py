@@ -8,8 +8,9 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.types import Message, Receive
 
-from bgsvc.errors import InvalidParameter, MissingImage
+from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalResult
@@ -152,3 +153,20 @@ def image_response(result: RemovalResult) -> Response:
     """The result as image bytes with its headers."""
     out = result.output
     return Response(out.body, media_type=out.media_type, headers=result_headers(result))
+
+
+def limited_receive(receive: Receive, limit: int) -> Receive:
+    """``receive`` that fails with UploadTooLarge past ``limit`` body bytes. The queueing
+    routes (jobs, batches) take no admission ticket, so the upload limit the admission
+    middleware applies to the sync routes is applied through this."""
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
+        return message
+
+    return counted

@@ -7,14 +7,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from starlette.types import Message, Receive
 
 from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge, WebhooksDisabled
 from bgsvc.inference.registry import select
 from bgsvc.jobs.notify import check_callback_url
 from bgsvc.jobs.runtime import Jobs
 from bgsvc.options import RemovalOptions
-from bgsvc.routes.common import IMAGE_BODY, app_state, parse_params, read_upload
+from bgsvc.routes.common import (
+    IMAGE_BODY,
+    app_state,
+    limited_receive,
+    parse_params,
+    read_upload,
+)
 from bgsvc.routes.remove import RemoveParams
 
 router = APIRouter(tags=["Jobs"])
@@ -30,22 +35,6 @@ def options_from_record(values: dict[str, Any]) -> RemovalOptions:
 def jobs_of(request: Request) -> Jobs:
     jobs: Jobs = request.app.state.jobs
     return jobs
-
-
-def _limited(receive: Receive, limit: int) -> Receive:
-    # POST /jobs takes no admission ticket (it queues, it does not infer), so the upload
-    # limit the admission middleware applies to the sync routes is applied here.
-    size = 0
-
-    async def counted() -> Message:
-        nonlocal size
-        message = await receive()
-        size += len(message.get("body", b""))
-        if size > limit:
-            raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
-        return message
-
-    return counted
 
 
 @router.post(
@@ -73,7 +62,7 @@ async def submit_job(
         raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise InvalidParameter("Idempotency-Key: 1 to 255 printable ASCII characters.")
-    upload = Request(request.scope, _limited(request.receive, limit))
+    upload = Request(request.scope, limited_receive(request.receive, limit))
     data, form = await read_upload(upload, ("file", "image_file"))
     if data is None:
         raise MissingImage("Send the image as multipart field 'file' or as an image/* body.")
