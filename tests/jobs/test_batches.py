@@ -137,3 +137,34 @@ def test_a_completed_batch_calls_back_once_with_a_signed_batch_completed(
     data = events[0]["data"]
     assert data["id"] == batch["id"] and data["counts"]["succeeded"] == 2
     assert receiver.seen[0].headers["webhook-id"] == f"msg_{batch['id']}"
+
+
+def test_a_batch_whose_items_are_all_canceled_still_calls_back_once(
+    jobs_client: Callable[..., TestClient],
+    hold_sync: Callable[[TestClient], list[Ticket]],
+    photo_png: bytes,
+) -> None:
+    secret = generate_secret()
+    events: list[dict[str, Any]] = []
+
+    def hook(handler: Handler) -> None:
+        seen = handler.server.state.seen[-1]
+        events.append(Webhook(secret).verify(seen.body, seen.headers))
+        handler.reply(204)
+
+    with serve({"/hook": hook}) as receiver:
+        client = jobs_client(webhook_secret=secret, outbound_allow="127.0.0.1")
+        hold_sync(client)  # nothing starts: both items stay queued until canceled
+        files = [("file", (f"{n}.png", photo_png, "image/png")) for n in range(2)]
+        batch = client.post(
+            "/batches", files=files, data={"callback_url": f"{receiver.base_url}/hook"}
+        ).json()
+        for item in batch["items"]:
+            assert client.delete(f"/jobs/{item['job_id']}").json()["status"] == "canceled"
+        deadline = time.monotonic() + 10
+        while not client.get(batch["status_url"]).json()["webhook_attempts"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert [e["type"] for e in events] == ["batch.completed"]
+    counts = events[0]["data"]["counts"]
+    assert counts["canceled"] == 2 and sum(counts.values()) == 2

@@ -77,6 +77,9 @@ class JobQueue:
         self.backends: Backends | None = None
         self._opening = asyncio.Lock()
         self.wake = asyncio.Event()
+        # Batch items that became final outside a runner (canceled here): the runner's next
+        # tick checks their batches for completion, as it does for the items it ends.
+        self.ended: list[JobRecord] = []
         # Mean seconds per job (EWMA, the runner feeds it), for Retry-After.
         self.mean_job_s = 1.0
 
@@ -169,7 +172,11 @@ class JobQueue:
             if await backends.jobs.cancel(job_id, self.clock()):
                 if not self.keep_originals:
                     await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
-                return await self.get(job_id)
+                canceled = await self.get(job_id)
+                if canceled.batch_id is not None:
+                    self.ended.append(canceled)
+                    self.wake.set()
+                return canceled
             record = await self.get(job_id)  # a runner took it meanwhile
         if record.status is JobStatus.RUNNING:
             raise JobRunning(f"Job {job_id} is running; it cannot be canceled now.")

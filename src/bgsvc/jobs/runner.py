@@ -123,6 +123,8 @@ class JobRunner:
 
     async def _maintain(self, backends: Backends) -> None:
         now = self.clock()
+        while self.queue.ended:
+            self._item_final(backends, self.queue.ended.pop())
         if now >= self._next_recover:
             self._next_recover = now + self.config.recover_every_s
             stale = now - self.config.timeout_s - self.config.lease_grace_s
@@ -147,6 +149,7 @@ class JobRunner:
             for key in (record.result_key, record.input_key):
                 if key:
                     await anyio.to_thread.run_sync(backends.results.delete, key)
+            self._item_final(backends, record)
         if expired:
             self.metrics.jobs.labels("expired").inc(len(expired))
         await backends.jobs.purge(now - 2 * self.config.ttl_s)
@@ -285,6 +288,10 @@ class JobRunner:
             task = asyncio.create_task(self.notifier.notify(finished, backends.jobs))
             self.webhooks.add(task)
             task.add_done_callback(self.webhooks.discard)
+        self._item_final(backends, record)
+
+    def _item_final(self, backends: Backends, record: JobRecord) -> None:
+        """A batch item is final: its batch may be complete (batch.completed, sent once)."""
         if record.batch_id is not None:
             done = item_finished(backends.jobs, record, self.clock(), self.notifier)
             batch_task = asyncio.create_task(done)
