@@ -19,14 +19,10 @@ from bgsvc.errors import (
     JobNotFinished,
     MissingImage,
     UploadTooLarge,
-    WebhooksDisabled,
 )
-from bgsvc.inference.registry import select
 from bgsvc.jobs.model import JobStatus
-from bgsvc.jobs.notify import check_callback_url
-from bgsvc.routes.common import app_state, limited_receive, parse_params
-from bgsvc.routes.jobs import jobs_of
-from bgsvc.routes.remove import RemoveParams
+from bgsvc.routes.common import app_state, capped_request
+from bgsvc.routes.jobs import accepted_submission, jobs_of
 
 router = APIRouter(tags=["Jobs"])
 
@@ -82,26 +78,17 @@ async def submit(request: Request) -> JSONResponse:
     state = app_state(request)
     settings = state.settings
     limit = settings.batch_max_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UploadTooLarge(f"The batch exceeds {limit} bytes.")
     limits = Limits(settings.batch_max_items, settings.max_upload_bytes, limit)
-    upload = Request(request.scope, limited_receive(request.receive, limit))
+    upload = capped_request(request, limit, "batch")
     items, form = await _read_items(upload, limits)
-    callback_url = form.pop("callback_url", None) or request.query_params.get("callback_url")
-    params = parse_params(RemoveParams, {**request.query_params, **form})
-    select(params.to_options().model, settings)
+    params, callback_url = await accepted_submission(request, form)
     jobs = jobs_of(request)
-    if callback_url:
-        if jobs.notifier is None:
-            raise WebhooksDisabled("callback_url needs BGSVC_WEBHOOK_SECRET set on the server.")
-        await check_callback_url(callback_url, settings)
     batch = await submit_batch(
         jobs.queue,
         items,
         params.model_dump(mode="json"),
         client=request.client.host if request.client else "",
-        callback_url=callback_url or None,
+        callback_url=callback_url,
     )
     status_url = f"/batches/{batch.id}"
     body = {

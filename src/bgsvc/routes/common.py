@@ -155,6 +155,15 @@ def image_response(result: RemovalResult) -> Response:
     return Response(out.body, media_type=out.media_type, headers=result_headers(result))
 
 
+def capped_request(request: Request, limit: int, what: str) -> Request:
+    """``request`` whose body may not exceed ``limit`` bytes: refused from Content-Length
+    before reading when it says so, else while it is read (limited_receive)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge(f"The {what} exceeds {limit} bytes.")
+    return Request(request.scope, limited_receive(request.receive, limit))
+
+
 def limited_receive(receive: Receive, limit: int) -> Receive:
     """``receive`` that fails with UploadTooLarge past ``limit`` body bytes. The queueing
     routes (jobs, batches) take no admission ticket, so the upload limit the admission

@@ -8,18 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge, WebhooksDisabled
+from bgsvc.errors import InvalidParameter, MissingImage, WebhooksDisabled
 from bgsvc.inference.registry import select
 from bgsvc.jobs.notify import check_callback_url
 from bgsvc.jobs.runtime import Jobs
 from bgsvc.options import RemovalOptions
-from bgsvc.routes.common import (
-    IMAGE_BODY,
-    app_state,
-    limited_receive,
-    parse_params,
-    read_upload,
-)
+from bgsvc.routes.common import IMAGE_BODY, app_state, capped_request, parse_params, read_upload
 from bgsvc.routes.remove import RemoveParams
 
 router = APIRouter(tags=["Jobs"])
@@ -30,6 +24,22 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 def options_from_record(values: dict[str, Any]) -> RemovalOptions:
     """The options a job was submitted with (stored as /remove-background's parameters)."""
     return RemoveParams.model_validate(values).to_options()
+
+
+async def accepted_submission(
+    request: Request, form: dict[str, Any]
+) -> tuple[RemoveParams, str | None]:
+    """The options and the callback URL of a job or batch submission (query and form).
+    Everything that can be refused is refused now, not reported later as a failed job."""
+    settings = app_state(request).settings
+    callback_url = form.pop("callback_url", None) or request.query_params.get("callback_url")
+    params = parse_params(RemoveParams, {**request.query_params, **form})
+    select(params.to_options().model, settings)
+    if callback_url:
+        if jobs_of(request).notifier is None:
+            raise WebhooksDisabled("callback_url needs BGSVC_WEBHOOK_SECRET set on the server.")
+        await check_callback_url(callback_url, settings)
+    return params, callback_url or None
 
 
 def jobs_of(request: Request) -> Jobs:
@@ -57,30 +67,20 @@ async def submit_job(
     state = app_state(request)
     settings = state.settings
     limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise InvalidParameter("Idempotency-Key: 1 to 255 printable ASCII characters.")
-    upload = Request(request.scope, limited_receive(request.receive, limit))
+    upload = capped_request(request, limit, "upload")
     data, form = await read_upload(upload, ("file", "image_file"))
     if data is None:
         raise MissingImage("Send the image as multipart field 'file' or as an image/* body.")
-    callback_url = form.pop("callback_url", None) or request.query_params.get("callback_url")
-    params = parse_params(RemoveParams, {**request.query_params, **form})
-    # Everything that can be refused is refused now, not reported later as a failed job.
-    select(params.to_options().model, settings)
+    params, callback_url = await accepted_submission(request, form)
     jobs = jobs_of(request)
-    if callback_url:
-        if jobs.notifier is None:
-            raise WebhooksDisabled("callback_url needs BGSVC_WEBHOOK_SECRET set on the server.")
-        await check_callback_url(callback_url, settings)
     record, _ = await jobs.queue.submit(
         data,
         params.model_dump(mode="json"),
         client=request.client.host if request.client else "",
         idempotency_key=idempotency_key,
-        callback_url=callback_url or None,
+        callback_url=callback_url,
     )
     status_url = f"/jobs/{record.id}"
     body = {
