@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from standardwebhooks import Webhook
 
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.jobs.runtime import Jobs
 from bgsvc.state import AppState
+from tests.outbound.servers import Handler
 
 
 @pytest.fixture
@@ -74,3 +76,22 @@ def hold_sync() -> Iterator[Callable[[TestClient], list[Ticket]]]:
     yield fill
     for ticket in held:
         ticket.close()
+
+
+def verifying_hook(secret: str, events: list[dict[str, Any]]) -> Callable[[Handler], None]:
+    """A receiver route that verifies each delivery's signature, keeps the event, and 204s."""
+
+    def hook(handler: Handler) -> None:
+        seen = handler.server.state.seen[-1]
+        events.append(Webhook(secret).verify(seen.body, seen.headers))
+        handler.reply(204)
+
+    return hook
+
+
+def wait_webhook_attempts(client: TestClient, status_url: str, timeout: float = 10.0) -> None:
+    """Until the job or batch at ``status_url`` records a webhook attempt."""
+    deadline = time.monotonic() + timeout
+    while not client.get(status_url).json()["webhook_attempts"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
-from standardwebhooks import Webhook
 
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.outbound.signing import generate_secret
-from tests.outbound.servers import Handler, serve
+from tests.jobs.conftest import verifying_hook, wait_webhook_attempts
+from tests.outbound.servers import serve
 
 
 def wait_batch(client: TestClient, url: str, timeout: float = 15.0) -> dict[str, Any]:
@@ -116,22 +116,14 @@ def test_a_completed_batch_calls_back_once_with_a_signed_batch_completed(
     secret = generate_secret()
     events: list[dict[str, Any]] = []
 
-    def hook(handler: Handler) -> None:
-        seen = handler.server.state.seen[-1]
-        events.append(Webhook(secret).verify(seen.body, seen.headers))
-        handler.reply(204)
-
-    with serve({"/hook": hook}) as receiver:
+    with serve({"/hook": verifying_hook(secret, events)}) as receiver:
         client = jobs_client(webhook_secret=secret, outbound_allow="127.0.0.1")
         files = [("file", (f"{n}.png", photo_png, "image/png")) for n in range(2)]
         batch = client.post(
             "/batches", files=files, data={"callback_url": f"{receiver.base_url}/hook"}
         ).json()
         wait_batch(client, batch["status_url"])
-        deadline = time.monotonic() + 10
-        while not client.get(batch["status_url"]).json()["webhook_attempts"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_webhook_attempts(client, batch["status_url"])
     assert len(events) == 1
     assert events[0]["type"] == "batch.completed"
     data = events[0]["data"]
@@ -147,12 +139,7 @@ def test_a_batch_whose_items_are_all_canceled_still_calls_back_once(
     secret = generate_secret()
     events: list[dict[str, Any]] = []
 
-    def hook(handler: Handler) -> None:
-        seen = handler.server.state.seen[-1]
-        events.append(Webhook(secret).verify(seen.body, seen.headers))
-        handler.reply(204)
-
-    with serve({"/hook": hook}) as receiver:
+    with serve({"/hook": verifying_hook(secret, events)}) as receiver:
         client = jobs_client(webhook_secret=secret, outbound_allow="127.0.0.1")
         hold_sync(client)  # nothing starts: both items stay queued until canceled
         files = [("file", (f"{n}.png", photo_png, "image/png")) for n in range(2)]
@@ -161,10 +148,7 @@ def test_a_batch_whose_items_are_all_canceled_still_calls_back_once(
         ).json()
         for item in batch["items"]:
             assert client.delete(f"/jobs/{item['job_id']}").json()["status"] == "canceled"
-        deadline = time.monotonic() + 10
-        while not client.get(batch["status_url"]).json()["webhook_attempts"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_webhook_attempts(client, batch["status_url"])
     assert [e["type"] for e in events] == ["batch.completed"]
     counts = events[0]["data"]["counts"]
     assert counts["canceled"] == 2 and sum(counts.values()) == 2

@@ -10,15 +10,21 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
-from standardwebhooks import Webhook
 
 from bgsvc.config import Settings
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.outbound.signing import generate_secret
 from bgsvc.service import Predictor
-from tests.jobs.conftest import jobs_of, state_of, submit, wait_status
-from tests.outbound.servers import Handler, serve
+from tests.jobs.conftest import (
+    jobs_of,
+    state_of,
+    submit,
+    verifying_hook,
+    wait_status,
+    wait_webhook_attempts,
+)
+from tests.outbound.servers import serve
 
 
 class Flaky:
@@ -156,12 +162,7 @@ def test_a_finished_job_calls_back_with_a_signed_webhook_and_records_the_attempt
     secret = generate_secret()
     events: list[dict[str, object]] = []
 
-    def hook(handler: Handler) -> None:
-        seen = handler.server.state.seen[-1]
-        events.append(Webhook(secret).verify(seen.body, seen.headers))
-        handler.reply(204)
-
-    with serve({"/hook": hook}) as receiver:
+    with serve({"/hook": verifying_hook(secret, events)}) as receiver:
         client = jobs_client(webhook_secret=secret, outbound_allow="127.0.0.1")
         forbidden = client.post(
             "/jobs",
@@ -171,10 +172,7 @@ def test_a_finished_job_calls_back_with_a_signed_webhook_and_records_the_attempt
         assert forbidden.json()["code"] == "url_forbidden"
         job = submit(client, photo_png, data={"callback_url": f"{receiver.base_url}/hook"})
         wait_status(client, job["id"], ("succeeded",))
-        deadline = time.monotonic() + 10
-        while not client.get(job["status_url"]).json()["webhook_attempts"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_webhook_attempts(client, job["status_url"])
     status = client.get(job["status_url"]).json()
     assert [a["status"] for a in status["webhook_attempts"]] == [204]
     assert len(events) == 1
