@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Unfinished (queued or running) jobs accepted; beyond it POST /jobs is 429.",
     )
+    job_redeliver_s: float = Field(
+        default=10.0,
+        ge=1,
+        description="With BGSVC_REDIS_URL: a process whose heartbeat is this old is dead, and "
+        "its running jobs go to another process (dramatiq's heartbeat_timeout).",
+    )
     # Batches of jobs (bgsvc.batches; README "Jobs").
     batch_max_items: int = Field(
         default=100, ge=1, le=10_000, description="Images in one POST /batches (413 beyond)."

@@ -292,3 +292,14 @@ class InvalidArchive(BgsvcError):
     code = "invalid_archive"
     status = 400
     reason = "invalid_parameter"
+
+
+class JobsUnavailable(BgsvcError):
+    """The shared job store (Redis) does not answer: jobs can be neither submitted nor
+    looked up until it is back; nothing already accepted is lost."""
+
+    code = "jobs_unavailable"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(message, retry_after=retry_after)

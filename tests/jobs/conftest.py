@@ -15,6 +15,7 @@ from bgsvc.inference.scheduler import Ticket
 from bgsvc.jobs.runtime import Jobs
 from bgsvc.state import AppState
 from tests.outbound.servers import Handler
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 
 @pytest.fixture
@@ -22,12 +23,22 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def jobs_mode(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Every jobs test runs twice: SQLite records in the process, and the shared mode
+    (records and dramatiq's queue in a real redis-server on loopback)."""
+    if request.param == "embedded":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"redis_url": server.url}
+
+
 @pytest.fixture
 def jobs_client(
-    make_client: Callable[..., TestClient], data_dir: Path
+    make_client: Callable[..., TestClient], data_dir: Path, jobs_mode: dict[str, Any]
 ) -> Callable[..., TestClient]:
     def factory(**overrides: Any) -> TestClient:
-        return make_client(**{"data_dir": data_dir, **overrides})
+        return make_client(**{"data_dir": data_dir, **jobs_mode, **overrides})
 
     return factory
 

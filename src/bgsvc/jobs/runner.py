@@ -15,13 +15,20 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio.to_thread
 
 from bgsvc.batches.service import item_finished
-from bgsvc.errors import BgsvcError, JobAttemptsExhausted, JobExpired, JobTimedOut
+from bgsvc.errors import (
+    BgsvcError,
+    JobAttemptsExhausted,
+    JobExpired,
+    JobsUnavailable,
+    JobTimedOut,
+)
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.notify import Notifier
@@ -34,6 +41,11 @@ from bgsvc.storage import default_sweep_interval
 log = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
+
+T = TypeVar("T")
+
+# One warning per this many seconds while the job store (Redis) keeps failing.
+UNAVAILABLE_LOG_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class JobRunner:
         self._stopping = False
         self._next_recover = 0.0
         self._next_expire = 0.0
+        self._unavailable_logged = -UNAVAILABLE_LOG_EVERY_S
 
     def orphaned(self, owner: str) -> bool:
         """Whether ``owner``'s process is gone (only knowable on this host)."""
@@ -114,6 +127,11 @@ class JobRunner:
                         await self._claim(backends)
             except asyncio.CancelledError:
                 raise
+            except JobsUnavailable as exc:
+                now = time.monotonic()
+                if now - self._unavailable_logged >= UNAVAILABLE_LOG_EVERY_S:
+                    self._unavailable_logged = now
+                    log.warning("job store unavailable, jobs wait: %s", exc.__cause__ or exc)
             except Exception:
                 log.exception("job runner tick failed")
             self.queue.wake.clear()
@@ -122,6 +140,7 @@ class JobRunner:
                     await self.queue.wake.wait()
 
     async def _maintain(self, backends: Backends) -> None:
+        await backends.jobs.heartbeat()
         now = self.clock()
         while self.queue.ended:
             self._item_final(backends, self.queue.ended.pop())
@@ -217,19 +236,25 @@ class JobRunner:
                     results.put, key, result.output.body, result.output.media_type
                 )
         except TimeoutError:
+            ticket.close()
             exc = JobTimedOut(f"An attempt ran past {self.config.timeout_s:g} s.")
             await self._retry_or_fail(backends, record, started, exc)
             return
         except BgsvcError as exc:
+            ticket.close()
             if exc.status < 500:  # the input or the options: another attempt cannot help
                 await self._end(backends, record, JobStatus.FAILED, started, error=_error(exc))
             else:
                 await self._retry_or_fail(backends, record, started, exc)
             return
         except Exception as exc:
+            ticket.close()
             log.exception("job %s attempt %d failed", record.id, record.attempts)
             await self._retry_or_fail(backends, record, started, exc)
             return
+        # The inference is done: its slot goes back to sync traffic before the job's end is
+        # recorded (which waits out a Redis outage).
+        ticket.close()
         await self._end(
             backends,
             record,
@@ -244,7 +269,8 @@ class JobRunner:
     ) -> None:
         error = _error(exc)
         if record.attempts < self.config.max_attempts:
-            if await backends.jobs.requeue(record.id, self.owner, error):
+            requeue = backends.jobs.requeue
+            if await self._settle(lambda: requeue(record.id, self.owner, error)):
                 self.metrics.jobs.labels("retried").inc()
                 self.queue.wake.set()
             return
@@ -266,14 +292,17 @@ class JobRunner:
         result_key: str | None = None,
         content_type: str | None = None,
     ) -> None:
-        owned = await backends.jobs.finish(
-            record.id,
-            self.owner,
-            status,
-            self.clock(),
-            error=error,
-            result_key=result_key,
-            content_type=content_type,
+        now = self.clock()
+        owned = await self._settle(
+            lambda: backends.jobs.finish(
+                record.id,
+                self.owner,
+                status,
+                now,
+                error=error,
+                result_key=result_key,
+                content_type=content_type,
+            )
         )
         if not owned:
             return  # another runner took it over (lease expired); it finishes it
@@ -289,6 +318,20 @@ class JobRunner:
             self.webhooks.add(task)
             task.add_done_callback(self.webhooks.discard)
         self._item_final(backends, record)
+
+    async def _settle(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A store write that ends an attempt, retried while the store is unavailable (up
+        to a job time limit; after that the store's own repair requeues the job)."""
+        deadline = time.monotonic() + max(30.0, self.config.timeout_s)
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except JobsUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
     def _item_final(self, backends: Backends, record: JobRecord) -> None:
         """A batch item is final: its batch may be complete (batch.completed, sent once)."""

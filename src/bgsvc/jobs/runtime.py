@@ -12,6 +12,7 @@ from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import Backends, JobQueue
 from bgsvc.jobs.runner import JobRunner, RunnerConfig
 from bgsvc.jobs.sqlite import SqliteJobStore
+from bgsvc.jobs.store import JobStore
 from bgsvc.options import RemovalOptions
 from bgsvc.state import AppState
 from bgsvc.storage import open_store
@@ -32,14 +33,34 @@ class Jobs:
     ) -> None:
         self.settings = settings
         db_path = settings.data_dir.expanduser().resolve() / DB_NAME
+        shared = bool(settings.redis_url)
+        exists: Callable[[], bool] = db_path.exists
 
         def open_backends() -> Backends:
-            return Backends(SqliteJobStore(db_path), open_store(settings))
+            if shared:
+                # Imported only here: redis and dramatiq stay unloaded on a single node.
+                from bgsvc.jobs.redis_store import RedisJobStore
+
+                store: JobStore = RedisJobStore(
+                    settings.redis_url,
+                    ttl_s=settings.job_ttl_s,
+                    heartbeat_timeout_s=settings.job_redeliver_s,
+                    socket_timeout_s=max(2.0, settings.redis_socket_timeout_s),
+                )
+            else:
+                store = SqliteJobStore(db_path)
+            return Backends(store, open_store(settings))
+
+        if shared:
+            # Jobs may be queued by any node: look from the start, and often (a poll is one
+            # Lua call; a submission to this node wakes its runner at once anyway).
+            exists = lambda: True  # noqa: E731
+            poll_s = min(poll_s, 0.05)
 
         concurrency = state.scheduler.max_concurrency
         self.queue = JobQueue(
             open_backends,
-            db_path.exists,
+            exists,
             queue_limit=settings.job_queue_limit,
             concurrency=concurrency,
             keep_originals=settings.store_originals,

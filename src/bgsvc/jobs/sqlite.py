@@ -188,6 +188,9 @@ class SqliteJobStore:
 
         return await self._run(count)
 
+    async def heartbeat(self) -> None:
+        """Nothing to do: a dead owner is found by its pid (JobRunner.orphaned)."""
+
     async def claim(self, owner: str, now: float) -> JobRecord | None:
         def update(db: sqlite3.Connection) -> JobRecord | None:
             row = db.execute(

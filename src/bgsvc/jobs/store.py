@@ -39,6 +39,10 @@ class JobStore(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
+    async def heartbeat(self) -> None:
+        """Called on every runner tick: a shared store learns this process is alive."""
+        ...
+
     async def claim(self, owner: str, now: float) -> JobRecord | None:
         """The oldest queued job, now running for ``owner`` with one more attempt."""
         ...

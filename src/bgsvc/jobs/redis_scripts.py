@@ -1,0 +1,149 @@
+"""The Lua scripts of the Redis job store: each state change is one atomic script.
+
+A job is a hash ``<prefix>job:<id>``; its webhook attempts a list ``<prefix>job:<id>:wh``.
+Indexes (sorted sets of job ids): ``queued`` and ``running`` (score: created_at and
+started_at, for the queue metrics and the reconciler), ``finished`` (finished_at, for
+expiry) and ``expired`` (for the purge). The hash field ``msg`` names the one queue
+message that may run the job; ``hb`` the dramatiq broker (heartbeat id) of its runner.
+"""
+
+from __future__ import annotations
+
+# KEYS: job, idem (or ""), queued. ARGV: idem_ttl_ms, created_at, job key prefix, id, then
+# field/value pairs.
+# Returns "" when created, else the id of the job the idempotency key already names.
+CREATE = """
+if KEYS[2] ~= '' then
+    local existing = redis.call('get', KEYS[2])
+    if existing and redis.call('exists', ARGV[3] .. existing) == 1 then
+        return existing
+    end
+    redis.call('set', KEYS[2], ARGV[4], 'px', ARGV[1])
+end
+redis.call('hset', KEYS[1], unpack(ARGV, 5))
+redis.call('zadd', KEYS[3], ARGV[2], ARGV[4])
+return ''
+"""
+
+# KEYS: job, queued, running, heartbeats. ARGV: message_id, owner, hb, now, hb_timeout_ms,
+# now_ms, id. Returns "ok" (now running for owner), or why the message is to be dropped:
+# "gone" (no such job), "stale" (an older message of the job), "final", "busy" (running
+# for a live runner).
+CLAIM = """
+local fields = redis.call('hmget', KEYS[1], 'status', 'msg', 'hb')
+local status, msg, hb = fields[1], fields[2], fields[3]
+if not status then return 'gone' end
+if msg ~= ARGV[1] then return 'stale' end
+if status == 'running' then
+    -- The same message again: dramatiq redelivers it once the runner's heartbeat is
+    -- older than the timeout. Take over only then; never from a live runner.
+    local beat = hb and redis.call('zscore', KEYS[4], hb)
+    if beat and tonumber(ARGV[6]) - tonumber(beat) < tonumber(ARGV[5]) then
+        return 'busy'
+    end
+elseif status ~= 'queued' then
+    return 'final'
+end
+redis.call('hset', KEYS[1], 'status', 'running', 'owner', ARGV[2], 'hb', ARGV[3],
+    'started_at', ARGV[4])
+redis.call('hincrby', KEYS[1], 'attempts', 1)
+redis.call('zrem', KEYS[2], ARGV[7])
+redis.call('zadd', KEYS[3], ARGV[4], ARGV[7])
+return 'ok'
+"""
+
+# KEYS: job, queued, running. ARGV: owner, error_code, error_message, new message_id, id.
+REQUEUE = """
+local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'created_at')
+if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'status', 'queued', 'owner', '', 'hb', '', 'error_code', ARGV[2],
+    'error_message', ARGV[3], 'msg', ARGV[4], 'rmid', '')
+redis.call('zrem', KEYS[3], ARGV[5])
+redis.call('zadd', KEYS[2], fields[3], ARGV[5])
+return 1
+"""
+
+# KEYS: job, running, finished. ARGV: owner, status, now, id, then field/value pairs.
+FINISH = """
+local fields = redis.call('hmget', KEYS[1], 'status', 'owner')
+if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'owner', '', 'hb', '')
+if #ARGV > 4 then redis.call('hset', KEYS[1], unpack(ARGV, 5)) end
+redis.call('zrem', KEYS[2], ARGV[4])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+# KEYS: job, queued, finished. ARGV: now, id.
+CANCEL = """
+if redis.call('hget', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('hset', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+redis.call('zrem', KEYS[2], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: job, queued. ARGV: expected message_id, new message_id. A queued job whose message
+# was lost gets a new one (the caller enqueues it); the old, if it ever shows, is stale.
+REISSUE = """
+if redis.call('hget', KEYS[1], 'status') ~= 'queued' then return 0 end
+if redis.call('hget', KEYS[1], 'msg') ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'msg', ARGV[2], 'rmid', '')
+return 1
+"""
+
+# KEYS: job. ARGV: message_id, redis message id. Notes where the message is, for the
+# reconciler, unless the job moved on to another message meanwhile.
+NOTE_RMID = """
+if redis.call('hget', KEYS[1], 'msg') == ARGV[1] then
+    redis.call('hset', KEYS[1], 'rmid', ARGV[2])
+end
+return 0
+"""
+
+# KEYS: finished, queued, expired. ARGV: before, limit, job key prefix. Marks expired the
+# jobs finished before ``before`` and those still queued since then; returns their ids.
+EXPIRE = """
+local done = {}
+local function expire(index, id, score)
+    local key = ARGV[3] .. id
+    local status = redis.call('hget', key, 'status')
+    redis.call('zrem', index, id)
+    if status and status ~= 'running' then
+        redis.call('hset', key, 'status', 'expired')
+        redis.call('zadd', KEYS[3], score, id)
+        table.insert(done, id)
+    end
+end
+for _, index in ipairs({KEYS[1], KEYS[2]}) do
+    local found = redis.call('zrangebyscore', index, '-inf', '(' .. ARGV[1], 'withscores',
+        'limit', 0, tonumber(ARGV[2]))
+    for i = 1, #found, 2 do expire(index, found[i], found[i + 1]) end
+end
+return done
+"""
+
+# KEYS: batch. ARGV: now, job key prefix, then the items' job ids. Marks the batch completed
+# when every item is final (a purged one counts) and nobody did yet: 1 for that one caller.
+COMPLETE_BATCH = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+if redis.call('hget', KEYS[1], 'completed_at') then return 0 end
+for i = 3, #ARGV do
+    local status = redis.call('hget', ARGV[2] .. ARGV[i], 'status')
+    if status == 'queued' or status == 'running' then return 0 end
+end
+redis.call('hset', KEYS[1], 'completed_at', ARGV[1])
+return 1
+"""
+
+# KEYS: job, queued, running. ARGV: hb, new message_id, id. A running job of a dead runner
+# whose message is gone, or of a live one that lost track of it, queued again.
+RESCUE = """
+local fields = redis.call('hmget', KEYS[1], 'status', 'hb', 'created_at')
+if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'status', 'queued', 'owner', '', 'hb', '', 'msg', ARGV[2],
+    'rmid', '')
+redis.call('zrem', KEYS[3], ARGV[3])
+redis.call('zadd', KEYS[2], fields[3], ARGV[3])
+return 1
+"""
