@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from tests.conftest import encode_image
 from tests.models import HANG_THRESHOLD_GREY, TINY_SIZE, build_hang_model
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
 from tests.test_cli import free_port
 
 # About a second of the hang model's spin on one thread: long enough to be killed in.
@@ -38,7 +40,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @contextmanager
 def serving(
-    data_dir: Path, model: Path, log: Path
+    data_dir: Path, model: Path, log: Path, extra: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {
@@ -54,6 +56,7 @@ def serving(
         "BGSVC_WARMUP": "false",
         "BGSVC_DRAIN_SECONDS": "0",
         "BGSVC_LOG_LEVEL": "warning",
+        **(extra or {}),
     }
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -114,6 +117,50 @@ def test_a_job_whose_process_is_killed_finishes_once_after_the_restart(tmp_path:
         assert code == 200 and body.startswith(b"\x89PNG")
         _, metrics = _get(base + "/metrics")
         assert b'bgsvc_jobs_total{outcome="succeeded"} 1.0' in metrics
+
+    folder = data_dir / "results" / "jobs" / job["id"]
+    visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert visible == ["result.png"]
+
+
+@pytest.mark.redis
+def test_with_redis_a_killed_process_s_job_is_taken_over_by_a_live_one_once(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    model = build_hang_model(tmp_path / "hang.onnx")
+    data_dir = tmp_path / "data"
+    image = encode_image(Image.new("RGB", (48, 32), (SLOW_GREY,) * 3))
+    shared = {"BGSVC_REDIS_URL": redis_server.url, "BGSVC_JOB_REDELIVER_S": "2"}
+
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    with (
+        serving(data_dir, model, a_log, shared) as (first, a),
+        serving(data_dir, model, b_log, shared) as (second, b),
+    ):
+        request = urllib.request.Request(
+            first + "/jobs", data=image, headers={"Content-Type": "image/png"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            job = json.loads(response.read())
+        _wait(first, job["id"], "running")
+        # Either process may have claimed it: the record names the runner (host:pid:...).
+        with redis_server.client() as probe:
+            owner = probe.hget(f"bgsvc:jobs:job:{job['id']}", "owner")
+        assert owner is not None
+        pid = int(owner.decode().split(":")[1])
+        victim, survivor = (a, second) if pid == a.pid else (b, first)
+        assert victim.pid == pid
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        done = _wait(survivor, job["id"], "succeeded", timeout=30)
+        assert done["attempts"] == 2
+        code, body = _get(survivor + done["result_url"])
+        assert code == 200 and body.startswith(b"\x89PNG")
+        _, metrics = _get(survivor + "/metrics")
+        assert b'bgsvc_jobs_total{outcome="succeeded"} 1.0' in metrics
+        time.sleep(3)  # one more redelivery period: nothing runs it a third time
+        assert _status(survivor, job["id"])["attempts"] == 2
 
     folder = data_dir / "results" / "jobs" / job["id"]
     visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
