@@ -292,3 +292,11 @@ class InvalidArchive(BgsvcError):
     code = "invalid_archive"
     status = 400
     reason = "invalid_parameter"
+
+
+class BatchRunning(BgsvcError):
+    """Items of the batch are running: it cannot be deleted until they end (its queued
+    items were canceled meanwhile)."""
+
+    code = "batch_running"
+    status = 409
