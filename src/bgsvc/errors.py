@@ -303,3 +303,11 @@ class JobsUnavailable(BgsvcError):
 
     def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+class BatchRunning(BgsvcError):
+    """Items of the batch are running: it cannot be deleted until they end (its queued
+    items were canceled meanwhile)."""
+
+    code = "batch_running"
+    status = 409

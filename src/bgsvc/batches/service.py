@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio.to_thread
 
 from bgsvc.batches.intake import Item
 from bgsvc.batches.model import BatchItem, BatchRecord, new_batch_id
-from bgsvc.errors import BatchNotFound, JobQueueFull
+from bgsvc.errors import BatchNotFound, BatchRunning, JobQueueFull
 from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key
@@ -79,13 +81,92 @@ async def submit_batch(
 
 
 async def get_batch(queue: JobQueue, batch_id: str) -> tuple[BatchRecord, dict[str, JobRecord]]:
-    """The batch and its items' records by job id. Raises BatchNotFound."""
+    """The batch and its items' records by job id. Raises BatchNotFound, also for a batch
+    none of whose items has a record any more (purged after expiry, or deleted one by one):
+    the store purges such a record on its next sweep."""
     backends = await queue.open(create=False)
     batch = None if backends is None else await backends.jobs.get_batch(batch_id)
     if batch is None or backends is None:
         raise BatchNotFound(f"No batch {batch_id!r}.")
     jobs = await backends.jobs.batch_jobs(batch_id)
+    if not jobs:
+        raise BatchNotFound(f"No batch {batch_id!r}.")
     return batch, {j.id: j for j in jobs}
+
+
+async def delete_batch(
+    queue: JobQueue,
+    batch_id: str,
+    *,
+    notifier: Notifier | None,
+    background: set[asyncio.Task[None]],
+    on_canceled: Callable[[], None],
+) -> None:
+    """Cancel the batch's queued items; then, when none is running, delete every item
+    (objects and record) and the batch. Raises BatchNotFound, or BatchRunning (the queued
+    items stay canceled; a retry once the running ones end deletes).
+
+    When the cancellations complete the batch, its ``batch.completed`` is built here,
+    before anything is deleted, and sent as a task of ``background`` (the runner's, which
+    its shutdown waits for): a runner reading the batch later would find it gone."""
+    batch, records = await get_batch(queue, batch_id)
+    backends = queue.backends
+    assert backends is not None
+    for record in records.values():
+        if record.status is JobStatus.QUEUED and await backends.jobs.cancel(
+            record.id, queue.clock()
+        ):
+            on_canceled()
+            if not queue.keep_originals:
+                await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
+    send = await _completion(backends.jobs, batch_id, queue.clock(), notifier)
+    if send is not None:
+        task = asyncio.create_task(send())
+        background.add(task)
+        task.add_done_callback(background.discard)
+    # Counted after the cancellations: a job a runner claimed meanwhile, or one queued
+    # again for a retry, is running as far as the client is concerned.
+    items = await backends.jobs.batch_jobs(batch_id)
+    running = sum(1 for j in items if not j.status.finished)
+    if running:
+        raise BatchRunning(
+            f"{running} of the {len(batch.items)} items of {batch_id} are running; "
+            "the queued ones are canceled. Delete again once they end."
+        )
+    for record in items:
+        for key in (record.result_key, record.input_key):
+            if key:
+                await anyio.to_thread.run_sync(backends.results.delete, key)
+        await backends.jobs.delete(record.id)
+    await backends.jobs.delete_batch(batch_id)
+
+
+async def _completion(
+    jobs: JobStore, batch_id: str, now: float, notifier: Notifier | None
+) -> Callable[[], Coroutine[Any, Any, None]] | None:
+    """When every item of the batch is final and nobody marked it completed yet: marks it
+    and gives the one caller that did the delivery of its ``batch.completed`` (None when
+    there is no callback), its payload read now."""
+    batch = await jobs.complete_batch(batch_id, now)
+    if batch is None or batch.callback_url is None or notifier is None:
+        return None
+    records = {j.id: j for j in await jobs.batch_jobs(batch.id)}
+    data = batch.public(records)
+    data.pop("webhook_attempts", None)
+    data.pop("callback_url", None)
+    url = batch.callback_url
+
+    async def store(attempt: DeliveryAttempt) -> None:
+        await jobs.add_batch_webhook_attempt(batch_id, attempt.as_dict())
+
+    async def send() -> None:
+        result = await notifier.sender.deliver(
+            url, BATCH_COMPLETED, data, event_id=f"msg_{batch_id}", on_attempt=store
+        )
+        if not result.delivered:
+            log.warning("webhook for %s ended %s", batch_id, result.outcome)
+
+    return send
 
 
 async def item_finished(
@@ -95,20 +176,6 @@ async def item_finished(
     (once, whichever runner finished the last item)."""
     if record.batch_id is None:
         return
-    batch = await jobs.complete_batch(record.batch_id, now)
-    if batch is None or batch.callback_url is None or notifier is None:
-        return
-    records = {j.id: j for j in await jobs.batch_jobs(batch.id)}
-    data = batch.public(records)
-    data.pop("webhook_attempts", None)
-    data.pop("callback_url", None)
-    batch_id = batch.id
-
-    async def store(attempt: DeliveryAttempt) -> None:
-        await jobs.add_batch_webhook_attempt(batch_id, attempt.as_dict())
-
-    result = await notifier.sender.deliver(
-        batch.callback_url, BATCH_COMPLETED, data, event_id=f"msg_{batch_id}", on_attempt=store
-    )
-    if not result.delivered:
-        log.warning("webhook for %s ended %s", batch_id, result.outcome)
+    send = await _completion(jobs, record.batch_id, now, notifier)
+    if send is not None:
+        await send()

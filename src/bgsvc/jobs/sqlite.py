@@ -310,6 +310,12 @@ class SqliteJobStore:
                 "AND COALESCE(finished_at, created_at) < ?",
                 (before,),
             )
+            # A batch is never without items while it lives (created with them in one
+            # transaction), so one without any was purged or deleted item by item.
+            db.execute(
+                "DELETE FROM batches WHERE NOT EXISTS "
+                "(SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)"
+            )
             return cursor.rowcount
 
         return await self._run(delete)
@@ -371,6 +377,9 @@ class SqliteJobStore:
             )
 
         await self._run(update)
+
+    async def delete_batch(self, batch_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM batches WHERE id = ?", (batch_id,)))
 
     async def close(self) -> None:
         await self._run(lambda db: db.close())

@@ -83,7 +83,8 @@ class JobStore(Protocol):
         ...
 
     async def purge(self, before: float) -> int:
-        """Delete the records of jobs that expired and finished before ``before``."""
+        """Delete the records of jobs that expired and finished before ``before``, and of
+        batches none of whose items has a record any more."""
         ...
 
     # Batches: a record naming its items' jobs, each job carrying the batch id.
@@ -101,5 +102,9 @@ class JobStore(Protocol):
         ...
 
     async def add_batch_webhook_attempt(self, batch_id: str, attempt: dict[str, Any]) -> None: ...
+
+    async def delete_batch(self, batch_id: str) -> None:
+        """Delete the batch record only (its items go through ``delete``)."""
+        ...
 
     async def close(self) -> None: ...

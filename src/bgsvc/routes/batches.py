@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 
 from bgsvc.batches.archive import result_names, stream_zip
 from bgsvc.batches.intake import Item, Limits, base_name, check_count, is_zip, unzip
-from bgsvc.batches.service import get_batch, submit_batch
+from bgsvc.batches.service import delete_batch, get_batch, submit_batch
 from bgsvc.errors import (
     BatchTooLarge,
     JobHasNoResult,
@@ -105,6 +105,30 @@ async def submit(request: Request) -> JSONResponse:
 async def batch_status(request: Request, batch_id: str) -> JSONResponse:
     batch, records = await get_batch(jobs_of(request).queue, batch_id)
     return JSONResponse(batch.public(records))
+
+
+@router.delete(
+    "/batches/{batch_id}",
+    status_code=204,
+    summary="Cancel a batch's queued items, and delete the batch with its results",
+    description="Queued items are canceled first (batch.completed is sent as for any batch "
+    "whose last items are canceled); when no item is running, every item's objects and "
+    "records and the batch go.",
+    responses={
+        204: {"description": "Deleted"},
+        409: {"description": "Items are running (batch_running); the queued ones are canceled"},
+    },
+)
+async def batch_delete(request: Request, batch_id: str) -> Response:
+    jobs = jobs_of(request)
+    await delete_batch(
+        jobs.queue,
+        batch_id,
+        notifier=jobs.notifier,
+        background=jobs.runner.webhooks,
+        on_canceled=app_state(request).metrics.jobs.labels("canceled").inc,
+    )
+    return Response(status_code=204)
 
 
 @router.get(
