@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -16,8 +15,6 @@ from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key
 from bgsvc.jobs.store import JobStore
 from bgsvc.outbound.webhooks import BATCH_COMPLETED, DeliveryAttempt
-
-log = logging.getLogger(__name__)
 
 
 async def submit_batch(
@@ -107,8 +104,6 @@ async def item_finished(
     async def store(attempt: DeliveryAttempt) -> None:
         await jobs.add_batch_webhook_attempt(batch_id, attempt.as_dict())
 
-    result = await notifier.sender.deliver(
+    await notifier.deliver(
         batch.callback_url, BATCH_COMPLETED, data, event_id=f"msg_{batch_id}", on_attempt=store
     )
-    if not result.delivered:
-        log.warning("webhook for %s ended %s", batch_id, result.outcome)
