@@ -177,6 +177,20 @@ class Metrics:
             registry=r,
         )
 
+        # Webhook deliveries (bgsvc.jobs.notify): how each ended, and every POST on the way.
+        self.webhook_deliveries = Counter(
+            "bgsvc_webhook_deliveries",
+            "Webhook deliveries ended, by event and outcome (delivered, gone, refused, exhausted).",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.webhook_attempts = Counter(
+            "bgsvc_webhook_attempts",
+            "Webhook POSTs, by event and result (status class 2xx..5xx, or the error code).",
+            ["event", "result"],
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         """A collector read at every scrape (e.g. GPU metrics), in both modes."""
         self._collectors.append(collector)

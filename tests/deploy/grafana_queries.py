@@ -22,11 +22,12 @@ _LABEL_VALUES = re.compile(r"^\s*label_values\((?P<expr>.+),\s*(?P<label>\w+)\)\
 
 @dataclass(frozen=True)
 class Query:
-    """One expression: where it is in the dashboard and the PromQL to run."""
+    """One expression: where it is in the dashboard (row, panel, target) and the PromQL."""
 
     panel: str
     ref_id: str
     expr: str
+    row: str = ""
 
 
 def load_dashboard(path: Path = DASHBOARD) -> dict[str, Any]:
@@ -62,13 +63,17 @@ def dashboard_queries(
     """Panel targets plus the series selector behind each `label_values` variable."""
     dashboard = load_dashboard(path)
     queries = []
+    row = ""
     for panel in iter_panels(dashboard):
+        if panel["type"] == "row":
+            row = panel["title"]
         for target in panel.get("targets", []):
             queries.append(
                 Query(
                     panel["title"],
                     target["refId"],
                     substitute(target["expr"], rate_interval, instance),
+                    row,
                 )
             )
     for var in dashboard.get("templating", {}).get("list", []):

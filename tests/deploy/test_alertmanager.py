@@ -52,6 +52,8 @@ def test_amtool_check_config_rejects_a_broken_config(tmp_path: Path) -> None:
         (["alertname=BgsvcHigh5xxRate", "severity=critical"], "bgsvc-critical"),
         (["alertname=BgsvcFrequentRestarts", "severity=warning"], "bgsvc-warning"),
         (["alertname=BgsvcInferenceWatchdogTripped", "severity=warning"], "bgsvc-warning"),
+        (["alertname=BgsvcWebhookFailureRatio", "severity=warning"], "bgsvc-warning"),
+        (["alertname=BgsvcJobBacklogOld", "severity=warning"], "bgsvc-warning"),
     ],
 )
 def test_critical_alerts_go_to_their_own_receiver(labels: list[str], receiver: str) -> None:

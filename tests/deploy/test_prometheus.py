@@ -9,11 +9,14 @@ from pathlib import Path
 
 import yaml
 
+from bgsvc.metrics import Metrics
+
 from .conftest import REPO, load_yaml, require_tool
 from .grafana_queries import DASHBOARD, dashboard_queries, iter_panels, load_dashboard
 
 PROM = REPO / "deploy" / "prometheus"
 GRAFANA = REPO / "deploy" / "grafana"
+ALERTS_DOC = REPO / "docs" / "alerts.md"
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +42,9 @@ def test_alerts_fire_and_stay_quiet_as_their_unit_tests_expect() -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_alerts_cover_latency_errors_node_down_rejections_restarts_and_watchdog() -> None:
+def test_alerts_cover_latency_errors_node_down_rejections_restarts_watchdog_jobs_and_cache() -> (
+    None
+):
     rules = {
         rule["alert"]: rule
         for group in load_yaml(PROM / "alerts.yml")["groups"]  # type: ignore[index]
@@ -52,9 +57,18 @@ def test_alerts_cover_latency_errors_node_down_rejections_restarts_and_watchdog(
     assert "bgsvc_rejections_total" in rules["BgsvcSustainedRejections"]["expr"]
     assert "bgsvc_process_start_time_seconds" in rules["BgsvcFrequentRestarts"]["expr"]
     assert "bgsvc_watchdog_trips_total" in rules["BgsvcInferenceWatchdogTripped"]["expr"]
+    assert "bgsvc_job_oldest_queued_age_seconds" in rules["BgsvcJobBacklogOld"]["expr"]
+    assert "> 300" in rules["BgsvcJobBacklogOld"]["expr"]
+    webhooks = rules["BgsvcWebhookFailureRatio"]["expr"]
+    assert "bgsvc_webhook_deliveries_total" in webhooks and "> 0.2" in webhooks
+    assert 'level="redis"' in rules["BgsvcSharedCacheErrors"]["expr"]
     for rule in rules.values():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"]
+
+    for name in ("BgsvcJobBacklogOld", "BgsvcWebhookFailureRatio", "BgsvcSharedCacheErrors"):
+        anchor = rules[name]["annotations"]["runbook_url"].split("#", 1)[1]
+        assert f"## {name}" in ALERTS_DOC.read_text() and anchor == name.lower()
 
 
 def test_every_compose_replica_is_scraped() -> None:
@@ -115,6 +129,59 @@ def test_dashboard_has_a_panel_for_each_required_signal() -> None:
         "changes(bgsvc_process_start_time_seconds",  # restarts
     ):
         assert needle in exprs, needle
+
+
+def test_dashboard_has_a_jobs_row_with_jobs_webhook_and_cache_panels() -> None:
+    panels = list(iter_panels(load_dashboard()))
+    rows = [p for p in panels if p["type"] == "row"]
+    jobs_row = next(p for p in rows if p["title"] == "Jobs")
+    below = [p for p in panels if p["gridPos"]["y"] > jobs_row["gridPos"]["y"]]
+    exprs = " ".join(t["expr"] for p in below for t in p["targets"])
+    for needle in (
+        "sum by (outcome) (rate(bgsvc_jobs_total",
+        "bgsvc_job_queue_depth",
+        "bgsvc_job_oldest_queued_age_seconds",
+        "histogram_quantile(0.5, sum by (le, outcome) (rate(bgsvc_job_duration_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le, outcome) (rate(bgsvc_job_duration_seconds_bucket",
+        "sum by (event, outcome) (rate(bgsvc_webhook_deliveries_total",
+        'sum by (level) (rate(bgsvc_result_cache_level_lookups_total{result="hit"',
+        "sum by (level) (rate(bgsvc_cache_errors_total",
+    ):
+        assert needle in exprs, needle
+
+
+def _exported_names() -> set[str]:
+    """Every series name the service's registry can export (GPU metrics, read through NVML
+    by a collector, are absent on a CPU and named by hand)."""
+    suffixes = {
+        "counter": ("_total",),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count"),
+    }
+    names = {
+        "bgsvc_gpu_memory_used_bytes",
+        "bgsvc_gpu_memory_total_bytes",
+        "bgsvc_gpu_utilization_ratio",
+    }
+    for family in Metrics().registry.collect():
+        names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def test_every_metric_the_dashboard_and_the_alerts_name_is_one_the_service_exports() -> None:
+    exported = _exported_names()
+    rules = [
+        rule["expr"]
+        for group in load_yaml(PROM / "alerts.yml")["groups"]  # type: ignore[index]
+        for rule in group["rules"]
+    ]
+    used = {
+        name
+        for expr in [q.expr for q in dashboard_queries()] + rules
+        for name in re.findall(r"\bbgsvc_\w+", expr)
+    }
+    assert "bgsvc_webhook_deliveries_total" in used
+    assert sorted(used - exported) == []
 
 
 def test_dashboard_panels_use_the_provisioned_datasource_and_do_not_overlap() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,8 +17,6 @@ from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key
 from bgsvc.jobs.store import JobStore
 from bgsvc.outbound.webhooks import BATCH_COMPLETED, DeliveryAttempt
-
-log = logging.getLogger(__name__)
 
 
 async def submit_batch(
@@ -160,11 +157,9 @@ async def _completion(
         await jobs.add_batch_webhook_attempt(batch_id, attempt.as_dict())
 
     async def send() -> None:
-        result = await notifier.sender.deliver(
+        await notifier.deliver(
             url, BATCH_COMPLETED, data, event_id=f"msg_{batch_id}", on_attempt=store
         )
-        if not result.delivered:
-            log.warning("webhook for %s ended %s", batch_id, result.outcome)
 
     return send
 

@@ -65,7 +65,7 @@ class Jobs:
             concurrency=concurrency,
             keep_originals=settings.store_originals,
         )
-        self.notifier = Notifier.from_settings(settings)
+        self.notifier = Notifier.from_settings(settings, state.metrics)
         config = RunnerConfig(
             timeout_s=settings.job_timeout_s,
             max_attempts=settings.job_max_attempts,
