@@ -85,7 +85,7 @@ def test_six_images_go_as_one_batch_with_progress_and_a_zip(
     items = batch.locator(".batch-items li")
     assert items.count() == 6
     assert items.evaluate_all("(lis) => lis.map((li) => li.dataset.status)") == ["succeeded"] * 6
-    assert "WEBP" in batch.locator(".batch-options").inner_text()
+    assert batch.locator(".batch-options").inner_text() == "Options: WebP, quality 90"
     assert removes == [], "no per-image requests for a batch"
     assert page.locator(".card").count() == 1
     page.screenshot(path=str(artifacts / "page-batch.png"), full_page=True)
@@ -107,6 +107,10 @@ def test_six_images_go_as_one_batch_with_progress_and_a_zip(
         assert sorted(z.namelist()) == [f"p{i}.webp" for i in range(6)]
         assert Image.open(io.BytesIO(z.read("p5.webp"))).size == (80, 40)
     assert violations == []
+
+    # The panel fits a phone's width too.
+    page.set_viewport_size({"width": 375, "height": 740})
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
 
 
 def test_five_images_still_go_one_request_each(page: Any) -> None:

@@ -17,7 +17,8 @@ const FINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
 // "WebP, quality 90, crop 5px" from the query string the batch is sent with.
 function describeOptions(q) {
   const parts = [];
-  parts.push((q.get("format") || "png").toUpperCase().replace("JPG", "JPEG"));
+  const format = q.get("format") || "png";
+  parts.push({ png: "PNG", webp: "WebP", jpg: "JPEG" }[format] || format);
   if (q.has("quality")) parts.push(`quality ${q.get("quality")}`);
   if (q.has("bg_color")) parts.push(`background ${q.get("bg_color")}`);
   if (q.has("crop")) parts.push(`crop${q.has("crop_margin") ? ` ${q.get("crop_margin")}` : ""}`);
