@@ -1,4 +1,4 @@
-"""The web page: ``GET /`` and its three static files, served from the package itself.
+"""The web page: ``GET /`` and its static files, served from the package itself.
 
 The page is plain HTML, CSS and JavaScript (no build step, no CDN) kept in
 ``bgsvc/web/static``. The app factory includes this router only when
@@ -17,6 +17,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 # Only these files are served: no directory listing, no path handling to get wrong.
 _STATIC_FILES: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
+    "batch.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "index.html": "text/html; charset=utf-8",
 }

@@ -8,6 +8,7 @@ const MAX_RETRY_WAIT_S = 60;  // never wait longer than this between tries
 
 const state = {
   cards: [],                  // every Card, in page order
+  batches: [],                // every Batch (batch.js), newest first
   models: null,               // {default, models:[{name, description}]} or null
   lastOptions: null,          // options of the last card the user changed: new images start with them
   running: 0,
@@ -52,6 +53,26 @@ function sleep(ms, signal) {
     const t = setTimeout(resolve, ms);
     signal.addEventListener("abort", () => { clearTimeout(t); reject(signal.reason); }, { once: true });
   });
+}
+
+// Only options that differ from the server's defaults go into the query string.
+function queryFor(o) {
+  const q = new URLSearchParams();
+  if (!o) return q;
+  if (o.format !== "png") {
+    q.set("format", o.format);
+    if (o.quality) q.set("quality", o.quality);
+  }
+  if (o.fill) q.set("bg_color", o.bg_color);
+  if (o.crop) {
+    q.set("crop", "true");
+    if (o.crop_margin && o.crop_margin !== "0" && o.crop_margin !== "0px") {
+      q.set("crop_margin", o.crop_margin);
+    }
+  }
+  if (o.mask) q.set("channels", "alpha");
+  if (o.model && state.models && o.model !== state.models.default) q.set("model", o.model);
+  return q;
 }
 
 // ---------- zip (STORE only, no compression: images are already compressed) ----------
@@ -197,24 +218,8 @@ class Card {
     f.crop.checked = o.crop; f.crop_margin.value = o.crop_margin; f.mask.checked = o.mask;
   }
 
-  // Only options that differ from the server's defaults go into the query string.
   query() {
-    const o = this.options();
-    const q = new URLSearchParams();
-    if (o.format !== "png") {
-      q.set("format", o.format);
-      if (o.quality) q.set("quality", o.quality);
-    }
-    if (o.fill) q.set("bg_color", o.bg_color);
-    if (o.crop) {
-      q.set("crop", "true");
-      if (o.crop_margin && o.crop_margin !== "0" && o.crop_margin !== "0px") {
-        q.set("crop_margin", o.crop_margin);
-      }
-    }
-    if (o.mask) q.set("channels", "alpha");
-    if (o.model && state.models && o.model !== state.models.default) q.set("model", o.model);
-    return q;
+    return queryFor(this.options());
   }
 
   setState(name, message) {
@@ -361,6 +366,11 @@ function pump() {
 // ---------- page ----------
 
 function addFiles(files) {
+  // Many images at once go to the server as one batch (batch.js) instead of a request each.
+  if (files.length > BATCH_THRESHOLD) {
+    startBatch(files);
+    return;
+  }
   for (const file of files) {
     const card = new Card(file);
     state.cards.push(card);
@@ -384,8 +394,9 @@ function updateToolbar() {
   const done = state.cards.filter((c) => c.result);
   $("#download-all").disabled = done.length === 0;
   $("#download-all").textContent = done.length > 1 ? `Download all ${done.length} (.zip)` : "Download all (.zip)";
-  $("#clear-all").disabled = state.cards.length === 0;
-  $("#empty").hidden = state.cards.length > 0;
+  const any = state.cards.length > 0 || state.batches.length > 0;
+  $("#clear-all").disabled = !any;
+  $("#empty").hidden = any;
 }
 
 async function downloadAll() {
@@ -466,6 +477,7 @@ function init() {
   $("#download-all").addEventListener("click", downloadAll);
   $("#clear-all").addEventListener("click", () => {
     for (const card of state.cards.splice(0)) card.destroy();
+    for (const batch of state.batches.splice(0)) batch.destroy();
     updateToolbar();
     input.focus();
   });
