@@ -41,7 +41,7 @@ def arbiter_of(port: int) -> int:
     raise AssertionError(f"no node process for port {port}")
 
 
-def test_fleet_redis_is_every_nodes_shared_cache_and_stops_with_the_fleet(
+def test_fleet_redis_serves_every_nodes_cache_and_jobs_and_stops_with_the_fleet(
     make_cluster: Callable[..., Cluster], images: list[bytes]
 ) -> None:
     cluster = make_cluster(nodes=2, redis=True)
@@ -58,6 +58,24 @@ def test_fleet_redis_is_every_nodes_shared_cache_and_stops_with_the_fleet(
     shared = httpx.post(f"{second.url}{REMOVE}", files=body, timeout=30)
     assert shared.status_code == 200 and shared.headers["x-cache"] == "HIT"
     assert shared.content == computed.content
+
+    # Jobs submitted through the balancer finish, and every node answers for each one.
+    with httpx.Client(timeout=30) as client:
+        ids = []
+        for image in images[1:5]:
+            files = {"file": ("img.png", image, "image/png")}
+            submitted = client.post(f"{cluster.url}/jobs", files=files)
+            assert submitted.status_code == 202, submitted.text
+            ids.append(submitted.json()["id"])
+
+        def finished(job_id: str, node_url: str) -> bool:
+            return client.get(f"{node_url}/jobs/{job_id}").json()["status"] == "succeeded"
+
+        for job_id in ids:
+            for node in cluster.nodes:
+                wait_for(lambda j=job_id, u=node.url: finished(j, u), 30, f"{job_id} done")
+                result = client.get(f"{node.url}/jobs/{job_id}/result")
+                assert result.status_code == 200 and result.content[:4] == b"\x89PNG"
 
     statuses = cluster.stop(timeout=30)
     # SIGTERM after the nodes have drained: a clean exit, its port closed, the AOF kept.
