@@ -24,9 +24,9 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh nginx promtool prometheus amtool chromium npm redis-server
 
-## The cluster's balancer only.
+## The cluster's balancer and its Redis (job queue and records, shared cache).
 system-deps-cluster:
-	@bash scripts/system-deps.sh nginx
+	@bash scripts/system-deps.sh nginx redis-server
 
 ## Fetch (once) and verify the allow-listed models into BGSVC_MODEL_DIR.
 model: install
@@ -36,7 +36,7 @@ model: install
 run: model
 	$(BIN)/bgsvc serve
 
-## Three nodes + nginx on 127.0.0.1:8080 (logs in .cluster/logs); Ctrl-C stops all.
+## Three nodes + nginx on 127.0.0.1:8080 + redis-server (job queue; logs in .cluster/logs); Ctrl-C stops all.
 cluster: system-deps-cluster model
 	$(BIN)/bgsvc cluster up
 

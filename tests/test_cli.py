@@ -127,3 +127,41 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path: Path, tmp_pa
     assert proc.returncode in (0, 130), output
     assert "Application shutdown complete" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "own_redis", "shared_data"),
+    [
+        ({}, [], True, True),
+        ({"BGSVC_REDIS_URL": "redis://10.0.0.5:6379/0"}, [], False, True),
+        ({}, ["--no-redis"], False, True),
+        ({"BGSVC_DATA_DIR": "/srv/bgsvc"}, [], True, False),
+    ],
+    ids=["own", "given-url", "no-redis", "given-data-dir"],
+)
+def test_cluster_up_brings_its_own_redis_and_data_dir_only_where_none_is_given(
+    environ: dict[str, str],
+    flags: list[str],
+    own_redis: bool,
+    shared_data: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bgsvc.cluster
+
+    for key in ("BGSVC_REDIS_URL", "BGSVC_DATA_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    seen = []
+    monkeypatch.setattr(
+        bgsvc.cluster, "run_foreground", lambda config, **_: seen.append(config) or 0
+    )
+    get_settings.cache_clear()
+    try:
+        assert main(["cluster", "up", "--run-dir", str(tmp_path / "run"), *flags]) == 0
+    finally:
+        get_settings.cache_clear()
+    (config,) = seen
+    assert config.redis is own_redis
+    assert config.data_dir == ((tmp_path / "run" / "data") if shared_data else None)

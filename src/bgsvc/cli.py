@@ -119,18 +119,26 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
-def _cluster_up(args: argparse.Namespace, _: Settings) -> int:
+def _cluster_up(args: argparse.Namespace, settings: Settings) -> int:
     from bgsvc.cluster import ClusterError, config_from_args, run_foreground
 
+    run_dir = Path(args.run_dir)
+    # A Redis or data directory the user named (BGSVC_REDIS_URL, BGSVC_DATA_DIR) reaches
+    # the nodes with the rest of the environment; otherwise the fleet brings its own.
+    own_redis = not settings.redis_url and not args.no_redis
+    data_dir = None if "data_dir" in settings.model_fields_set else run_dir / "data"
     try:
         config = config_from_args(
             nodes=args.nodes,
             base_port=args.base_port,
             host=args.host,
             listen_port=args.listen_port,
-            run_dir=Path(args.run_dir),
+            run_dir=run_dir,
             workers=args.workers,
             threads=args.threads,
+            redis=own_redis,
+            redis_port=args.redis_port,
+            data_dir=data_dir,
         )
         return run_foreground(config, ready_timeout=args.ready_timeout)
     except ClusterError as exc:
@@ -175,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start N nodes and nginx on loopback, in the foreground until Ctrl-C/SIGTERM",
         description="Nodes are gunicorn (deploy/start.sh) on BASE_PORT.., named node-PORT "
         "(X-Served-By); nginx renders deploy/nginx/nginx.conf. Every BGSVC_* variable of "
-        "this environment reaches the nodes. A node that dies is started again; SIGHUP "
+        "this environment reaches the nodes. Unless BGSVC_REDIS_URL is set (or --no-redis), "
+        "a redis-server on loopback (append-only, in RUN_DIR/redis) holds the job queue and "
+        "the shared cache; nodes share BGSVC_DATA_DIR=RUN_DIR/data unless it is set. A node "
+        "or redis-server that dies is started again; SIGHUP "
         "restarts every node in turn (a model or config reload).",
     )
     up.add_argument("--nodes", type=int, default=3)
@@ -186,7 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--threads", type=int, default=0, help="ORT threads per worker; 0: cores / all workers"
     )
-    up.add_argument("--run-dir", default=".cluster", help="logs/, nginx/ and metrics/ go here")
+    up.add_argument(
+        "--run-dir", default=".cluster", help="logs/, nginx/, metrics/, redis/, data/ go here"
+    )
+    up.add_argument(
+        "--no-redis", action="store_true", help="start no redis-server (jobs embedded per node)"
+    )
+    up.add_argument(
+        "--redis-port", type=int, default=None, help="the fleet's redis-server port (default: free)"
+    )
     up.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     up.set_defaults(func=_cluster_up)
     return parser

@@ -86,13 +86,15 @@ def model_env(models: dict[str, Path], default: str, allow: Sequence[str] = ()) 
 def make_cluster(
     tmp_path: Path, cluster_models: dict[str, Path]
 ) -> Iterator[Callable[..., Cluster]]:
-    """Start a cluster of ``nodes`` tiny-model nodes (per-node env overrides allowed)."""
+    """Start a cluster of ``nodes`` tiny-model nodes (per-node env overrides allowed;
+    ``redis=True``: with its own redis-server, ``cluster.redis``)."""
     started: list[Cluster] = []
 
     def factory(
         nodes: int = 3,
         node_env: dict[int, dict[str, str]] | None = None,
         wait: bool = True,
+        redis: bool = False,
         **env: str,
     ) -> Cluster:
         ports = free_ports(nodes + 1)
@@ -111,6 +113,10 @@ def make_cluster(
             listen_port=ports[-1],
             run_dir=tmp_path / f"cluster-{len(started)}",
             env=base_env,
+            # The fleet's own redis-server, and one data directory for its nodes, as
+            # `bgsvc cluster up` has them.
+            redis=redis,
+            data_dir=tmp_path / f"cluster-{len(started)}" / "data" if redis else None,
         )
         cluster = Cluster(config)
         started.append(cluster)

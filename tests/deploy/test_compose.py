@@ -181,3 +181,24 @@ def test_replicas_store_results_in_the_compose_minio_with_its_credentials(
         assert service["depends_on"]["minio-init"]["condition"] == (
             "service_completed_successfully"
         )
+
+
+def test_replicas_queue_jobs_in_the_compose_redis_which_keeps_them_on_a_volume(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    redis = services["redis"]
+    image, _, tag = redis["image"].partition(":")
+    assert image == "redis" and tag.split(".")[0] == "7", redis["image"]
+    command = redis["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    # Every acknowledged write fsynced to the AOF, which lives on a named volume.
+    assert flags == {"--appendonly": "yes", "--appendfsync": "always", "--save": ""}
+    assert "redis-data" in compose["volumes"]
+    assert "redis-data:/data" in redis["volumes"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in redis, "the queue stays on the compose network"
+    for name in REPLICAS:
+        service = services[name]
+        assert service["environment"]["BGSVC_REDIS_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"

@@ -32,7 +32,17 @@ def _docs() -> list[tuple[Path, dict[str, Any]]]:
 
 
 DOCS = _docs()
-BY_KIND = {doc["kind"]: doc for _, doc in DOCS}
+# The service's own objects; redis.yaml's carry app.kubernetes.io/name: redis.
+BY_KIND = {
+    doc["kind"]: doc
+    for _, doc in DOCS
+    if doc["metadata"]["labels"]["app.kubernetes.io/name"] == "bgsvc"
+}
+REDIS = {
+    doc["kind"]: doc
+    for _, doc in DOCS
+    if doc["metadata"]["labels"]["app.kubernetes.io/name"] == "redis"
+}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -50,12 +60,17 @@ def test_schema_validation_rejects_a_misspelt_field() -> None:
         kubernetes_validate.validate(broken, VERSIONS[-1], strict=True)
 
 
-def test_all_four_kinds_are_shipped_with_stable_api_versions() -> None:
+def test_all_kinds_are_shipped_with_stable_api_versions() -> None:
     assert {kind: doc["apiVersion"] for kind, doc in BY_KIND.items()} == {
         "Deployment": "apps/v1",
         "Service": "v1",
         "HorizontalPodAutoscaler": "autoscaling/v2",
         "PodDisruptionBudget": "policy/v1",
+    }
+    assert {kind: doc["apiVersion"] for kind, doc in REDIS.items()} == {
+        "Service": "v1",
+        "StatefulSet": "apps/v1",
+        "NetworkPolicy": "networking.k8s.io/v1",
     }
 
 
@@ -142,3 +157,92 @@ def test_hpa_scales_on_cpu_from_the_pdb_safe_minimum() -> None:
     pdb = BY_KIND["PodDisruptionBudget"]["spec"]
     # A drain may take one pod; at least two stay up at the minimum size.
     assert hpa["minReplicas"] - pdb["maxUnavailable"] >= 2
+
+
+def _env() -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in _container()["env"]}
+
+
+def test_redis_keeps_every_acknowledged_write_on_a_persistent_volume() -> None:
+    statefulset = REDIS["StatefulSet"]["spec"]
+    container = statefulset["template"]["spec"]["containers"][0]
+    assert container["image"].split(":")[1].split(".")[0] == "7"
+    args = container["args"]
+    assert dict(zip(args[::2], args[1::2], strict=True)) == {
+        "--appendonly": "yes",
+        "--appendfsync": "always",
+        "--save": "",
+    }
+    # The AOF lives in /data, on the claim each replica gets from the template (a PVC).
+    (claim,) = statefulset["volumeClaimTemplates"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/data"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert container["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    assert statefulset["serviceName"] == REDIS["Service"]["metadata"]["name"]
+
+
+def test_pods_reach_the_redis_service_and_only_they_may() -> None:
+    service = REDIS["Service"]
+    pod_labels = REDIS["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    port = service["spec"]["ports"][0]
+    url = _env()["BGSVC_REDIS_URL"]
+    assert url == f"redis://{service['metadata']['name']}:{port['port']}/0"
+
+    policy = REDIS["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    api_labels = BY_KIND["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert source["podSelector"]["matchLabels"].items() <= api_labels.items()
+    # Nothing else in the namespace: the redis pods do not match their own allow rule.
+    assert not source["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert [p["port"] for p in rule["ports"]] == [port["targetPort"]]
+
+
+def test_job_results_go_to_a_store_every_pod_reads() -> None:
+    assert (_env()["BGSVC_STORAGE_URL"] or "").startswith("s3://")
+    (source,) = _container()["envFrom"]
+    assert source["secretRef"]["optional"] is True
+
+
+def _scaled_object() -> dict[str, Any]:
+    (doc,) = load_yaml_all(K8S / "keda" / "scaledobject.yaml")
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_keda_scales_the_serving_deployment_on_the_job_queue_and_cpu_like_the_hpa() -> None:
+    scaled = _scaled_object()
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    spec = scaled["spec"]
+    deployment = BY_KIND["Deployment"]
+    target = spec["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    # It replaces hpa.yaml: the same bounds, behaviour and CPU target.
+    hpa = BY_KIND["HorizontalPodAutoscaler"]["spec"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (
+        hpa["minReplicas"],
+        hpa["maxReplicas"],
+    )
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["behavior"]
+    triggers = {t["type"]: t for t in spec["triggers"]}
+    assert set(triggers) == {"cpu", "redis"}
+    cpu = triggers["cpu"]
+    assert cpu["metricType"] == "Utilization"
+    assert (
+        int(cpu["metadata"]["value"])
+        == hpa["metrics"][0]["resource"]["target"]["averageUtilization"]
+    )
+    # KEDA reads trigger metadata as strings only.
+    queue = triggers["redis"]["metadata"]
+    assert all(isinstance(v, str) for t in triggers.values() for v in t["metadata"].values())
+    # dramatiq's Redis broker: ready message ids in the list <namespace>:<queue>.
+    assert queue["listName"] == "bgsvc:dq:jobs"
+    assert int(queue["listLength"]) > 0
+    host, _, port = queue["address"].partition(":")
+    service = REDIS["Service"]
+    assert host.split(".")[0] == service["metadata"]["name"]
+    assert host.endswith(".svc.cluster.local"), "KEDA runs in its own namespace"
+    assert int(port) == service["spec"]["ports"][0]["port"]

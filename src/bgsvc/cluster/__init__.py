@@ -4,7 +4,8 @@ foreground; the tests drive :class:`Cluster` directly.
 
 Each node is its own process group (so ``kill -9`` of a node takes its workers too, like
 a lost machine) with its own Prometheus multiprocess directory; logs of every process
-go to one folder (``.cluster/logs`` by default).
+go to one folder (``.cluster/logs`` by default). With ``ClusterConfig.redis`` the fleet
+also runs its own redis-server (job queue and records, shared cache) for its nodes.
 """
 
 from bgsvc.cluster.common import ClusterError, find_deploy_dir, http_status, port_is_free
@@ -17,6 +18,7 @@ from bgsvc.cluster.nginx import (
     upstream_servers,
 )
 from bgsvc.cluster.nodes import ClusterConfig, Node, NodeSpec
+from bgsvc.cluster.redisd import RedisServer
 
 __all__ = [
     "Cluster",
@@ -25,6 +27,7 @@ __all__ = [
     "Nginx",
     "Node",
     "NodeSpec",
+    "RedisServer",
     "backup_servers",
     "config_from_args",
     "find_deploy_dir",

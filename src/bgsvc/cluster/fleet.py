@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -15,17 +16,25 @@ from typing import IO
 from bgsvc.cluster.common import ClusterError, find_deploy_dir, http_status, port_is_free
 from bgsvc.cluster.nginx import Nginx
 from bgsvc.cluster.nodes import ClusterConfig, Node
-from bgsvc.cluster.supervisor import Supervisor
+from bgsvc.cluster.redisd import RedisServer, check_client, free_port
+from bgsvc.cluster.supervisor import Supervised, Supervisor
 
 # After a restarted node is ready, before the next one goes down: nginx may still hold
 # the first one as failed for its fail_timeout (2 s, deploy/nginx/nginx.conf).
 SETTLE_S = 2.5
+# redis-server answers PING within milliseconds of its start; a long AOF replay may take more.
+REDIS_READY_S = 30.0
 
 
 class Cluster:
     """Start, watch and stop the nodes and the balancer; a context manager."""
 
     def __init__(self, config: ClusterConfig) -> None:
+        self.redis: RedisServer | None = None
+        if config.redis:
+            port = config.redis_port or free_port(config.host)
+            self.redis = RedisServer(config.host, port, config.run_dir)
+            config = replace(config, env={**config.env, "BGSVC_REDIS_URL": self.redis.url})
         self.config = config
         self.deploy_dir = config.deploy_dir or find_deploy_dir()
         self.nodes = [Node(spec, config, self.deploy_dir) for spec in config.nodes]
@@ -46,6 +55,7 @@ class Cluster:
     def start(self) -> None:
         """Start every node, then nginx; returns at once (see wait_ready)."""
         ports = [n.port for n in self.nodes] + [self.config.listen_port]
+        ports += [self.redis.port] if self.redis else []
         if len(set(ports)) != len(ports):
             raise ClusterError(f"ports overlap: {ports}")
         busy = [p for p in ports if not port_is_free(self.config.host, p)]
@@ -57,6 +67,10 @@ class Cluster:
         for path in (self.log_dir, self.config.run_dir / "metrics"):
             path.mkdir(parents=True, exist_ok=True)
         try:
+            # Redis first: a node's job runner and cache connect to it as they start.
+            if self.redis is not None:
+                check_client()
+                self.start_redis()
             for node in self.nodes:
                 node.start()
             self.nginx.start()
@@ -79,6 +93,8 @@ class Cluster:
                     waiting.remove(node)
             if not self.nginx.alive():
                 raise ClusterError(f"nginx exited; see {self.nginx.error_log}")
+            if self.redis is not None and not self.redis.alive() and self.supervisor is None:
+                raise ClusterError(f"redis-server exited; see {self.redis.log_path}")
             if not waiting and http_status(f"{self.url}/health") == 200:
                 return
             time.sleep(poll)
@@ -88,9 +104,49 @@ class Cluster:
     def supervise(self, say: Callable[[str], None] = print) -> Supervisor:
         """From now on, restart any node that dies (see bgsvc.cluster.supervisor)."""
         if self.supervisor is None:
-            self.supervisor = Supervisor(self.nodes, say)
+            watched: list[Supervised] = [*self.nodes]
+            if self.redis is not None:
+                watched.append(self.redis)
+            self.supervisor = Supervisor(watched, say)
             self.supervisor.start()
         return self.supervisor
+
+    def start_redis(self, timeout: float = REDIS_READY_S) -> None:
+        """Start the fleet's redis-server (again) and wait until it answers PING; the
+        supervisor, if any, watches it again."""
+        redis = self._own_redis()
+        if redis.alive():
+            raise ClusterError("redis-server is already running")
+        redis.close()
+        redis.start()
+        deadline = time.monotonic() + timeout
+        while not redis.ready():
+            if not redis.alive() or time.monotonic() > deadline:
+                raise ClusterError(f"redis-server did not start; see {redis.log_path}")
+            time.sleep(0.02)
+        if self.supervisor is not None:
+            self.supervisor.watch_again(redis)
+
+    def stop_redis(self, kill: bool = False, timeout: float = 10.0) -> int | None:
+        """Stop the fleet's redis-server on purpose (SIGTERM, or SIGKILL with ``kill``,
+        as a crash would) and keep it stopped until start_redis. Its exit status."""
+        redis = self._own_redis()
+        if self.supervisor is not None:
+            self.supervisor.leave_alone(redis)
+        if kill:
+            redis.kill()
+        else:
+            redis.terminate()
+            if redis.wait(timeout) is None:
+                redis.kill()
+        status = redis.wait(timeout)
+        redis.close()
+        return status
+
+    def _own_redis(self) -> RedisServer:
+        if self.redis is None:
+            raise ClusterError("this cluster runs no redis-server (ClusterConfig.redis)")
+        return self.redis
 
     def restart_node(self, node: Node, ready_timeout: float = 300.0) -> float:
         """Planned restart of one node: SIGTERM (its drain: /ready 503, still serving,
@@ -144,6 +200,9 @@ class Cluster:
             node.close()
         if self.nginx.process is not None:
             statuses["nginx"] = self.nginx.process.returncode
+        # Last: the nodes' drains may still write job states to it.
+        if self.redis is not None and self.redis.process is not None:
+            statuses[self.redis.name] = self.stop_redis(timeout=max(5.0, timeout / 2))
         return statuses
 
     def __enter__(self) -> Cluster:
@@ -196,6 +255,13 @@ def run_foreground(
             f"starting {len(cluster.nodes)} nodes: {names}; "
             f"{config.workers} worker(s) x {config.threads_per_worker} thread(s) each"
         )
+        if cluster.redis is not None:
+            say(
+                f"redis: {cluster.redis.url} (append-only, in {cluster.redis.data_dir.resolve()}); "
+                "BGSVC_REDIS_URL of every node"
+            )
+        if config.data_dir is not None:
+            say(f"data: {config.data_dir.resolve()} (BGSVC_DATA_DIR of every node)")
         say(f"logs: {cluster.log_dir.resolve()}")
         code = 0
         try:
@@ -218,7 +284,7 @@ def run_foreground(
         except ClusterError as exc:
             say(f"bgsvc: error: {exc}")
             code = 1
-        say("stopping: nginx, then draining the nodes")
+        say("stopping: nginx, then draining the nodes" + (", then redis" if cluster.redis else ""))
         started = time.monotonic()
         statuses = cluster.stop()
         summary = ", ".join(f"{name}={status}" for name, status in statuses.items())
@@ -254,10 +320,17 @@ def config_from_args(
     workers: int,
     threads: int,
     env: Mapping[str, str] | None = None,
+    redis: bool = False,
+    redis_port: int | None = None,
+    data_dir: Path | None = None,
 ) -> ClusterConfig:
     """The configuration `bgsvc cluster up` builds from its options."""
     if nodes < 1:
         raise ClusterError("--nodes must be at least 1")
+    if redis_port is not None and not redis:
+        raise ClusterError(
+            "--redis-port needs the fleet's own Redis (no BGSVC_REDIS_URL, no --no-redis)"
+        )
     return ClusterConfig.local(
         nodes,
         base_port,
@@ -267,4 +340,7 @@ def config_from_args(
         workers=workers,
         threads=threads,
         env=dict(env or {}),
+        redis=redis,
+        redis_port=redis_port,
+        data_dir=data_dir,
     )

@@ -44,6 +44,13 @@ class ClusterConfig:
     threads: int = 0  # ORT intra-op threads per worker; 0: cores shared over all workers
     env: dict[str, str] = field(default_factory=dict)
     deploy_dir: Path | None = None
+    # Start a redis-server for the fleet (bgsvc.cluster.redisd) and give every node its
+    # BGSVC_REDIS_URL; on redis_port, else on a free port.
+    redis: bool = False
+    redis_port: int | None = None
+    # One BGSVC_DATA_DIR for every node (job results in bgsvc.storage's local directory
+    # must be readable by whichever node is asked); ``env`` may still override it.
+    data_dir: Path | None = None
 
     @classmethod
     def local(
@@ -108,6 +115,8 @@ class Node:
             }
         )
         env.pop("WEB_CONCURRENCY", None)
+        if self.config.data_dir is not None:
+            env["BGSVC_DATA_DIR"] = str(self.config.data_dir.resolve())
         env.update(self.config.env)
         env.update(self.spec.env)
         return env

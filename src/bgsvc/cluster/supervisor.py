@@ -1,5 +1,6 @@
 """Restart nodes that die, as Compose's ``restart: unless-stopped`` or a Kubernetes
-Deployment would: a background thread watches every node and starts again any that
+Deployment would: a background thread watches every node (and the fleet's redis-server)
+and starts again any that
 exited without being asked to, with a growing delay when one keeps crashing right after
 its start (so a broken node does not spin). Planned operations (a rolling restart, the
 final stop) hold a node so the supervisor leaves it alone.
@@ -12,13 +13,33 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-
-from bgsvc.cluster.nodes import Node
+from typing import Protocol
 
 # A node that dies within this many seconds of its start counts as crash-looping and
 # waits before its next start: 1, 2, 4 ... up to BACKOFF_MAX_S.
 CRASH_LOOP_S = 10.0
 BACKOFF_MAX_S = 30.0
+
+
+class Supervised(Protocol):
+    """What the supervisor needs of a process: a node (bgsvc.cluster.nodes.Node) or the
+    fleet's Redis (bgsvc.cluster.redisd.RedisServer)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def process(self) -> object | None: ...
+
+    def alive(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def wait(self, timeout: float) -> int | None: ...
+
+    def close(self) -> None: ...
+
+    def start(self) -> None: ...
 
 
 @dataclass
@@ -41,7 +62,7 @@ class Supervisor:
     """Watch ``nodes`` in a thread; ``say`` gets one line per event."""
 
     def __init__(
-        self, nodes: Sequence[Node], say: Callable[[str], None], poll: float = 0.1
+        self, nodes: Sequence[Supervised], say: Callable[[str], None], poll: float = 0.1
     ) -> None:
         self.nodes = list(nodes)
         self.say = say
@@ -65,16 +86,23 @@ class Supervisor:
             self._thread.join(10)
 
     @contextlib.contextmanager
-    def hold(self, node: Node) -> Iterator[None]:
+    def hold(self, node: Supervised) -> Iterator[None]:
         """Leave ``node`` alone while the caller stops or restarts it on purpose."""
-        with self._lock:
-            self._held.add(node.name)
+        self.leave_alone(node)
         try:
             yield
         finally:
-            with self._lock:
-                self._held.discard(node.name)
-                self._started_at[node.name] = time.monotonic()
+            self.watch_again(node)
+
+    def leave_alone(self, node: Supervised) -> None:
+        """From now on, until watch_again: ``node`` is stopped on purpose."""
+        with self._lock:
+            self._held.add(node.name)
+
+    def watch_again(self, node: Supervised) -> None:
+        with self._lock:
+            self._held.discard(node.name)
+            self._started_at[node.name] = time.monotonic()
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll):
@@ -87,7 +115,7 @@ class Supervisor:
                     self._restart(node)
                 self._check_ready(node)
 
-    def _restart(self, node: Node) -> None:
+    def _restart(self, node: Supervised) -> None:
         died = time.monotonic()
         status = node.wait(0)
         if died - self._started_at[node.name] < CRASH_LOOP_S:
@@ -110,7 +138,7 @@ class Supervisor:
         self.restarts.append(restart)
         self._waiting_ready[node.name] = restart
 
-    def _check_ready(self, node: Node) -> None:
+    def _check_ready(self, node: Supervised) -> None:
         restart = self._waiting_ready.get(node.name)
         if restart is None or not node.alive() or not node.ready():
             return

@@ -1,0 +1,146 @@
+"""The fleet's own Redis: Debian's ``redis-server`` on loopback, for the job queue and
+records and the shared result cache of every node (BGSVC_REDIS_URL)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import IO
+
+from bgsvc.cluster.common import ClusterError
+
+REDIS_NAME = "redis"
+
+
+def find_redis_server() -> str:
+    """Path of redis-server (Debian puts it in /usr/bin; look in the sbin dirs as well)."""
+    for candidate in (
+        shutil.which("redis-server"),
+        "/usr/bin/redis-server",
+        "/usr/sbin/redis-server",
+    ):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise ClusterError(
+        "redis-server not found: `make system-deps-cluster` installs it "
+        "(or set BGSVC_REDIS_URL to a Redis of your own, or pass --no-redis)"
+    )
+
+
+def check_client() -> None:
+    """The nodes run this interpreter's environment: without redis-py there, every node
+    would fail at its start with BGSVC_REDIS_URL set."""
+    if importlib.util.find_spec("redis") is None:
+        raise ClusterError(
+            "the fleet's Redis needs redis-py in this environment: pip install 'bgsvc[redis]' "
+            "(or pass --no-redis)"
+        )
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process, supervised like a node (same start/alive/wait/close)."""
+
+    name = REDIS_NAME
+
+    def __init__(self, host: str, port: int, run_dir: Path) -> None:
+        self.host = host
+        self.port = port
+        self.data_dir = run_dir / "redis"
+        self.log_path = run_dir / "logs" / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            find_redis_server(),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            # Loopback only and no password: protected mode refuses anyone else.
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(self.data_dir.resolve()),
+            # Every write is in the append-only file, fsynced before Redis answers it:
+            # a job accepted (202) is never lost when redis-server is killed or restarted.
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            # No RDB snapshots on top: the AOF is the one copy, and a fork of a big
+            # dataset would stall the fleet.
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C at the terminal must not stop Redis before the
+            # nodes have drained (they still write job states on the way out).
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ready(self) -> bool:
+        """Answers PING (RESP inline command) on its port."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def terminate(self) -> None:
+        """SIGTERM: redis-server fsyncs the AOF and exits."""
+        if self.alive() and self.process is not None:
+            os.kill(self.process.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL, as if its machine died."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def wait(self, timeout: float) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
