@@ -73,7 +73,7 @@ def test_jobs_part_runs_a_batch_and_sync_requests_and_idle_jobs_in_embedded_mode
     (variant,) = section["variants"]
     assert variant["mode"] == "embedded"
     tp = variant["throughput"]
-    assert (tp["items"], tp["batch_succeeded"], tp["sync_ok"]) == (4, 4, 4)
+    assert (tp["items"], tp["batches"], tp["batch_succeeded"], tp["sync_ok"]) == (4, 2, 4, 4)
     assert "redis_job_keys_while_queued" not in tp
     assert variant["idle_latency"]["jobs"] == 3
     (row,) = section["table"]["rows"]
