@@ -1,9 +1,9 @@
 """The benchmark: the model's own limit, the service at 1/2/4/8 concurrent clients, the
 scheduling layouts, overload, the result cache, jobs against the sync path (embedded and
 with Redis), memory (short, and per worker over a long run), the cluster when there is one,
-and a chaos run (kill -9 of nodes under load). On a
-host whose default-model session really runs on CUDA, the CUDA bench instead
-(benchmarks/gpu.py: bare session vs gunicorn 1/4/8 workers at c=1/32/64).
+and a chaos run (kill -9 of nodes under load). On a host whose default-model session really
+runs on CUDA, the CUDA bench instead (benchmarks/gpu.py: bare session vs gunicorn 1/4/8
+workers at c=1/32/64).
 
     python -m benchmarks.bench [--quick] [--out DIR] [--no-cluster] [--skip-memory]
         [--chaos-seconds S] [--chaos-interval S] [--soak-requests N]

@@ -146,18 +146,21 @@ def batch_vs_sync(
     succeeded = ok = 0
     batch_s = sync_s = 0.0
     job_keys = None
+    phases: list[list[Any]] = []
     for order, photos in enumerate((batches[0], syncs[0], syncs[1], batches[1])):
         if not photos:
             continue
         if order in (1, 2):
             done, seconds = _sync(target, photos)
             ok, sync_s = ok + done, sync_s + seconds
+            phases.append(["sync", done, seconds])
             continue
         status_url, started = _batch(target, photos)
         if job_keys is None and redis_keys is not None:
             job_keys = redis_keys()
         done, seconds = _until_completed(target, status_url, started)
         succeeded, batch_s = succeeded + done, batch_s + seconds
+        phases.append(["batch", done, seconds])
     result = {
         "items": len(batch_photos),
         "batches": sum(1 for b in batches if b),
@@ -169,6 +172,8 @@ def batch_vs_sync(
         "sync_s": sync_s,
         "sync_img_s": ok / sync_s,
         "ratio": (succeeded / batch_s) / (ok / sync_s) if ok else float("nan"),
+        # In run order, to see load drift on a shared machine: [path, images, seconds].
+        "phases": phases,
     }
     if job_keys is not None:
         result["redis_job_keys_while_queued"] = job_keys
