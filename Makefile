@@ -57,11 +57,13 @@ test: system-deps lint model
 test-fast: install
 	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus and not redis" $(PYTEST_ARGS)
 
-## Bare-session limit vs the service (c=1/2/4/8), layouts, overload, memory (short, and
-## per worker over 20,000 requests), cluster, chaos (kill -9 of a node every 30 s for
-## 5 min); writes benchmarks/out/ (~32 min here; BENCH_ARGS=--quick ~5 min, no chaos;
-## BENCH_ARGS="--only soak,chaos" just the two long ones, ~21 min).
-bench: system-deps-cluster model
+## Bare-session limit vs the service (c=1/2/4/8), layouts, overload, jobs vs sync (a
+## 200-image batch, embedded and with Redis), memory (short, and per worker over 20,000
+## requests), cluster, chaos (kill -9 of a node every 30 s for 5 min); writes
+## benchmarks/out/ (~57 min here; BENCH_ARGS=--quick ~8 min, no chaos;
+## BENCH_ARGS="--only soak,chaos" just the two long ones, ~21 min; "--only jobs" ~12 min).
+bench: model
+	@bash scripts/system-deps.sh nginx redis-server
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:

@@ -1,12 +1,14 @@
 """The benchmark: the model's own limit, the service at 1/2/4/8 concurrent clients, the
-scheduling layouts, overload, the result cache, memory (short, and per worker over a long
-run), the cluster when there is one, and a chaos run (kill -9 of nodes under load). On a
-host whose default-model session really runs on CUDA, the CUDA bench instead
-(benchmarks/gpu.py: bare session vs gunicorn 1/4/8 workers at c=1/32/64).
+scheduling layouts, overload, the result cache, jobs against the sync path (embedded and
+with Redis), memory (short, and per worker over a long run), the cluster when there is one,
+and a chaos run (kill -9 of nodes under load). On a host whose default-model session really
+runs on CUDA, the CUDA bench instead (benchmarks/gpu.py: bare session vs gunicorn 1/4/8
+workers at c=1/32/64).
 
     python -m benchmarks.bench [--quick] [--out DIR] [--no-cluster] [--skip-memory]
         [--chaos-seconds S] [--chaos-interval S] [--soak-requests N]
-        [--only memory,soak,chaos,cluster]
+        [--jobs-batch N] [--jobs-idle N] [--redis]
+        [--only memory,soak,chaos,cluster,jobs]
 
 Writes DIR/results.json, DIR/results.md and DIR/bench.png (DIR: benchmarks/out).
 Nothing here asserts a number: the run prints and records.
@@ -18,12 +20,13 @@ import argparse
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import gpu, report
+from benchmarks import gpu, jobs, report
 from benchmarks.cluster import chaos_run, cluster
 from benchmarks.images import build_set, two_megapixel
 from benchmarks.limit import measure_limit, measure_limit_processes, say_limit
@@ -153,6 +156,8 @@ def run(plan: Plan, out: Path, with_cluster: bool, with_memory: bool) -> dict[st
 
     results["cache"] = cache_check(two_mp, out)
     results["overload"] = overload(plan, two_mp, best_tp, c1_latency, out)
+    results["jobs"] = jobs_part(plan, two_mp.data, out)
+    results["headline"] += jobs_headline(results["jobs"])
     if with_memory:
         results["memory"] = memory(plan, images, out)
         # glibc gives each thread that allocates its own arena and keeps freed memory in
@@ -168,6 +173,26 @@ def run(plan: Plan, out: Path, with_cluster: bool, with_memory: bool) -> dict[st
             results["chaos"] = chaos_run(plan, out)
     results["elapsed_s"] = time.perf_counter() - started
     return results
+
+
+def jobs_part(plan: Plan, photo: bytes, out: Path) -> dict[str, Any]:
+    """The jobs row (benchmarks/jobs.py) in each of the plan's modes; the Redis one is
+    skipped, with a note, where redis-server is missing."""
+    measured, skipped = [], []
+    for variant in plan.jobs_variants:
+        redis = variant == "redis"
+        if redis and shutil.which("redis-server") is None:
+            skipped.append("Redis mode (no redis-server: make system-deps)")
+            continue
+        measured.append(jobs.measure(photo, plan.jobs_items, plan.jobs_idle, out, redis=redis))
+    return jobs.section(measured, skipped)
+
+
+def jobs_headline(section: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [f"jobs ({v['mode']}): batch / sync throughput", v["throughput"]["ratio"], ">= 0.9"]
+        for v in section["variants"]
+    ]
 
 
 def run_cuda(plan: Plan, out: Path) -> dict[str, Any]:
@@ -197,6 +222,9 @@ def run_only(plan: Plan, sections: tuple[str, ...], out: Path) -> dict[str, Any]
         results["load"] = results["cluster"].get("levels", [])
     if "chaos" in sections:
         results["chaos"] = chaos_run(plan, out)
+    if "jobs" in sections:
+        results["jobs"] = jobs_part(plan, two_megapixel(images).data, out)
+        results["headline"] = jobs_headline(results["jobs"])
     return results
 
 
@@ -226,6 +254,22 @@ def arg_parser() -> argparse.ArgumentParser:
         "--soak-requests",
         type=int,
         help="requests of the per-worker memory run (full: 20000, quick: 1000; 0 = skipped)",
+    )
+    parser.add_argument(
+        "--jobs-batch",
+        type=int,
+        help="images in the jobs part's batch, and sync requests against it (full 200, quick 20)",
+    )
+    parser.add_argument(
+        "--jobs-idle",
+        type=int,
+        help="single jobs sent to an idle node for enqueue-to-start (full 50, quick 10)",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="jobs part: only the node with its own Redis (BGSVC_REDIS_URL); "
+        "a full run measures both modes, --only jobs the embedded one",
     )
     return parser
 

@@ -33,6 +33,11 @@ class Plan:
     # Chaos run length and the time between kills (0 s: skipped).
     chaos_seconds: float = 0.0
     chaos_interval: float = 30.0
+    # Jobs against the sync path (benchmarks/jobs.py): batch size, idle single jobs, and
+    # the modes measured (embedded; redis = the node with its own BGSVC_REDIS_URL).
+    jobs_items: int = 200
+    jobs_idle: int = 50
+    jobs_variants: tuple[str, ...] = ("embedded", "redis")
 
 
 FULL = Plan(
@@ -58,9 +63,11 @@ QUICK = Plan(
     # loads the real model): the quick run leaves it out unless --chaos-seconds asks.
     soak_requests=1000,
     chaos_seconds=0.0,
+    jobs_items=20,
+    jobs_idle=10,
 )
 # Sections that run on their own with --only.
-SECTIONS = ("memory", "soak", "chaos", "cluster")
+SECTIONS = ("memory", "soak", "chaos", "cluster", "jobs")
 
 
 def say(message: str) -> None:
@@ -93,4 +100,13 @@ def plan_from(args: argparse.Namespace) -> Plan:
         changes["chaos_interval"] = args.chaos_interval
     if args.soak_requests is not None:
         changes["soak_requests"] = args.soak_requests
+    if args.jobs_batch is not None:
+        changes["jobs_items"] = args.jobs_batch
+    if args.jobs_idle is not None:
+        changes["jobs_idle"] = args.jobs_idle
+    if args.redis:
+        changes["jobs_variants"] = ("redis",)
+    elif args.only:
+        # A part-run of jobs measures the embedded mode unless --redis asks for Redis.
+        changes["jobs_variants"] = ("embedded",)
     return dataclasses.replace(plan, **changes)

@@ -177,6 +177,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("outside_model", "CPU ms per image outside the model (c=1, 2 MP JPEG)"),
         ("cache", "Result cache (same upload three times)"),
         ("overload", "Overload"),
+        ("jobs", "Jobs against the sync path (one node)"),
         ("memory", "Memory"),
         ("memory_arena2", "Memory with MALLOC_ARENA_MAX=2"),
         ("soak", "Memory per worker over a long run"),
