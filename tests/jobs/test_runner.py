@@ -8,14 +8,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from bgsvc.config import Settings
+from bgsvc.errors import JobsUnavailable
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.outbound.signing import generate_secret
 from bgsvc.service import Predictor
+from tests.conftest import encode_image, subject_image
 from tests.jobs.conftest import (
     jobs_of,
     state_of,
@@ -181,3 +184,26 @@ def test_a_finished_job_calls_back_with_a_signed_webhook_and_records_the_attempt
     data = event["data"]
     assert isinstance(data, dict) and data["id"] == job["id"] and data["status"] == "succeeded"
     assert receiver.seen[0].headers["webhook-id"] == f"msg_{job['id']}"
+
+
+def test_a_claim_that_fails_in_the_store_gives_its_inference_slot_back(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = jobs_client()
+    jobs = jobs_of(client)
+    submit(client, encode_image(subject_image()))  # opens the stores
+    backends = jobs.queue.backends
+    assert backends is not None
+    calls: list[str] = []
+
+    async def failing_claim(owner: str, now: float) -> None:
+        calls.append(owner)
+        raise JobsUnavailable("store down")
+
+    monkeypatch.setattr(backends.jobs, "claim", failing_claim)
+    jobs.queue.wake.set()
+    deadline = time.monotonic() + 10
+    while len(calls) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert state_of(client).scheduler.admitted == 0

@@ -54,7 +54,7 @@ def _unavailable(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
-        except (redis.RedisError, dramatiq.errors.ConnectionError) as exc:
+        except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
             raise JobsUnavailable(
                 "The job queue is unavailable; retry later.", retry_after=5
             ) from exc

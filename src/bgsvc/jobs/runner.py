@@ -182,7 +182,11 @@ class JobRunner:
         ):
             # The ticket first: a claimed job must never wait for a place.
             ticket = self.scheduler.try_admit()
-            record = await backends.jobs.claim(self.owner, self.clock())
+            try:
+                record = await backends.jobs.claim(self.owner, self.clock())
+            except BaseException:
+                ticket.close()  # a store that fails (Redis down) must not keep a slot
+                raise
             if record is None:
                 ticket.close()
                 return
