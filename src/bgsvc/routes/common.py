@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -15,6 +15,9 @@ from bgsvc.inference.scheduler import Ticket
 from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalResult
 from bgsvc.state import AppState
+
+if TYPE_CHECKING:
+    from bgsvc.urlinputs.fetcher import UrlFetcher
 
 # OpenAPI for routes that take either a multipart upload or a raw image body.
 IMAGE_BODY: dict[str, Any] = {
@@ -56,6 +59,18 @@ def app_state(request: Request) -> AppState:
     """The process state created by the app factory."""
     state: AppState = request.app.state.bgsvc
     return state
+
+
+async def fetch_url_image(request: Request, url: str, what: str) -> bytes:
+    """The image at ``url`` (``what`` names the parameter), fetched under the request's
+    admission ticket; InvalidParameter while BGSVC_URL_INPUTS is off."""
+    fetcher: UrlFetcher | None = request.app.state.url_fetcher
+    if fetcher is None:
+        raise InvalidParameter(
+            f"{what}: fetching images by URL is turned off on this server "
+            "(BGSVC_URL_INPUTS=false); send the image itself."
+        )
+    return await fetcher.fetch(url)
 
 
 def ticket_of(request: Request) -> Ticket:
@@ -112,11 +127,23 @@ P = TypeVar("P", bound=RemovalParams)
 
 
 async def remove_upload(
-    request: Request, params: P, fields: tuple[str, ...], missing: str
+    request: Request,
+    params: P,
+    fields: tuple[str, ...],
+    missing: str,
+    url_field: str | None = None,
 ) -> RemovalResult:
-    """Read the upload (``fields`` name the file part), let form fields override the query
-    parameters, and run the removal under the request's admission ticket."""
+    """Read the upload (``fields`` name the file part) or, when ``url_field`` is named and
+    given (query or form), fetch the image from that URL; let form fields override the
+    query parameters, and run the removal under the request's admission ticket."""
     data, form = await read_upload(request, fields)
+    url = None
+    if url_field is not None:
+        url = form.pop(url_field, None) or request.query_params.get(url_field)
+    if data is not None and url:
+        raise InvalidParameter(f"Send the image or {url_field}, not both.")
+    if url and url_field is not None:
+        data = await fetch_url_image(request, url, url_field)
     if data is None:
         raise MissingImage(missing)
     if form:
