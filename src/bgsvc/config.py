@@ -444,7 +444,7 @@ class Settings(BaseSettings):
     url_inputs: bool = Field(
         default=False,
         description="Fetch images given by URL (remove.bg image_url, rembg GET "
-        "/api/remove?url=, image_url on /remove-background) through the outbound guard.",
+        "/api/remove?url=, image_url on /remove-background and /jobs) through the outbound guard.",
     )
 
     @field_validator("allowed_formats")

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from bgsvc.app import create_app
 from bgsvc.config import Settings
 from tests.conftest import encode_image, subject_image, wait_ready
+from tests.jobs.conftest import wait_status
 from tests.models import TINY_SIZE
 from tests.outbound.conftest import CountingResolver
 from tests.outbound.servers import Handler, Server, serve
@@ -37,6 +38,7 @@ class _Streamed:
 def _settings(model: Path, workdir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "model_dir": workdir / "models",
+        "data_dir": workdir / "data",
         "default_model": "tiny",
         "custom_models": {"tiny": {"path": model, "profile": "imgly", "input_size": TINY_SIZE}},
         "intra_op_threads": 1,
@@ -287,6 +289,35 @@ def test_the_native_route_takes_image_url_too(guarded: TestClient, outer: Server
     assert fetched.status_code == 200 and fetched.content == uploaded.content
     refused = guarded.post("/remove-background", data={"image_url": "http://127.1/"})
     assert (refused.status_code, _code(refused)) == (400, "url_forbidden")
+
+
+def test_a_job_takes_image_url_and_refuses_a_hostile_one_at_submission(
+    guarded: TestClient, outer: Server
+) -> None:
+    accepted = guarded.post("/jobs", data={"image_url": f"{outer.base_url}/cat.bin"})
+    assert accepted.status_code == 202, accepted.text
+    wait_status(guarded, accepted.json()["id"], ("succeeded",))
+    result = guarded.get(accepted.json()["result_url"])
+    uploaded = guarded.post("/remove-background", files={"file": PHOTO})
+    assert result.status_code == 200 and result.content == uploaded.content
+    for url, code in (
+        ("http://169.254.169.254/", "url_forbidden"),
+        ("gopher://x/", "url_forbidden"),
+    ):
+        refused = guarded.post("/jobs", params={"image_url": url})
+        assert (refused.status_code, _code(refused)) == (400, code)
+
+
+def test_a_bad_option_is_refused_before_anything_is_fetched(
+    guarded: TestClient, outer: Server
+) -> None:
+    before = len(outer.seen)
+    url = f"{outer.base_url}/cat.bin"
+    bad = guarded.post("/v1.0/removebg", data={"image_url": url, "size": "gigantic"})
+    native = guarded.post("/remove-background", params={"image_url": url, "format": "bmp"})
+    job = guarded.post("/jobs", data={"image_url": url, "model": "u2net"})
+    assert [r.status_code for r in (bad, native, job)] == [400, 400, 400]
+    assert len(outer.seen) == before
 
 
 def test_an_image_and_a_url_together_are_refused(guarded: TestClient, outer: Server) -> None:

@@ -61,16 +61,24 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-async def fetch_url_image(request: Request, url: str, what: str) -> bytes:
-    """The image at ``url`` (``what`` names the parameter), fetched under the request's
-    admission ticket; InvalidParameter while BGSVC_URL_INPUTS is off."""
+async def fetch_url_image(request: Request, url: str, what: str, *, admit: bool = False) -> bytes:
+    """The image at ``url`` (``what`` names the parameter); InvalidParameter while
+    BGSVC_URL_INPUTS is off. The sync routes fetch under the ticket the middleware gave
+    them; ``admit`` takes one for the fetch alone (the queueing routes have none), so that
+    fetches everywhere share the same bound on places."""
     fetcher: UrlFetcher | None = request.app.state.url_fetcher
     if fetcher is None:
         raise InvalidParameter(
             f"{what}: fetching images by URL is turned off on this server "
             "(BGSVC_URL_INPUTS=false); send the image itself."
         )
-    return await fetcher.fetch(url)
+    if not admit:
+        return await fetcher.fetch(url)
+    ticket = app_state(request).scheduler.try_admit()
+    try:
+        return await fetcher.fetch(url)
+    finally:
+        ticket.close()
 
 
 def ticket_of(request: Request) -> Ticket:
@@ -142,14 +150,15 @@ async def remove_upload(
         url = form.pop(url_field, None) or request.query_params.get(url_field)
     if data is not None and url:
         raise InvalidParameter(f"Send the image or {url_field}, not both.")
-    if url and url_field is not None:
-        data = await fetch_url_image(request, url, url_field)
-    if data is None:
+    if data is None and not url:
         raise MissingImage(missing)
     if form:
         params = parse_params(type(params), {**request.query_params, **form})
-    service = app_state(request).service
-    return await service.process(ticket_of(request), data, params.to_options())
+    # Options are checked before anything is fetched: a bad one costs no outbound request.
+    options = params.to_options()
+    if data is None:
+        data = await fetch_url_image(request, str(url), str(url_field))
+    return await app_state(request).service.process(ticket_of(request), data, options)
 
 
 def result_headers(result: RemovalResult) -> dict[str, str]:

@@ -145,10 +145,11 @@ async def _image_bytes(request: Request, data: bytes | None, fields: dict[str, s
 )
 async def removebg(request: Request) -> Response:
     data, fields = await _read_request(request)
+    # Options are checked before anything is fetched: a bad one costs no outbound request.
+    options = parse_params(RemoveBgParams, {**request.query_params, **fields}).to_options()
     image = await _image_bytes(request, data, fields)
-    params = parse_params(RemoveBgParams, {**request.query_params, **fields})
     service = app_state(request).service
-    result = await service.process(ticket_of(request), image, params.to_options())
+    result = await service.process(ticket_of(request), image, options)
     headers = {**result_headers(result), "X-Credits-Charged": "0"}
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(
