@@ -29,9 +29,11 @@ from bgsvc.jobs.runtime import Jobs
 from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
+from bgsvc.outbound.client import Resolver, system_resolver
 from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, remove
 from bgsvc.service import Predictor
 from bgsvc.state import AppState, on_drain
+from bgsvc.urlinputs.fetcher import UrlFetcher
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -84,6 +86,7 @@ def create_app(
     span_exporter: SpanExporter | None = None,
     on_stuck: Callable[[], None] = _stop_process,
     exit_process: Callable[[int], None] = hard_exit,
+    outbound_resolver: Resolver = system_resolver,
 ) -> FastAPI:
     """Build the ASGI app. Nothing heavy happens here: models load in the lifespan, in the
     background, so /health answers and /ready says 503 until they are warm.
@@ -91,7 +94,7 @@ def create_app(
     ``span_exporter`` (tests) receives every span, whatever the OTEL_* settings say.
     ``on_stuck`` starts the replacement of a process whose inference hangs (default: the
     drain, via SIGTERM) and ``exit_process`` ends it once drained (default: os._exit);
-    tests inject both."""
+    tests inject both, and ``outbound_resolver`` (the names URL inputs resolve)."""
     settings = settings or get_settings()
     traces = tracing.setup(settings, span_exporter)
     tracing.install(traces)
@@ -106,6 +109,11 @@ def create_app(
     scheduler = Scheduler(concurrency, settings.max_queue, observer=metrics, watchdog=watchdog)
     state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
     job_runtime = Jobs(settings, state, jobs.options_from_record)
+    url_fetcher = (
+        UrlFetcher.from_settings(settings, metrics, resolver=outbound_resolver)
+        if settings.url_inputs
+        else None
+    )
 
     def on_trip() -> None:
         state.mark_stuck()
@@ -137,6 +145,8 @@ def create_app(
             await anyio.to_thread.run_sync(scheduler.shutdown)
             await anyio.to_thread.run_sync(state.service.shutdown)
             await state.service.aclose()
+            if url_fetcher is not None:
+                await url_fetcher.aclose()
             await anyio.to_thread.run_sync(tracing.uninstall, traces)
             watchdog.finish()
 
@@ -150,6 +160,7 @@ def create_app(
     )
     app.state.bgsvc = state
     app.state.jobs = job_runtime
+    app.state.url_fetcher = url_fetcher
     app.include_router(health.router)
     app.include_router(remove.router)
     app.include_router(jobs.router)

@@ -440,6 +440,13 @@ class Settings(BaseSettings):
         description="prometheus-client's multiprocess directory (set under gunicorn).",
     )
 
+    # URL inputs (bgsvc.urlinputs): image_url and GET /api/remove?url=; README "URL inputs".
+    url_inputs: bool = Field(
+        default=False,
+        description="Fetch images given by URL (remove.bg image_url, rembg GET "
+        "/api/remove?url=, image_url on /remove-background and /jobs) through the outbound guard.",
+    )
+
     @field_validator("allowed_formats")
     @classmethod
     def _upper_formats(cls, value: list[str]) -> list[str]:

@@ -191,6 +191,22 @@ class Metrics:
             registry=r,
         )
 
+        # URL inputs (bgsvc.urlinputs): fetches by outcome (fetched, or the error code).
+        self.url_fetches = Counter(
+            "bgsvc_url_fetches",
+            "Image URL fetches, by outcome: fetched, or the error code (url_forbidden, "
+            "url_invalid, url_fetch_failed, url_too_large, unsupported_format...).",
+            ["outcome"],
+            registry=r,
+        )
+        self.url_fetch_seconds = Histogram(
+            "bgsvc_url_fetch_seconds",
+            "Image URL fetches, start to the last byte checked, by outcome.",
+            ["outcome"],
+            buckets=(*LATENCY_BUCKETS, 30.0),
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         """A collector read at every scrape (e.g. GPU metrics), in both modes."""
         self._collectors.append(collector)

@@ -19,6 +19,8 @@ from bgsvc.state import AppState
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 HEAVY_ROUTES = frozenset({"/remove-background", "/api/remove", "/v1.0/removebg"})
+# rembg's GET /api/remove?url= runs a removal too, so it is admitted like the uploads.
+ADMITTED = frozenset({("POST", path) for path in HEAVY_ROUTES} | {("GET", "/api/remove")})
 
 
 def request_id_of(scope: Scope) -> str:
@@ -81,18 +83,16 @@ class RequestContextMiddleware:
 
 class AdmissionMiddleware:
     """For the heavy routes: refuse at once when not ready or full (before reading the
-    upload), then read the body within the byte limit and hand the ticket to the route."""
+    upload or fetching a URL), then read the body within the byte limit and hand the ticket
+    to the route. A URL is fetched under the ticket, as an upload is read under it: the
+    ticket bounds how many inputs a process holds in memory at once."""
 
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or scope["path"] not in HEAVY_ROUTES
-        ):
+        if scope["type"] != "http" or (scope["method"], scope["path"]) not in ADMITTED:
             await self.app(scope, receive, send)
             return
         limit = self.state.settings.max_upload_bytes

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -15,6 +15,9 @@ from bgsvc.inference.scheduler import Ticket
 from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalResult
 from bgsvc.state import AppState
+
+if TYPE_CHECKING:
+    from bgsvc.urlinputs.fetcher import UrlFetcher
 
 # OpenAPI for routes that take either a multipart upload or a raw image body.
 IMAGE_BODY: dict[str, Any] = {
@@ -56,6 +59,26 @@ def app_state(request: Request) -> AppState:
     """The process state created by the app factory."""
     state: AppState = request.app.state.bgsvc
     return state
+
+
+async def fetch_url_image(request: Request, url: str, what: str, *, admit: bool = False) -> bytes:
+    """The image at ``url`` (``what`` names the parameter); InvalidParameter while
+    BGSVC_URL_INPUTS is off. The sync routes fetch under the ticket the middleware gave
+    them; ``admit`` takes one for the fetch alone (the queueing routes have none), so that
+    fetches everywhere share the same bound on places."""
+    fetcher: UrlFetcher | None = request.app.state.url_fetcher
+    if fetcher is None:
+        raise InvalidParameter(
+            f"{what}: fetching images by URL is turned off on this server "
+            "(BGSVC_URL_INPUTS=false); send the image itself."
+        )
+    if not admit:
+        return await fetcher.fetch(url)
+    ticket = app_state(request).scheduler.try_admit()
+    try:
+        return await fetcher.fetch(url)
+    finally:
+        ticket.close()
 
 
 def ticket_of(request: Request) -> Ticket:
@@ -112,17 +135,30 @@ P = TypeVar("P", bound=RemovalParams)
 
 
 async def remove_upload(
-    request: Request, params: P, fields: tuple[str, ...], missing: str
+    request: Request,
+    params: P,
+    fields: tuple[str, ...],
+    missing: str,
+    url_field: str | None = None,
 ) -> RemovalResult:
-    """Read the upload (``fields`` name the file part), let form fields override the query
-    parameters, and run the removal under the request's admission ticket."""
+    """Read the upload (``fields`` name the file part) or, when ``url_field`` is named and
+    given (query or form), fetch the image from that URL; let form fields override the
+    query parameters, and run the removal under the request's admission ticket."""
     data, form = await read_upload(request, fields)
-    if data is None:
+    url = None
+    if url_field is not None:
+        url = form.pop(url_field, None) or request.query_params.get(url_field)
+    if data is not None and url:
+        raise InvalidParameter(f"Send the image or {url_field}, not both.")
+    if data is None and not url:
         raise MissingImage(missing)
     if form:
         params = parse_params(type(params), {**request.query_params, **form})
-    service = app_state(request).service
-    return await service.process(ticket_of(request), data, params.to_options())
+    # Options are checked before anything is fetched: a bad one costs no outbound request.
+    options = params.to_options()
+    if data is None:
+        data = await fetch_url_image(request, str(url), str(url_field))
+    return await app_state(request).service.process(ticket_of(request), data, options)
 
 
 def result_headers(result: RemovalResult) -> dict[str, str]:

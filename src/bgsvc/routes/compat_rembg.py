@@ -8,14 +8,17 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from bgsvc.errors import InvalidParameter
+from bgsvc.errors import InvalidParameter, MissingImage
 from bgsvc.options import RemovalOptions, parse_color
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
     IMAGE_BODY,
     RemovalParams,
+    app_state,
+    fetch_url_image,
     image_response,
     remove_upload,
+    ticket_of,
 )
 
 router = APIRouter(tags=["rembg compatibility"])
@@ -71,9 +74,26 @@ async def rembg_remove(request: Request, params: Annotated[RembgParams, Query()]
 
 @router.get(
     "/api/remove",
-    summary="rembg: remove from URL (not supported)",
-    description="This server never fetches URLs (no SSRF surface); POST the image instead.",
-    responses={400: {"description": "Always"}},
+    summary="rembg: remove from URL",
+    description="Drop-in for rembg's `GET /api/remove?url=`: the image is fetched through the "
+    "outbound guard (public addresses only, unless BGSVC_OUTBOUND_ALLOW says otherwise). "
+    "Off unless BGSVC_URL_INPUTS=true; then 400 `invalid_parameter`.",
+    response_class=Response,
+    responses={
+        **ERROR_RESPONSES,
+        400: {
+            "description": "Bad parameter, URL refused (url_forbidden, url_invalid) or "
+            "fetch failed (url_fetch_failed, url_too_large)"
+        },
+    },
 )
-async def rembg_remove_url() -> Response:
-    raise InvalidParameter("Fetching images by URL is not supported; POST the image as 'file'.")
+async def rembg_remove_url(
+    request: Request,
+    params: Annotated[RembgParams, Query()],
+    url: Annotated[str | None, Query(description="The image's http(s) URL.")] = None,
+) -> Response:
+    if not url:
+        raise MissingImage("Give the image's address as ?url=, or POST it as 'file'.")
+    data = await fetch_url_image(request, url, "url")
+    result = await app_state(request).service.process(ticket_of(request), data, params.to_options())
+    return image_response(result)

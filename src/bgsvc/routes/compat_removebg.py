@@ -17,6 +17,7 @@ from bgsvc.routes.common import (
     ERROR_RESPONSES,
     RemovalParams,
     app_state,
+    fetch_url_image,
     image_response,
     parse_params,
     read_upload,
@@ -39,7 +40,7 @@ SIZE_PIXELS: dict[str, int | None] = {
     "auto": None,
 }
 # Fields that would change the result in ways this server does not implement.
-UNSUPPORTED = ("image_url", "bg_image_url", "bg_image_file", "roi", "scale", "position")
+UNSUPPORTED = ("bg_image_url", "bg_image_file", "roi", "scale", "position")
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -51,6 +52,7 @@ _BODY_DOC: dict[str, Any] = {
                     "properties": {
                         "image_file": {"type": "string", "format": "binary"},
                         "image_file_b64": {"type": "string"},
+                        "image_url": {"type": "string"},
                         "size": {"type": "string", "default": "auto"},
                         "format": {"type": "string", "enum": ["auto", "png", "jpg", "webp"]},
                         "bg_color": {"type": "string"},
@@ -112,18 +114,23 @@ async def _read_request(request: Request) -> tuple[bytes | None, dict[str, str]]
     return await read_upload(request, ("image_file",))
 
 
-def _image_bytes(data: bytes | None, fields: dict[str, str]) -> bytes:
+async def _image_bytes(request: Request, data: bytes | None, fields: dict[str, str]) -> bytes:
     for name in UNSUPPORTED:
         if fields.get(name):
             raise InvalidParameter(f"{name} is not supported by this server.")
     b64 = fields.pop("image_file_b64", None)
+    url = fields.pop("image_url", None)
+    if sum(1 for given in (data is not None, bool(b64), bool(url)) if given) > 1:
+        raise InvalidParameter("Send one of image_file, image_file_b64 or image_url.")
+    if url:
+        return await fetch_url_image(request, url, "image_url")
     if data is None and b64:
         try:
             return base64.b64decode(b64.split(",", 1)[-1], validate=False)
         except (binascii.Error, ValueError):
             raise InvalidParameter("image_file_b64 is not valid base64.") from None
     if data is None:
-        raise MissingImage("Send image_file or image_file_b64.")
+        raise MissingImage("Send image_file, image_file_b64 or image_url.")
     return data
 
 
@@ -138,10 +145,11 @@ def _image_bytes(data: bytes | None, fields: dict[str, str]) -> bytes:
 )
 async def removebg(request: Request) -> Response:
     data, fields = await _read_request(request)
-    image = _image_bytes(data, fields)
-    params = parse_params(RemoveBgParams, {**request.query_params, **fields})
+    # Options are checked before anything is fetched: a bad one costs no outbound request.
+    options = parse_params(RemoveBgParams, {**request.query_params, **fields}).to_options()
+    image = await _image_bytes(request, data, fields)
     service = app_state(request).service
-    result = await service.process(ticket_of(request), image, params.to_options())
+    result = await service.process(ticket_of(request), image, options)
     headers = {**result_headers(result), "X-Credits-Charged": "0"}
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(

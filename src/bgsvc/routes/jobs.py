@@ -13,7 +13,14 @@ from bgsvc.inference.registry import select
 from bgsvc.jobs.notify import check_callback_url
 from bgsvc.jobs.runtime import Jobs
 from bgsvc.options import RemovalOptions
-from bgsvc.routes.common import IMAGE_BODY, app_state, capped_request, parse_params, read_upload
+from bgsvc.routes.common import (
+    IMAGE_BODY,
+    app_state,
+    capped_request,
+    fetch_url_image,
+    parse_params,
+    read_upload,
+)
 from bgsvc.routes.remove import RemoveParams
 
 router = APIRouter(tags=["Jobs"])
@@ -71,9 +78,17 @@ async def submit_job(
         raise InvalidParameter("Idempotency-Key: 1 to 255 printable ASCII characters.")
     upload = capped_request(request, limit, "upload")
     data, form = await read_upload(upload, ("file", "image_file"))
-    if data is None:
-        raise MissingImage("Send the image as multipart field 'file' or as an image/* body.")
+    url = form.pop("image_url", None) or request.query_params.get("image_url")
+    if data is not None and url:
+        raise InvalidParameter("Send the image or image_url, not both.")
+    if data is None and not url:
+        raise MissingImage(
+            "Send the image as multipart field 'file', as an image/* body or as image_url."
+        )
     params, callback_url = await accepted_submission(request, form)
+    if data is None:
+        # Fetched now, not by the worker: a refused or broken URL is the submitter's 400.
+        data = await fetch_url_image(request, str(url), "image_url", admit=True)
     jobs = jobs_of(request)
     record, _ = await jobs.queue.submit(
         data,

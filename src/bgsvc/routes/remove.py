@@ -67,13 +67,14 @@ class RemoveParams(RemovalParams):
 @router.post(
     "/remove-background",
     summary="Remove the background of an image",
-    description="Send the image as multipart field `file` (or `image_file`), or as a raw body "
-    "with an `image/*` content type. Options may also be sent as form fields.",
+    description="Send the image as multipart field `file` (or `image_file`), as a raw body "
+    "with an `image/*` content type, or (with BGSVC_URL_INPUTS) as `image_url`, a query "
+    "parameter or form field. Options may also be sent as form fields.",
     response_class=Response,
     responses=ERROR_RESPONSES,
     openapi_extra=IMAGE_BODY,
 )
 async def remove_background(request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
-    missing = "Send the image as multipart field 'file' or as an image/* body."
-    result = await remove_upload(request, params, ("file", "image_file"), missing)
+    missing = "Send the image as multipart field 'file', as an image/* body or as image_url."
+    result = await remove_upload(request, params, ("file", "image_file"), missing, "image_url")
     return image_response(result)
