@@ -120,9 +120,9 @@ class LocalLimits:
         self._executor.shutdown(wait=True)
 
     async def _bucket(self, key: str, policy: RatePolicy, cost: int) -> RateDecision:
-        now_us = round(self._clock() * gcra.US)
-
         def take(conn: sqlite3.Connection) -> RateDecision:
+            # Read under the write lock: hits of every worker then see time move forward.
+            now_us = round(self._clock() * gcra.US)
             row = conn.execute("SELECT tat_us FROM buckets WHERE key = ?", (key,)).fetchone()
             allowed, tat = gcra.step(policy, cost, now_us, row[0] if row else None)
             if allowed:
