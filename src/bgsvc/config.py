@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bgsvc.limits.api import RatePolicy
 from bgsvc.outbound.policy import AllowList
 from bgsvc.outbound.signing import decode_secret
 
@@ -433,6 +434,25 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(
         default=300.0, ge=0, description="Longest wait between two webhook attempts."
     )
+
+    # Rate limits and quotas (bgsvc.limits)
+    rate_limit_fail_open: bool = Field(
+        default=True,
+        description="When the limits store (Redis, or the node's SQLite file) fails: true "
+        "admits the request (counted in bgsvc_limits_errors_total, one warning per 30 s); "
+        "false refuses it with 503 limits_unavailable.",
+    )
+    auth_fail_limit: str = Field(
+        default="20/min",
+        description="Failed authentications allowed per client address (N/s, N/min, N/hour, "
+        "N/day; that many at once, then refilled evenly); beyond it, 429.",
+    )
+
+    @field_validator("auth_fail_limit")
+    @classmethod
+    def _valid_auth_fail_limit(cls, value: str) -> str:
+        RatePolicy.parse(value)
+        return value
 
     prometheus_multiproc_dir: Path | None = Field(
         default=None,

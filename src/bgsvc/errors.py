@@ -311,3 +311,19 @@ class BatchRunning(BgsvcError):
 
     code = "batch_running"
     status = 409
+
+
+# --- Rate limits and quotas (bgsvc.limits). ---------------------------------------------
+
+
+class LimitsUnavailable(BgsvcError):
+    """The limits store (Redis, or the node's SQLite file) did not answer and
+    BGSVC_RATE_LIMIT_FAIL_OPEN is false: the request is refused rather than admitted
+    unchecked."""
+
+    code = "limits_unavailable"
+    status = 503
+    reason = "limits_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = 2) -> None:
+        super().__init__(message, retry_after=retry_after)

@@ -207,6 +207,15 @@ class Metrics:
             registry=r,
         )
 
+        # Rate limits and quotas (bgsvc.limits): decisions taken without the store.
+        self.limits_errors = Counter(
+            "bgsvc_limits_errors",
+            "Limit checks the store (Redis or SQLite) could not answer, by what was done "
+            "(admitted: fail-open; refused: fail-closed).",
+            ["action"],
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         """A collector read at every scrape (e.g. GPU metrics), in both modes."""
         self._collectors.append(collector)
