@@ -1,4 +1,4 @@
-"""The `bgsvc` command: serve, models fetch|list, remove."""
+"""The `bgsvc` command: serve, models fetch|list, remove, cluster up, keys."""
 
 from __future__ import annotations
 
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     up.set_defaults(func=_cluster_up)
+    from bgsvc.auth.cli import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
     return parser
 
 
