@@ -116,3 +116,15 @@ def test_no_secret_in_any_log_line(
     assert any("/remove-background" in line for line in lines)  # the access log did run
     out, err = capsys.readouterr()
     assert not [line for line in [*lines, out, err] if secret[6:20] in line]
+
+
+def test_serve_refuses_to_start_when_keys_are_required_without_a_pepper(
+    keys_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BGSVC_AUTH_PEPPER")
+    monkeypatch.setenv("BGSVC_AUTH", "required")
+    get_settings.cache_clear()
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err == (
+        "bgsvc: error: BGSVC_AUTH=required needs BGSVC_AUTH_PEPPER (e.g. openssl rand -base64 32)\n"
+    )
