@@ -128,3 +128,22 @@ def test_serve_refuses_to_start_when_keys_are_required_without_a_pepper(
     assert capsys.readouterr().err == (
         "bgsvc: error: BGSVC_AUTH=required needs BGSVC_AUTH_PEPPER (e.g. openssl rand -base64 32)\n"
     )
+
+
+@pytest.mark.redis
+def test_a_key_revoked_in_redis_is_refused_at_once(
+    keys_env: Path,
+    redis_server: RedisServer,  # noqa: F811
+    make_client: Callable[..., TestClient],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BGSVC_REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+    assert main(["keys", "create", "shared", "--scopes", "jobs"]) == 0
+    secret = capsys.readouterr().out.strip()
+    client = make_client(auth="required", auth_pepper=PEPPER, redis_url=redis_server.url)
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/jobs/job_unknown", headers=headers).status_code == 404
+    assert main(["keys", "revoke", "shared"]) == 0
+    assert client.get("/jobs/job_unknown", headers=headers).status_code == 403

@@ -9,6 +9,7 @@ from bgsvc.auth import keys
 from bgsvc.auth.addresses import client_address, parse_networks
 from bgsvc.auth.headers import rate_limit_headers
 from bgsvc.auth.keys import ApiKey, digest_of, new_secret, parse_quota, parse_scopes, verify
+from bgsvc.auth.labels import KeyLabels
 from bgsvc.auth.sqlite_store import SqliteKeyStore
 from bgsvc.config import Settings
 from bgsvc.limits.api import RateDecision
@@ -85,3 +86,8 @@ def test_removebg_headers_add_the_unix_reset() -> None:
         "X-RateLimit-Remaining": "42",
         "X-RateLimit-Reset": "1700000013",
     }
+
+
+def test_key_labels_stop_growing_at_the_limit() -> None:
+    labels = KeyLabels(2)
+    assert [labels(n) for n in ("a", "b", "c", "a", "d")] == ["a", "b", "other", "a", "other"]
