@@ -18,6 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgsvc import __version__, gpu_layout, tracing
 from bgsvc.allocator import tune_malloc
+from bgsvc.auth import account
+from bgsvc.auth.keys import open_store as open_key_store
+from bgsvc.auth.middleware import AuthMiddleware
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
@@ -26,6 +29,7 @@ from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.inference.watchdog import Watchdog, hard_exit
 from bgsvc.jobs.runtime import Jobs
+from bgsvc.limits.factory import build_limits
 from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
@@ -114,6 +118,10 @@ def create_app(
         if settings.url_inputs
         else None
     )
+    # THE place where the per-key rate limits and quotas are built (bgsvc.limits): the
+    # auth middleware reads app.state.limits at each request; None means no limits.
+    limits = build_limits(settings, metrics)
+    key_store = open_key_store(settings) if settings.auth == "required" else None
 
     def on_trip() -> None:
         state.mark_stuck()
@@ -148,6 +156,10 @@ def create_app(
             if url_fetcher is not None:
                 await url_fetcher.aclose()
             await anyio.to_thread.run_sync(tracing.uninstall, traces)
+            if app.state.limits is not None:
+                await app.state.limits.aclose()
+            if key_store is not None:
+                key_store.close()
             watchdog.finish()
 
     app = FastAPI(
@@ -161,12 +173,14 @@ def create_app(
     app.state.bgsvc = state
     app.state.jobs = job_runtime
     app.state.url_fetcher = url_fetcher
+    app.state.limits = limits
     app.include_router(health.router)
     app.include_router(remove.router)
     app.include_router(jobs.router)
     app.include_router(batches.router)
     app.include_router(compat_rembg.router)
     app.include_router(compat_removebg.router)
+    app.include_router(account.router)
     if settings.ui_enabled:
         from bgsvc.routes import ui
 
@@ -214,8 +228,18 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
-    # Last added runs first: context (request id, metrics) wraps admission.
+    # Last added runs first: context (request id, metrics) wraps auth, which wraps admission.
     app.add_middleware(AdmissionMiddleware, state=state)
+    if key_store is not None:
+        # Outside admission: a refused key costs no slot and no upload read.
+        app.add_middleware(
+            AuthMiddleware,
+            store=key_store,
+            pepper=settings.auth_pepper.get_secret_value(),
+            trusted_proxies=settings.trusted_proxies,
+            metrics=metrics,
+            max_key_labels=settings.metrics_max_keys,
+        )
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

@@ -1,4 +1,4 @@
-"""The `bgsvc` command: serve, models fetch|list, remove."""
+"""The `bgsvc` command: serve, models fetch|list, remove, cluster up, keys."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import NO_ONNXRUNTIME, BgsvcError, is_missing_onnxruntime
@@ -208,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     up.set_defaults(func=_cluster_up)
+    from bgsvc.auth.cli import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
     return parser
 
 
@@ -215,7 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; domain errors become one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args, get_settings())
+        settings = get_settings()
+    except ValidationError as exc:
+        # A setting that makes the service unsafe or unusable (e.g. BGSVC_AUTH=required
+        # without BGSVC_AUTH_PEPPER): one clear line per problem, nothing started.
+        for error in exc.errors():
+            print(f"bgsvc: error: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    try:
+        code: int = args.func(args, settings)
     except BgsvcError as exc:
         print(f"bgsvc: error: {exc.message}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bgsvc.auth.addresses import parse_networks
 from bgsvc.limits.api import RatePolicy
 from bgsvc.outbound.policy import AllowList
 from bgsvc.outbound.signing import decode_secret
@@ -454,6 +455,27 @@ class Settings(BaseSettings):
         RatePolicy.parse(value)
         return value
 
+    # Access control (bgsvc.auth)
+    auth: Literal["off", "required"] = Field(
+        default="off",
+        description="required: every API route needs a key (X-Api-Key or Authorization: "
+        "Bearer); off: no checks at all.",
+    )
+    auth_pepper: SecretStr = Field(
+        default=SecretStr(""),
+        description="Server-side key of the HMAC-SHA256 under which key secrets are stored "
+        "(at least 16 characters); required when auth=required and by `bgsvc keys`.",
+    )
+    trusted_proxies: str = Field(
+        default="127.0.0.1/32,::1/128",
+        description="CIDRs whose X-Forwarded-For is believed when finding a client's address.",
+    )
+    metrics_max_keys: int = Field(
+        default=50,
+        ge=0,
+        description="Distinct key names per process labelled in metrics; the rest are 'other'.",
+    )
+
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
@@ -504,6 +526,23 @@ class Settings(BaseSettings):
         if value.get_secret_value():
             decode_secret(value.get_secret_value())
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_trusted_proxies(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @model_validator(mode="after")
+    def _pepper_when_required(self) -> Settings:
+        pepper = self.auth_pepper.get_secret_value()
+        if pepper and len(pepper) < 16:
+            raise ValueError("BGSVC_AUTH_PEPPER: at least 16 characters")
+        if self.auth == "required" and not pepper:
+            raise ValueError(
+                "BGSVC_AUTH=required needs BGSVC_AUTH_PEPPER (e.g. openssl rand -base64 32)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _jitter_below_ttl(self) -> Settings:

@@ -124,6 +124,7 @@ def error_headers(exc: BgsvcError, request_id: str) -> dict[str, str]:
     headers = {"X-Request-ID": request_id}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
+    headers.update(getattr(exc, "headers", None) or {})
     return headers
 
 
@@ -326,4 +327,61 @@ class LimitsUnavailable(BgsvcError):
     reason = "limits_unavailable"
 
     def __init__(self, message: str, *, retry_after: int | None = 2) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+# --- Access control (bgsvc.auth). -------------------------------------------------------
+
+
+class AuthRequired(BgsvcError):
+    """No API key, or one the service does not know (X-Api-Key or Authorization: Bearer)."""
+
+    code = "unauthorized"
+    status = 401
+    reason = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # RFC 9110: a 401 names its scheme; X-Api-Key clients get the same challenge.
+        self.headers = {"WWW-Authenticate": 'Bearer realm="bgsvc"'}
+
+
+class Forbidden(BgsvcError):
+    """The key is revoked, or lacks the scope this route needs."""
+
+    code = "forbidden"
+    status = 403
+    reason = "forbidden"
+
+
+class QuotaExceeded(BgsvcError):
+    """The key's monthly quota is used up (remove.bg answers 402 for missing credits)."""
+
+    code = "quota_exceeded"
+    status = 402
+    reason = "quota_exceeded"
+
+
+class RateLimited(BgsvcError):
+    """The key's rate (or the address's failed-authentication budget) is spent for now."""
+
+    code = "rate_limited"
+    status = 429
+    reason = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: int | None = 1, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers = headers or {}
+
+
+class AuthUnavailable(BgsvcError):
+    """The key store (Redis) does not answer: keys cannot be checked, so nothing passes."""
+
+    code = "auth_unavailable"
+    status = 503
+    reason = "auth_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
         super().__init__(message, retry_after=retry_after)

@@ -216,6 +216,27 @@ class Metrics:
             registry=r,
         )
 
+        # API keys (bgsvc.auth): key labels are bounded by BGSVC_METRICS_MAX_KEYS ("other").
+        self.key_requests = Counter(
+            "bgsvc_key_requests",
+            "Authenticated API requests, by key name and HTTP status.",
+            ["key", "status"],
+            registry=r,
+        )
+        self.key_rejections = Counter(
+            "bgsvc_key_rejections",
+            "Requests of a known key refused, by key name and reason (revoked, scope, "
+            "rate_limited, quota_exceeded).",
+            ["key", "reason"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "bgsvc_auth_failures",
+            "Failed authentications, by reason (missing, unknown, throttled).",
+            ["reason"],
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         """A collector read at every scrape (e.g. GPU metrics), in both modes."""
         self._collectors.append(collector)

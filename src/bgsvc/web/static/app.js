@@ -17,6 +17,45 @@ const state = {
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
+// ---------- API key (servers with BGSVC_AUTH=required) ----------
+
+const KEY_STORAGE = "bgsvc.apiKey";
+
+function apiKey() {
+  try { return localStorage.getItem(KEY_STORAGE) || ""; } catch { return ""; }
+}
+
+// Headers for every API request: the saved key as X-Api-Key, or nothing.
+function authHeaders() {
+  const key = apiKey();
+  return key ? { "X-Api-Key": key } : {};
+}
+
+// A 401 from the server: show the key field and say why.
+function askForKey(message) {
+  const field = $("#api-key");
+  $("#api-key-note").textContent = message || "This server needs an API key.";
+  field.closest("form").classList.add("needed");
+  field.focus();
+}
+
+function initApiKey() {
+  const form = $("#api-key-form");
+  const field = $("#api-key");
+  field.value = apiKey();
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = field.value.trim();
+    try {
+      if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
+    } catch { /* storage blocked: the key lasts until the page is closed */ }
+    form.classList.remove("needed");
+    $("#api-key-note").textContent = key ? "Saved in this browser." : "Removed.";
+    // Images refused for want of a key run again with it.
+    for (const card of state.cards) if (card.needsKey) { card.needsKey = false; card.start(); }
+  });
+}
+
 // ---------- small helpers ----------
 
 function formatBytes(n) {
@@ -265,7 +304,8 @@ class Card {
         const body = new FormData();
         body.append("file", this.file, this.file.name);
         const t0 = performance.now();
-        const resp = await fetch(url, { method: "POST", body, signal });
+        const resp = await fetch(url, { method: "POST", body, signal, headers: authHeaders() });
+        if (resp.status === 401) this.needsKey = true;
         if ((resp.status === 429 || resp.status === 503) && attempt < MAX_TRIES) {
           const wait = Math.min(Math.max(Number(resp.headers.get("Retry-After")) || 1, 1), MAX_RETRY_WAIT_S);
           await resp.body?.cancel();
@@ -346,6 +386,7 @@ async function errorMessage(resp) {
     text = data.message || data.detail || "";
     if (typeof text !== "string") text = JSON.stringify(text);
   } catch { /* not JSON */ }
+  if (resp.status === 401 || resp.status === 403) askForKey(text);
   if (resp.status === 429 || resp.status === 503) {
     return `Server busy: gave up after ${MAX_TRIES} tries. ${text}`.trim();
   }
@@ -482,6 +523,7 @@ function init() {
     input.focus();
   });
   updateToolbar();
+  initApiKey();
   loadModels();
 }
 

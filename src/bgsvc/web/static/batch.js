@@ -81,7 +81,7 @@ class Batch {
         this.setState("sending", `Sending ${this.files.length} images…`);
         const body = new FormData();
         for (const f of this.files) body.append("file", f, f.name);
-        const resp = await fetch(`/batches?${this.query}`, { method: "POST", body, signal });
+        const resp = await fetch(`/batches?${this.query}`, { method: "POST", body, signal, headers: authHeaders() });
         if ((resp.status === 429 || resp.status === 503) && attempt < MAX_TRIES) {
           const wait = Math.min(Math.max(Number(resp.headers.get("Retry-After")) || 1, 1), MAX_RETRY_WAIT_S);
           await resp.body?.cancel();
@@ -118,7 +118,7 @@ class Batch {
         await sleep(wait, signal);
         let resp;
         try {
-          resp = await fetch(this.info.status_url, { signal, cache: "no-store" });
+          resp = await fetch(this.info.status_url, { signal, cache: "no-store", headers: authHeaders() });
         } catch (err) {
           if (signal.aborted) throw err;
           resp = null;
@@ -169,6 +169,17 @@ class Batch {
     link.href = status.result_url;
     link.download = `${status.id}.zip`;
     link.textContent = `Download zip (${status.counts.succeeded} images)`;
+    // A link cannot send X-Api-Key: with a key, fetch the zip and hand the browser a blob.
+    link.onclick = async (e) => {
+      if (!apiKey()) return;
+      e.preventDefault();
+      const resp = await fetch(status.result_url, { headers: authHeaders() });
+      if (!resp.ok) { this.setState("error-final", await errorMessage(resp)); return; }
+      const url = URL.createObjectURL(await resp.blob());
+      const temp = Object.assign(document.createElement("a"), { href: url, download: link.download });
+      temp.click();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    };
     link.hidden = false;
     this.setState("done", "Finished.");
   }

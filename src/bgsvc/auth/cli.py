@@ -1,0 +1,138 @@
+"""`bgsvc keys create|list|revoke`, against the store the service uses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+
+from bgsvc.auth.keys import (
+    SCOPES,
+    ApiKey,
+    KeyExists,
+    KeyNotFound,
+    check_name,
+    digest_of,
+    new_secret,
+    open_store,
+    parse_quota,
+    parse_scopes,
+)
+from bgsvc.config import Settings
+from bgsvc.limits.api import RatePolicy
+
+
+def _pepper(settings: Settings) -> str:
+    pepper = settings.auth_pepper.get_secret_value()
+    if not pepper:
+        raise SystemExit("bgsvc: error: BGSVC_AUTH_PEPPER is not set (the service's, too)")
+    return pepper
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        name = check_name(args.name)
+        scopes = parse_scopes(args.scopes)
+        if args.rate is not None:
+            RatePolicy.parse(args.rate, args.burst)
+        elif args.burst is not None:
+            raise ValueError("--burst needs --rate")
+        quota = None if args.quota is None else parse_quota(args.quota)
+    except ValueError as exc:
+        print(f"bgsvc: error: {exc}", file=sys.stderr)
+        return 2
+    secret = new_secret()
+    key = ApiKey(
+        name=name,
+        digest=digest_of(secret, _pepper(settings)),
+        scopes=scopes,
+        rate=args.rate,
+        burst=args.burst,
+        quota=quota,
+    )
+    store = open_store(settings)
+    try:
+        store.add(key)
+    except KeyExists as exc:
+        print(f"bgsvc: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    # stdout carries the secret alone (SECRET=$(bgsvc keys create NAME)); the rest is stderr.
+    print(secret)
+    print(
+        f"created key {name!r} (scopes {','.join(sorted(scopes))}, rate {args.rate or '-'}, "
+        f"quota {quota or '-'}/month); the secret above is shown only now",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _list(_: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        keys = store.all()
+    finally:
+        store.close()
+    rows = [("NAME", "SCOPES", "RATE", "BURST", "QUOTA", "CREATED", "REVOKED")]
+    for key in keys:
+        rows.append(
+            (
+                key.name,
+                ",".join(sorted(key.scopes)),
+                key.rate or "-",
+                "-" if key.burst is None else str(key.burst),
+                "-" if key.quota is None else f"{key.quota}/month",
+                _when(key.created_at),
+                _when(key.revoked_at),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
+def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        key = store.revoke(args.name, time.time())
+    except KeyNotFound as exc:
+        print(f"bgsvc: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(f"revoked key {key.name!r} at {_when(key.revoked_at)} UTC", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``bgsvc keys ...`` under the main parser's subcommands."""
+    keys = sub.add_parser(
+        "keys",
+        help="create, list or revoke API keys",
+        description="Keys live in Redis when BGSVC_REDIS_URL is set, else in "
+        "BGSVC_DATA_DIR/keys.sqlite3; BGSVC_AUTH_PEPPER must be the service's.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key; prints its secret once")
+    create.add_argument("name")
+    create.add_argument("--rate", default=None, help="e.g. 60/min, 10/s, 1000/hour")
+    create.add_argument("--burst", type=int, default=None, help="requests at once (default: rate)")
+    create.add_argument("--quota", default=None, help="credits per month, e.g. 10000/month")
+    create.add_argument(
+        "--scopes", default=",".join(sorted(SCOPES)), help="remove, jobs or both (default)"
+    )
+    create.set_defaults(func=_create)
+    listing = keys_sub.add_parser("list", help="every key, revoked ones included")
+    listing.set_defaults(func=_list)
+    revoke = keys_sub.add_parser("revoke", help="refuse a key from now on, on every node")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=_revoke)

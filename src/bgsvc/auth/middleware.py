@@ -1,0 +1,211 @@
+"""Enforcement on every API route: authenticate, scope, rate limit, quota, then the route.
+
+A pure ASGI middleware between the request context (ids, metrics) and admission, so a
+refused request costs neither an admission slot nor the read of its upload.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio.to_thread
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bgsvc.auth.addresses import Network, client_address, parse_networks
+from bgsvc.auth.headers import rate_limit_headers
+from bgsvc.auth.keys import ApiKey, KeyStore, verify
+from bgsvc.auth.labels import KeyLabels
+from bgsvc.errors import (
+    AuthRequired,
+    AuthUnavailable,
+    BgsvcError,
+    Forbidden,
+    QuotaExceeded,
+    RateLimited,
+    error_response,
+)
+from bgsvc.limits.api import Limits, RateDecision
+from bgsvc.metrics import Metrics
+from bgsvc.middleware import request_id_of
+
+log = logging.getLogger(__name__)
+
+# Open without a key: probes, metrics, the page and its files, the API's own description
+# (and /models, which the page reads before anyone typed a key). Everything else needs one.
+OPEN_PATHS = frozenset(
+    {"/", "/health", "/ready", "/metrics", "/models", "/docs", "/redoc", "/openapi.json"}
+)
+OPEN_PREFIXES = ("/static/", "/docs/")
+REMOVE_PATHS = frozenset({"/remove-background", "/api/remove", "/v1.0/removebg"})
+JOBS_PREFIXES = ("/jobs", "/batches")
+REMOVEBG_PATH = "/v1.0/removebg"
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def scope_needed(path: str) -> str | None:
+    """The scope a route needs; None: any valid key (e.g. /v1.0/account)."""
+    if path in REMOVE_PATHS:
+        return "remove"
+    if any(path == p or path.startswith(p + "/") for p in JOBS_PREFIXES):
+        return "jobs"
+    return None
+
+
+def credits_of(method: str, path: str, query: bytes) -> int:
+    """Credits a request costs: one per image it asks for (a batch counts as one call)."""
+    if method == "POST" and (path in REMOVE_PATHS or path in ("/jobs", "/batches")):
+        return 1
+    if method == "GET" and path == "/api/remove" and query:
+        return 1  # rembg's URL input
+    return 0
+
+
+def credentials(headers: Headers) -> str | None:
+    """The secret from X-Api-Key (remove.bg's clients) or Authorization: Bearer."""
+    key = headers.get("x-api-key", "").strip()
+    if key:
+        return key
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+@dataclass
+class AuthContext:
+    """What the route may read from ``scope["state"]["auth"]`` (e.g. /v1.0/account)."""
+
+    key: ApiKey
+    charged: int = 0
+
+
+class AuthMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: KeyStore,
+        pepper: str,
+        trusted_proxies: str,
+        metrics: Metrics,
+        max_key_labels: int,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.pepper = pepper
+        self.trusted: tuple[Network, ...] = parse_networks(trusted_proxies)
+        self.metrics = metrics
+        self.labels = KeyLabels(max_key_labels)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        limits: Limits | None = getattr(scope["app"].state, "limits", None)
+        try:
+            key = await self._authenticate(scope, limits)
+            decision, charged = await self._admit(scope, key, limits)
+        except BgsvcError as exc:
+            await self._reject(exc, scope, receive, send)
+            return
+        context = AuthContext(key, charged)
+        scope.setdefault("state", {})["auth"] = context
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                if decision is not None:
+                    removebg = path.startswith("/v1.0/")
+                    headers.update(rate_limit_headers(decision, removebg=removebg))
+                if path == REMOVEBG_PATH:
+                    headers["X-Credits-Charged"] = str(charged if status < 300 else 0)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if charged and not 200 <= status < 300 and limits is not None:
+                # No result, no charge: the credit goes back.
+                await limits.refund_quota(key.name, charged)
+            self.metrics.key_requests.labels(self.labels(key.name), str(status)).inc()
+
+    async def _authenticate(self, scope: Scope, limits: Limits | None) -> ApiKey:
+        secret = credentials(Headers(scope=scope))
+        key = None
+        if secret is not None:
+            try:
+                key = await anyio.to_thread.run_sync(verify, self.store, secret, self.pepper)
+            except Exception as exc:  # any store failure: nothing can be checked
+                log.error("key store unavailable: %s", type(exc).__name__)
+                raise AuthUnavailable("API keys cannot be checked right now.") from None
+        if key is not None:
+            return key
+        reason = "missing" if secret is None else "unknown"
+        self.metrics.auth_failures.labels(reason).inc()
+        if limits is not None:
+            peer = (scope.get("client") or ("-", 0))[0]
+            forwarded = Headers(scope=scope).get("x-forwarded-for")
+            address = client_address(peer, forwarded, self.trusted)
+            throttle = await limits.hit_failed_auth(address)
+            if not throttle.allowed:
+                self.metrics.auth_failures.labels("throttled").inc()
+                log.warning("failed authentications from %s: throttled", address)
+                raise RateLimited(
+                    "Too many failed authentications; try again later.",
+                    retry_after=max(1, throttle.retry_after_s),
+                )
+        if secret is None:
+            raise AuthRequired("An API key is required: send X-Api-Key or Authorization: Bearer.")
+        raise AuthRequired("The API key is not valid.")
+
+    async def _admit(
+        self, scope: Scope, key: ApiKey, limits: Limits | None
+    ) -> tuple[RateDecision | None, int]:
+        label = self.labels(key.name)
+        needed = scope_needed(scope["path"])
+        if key.revoked:
+            self.metrics.key_rejections.labels(label, "revoked").inc()
+            raise Forbidden("This API key has been revoked.")
+        if needed is not None and needed not in key.scopes:
+            self.metrics.key_rejections.labels(label, "scope").inc()
+            raise Forbidden(f"This API key lacks the {needed!r} scope.")
+        if limits is None:
+            return None, 0
+        decision = None
+        policy = key.policy
+        if policy is not None:
+            decision = await limits.hit(key.name, policy)
+            if not decision.allowed:
+                self.metrics.key_rejections.labels(label, "rate_limited").inc()
+                removebg = scope["path"].startswith("/v1.0/")
+                raise RateLimited(
+                    "Rate limit exceeded for this API key.",
+                    retry_after=max(1, decision.retry_after_s),
+                    headers=rate_limit_headers(decision, removebg=removebg),
+                )
+        cost = credits_of(scope["method"], scope["path"], scope.get("query_string", b""))
+        if cost and key.quota is not None:
+            quota = await limits.consume_quota(key.name, key.quota, cost)
+            if not quota.allowed:
+                self.metrics.key_rejections.labels(label, "quota_exceeded").inc()
+                raise QuotaExceeded(
+                    f"The monthly quota of {quota.limit} credits is used up for this API key."
+                )
+            return decision, cost
+        return decision, 0
+
+    async def _reject(self, exc: BgsvcError, scope: Scope, receive: Receive, send: Send) -> None:
+        if exc.reason is not None:
+            self.metrics.rejections.labels(exc.reason).inc()
+        response = error_response(exc, request_id_of(scope), scope["path"])
+        if scope["path"] == REMOVEBG_PATH:
+            response.headers["X-Credits-Charged"] = "0"
+        await response(scope, receive, send)

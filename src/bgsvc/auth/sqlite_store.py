@@ -1,0 +1,95 @@
+"""Keys in a SQLite file under the data directory (one node, or nodes sharing a disk)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from bgsvc.auth.keys import ApiKey, KeyExists, KeyNotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    rate TEXT,
+    burst INTEGER,
+    quota INTEGER,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+)
+"""
+_COLUMNS = "name, digest, scopes, rate, burst, quota, created_at, revoked_at"
+
+
+def _row_to_key(row: tuple[object, ...]) -> ApiKey:
+    name, digest, scopes, rate, burst, quota, created_at, revoked_at = row
+    return ApiKey(
+        name=str(name),
+        digest=str(digest),
+        scopes=frozenset(str(scopes).split(",")),
+        rate=None if rate is None else str(rate),
+        burst=None if burst is None else int(str(burst)),
+        quota=None if quota is None else int(str(quota)),
+        created_at=float(str(created_at)),
+        revoked_at=None if revoked_at is None else float(str(revoked_at)),
+    )
+
+
+class SqliteKeyStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection per store, used from the event loop's worker threads in turn.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(_SCHEMA)
+
+    def add(self, key: ApiKey) -> None:
+        try:
+            with self._lock:
+                self._db.execute(
+                    f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.name,
+                        key.digest,
+                        ",".join(sorted(key.scopes)),
+                        key.rate,
+                        key.burst,
+                        key.quota,
+                        key.created_at,
+                        key.revoked_at,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise KeyExists(f"a key named {key.name!r} exists already") from None
+
+    def by_digest(self, digest: str) -> ApiKey | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else _row_to_key(row)
+
+    def all(self) -> list[ApiKey]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY name").fetchall()
+        return [_row_to_key(row) for row in rows]
+
+    def revoke(self, name: str, at: float) -> ApiKey:
+        with self._lock:
+            self._db.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?",
+                (at, name),
+            )
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            raise KeyNotFound(f"no key named {name!r}")
+        return _row_to_key(row)
+
+    def close(self) -> None:
+        self._db.close()
