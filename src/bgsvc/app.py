@@ -32,6 +32,7 @@ from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, requ
 from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, remove
 from bgsvc.service import Predictor
 from bgsvc.state import AppState, on_drain
+from bgsvc.web.security import add_cors
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -211,4 +212,6 @@ def create_app(
         node_name=settings.effective_node_name,
         access_log=settings.access_log,
     )
+    # Outermost: see add_cors.
+    add_cors(app, settings.cors_origin_list)
     return app

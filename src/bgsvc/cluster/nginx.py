@@ -51,6 +51,8 @@ class FloodGuard:
 
     rate_per_s: int
     burst: int
+
+
 _SERVER = re.compile(r"^\s*server\s+(?P<addr>\S+?)(?P<params>(?:\s+[^;]+)?);\s*$")
 
 
