@@ -38,6 +38,7 @@ from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, r
 from bgsvc.service import Predictor
 from bgsvc.state import AppState, on_drain
 from bgsvc.urlinputs.fetcher import UrlFetcher
+from bgsvc.web.security import add_cors
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -246,4 +247,6 @@ def create_app(
         node_name=settings.effective_node_name,
         access_log=settings.access_log,
     )
+    # Outermost: see add_cors.
+    add_cors(app, settings.cors_origin_list)
     return app

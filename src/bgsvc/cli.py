@@ -141,6 +141,13 @@ def _cluster_up(args: argparse.Namespace, settings: Settings) -> int:
             redis=own_redis,
             redis_port=args.redis_port,
             data_dir=data_dir,
+            # A certificate in the settings turns HTTPS on by itself.
+            tls=args.tls or settings.tls_cert is not None,
+            tls_port=args.tls_port,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            edge_rate_per_s=settings.edge_rate_per_s,
+            edge_burst=settings.edge_burst,
         )
         return run_foreground(config, ready_timeout=args.ready_timeout)
     except ClusterError as exc:
@@ -208,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--redis-port", type=int, default=None, help="the fleet's redis-server port (default: free)"
     )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="HTTPS (HTTP/2) at nginx on --tls-port, plain HTTP redirecting to it; with "
+        "BGSVC_TLS_CERT/BGSVC_TLS_KEY, else a throwaway CA in RUN_DIR/tls (ca.pem for --cacert)",
+    )
+    up.add_argument("--tls-port", type=int, default=8443, help="nginx's HTTPS port")
     up.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     up.set_defaults(func=_cluster_up)
     from bgsvc.auth.cli import add_parser as add_keys_parser

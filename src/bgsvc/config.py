@@ -489,6 +489,41 @@ class Settings(BaseSettings):
         "/api/remove?url=, image_url on /remove-background and /jobs) through the outbound guard.",
     )
 
+    # TLS at the balancer (`bgsvc cluster up`; deploy/nginx/nginx.conf) and the browser.
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain nginx serves for `bgsvc cluster up` (HTTPS on); "
+        "unset with --tls: a throwaway CA and certificate for the run.",
+    )
+    tls_key: Path | None = Field(
+        default=None, description="PEM private key of BGSVC_TLS_CERT (both or neither)."
+    )
+    edge_rate_per_s: int = Field(
+        default=100,
+        ge=0,
+        description="nginx flood guard: requests per second one client address may "
+        "sustain (`bgsvc cluster up`; 0 turns the guard off).",
+    )
+    edge_burst: int = Field(
+        default=200, ge=0, description="nginx flood guard: requests above the rate let through."
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Origins (scheme://host[:port], comma-separated) whose pages may call "
+        "the API from a browser; empty sends no CORS headers.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_cert_with_key(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("BGSVC_TLS_CERT and BGSVC_TLS_KEY go together")
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """BGSVC_CORS_ORIGINS as a list; empty means no CORS."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
     @field_validator("allowed_formats")
     @classmethod
     def _upper_formats(cls, value: list[str]) -> list[str]:

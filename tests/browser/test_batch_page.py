@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bgsvc.web.security import CONTENT_SECURITY_POLICY
 from tests.browser.test_page import DONE_TIMEOUT_MS, make_photo, upload, wait_state
 
 pytestmark = pytest.mark.browser
 
-# What issue 11 will send; blob: images are the per-image previews' (not the batch's) need.
-CSP = "default-src 'self'; img-src 'self' blob:"
+# The policy the service sends (bgsvc.web.security), also forced on by with_csp.
+CSP = CONTENT_SECURITY_POLICY
 
 
 def photos(count: int) -> list[tuple[str, bytes, str]]:

@@ -87,7 +87,10 @@ def make_cluster(
     tmp_path: Path, cluster_models: dict[str, Path]
 ) -> Iterator[Callable[..., Cluster]]:
     """Start a cluster of ``nodes`` tiny-model nodes (per-node env overrides allowed;
-    ``redis=True``: with its own redis-server, ``cluster.redis``)."""
+    ``redis=True``: with its own redis-server, ``cluster.redis``; ``tls=True``: HTTPS
+    with a throwaway CA, ``cluster.nginx.tls_files.ca``). nginx's per-address flood
+    guard is off unless ``edge_rate_per_s`` is given: these tests send thousands of
+    requests per second from one address, 127.0.0.1, which is what the guard stops."""
     started: list[Cluster] = []
 
     def factory(
@@ -95,9 +98,12 @@ def make_cluster(
         node_env: dict[int, dict[str, str]] | None = None,
         wait: bool = True,
         redis: bool = False,
+        tls: bool = False,
+        edge_rate_per_s: int = 0,
+        edge_burst: int = 0,
         **env: str,
     ) -> Cluster:
-        ports = free_ports(nodes + 1)
+        ports = free_ports(nodes + 2)
         base_env = {
             **model_env(cluster_models, "tiny"),
             "BGSVC_DRAIN_SECONDS": "1",
@@ -106,11 +112,15 @@ def make_cluster(
             **env,
         }
         specs = [
-            NodeSpec(port, dict((node_env or {}).get(i, {}))) for i, port in enumerate(ports[:-1])
+            NodeSpec(port, dict((node_env or {}).get(i, {}))) for i, port in enumerate(ports[:-2])
         ]
         config = ClusterConfig(
             nodes=specs,
-            listen_port=ports[-1],
+            listen_port=ports[-2],
+            tls=tls,
+            tls_port=ports[-1],
+            edge_rate_per_s=edge_rate_per_s,
+            edge_burst=edge_burst,
             run_dir=tmp_path / f"cluster-{len(started)}",
             env=base_env,
             # The fleet's own redis-server, and one data directory for its nodes, as

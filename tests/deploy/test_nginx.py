@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bgsvc.cluster.nginx import FloodGuard, TlsListen
+from bgsvc.cluster.tls import make_run_certificates
 from bgsvc.config import Settings
 
 from .conftest import require_tool
@@ -46,10 +48,14 @@ def _nginx_t(conf: str, prefix: Path) -> subprocess.CompletedProcess[str]:
 
 def test_compose_config_passes_nginx_t_once_node_names_resolve(tmp_path: Path) -> None:
     # Compose's bgsvc-N names only resolve inside the Compose network: swap in
-    # loopback addresses and a writable temp dir, keep everything else.
+    # loopback addresses, a writable temp dir and a certificate, keep everything else.
     servers = [f"127.0.0.{i + 1}:8000" for i in range(len(upstream_servers(TEXT)))]
-    conf = render(TEXT, servers, temp_dir=str(tmp_path / "temp"))
+    files = make_run_certificates(tmp_path / "tls", ("127.0.0.1",))
+    tls = TlsListen(cert=str(files.cert), key=str(files.key))
+    conf = render(TEXT, servers, temp_dir=str(tmp_path / "temp"), tls=tls)
     assert "listen 80;" in conf and "/dev/stdout" in conf
+    assert "listen 443 ssl http2;" in conf
+    assert "return 301 https://$host$request_uri;" in conf
     result = _nginx_t(conf, tmp_path)
     assert result.returncode == 0, result.stderr
 
@@ -76,10 +82,12 @@ def test_local_render_passes_nginx_t_and_changes_only_marked_lines(tmp_path: Pat
     changed = {line.strip() for line in TEXT.splitlines()} - {
         line.strip() for line in conf.splitlines()
     }
+    tags = "LISTEN|LISTEN_TLS|TLS|TLS_CERT|TLS_KEY|REDIRECT|PID|ERROR_LOG|ACCESS_LOG|TEMP"
     assert all(
-        re.search(r"# (LISTEN|PID|ERROR_LOG|ACCESS_LOG|TEMP)$", line) or line.startswith("server ")
-        for line in changed
+        re.search(rf"# ({tags})$", line) or line.startswith("server ") for line in changed
     ), changed
+    # Without TLS asked for, nothing of it is left: plain HTTP serves every route.
+    assert "ssl" not in directives and "301" not in directives
 
 
 def test_upstream_balances_by_least_connections_with_passive_health_and_keepalive() -> None:
@@ -186,12 +194,30 @@ def _dead_address() -> str:
 
 
 class Balancer:
-    def __init__(self, prefix: Path, upstreams: list[str]) -> None:
+    """Debian's nginx with the rendered config; ``tls``: also HTTPS on ``tls_port``."""
+
+    def __init__(
+        self,
+        prefix: Path,
+        upstreams: list[str],
+        tls: bool = False,
+        flood: FloodGuard | None = None,
+    ) -> None:
         nginx = require_tool("nginx", "nginx")
         self.port = _free_port()
+        self.tls_port = _free_port() if tls else None
         self.prefix = prefix
         for sub in ("logs", "temp"):
             (prefix / sub).mkdir(exist_ok=True)
+        self.tls_files = make_run_certificates(prefix / "tls", ("127.0.0.1",)) if tls else None
+        listen_tls = None
+        if self.tls_files is not None:
+            listen_tls = TlsListen(
+                cert=str(self.tls_files.cert),
+                key=str(self.tls_files.key),
+                listen=f"127.0.0.1:{self.tls_port}",
+                https_port=self.tls_port or 443,
+            )
         conf = render(
             TEXT,
             upstreams,
@@ -200,6 +226,8 @@ class Balancer:
             error_log="logs/error.log",
             access_log="logs/access.log",
             temp_dir="temp",
+            tls=listen_tls,
+            flood=flood,
         )
         (prefix / "nginx.conf").write_text(conf)
         self.proc = subprocess.Popen(
@@ -250,8 +278,8 @@ class Balancer:
 def stub_fleet(tmp_path: Path) -> Iterator[Callable[..., Balancer]]:
     started: list[Balancer] = []
 
-    def start(upstreams: list[str]) -> Balancer:
-        balancer = Balancer(tmp_path, upstreams)
+    def start(upstreams: list[str], **options: object) -> Balancer:
+        balancer = Balancer(tmp_path, upstreams, **options)  # type: ignore[arg-type]
         started.append(balancer)
         return balancer
 

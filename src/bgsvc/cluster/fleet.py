@@ -15,7 +15,7 @@ from typing import IO
 
 from bgsvc.cluster.common import ClusterError, find_deploy_dir, http_status, port_is_free
 from bgsvc.cluster.nginx import Nginx
-from bgsvc.cluster.nodes import ClusterConfig, Node
+from bgsvc.cluster.nodes import DEFAULT_TLS_PORT, ClusterConfig, Node
 from bgsvc.cluster.redisd import RedisServer, check_client, free_port
 from bgsvc.cluster.supervisor import Supervised, Supervisor
 
@@ -55,6 +55,7 @@ class Cluster:
     def start(self) -> None:
         """Start every node, then nginx; returns at once (see wait_ready)."""
         ports = [n.port for n in self.nodes] + [self.config.listen_port]
+        ports += [self.config.tls_port] if self.config.tls else []
         ports += [self.redis.port] if self.redis else []
         if len(set(ports)) != len(ports):
             raise ClusterError(f"ports overlap: {ports}")
@@ -95,7 +96,8 @@ class Cluster:
                 raise ClusterError(f"nginx exited; see {self.nginx.error_log}")
             if self.redis is not None and not self.redis.alive() and self.supervisor is None:
                 raise ClusterError(f"redis-server exited; see {self.redis.log_path}")
-            if not waiting and http_status(f"{self.url}/health") == 200:
+            # Plain HTTP: nginx answers /health there without a redirect, TLS or not.
+            if not waiting and http_status(f"{self.nginx.plain_url}/health") == 200:
                 return
             time.sleep(poll)
         names = ", ".join(n.name for n in waiting) or "nginx"
@@ -263,6 +265,14 @@ def run_foreground(
         if config.data_dir is not None:
             say(f"data: {config.data_dir.resolve()} (BGSVC_DATA_DIR of every node)")
         say(f"logs: {cluster.log_dir.resolve()}")
+        tls = cluster.nginx.tls_files
+        if tls is not None:
+            trust = f"--cacert {tls.ca}" if tls.ca is not None else "(your CA)"
+            say(
+                f"tls: {tls.cert} (key {tls.key}); "
+                f"{cluster.nginx.plain_url} redirects to {cluster.url}; "
+                f"curl {trust} {cluster.url}/health"
+            )
         code = 0
         try:
             _wait_until_ready(cluster, ready_timeout, received, say)
@@ -323,6 +333,12 @@ def config_from_args(
     redis: bool = False,
     redis_port: int | None = None,
     data_dir: Path | None = None,
+    tls: bool = False,
+    tls_port: int = DEFAULT_TLS_PORT,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    edge_rate_per_s: int = 100,
+    edge_burst: int = 200,
 ) -> ClusterConfig:
     """The configuration `bgsvc cluster up` builds from its options."""
     if nodes < 1:
@@ -343,4 +359,10 @@ def config_from_args(
         redis=redis,
         redis_port=redis_port,
         data_dir=data_dir,
+        tls=tls,
+        tls_port=tls_port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        edge_rate_per_s=edge_rate_per_s,
+        edge_burst=edge_burst,
     )

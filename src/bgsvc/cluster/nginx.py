@@ -11,19 +11,48 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bgsvc.cluster.common import ClusterError
 from bgsvc.cluster.nodes import ClusterConfig
+from bgsvc.cluster.tls import TlsFiles, make_run_certificates
 
 BEGIN_SERVERS = "# BEGIN UPSTREAM SERVERS"
 END_SERVERS = "# END UPSTREAM SERVERS"
 BEGIN_BACKUPS = "# BEGIN BACKUP SERVERS"
 END_BACKUPS = "# END BACKUP SERVERS"
 NGINX_TEMP_ROOT = "/var/cache/nginx"
-_TAGGED = re.compile(
-    r"^(?P<indent>\s*)(?P<body>.*?)\s*#\s*(?P<tag>LISTEN|PID|ERROR_LOG|ACCESS_LOG|TEMP)\s*$"
+_TAGS = (
+    "LISTEN_TLS|LISTEN|TLS_CERT|TLS_KEY|TLS|REDIRECT|FLOOD_ZONE|FLOOD_GUARD"
+    "|PID|ERROR_LOG|ACCESS_LOG|TEMP"
 )
+_TAGGED = re.compile(rf"^(?P<indent>\s*)(?P<body>.*?)\s*#\s*(?P<tag>{_TAGS})\s*$")
+# Dropped with TLS off: plain HTTP then serves every route itself.
+_TLS_ONLY = frozenset({"LISTEN_TLS", "TLS_CERT", "TLS_KEY", "TLS", "REDIRECT"})
+HTTPS_PORT = 443
+
+
+@dataclass(frozen=True)
+class TlsListen:
+    """HTTPS at the balancer: certificate chain and key (PEM paths), and where to listen
+    (None keeps the template's port 443). Plain HTTP then redirects to ``https_port``."""
+
+    cert: str
+    key: str
+    listen: str | None = None
+    https_port: int = HTTPS_PORT
+
+
+@dataclass(frozen=True)
+class FloodGuard:
+    """The per-address limit_req: sustained requests per second and the burst above it;
+    a rate of 0 turns the guard off."""
+
+    rate_per_s: int
+    burst: int
+
+
 _SERVER = re.compile(r"^\s*server\s+(?P<addr>\S+?)(?P<params>(?:\s+[^;]+)?);\s*$")
 
 
@@ -65,8 +94,13 @@ def render_nginx_conf(
     error_log: str | None = None,
     access_log: str | None = None,
     temp_dir: str | None = None,
+    tls: TlsListen | None = None,
+    flood: FloodGuard | None = None,
 ) -> str:
     """The production config with local upstreams, listen address and paths.
+
+    ``tls`` None drops the HTTPS listener, its settings and the redirect (plain HTTP
+    only); ``flood`` None keeps the template's guard.
 
     Follows the rendering contract written at the top of deploy/nginx/nginx.conf: only
     the server lines of the upstream and backup blocks (one per node in each, keeping
@@ -88,6 +122,9 @@ def render_nginx_conf(
     out = []
     for line in lines:
         match = _TAGGED.match(line)
+        if match is not None and match["tag"] in _TLS_ONLY | {"FLOOD_ZONE", "FLOOD_GUARD"}:
+            out.extend(_edge_line(line, match, tls, flood))
+            continue
         value = values[match["tag"]] if match else None
         if match is None or value is None:
             out.append(line)
@@ -107,6 +144,31 @@ def render_nginx_conf(
                 raise ClusterError(f"# TEMP line without {NGINX_TEMP_ROOT}: {line!r}")
             out.append(f"{ind}{body.replace(NGINX_TEMP_ROOT, value)}")
     return "\n".join(out) + "\n"
+
+
+def _edge_line(
+    line: str, match: re.Match[str], tls: TlsListen | None, flood: FloodGuard | None
+) -> list[str]:
+    ind, body, tag = match["indent"], match["body"], match["tag"]
+    if tag in _TLS_ONLY:
+        if tls is None:
+            return []
+        if tag == "LISTEN_TLS" and tls.listen is not None:
+            return [f"{ind}listen {tls.listen} ssl http2;"]
+        if tag == "TLS_CERT":
+            return [f"{ind}ssl_certificate {tls.cert};"]
+        if tag == "TLS_KEY":
+            return [f"{ind}ssl_certificate_key {tls.key};"]
+        if tag == "REDIRECT" and tls.https_port != HTTPS_PORT:
+            return [f"{ind}{body.replace('https://$host', f'https://$host:{tls.https_port}')}"]
+        return [line]
+    if flood is None:
+        return [line]
+    if flood.rate_per_s == 0:
+        return []
+    if tag == "FLOOD_ZONE":
+        return [ind + re.sub(r"rate=\d+r/s", f"rate={flood.rate_per_s}r/s", body)]
+    return [ind + re.sub(r"burst=\d+", f"burst={flood.burst}", body)]
 
 
 def _render_block(lines: list[str], begin: str, end: str, servers: Sequence[str]) -> list[str]:
@@ -141,10 +203,32 @@ class Nginx:
         self.error_log = self.logs / "nginx-error.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._temp: Path | None = None
+        self.tls_files: TlsFiles | None = None
 
     @property
     def url(self) -> str:
+        """Where clients go: HTTPS when TLS is on, else plain HTTP."""
+        if self.config.tls:
+            return f"https://{self.config.host}:{self.config.tls_port}"
+        return self.plain_url
+
+    @property
+    def plain_url(self) -> str:
+        """Plain HTTP (only /health answers there, the rest redirects, when TLS is on)."""
         return f"http://{self.config.host}:{self.config.listen_port}"
+
+    def prepare_tls(self) -> TlsFiles | None:
+        """The certificate and key nginx serves: the configured ones, else a throwaway CA
+        and certificate for this run in run_dir/tls."""
+        config = self.config
+        if not config.tls:
+            self.tls_files = None
+        elif config.tls_cert is not None and config.tls_key is not None:
+            self.tls_files = TlsFiles(config.tls_cert.resolve(), config.tls_key.resolve())
+        else:
+            hosts = tuple(dict.fromkeys((config.host, "localhost", "127.0.0.1")))
+            self.tls_files = make_run_certificates((config.run_dir / "tls").resolve(), hosts)
+        return self.tls_files
 
     def render(self) -> str:
         template = (self.deploy_dir / "nginx" / "nginx.conf").read_text()
@@ -165,12 +249,23 @@ class Nginx:
             error_log=str(self.error_log),
             access_log=str(self.access_log),
             temp_dir=str(temp),
+            tls=self._tls_listen(),
+            flood=FloodGuard(self.config.edge_rate_per_s, self.config.edge_burst),
         )
+
+    def _tls_listen(self) -> TlsListen | None:
+        files = self.tls_files
+        if files is None:
+            return None
+        port = self.config.tls_port
+        listen = f"{self.config.host}:{port}"
+        return TlsListen(cert=str(files.cert), key=str(files.key), listen=listen, https_port=port)
 
     def start(self) -> None:
         nginx = find_nginx()
         self.prefix.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.prepare_tls()
         self.conf_path.write_text(self.render())
         command = [nginx, "-p", f"{self.prefix}/", "-e", str(self.error_log)]
         command += ["-c", str(self.conf_path)]

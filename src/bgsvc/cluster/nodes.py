@@ -17,6 +17,7 @@ from bgsvc.cluster.common import ClusterError, http_status, usable_cores
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 8001
 DEFAULT_LISTEN_PORT = 8080
+DEFAULT_TLS_PORT = 8443
 DEFAULT_RUN_DIR = Path(".cluster")
 
 
@@ -51,6 +52,15 @@ class ClusterConfig:
     # One BGSVC_DATA_DIR for every node (job results in bgsvc.storage's local directory
     # must be readable by whichever node is asked); ``env`` may still override it.
     data_dir: Path | None = None
+    # HTTPS at nginx on tls_port (plain HTTP on listen_port then redirects there), with
+    # tls_cert/tls_key, or a throwaway CA and certificate made in run_dir/tls.
+    tls: bool = False
+    tls_port: int = DEFAULT_TLS_PORT
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # nginx's per-address flood guard (requests/s, burst); a rate of 0 turns it off.
+    edge_rate_per_s: int = 100
+    edge_burst: int = 200
 
     @classmethod
     def local(

@@ -12,6 +12,8 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
+from bgsvc.web.security import PAGE_HEADERS
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 
 # Only these files are served: no directory listing, no path handling to get wrong.
@@ -23,7 +25,7 @@ _STATIC_FILES: dict[str, str] = {
 }
 
 # The files are small; "no-cache" makes the browser revalidate (ETag) so an upgrade shows at once.
-_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+_HEADERS = {"Cache-Control": "no-cache", **PAGE_HEADERS}
 
 
 def _file(name: str) -> FileResponse:
