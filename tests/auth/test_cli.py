@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from bgsvc.cli import main
 from bgsvc.config import get_settings
 from tests.auth.conftest import PEPPER
+from tests.conftest import encode_image, subject_image
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 
@@ -147,3 +148,38 @@ def test_a_key_revoked_in_redis_is_refused_at_once(
     assert client.get("/jobs/job_unknown", headers=headers).status_code == 404
     assert main(["keys", "revoke", "shared"]) == 0
     assert client.get("/jobs/job_unknown", headers=headers).status_code == 403
+
+
+@pytest.mark.redis
+def test_with_the_key_store_down_known_keys_are_served_and_unknown_ones_are_503(
+    keys_env: Path,
+    redis_server: RedisServer,  # noqa: F811
+    make_client: Callable[..., TestClient],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BGSVC_REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+    assert main(["keys", "create", "seen", "--rate", "100/min"]) == 0
+    seen = capsys.readouterr().out.strip()
+    assert main(["keys", "create", "unseen"]) == 0
+    unseen = capsys.readouterr().out.strip()
+    assert main(["keys", "create", "gone"]) == 0
+    gone = capsys.readouterr().out.strip()
+    client = make_client(auth="required", auth_pepper=PEPPER, redis_url=redis_server.url)
+    image = encode_image(subject_image())
+    files = {"file": ("p.png", image, "image/png")}
+
+    def post(secret: str) -> int:
+        headers = {"X-Api-Key": secret}
+        return client.post("/remove-background", files=files, headers=headers).status_code
+
+    assert post(seen) == 200
+    assert main(["keys", "revoke", "gone"]) == 0
+    assert post(gone) == 403
+    redis_server.stop()
+    # Redis is down: the key seen valid is still served (its limits fail open), the key
+    # seen revoked is still refused, and a key this process never saw cannot be checked.
+    assert post(seen) == 200
+    assert post(gone) == 403
+    assert post(unseen) == 503

@@ -7,6 +7,8 @@ refused request costs neither an admission slot nor the read of its upload.
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -15,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bgsvc.auth.addresses import Network, client_address, parse_networks
 from bgsvc.auth.headers import rate_limit_headers
-from bgsvc.auth.keys import ApiKey, KeyStore, verify
+from bgsvc.auth.keys import ApiKey, KeyStore, digest_of, verify
 from bgsvc.auth.labels import KeyLabels
 from bgsvc.errors import (
     AuthRequired,
@@ -31,6 +33,10 @@ from bgsvc.metrics import Metrics
 from bgsvc.middleware import request_id_of
 
 log = logging.getLogger(__name__)
+
+# Keys remembered for a key-store outage (each a few hundred bytes).
+KNOWN_KEYS_MAX = 10_000
+STORE_DOWN_LOG_EVERY_S = 30.0
 
 # Open without a key: probes, metrics, the page and its files, the API's own description
 # (and /models, which the page reads before anyone typed a key). Everything else needs one.
@@ -100,6 +106,12 @@ class AuthMiddleware:
         self.trusted: tuple[Network, ...] = parse_networks(trusted_proxies)
         self.metrics = metrics
         self.labels = KeyLabels(max_key_labels)
+        # Keys the store last said are valid (or revoked), by digest, used only while the
+        # store cannot answer: nothing can be revoked then either (revoking writes to that
+        # store), so this admits no one the store would refuse, and known clients keep
+        # being served through a Redis outage. An unknown secret still gets a 503.
+        self._known: OrderedDict[str, ApiKey] = OrderedDict()
+        self._store_down_logged = -STORE_DOWN_LOG_EVERY_S
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):
@@ -143,9 +155,20 @@ class AuthMiddleware:
         if secret is not None:
             try:
                 key = await anyio.to_thread.run_sync(verify, self.store, secret, self.pepper)
-            except Exception as exc:  # any store failure: nothing can be checked
-                log.error("key store unavailable: %s", type(exc).__name__)
-                raise AuthUnavailable("API keys cannot be checked right now.") from None
+            except Exception as exc:  # any store failure: only known keys can be checked
+                key = self._known.get(digest_of(secret, self.pepper))
+                now = time.monotonic()
+                if now - self._store_down_logged >= STORE_DOWN_LOG_EVERY_S:
+                    self._store_down_logged = now
+                    log.error("key store unavailable (%s): known keys only", type(exc).__name__)
+                if key is None:
+                    raise AuthUnavailable("API keys cannot be checked right now.") from None
+            else:
+                if key is not None:
+                    self._known[key.digest] = key
+                    self._known.move_to_end(key.digest)
+                    if len(self._known) > KNOWN_KEYS_MAX:
+                        self._known.popitem(last=False)
         if key is not None:
             return key
         reason = "missing" if secret is None else "unknown"
