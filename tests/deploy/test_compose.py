@@ -202,3 +202,13 @@ def test_replicas_queue_jobs_in_the_compose_redis_which_keeps_them_on_a_volume(
         service = services[name]
         assert service["environment"]["BGSVC_REDIS_URL"] == "redis://redis:6379/0"
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_replicas_require_api_keys_and_refuse_to_start_without_a_pepper(
+    compose: dict[str, Any],
+) -> None:
+    for name in REPLICAS:
+        env = compose["services"][name]["environment"]
+        assert env["BGSVC_AUTH"] == "required"
+        # ${VAR:?message}: compose itself stops when the pepper is not given.
+        assert env["BGSVC_AUTH_PEPPER"].startswith("${BGSVC_AUTH_PEPPER:?")

@@ -246,3 +246,10 @@ def test_keda_scales_the_serving_deployment_on_the_job_queue_and_cpu_like_the_hp
     assert host.split(".")[0] == service["metadata"]["name"]
     assert host.endswith(".svc.cluster.local"), "KEDA runs in its own namespace"
     assert int(port) == service["spec"]["ports"][0]["port"]
+
+
+def test_pods_require_api_keys_with_the_pepper_from_a_secret() -> None:
+    env = {e["name"]: e for e in _container()["env"]}
+    assert env["BGSVC_AUTH"]["value"] == "required"
+    ref = env["BGSVC_AUTH_PEPPER"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "bgsvc-auth", "key": "pepper"}  # not optional: no pepper, no pod
