@@ -14,13 +14,13 @@ import uuid
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bgsvc.jobs.redis_store import RedisJobStore
+    from bgsvc.jobs.redis_jobs import RedisJobs
 
 # How long one process holds the fleet-wide scan of queued jobs.
 LOCK_MS = 5000
 
 
-def _missing(store: RedisJobStore, rmids: list[str | None]) -> list[bool]:
+def _missing(store: RedisJobs, rmids: list[str | None]) -> list[bool]:
     """For each redis message id: is the message gone from dramatiq's message hash?"""
     pipe = store.redis.pipeline(transaction=False)
     for rmid in rmids:
@@ -29,16 +29,16 @@ def _missing(store: RedisJobStore, rmids: list[str | None]) -> list[bool]:
     return [not rmid or not found for rmid, found in zip(rmids, present, strict=True)]
 
 
-def _fields(store: RedisJobStore, ids: list[str], names: list[str]) -> list[list[str | None]]:
+def _fields(store: RedisJobs, ids: list[str], names: list[str]) -> list[list[str | None]]:
     pipe = store.redis.pipeline(transaction=False)
     for job_id in ids:
         pipe.hmget(store._job(job_id), names)
     return list(pipe.execute())
 
 
-def reconcile(store: RedisJobStore, *, older_than_s: float | None = None) -> int:
+def reconcile(store: RedisJobs, *, older_than_s: float | None = None) -> int:
     """Give lost jobs a new message; the number of jobs repaired."""
-    from bgsvc.jobs.redis_store import RECONCILE_AFTER_S, SCAN_LIMIT
+    from bgsvc.jobs.redis_jobs import RECONCILE_AFTER_S, SCAN_LIMIT
 
     now = time.time()
     cutoff = now - (RECONCILE_AFTER_S if older_than_s is None else older_than_s)

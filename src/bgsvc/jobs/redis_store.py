@@ -1,458 +1,29 @@
-"""The shared job store: records in Redis, delivery by dramatiq's Redis broker.
-
-Why both: dramatiq delivers each job's message to one runner and, when that runner's
-process dies (its heartbeat stops), hands the message to another one; the records (status,
-attempts, webhook attempts) and their conditional changes are ours, in Lua scripts
-(bgsvc.jobs.redis_scripts). A message only names a job and which of its messages it is,
-so a duplicate or stale delivery is recognised by the record and dropped; a job runs again
-only when its runner is dead (docs/jobs-queue.md has the measurements behind the choice).
-
-All calls are synchronous redis-py in a worker thread; a Redis that does not answer is
-JobsUnavailable (503 with Retry-After to clients, a skipped tick to the runner).
-"""
+"""The shared job store (``BGSVC_REDIS_URL``): the jobs of bgsvc.jobs.redis_jobs, and
+their batches, a hash per batch naming its items' jobs."""
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
-import time
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-import anyio.to_thread
-import dramatiq
-import dramatiq.errors
-import redis
-from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import RedisBroker
-
-from bgsvc.batches.model import BatchItem, BatchRecord
-from bgsvc.errors import JobsUnavailable
-from bgsvc.jobs import redis_scripts as lua
-from bgsvc.jobs.model import JobError, JobRecord, JobStatus
-from bgsvc.jobs.redis_reconcile import reconcile
-from bgsvc.jobs.store import QueueStats
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-NAMESPACE = "bgsvc:dq"
-QUEUE = "jobs"
-ACTOR = "bgsvc.run_job"
-# A queued or running job this old whose message is missing is given a new one.
-RECONCILE_AFTER_S = 30.0
-# Jobs looked at per reconcile, expire or purge call (the rest at the next one).
-SCAN_LIMIT = 500
+from bgsvc.batches.model import BatchRecord
+from bgsvc.jobs.model import JobRecord
+from bgsvc.jobs.redis_codec import batch_fields, batch_from, flat, job_fields, unavailable
+from bgsvc.jobs.redis_jobs import SCAN_LIMIT, RedisJobs
 
 
-def _unavailable(
-    fn: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
-            raise JobsUnavailable(
-                "The job queue is unavailable; retry later.", retry_after=5
-            ) from exc
-
-    return wrapper
-
-
-def _f(value: str | None) -> float | None:
-    return float(value) if value else None
-
-
-def _record(fields: dict[str, str], webhooks: list[str]) -> JobRecord:
-    error = None
-    if fields.get("error_code"):
-        error = JobError(fields["error_code"], fields.get("error_message", ""))
-    return JobRecord(
-        id=fields["id"],
-        status=JobStatus(fields["status"]),
-        created_at=float(fields["created_at"]),
-        started_at=_f(fields.get("started_at")),
-        finished_at=_f(fields.get("finished_at")),
-        attempts=int(fields.get("attempts") or 0),
-        error=error,
-        options=json.loads(fields["options"]),
-        input_key=fields["input_key"],
-        fingerprint=fields["fingerprint"],
-        result_key=fields.get("result_key") or None,
-        content_type=fields.get("content_type") or None,
-        client=fields.get("client", ""),
-        idempotency_key=fields.get("idempotency_key") or None,
-        callback_url=fields.get("callback_url") or None,
-        webhook_attempts=[json.loads(w) for w in webhooks],
-        owner=fields.get("owner") or None,
-        batch_id=fields.get("batch_id") or None,
-    )
-
-
-def _fields(record: JobRecord, message_id: str) -> dict[str, str]:
-    return {
-        "id": record.id,
-        "status": record.status.value,
-        "created_at": repr(record.created_at),
-        "attempts": "0",
-        "options": json.dumps(record.options),
-        "input_key": record.input_key,
-        "fingerprint": record.fingerprint,
-        "client": record.client,
-        "idempotency_key": record.idempotency_key or "",
-        "callback_url": record.callback_url or "",
-        "batch_id": record.batch_id or "",
-        "msg": message_id,
-    }
-
-
-def _flat(fields: dict[str, str]) -> list[str]:
-    return [part for pair in fields.items() for part in pair]
-
-
-class RedisJobStore:
+class RedisJobStore(RedisJobs):
     """:class:`bgsvc.jobs.store.JobStore` shared by every node through one Redis."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        ttl_s: float,
-        heartbeat_timeout_s: float,
-        socket_timeout_s: float = 2.0,
-        prefix: str = "bgsvc:jobs:",
-        namespace: str = NAMESPACE,
-    ) -> None:
-        options: dict[str, Any] = {
-            "socket_timeout": socket_timeout_s,
-            "socket_connect_timeout": socket_timeout_s,
-        }
-        self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
-        # dramatiq decodes message bodies from bytes: a client of its own.
-        self.broker = RedisBroker(  # type: ignore[no-untyped-call]
-            client=redis.Redis.from_url(url, **options),
-            namespace=namespace,
-            middleware=[],
-            heartbeat_timeout=int(heartbeat_timeout_s * 1000),
-            # Maintenance (requeueing a dead runner's messages) on every call: it is one
-            # ZRANGEBYSCORE unless a runner died.
-            maintenance_chance=1_000_000,
-        )
-        self.broker.declare_queue(QUEUE)
-        self.heartbeat_timeout_ms = int(heartbeat_timeout_s * 1000)
-        self.ttl_ms = int(ttl_s * 1000)
-        self.prefix = prefix
-        self._queued = f"{prefix}queued"
-        self._running = f"{prefix}running"
-        self._finished = f"{prefix}finished"
-        self._expired = f"{prefix}expired"
-        self._batches = f"{prefix}batches"
-        self._heartbeats = f"{namespace}:__heartbeats__"
-        self._messages = f"{namespace}:{QUEUE}.msgs"
-        self._scripts = {
-            name: self.redis.register_script(getattr(lua, name))
-            for name in (
-                "CREATE",
-                "CLAIM",
-                "REQUEUE",
-                "FINISH",
-                "CANCEL",
-                "REISSUE",
-                "NOTE_RMID",
-                "EXPIRE",
-                "COMPLETE_BATCH",
-                "RESCUE",
-            )
-        }
-        # timeout=0: an empty queue answers at once; the runner decides when to look again.
-        self._consumer: Any = self.broker.consume(QUEUE, prefetch=1, timeout=0)
-        self._consumer_lock = threading.Lock()
-        # The messages of the jobs this process runs, to ack when they end.
-        self._inflight: dict[str, MessageProxy] = {}
-
-    @property
-    def broker_id(self) -> str:
-        return str(self.broker.broker_id)
-
-    def _job(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
-
-    def _batch(self, batch_id: str) -> str:
-        return f"{self.prefix}batch:{batch_id}"
-
-    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return self._scripts[name](keys=keys, args=args)
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(fn)
-
-    # --- messages ----------------------------------------------------------------------
-
-    def _enqueue(self, job_id: str, message_id: str) -> None:
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=QUEUE,
-            actor_name=ACTOR,
-            args=(job_id,),
-            kwargs={},
-            options={},
-            message_id=message_id,
-        )
-        sent = self.broker.enqueue(message)
-        where = sent.options["redis_message_id"]
-        self._script("NOTE_RMID", [self._job(job_id)], [message_id, where])
-
-    def _ack(self, job_id: str) -> None:
-        proxy = self._inflight.pop(job_id, None)
-        if proxy is not None:
-            with self._consumer_lock:
-                self._consumer.ack(proxy)
-
-    def _fetch(self) -> MessageProxy | None:
-        with self._consumer_lock:
-            # One message more than this process holds: never take work it has no room for.
-            self._consumer.prefetch = self._consumer.outstanding_message_count + 1
-            proxy: MessageProxy | None = next(self._consumer)
-            return proxy
-
-    def _drop(self, proxy: MessageProxy) -> None:
-        with self._consumer_lock:
-            self._consumer.ack(proxy)
-
-    # --- jobs --------------------------------------------------------------------------
-
-    def _read(self, job_id: str) -> JobRecord | None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self._job(job_id))
-        pipe.lrange(f"{self._job(job_id)}:wh", 0, -1)
-        fields, webhooks = pipe.execute()
-        return _record(fields, webhooks) if fields else None
-
-    @_unavailable
-    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        def create() -> tuple[JobRecord, bool]:
-            message_id = str(uuid.uuid4())
-            idem = ""
-            if record.idempotency_key is not None:
-                idem = f"{self.prefix}idem:{record.client}:{record.idempotency_key}"
-            existing = self._script(
-                "CREATE",
-                [self._job(record.id), idem, self._queued],
-                [
-                    2 * self.ttl_ms,
-                    repr(record.created_at),
-                    f"{self.prefix}job:",
-                    record.id,
-                    *_flat(_fields(record, message_id)),
-                ],
-            )
-            if existing:
-                found = self._read(existing)
-                if found is not None:
-                    return found, False
-            try:
-                self._enqueue(record.id, message_id)
-            except BaseException:
-                # Not accepted: the client hears an error, so the job must not run later.
-                self._delete(record.id)
-                raise
-            return record, True
-
-        return await self._run(create)
-
-    @_unavailable
-    async def get(self, job_id: str) -> JobRecord | None:
-        return await self._run(lambda: self._read(job_id))
-
-    @_unavailable
-    async def stats(self) -> QueueStats:
-        def stats() -> QueueStats:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zcard(self._queued)
-            pipe.zcard(self._running)
-            pipe.zrange(self._queued, 0, 0, withscores=True)
-            queued, running, oldest = pipe.execute()
-            return QueueStats(int(queued), int(running), oldest[0][1] if oldest else None)
-
-        return await self._run(stats)
-
-    @_unavailable
-    async def heartbeat(self) -> None:
-        """Tell dramatiq this process lives: its running jobs are not redelivered."""
-        await self._run(lambda: self.broker.do_qsize(QUEUE))
-
-    @_unavailable
-    async def claim(self, owner: str, now: float) -> JobRecord | None:
-        def claim() -> JobRecord | None:
-            # Stale or duplicate messages are acked and skipped; a few per call at most.
-            for _ in range(16):
-                proxy = self._fetch()
-                if proxy is None:
-                    return None
-                job_id = str(proxy.args[0])
-                outcome = self._script(
-                    "CLAIM",
-                    [self._job(job_id), self._queued, self._running, self._heartbeats],
-                    [
-                        proxy.message_id,
-                        owner,
-                        self.broker_id,
-                        repr(now),
-                        self.heartbeat_timeout_ms,
-                        int(time.time() * 1000),
-                        job_id,
-                    ],
-                )
-                if outcome != "ok":
-                    self._drop(proxy)
-                    continue
-                self._inflight[job_id] = proxy
-                return self._read(job_id)
-            return None
-
-        return await self._run(claim)
-
-    @_unavailable
-    async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
-        def requeue() -> bool:
-            message_id = str(uuid.uuid4())
-            moved = bool(
-                self._script(
-                    "REQUEUE",
-                    [self._job(job_id), self._queued, self._running],
-                    [owner, error.code, error.message, message_id, job_id],
-                )
-            )
-            if moved:
-                self._enqueue(job_id, message_id)
-            self._ack(job_id)
-            return moved
-
-        return await self._run(requeue)
-
-    @_unavailable
-    async def finish(
-        self,
-        job_id: str,
-        owner: str,
-        status: JobStatus,
-        now: float,
-        *,
-        error: JobError | None = None,
-        result_key: str | None = None,
-        content_type: str | None = None,
-    ) -> bool:
-        extra: list[str] = []
-        if error is not None:
-            extra += ["error_code", error.code, "error_message", error.message]
-        if result_key is not None:
-            extra += ["result_key", result_key]
-        if content_type is not None:
-            extra += ["content_type", content_type]
-
-        def finish() -> bool:
-            done = bool(
-                self._script(
-                    "FINISH",
-                    [self._job(job_id), self._running, self._finished],
-                    [owner, status.value, repr(now), job_id, *extra],
-                )
-            )
-            # Acked either way: if another runner took the job over, its message is another
-            # delivery, and this one must not come back.
-            self._ack(job_id)
-            return done
-
-        return await self._run(finish)
-
-    @_unavailable
-    async def cancel(self, job_id: str, now: float) -> bool:
-        # The message stays queued; the runner that receives it finds the job final.
-        keys = [self._job(job_id), self._queued, self._finished]
-        return bool(await self._run(lambda: self._script("CANCEL", keys, [repr(now), job_id])))
-
-    def _delete(self, job_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self._job(job_id), f"{self._job(job_id)}:wh")
-        for index in (self._queued, self._running, self._finished, self._expired):
-            pipe.zrem(index, job_id)
-        pipe.execute()
-
-    @_unavailable
-    async def delete(self, job_id: str) -> None:
-        await self._run(lambda: self._delete(job_id))
-
-    @_unavailable
-    async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
-        key = f"{self._job(job_id)}:wh"
-        await self._run(lambda: self.redis.rpush(key, json.dumps(attempt)))
-
-    @_unavailable
-    async def recover(self, orphaned: Callable[[str], bool], started_before: float) -> int:
-        """dramatiq redelivers a dead runner's messages; this repairs what it cannot see:
-        jobs whose message was lost (a Redis without persistence restarted, a process
-        killed between writing a record and queueing its message) and running jobs of a
-        process that lost track of them (Redis was down when they ended). ``orphaned``
-        and ``started_before`` are the embedded store's tests; unused here."""
-        return await self._run(lambda: reconcile(self))
-
-    @_unavailable
-    async def expire(self, before: float) -> list[JobRecord]:
-        def expire() -> list[JobRecord]:
-            ids = self._script(
-                "EXPIRE",
-                [self._finished, self._queued, self._expired],
-                [repr(before), SCAN_LIMIT, f"{self.prefix}job:"],
-            )
-            records = [self._read(job_id) for job_id in ids]
-            return [r for r in records if r is not None]
-
-        return await self._run(expire)
-
-    @_unavailable
-    async def purge(self, before: float) -> int:
-        def purge() -> int:
-            ids = [
-                str(i)
-                for i in self.redis.zrangebyscore(
-                    self._expired, "-inf", f"({before!r}", 0, SCAN_LIMIT
-                )
-            ]
-            for job_id in ids:
-                self._delete(job_id)
-            # A batch goes once none of its items is left (expired and purged, or deleted).
-            old = self.redis.zrangebyscore(self._batches, "-inf", f"({before!r}", 0, SCAN_LIMIT)
-            for batch_id in map(str, old):
-                batch = self._read_batch(batch_id)
-                keys = [self._job(i.job_id) for i in batch.items] if batch else []
-                if not keys or not self.redis.exists(*keys):
-                    self._delete_batch(batch_id)
-            return len(ids)
-
-        return await self._run(purge)
-
-    # --- batches -----------------------------------------------------------------------
-
-    @_unavailable
+    @unavailable
     async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord]) -> None:
         def create() -> None:
             messages = {record.id: str(uuid.uuid4()) for record in jobs}
-            items = json.dumps([{"name": i.name, "job_id": i.job_id} for i in batch.items])
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(
-                self._batch(batch.id),
-                mapping={
-                    "id": batch.id,
-                    "created_at": repr(batch.created_at),
-                    "client": batch.client,
-                    "callback_url": batch.callback_url or "",
-                    "items": items,
-                },
-            )
+            pipe.hset(self._batch(batch.id), items=flat(batch_fields(batch)))
             for record in jobs:
-                pipe.hset(self._job(record.id), items=_flat(_fields(record, messages[record.id])))
+                pipe.hset(self._job(record.id), items=flat(job_fields(record, messages[record.id])))
                 pipe.zadd(self._queued, {record.id: record.created_at})
             pipe.zadd(self._batches, {batch.id: batch.created_at})
             pipe.execute()
@@ -472,23 +43,13 @@ class RedisJobStore:
         pipe.hgetall(self._batch(batch_id))
         pipe.lrange(f"{self._batch(batch_id)}:wh", 0, -1)
         fields, webhooks = pipe.execute()
-        if not fields:
-            return None
-        return BatchRecord(
-            id=fields["id"],
-            created_at=float(fields["created_at"]),
-            items=[BatchItem(i["name"], i["job_id"]) for i in json.loads(fields["items"])],
-            client=fields.get("client", ""),
-            callback_url=fields.get("callback_url") or None,
-            completed_at=_f(fields.get("completed_at")),
-            webhook_attempts=[json.loads(w) for w in webhooks],
-        )
+        return batch_from(fields, webhooks) if fields else None
 
-    @_unavailable
+    @unavailable
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         return await self._run(lambda: self._read_batch(batch_id))
 
-    @_unavailable
+    @unavailable
     async def batch_jobs(self, batch_id: str) -> list[JobRecord]:
         def read() -> list[JobRecord]:
             batch = self._read_batch(batch_id)
@@ -499,7 +60,7 @@ class RedisJobStore:
 
         return await self._run(read)
 
-    @_unavailable
+    @unavailable
     async def complete_batch(self, batch_id: str, now: float) -> BatchRecord | None:
         def complete() -> BatchRecord | None:
             batch = self._read_batch(batch_id)
@@ -513,7 +74,7 @@ class RedisJobStore:
 
         return await self._run(complete)
 
-    @_unavailable
+    @unavailable
     async def add_batch_webhook_attempt(self, batch_id: str, attempt: dict[str, Any]) -> None:
         key = f"{self._batch(batch_id)}:wh"
         await self._run(lambda: self.redis.rpush(key, json.dumps(attempt)))
@@ -524,15 +85,22 @@ class RedisJobStore:
         pipe.zrem(self._batches, batch_id)
         pipe.execute()
 
-    @_unavailable
+    @unavailable
     async def delete_batch(self, batch_id: str) -> None:
         await self._run(lambda: self._delete_batch(batch_id))
 
-    async def close(self) -> None:
-        def close() -> None:
-            # Messages of jobs still running stay unacked: dramatiq hands them to another
-            # runner once this process's heartbeat stops (the runner requeued what it could).
-            self.broker.close()
-            self.redis.close()
+    @unavailable
+    async def purge(self, before: float) -> int:
+        purged: int = await super().purge(before)
 
-        await self._run(close)
+        def purge_batches() -> None:
+            # A batch goes once none of its items is left (expired and purged, or deleted).
+            old = self.redis.zrangebyscore(self._batches, "-inf", f"({before!r}", 0, SCAN_LIMIT)
+            for batch_id in map(str, old):
+                batch = self._read_batch(batch_id)
+                keys = [self._job(i.job_id) for i in batch.items] if batch else []
+                if not keys or not self.redis.exists(*keys):
+                    self._delete_batch(batch_id)
+
+        await self._run(purge_batches)
+        return purged

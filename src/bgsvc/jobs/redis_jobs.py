@@ -1,0 +1,369 @@
+"""The shared job store's jobs: records in Redis, delivery by dramatiq's Redis broker
+(its batches: bgsvc.jobs.redis_store).
+
+Why both: dramatiq delivers each job's message to one runner and, when that runner's
+process dies (its heartbeat stops), hands the message to another one; the records (status,
+attempts, webhook attempts) and their conditional changes are ours, in Lua scripts
+(bgsvc.jobs.redis_scripts). A message only names a job and which of its messages it is,
+so a duplicate or stale delivery is recognised by the record and dropped; a job runs again
+only when its runner is dead (docs/jobs-queue.md has the measurements behind the choice).
+
+All calls are synchronous redis-py in a worker thread; a Redis that does not answer is
+JobsUnavailable (503 with Retry-After to clients, a skipped tick to the runner).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import anyio.to_thread
+import dramatiq
+import dramatiq.errors
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
+
+from bgsvc.jobs import redis_scripts as lua
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.redis_codec import flat, job_fields, record_from, unavailable
+from bgsvc.jobs.redis_reconcile import reconcile
+from bgsvc.jobs.store import QueueStats
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+NAMESPACE = "bgsvc:dq"
+QUEUE = "jobs"
+ACTOR = "bgsvc.run_job"
+# A queued or running job this old whose message is missing is given a new one.
+RECONCILE_AFTER_S = 30.0
+# Jobs looked at per reconcile, expire or purge call (the rest at the next one).
+SCAN_LIMIT = 500
+
+
+class RedisJobs:
+    """The jobs half of :class:`bgsvc.jobs.redis_store.RedisJobStore`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        heartbeat_timeout_s: float,
+        socket_timeout_s: float = 2.0,
+        prefix: str = "bgsvc:jobs:",
+        namespace: str = NAMESPACE,
+    ) -> None:
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": socket_timeout_s,
+        }
+        self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
+        # dramatiq decodes message bodies from bytes: a client of its own.
+        self.broker = RedisBroker(  # type: ignore[no-untyped-call]
+            client=redis.Redis.from_url(url, **options),
+            namespace=namespace,
+            middleware=[],
+            heartbeat_timeout=int(heartbeat_timeout_s * 1000),
+            # Maintenance (requeueing a dead runner's messages) on every call: it is one
+            # ZRANGEBYSCORE unless a runner died.
+            maintenance_chance=1_000_000,
+        )
+        self.broker.declare_queue(QUEUE)
+        self.heartbeat_timeout_ms = int(heartbeat_timeout_s * 1000)
+        self.ttl_ms = int(ttl_s * 1000)
+        self.prefix = prefix
+        self._queued = f"{prefix}queued"
+        self._running = f"{prefix}running"
+        self._finished = f"{prefix}finished"
+        self._expired = f"{prefix}expired"
+        self._batches = f"{prefix}batches"
+        self._heartbeats = f"{namespace}:__heartbeats__"
+        self._messages = f"{namespace}:{QUEUE}.msgs"
+        self._scripts = {
+            name: self.redis.register_script(getattr(lua, name))
+            for name in (
+                "CREATE",
+                "CLAIM",
+                "REQUEUE",
+                "FINISH",
+                "CANCEL",
+                "REISSUE",
+                "NOTE_RMID",
+                "EXPIRE",
+                "COMPLETE_BATCH",
+                "RESCUE",
+            )
+        }
+        # timeout=0: an empty queue answers at once; the runner decides when to look again.
+        self._consumer: Any = self.broker.consume(QUEUE, prefetch=1, timeout=0)
+        self._consumer_lock = threading.Lock()
+        # The messages of the jobs this process runs, to ack when they end.
+        self._inflight: dict[str, MessageProxy] = {}
+
+    @property
+    def broker_id(self) -> str:
+        return str(self.broker.broker_id)
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def _batch(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{batch_id}"
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._scripts[name](keys=keys, args=args)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(fn)
+
+    # --- messages ----------------------------------------------------------------------
+
+    def _enqueue(self, job_id: str, message_id: str) -> None:
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=QUEUE,
+            actor_name=ACTOR,
+            args=(job_id,),
+            kwargs={},
+            options={},
+            message_id=message_id,
+        )
+        sent = self.broker.enqueue(message)
+        where = sent.options["redis_message_id"]
+        self._script("NOTE_RMID", [self._job(job_id)], [message_id, where])
+
+    def _ack(self, job_id: str) -> None:
+        proxy = self._inflight.pop(job_id, None)
+        if proxy is not None:
+            with self._consumer_lock:
+                self._consumer.ack(proxy)
+
+    def _fetch(self) -> MessageProxy | None:
+        with self._consumer_lock:
+            # One message more than this process holds: never take work it has no room for.
+            self._consumer.prefetch = self._consumer.outstanding_message_count + 1
+            proxy: MessageProxy | None = next(self._consumer)
+            return proxy
+
+    def _drop(self, proxy: MessageProxy) -> None:
+        with self._consumer_lock:
+            self._consumer.ack(proxy)
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def _read(self, job_id: str) -> JobRecord | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self._job(job_id))
+        pipe.lrange(f"{self._job(job_id)}:wh", 0, -1)
+        fields, webhooks = pipe.execute()
+        return record_from(fields, webhooks) if fields else None
+
+    @unavailable
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        def create() -> tuple[JobRecord, bool]:
+            message_id = str(uuid.uuid4())
+            idem = ""
+            if record.idempotency_key is not None:
+                idem = f"{self.prefix}idem:{record.client}:{record.idempotency_key}"
+            existing = self._script(
+                "CREATE",
+                [self._job(record.id), idem, self._queued],
+                [
+                    2 * self.ttl_ms,
+                    repr(record.created_at),
+                    f"{self.prefix}job:",
+                    record.id,
+                    *flat(job_fields(record, message_id)),
+                ],
+            )
+            if existing:
+                found = self._read(existing)
+                if found is not None:
+                    return found, False
+            try:
+                self._enqueue(record.id, message_id)
+            except BaseException:
+                # Not accepted: the client hears an error, so the job must not run later.
+                self._delete(record.id)
+                raise
+            return record, True
+
+        return await self._run(create)
+
+    @unavailable
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self._run(lambda: self._read(job_id))
+
+    @unavailable
+    async def stats(self) -> QueueStats:
+        def stats() -> QueueStats:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(self._queued)
+            pipe.zcard(self._running)
+            pipe.zrange(self._queued, 0, 0, withscores=True)
+            queued, running, oldest = pipe.execute()
+            return QueueStats(int(queued), int(running), oldest[0][1] if oldest else None)
+
+        return await self._run(stats)
+
+    @unavailable
+    async def heartbeat(self) -> None:
+        """Tell dramatiq this process lives: its running jobs are not redelivered."""
+        await self._run(lambda: self.broker.do_qsize(QUEUE))
+
+    @unavailable
+    async def claim(self, owner: str, now: float) -> JobRecord | None:
+        def claim() -> JobRecord | None:
+            # Stale or duplicate messages are acked and skipped; a few per call at most.
+            for _ in range(16):
+                proxy = self._fetch()
+                if proxy is None:
+                    return None
+                job_id = str(proxy.args[0])
+                outcome = self._script(
+                    "CLAIM",
+                    [self._job(job_id), self._queued, self._running, self._heartbeats],
+                    [
+                        proxy.message_id,
+                        owner,
+                        self.broker_id,
+                        repr(now),
+                        self.heartbeat_timeout_ms,
+                        int(time.time() * 1000),
+                        job_id,
+                    ],
+                )
+                if outcome != "ok":
+                    self._drop(proxy)
+                    continue
+                self._inflight[job_id] = proxy
+                return self._read(job_id)
+            return None
+
+        return await self._run(claim)
+
+    @unavailable
+    async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
+        def requeue() -> bool:
+            message_id = str(uuid.uuid4())
+            moved = bool(
+                self._script(
+                    "REQUEUE",
+                    [self._job(job_id), self._queued, self._running],
+                    [owner, error.code, error.message, message_id, job_id],
+                )
+            )
+            if moved:
+                self._enqueue(job_id, message_id)
+            self._ack(job_id)
+            return moved
+
+        return await self._run(requeue)
+
+    @unavailable
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        *,
+        error: JobError | None = None,
+        result_key: str | None = None,
+        content_type: str | None = None,
+    ) -> bool:
+        extra: list[str] = []
+        if error is not None:
+            extra += ["error_code", error.code, "error_message", error.message]
+        if result_key is not None:
+            extra += ["result_key", result_key]
+        if content_type is not None:
+            extra += ["content_type", content_type]
+
+        def finish() -> bool:
+            done = bool(
+                self._script(
+                    "FINISH",
+                    [self._job(job_id), self._running, self._finished],
+                    [owner, status.value, repr(now), job_id, *extra],
+                )
+            )
+            # Acked either way: if another runner took the job over, its message is another
+            # delivery, and this one must not come back.
+            self._ack(job_id)
+            return done
+
+        return await self._run(finish)
+
+    @unavailable
+    async def cancel(self, job_id: str, now: float) -> bool:
+        # The message stays queued; the runner that receives it finds the job final.
+        keys = [self._job(job_id), self._queued, self._finished]
+        return bool(await self._run(lambda: self._script("CANCEL", keys, [repr(now), job_id])))
+
+    def _delete(self, job_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self._job(job_id), f"{self._job(job_id)}:wh")
+        for index in (self._queued, self._running, self._finished, self._expired):
+            pipe.zrem(index, job_id)
+        pipe.execute()
+
+    @unavailable
+    async def delete(self, job_id: str) -> None:
+        await self._run(lambda: self._delete(job_id))
+
+    @unavailable
+    async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
+        key = f"{self._job(job_id)}:wh"
+        await self._run(lambda: self.redis.rpush(key, json.dumps(attempt)))
+
+    @unavailable
+    async def recover(self, orphaned: Callable[[str], bool], started_before: float) -> int:
+        """dramatiq redelivers a dead runner's messages; this repairs what it cannot see:
+        jobs whose message was lost (a Redis without persistence restarted, a process
+        killed between writing a record and queueing its message) and running jobs of a
+        process that lost track of them (Redis was down when they ended). ``orphaned``
+        and ``started_before`` are the embedded store's tests; unused here."""
+        return await self._run(lambda: reconcile(self))
+
+    @unavailable
+    async def expire(self, before: float) -> list[JobRecord]:
+        def expire() -> list[JobRecord]:
+            ids = self._script(
+                "EXPIRE",
+                [self._finished, self._queued, self._expired],
+                [repr(before), SCAN_LIMIT, f"{self.prefix}job:"],
+            )
+            records = [self._read(job_id) for job_id in ids]
+            return [r for r in records if r is not None]
+
+        return await self._run(expire)
+
+    @unavailable
+    async def purge(self, before: float) -> int:
+        def purge() -> int:
+            ids = [
+                str(i)
+                for i in self.redis.zrangebyscore(
+                    self._expired, "-inf", f"({before!r}", 0, SCAN_LIMIT
+                )
+            ]
+            for job_id in ids:
+                self._delete(job_id)
+            return len(ids)
+
+        return await self._run(purge)
+
+    async def close(self) -> None:
+        def close() -> None:
+            # Messages of jobs still running stay unacked: dramatiq hands them to another
+            # runner once this process's heartbeat stops (the runner requeued what it could).
+            self.broker.close()
+            self.redis.close()
+
+        await self._run(close)
