@@ -19,22 +19,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import dramatiq
-import dramatiq.errors
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 
+from bgsvc.errors import JobsUnavailable
 from bgsvc.jobs import redis_scripts as lua
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.redis_codec import flat, job_fields, record_from, unavailable
 from bgsvc.jobs.redis_reconcile import reconcile
 from bgsvc.jobs.store import QueueStats
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 NAMESPACE = "bgsvc:dq"
@@ -183,8 +182,9 @@ class RedisJobs:
             )
             if existing:
                 found = self._read(existing)
-                if found is not None:
-                    return found, False
+                if found is None:  # deleted between the two calls: nothing was written
+                    raise JobsUnavailable("The job changed meanwhile; retry.", retry_after=1)
+                return found, False
             try:
                 self._enqueue(record.id, message_id)
             except BaseException:

@@ -225,40 +225,39 @@ class JobRunner:
             await self._end(backends, record, JobStatus.EXPIRED, started, error=_error(exc))
             return
         try:
-            options = self.parse_options(record.options)
-            async with asyncio.timeout(self.config.timeout_s):
-                result = await self.service.process(
-                    ticket,
-                    stored.data,
-                    options,
-                    timeout_s=self.config.timeout_s,
-                )
-                key = result_key(record.id, result.output.format)
-                # Published whole before the record says succeeded: no reader ever sees
-                # a job succeeded without its result, or a part of one.
-                await anyio.to_thread.run_sync(
-                    results.put, key, result.output.body, result.output.media_type
-                )
+            try:
+                options = self.parse_options(record.options)
+                async with asyncio.timeout(self.config.timeout_s):
+                    result = await self.service.process(
+                        ticket,
+                        stored.data,
+                        options,
+                        timeout_s=self.config.timeout_s,
+                    )
+                    key = result_key(record.id, result.output.format)
+                    # Published whole before the record says succeeded: no reader ever
+                    # sees a job succeeded without its result, or a part of one.
+                    await anyio.to_thread.run_sync(
+                        results.put, key, result.output.body, result.output.media_type
+                    )
+            finally:
+                # The slot goes back to sync traffic before the attempt's end is recorded
+                # (which may wait out a Redis outage).
+                ticket.close()
         except TimeoutError:
-            ticket.close()
             exc = JobTimedOut(f"An attempt ran past {self.config.timeout_s:g} s.")
             await self._retry_or_fail(backends, record, started, exc)
             return
         except BgsvcError as exc:
-            ticket.close()
             if exc.status < 500:  # the input or the options: another attempt cannot help
                 await self._end(backends, record, JobStatus.FAILED, started, error=_error(exc))
             else:
                 await self._retry_or_fail(backends, record, started, exc)
             return
         except Exception as exc:
-            ticket.close()
             log.exception("job %s attempt %d failed", record.id, record.attempts)
             await self._retry_or_fail(backends, record, started, exc)
             return
-        # The inference is done: its slot goes back to sync traffic before the job's end is
-        # recorded (which waits out a Redis outage).
-        ticket.close()
         await self._end(
             backends,
             record,
