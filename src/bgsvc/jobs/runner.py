@@ -242,8 +242,10 @@ class JobRunner:
                     )
             finally:
                 # The slot goes back to sync traffic before the attempt's end is recorded
-                # (which may wait out a Redis outage).
+                # (which may wait out a Redis outage); the runner looks for the next job at
+                # once rather than at its next poll, so a backlog runs back to back.
                 ticket.close()
+                self.queue.wake.set()
         except TimeoutError:
             exc = JobTimedOut(f"An attempt ran past {self.config.timeout_s:g} s.")
             await self._retry_or_fail(backends, record, started, exc)
