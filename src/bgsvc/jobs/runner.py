@@ -1,9 +1,10 @@
 """Runs queued jobs in the serving process, on capacity sync requests leave idle.
 
 A job is claimed only while the scheduler has a free inference slot (admitted tickets
-below its concurrency), and then holds a ticket like a request does: sync requests that
-arrive meanwhile queue behind at most the jobs already started, and no job starts while
-sync traffic fills the slots.
+below its concurrency), or, when only jobs hold tickets, as the one job waiting behind
+them; it then holds a ticket like a request does: sync requests that arrive meanwhile
+queue behind at most the jobs already started plus that one, and no job starts while sync
+traffic fills the slots.
 """
 
 from __future__ import annotations
@@ -174,12 +175,21 @@ class JobRunner:
         await backends.jobs.purge(now - 2 * self.config.ttl_s)
         return len(expired)
 
+    def _room(self) -> bool:
+        """Whether to take one more job: a free inference slot, or, while only jobs hold
+        tickets, one job waiting behind them, so that its download and decoding overlap
+        the inference before it (as a second sync request's do); a sync request then
+        waits for at most that one job more. Never beyond the process's capacity."""
+        scheduler = self.scheduler
+        admitted, jobs = scheduler.admitted, len(self.running)
+        if admitted >= scheduler.capacity:
+            return False
+        if admitted < scheduler.max_concurrency:
+            return jobs < scheduler.max_concurrency + 1
+        return admitted == jobs and jobs < scheduler.max_concurrency + 1
+
     async def _claim(self, backends: Backends) -> None:
-        while (
-            not self._stopping
-            and self.scheduler.admitted < self.scheduler.max_concurrency
-            and len(self.running) < self.scheduler.max_concurrency
-        ):
+        while not self._stopping and self._room():
             # The ticket first: a claimed job must never wait for a place.
             ticket = self.scheduler.try_admit()
             try:
