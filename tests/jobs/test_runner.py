@@ -207,3 +207,20 @@ def test_a_claim_that_fails_in_the_store_gives_its_inference_slot_back(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert state_of(client).scheduler.admitted == 0
+
+
+def test_with_only_jobs_running_one_more_waits_behind_them_and_no_more(
+    jobs_client: Callable[..., TestClient], photo_png: bytes
+) -> None:
+    loader, _ = flaky_loader(delay_s=0.3)
+    client = jobs_client(loader=loader, max_concurrency=1, max_queue=4)
+    runner = jobs_of(client).runner
+    ids = [submit(client, photo_png)["id"] for _ in range(4)]
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30
+    while client.get(f"/jobs/{ids[-1]}").json()["status"] != "succeeded":
+        seen.add(len(runner.running))
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # One inferring and one waiting (its input read and decoded meanwhile), never more.
+    assert max(seen) == 2
