@@ -90,22 +90,24 @@ def test_a_batch_with_a_running_item_is_409_and_a_delete_after_it_ends_is_204(
     jobs_client: Callable[..., TestClient], photo_png: bytes
 ) -> None:
     loader, _ = flaky_loader(delay_s=1.0)
-    client = jobs_client(loader=loader)  # one inference slot: one item runs, one waits
-    batch = submit_batch(client, photo_png, 2)
+    # One inference slot: one item infers, one waits behind it (claimed: running), one
+    # stays queued.
+    client = jobs_client(loader=loader)
+    batch = submit_batch(client, photo_png, 3)
     deadline = time.monotonic() + 10
-    while client.get(batch["status_url"]).json()["counts"]["running"] != 1:
+    while client.get(batch["status_url"]).json()["counts"]["running"] != 2:
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
     refused = client.delete(batch["status_url"])
     assert refused.status_code == 409
     body = refused.json()
-    assert body["code"] == "batch_running" and "1 of the 2 items" in body["message"]
+    assert body["code"] == "batch_running" and "2 of the 3 items" in body["message"]
     counts = client.get(batch["status_url"]).json()["counts"]
-    assert counts["canceled"] == 1 and counts["running"] == 1
+    assert counts["canceled"] == 1 and counts["running"] == 2
 
     done = wait_batch(client, batch["status_url"])
-    assert done["counts"]["succeeded"] == 1 and done["counts"]["canceled"] == 1
+    assert done["counts"]["succeeded"] == 2 and done["counts"]["canceled"] == 1
     assert client.delete(batch["status_url"]).status_code == 204
     assert client.get(batch["status_url"]).status_code == 404
 
