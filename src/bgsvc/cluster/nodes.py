@@ -3,16 +3,12 @@ node (Node: deploy/start.sh, i.e. gunicorn, in its own process group)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-from bgsvc.cluster.common import ClusterError, http_status, usable_cores
+from bgsvc.cluster.common import ChildProcess, http_status, usable_cores
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 8001
@@ -78,17 +74,16 @@ class ClusterConfig:
         return max(1, usable_cores() // (len(self.nodes) * self.workers))
 
 
-class Node:
-    """One service node: `deploy/start.sh` (gunicorn) in its own process group."""
+class Node(ChildProcess):
+    """One service node: `deploy/start.sh` (gunicorn) in its own process group; its pid
+    is the arbiter's."""
 
     def __init__(self, spec: NodeSpec, config: ClusterConfig, deploy_dir: Path) -> None:
+        super().__init__(config.run_dir / "logs" / f"{spec.name}.log")
         self.spec = spec
         self.config = config
         self.deploy_dir = deploy_dir
-        self.log_path = config.run_dir / "logs" / f"{spec.name}.log"
         self.metrics_dir = config.run_dir / "metrics" / spec.name
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def name(self) -> str:
@@ -101,13 +96,6 @@ class Node:
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """The gunicorn arbiter's pid (also the node's process group id)."""
-        if self.process is None:
-            raise ClusterError(f"{self.name} is not started")
-        return self.process.pid
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -132,45 +120,7 @@ class Node:
         return env
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(self.deploy_dir / "start.sh")],
-            env=self.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        self._spawn([str(self.deploy_dir / "start.sh")], self.environment())
 
     def ready(self) -> bool:
         return http_status(f"{self.url}/ready", timeout=1.0) == 200
-
-    def terminate(self) -> None:
-        """SIGTERM to the arbiter: graceful drain of its workers."""
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL to the whole node (arbiter and workers), as if its machine died."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def wait(self, timeout: float) -> int | None:
-        """Exit status, or None if still running after ``timeout`` seconds."""
-        if self.process is None:
-            return None
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None

@@ -3,17 +3,12 @@ records and the shared result cache of every node (BGSVC_REDIS_URL)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 import shutil
-import signal
 import socket
-import subprocess
 from pathlib import Path
-from typing import IO
 
-from bgsvc.cluster.common import ClusterError
+from bgsvc.cluster.common import ChildProcess, ClusterError
 
 REDIS_NAME = "redis"
 
@@ -49,18 +44,18 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """One redis-server process, supervised like a node (same start/alive/wait/close)."""
+class RedisServer(ChildProcess):
+    """One redis-server process, supervised like a node. SIGTERM makes it fsync the AOF
+    and exit; its own session keeps a Ctrl-C at the terminal from stopping it before the
+    nodes have drained (they still write job states on the way out)."""
 
     name = REDIS_NAME
 
     def __init__(self, host: str, port: int, run_dir: Path) -> None:
+        super().__init__(run_dir / "logs" / "redis.log")
         self.host = host
         self.port = port
         self.data_dir = run_dir / "redis"
-        self.log_path = run_dir / "logs" / "redis.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -96,20 +91,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            # Its own session: a Ctrl-C at the terminal must not stop Redis before the
-            # nodes have drained (they still write job states on the way out).
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        self._spawn(self.command())
 
     def ready(self) -> bool:
         """Answers PING (RESP inline command) on its port."""
@@ -119,28 +101,3 @@ class RedisServer:
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
-
-    def terminate(self) -> None:
-        """SIGTERM: redis-server fsyncs the AOF and exits."""
-        if self.alive() and self.process is not None:
-            os.kill(self.process.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL, as if its machine died."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def wait(self, timeout: float) -> int | None:
-        if self.process is None:
-            return None
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
