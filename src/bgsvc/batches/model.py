@@ -32,6 +32,8 @@ class BatchRecord:
     # Set once, by whoever saw the last item become final (it sends batch.completed).
     completed_at: float | None = None
     webhook_attempts: list[dict[str, Any]] = field(default_factory=list)
+    # The API key that submitted it (bgsvc.jobs.model.JobRecord.tenant).
+    tenant: str | None = None
 
     def public(self, jobs: dict[str, JobRecord]) -> dict[str, Any]:
         """The JSON of GET /batches/{id} (and of the batch.completed webhook's ``data``);

@@ -68,6 +68,12 @@ class JobRecord:
     owner: str | None = None
     # The batch it is an item of (bgsvc.batches), if any.
     batch_id: str | None = None
+    # The name of the API key that submitted it; None when auth is off. Only that key
+    # may see, fetch or delete the job, and its idempotency keys are that key's alone.
+    tenant: str | None = None
+    # Credits the submission was charged for this job (refunded if it fails or is
+    # canceled).
+    credits: int = 0
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /jobs/{id} (and of the webhook's ``data``)."""
