@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 
 from bgsvc.config import Settings, get_settings
 from bgsvc.log import LogFormat, configure_logging, gunicorn_logger_class, request_id_var
+from tests.auth.conftest import PEPPER, FakeLimits
 
 Capture = Callable[..., io.StringIO]
 
@@ -182,3 +184,79 @@ def test_gunicorn_and_uvicorn_lines_take_the_chosen_format(
     assert record["logger"] == "gunicorn.error"
     assert record["message"] == "Booting worker with pid: 42"
     assert not logger.error_log.propagate  # one line, not one more through the root
+
+
+LINE_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def server_lines(buffer: io.StringIO) -> list[str]:
+    """The text lines, less those of the test client (httpx logs each request it sends)."""
+    return [line for line in buffer.getvalue().splitlines() if " httpx" not in line[:40]]
+
+
+def test_a_path_with_line_breaks_is_logged_as_one_escaped_text_line(
+    capture: Capture, make_client: Callable[..., TestClient]
+) -> None:
+    client = make_client()
+    buffer = capture("text")
+    forged = '2026-01-01 00:00:00,000 INFO bgsvc.access [-] "GET /admin" 200 0.001s'
+    response = client.get(
+        f"/nothing%0A{forged.replace(' ', '%20')}%0D%0Ahere",
+        headers={"X-Request-ID": "rid\x1b[2J\x0bx", "User-Agent": "agent\x1b]0;owned\x07"},
+    )
+    assert response.status_code == 404
+    # The id with control characters is not echoed: a fresh one is minted instead.
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    (line,) = server_lines(buffer)
+    assert LINE_START.match(line) and "bgsvc.access" in line
+    assert f"/nothing\\x0a{forged}\\x0d\\x0ahere" in line
+    assert not re.search(r"[\x00-\x1f\x7f]", line)
+
+
+def test_a_control_character_in_a_forwarded_address_is_escaped_in_text(
+    capture: Capture, make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    app = make_client(
+        auth="required",
+        auth_pepper=PEPPER,
+        data_dir=tmp_path / "data",
+        trusted_proxies="10.0.0.0/8",
+    ).app
+    app.state.limits = FakeLimits(failed_auth_budget=0)  # type: ignore[attr-defined]
+    buffer = capture("text")
+    # A trusted proxy passes on what its client claimed; that claim is the client's text.
+    proxy = TestClient(app, client=("10.1.2.3", 5000))
+    response = proxy.get("/jobs/x", headers={"X-Forwarded-For": "198.51.100.1\x1b[2J\x0b\x7f"})
+    assert response.status_code == 429
+    lines = server_lines(buffer)
+    assert len(lines) == 2 and all(LINE_START.match(line) for line in lines)
+    (warning,) = [line for line in lines if "throttled" in line]
+    assert "failed authentications from 198.51.100.1\\x1b[2J\\x0b\\x7f: throttled" in warning
+
+
+def test_an_exception_message_cannot_start_a_text_line_of_its_own(capture: Capture) -> None:
+    buffer = capture("text")
+    try:
+        raise ValueError("bad path /x\u2028\n2026-01-01 00:00:00,000 INFO bgsvc.access forged\r")
+    except ValueError:
+        logging.getLogger("bgsvc.example").exception("failed on %s", "/x\ny")
+    first, *rest = buffer.getvalue().splitlines()
+    assert LINE_START.match(first) and first.endswith("failed on /x\\x0ay")
+    # The traceback follows, every line indented under the record, control characters
+    # escaped: only the first line can be read as a record.
+    assert rest[0] == "  Traceback (most recent call last):"
+    assert all(line.startswith("  ") for line in rest)
+    assert "  2026-01-01 00:00:00,000 INFO bgsvc.access forged\\x0d" in rest
+    assert any(line.endswith("ValueError: bad path /x\\u2028") for line in rest)
+
+
+def test_json_lines_keep_control_characters_escaped_inside_the_object(
+    capture: Capture, make_client: Callable[..., TestClient]
+) -> None:
+    client = make_client()
+    buffer = capture("json")
+    assert client.get("/nothing%0Aforged%0D%E2%80%A8").status_code == 404
+    lines = [line for line in buffer.getvalue().splitlines() if '"bgsvc.access"' in line]
+    (line,) = lines
+    assert "\\n" in line and "\\u2028" in line and not re.search(r"[\x00-\x1f]", line)
+    assert json.loads(line)["path"] == "/nothing\nforged\r\u2028"

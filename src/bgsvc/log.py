@@ -4,6 +4,7 @@ the trace id when tracing is on) on every record, and one record per request."""
 from __future__ import annotations
 
 import logging
+import re
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -39,6 +40,46 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+# Characters that end a line or steer a terminal: C0 and C1 controls, DEL, and the Unicode
+# line and paragraph separators. The request path arrives percent-decoded, so a client can
+# put any of them in it (%0A), and in header values it chooses (User-Agent, X-Forwarded-For).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _hex(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as ``\\xNN`` (``\\uNNNN``)."""
+    return _UNSAFE.sub(_hex, text)
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT with one line per record whatever the record holds, so no client can
+    start a line that reads as a record of its own: the record's line is escaped, and the
+    lines of a traceback are escaped one by one and indented under it."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    # An exception's message may quote the client (a path, a header): only the lines the
+    # traceback module wrote may break the record, and none of them starts at column 0.
+    return "\n".join("  " + escape_controls(line) for line in text.split("\n"))
+
+
 def _json_formatter() -> logging.Formatter:
     from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.json import JsonFormatter
@@ -56,7 +97,8 @@ def _json_formatter() -> logging.Formatter:
 
 def formatter_for(fmt: LogFormat) -> logging.Formatter:
     """The formatter of every line in format ``fmt``."""
-    return _json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    # JSON needs nothing more: json.dumps writes control characters as \n or \u001b.
+    return _json_formatter() if fmt == "json" else TextFormatter()
 
 
 def configure_logging(level: str, fmt: LogFormat = "text") -> logging.Handler:
