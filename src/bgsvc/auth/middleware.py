@@ -62,9 +62,14 @@ def scope_needed(path: str) -> str | None:
     return None
 
 
+CHARGED_POSTS = REMOVE_PATHS | {"/jobs", "/batches"}
+
+
 def credits_of(method: str, path: str, query: bytes) -> int:
-    """Credits a request costs: one per image it asks for (a batch counts as one call)."""
-    if method == "POST" and (path in REMOVE_PATHS or path in ("/jobs", "/batches")):
+    """Credits a request costs before its body is read: one per image it asks for. A batch
+    is charged its first image here and the rest once its items are counted
+    (:meth:`AuthContext.charge`), before anything is queued."""
+    if method == "POST" and path in CHARGED_POSTS:
         return 1
     if method == "GET" and path == "/api/remove" and query:
         return 1  # rembg's URL input
@@ -84,10 +89,39 @@ def credentials(headers: Headers) -> str | None:
 
 @dataclass
 class AuthContext:
-    """What the route may read from ``scope["state"]["auth"]`` (e.g. /v1.0/account)."""
+    """What the route may read from ``scope["state"]["auth"]`` (e.g. /v1.0/account), and
+    how it settles the request's credits. ``charged`` is what the answer's
+    X-Credits-Charged says, and what a non-2xx answer gives back."""
 
     key: ApiKey
     charged: int = 0
+    limits: Limits | None = None
+
+    @property
+    def metered(self) -> bool:
+        """Whether this key's work counts against a quota (else nothing is charged)."""
+        return self.key.quota is not None and self.limits is not None
+
+    async def charge(self, total: int) -> None:
+        """Bring the request's charge up to ``total`` credits, all or nothing: QuotaExceeded
+        (402) when the month's quota cannot cover the rest."""
+        more = total - self.charged
+        if more <= 0 or not self.metered:
+            return
+        assert self.limits is not None and self.key.quota is not None
+        quota = await self.limits.consume_quota(self.key.name, self.key.quota, more)
+        if not quota.allowed:
+            raise QuotaExceeded(
+                f"{total} credits are needed and the monthly quota of {quota.limit} has "
+                f"{max(0, quota.limit - quota.used + self.charged)} left for this API key."
+            )
+        self.charged = total
+
+    async def refund(self) -> None:
+        """Give back everything this request was charged (e.g. an idempotent replay)."""
+        if self.charged and self.limits is not None:
+            await self.limits.refund_quota(self.key.name, self.charged)
+        self.charged = 0
 
 
 class AuthMiddleware:
@@ -125,9 +159,10 @@ class AuthMiddleware:
         except BgsvcError as exc:
             await self._reject(exc, scope, receive, send)
             return
-        context = AuthContext(key, charged)
+        context = AuthContext(key, charged, limits)
         scope.setdefault("state", {})["auth"] = context
         status = 500
+        reports_credits = path in CHARGED_POSTS and scope["method"] == "POST"
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -137,16 +172,16 @@ class AuthMiddleware:
                 if decision is not None:
                     removebg = path.startswith("/v1.0/")
                     headers.update(rate_limit_headers(decision, removebg=removebg))
-                if path == REMOVEBG_PATH:
-                    headers["X-Credits-Charged"] = str(charged if status < 300 else 0)
+                if reports_credits:
+                    headers["X-Credits-Charged"] = str(context.charged if status < 300 else 0)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            if charged and not 200 <= status < 300 and limits is not None:
-                # No result, no charge: the credit goes back.
-                await limits.refund_quota(key.name, charged)
+            if context.charged and not 200 <= status < 300 and limits is not None:
+                # No result, no charge: the credits go back.
+                await limits.refund_quota(key.name, context.charged)
             self.metrics.key_requests.labels(self.labels(key.name), str(status)).inc()
 
     async def _authenticate(self, scope: Scope, limits: Limits | None) -> ApiKey:
@@ -229,6 +264,6 @@ class AuthMiddleware:
         if exc.reason is not None:
             self.metrics.rejections.labels(exc.reason).inc()
         response = error_response(exc, request_id_of(scope), scope["path"])
-        if scope["path"] == REMOVEBG_PATH:
+        if scope["path"] in CHARGED_POSTS and scope["method"] == "POST":
             response.headers["X-Credits-Charged"] = "0"
         await response(scope, receive, send)

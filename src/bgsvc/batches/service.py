@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -11,10 +10,10 @@ import anyio.to_thread
 
 from bgsvc.batches.intake import Item
 from bgsvc.batches.model import BatchItem, BatchRecord, new_batch_id
-from bgsvc.errors import BatchNotFound, BatchRunning, JobQueueFull
+from bgsvc.errors import BatchNotFound, BatchRunning
 from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
 from bgsvc.jobs.notify import Notifier
-from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key
+from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key, visible
 from bgsvc.jobs.store import JobStore
 from bgsvc.outbound.webhooks import BATCH_COMPLETED, DeliveryAttempt
 
@@ -26,19 +25,15 @@ async def submit_batch(
     *,
     client: str,
     callback_url: str | None,
+    tenant: str | None = None,
+    credits_per_item: int = 0,
 ) -> BatchRecord:
-    """One queued job per item, all or none. Raises JobQueueFull when the queue has less
-    room than the batch has items (a part of a batch is never queued)."""
+    """One queued job per item, all or none. Raises JobQueueFull when the queue, or the
+    tenant's share of it, has less room than the batch has items (a part of a batch is
+    never queued)."""
     backends = await queue.open(create=True)
     assert backends is not None
-    stats = await backends.jobs.stats()
-    room = queue.queue_limit - stats.unfinished
-    if len(items) > room:
-        wait = math.ceil((stats.unfinished + len(items)) * queue.mean_job_s / queue.concurrency)
-        raise JobQueueFull(
-            f"The queue has room for {max(0, room)} jobs, the batch has {len(items)}; retry later.",
-            retry_after=max(1, wait),
-        )
+    await queue.check_room(backends, tenant, len(items))
     batch_id = new_batch_id()
     now = queue.clock()
     records = []
@@ -50,10 +45,12 @@ async def submit_batch(
                 status=JobStatus.QUEUED,
                 created_at=now,
                 options=options,
-                input_key=input_key(job_id),
+                input_key=input_key(job_id, tenant),
                 fingerprint=fingerprint(item.data, options),
                 client=client,
                 batch_id=batch_id,
+                tenant=tenant,
+                credits=credits_per_item,
             )
         )
     batch = BatchRecord(
@@ -62,6 +59,7 @@ async def submit_batch(
         items=[BatchItem(i.name, r.id) for i, r in zip(items, records, strict=True)],
         client=client,
         callback_url=callback_url,
+        tenant=tenant,
     )
     results = backends.results
     # Uploads first, as for single jobs: no runner claims a job whose input is missing.
@@ -77,13 +75,16 @@ async def submit_batch(
     return batch
 
 
-async def get_batch(queue: JobQueue, batch_id: str) -> tuple[BatchRecord, dict[str, JobRecord]]:
-    """The batch and its items' records by job id. Raises BatchNotFound, also for a batch
-    none of whose items has a record any more (purged after expiry, or deleted one by one):
-    the store purges such a record on its next sweep."""
+async def get_batch(
+    queue: JobQueue, batch_id: str, viewer: str | None = None
+) -> tuple[BatchRecord, dict[str, JobRecord]]:
+    """The batch and its items' records by job id, as ``viewer`` (the requesting key's
+    name) may see it. Raises BatchNotFound for another key's batch, and for a batch none
+    of whose items has a record any more (purged after expiry, or deleted one by one): the
+    store purges such a record on its next sweep."""
     backends = await queue.open(create=False)
     batch = None if backends is None else await backends.jobs.get_batch(batch_id)
-    if batch is None or backends is None:
+    if batch is None or backends is None or not visible(batch.tenant, viewer):
         raise BatchNotFound(f"No batch {batch_id!r}.")
     jobs = await backends.jobs.batch_jobs(batch_id)
     if not jobs:
@@ -98,6 +99,7 @@ async def delete_batch(
     notifier: Notifier | None,
     background: set[asyncio.Task[None]],
     on_canceled: Callable[[], None],
+    viewer: str | None = None,
 ) -> None:
     """Cancel the batch's queued items; then, when none is running, delete every item
     (objects and record) and the batch. Raises BatchNotFound, or BatchRunning (the queued
@@ -106,7 +108,7 @@ async def delete_batch(
     When the cancellations complete the batch, its ``batch.completed`` is built here,
     before anything is deleted, and sent as a task of ``background`` (the runner's, which
     its shutdown waits for): a runner reading the batch later would find it gone."""
-    batch, records = await get_batch(queue, batch_id)
+    batch, records = await get_batch(queue, batch_id, viewer)
     backends = queue.backends
     assert backends is not None
     for record in records.values():
@@ -114,6 +116,7 @@ async def delete_batch(
             record.id, queue.clock()
         ):
             on_canceled()
+            await queue.give_back(record)
             if not queue.keep_originals:
                 await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
     send = await _completion(backends.jobs, batch_id, queue.clock(), notifier)
@@ -158,7 +161,12 @@ async def _completion(
 
     async def send() -> None:
         await notifier.deliver(
-            url, BATCH_COMPLETED, data, event_id=f"msg_{batch_id}", on_attempt=store
+            url,
+            BATCH_COMPLETED,
+            data,
+            event_id=f"msg_{batch_id}",
+            on_attempt=store,
+            tenant=batch.tenant,
         )
 
     return send

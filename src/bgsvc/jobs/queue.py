@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,20 +39,42 @@ class Backends:
     results: ResultStore
 
 
-def input_key(job_id: str) -> str:
-    return f"jobs/{job_id}/original"
+def job_prefix(job_id: str, tenant: str | None) -> str:
+    """Where a job's objects live: under its key's folder, so that a store's own tools
+    (S3 lifecycle rules, bucket policies, a per-tenant export) can tell tenants apart.
+    A key name that is no valid first character of a store segment (a leading '.') keeps
+    the flat layout, as do jobs submitted without a key."""
+    if tenant and tenant[0].isalnum():
+        return f"tenants/{tenant}/jobs/{job_id}"
+    return f"jobs/{job_id}"
 
 
-def result_key(job_id: str, fmt: str) -> str:
+def input_key(job_id: str, tenant: str | None = None) -> str:
+    return f"{job_prefix(job_id, tenant)}/original"
+
+
+def result_key(record: JobRecord, fmt: str) -> str:
     # One key per job whatever the attempt: a second run after a crash publishes over the
-    # first, so there is never more than one result object.
-    return f"jobs/{job_id}/result.{fmt.lower()}"
+    # first, so there is never more than one result object. Beside the input, wherever the
+    # record says that is (records older than the per-tenant layout keep theirs).
+    folder = record.input_key.rpartition("/")[0] or job_prefix(record.id, None)
+    return f"{folder}/result.{fmt.lower()}"
 
 
-def fingerprint(data: bytes, options: dict[str, Any]) -> str:
+def fingerprint(data: bytes, options: dict[str, Any], callback_url: str | None = None) -> str:
+    """sha256 of everything a submission asks for: a retried Idempotency-Key must ask for
+    the same image, options and webhook."""
     digest = hashlib.sha256(data)
     digest.update(json.dumps(options, sort_keys=True).encode())
+    digest.update(b"\0" + (callback_url or "").encode())
     return digest.hexdigest()
+
+
+def visible(record_tenant: str | None, viewer: str | None) -> bool:
+    """Whether ``viewer`` (the requesting key's name; None when keys are off) may see a
+    job or batch of ``record_tenant``. Another key's work does not exist for it (404, not
+    403), and neither does work submitted without a key."""
+    return viewer is None or record_tenant == viewer
 
 
 class JobQueue:
@@ -64,6 +86,7 @@ class JobQueue:
         exists: Callable[[], bool],
         *,
         queue_limit: int,
+        queue_limit_per_key: int | None = None,
         concurrency: int,
         keep_originals: bool,
         clock: Callable[[], float] = time.time,
@@ -71,6 +94,10 @@ class JobQueue:
         self._open_backends = open_backends
         self._exists = exists
         self.queue_limit = queue_limit
+        self.queue_limit_per_key = queue_limit_per_key or queue_limit
+        # Gives a key back the credits of a job that produced no result (failed, canceled,
+        # expired before it ran); set by the app, which owns the limits.
+        self.refund: Callable[[str, int], Awaitable[None]] | None = None
         self.concurrency = max(1, concurrency)
         self.keep_originals = keep_originals
         self.clock = clock
@@ -100,29 +127,28 @@ class JobQueue:
         client: str,
         idempotency_key: str | None,
         callback_url: str | None,
+        tenant: str | None = None,
+        credits: int = 0,
     ) -> tuple[JobRecord, bool]:
-        """A new queued job, or (with a known Idempotency-Key) the job it names and
-        False. Raises JobQueueFull or IdempotencyKeyReused."""
+        """A new queued job, or (with an Idempotency-Key this tenant used before) the job
+        it names and False. Raises JobQueueFull or IdempotencyKeyReused."""
         backends = await self.open(create=True)
         assert backends is not None
-        stats = await backends.jobs.stats()
-        if stats.unfinished >= self.queue_limit:
-            wait = math.ceil(stats.unfinished * self.mean_job_s / self.concurrency)
-            raise JobQueueFull(
-                f"{stats.unfinished} jobs are waiting; retry later.", retry_after=max(1, wait)
-            )
+        await self.check_room(backends, tenant, 1)
         record = JobRecord(
             id=new_job_id(),
             status=JobStatus.QUEUED,
             created_at=self.clock(),
             options=options,
             input_key="",
-            fingerprint=fingerprint(data, options),
+            fingerprint=fingerprint(data, options, callback_url),
             client=client,
             idempotency_key=idempotency_key,
             callback_url=callback_url,
+            tenant=tenant,
+            credits=credits,
         )
-        record.input_key = input_key(record.id)
+        record.input_key = input_key(record.id, tenant)
         # The upload is published before the record exists, so a runner never claims a job
         # whose input is not there yet.
         await anyio.to_thread.run_sync(backends.results.put, record.input_key, data, ORIGINAL_TYPE)
@@ -136,16 +162,47 @@ class JobQueue:
         self.wake.set()
         return stored, created
 
-    async def get(self, job_id: str) -> JobRecord:
+    async def check_room(self, backends: Backends, tenant: str | None, jobs: int) -> None:
+        """JobQueueFull unless the queue, and the tenant's share of it, has room for
+        ``jobs`` more: one tenant filling its share leaves the others theirs."""
+        stats = await backends.jobs.stats()
+        room = self.queue_limit - stats.unfinished
+        if jobs > room:
+            wait = math.ceil((stats.unfinished + jobs) * self.mean_job_s / self.concurrency)
+            raise JobQueueFull(
+                f"The queue has room for {max(0, room)} jobs, {jobs} were sent; retry later.",
+                retry_after=max(1, wait),
+            )
+        if tenant is None:
+            return
+        mine = await backends.jobs.tenant_unfinished(tenant)
+        room = self.queue_limit_per_key - mine
+        if jobs > room:
+            wait = math.ceil((mine + jobs) * self.mean_job_s / self.concurrency)
+            raise JobQueueFull(
+                f"This API key has {mine} unfinished jobs of the {self.queue_limit_per_key} "
+                f"it may have; {jobs} more were sent. Retry once some finish.",
+                retry_after=max(1, wait),
+            )
+
+    async def get(self, job_id: str, viewer: str | None = None) -> JobRecord:
+        """The job, as ``viewer`` (the requesting key's name) may see it: JobNotFound for
+        another key's job, exactly as for one that does not exist."""
         backends = await self.open(create=False)
         record = None if backends is None else await backends.jobs.get(job_id)
-        if record is None:
+        if record is None or not visible(record.tenant, viewer):
             raise JobNotFound(f"No job {job_id!r}.")
         return record
 
-    async def result(self, job_id: str) -> StoredObject | str:
+    async def give_back(self, record: JobRecord) -> None:
+        """Refund the credits of a job that ends without a result (called once per job:
+        by whoever moved it to failed, canceled or expired)."""
+        if record.credits and record.tenant is not None and self.refund is not None:
+            await self.refund(record.tenant, record.credits)
+
+    async def result(self, job_id: str, viewer: str | None = None) -> StoredObject | str:
         """The result object, or a URL to send the client to (presigned S3)."""
-        record = await self.get(job_id)
+        record = await self.get(job_id, viewer)
         if record.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             raise JobNotFinished(f"Job {job_id} is {record.status.value}.", retry_after=1)
         if record.status is JobStatus.EXPIRED:
@@ -162,14 +219,15 @@ class JobQueue:
             raise JobExpired(f"The result of job {job_id} has expired.")
         return found
 
-    async def cancel_or_delete(self, job_id: str) -> JobRecord | None:
+    async def cancel_or_delete(self, job_id: str, viewer: str | None = None) -> JobRecord | None:
         """Cancel a queued job (its record, now canceled, is returned) or delete a
         finished one with its objects (None). Raises JobRunning for a running job."""
-        record = await self.get(job_id)
+        record = await self.get(job_id, viewer)
         assert self.backends is not None
         backends = self.backends
         if record.status is JobStatus.QUEUED:
             if await backends.jobs.cancel(job_id, self.clock()):
+                await self.give_back(record)
                 if not self.keep_originals:
                     await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
                 canceled = await self.get(job_id)

@@ -62,6 +62,8 @@ def record_from(fields: dict[str, str], webhooks: list[str]) -> JobRecord:
         webhook_attempts=[json.loads(w) for w in webhooks],
         owner=fields.get("owner") or None,
         batch_id=fields.get("batch_id") or None,
+        tenant=fields.get("tenant") or None,
+        credits=int(fields.get("credits") or 0),
     )
 
 
@@ -78,6 +80,8 @@ def job_fields(record: JobRecord, message_id: str) -> dict[str, str]:
         "idempotency_key": record.idempotency_key or "",
         "callback_url": record.callback_url or "",
         "batch_id": record.batch_id or "",
+        "tenant": record.tenant or "",
+        "credits": str(record.credits),
         "msg": message_id,
     }
 
@@ -93,6 +97,7 @@ def batch_fields(batch: BatchRecord) -> dict[str, str]:
         "client": batch.client,
         "callback_url": batch.callback_url or "",
         "items": json.dumps([{"name": i.name, "job_id": i.job_id} for i in batch.items]),
+        "tenant": batch.tenant or "",
     }
 
 
@@ -105,4 +110,5 @@ def batch_from(fields: dict[str, str], webhooks: list[str]) -> BatchRecord:
         callback_url=fields.get("callback_url") or None,
         completed_at=to_float(fields.get("completed_at")),
         webhook_attempts=[json.loads(w) for w in webhooks],
+        tenant=fields.get("tenant") or None,
     )

@@ -97,6 +97,7 @@ class RedisJobs:
                 "EXPIRE",
                 "COMPLETE_BATCH",
                 "RESCUE",
+                "TENANT_UNFINISHED",
             )
         }
         # timeout=0: an empty queue answers at once; the runner decides when to look again.
@@ -114,6 +115,19 @@ class RedisJobs:
 
     def _batch(self, batch_id: str) -> str:
         return f"{self.prefix}batch:{batch_id}"
+
+    def _open(self, tenant: str | None) -> str:
+        """The sorted set of a tenant's unfinished jobs ("" for jobs without one)."""
+        return f"{self.prefix}tenant:{tenant}:open" if tenant is not None else ""
+
+    def _idem(self, record: JobRecord) -> str:
+        # Per tenant; per client address only for jobs submitted without a key. The two
+        # never meet: key names hold no ':' and the marker differs.
+        if record.idempotency_key is None:
+            return ""
+        if record.tenant is not None:
+            return f"{self.prefix}idem:key:{record.tenant}:{record.idempotency_key}"
+        return f"{self.prefix}idem:addr:{record.client}:{record.idempotency_key}"
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[name](keys=keys, args=args)
@@ -166,12 +180,9 @@ class RedisJobs:
     async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
         def create() -> tuple[JobRecord, bool]:
             message_id = str(uuid.uuid4())
-            idem = ""
-            if record.idempotency_key is not None:
-                idem = f"{self.prefix}idem:{record.client}:{record.idempotency_key}"
             existing = self._script(
                 "CREATE",
-                [self._job(record.id), idem, self._queued],
+                [self._job(record.id), self._idem(record), self._queued, self._open(record.tenant)],
                 [
                     2 * self.ttl_ms,
                     repr(record.created_at),
@@ -210,6 +221,12 @@ class RedisJobs:
             return QueueStats(int(queued), int(running), oldest[0][1] if oldest else None)
 
         return await self._run(stats)
+
+    @unavailable
+    async def tenant_unfinished(self, tenant: str) -> int:
+        keys = [self._open(tenant)]
+        args = [f"{self.prefix}job:"]
+        return int(await self._run(lambda: self._script("TENANT_UNFINISHED", keys, args)))
 
     @unavailable
     async def heartbeat(self) -> None:

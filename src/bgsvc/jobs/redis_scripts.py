@@ -9,8 +9,8 @@ message that may run the job; ``hb`` the dramatiq broker (heartbeat id) of its r
 
 from __future__ import annotations
 
-# KEYS: job, idem (or ""), queued. ARGV: idem_ttl_ms, created_at, job key prefix, id, then
-# field/value pairs.
+# KEYS: job, idem (or ""), queued, the tenant's open jobs (or ""). ARGV: idem_ttl_ms,
+# created_at, job key prefix, id, then field/value pairs.
 # Returns "" when created, else the id of the job the idempotency key already names.
 CREATE = """
 if KEYS[2] ~= '' then
@@ -22,7 +22,25 @@ if KEYS[2] ~= '' then
 end
 redis.call('hset', KEYS[1], unpack(ARGV, 5))
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[4])
+if KEYS[4] ~= '' then redis.call('zadd', KEYS[4], ARGV[2], ARGV[4]) end
 return ''
+"""
+
+# KEYS: the tenant's open jobs. ARGV: job key prefix. A tenant's jobs are added to the set
+# when created and leave it here, once found final or gone, however they ended (runner,
+# cancel, expiry, delete, purge): no state change has to remember the set, and it holds
+# little more than the tenant's unfinished jobs, since every submission counts it.
+TENANT_UNFINISHED = """
+local open = 0
+for _, id in ipairs(redis.call('zrange', KEYS[1], 0, -1)) do
+    local status = redis.call('hget', ARGV[1] .. id, 'status')
+    if status == 'queued' or status == 'running' then
+        open = open + 1
+    else
+        redis.call('zrem', KEYS[1], id)
+    end
+end
+return open
 """
 
 # KEYS: job, queued, running, heartbeats. ARGV: message_id, owner, hb, now, hb_timeout_ms,

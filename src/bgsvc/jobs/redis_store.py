@@ -25,6 +25,8 @@ class RedisJobStore(RedisJobs):
             for record in jobs:
                 pipe.hset(self._job(record.id), items=flat(job_fields(record, messages[record.id])))
                 pipe.zadd(self._queued, {record.id: record.created_at})
+                if record.tenant is not None:
+                    pipe.zadd(self._open(record.tenant), {record.id: record.created_at})
             pipe.zadd(self._batches, {batch.id: batch.created_at})
             pipe.execute()
             try:

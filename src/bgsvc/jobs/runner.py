@@ -166,6 +166,8 @@ class JobRunner:
         """Expire jobs past the TTL (their objects go) and purge records a TTL later."""
         expired = await backends.jobs.expire(now - self.config.ttl_s)
         for record in expired:
+            if record.finished_at is None:  # still queued: it never ran, so no charge
+                await self.queue.give_back(record)
             for key in (record.result_key, record.input_key):
                 if key:
                     await anyio.to_thread.run_sync(backends.results.delete, key)
@@ -244,7 +246,7 @@ class JobRunner:
                         options,
                         timeout_s=self.config.timeout_s,
                     )
-                    key = result_key(record.id, result.output.format)
+                    key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever
                     # sees a job succeeded without its result, or a part of one.
                     await anyio.to_thread.run_sync(
@@ -321,6 +323,8 @@ class JobRunner:
         )
         if not owned:
             return  # another runner took it over (lease expired); it finishes it
+        if status is not JobStatus.SUCCEEDED:
+            await self.queue.give_back(record)
         elapsed = time.monotonic() - started
         self.metrics.jobs.labels(status.value).inc()
         self.metrics.job_duration.labels(status.value).observe(elapsed)

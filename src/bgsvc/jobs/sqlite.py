@@ -18,54 +18,12 @@ import anyio.to_thread
 
 from bgsvc.batches.model import BatchItem, BatchRecord
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.sqlite_schema import BATCH_COLUMNS as _BATCH_COLUMNS
+from bgsvc.jobs.sqlite_schema import COLUMNS as _COLUMNS
+from bgsvc.jobs.sqlite_schema import migrate
 from bgsvc.jobs.store import QueueStats
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error_code TEXT,
-    error_message TEXT,
-    options TEXT NOT NULL,
-    input_key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    result_key TEXT,
-    content_type TEXT,
-    client TEXT NOT NULL,
-    idempotency_key TEXT,
-    callback_url TEXT,
-    webhook_attempts TEXT NOT NULL DEFAULT '[]',
-    owner TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
-    ON jobs (client, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    client TEXT NOT NULL,
-    callback_url TEXT,
-    items TEXT NOT NULL,
-    completed_at REAL,
-    webhook_attempts TEXT NOT NULL DEFAULT '[]'
-);
-"""
-
-# Columns added after the first release: a database created before them gets them here.
-_ADDED_COLUMNS = {"batch_id": "TEXT"}
-
-_COLUMNS = (
-    "id, status, created_at, started_at, finished_at, attempts, error_code, error_message, "
-    "options, input_key, fingerprint, result_key, content_type, client, idempotency_key, "
-    "callback_url, webhook_attempts, owner, batch_id"
-)
-_BATCH_COLUMNS = "id, created_at, client, callback_url, items, completed_at, webhook_attempts"
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
@@ -91,6 +49,8 @@ def _record(row: sqlite3.Row) -> JobRecord:
         webhook_attempts=json.loads(row["webhook_attempts"]),
         owner=row["owner"],
         batch_id=row["batch_id"],
+        tenant=row["tenant"],
+        credits=row["credits"] or 0,
     )
 
 
@@ -103,13 +63,14 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
         items=[BatchItem(i["name"], i["job_id"]) for i in json.loads(row["items"])],
         completed_at=row["completed_at"],
         webhook_attempts=json.loads(row["webhook_attempts"]),
+        tenant=row["tenant"],
     )
 
 
 def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
     db.execute(
         f"INSERT INTO jobs ({_COLUMNS}) VALUES "
-        "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?)",
+        "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?, ?, ?)",
         (
             record.id,
             record.status.value,
@@ -121,6 +82,8 @@ def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
             record.idempotency_key,
             record.callback_url,
             record.batch_id,
+            record.tenant,
+            record.credits,
         ),
     )
 
@@ -140,12 +103,7 @@ class SqliteJobStore:
         # In WAL mode NORMAL survives a killed process (not a power cut) without an fsync
         # per commit.
         self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
-        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for name, kind in _ADDED_COLUMNS.items():
-            if name not in present:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id)")
+        migrate(self._db)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -160,9 +118,15 @@ class SqliteJobStore:
                 _insert_job(db, record)
                 return record, True
             except sqlite3.IntegrityError:
+                # Idempotency keys are the tenant's own (the client address's without keys):
+                # another tenant's key of the same text is another job.
+                if record.tenant is not None:
+                    where, who = "tenant = ?", record.tenant
+                else:
+                    where, who = "tenant IS NULL AND client = ?", record.client
                 row = db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE client = ? AND idempotency_key = ?",
-                    (record.client, record.idempotency_key),
+                    f"SELECT {_COLUMNS} FROM jobs WHERE {where} AND idempotency_key = ?",
+                    (who, record.idempotency_key),
                 ).fetchone()
                 if row is None:
                     raise
@@ -185,6 +149,16 @@ class SqliteJobStore:
                 "FROM jobs WHERE status IN ('queued', 'running')"
             ).fetchone()
             return QueueStats(int(row[0] or 0), int(row[1] or 0), row[2])
+
+        return await self._run(count)
+
+    async def tenant_unfinished(self, tenant: str) -> int:
+        def count(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN ('queued', 'running')",
+                (tenant,),
+            ).fetchone()
+            return int(row[0])
 
         return await self._run(count)
 
@@ -328,8 +302,15 @@ class SqliteJobStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(
-                    f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '[]')",
-                    (batch.id, batch.created_at, batch.client, batch.callback_url, items),
+                    f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '[]', ?)",
+                    (
+                        batch.id,
+                        batch.created_at,
+                        batch.client,
+                        batch.callback_url,
+                        items,
+                        batch.tenant,
+                    ),
                 )
                 for record in jobs:
                     _insert_job(db, record)

@@ -31,8 +31,13 @@ class QueueStats:
 
 class JobStore(Protocol):
     async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        """Insert ``record``; when its (client, idempotency key) already names a job,
-        that job and False instead."""
+        """Insert ``record``; when its idempotency key already names a job of the same
+        tenant (of the same client address, for jobs without a tenant), that job and
+        False instead."""
+        ...
+
+    async def tenant_unfinished(self, tenant: str) -> int:
+        """How many of ``tenant``'s jobs are queued or running."""
         ...
 
     async def get(self, job_id: str) -> JobRecord | None: ...

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from bgsvc.auth.middleware import AuthContext
 from bgsvc.errors import InvalidParameter, MissingImage, WebhooksDisabled
 from bgsvc.inference.registry import select
 from bgsvc.jobs.notify import check_callback_url
@@ -54,6 +55,19 @@ def jobs_of(request: Request) -> Jobs:
     return jobs
 
 
+def auth_of(request: Request) -> AuthContext | None:
+    """The request's key and charge; None when keys are off."""
+    context: AuthContext | None = request.scope.get("state", {}).get("auth")
+    return context
+
+
+def tenant_of(request: Request) -> str | None:
+    """The name of the key making the request: the owner of what it submits, and the only
+    one who may see it. None when keys are off (everything is everyone's, as before)."""
+    context = auth_of(request)
+    return None if context is None else context.key.name
+
+
 @router.post(
     "/jobs",
     status_code=202,
@@ -90,13 +104,18 @@ async def submit_job(
         # Fetched now, not by the worker: a refused or broken URL is the submitter's 400.
         data = await fetch_url_image(request, str(url), "image_url", admit=True)
     jobs = jobs_of(request)
-    record, _ = await jobs.queue.submit(
+    context = auth_of(request)
+    record, created = await jobs.queue.submit(
         data,
         params.model_dump(mode="json"),
         client=request.client.host if request.client else "",
         idempotency_key=idempotency_key,
         callback_url=callback_url,
+        tenant=tenant_of(request),
+        credits=0 if context is None else context.charged,
     )
+    if not created and context is not None:
+        await context.refund()  # the job it names was charged when it was submitted
     status_url = f"/jobs/{record.id}"
     body = {
         "id": record.id,
@@ -109,7 +128,7 @@ async def submit_job(
 
 @router.get("/jobs/{job_id}", summary="A job's status")
 async def job_status(request: Request, job_id: str) -> JSONResponse:
-    record = await jobs_of(request).queue.get(job_id)
+    record = await jobs_of(request).queue.get(job_id, tenant_of(request))
     return JSONResponse(record.public())
 
 
@@ -125,7 +144,7 @@ async def job_status(request: Request, job_id: str) -> JSONResponse:
     },
 )
 async def job_result(request: Request, job_id: str) -> Response:
-    found = await jobs_of(request).queue.result(job_id)
+    found = await jobs_of(request).queue.result(job_id, tenant_of(request))
     if isinstance(found, str):
         return RedirectResponse(found, status_code=307)
     return Response(found.data, media_type=found.content_type)
@@ -141,7 +160,7 @@ async def job_result(request: Request, job_id: str) -> Response:
     },
 )
 async def delete_job(request: Request, job_id: str) -> Response:
-    record = await jobs_of(request).queue.cancel_or_delete(job_id)
+    record = await jobs_of(request).queue.cancel_or_delete(job_id, tenant_of(request))
     if record is None:
         return Response(status_code=204)
     app_state(request).metrics.jobs.labels("canceled").inc()

@@ -1,0 +1,299 @@
+"""Two tenants on one node, in both job modes: what one key can see, spend and crowd out.
+
+Tenant B plays the hostile second customer against A's jobs and batches: every probe of
+someone else's ids answers as for ids that never existed (404, nothing disclosed, nothing
+changed), idempotency keys are each tenant's own, a batch costs a credit per image, and
+one tenant's backlog leaves the others their room."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from bgsvc.auth.keys import ApiKey, digest_of, new_secret, open_store
+from bgsvc.inference.scheduler import Ticket
+from bgsvc.outbound.signing import generate_secret
+from tests.conftest import encode_image, subject_image
+from tests.jobs.conftest import state_of
+
+PEPPER = "tenant-test-pepper-0123456789"
+QUOTA = 1000
+
+
+@dataclass
+class Tenant:
+    """One API key's view of the service: every call carries its key."""
+
+    name: str
+    client: TestClient
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Api-Key": self.secret}
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(url, headers=self.headers, **kwargs)
+
+    def delete(self, url: str) -> httpx.Response:
+        return self.client.delete(url, headers=self.headers)
+
+    def post(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        return self.client.post(url, headers={**self.headers, **(headers or {})}, **kw)
+
+    def submit(self, image: bytes, **kwargs: Any) -> httpx.Response:
+        return self.post("/jobs", files={"file": ("photo.png", image, "image/png")}, **kwargs)
+
+    def batch(self, images: list[bytes], **kwargs: Any) -> httpx.Response:
+        files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+        return self.post("/batches", files=files, **kwargs)
+
+    def credits_left(self) -> int:
+        body = self.get("/v1.0/account").json()
+        left: int = body["data"]["attributes"]["credits"]["total"]
+        return left
+
+    def wait(self, url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 15.0
+        while True:
+            body: dict[str, Any] = self.get(url).json()
+            if done(body) or time.monotonic() > deadline:
+                assert done(body), body
+                return body
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def tenants(
+    jobs_client: Callable[..., TestClient],
+) -> Iterator[Callable[..., tuple[Tenant, Tenant]]]:
+    """Keys ``a`` and ``b`` (remove and jobs scopes, 1000 credits a month each) on one app
+    with keys required and the real limits store of the mode (SQLite or Redis)."""
+
+    def factory(**overrides: Any) -> tuple[Tenant, Tenant]:
+        client = jobs_client(auth="required", auth_pepper=PEPPER, **overrides)
+        store = open_store(state_of(client).settings)
+        pair = []
+        try:
+            for name in ("a", "b"):
+                secret = new_secret()
+                store.add(ApiKey(name=name, digest=digest_of(secret, PEPPER), quota=QUOTA))
+                pair.append(Tenant(name, client, secret))
+        finally:
+            store.close()
+        return pair[0], pair[1]
+
+    yield factory
+
+
+@pytest.fixture
+def photos() -> list[bytes]:
+    return [encode_image(subject_image((60 + i, 40))) for i in range(12)]
+
+
+def succeeded(body: dict[str, Any]) -> bool:
+    return body.get("status") == "succeeded"
+
+
+def completed(body: dict[str, Any]) -> bool:
+    return body.get("status") == "completed"
+
+
+def test_another_tenants_job_is_not_found_for_status_result_and_delete(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, b = tenants()
+    job = a.submit(photos[0]).json()
+    a.wait(job["status_url"], succeeded)
+    probes = [
+        b.get(job["status_url"]),
+        b.get(job["result_url"]),
+        b.get(job["result_url"], follow_redirects=False),
+        b.delete(job["status_url"]),
+    ]
+    assert [p.status_code for p in probes] == [404] * 4
+    # The same answer as for an id that never existed: nothing tells B that A's job exists.
+    missing = b.get("/jobs/job_" + "0" * 32).json()
+    for probe in probes:
+        error = probe.json()
+        assert error["code"] == missing["code"] == "job_not_found"
+    # B's delete changed nothing: A still has the job and its result.
+    assert a.get(job["status_url"]).json()["status"] == "succeeded"
+    assert a.get(job["result_url"]).status_code == 200
+
+
+def test_another_tenants_batch_is_not_found_for_status_zip_and_delete(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, b = tenants()
+    batch = a.batch(photos[:3]).json()
+    a.wait(batch["status_url"], completed)
+    probes = [b.get(batch["status_url"]), b.get(batch["result_url"]), b.delete(batch["status_url"])]
+    assert [p.status_code for p in probes] == [404, 404, 404]
+    assert {p.json()["code"] for p in probes} == {"batch_not_found"}
+    # The items are jobs of A's too: B cannot reach them one by one either.
+    for item in batch["items"]:
+        assert b.get(f"/jobs/{item['job_id']}").status_code == 404
+        assert b.delete(f"/jobs/{item['job_id']}").status_code == 404
+    zipped = a.get(batch["result_url"])
+    assert zipped.status_code == 200
+    assert len(zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()) == 3
+
+
+def test_a_callback_url_is_shown_to_its_owner_only(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, b = tenants(webhook_secret=generate_secret(), outbound_allow="127.0.0.1")
+    url = "http://127.0.0.1:9/hook?token=s3cret"
+    job = a.submit(photos[0], data={"callback_url": url}).json()
+    assert a.get(job["status_url"]).json()["callback_url"] == url
+    seen = b.get(job["status_url"])
+    assert seen.status_code == 404
+    assert "s3cret" not in seen.text
+
+
+def test_idempotency_keys_are_each_tenants_own(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes], hold_sync: Any
+) -> None:
+    a, b = tenants()
+    hold_sync(a.client)  # jobs stay queued: nothing here depends on timing
+    key = {"Idempotency-Key": "order-1234"}
+    first = a.submit(photos[0], headers=key)
+    assert first.status_code == 202
+    # B sends A's key with A's image: a job of B's own, not A's.
+    same = b.submit(photos[0], headers=key)
+    assert same.status_code == 202
+    assert same.json()["id"] != first.json()["id"]
+    # B sends A's key with another image: accepted, so B learns nothing of A's keys.
+    other = b.submit(photos[1], headers={"Idempotency-Key": "order-5678"})
+    taken = a.submit(photos[2], headers={"Idempotency-Key": "order-5678"})
+    assert (other.status_code, taken.status_code) == (202, 202)
+    # A's own retry still finds A's job, and costs no second credit.
+    before = a.credits_left()
+    again = a.submit(photos[0], headers=key)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["X-Credits-Charged"] == "0"
+    assert a.credits_left() == before
+
+
+def test_an_idempotent_retry_with_another_callback_url_is_refused(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes], hold_sync: Any
+) -> None:
+    a, _ = tenants(webhook_secret=generate_secret(), outbound_allow="127.0.0.1")
+    hold_sync(a.client)
+    key = {"Idempotency-Key": "k-1"}
+    first = a.submit(photos[0], headers=key, data={"callback_url": "http://127.0.0.1:9/one"})
+    assert first.status_code == 202
+    other = a.submit(photos[0], headers=key, data={"callback_url": "http://127.0.0.1:9/two"})
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
+
+
+def test_a_batch_costs_one_credit_per_image(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, b = tenants()
+    response = a.batch(photos[:10])
+    assert response.status_code == 202
+    assert response.headers["X-Credits-Charged"] == "10"
+    a.wait(response.json()["status_url"], completed)
+    assert a.credits_left() == QUOTA - 10
+    assert b.credits_left() == QUOTA
+
+
+def test_a_batch_the_quota_cannot_cover_is_refused_whole(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes], hold_sync: Any
+) -> None:
+    a, _ = tenants()
+    hold_sync(a.client)
+    limits = a.client.app.state.limits  # type: ignore[attr-defined]
+    a.client.portal.call(limits.consume_quota, "a", QUOTA, QUOTA - 5)  # type: ignore[union-attr]
+    assert a.credits_left() == 5
+    refused = a.batch(photos[:6])
+    assert refused.status_code == 402
+    assert refused.json()["code"] == "quota_exceeded"
+    assert refused.headers["X-Credits-Charged"] == "0"
+    assert a.credits_left() == 5  # nothing charged, nothing queued
+    stats = a.client.portal.call(jobs_store(a).stats)  # type: ignore[union-attr]
+    assert stats.unfinished == 0
+    accepted = a.batch(photos[:5])
+    assert accepted.status_code == 202
+    assert accepted.headers["X-Credits-Charged"] == "5"
+    assert a.credits_left() == 0
+
+
+def jobs_store(tenant: Tenant) -> Any:
+    queue = tenant.client.app.state.jobs.queue  # type: ignore[attr-defined]
+    backends = tenant.client.portal.call(queue.open, True)  # type: ignore[union-attr]
+    return backends.jobs
+
+
+def test_batch_items_that_fail_or_are_canceled_give_their_credit_back(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, _ = tenants()
+    broken = b"\x89PNG\r\n\x1a\n not really a png"
+    response = a.batch([photos[0], broken, photos[1], broken])
+    assert response.headers["X-Credits-Charged"] == "4"
+    body = a.wait(response.json()["status_url"], completed)
+    assert body["counts"]["succeeded"] == 2 and body["counts"]["failed"] == 2
+    assert a.credits_left() == QUOTA - 2
+
+
+def test_canceled_jobs_and_batch_items_give_their_credit_back(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+    photos: list[bytes],
+    hold_sync: Callable[[TestClient], list[Ticket]],
+) -> None:
+    a, _ = tenants()
+    tickets = hold_sync(a.client)
+    job = a.submit(photos[0]).json()
+    batch = a.batch(photos[1:4]).json()
+    assert a.credits_left() == QUOTA - 4
+    assert a.delete(job["status_url"]).status_code == 200
+    assert a.delete(batch["status_url"]).status_code == 204
+    assert a.credits_left() == QUOTA
+    for ticket in tickets:
+        ticket.close()
+
+
+def test_one_tenant_filling_its_queue_share_leaves_the_others_room(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+    photos: list[bytes],
+    hold_sync: Callable[[TestClient], list[Ticket]],
+) -> None:
+    a, b = tenants(job_queue_limit=20, job_queue_limit_per_key=8)
+    hold_sync(a.client)
+    assert a.batch(photos[:6]).status_code == 202
+    assert a.submit(photos[6]).status_code == 202
+    assert a.submit(photos[7]).status_code == 202
+    full = [a.submit(photos[8]), a.batch(photos[:2])]
+    for response in full:
+        assert response.status_code == 429
+        assert response.json()["code"] == "job_queue_full"
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.headers["X-Credits-Charged"] == "0"
+    assert b.submit(photos[9]).status_code == 202
+    assert b.batch(photos[:7]).status_code == 202
+    # The whole queue still holds the node to its own limit: 8 + 8 of 20, room for 4.
+    assert b.batch(photos[:5]).status_code == 429
+
+
+def test_results_are_stored_under_their_tenant(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, _ = tenants()
+    job = a.submit(photos[0]).json()
+    a.wait(job["status_url"], succeeded)
+    record = a.client.portal.call(jobs_store(a).get, job["id"])  # type: ignore[union-attr]
+    assert record.tenant == "a"
+    assert record.input_key.startswith(f"tenants/a/jobs/{job['id']}/")
+    assert record.result_key.startswith(f"tenants/a/jobs/{job['id']}/result.")
