@@ -475,6 +475,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Distinct key names per process labelled in metrics; the rest are 'other'.",
     )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token GET /metrics requires (Authorization: Bearer <token>, at "
+        "least 16 characters; 401 without it); empty: /metrics is open, and with "
+        "BGSVC_AUTH=required it leaves out the series labelled by key name.",
+    )
 
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
@@ -578,6 +584,13 @@ class Settings(BaseSettings):
                 "BGSVC_AUTH=required needs BGSVC_AUTH_PEPPER (e.g. openssl rand -base64 32)"
             )
         return self
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < 16:
+            raise ValueError("BGSVC_METRICS_TOKEN: at least 16 characters")
+        return value
 
     @model_validator(mode="after")
     def _jitter_below_ttl(self) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import (
@@ -12,6 +13,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -19,6 +21,12 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0)
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 MEGAPIXEL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 50.0)
+
+# The families labelled by API key name: they say who the tenants are and how much each
+# one sends, so /metrics leaves them out unless the scraper proved itself (health route).
+KEY_REQUESTS = "bgsvc_key_requests"
+KEY_REJECTIONS = "bgsvc_key_rejections"
+TENANT_FAMILIES = frozenset({KEY_REQUESTS, KEY_REJECTIONS})
 
 
 class Metrics:
@@ -218,13 +226,13 @@ class Metrics:
 
         # API keys (bgsvc.auth): key labels are bounded by BGSVC_METRICS_MAX_KEYS ("other").
         self.key_requests = Counter(
-            "bgsvc_key_requests",
+            KEY_REQUESTS,
             "Authenticated API requests, by key name and HTTP status.",
             ["key", "status"],
             registry=r,
         )
         self.key_rejections = Counter(
-            "bgsvc_key_rejections",
+            KEY_REJECTIONS,
             "Requests of a known key refused, by key name and reason (revoked, scope, "
             "rate_limited, quota_exceeded).",
             ["key", "reason"],
@@ -248,12 +256,31 @@ class Metrics:
         self.queued.set(queued)
         self.inflight.set(running)
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type."""
+    def render(self, tenants: bool = True) -> tuple[bytes, str]:
+        """The exposition text and its content type; ``tenants=False`` leaves out the
+        families labelled by key name (TENANT_FAMILIES)."""
+        registry = self.registry
         if self.multiproc_dir is not None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(self.multiproc_dir))  # type: ignore[no-untyped-call]
             for collector in self._collectors:
                 registry.register(collector)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not tenants:
+            registry = _without(registry, TENANT_FAMILIES)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Filtered(Collector):
+    def __init__(self, source: CollectorRegistry, names: frozenset[str]) -> None:
+        self.source = source
+        self.names = names
+
+    def collect(self) -> Iterable[Metric]:
+        return (family for family in self.source.collect() if family.name not in self.names)
+
+
+def _without(source: CollectorRegistry, names: frozenset[str]) -> CollectorRegistry:
+    """A registry that reads ``source`` at every scrape, less the families ``names``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Filtered(source, names))
+    return registry

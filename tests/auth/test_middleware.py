@@ -215,10 +215,12 @@ def test_metrics_count_requests_and_rejections_by_key(
     auth_client: AuthClient, data_dir: Path, photo_png: bytes
 ) -> None:
     secret = add_key(data_dir, "ivy", scopes=frozenset({"jobs"}))
-    client, _ = auth_client()
+    # Series named after keys are only for the bearer of the metrics token.
+    token = "scrape-token-0123456789abcdef"
+    client, _ = auth_client(metrics_token=token)
     client.post("/remove-background", files=_upload(photo_png), headers={"X-Api-Key": secret})
     client.get("/jobs/x")
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).text
     assert 'bgsvc_key_rejections_total{key="ivy",reason="scope"} 1.0' in text
     assert 'bgsvc_key_requests_total{key="ivy",status="403"}' not in text
     assert 'bgsvc_auth_failures_total{reason="missing"} 1.0' in text

@@ -253,3 +253,11 @@ def test_pods_require_api_keys_with_the_pepper_from_a_secret() -> None:
     assert env["BGSVC_AUTH"]["value"] == "required"
     ref = env["BGSVC_AUTH_PEPPER"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "bgsvc-auth", "key": "pepper"}  # not optional: no pepper, no pod
+
+
+def test_pods_take_the_metrics_token_from_a_secret() -> None:
+    env = {e["name"]: e for e in _container()["env"]}
+    ref = env["BGSVC_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
+    # Optional: without it /metrics is open but names no key (README "Authentication").
+    assert ref == {"name": "bgsvc-metrics", "key": "token", "optional": True}
+    assert "value" not in env["BGSVC_METRICS_TOKEN"], "never the token itself in the manifest"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -24,11 +26,38 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_scrape_config_and_rule_files_pass_promtool_check_config() -> None:
-    result = _promtool("check", "config", str(PROM / "prometheus.yml"))
+def _bgsvc_job() -> dict[str, Any]:
+    config = load_yaml(PROM / "prometheus.yml")
+    job: dict[str, Any] = next(j for j in config["scrape_configs"] if j["job_name"] == "bgsvc")  # type: ignore[index]
+    return job
+
+
+def test_scrape_config_and_rule_files_pass_promtool_check_config(tmp_path: Path) -> None:
+    # promtool also checks that the token file exists, as Compose will have mounted it
+    # next to the config: the folder is checked in a copy with a token in its place.
+    shutil.copytree(PROM, tmp_path, dirs_exist_ok=True)
+    token_file = _bgsvc_job()["authorization"]["credentials_file"]
+    (tmp_path / token_file).write_text("scrape-token-0123456789abcdef\n")
+    result = _promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
     # The rule file is found and checked as part of the config.
     assert "1 rule files found" in result.stdout
+
+
+def test_prometheus_scrapes_the_nodes_with_the_token_compose_gives_both() -> None:
+    auth = _bgsvc_job()["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    compose = load_yaml(REPO / "docker-compose.yml")
+    services = compose["services"]  # type: ignore[index]
+    # Relative to prometheus.yml, which Compose mounts in /etc/prometheus.
+    (secret,) = services["prometheus"]["secrets"]
+    assert secret["target"] == f"/etc/prometheus/{auth['credentials_file']}"
+    source = compose["secrets"][secret["source"]]  # type: ignore[index]
+    assert source == {"environment": "BGSVC_METRICS_TOKEN"}
+    for name in ("bgsvc-1", "bgsvc-2", "bgsvc-3"):
+        token = services[name]["environment"]["BGSVC_METRICS_TOKEN"]
+        # ${VAR:?message}: compose refuses to start without it.
+        assert token.startswith("${BGSVC_METRICS_TOKEN:?"), name
 
 
 def test_alert_rules_pass_promtool_check_rules() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from bgsvc.errors import AuthRequired
 from bgsvc.inference.registry import known_models
 from bgsvc.routes.common import app_state
 
@@ -28,10 +30,34 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": reason}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics; with BGSVC_METRICS_TOKEN set, for its bearer only",
+    response_class=Response,
+    responses={401: {"description": "BGSVC_METRICS_TOKEN is set and was not sent"}},
+)
 async def metrics(request: Request) -> Response:
-    body, content_type = app_state(request).metrics.render()
+    state = app_state(request)
+    settings = state.settings
+    token = settings.metrics_token.get_secret_value()
+    if token:
+        if not _bearer_is(request.headers.get("authorization", ""), token):
+            raise AuthRequired("/metrics needs Authorization: Bearer <BGSVC_METRICS_TOKEN>.")
+        tenants = True
+    else:
+        # Whoever can reach the port may scrape: with keys required, the series named
+        # after keys would tell them who the tenants are and how much each one sends.
+        tenants = settings.auth == "off"
+    body, content_type = state.metrics.render(tenants=tenants)
     return Response(body, media_type=content_type)
+
+
+def _bearer_is(header: str, token: str) -> bool:
+    scheme, _, value = header.partition(" ")
+    # Compared in constant time: the time a wrong guess takes says nothing of the token.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )
 
 
 @router.get("/models", summary="Models this server allows, and its default")
