@@ -212,3 +212,61 @@ def test_replicas_require_api_keys_and_refuse_to_start_without_a_pepper(
         assert env["BGSVC_AUTH"] == "required"
         # ${VAR:?message}: compose itself stops when the pepper is not given.
         assert env["BGSVC_AUTH_PEPPER"].startswith("${BGSVC_AUTH_PEPPER:?")
+
+
+# Only the balancer faces the network; these serve people who administer the stack.
+PUBLIC = {"nginx"}
+ADMIN_PAGES = {"prometheus": 9090, "alertmanager": 9093, "grafana": 3000, "minio": 9001}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|PEPPER|TOKEN")
+
+
+def _published(port: str | dict[str, Any]) -> tuple[str, str]:
+    """(host ip, container port) of one ports entry; host ip "" when all interfaces."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), str(port["target"])
+    parts = str(port).rsplit(":", 2)
+    host_ip = parts[0].strip("[]") if len(parts) == 3 else ""
+    return host_ip, parts[-1].split("/")[0]
+
+
+def test_published_port_parsing_sees_all_interfaces_and_loopback() -> None:
+    assert _published("9090:9090") == ("", "9090")
+    assert _published("127.0.0.1:9090:9090") == ("127.0.0.1", "9090")
+    assert _published({"target": 3000, "published": 3000}) == ("", "3000")
+
+
+def test_every_admin_port_is_published_on_the_hosts_loopback_only(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    published = {
+        name: [_published(p) for p in service.get("ports", [])]
+        for name, service in services.items()
+    }
+    for name, container_port in ADMIN_PAGES.items():
+        assert ("127.0.0.1", str(container_port)) in published[name], name
+    for name, ports in published.items():
+        if name not in PUBLIC:
+            assert all(host_ip == "127.0.0.1" for host_ip, _ in ports), (name, ports)
+
+
+def test_no_password_token_or_secret_has_a_default(compose: dict[str, Any]) -> None:
+    text = COMPOSE_FILE.read_text()
+    assert "change-me" not in text
+    # ${VAR:-default} and ${VAR-default} would start the stack with a known secret.
+    assert not re.search(r"\$\{\w*(?:PASSWORD|SECRET|PEPPER|TOKEN)\w*:?-", text)
+    checked = 0
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if SECRET_NAME.search(key):
+                # ${VAR:?message}: compose stops with the message when VAR is unset or empty.
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), (name, key, value)
+                checked += 1
+    # The replicas' pepper, token and S3 secret, MinIO's (twice) and Grafana's password.
+    assert checked >= 3 * 3 + 3
+
+
+def test_grafana_asks_everyone_to_log_in(compose: dict[str, Any]) -> None:
+    env = compose["services"]["grafana"]["environment"]
+    assert str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() != "true"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
