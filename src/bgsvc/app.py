@@ -113,7 +113,8 @@ def create_app(
     concurrency = gpu_layout.max_concurrency(settings, gpu_layout.probe(settings) is not None)
     scheduler = Scheduler(concurrency, settings.max_queue, observer=metrics, watchdog=watchdog)
     state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
-    job_runtime = Jobs(settings, state, jobs.options_from_record)
+    key_store = open_key_store(settings) if settings.auth == "required" else None
+    job_runtime = Jobs(settings, state, jobs.options_from_record, key_store=key_store)
     url_fetcher = (
         UrlFetcher.from_settings(settings, metrics, resolver=outbound_resolver)
         if settings.url_inputs
@@ -122,7 +123,6 @@ def create_app(
     # THE place where the per-key rate limits and quotas are built (bgsvc.limits): the
     # auth middleware reads app.state.limits at each request; None means no limits.
     limits = build_limits(settings, metrics)
-    key_store = open_key_store(settings) if settings.auth == "required" else None
 
     def on_trip() -> None:
         state.mark_stuck()

@@ -421,7 +421,9 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
         description="Standard Webhooks signing key: whsec_ + base64 of at least 24 random "
-        "bytes; empty means webhooks cannot be sent.",
+        "bytes. With auth=required each key signs with its own secret and this one only for "
+        "keys made before per-key secrets (until rotated) and work submitted without a key; "
+        "with auth off it signs everything, and empty means webhooks cannot be sent.",
     )
     webhook_attempts: int = Field(
         default=8, ge=1, le=30, description="Delivery attempts per webhook event."

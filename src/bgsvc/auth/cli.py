@@ -1,4 +1,4 @@
-"""`bgsvc keys create|list|revoke`, against the store the service uses."""
+"""`bgsvc keys create|list|revoke|webhook-secret`, against the store the service uses."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from bgsvc.auth.keys import (
     check_name,
     digest_of,
     new_secret,
+    new_webhook_salt,
     open_store,
     parse_quota,
     parse_scopes,
+    rotate_webhook_secret,
+    webhook_secret_of,
 )
 from bgsvc.config import Settings
 from bgsvc.limits.api import RatePolicy
@@ -49,13 +52,16 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"bgsvc: error: {exc}", file=sys.stderr)
         return 2
     secret = new_secret()
+    pepper = _pepper(settings)
+    salt = new_webhook_salt()
     key = ApiKey(
         name=name,
-        digest=digest_of(secret, _pepper(settings)),
+        digest=digest_of(secret, pepper),
         scopes=scopes,
         rate=args.rate,
         burst=args.burst,
         quota=quota,
+        webhook_salt=salt,
     )
     store = open_store(settings)
     try:
@@ -65,11 +71,34 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     finally:
         store.close()
-    # stdout carries the secret alone (SECRET=$(bgsvc keys create NAME)); the rest is stderr.
+    # stdout carries the secret alone (SECRET=$(bgsvc keys create NAME)); the rest is stderr,
+    # the webhook secret included: scripts that want it on stdout use `keys webhook-secret`.
     print(secret)
     print(
         f"created key {name!r} (scopes {','.join(sorted(scopes))}, rate {args.rate or '-'}, "
-        f"quota {quota or '-'}/month); the secret above is shown only now",
+        f"quota {quota or '-'}/month); the secret above is shown only now\n"
+        f"webhook signing secret: {webhook_secret_of(salt, pepper)}\n"
+        "(its webhooks are signed with it; shown only now, `bgsvc keys webhook-secret "
+        f"{name}` replaces it)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
+    pepper = _pepper(settings)
+    store = open_store(settings)
+    try:
+        secret = rotate_webhook_secret(store, args.name, pepper)
+    except KeyNotFound as exc:
+        print(f"bgsvc: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(secret)
+    print(
+        f"new webhook signing secret of key {args.name!r}, shown only now; the service "
+        "signs with it within seconds, and the previous one stops verifying",
         file=sys.stderr,
     )
     return 0
@@ -117,12 +146,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """``bgsvc keys ...`` under the main parser's subcommands."""
     keys = sub.add_parser(
         "keys",
-        help="create, list or revoke API keys",
+        help="create, list or revoke API keys, or rotate their webhook secrets",
         description="Keys live in Redis when BGSVC_REDIS_URL is set, else in "
         "BGSVC_DATA_DIR/keys.sqlite3; BGSVC_AUTH_PEPPER must be the service's.",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="make a key; prints its secret once")
+    create = keys_sub.add_parser(
+        "create", help="make a key; prints its secret (stdout) and webhook secret (stderr) once"
+    )
     create.add_argument("name")
     create.add_argument("--rate", default=None, help="e.g. 60/min, 10/s, 1000/hour")
     create.add_argument("--burst", type=int, default=None, help="requests at once (default: rate)")
@@ -136,3 +167,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     revoke = keys_sub.add_parser("revoke", help="refuse a key from now on, on every node")
     revoke.add_argument("name")
     revoke.set_defaults(func=_revoke)
+    webhook = keys_sub.add_parser(
+        "webhook-secret",
+        help="give a key a new webhook signing secret; prints it once (the old one stops)",
+    )
+    webhook.add_argument("name")
+    webhook.set_defaults(func=_webhook_secret)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from bgsvc.limits.api import RatePolicy
+from bgsvc.outbound.signing import SECRET_PREFIX as WEBHOOK_SECRET_PREFIX
 
 if TYPE_CHECKING:
     from bgsvc.config import Settings
@@ -19,6 +21,9 @@ SCOPES = frozenset({"remove", "jobs"})
 SECRET_PREFIX = "bgsvc_"
 # 32 random bytes: 256 bits, far beyond guessing; urlsafe so it survives headers and shells.
 SECRET_BYTES = 32
+# The salt a key's webhook secret is derived from: unique per key and per rotation, which is
+# all it needs to be; the pepper supplies the secrecy.
+WEBHOOK_SALT_BYTES = 16
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _QUOTA = re.compile(r"^\s*(\d+)\s*(?:/\s*(?:month|mo))?\s*$", re.IGNORECASE)
 
@@ -43,10 +48,17 @@ class ApiKey:
     quota: int | None = None  # credits per calendar month (UTC); None: unlimited
     created_at: float = field(default_factory=time.time)
     revoked_at: float | None = None
+    # What the key's webhook signing secret is derived from (webhook_secret_of); None for
+    # keys made before keys had their own, until `bgsvc keys webhook-secret` gives one.
+    webhook_salt: str | None = None
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    def webhook_secret(self, pepper: str) -> str | None:
+        """The secret this key's webhooks are signed with; None when it has no salt yet."""
+        return None if self.webhook_salt is None else webhook_secret_of(self.webhook_salt, pepper)
 
     @property
     def policy(self) -> RatePolicy | None:
@@ -62,6 +74,27 @@ def digest_of(secret: str, pepper: str) -> str:
     """HMAC-SHA256 of the secret under the server's pepper: a stolen store alone gives
     nothing to replay, and nothing to brute-force without the pepper."""
     return hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+def new_webhook_salt() -> str:
+    return secrets.token_hex(WEBHOOK_SALT_BYTES)
+
+
+def webhook_secret_of(salt: str, pepper: str) -> str:
+    """``whsec_`` + base64 of HMAC-SHA256(pepper, "webhook:" + salt): 32 bytes in the
+    Standard Webhooks format. Derived, never stored: the store holds only the salt, which
+    without the pepper reveals nothing. The "webhook:" prefix keeps these MACs apart from
+    the digests of API secrets, made under the same pepper."""
+    mac = hmac.new(pepper.encode(), f"webhook:{salt}".encode(), hashlib.sha256).digest()
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(mac).decode("ascii")
+
+
+def rotate_webhook_secret(store: KeyStore, name: str, pepper: str) -> str:
+    """Give the key a fresh salt and return its new webhook secret (KeyNotFound when
+    unknown); the old secret signs nothing more once the service's cache of it expires."""
+    salt = new_webhook_salt()
+    store.set_webhook_salt(name, salt)
+    return webhook_secret_of(salt, pepper)
 
 
 def check_name(name: str) -> str:
@@ -95,6 +128,14 @@ class KeyStore(Protocol):
 
     def by_digest(self, digest: str) -> ApiKey | None:
         """The key whose secret has this digest, revoked or not."""
+        ...
+
+    def by_name(self, name: str) -> ApiKey | None:
+        """The key with this name, revoked or not."""
+        ...
+
+    def set_webhook_salt(self, name: str, salt: str) -> ApiKey:
+        """Replace the key's webhook salt (KeyNotFound when unknown); returns the record."""
         ...
 
     def all(self) -> list[ApiKey]: ...

@@ -17,14 +17,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
     burst INTEGER,
     quota INTEGER,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    webhook_salt TEXT
 )
 """
-_COLUMNS = "name, digest, scopes, rate, burst, quota, created_at, revoked_at"
+_COLUMNS = "name, digest, scopes, rate, burst, quota, created_at, revoked_at, webhook_salt"
 
 
 def _row_to_key(row: tuple[object, ...]) -> ApiKey:
-    name, digest, scopes, rate, burst, quota, created_at, revoked_at = row
+    name, digest, scopes, rate, burst, quota, created_at, revoked_at, webhook_salt = row
     return ApiKey(
         name=str(name),
         digest=str(digest),
@@ -34,7 +35,22 @@ def _row_to_key(row: tuple[object, ...]) -> ApiKey:
         quota=None if quota is None else int(str(quota)),
         created_at=float(str(created_at)),
         revoked_at=None if revoked_at is None else float(str(revoked_at)),
+        webhook_salt=None if webhook_salt is None else str(webhook_salt),
     )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns newer versions read to a table an older one made. In one
+    IMMEDIATE transaction: two processes opening the file at once must not both add it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+        if "webhook_salt" not in columns:
+            db.execute("ALTER TABLE api_keys ADD COLUMN webhook_salt TEXT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class SqliteKeyStore:
@@ -46,12 +62,13 @@ class SqliteKeyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute(_SCHEMA)
+        _migrate(self._db)
 
     def add(self, key: ApiKey) -> None:
         try:
             with self._lock:
                 self._db.execute(
-                    f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.name,
                         key.digest,
@@ -61,6 +78,7 @@ class SqliteKeyStore:
                         key.quota,
                         key.created_at,
                         key.revoked_at,
+                        key.webhook_salt,
                     ),
                 )
         except sqlite3.IntegrityError:
@@ -72,6 +90,23 @@ class SqliteKeyStore:
                 f"SELECT {_COLUMNS} FROM api_keys WHERE digest = ?", (digest,)
             ).fetchone()
         return None if row is None else _row_to_key(row)
+
+    def by_name(self, name: str) -> ApiKey | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else _row_to_key(row)
+
+    def set_webhook_salt(self, name: str, salt: str) -> ApiKey:
+        with self._lock:
+            self._db.execute("UPDATE api_keys SET webhook_salt = ? WHERE name = ?", (salt, name))
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            raise KeyNotFound(f"no key named {name!r}")
+        return _row_to_key(row)
 
     def all(self) -> list[ApiKey]:
         with self._lock:

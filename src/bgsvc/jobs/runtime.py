@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from bgsvc.auth.keys import KeyStore
 from bgsvc.config import Settings
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import Backends, JobQueue
@@ -30,6 +31,7 @@ class Jobs:
         parse_options: Callable[[dict[str, object]], RemovalOptions],
         *,
         poll_s: float = 0.2,
+        key_store: KeyStore | None = None,
     ) -> None:
         self.settings = settings
         db_path = settings.data_dir.expanduser().resolve() / DB_NAME
@@ -65,7 +67,8 @@ class Jobs:
             concurrency=concurrency,
             keep_originals=settings.store_originals,
         )
-        self.notifier = Notifier.from_settings(settings, state.metrics)
+        # The key store lets each key's webhooks be signed with its own secret.
+        self.notifier = Notifier.from_settings(settings, state.metrics, key_store)
         config = RunnerConfig(
             timeout_s=settings.job_timeout_s,
             max_attempts=settings.job_max_attempts,

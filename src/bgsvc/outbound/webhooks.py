@@ -50,6 +50,14 @@ class RetrySchedule:
         """The most time all the waits can add up to."""
         return sum(self.cap(n) for n in range(1, self.attempts))
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetrySchedule:
+        return cls(
+            attempts=settings.webhook_attempts,
+            base_s=settings.webhook_backoff_base_s,
+            max_s=settings.webhook_backoff_max_s,
+        )
+
 
 @dataclass(frozen=True)
 class DeliveryAttempt:
@@ -84,6 +92,21 @@ class DeliveryResult:
         return self.outcome == "delivered"
 
 
+class SigningUnavailable(Exception):
+    """No secret to sign an attempt with right now (a signer lookup's answer): the attempt
+    is recorded with ``code`` and ``message`` instead of being sent, and retried."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# What signs one delivery: a fixed signer, or a lookup asked again before each attempt, so
+# that a retry after the secret is rotated is signed with the new one.
+Signer = WebhookSigner | Callable[[], Awaitable[WebhookSigner]]
+
+
 def new_event_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
@@ -106,7 +129,7 @@ class WebhookSender:
     def __init__(
         self,
         client: OutboundClient,
-        signer: WebhookSigner,
+        signer: WebhookSigner | None,
         schedule: RetrySchedule,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -127,12 +150,7 @@ class WebhookSender:
         secret = settings.webhook_secret.get_secret_value()
         if not secret:
             raise ValueError("BGSVC_WEBHOOK_SECRET is empty: webhooks cannot be signed")
-        schedule = RetrySchedule(
-            attempts=settings.webhook_attempts,
-            base_s=settings.webhook_backoff_base_s,
-            max_s=settings.webhook_backoff_max_s,
-        )
-        return cls(client, WebhookSigner(secret), schedule)
+        return cls(client, WebhookSigner(secret), RetrySchedule.from_settings(settings))
 
     async def deliver(
         self,
@@ -142,31 +160,38 @@ class WebhookSender:
         *,
         event_id: str | None = None,
         on_attempt: Callable[[DeliveryAttempt], Awaitable[None]] | None = None,
+        signer: Signer | None = None,
     ) -> DeliveryResult:
         """POST the event until a 2xx or a 410, or until the attempts run out.
 
         The id and body stay the same across retries (receivers deduplicate on
         ``webhook-id``); the timestamp and signature are made per attempt, as receivers
         refuse timestamps older than a few minutes. ``on_attempt`` sees each attempt as it
-        ends, for callers that store progress."""
+        ends, for callers that store progress. ``signer`` signs this delivery instead of
+        the sender's own (each tenant's deliveries with its own secret); a lookup that
+        raises SigningUnavailable makes that attempt a recorded failure, retried."""
+        sign = signer or self._signer
+        if sign is None:
+            raise ValueError("this sender has no secret of its own: give the delivery a signer")
         event_id = event_id or new_event_id()
         body = event_body(event_type, data, datetime.fromtimestamp(self._clock(), tz=UTC))
         attempts: list[DeliveryAttempt] = []
         for number in range(1, self._schedule.attempts + 1):
             started_at = self._clock()
             began = time.monotonic()
-            headers = {
-                "Content-Type": "application/json",
-                **self._signer.headers(event_id, int(started_at), body),
-            }
             status: int | None = None
-            error: UrlFetchFailed | UrlForbidden | UrlInvalid | None = None
+            error: UrlFetchFailed | UrlForbidden | UrlInvalid | SigningUnavailable | None = None
             wait_at_least = 0.0
             try:
+                current = sign if isinstance(sign, WebhookSigner) else await sign()
+                headers = {
+                    "Content-Type": "application/json",
+                    **current.headers(event_id, int(started_at), body),
+                }
                 response = await self._client.post(url, content=body, headers=headers)
                 status = response.status
                 wait_at_least = _retry_after(response.headers) or 0.0
-            except (UrlFetchFailed, UrlForbidden, UrlInvalid) as exc:
+            except (UrlFetchFailed, UrlForbidden, UrlInvalid, SigningUnavailable) as exc:
                 error = exc
             attempt = DeliveryAttempt(
                 number=number,
