@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from bgsvc.auth.keys import ApiKey, digest_of, new_secret, open_store
+from bgsvc.auth.keys import ApiKey, digest_of, new_secret, new_webhook_salt, open_store
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.outbound.signing import generate_secret
 from tests.conftest import encode_image, subject_image
@@ -149,9 +149,10 @@ def test_another_tenants_batch_is_not_found_for_status_zip_and_delete(
 
 
 def test_a_callback_url_is_shown_to_its_owner_only(
-    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes], hold_sync: Any
 ) -> None:
     a, b = tenants(webhook_secret=generate_secret(), outbound_allow="127.0.0.1")
+    hold_sync(a.client)  # queued, so no delivery to the closed port outlives the test
     url = "http://127.0.0.1:9/hook?token=s3cret"
     job = a.submit(photos[0], data={"callback_url": url}).json()
     assert a.get(job["status_url"]).json()["callback_url"] == url
@@ -297,3 +298,23 @@ def test_results_are_stored_under_their_tenant(
     assert record.tenant == "a"
     assert record.input_key.startswith(f"tenants/a/jobs/{job['id']}/")
     assert record.result_key.startswith(f"tenants/a/jobs/{job['id']}/result.")
+
+
+def test_a_callback_no_secret_could_sign_is_refused_at_submission(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, _ = tenants(outbound_allow="127.0.0.1")  # no BGSVC_WEBHOOK_SECRET
+    callback = {"callback_url": "http://127.0.0.1:9/hook"}
+    refused = a.submit(photos[0], data=callback)  # a key made without a secret of its own
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "webhooks_disabled"
+    # A key with a secret of its own may ask for a callback on the same server.
+    secret = new_secret()
+    store = open_store(state_of(a.client).settings)
+    try:
+        key = ApiKey(name="c", digest=digest_of(secret, PEPPER), webhook_salt=new_webhook_salt())
+        store.add(key)
+    finally:
+        store.close()
+    c = Tenant("c", a.client, secret)
+    assert c.submit(photos[0], data=callback).status_code == 202

@@ -44,8 +44,14 @@ async def accepted_submission(
     params = parse_params(RemoveParams, {**request.query_params, **form})
     select(params.to_options().model, settings)
     if callback_url:
-        if jobs_of(request).notifier is None:
+        notifier = jobs_of(request).notifier
+        if notifier is None:
             raise WebhooksDisabled("callback_url needs BGSVC_WEBHOOK_SECRET set on the server.")
+        if not await notifier.can_sign(tenant_of(request)):
+            raise WebhooksDisabled(
+                "This API key has no webhook signing secret yet, and the server has no "
+                "BGSVC_WEBHOOK_SECRET: give the key one with `bgsvc keys webhook-secret`."
+            )
         await check_callback_url(callback_url, settings)
     return params, callback_url or None
 
