@@ -56,6 +56,13 @@ keepalive = KEEPALIVE_SECONDS
 # (benchmarks/RESULTS.md), so there is nothing to recycle for.
 max_requests = 0
 
+# The client of a request is the socket peer unless that peer is a proxy named in
+# BGSVC_TRUSTED_PROXIES (empty: none); then it is the right-most X-Forwarded-For entry that
+# is not one. The same setting drives the failed-authentication budget, so the two never
+# disagree; gunicorn's own default (FORWARDED_ALLOW_IPS, else 127.0.0.1,::1) would believe
+# any process on the machine.
+forwarded_allow_ips = ",".join(_settings.forwarded_allow_ips)
+
 # The per-request record comes from the app (BGSVC_ACCESS_LOG), with the request id and
 # the route; gunicorn's own access log would only repeat it without them.
 accesslog = None

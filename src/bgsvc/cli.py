@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=settings.port,
         drain_seconds=settings.drain_seconds,
         graceful_timeout=settings.request_timeout_s + 5,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     return 0
 

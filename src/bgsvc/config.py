@@ -469,8 +469,11 @@ class Settings(BaseSettings):
         "(at least 16 characters); required when auth=required and by `bgsvc keys`.",
     )
     trusted_proxies: str = Field(
-        default="127.0.0.1/32,::1/128",
-        description="CIDRs whose X-Forwarded-For is believed when finding a client's address.",
+        default="",
+        description="Addresses or CIDRs of the proxies in front of the service (e.g. nginx's): "
+        "from them X-Forwarded-For names the client, for uvicorn (every request's client "
+        "address, under `bgsvc serve` and gunicorn) and for the failed-authentication budget; "
+        "empty: no proxy is trusted, the socket peer is the client.",
     )
     metrics_max_keys: int = Field(
         default=50,
@@ -618,6 +621,12 @@ class Settings(BaseSettings):
             endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
             named = ["otlp"] if endpoint else []
         return [e for e in named if e != "none"]
+
+    @property
+    def forwarded_allow_ips(self) -> list[str]:
+        """BGSVC_TRUSTED_PROXIES as uvicorn's and gunicorn's forwarded_allow_ips: networks
+        in canonical form (gunicorn refuses host bits, as in 10.0.0.1/8)."""
+        return [str(net) for net in parse_networks(self.trusted_proxies)]
 
     @property
     def gpu_device_ids(self) -> tuple[int, ...]:

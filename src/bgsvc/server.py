@@ -109,13 +109,23 @@ class DrainingUvicornWorker(_UvicornWorker):  # type: ignore[misc]
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-def serve(app: Any, host: str, port: int, drain_seconds: float, graceful_timeout: float) -> None:
+def serve(
+    app: Any,
+    host: str,
+    port: int,
+    drain_seconds: float,
+    graceful_timeout: float,
+    forwarded_allow_ips: list[str] | None = None,
+) -> None:
     """Run ``app`` in the foreground (``bgsvc serve``) with the drain on SIGTERM/Ctrl-C."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
+        # X-Forwarded-For from BGSVC_TRUSTED_PROXIES only (empty: from nobody), as in
+        # gunicorn's workers (deploy/gunicorn.conf.py) and the failed-auth budget.
+        forwarded_allow_ips=forwarded_allow_ips or [],
         http=PROTOCOL,
         # The app writes the per-request record (bgsvc.log.log_request, BGSVC_ACCESS_LOG).
         access_log=False,

@@ -7,6 +7,7 @@ needs no network.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from importlib.resources import files
@@ -16,6 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from bgsvc.auth.addresses import parse_networks
 from bgsvc.config import Settings
 
 from .conftest import REPO, load_yaml
@@ -270,3 +272,15 @@ def test_grafana_asks_everyone_to_log_in(compose: dict[str, Any]) -> None:
     env = compose["services"]["grafana"]["environment"]
     assert str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() != "true"
     assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+def test_replicas_believe_forwarded_for_from_the_compose_nginx_only(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    nginx = ipaddress.ip_address(services["nginx"]["networks"]["default"]["ipv4_address"])
+    assert nginx in ipaddress.ip_network(pool["subnet"])
+    for name in REPLICAS:
+        trusted = parse_networks(services[name]["environment"]["BGSVC_TRUSTED_PROXIES"])
+        assert trusted == (ipaddress.ip_network(nginx),), name

@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from bgsvc.auth.addresses import parse_networks
 from bgsvc.config import Settings
 
 from .conftest import REPO, load_yaml_all
@@ -261,3 +262,9 @@ def test_pods_take_the_metrics_token_from_a_secret() -> None:
     # Optional: without it /metrics is open but names no key (README "Authentication").
     assert ref == {"name": "bgsvc-metrics", "key": "token", "optional": True}
     assert "value" not in env["BGSVC_METRICS_TOKEN"], "never the token itself in the manifest"
+
+
+def test_pods_believe_forwarded_for_from_a_private_network_only() -> None:
+    env = {e["name"]: e.get("value") for e in _container()["env"]}
+    trusted = parse_networks(env["BGSVC_TRUSTED_PROXIES"])
+    assert trusted and all(net.is_private and net.prefixlen >= 8 for net in trusted)

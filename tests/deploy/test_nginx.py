@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bgsvc.auth.addresses import client_address, parse_networks
 from bgsvc.cluster.nginx import FloodGuard, TlsListen
 from bgsvc.cluster.tls import make_run_certificates
 from bgsvc.config import Settings
@@ -142,6 +143,7 @@ class StubNode:
         self.name = name
         self.status = status
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, X-Request-ID
+        self.forwarded_for: list[list[str]] = []  # each request's X-Forwarded-For headers
         node = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -152,6 +154,7 @@ class StubNode:
                 if length:
                     self.rfile.read(length)
                 node.requests.append((self.command, self.path, self.headers.get("X-Request-ID")))
+                node.forwarded_for.append(self.headers.get_all("X-Forwarded-For") or [])
                 status = node.status(self.path) if callable(node.status) else node.status
                 if status == 0:
                     # Drop the connection unanswered, as a node closing it under
@@ -413,6 +416,19 @@ def test_metrics_are_not_exposed_through_the_balancer(
     balancer = stub_fleet([node.address])
     assert balancer.request("GET", "/metrics")[0] == 404
     assert node.requests == []
+
+
+def test_nodes_are_told_the_clients_address_and_not_what_the_client_claims(
+    stub_fleet: Callable[..., Balancer], nodes: Callable[..., StubNode]
+) -> None:
+    node = nodes("n", 200)
+    balancer = stub_fleet([node.address])
+    forged = {"X-Forwarded-For": "203.0.113.66, 198.51.100.9"}
+    assert balancer.request("GET", "/models", headers=forged)[0] == 200
+    assert node.forwarded_for[-1] == ["127.0.0.1"]
+    # What a node believing only this balancer (BGSVC_TRUSTED_PROXIES) makes of it.
+    trusted = parse_networks("127.0.0.1")
+    assert client_address("127.0.0.1", node.forwarded_for[-1][0], trusted) == "127.0.0.1"
 
 
 def test_request_id_is_kept_when_sent_and_generated_when_absent(

@@ -3,6 +3,7 @@ node (Node: deploy/start.sh, i.e. gunicorn, in its own process group)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
@@ -74,6 +75,18 @@ class ClusterConfig:
         return max(1, usable_cores() // (len(self.nodes) * self.workers))
 
 
+def balancer_address(host: str) -> str:
+    """The network nginx's connections to nodes on ``host`` come from: ``host`` itself (a
+    connection to a local address leaves from it), loopback for a wildcard or a name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "127.0.0.1/32,::1/128"
+    if ip.is_unspecified:
+        return "127.0.0.1/32,::1/128"
+    return str(ipaddress.ip_network(ip))
+
+
 class Node(ChildProcess):
     """One service node: `deploy/start.sh` (gunicorn) in its own process group; its pid
     is the arbiter's."""
@@ -113,6 +126,12 @@ class Node(ChildProcess):
             }
         )
         env.pop("WEB_CONCURRENCY", None)
+        # The fleet's nginx is a proxy the nodes believe (X-Forwarded-For), so each client
+        # has its own failed-authentication budget instead of all sharing nginx's; proxies
+        # the environment names (one in front of nginx) stay trusted too.
+        env["BGSVC_TRUSTED_PROXIES"] = ",".join(
+            p for p in (balancer_address(self.config.host), env.get("BGSVC_TRUSTED_PROXIES")) if p
+        )
         if self.config.data_dir is not None:
             env["BGSVC_DATA_DIR"] = str(self.config.data_dir.resolve())
         env.update(self.config.env)
