@@ -27,14 +27,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update=overrides)
     configure_logging(settings.log_level, settings.log_format)
     preflight(settings)
-    serve(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        drain_seconds=settings.drain_seconds,
-        graceful_timeout=settings.request_timeout_s + 5,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-    )
+    serve(create_app(settings), settings)
     return 0
 
 

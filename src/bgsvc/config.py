@@ -172,6 +172,54 @@ class Settings(BaseSettings):
         description="Largest POST /batches body, and largest total uncompressed size of a zip "
         "upload's entries (413); each image is also held to BGSVC_MAX_UPLOAD_BYTES.",
     )
+    batch_max_zip_entries: int = Field(
+        default=0,
+        ge=0,
+        description="Entries a batch's zip may hold, directories and skipped files included, "
+        "read from its end record before its directory is parsed (413 beyond); 0 means 5x "
+        "BGSVC_BATCH_MAX_ITEMS.",
+    )
+    batch_max_intakes: int = Field(
+        default=2,
+        ge=1,
+        description="POST /batches bodies received and unpacked at once per process (each up "
+        "to BGSVC_BATCH_MAX_BYTES, twice over while unpacked); beyond it, 429 overloaded.",
+    )
+
+    # Slow and abusive connections: what a client gets before it has a place.
+    body_read_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Longest time to receive a request body (uploads, jobs, batches); beyond "
+        "it, 408 upload_timeout and the connection is closed. A removal's upload is received "
+        "before it takes an admission place, so a slow one holds none.",
+    )
+    max_concurrent_uploads: int = Field(
+        default=16,
+        ge=1,
+        description="Removal and POST /jobs bodies received at once per process (each up to "
+        "BGSVC_MAX_UPLOAD_BYTES); beyond it, 429 overloaded.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers) a node reads; beyond "
+        "it, 431 headers_too_large and the connection is closed.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's head must arrive within this of its first byte (of the "
+        "connection, for the first request); else the connection is closed, with 408 "
+        "header_timeout if part of a head came.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=0,
+        description="Open connections per process (uvicorn's limit_concurrency); a request "
+        "beyond it, or with that many still running, gets 503 too_many_connections; 0 means "
+        "no limit.",
+    )
 
     stage_thread_nice: int = Field(
         default=0,
@@ -650,8 +698,21 @@ class Settings(BaseSettings):
     @property
     def graceful_timeout_s(self) -> float:
         """How long a stopping process may take: the drain window, then the longest
-        request's budget, plus a margin. Past it gunicorn kills the worker."""
-        return self.drain_seconds + self.request_timeout_s + 5.0
+        request (its body's deadline, then its budget), plus a margin. Past it gunicorn
+        kills the worker."""
+        return self.drain_seconds + self.in_flight_timeout_s
+
+    @property
+    def in_flight_timeout_s(self) -> float:
+        """How long an accepted request may still take: its body's deadline, then its
+        budget, plus a margin (uvicorn's graceful shutdown, after the drain window)."""
+        return self.body_read_timeout_s + self.request_timeout_s + 5.0
+
+    @property
+    def effective_batch_max_zip_entries(self) -> int:
+        """The cap on a batch zip's entries: a few per image, for the directories and the
+        files archivers add (macOS resource forks, dotfiles)."""
+        return self.batch_max_zip_entries or 5 * self.batch_max_items
 
     @property
     def effective_watchdog_s(self) -> float:

@@ -96,6 +96,58 @@ class RequestTimeout(BgsvcError):
     reason = "timeout"
 
 
+# --- Slow and abusive connections (bgsvc.middleware, bgsvc.http_protocol). ---------------
+
+
+class UploadTimedOut(BgsvcError):
+    """The request body did not arrive within BGSVC_BODY_READ_TIMEOUT_S. The connection is
+    closed with the answer: the rest of a trickled body is not worth waiting for."""
+
+    code = "upload_timeout"
+    status = 408
+    reason = "upload_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Connection": "close"}
+
+
+class HeaderTimedOut(BgsvcError):
+    """A request's head (request line and headers) did not arrive within
+    BGSVC_HEADER_TIMEOUT_S; answered by the node's HTTP protocol, then the connection closes."""
+
+    code = "header_timeout"
+    status = 408
+    reason = "header_timeout"
+
+
+class HeadersTooLarge(BgsvcError):
+    """A request's head is larger than BGSVC_MAX_HEADER_BYTES; answered by the node's HTTP
+    protocol, then the connection closes."""
+
+    code = "headers_too_large"
+    status = 431
+    reason = "too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Connection": "close"}
+
+
+class TooManyConnections(BgsvcError):
+    """The process holds BGSVC_MAX_CONNECTIONS connections (or that many requests are still
+    running); a balancer retries a 503 on another node."""
+
+    code = "too_many_connections"
+    status = 503
+    reason = "too_many_connections"
+
+    def __init__(self, message: str, *, retry_after: int | None = 1) -> None:
+        super().__init__(message, retry_after=retry_after)
+        # Freeing this connection is the point: the client reconnects when it retries.
+        self.headers = {"Connection": "close"}
+
+
 class ModelError(BgsvcError):
     """A model file is missing, corrupt or unusable; raised at start-up and by the CLI."""
 
@@ -249,7 +301,8 @@ class IdempotencyKeyReused(BgsvcError):
 
 
 class WebhooksDisabled(BgsvcError):
-    """A callback_url was given but BGSVC_WEBHOOK_SECRET is empty: nothing could be signed."""
+    """A callback_url was given but no secret could sign its deliveries (neither the key's
+    own nor BGSVC_WEBHOOK_SECRET)."""
 
     code = "webhooks_disabled"
     status = 400

@@ -9,14 +9,43 @@ truncated response: seen once in 48,810 requests at ~1,000 requests/s with a nod
 (tests/cluster/test_high_rate.py). With the head and the body in one write, the response
 is in the kernel whole or not at all; the kernel still delivers what it holds after the
 process dies, and a response never started is retried on another node by nginx.
+
+It also guards what a client gets before the app sees a request, which httptools does not:
+a request's head must arrive within ``header_timeout_s`` (from the connection's start, or
+from the head's first byte on a kept-alive connection) and within the config's
+``h11_max_incomplete_event_size`` bytes (uvicorn applies that one to h11 only); and beyond
+the config's ``limit_concurrency`` connections (or running requests) a request gets a JSON
+503 that closes its connection. Without them a node kept a silent connection, half-sent
+headers and a 1 MiB header open for as long as the client liked.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from bgsvc.errors import (
+    BgsvcError,
+    HeadersTooLarge,
+    HeaderTimedOut,
+    TooManyConnections,
+    error_body,
+    error_headers,
+    error_response,
+)
+
+log = logging.getLogger(__name__)
+# Refusals of an attack come by the thousand: one warning per kind per this many seconds.
+WARN_EVERY_S = 30.0
+_warned: dict[str, float] = {}
 
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -72,14 +101,164 @@ def coalesce(cycle: Any) -> None:
     cycle.send = coalescing_send
 
 
+def _warn(kind: str, message: str) -> None:
+    now = time.monotonic()
+    if now - _warned.get(kind, -WARN_EVERY_S) >= WARN_EVERY_S:
+        _warned[kind] = now
+        log.warning("%s (further ones silent for %.0f s)", message, WARN_EVERY_S)
+
+
+def refusal(exc: BgsvcError) -> bytes:
+    """A whole response for ``exc`` that closes the connection, for answers given before
+    any request reached the app (its JSON as error_response renders it)."""
+    body = json.dumps(error_body(exc, "-", "")).encode()
+    headers = {
+        **error_headers(exc, "-"),
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+    }
+    head = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
+    return STATUS_LINE[exc.status] + head + b"\r\n" + body
+
+
+def answering(exc: BgsvcError) -> Callable[[Any, Any, Any], Awaitable[None]]:
+    """An ASGI app that answers ``exc`` (it closes the connection: see its headers), run in
+    place of the app for a request refused once its head is in."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await error_response(exc, "-", scope["path"])(scope, receive, send)
+
+    return app
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` whose responses start with one write of head and body."""
+    """``HttpToolsProtocol`` whose responses start with one write of head and body, and
+    whose request heads are held to a size and a time (see the module's docstring)."""
+
+    # Set by guarded(); None here leaves heads untimed (the class as tests build it).
+    header_timeout_s: float | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.max_head_bytes = config.h11_max_incomplete_event_size
+        # Checked here, not by uvicorn: uvicorn counts the asking connection itself (its
+        # limit N serves N - 1) and answers in plain text.
+        self.max_connections = self.limit_concurrency
+        self.limit_concurrency = None
+        # Bytes of the head being received; None from its end until the next one begins.
+        self.head_bytes: int | None = 0
+        self.head_begun = False
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._time_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._untime_head()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # Counted whole, before parsing, to bound what httptools buffers of a head that has
+        # not ended (one that ends is measured exactly in on_headers_complete). The read
+        # that starts a head after a body goes uncounted: at most one read (256 KiB) over.
+        if self.head_bytes is not None:
+            self.head_bytes += len(data)
+        super().data_received(data)
+        limit = self.max_head_bytes
+        if self.head_bytes is not None and limit is not None and self.head_bytes > limit:
+            _warn("head", f"request heads over {limit} bytes refused (431)")
+            self._refuse(HeadersTooLarge(f"The request's head exceeds {limit} bytes."))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_begun = True
+        if self.head_bytes is None:
+            self.head_bytes = 0
+        self._time_head()
 
     def on_headers_complete(self) -> None:
+        self.head_bytes = None
+        self.head_begun = False
+        self._untime_head()
+        app = self.app
+        refused = self._refused_head() or self._refused_connection()
+        if refused is not None:
+            self.app = answering(refused)
         before = self.cycle
-        super().on_headers_complete()
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
         if self.cycle is not before:  # not an upgrade (those keep the old cycle)
             coalesce(self.cycle)
+
+    def _refused_head(self) -> BgsvcError | None:
+        # Exact, now that it is parsed: data_received cannot judge the read a head ends in
+        # (it may bring the body too), and one read is up to 256 KiB.
+        limit = self.max_head_bytes
+        if limit is None:
+            return None
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size + len(b"GET  HTTP/1.1\r\n\r\n") <= limit:
+            return None
+        _warn("head", f"request heads over {limit} bytes refused (431)")
+        return HeadersTooLarge(f"The request's head exceeds {limit} bytes.")
+
+    def _refused_connection(self) -> BgsvcError | None:
+        limit = self.max_connections
+        if limit is None or (len(self.connections) <= limit and len(self.tasks) < limit):
+            return None
+        _warn("connections", f"requests over {limit} connections refused (503)")
+        return TooManyConnections("This node has too many connections open; retry.")
+
+    def _time_head(self) -> None:
+        if self.header_timeout_s is not None and self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _untime_head(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self.head_begun:
+            self.transport.close()  # nothing asked, nothing to answer
+            return
+        _warn("head-timeout", f"request heads slower than {self.header_timeout_s:g} s closed")
+        self._refuse(HeaderTimedOut(f"The request's head took over {self.header_timeout_s:g} s."))
+
+    def _refuse(self, exc: BgsvcError) -> None:
+        """Answer ``exc`` and close, or, while a response is under way (a pipelined head
+        after it), close once it is sent, reading nothing more meanwhile."""
+        self.head_bytes = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.transport.write(refusal(exc))
+        self.transport.close()
+
+
+def guarded(header_timeout_s: float) -> type[CoalescingHttpToolsProtocol]:
+    """The protocol class with request heads timed to ``header_timeout_s``."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (CoalescingHttpToolsProtocol,),
+        {"header_timeout_s": header_timeout_s, "__module__": __name__},
+    )
 
 
 # uvicorn's `http` setting takes a protocol class as "module:attribute".

@@ -6,11 +6,20 @@ import re
 import time
 import uuid
 
+import anyio
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bgsvc import tracing
-from bgsvc.errors import BgsvcError, NotReady, UploadTooLarge, error_response
+from bgsvc.errors import (
+    BgsvcError,
+    NotReady,
+    Overloaded,
+    UploadTimedOut,
+    UploadTooLarge,
+    error_response,
+)
+from bgsvc.inference.scheduler import Places
 from bgsvc.log import log_request, request_id_var
 from bgsvc.metrics import Metrics
 from bgsvc.state import AppState
@@ -21,6 +30,10 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 HEAVY_ROUTES = frozenset({"/remove-background", "/api/remove", "/v1.0/removebg"})
 # rembg's GET /api/remove?url= runs a removal too, so it is admitted like the uploads.
 ADMITTED = frozenset({("POST", path) for path in HEAVY_ROUTES} | {("GET", "/api/remove")})
+# Queueing routes: their bodies are received by the route, under a place of their own.
+UPLOADING = frozenset({("POST", "/jobs")})
+BATCH_INTAKE = frozenset({("POST", "/batches")})
+ANSWERED_BEFORE_ROUTING = HEAVY_ROUTES | {path for _, path in UPLOADING | BATCH_INTAKE}
 
 
 def request_id_of(scope: Scope) -> str:
@@ -71,7 +84,7 @@ class RequestContextMiddleware:
             label = getattr(route, "path", None)
             if label is None:
                 # Admission answers before routing; keep those answers on their route.
-                label = scope["path"] if scope["path"] in HEAVY_ROUTES else "unmatched"
+                label = scope["path"] if scope["path"] in ANSWERED_BEFORE_ROUTING else "unmatched"
             method = scope["method"]
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(label, method, str(status)).inc()
@@ -82,20 +95,40 @@ class RequestContextMiddleware:
 
 
 class AdmissionMiddleware:
-    """For the heavy routes: refuse at once when not ready or full (before reading the
-    upload or fetching a URL), then read the body within the byte limit and hand the ticket
-    to the route. A URL is fetched under the ticket, as an upload is read under it: the
-    ticket bounds how many inputs a process holds in memory at once."""
+    """Places before the routes run. A removal (ADMITTED) is refused at once when the node
+    is not ready or full; else its body is received under an upload place and a deadline
+    (BGSVC_BODY_READ_TIMEOUT_S), and only then does it take an admission ticket, which the
+    route finds in the scope. A slow upload thus holds an upload place for at most the
+    deadline and never a ticket, so it cannot keep inference, queued requests or the job
+    runner waiting. A URL is fetched under the ticket: tickets bound how many inputs a
+    process holds in memory once received. POST /jobs runs under an upload place, POST
+    /batches under a batch intake place (the routes receive their bodies under the same
+    deadline, bgsvc.routes.common.capped_request)."""
 
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.state = state
+        settings = state.settings
+        self.uploads = Places(settings.max_concurrent_uploads, "uploads")
+        self.batches = Places(settings.batch_max_intakes, "batch uploads", retry_after=5)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) not in ADMITTED:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.state.settings.max_upload_bytes
+        route = (scope["method"], scope["path"])
+        if route in ADMITTED:
+            await self._admit(scope, receive, send)
+        elif route in UPLOADING:
+            await self._within(self.uploads, scope, receive, send)
+        elif route in BATCH_INTAKE:
+            await self._within(self.batches, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = self.state.settings
+        limit = settings.max_upload_bytes
         try:
             ready, reason = self.state.serviceable()
             if not ready:
@@ -103,20 +136,28 @@ class AdmissionMiddleware:
             declared = Headers(scope=scope).get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
+            # Full now: refused before the upload is received (it would be refused after).
+            self.state.scheduler.check_room()
+            with self.uploads.hold():
+                body = await read_body(receive, limit, settings.body_read_timeout_s)
             ticket = self.state.scheduler.try_admit()
         except BgsvcError as exc:
             await self._reject(exc, scope, receive, send)
             return
         try:
-            try:
-                body = await self._read_body(receive, limit)
-            except UploadTooLarge as exc:
-                await self._reject(exc, scope, receive, send)
-                return
             scope["state"]["ticket"] = ticket
             await self.app(scope, _replay(body, receive), send)
         finally:
             ticket.close()
+
+    async def _within(self, places: Places, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            places.check()
+        except Overloaded as exc:
+            await self._reject(exc, scope, receive, send)
+            return
+        with places.hold():
+            await self.app(scope, receive, send)
 
     async def _reject(self, exc: BgsvcError, scope: Scope, receive: Receive, send: Send) -> None:
         if exc.reason is not None:
@@ -129,22 +170,50 @@ class AdmissionMiddleware:
             response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
-    @staticmethod
-    async def _read_body(receive: Receive, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
+
+def limited_receive(
+    receive: Receive, limit: int, timeout_s: float, what: str = "upload"
+) -> Receive:
+    """``receive`` for a body of at most ``limit`` bytes (UploadTooLarge past it) that
+    arrives within ``timeout_s`` of this call (UploadTimedOut, 408, after it). Once the body
+    is complete, later calls (a wait for the disconnect) pass straight through."""
+    size = 0
+    done = False
+    deadline = anyio.current_time() + timeout_s
+
+    async def bounded() -> Message:
+        nonlocal size, done
+        if done:
+            return await receive()
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                message = await receive()
+        except TimeoutError:
+            raise UploadTimedOut(
+                f"The {what} did not arrive within {timeout_s:g} s; send it faster."
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            done = True
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise UploadTooLarge(f"The {what} exceeds {limit} bytes.")
+        return message
+
+    return bounded
+
+
+async def read_body(receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """The whole body, within ``limit`` bytes and ``timeout_s`` (see limited_receive)."""
+    bounded = limited_receive(receive, limit, timeout_s)
+    chunks: list[bytes] = []
+    while True:
+        message = await bounded()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

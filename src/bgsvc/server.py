@@ -30,7 +30,8 @@ from typing import Any, ClassVar
 
 import uvicorn
 
-from bgsvc.http_protocol import PROTOCOL
+from bgsvc.config import Settings, get_settings
+from bgsvc.http_protocol import PROTOCOL, guarded
 from bgsvc.state import begin_drain
 
 try:  # gunicorn's uvicorn worker lives in its own package since uvicorn 0.30
@@ -45,6 +46,16 @@ DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # (keepalive_timeout 60s in deploy/nginx/nginx.conf), so the balancer, not the node,
 # closes them and never sends a request on a connection the node is closing.
 KEEPALIVE_SECONDS = 75
+
+
+def guard_connections(config: uvicorn.Config, settings: Settings) -> None:
+    """What a client may hold before the app sees a request: the size of a request's head
+    and the time it may take to arrive, and the connections open at once (see
+    bgsvc.http_protocol, which applies all three to httptools). Both ways of serving
+    (``bgsvc serve`` and gunicorn's workers) go through here."""
+    config.http = guarded(settings.header_timeout_s)
+    config.h11_max_incomplete_event_size = settings.max_header_bytes
+    config.limit_concurrency = settings.max_connections or None
 
 
 class DrainingServer(uvicorn.Server):
@@ -99,37 +110,32 @@ class DrainingUvicornWorker(_UvicornWorker):  # type: ignore[misc]
     async def _serve(self) -> None:
         from gunicorn.arbiter import Arbiter
 
-        from bgsvc.config import get_settings
-
+        settings = get_settings()
         self.config.app = self.wsgi
-        server = DrainingServer(self.config, get_settings().drain_seconds)
+        guard_connections(self.config, settings)
+        server = DrainingServer(self.config, settings.drain_seconds)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-def serve(
-    app: Any,
-    host: str,
-    port: int,
-    drain_seconds: float,
-    graceful_timeout: float,
-    forwarded_allow_ips: list[str] | None = None,
-) -> None:
-    """Run ``app`` in the foreground (``bgsvc serve``) with the drain on SIGTERM/Ctrl-C."""
+def serve(app: Any, settings: Settings) -> None:
+    """Run ``app`` in the foreground (``bgsvc serve``) on the settings' host and port, with
+    the drain on SIGTERM/Ctrl-C."""
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         log_config=None,
         # X-Forwarded-For from BGSVC_TRUSTED_PROXIES only (empty: from nobody), as in
         # gunicorn's workers (deploy/gunicorn.conf.py) and the failed-auth budget.
-        forwarded_allow_ips=forwarded_allow_ips or [],
-        http=PROTOCOL,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # The app writes the per-request record (bgsvc.log.log_request, BGSVC_ACCESS_LOG).
         access_log=False,
         timeout_keep_alive=KEEPALIVE_SECONDS,
-        timeout_graceful_shutdown=int(graceful_timeout),
+        # After the drain window: what an accepted request may still take.
+        timeout_graceful_shutdown=int(settings.in_flight_timeout_s),
     )
-    DrainingServer(config, drain_seconds).run()
+    guard_connections(config, settings)
+    DrainingServer(config, settings.drain_seconds).run()

@@ -7,9 +7,9 @@ import contextvars
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, Protocol, TypeVar
 
 from bgsvc.errors import NotReady, Overloaded
@@ -63,6 +63,40 @@ class Ticket:
             self._scheduler._release()
 
 
+class Places:
+    """At most ``size`` holders at once; the next one is refused at once (429), never
+    queued. Bounds work before admission (uploads being received, batch intakes) that a
+    ticket cannot: a ticket is for inputs already in hand. Event loop only."""
+
+    def __init__(self, size: int, what: str, retry_after: int = 1) -> None:
+        self.size = size
+        self.what = what
+        self.retry_after = retry_after
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        """Places taken now."""
+        return self._held
+
+    def check(self) -> None:
+        """Overloaded (429) when every place is taken; nothing is taken."""
+        if self._held >= self.size:
+            raise Overloaded(
+                f"Too many {self.what} at once; retry later.", retry_after=self.retry_after
+            )
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """One place for the block, or Overloaded straight away."""
+        self.check()
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+
+
 class Scheduler:
     """At most ``max_concurrency`` inferences at once and ``max_queue`` admitted requests
     waiting; an arrival beyond that is refused at once with a Retry-After estimate."""
@@ -98,12 +132,16 @@ class Scheduler:
         waiting = max(0, self._admitted - self.max_concurrency) + 1
         return max(1, math.ceil(waiting * self._mean_seconds / self.max_concurrency))
 
-    def try_admit(self) -> Ticket:
-        """A ticket, or Overloaded (429) straight away when the process is full."""
+    def check_room(self) -> None:
+        """Overloaded (429) when no place is free now; nothing is taken."""
         if self._admitted >= self.capacity:
             raise Overloaded(
                 "The service is at capacity; retry later.", retry_after=self.retry_after()
             )
+
+    def try_admit(self) -> Ticket:
+        """A ticket, or Overloaded (429) straight away when the process is full."""
+        self.check_room()
         self._admitted += 1
         self._publish()
         return Ticket(self)

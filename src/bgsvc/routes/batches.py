@@ -49,7 +49,9 @@ async def _read_items(request: Request, limits: Limits) -> tuple[list[Item], dic
             data = await upload.read()
             name = upload.filename or ""
             if len(files) == 1 and is_zip(name, upload.content_type or "", data):
-                items = unzip(data, limits)
+                max_entries = app_state(request).settings.effective_batch_max_zip_entries
+                # Off the loop: a zip's directory alone can take seconds to parse.
+                items = await anyio.to_thread.run_sync(unzip, data, limits, max_entries)
                 break
             if len(data) > limits.max_item_bytes:
                 raise UploadTooLarge(f"{name} exceeds {limits.max_item_bytes} bytes.")

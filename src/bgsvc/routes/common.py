@@ -8,10 +8,10 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.types import Message, Receive
 
 from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge
 from bgsvc.inference.scheduler import Ticket
+from bgsvc.middleware import limited_receive
 from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalResult
 from bgsvc.state import AppState
@@ -192,26 +192,13 @@ def image_response(result: RemovalResult) -> Response:
 
 
 def capped_request(request: Request, limit: int, what: str) -> Request:
-    """``request`` whose body may not exceed ``limit`` bytes: refused from Content-Length
-    before reading when it says so, else while it is read (limited_receive)."""
+    """``request`` whose body may not exceed ``limit`` bytes, refused from Content-Length
+    before reading when it says so, else while it is read, and must arrive within
+    BGSVC_BODY_READ_TIMEOUT_S (408). The queueing routes (jobs, batches) read their bodies
+    themselves, with no admission ticket, so the limits the admission middleware applies to
+    the sync routes' bodies are applied through this."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise UploadTooLarge(f"The {what} exceeds {limit} bytes.")
-    return Request(request.scope, limited_receive(request.receive, limit))
-
-
-def limited_receive(receive: Receive, limit: int) -> Receive:
-    """``receive`` that fails with UploadTooLarge past ``limit`` body bytes. The queueing
-    routes (jobs, batches) take no admission ticket, so the upload limit the admission
-    middleware applies to the sync routes is applied through this."""
-    size = 0
-
-    async def counted() -> Message:
-        nonlocal size
-        message = await receive()
-        size += len(message.get("body", b""))
-        if size > limit:
-            raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
-        return message
-
-    return counted
+    timeout = app_state(request).settings.body_read_timeout_s
+    return Request(request.scope, limited_receive(request.receive, limit, timeout, what))

@@ -1,0 +1,175 @@
+"""The node's HTTP protocol guards request heads (size, time) and connections, in-process
+on a recording transport: what httptools and uvicorn leave open to a hostile client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from uvicorn.server import ServerState
+
+from bgsvc.config import Settings
+from bgsvc.http_protocol import CoalescingHttpToolsProtocol
+from bgsvc.server import guard_connections
+
+LIMIT = 4096
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+APP = Starlette(routes=[Route("/ok", _ok)])
+
+
+def _config(max_connections: int = 0, header_timeout_s: float = 0.2) -> uvicorn.Config:
+    config = uvicorn.Config(APP, log_config=None, access_log=False, lifespan="off")
+    settings = Settings(
+        max_header_bytes=LIMIT, header_timeout_s=header_timeout_s, max_connections=max_connections
+    )
+    guard_connections(config, settings)
+    config.load()
+    return config
+
+
+class Connection:
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        self.protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=state, app_state={}
+        )
+        self.transport = Transport()
+        self.closed = False
+        self.protocol.connection_made(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.data_received(data)
+
+    def status(self) -> int:
+        return int(self.transport.data.split(b" ", 2)[1])
+
+    def code(self) -> str:
+        return str(json.loads(self.transport.data.partition(b"\r\n\r\n")[2])["code"])
+
+    def close(self) -> None:
+        """The client goes; whether the server had closed first is kept in ``closed``."""
+        self.closed = self.transport.closed
+        self.protocol.connection_lost(None)
+
+
+async def _settle(seconds: float = 0.0) -> None:
+    await asyncio.sleep(seconds)
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def _exchange(
+    *chunks: bytes, wait: float = 0.0, config: uvicorn.Config | None = None
+) -> Connection:
+    async def run() -> Connection:
+        connection = Connection(config or _config(), ServerState())
+        for chunk in chunks:
+            connection.send(chunk)
+        await _settle(wait)
+        connection.close()
+        return connection
+
+    return asyncio.run(run())
+
+
+def test_the_settings_reach_the_uvicorn_config() -> None:
+    config = _config(max_connections=7, header_timeout_s=3)
+    protocol = config.http_protocol_class
+    assert issubclass(protocol, CoalescingHttpToolsProtocol)
+    assert protocol.header_timeout_s == 3
+    assert (config.h11_max_incomplete_event_size, config.limit_concurrency) == (LIMIT, 7)
+    assert _config(max_connections=0).limit_concurrency is None
+
+
+def test_a_head_over_the_limit_in_one_read_gets_431_and_the_connection_closes() -> None:
+    head = b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * LIMIT + b"\r\n\r\n"
+    connection = _exchange(head)
+    assert (connection.status(), connection.code()) == (431, "headers_too_large")
+    assert connection.closed
+
+
+def test_a_head_growing_past_the_limit_is_refused_before_it_ends() -> None:
+    chunks = [b"GET /ok HTTP/1.1\r\nHost: t\r\n"] + [b"X-Pad: " + b"a" * 1000 + b"\r\n"] * 5
+    connection = _exchange(*chunks)
+    assert (connection.status(), connection.code()) == (431, "headers_too_large")
+    assert connection.closed
+
+
+def test_a_head_within_the_limit_is_served_and_kept_alive() -> None:
+    head = b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * (LIMIT // 2) + b"\r\n\r\n"
+    connection = _exchange(head)
+    assert connection.status() == 200 and not connection.closed
+
+
+def test_a_silent_connection_is_closed_without_an_answer_after_the_header_timeout() -> None:
+    connection = _exchange(wait=0.3)
+    assert connection.closed and connection.transport.data == b""
+
+
+def test_a_half_sent_head_gets_408_after_the_header_timeout() -> None:
+    connection = _exchange(b"GET /ok HTTP/1.1\r\nHost:", wait=0.3)
+    assert (connection.status(), connection.code()) == (408, "header_timeout")
+    assert connection.closed
+
+
+def test_a_kept_alive_connection_waits_without_a_head_timer_between_requests() -> None:
+    request = b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n"
+    connection = _exchange(request, wait=0.3)
+    assert connection.status() == 200 and not connection.closed
+
+
+def test_a_request_beyond_the_connection_limit_gets_503_and_closes() -> None:
+    async def run() -> tuple[Connection, Connection]:
+        config, state = _config(max_connections=2), ServerState()
+        first, second = Connection(config, state), Connection(config, state)
+        second.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        third = Connection(config, state)
+        third.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        for connection in (first, second, third):
+            connection.close()
+        return second, third
+
+    served, refused = asyncio.run(run())
+    assert served.status() == 200 and not served.closed
+    assert (refused.status(), refused.code()) == (503, "too_many_connections")
+    assert b"retry-after: 1" in refused.transport.data.lower()
+    assert refused.closed
