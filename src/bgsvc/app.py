@@ -29,6 +29,7 @@ from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.inference.watchdog import Watchdog, hard_exit
 from bgsvc.jobs.runtime import Jobs
+from bgsvc.limits.api import Limits
 from bgsvc.limits.factory import build_limits
 from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
@@ -175,6 +176,14 @@ def create_app(
     app.state.jobs = job_runtime
     app.state.url_fetcher = url_fetcher
     app.state.limits = limits
+
+    async def refund(tenant: str, credits: int) -> None:
+        # Read at call time: the limits are the app's (tests swap them).
+        current: Limits | None = app.state.limits
+        if current is not None:
+            await current.refund_quota(tenant, credits)
+
+    job_runtime.queue.refund = refund
     app.include_router(health.router)
     app.include_router(remove.router)
     app.include_router(jobs.router)

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Unfinished (queued or running) jobs accepted; beyond it POST /jobs is 429.",
     )
+    job_queue_limit_per_key: int = Field(
+        default=250,
+        ge=1,
+        description="Unfinished jobs one API key may have (batch items included); beyond it "
+        "that key's POST /jobs and /batches are 429 job_queue_full while other keys keep their "
+        "room. Applies with BGSVC_AUTH=required; capped by BGSVC_JOB_QUEUE_LIMIT.",
+    )
     job_redeliver_s: float = Field(
         default=10.0,
         ge=1,

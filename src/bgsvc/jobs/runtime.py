@@ -64,6 +64,7 @@ class Jobs:
             open_backends,
             exists,
             queue_limit=settings.job_queue_limit,
+            queue_limit_per_key=settings.job_queue_limit_per_key,
             concurrency=concurrency,
             keep_originals=settings.store_originals,
         )

@@ -22,7 +22,7 @@ from bgsvc.errors import (
 )
 from bgsvc.jobs.model import JobStatus
 from bgsvc.routes.common import app_state, capped_request
-from bgsvc.routes.jobs import accepted_submission, jobs_of
+from bgsvc.routes.jobs import accepted_submission, auth_of, jobs_of, tenant_of
 
 router = APIRouter(tags=["Jobs"])
 
@@ -85,12 +85,20 @@ async def submit(request: Request) -> JSONResponse:
     items, form = await _read_items(upload, limits)
     params, callback_url = await accepted_submission(request, form)
     jobs = jobs_of(request)
+    context = auth_of(request)
+    metered = context is not None and context.metered
+    if context is not None:
+        # One credit per image, all of them covered before anything is queued (402 for
+        # the whole batch otherwise); each item that fails or is canceled gives its back.
+        await context.charge(len(items))
     batch = await submit_batch(
         jobs.queue,
         items,
         params.model_dump(mode="json"),
         client=request.client.host if request.client else "",
         callback_url=callback_url,
+        tenant=tenant_of(request),
+        credits_per_item=1 if metered else 0,
     )
     status_url = f"/batches/{batch.id}"
     body = {
@@ -105,7 +113,7 @@ async def submit(request: Request) -> JSONResponse:
 
 @router.get("/batches/{batch_id}", summary="A batch's status: counts and every item")
 async def batch_status(request: Request, batch_id: str) -> JSONResponse:
-    batch, records = await get_batch(jobs_of(request).queue, batch_id)
+    batch, records = await get_batch(jobs_of(request).queue, batch_id, tenant_of(request))
     return JSONResponse(batch.public(records))
 
 
@@ -129,6 +137,7 @@ async def batch_delete(request: Request, batch_id: str) -> Response:
         notifier=jobs.notifier,
         background=jobs.runner.webhooks,
         on_canceled=app_state(request).metrics.jobs.labels("canceled").inc,
+        viewer=tenant_of(request),
     )
     return Response(status_code=204)
 
@@ -147,7 +156,7 @@ async def batch_delete(request: Request, batch_id: str) -> Response:
 )
 async def batch_result(request: Request, batch_id: str) -> Response:
     queue = jobs_of(request).queue
-    batch, records = await get_batch(queue, batch_id)
+    batch, records = await get_batch(queue, batch_id, tenant_of(request))
     done = [
         (item, records[item.job_id])
         for item in batch.items
