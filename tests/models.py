@@ -66,7 +66,9 @@ def build_slow_model(path: Path, size: int = 128, channels: int = 32, layers: in
 # 200 no extra work (normal photos); each level above roughly doubles the spin.
 HANG_THRESHOLD_GREY = 200
 HANG_GAIN = 180.0
-STALL_GREY = 220  # a few seconds on one thread
+# The watchdog test needs a stall that outlasts its 1.5 s request budget on any CPU: 220 took
+# 1.3 s on a fast one (AMX Xeon), so 222, about 4x that (each level doubles the loop).
+STALL_GREY = 222
 HANG_GREY = 255  # effectively forever (exp(38) iterations)
 
 
