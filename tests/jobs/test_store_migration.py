@@ -13,7 +13,10 @@ from bgsvc.errors import JobNotFound
 from bgsvc.jobs.model import JobRecord, JobStatus
 from bgsvc.jobs.queue import Backends, JobQueue
 from bgsvc.jobs.sqlite import SqliteJobStore
+from bgsvc.jobs.store import Room
 from bgsvc.storage.local import LocalStore
+
+ROOM = Room(limit=100, per_tenant=10)
 
 # The tables as the release before tenants made them (with its per-address unique index).
 OLD_SCHEMA = """
@@ -82,11 +85,11 @@ def test_an_old_sqlite_database_gains_owners_and_per_tenant_idempotency(
             # The same Idempotency-Key from the same address: one job per tenant, and the
             # old per-address job stays the one a keyless client finds.
             for tenant in ("a", "b"):
-                created, fresh = await store.create(record(f"job_{tenant}", tenant))
+                created, fresh = await store.create(record(f"job_{tenant}", tenant), ROOM)
                 assert fresh and created.tenant == tenant
-            again, fresh = await store.create(record("job_a2", "a"))
+            again, fresh = await store.create(record("job_a2", "a"), ROOM)
             assert not fresh and again.id == "job_a"
-            keyless, fresh = await store.create(record("job_new", None))
+            keyless, fresh = await store.create(record("job_new", None), ROOM)
             assert not fresh and keyless.id == "job_old"
             assert await store.tenant_unfinished("a") == 1
         finally:

@@ -7,10 +7,12 @@ one tenant's backlog leaves the others their room."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,8 @@ from fastapi.testclient import TestClient
 
 from bgsvc.auth.keys import ApiKey, digest_of, new_secret, new_webhook_salt, open_store
 from bgsvc.inference.scheduler import Ticket
+from bgsvc.jobs.model import JobRecord, JobStatus
+from bgsvc.jobs.queue import JobQueue
 from bgsvc.outbound.signing import generate_secret
 from tests.conftest import encode_image, subject_image
 from tests.jobs.conftest import state_of
@@ -318,3 +322,71 @@ def test_a_callback_no_secret_could_sign_is_refused_at_submission(
         store.close()
     c = Tenant("c", a.client, secret)
     assert c.submit(photos[0], data=callback).status_code == 202
+
+
+def test_concurrent_submissions_never_take_a_tenant_past_its_share(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+    photos: list[bytes],
+    hold_sync: Callable[[TestClient], list[Ticket]],
+) -> None:
+    a, b = tenants(job_queue_limit=12, job_queue_limit_per_key=5)
+    hold_sync(a.client)
+
+    def send(i: int) -> int:
+        if i % 3 == 0:
+            return a.batch(photos[:2]).status_code
+        return a.submit(photos[i % len(photos)]).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(24)))
+    assert set(answers) <= {202, 429}, answers
+    mine = a.client.portal.call(jobs_store(a).tenant_unfinished, "a")  # type: ignore[union-attr]
+    assert mine <= 5
+    assert b.batch(photos[:5]).status_code == 202  # B's share is whole
+
+
+def test_an_idempotent_retry_finds_its_job_when_the_share_is_full(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+    photos: list[bytes],
+    hold_sync: Callable[[TestClient], list[Ticket]],
+) -> None:
+    a, _ = tenants(job_queue_limit_per_key=2)
+    hold_sync(a.client)
+    key = {"Idempotency-Key": "retry-me"}
+    first = a.submit(photos[0], headers=key).json()
+    assert a.submit(photos[1]).status_code == 202
+    assert a.submit(photos[2]).status_code == 429
+    again = a.submit(photos[0], headers=key)
+    assert (again.status_code, again.json()["id"]) == (202, first["id"])
+
+
+def test_credits_are_refunded_only_within_the_month_they_were_charged_in() -> None:
+    refunds: list[tuple[str, int]] = []
+
+    async def refund(tenant: str, credits: int) -> None:
+        refunds.append((tenant, credits))
+
+    now = [1_700_000_000.0]  # 2023-11-14 UTC
+    queue = JobQueue(
+        lambda: None,  # type: ignore[arg-type,return-value]
+        lambda: False,
+        queue_limit=10,
+        concurrency=1,
+        keep_originals=False,
+        clock=lambda: now[0],
+    )
+    queue.refund = refund
+    job = JobRecord(
+        id="job_x",
+        status=JobStatus.FAILED,
+        created_at=now[0],
+        options={},
+        input_key="",
+        fingerprint="",
+        tenant="a",
+        credits=1,
+    )
+    asyncio.run(queue.give_back(job))
+    now[0] += 20 * 86400  # December: November's quota is closed
+    asyncio.run(queue.give_back(job))
+    assert refunds == [("a", 1)]

@@ -14,7 +14,7 @@ from bgsvc.errors import BatchNotFound, BatchRunning
 from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key, visible
-from bgsvc.jobs.store import JobStore
+from bgsvc.jobs.store import JobStore, NoRoom
 from bgsvc.outbound.webhooks import BATCH_COMPLETED, DeliveryAttempt
 
 
@@ -66,10 +66,12 @@ async def submit_batch(
     for item, record in zip(items, records, strict=True):
         await anyio.to_thread.run_sync(results.put, record.input_key, item.data, ORIGINAL_TYPE)
     try:
-        await backends.jobs.create_batch(batch, records)
-    except BaseException:
+        await backends.jobs.create_batch(batch, records, queue.room)
+    except BaseException as exc:
         for record in records:
             await anyio.to_thread.run_sync(results.delete, record.input_key)
+        if isinstance(exc, NoRoom):
+            raise queue.full(exc, len(records)) from None
         raise
     queue.wake.set()
     return batch

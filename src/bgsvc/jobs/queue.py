@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -27,7 +28,7 @@ from bgsvc.errors import (
     JobRunning,
 )
 from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
-from bgsvc.jobs.store import JobStore
+from bgsvc.jobs.store import JobStore, NoRoom, Room
 from bgsvc.storage import ResultStore, StoredObject
 
 ORIGINAL_TYPE = "application/octet-stream"
@@ -68,6 +69,11 @@ def fingerprint(data: bytes, options: dict[str, Any], callback_url: str | None =
     digest.update(json.dumps(options, sort_keys=True).encode())
     digest.update(b"\0" + (callback_url or "").encode())
     return digest.hexdigest()
+
+
+def month_of(ts: float) -> tuple[int, int]:
+    when = datetime.fromtimestamp(ts, tz=UTC)
+    return when.year, when.month
 
 
 def visible(record_tenant: str | None, viewer: str | None) -> bool:
@@ -134,7 +140,10 @@ class JobQueue:
         it names and False. Raises JobQueueFull or IdempotencyKeyReused."""
         backends = await self.open(create=True)
         assert backends is not None
-        await self.check_room(backends, tenant, 1)
+        if idempotency_key is None:
+            # Early, to spare the upload's write; the store checks again as it inserts. A
+            # retry with a key may find its job even when the queue is full.
+            await self.check_room(backends, tenant, 1)
         record = JobRecord(
             id=new_job_id(),
             status=JobStatus.QUEUED,
@@ -152,7 +161,11 @@ class JobQueue:
         # The upload is published before the record exists, so a runner never claims a job
         # whose input is not there yet.
         await anyio.to_thread.run_sync(backends.results.put, record.input_key, data, ORIGINAL_TYPE)
-        stored, created = await backends.jobs.create(record)
+        try:
+            stored, created = await backends.jobs.create(record, self.room)
+        except NoRoom as exc:
+            await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
+            raise self.full(exc, 1) from None
         if not created:
             await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
             if stored.fingerprint != record.fingerprint:
@@ -162,28 +175,37 @@ class JobQueue:
         self.wake.set()
         return stored, created
 
+    @property
+    def room(self) -> Room:
+        return Room(self.queue_limit, self.queue_limit_per_key)
+
+    def full(self, exc: NoRoom, jobs: int) -> JobQueueFull:
+        """The client's answer when ``jobs`` more do not fit: one tenant filling its share
+        leaves the others theirs."""
+        wait = max(1, math.ceil((exc.unfinished + jobs) * self.mean_job_s / self.concurrency))
+        if exc.scope == "tenant":
+            return JobQueueFull(
+                f"This API key has {exc.unfinished} unfinished jobs of the "
+                f"{self.queue_limit_per_key} it may have; {jobs} more were sent. Retry once "
+                "some finish.",
+                retry_after=wait,
+            )
+        room = max(0, self.queue_limit - exc.unfinished)
+        return JobQueueFull(
+            f"The queue has room for {room} jobs, {jobs} were sent; retry later.",
+            retry_after=wait,
+        )
+
     async def check_room(self, backends: Backends, tenant: str | None, jobs: int) -> None:
-        """JobQueueFull unless the queue, and the tenant's share of it, has room for
-        ``jobs`` more: one tenant filling its share leaves the others theirs."""
+        """JobQueueFull unless the queue and the tenant's share have room for ``jobs`` more
+        now. Advisory (two submissions may both pass it): the store's create decides."""
         stats = await backends.jobs.stats()
-        room = self.queue_limit - stats.unfinished
-        if jobs > room:
-            wait = math.ceil((stats.unfinished + jobs) * self.mean_job_s / self.concurrency)
-            raise JobQueueFull(
-                f"The queue has room for {max(0, room)} jobs, {jobs} were sent; retry later.",
-                retry_after=max(1, wait),
-            )
-        if tenant is None:
-            return
-        mine = await backends.jobs.tenant_unfinished(tenant)
-        room = self.queue_limit_per_key - mine
-        if jobs > room:
-            wait = math.ceil((mine + jobs) * self.mean_job_s / self.concurrency)
-            raise JobQueueFull(
-                f"This API key has {mine} unfinished jobs of the {self.queue_limit_per_key} "
-                f"it may have; {jobs} more were sent. Retry once some finish.",
-                retry_after=max(1, wait),
-            )
+        if stats.unfinished + jobs > self.queue_limit:
+            raise self.full(NoRoom("queue", stats.unfinished), jobs)
+        if tenant is not None:
+            mine = await backends.jobs.tenant_unfinished(tenant)
+            if mine + jobs > self.queue_limit_per_key:
+                raise self.full(NoRoom("tenant", mine), jobs)
 
     async def get(self, job_id: str, viewer: str | None = None) -> JobRecord:
         """The job, as ``viewer`` (the requesting key's name) may see it: JobNotFound for
@@ -196,8 +218,12 @@ class JobQueue:
 
     async def give_back(self, record: JobRecord) -> None:
         """Refund the credits of a job that ends without a result (called once per job:
-        by whoever moved it to failed, canceled or expired)."""
-        if record.credits and record.tenant is not None and self.refund is not None:
+        by whoever moved it to failed, canceled or expired). Only within the calendar
+        month (UTC) it was charged in: quotas are monthly, and a refund in the next month
+        would be a free credit there."""
+        if not record.credits or record.tenant is None or self.refund is None:
+            return
+        if month_of(record.created_at) == month_of(self.clock()):
             await self.refund(record.tenant, record.credits)
 
     async def result(self, job_id: str, viewer: str | None = None) -> StoredObject | str:

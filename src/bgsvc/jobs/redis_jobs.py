@@ -32,7 +32,7 @@ from bgsvc.jobs import redis_scripts as lua
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.redis_codec import flat, job_fields, record_from, unavailable
 from bgsvc.jobs.redis_reconcile import reconcile
-from bgsvc.jobs.store import QueueStats
+from bgsvc.jobs.store import NoRoom, QueueStats, Room
 
 T = TypeVar("T")
 
@@ -43,6 +43,13 @@ ACTOR = "bgsvc.run_job"
 RECONCILE_AFTER_S = 30.0
 # Jobs looked at per reconcile, expire or purge call (the rest at the next one).
 SCAN_LIMIT = 500
+
+
+def no_room(answer: str) -> None:
+    """NoRoom for a create script's "full:<scope>:<unfinished>" answer."""
+    if answer.startswith("full:"):
+        _, scope, unfinished = answer.split(":")
+        raise NoRoom("tenant" if scope == "tenant" else "queue", int(unfinished))
 
 
 class RedisJobs:
@@ -98,6 +105,7 @@ class RedisJobs:
                 "COMPLETE_BATCH",
                 "RESCUE",
                 "TENANT_UNFINISHED",
+                "CREATE_BATCH",
             )
         }
         # timeout=0: an empty queue answers at once; the runner decides when to look again.
@@ -177,20 +185,30 @@ class RedisJobs:
         return record_from(fields, webhooks) if fields else None
 
     @unavailable
-    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    async def create(self, record: JobRecord, room: Room) -> tuple[JobRecord, bool]:
         def create() -> tuple[JobRecord, bool]:
             message_id = str(uuid.uuid4())
+            keys = [
+                self._job(record.id),
+                self._idem(record),
+                self._queued,
+                self._running,
+                self._open(record.tenant),
+            ]
             existing = self._script(
                 "CREATE",
-                [self._job(record.id), self._idem(record), self._queued, self._open(record.tenant)],
+                keys,
                 [
                     2 * self.ttl_ms,
                     repr(record.created_at),
                     f"{self.prefix}job:",
                     record.id,
+                    room.limit,
+                    room.per_tenant,
                     *flat(job_fields(record, message_id)),
                 ],
             )
+            no_room(existing)
             if existing:
                 found = self._read(existing)
                 if found is None:  # deleted between the two calls: nothing was written
@@ -225,8 +243,12 @@ class RedisJobs:
     @unavailable
     async def tenant_unfinished(self, tenant: str) -> int:
         keys = [self._open(tenant)]
-        args = [f"{self.prefix}job:"]
-        return int(await self._run(lambda: self._script("TENANT_UNFINISHED", keys, args)))
+
+        def count() -> int:
+            args = [f"{self.prefix}job:", repr(time.time())]
+            return int(self._script("TENANT_UNFINISHED", keys, args))
+
+        return await self._run(count)
 
     @unavailable
     async def heartbeat(self) -> None:

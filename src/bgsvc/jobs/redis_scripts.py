@@ -9,39 +9,93 @@ message that may run the job; ``hb`` the dramatiq broker (heartbeat id) of its r
 
 from __future__ import annotations
 
-# KEYS: job, idem (or ""), queued, the tenant's open jobs (or ""). ARGV: idem_ttl_ms,
-# created_at, job key prefix, id, then field/value pairs.
-# Returns "" when created, else the id of the job the idempotency key already names.
-CREATE = """
+# Counts a tenant's unfinished jobs in its set (KEYS[n]) of job ids, pruning the ids found
+# final or gone however they ended (runner, cancel, expiry, delete, purge): no state change
+# has to remember the set, and it holds little more than the tenant's unfinished jobs since
+# every submission counts it. An id without a record younger than a minute is a batch still
+# being written, and counts.
+_OPEN_COUNT = """
+local function open_count(set, prefix, now)
+    local open = 0
+    local found = redis.call('zrange', set, 0, -1, 'withscores')
+    for i = 1, #found, 2 do
+        local status = redis.call('hget', prefix .. found[i], 'status')
+        if status == 'queued' or status == 'running'
+            or (not status and tonumber(found[i + 1]) > now - 60) then
+            open = open + 1
+        else
+            redis.call('zrem', set, found[i])
+        end
+    end
+    return open
+end
+"""
+
+# Whether ``n`` more jobs fit the queue (KEYS: queued, running) and the tenant's share
+# (its set, or ""): "" if so, else "full:queue:<unfinished>" or "full:tenant:<unfinished>".
+_ROOM = """
+local function room(queued, running, set, prefix, now, n, limit, per_tenant)
+    local unfinished = redis.call('zcard', queued) + redis.call('zcard', running)
+    if unfinished + n > limit then return 'full:queue:' .. unfinished end
+    if set ~= '' then
+        local mine = open_count(set, prefix, now)
+        if mine + n > per_tenant then return 'full:tenant:' .. mine end
+    end
+    return ''
+end
+"""
+
+# KEYS: job, idem (or ""), queued, running, the tenant's open jobs (or ""). ARGV: idem_ttl_ms,
+# created_at, job key prefix, id, limit, per_tenant, then field/value pairs.
+# Returns "" when created, "full:..." (see _ROOM) when there is no room, else the id of the
+# job the idempotency key already names (found first: a retry gets its job, room or not).
+CREATE = (
+    _OPEN_COUNT
+    + _ROOM
+    + """
 if KEYS[2] ~= '' then
     local existing = redis.call('get', KEYS[2])
     if existing and redis.call('exists', ARGV[3] .. existing) == 1 then
         return existing
     end
-    redis.call('set', KEYS[2], ARGV[4], 'px', ARGV[1])
 end
-redis.call('hset', KEYS[1], unpack(ARGV, 5))
+local full = room(KEYS[3], KEYS[4], KEYS[5], ARGV[3], tonumber(ARGV[2]), 1,
+    tonumber(ARGV[5]), tonumber(ARGV[6]))
+if full ~= '' then return full end
+if KEYS[2] ~= '' then redis.call('set', KEYS[2], ARGV[4], 'px', ARGV[1]) end
+redis.call('hset', KEYS[1], unpack(ARGV, 7))
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[4])
-if KEYS[4] ~= '' then redis.call('zadd', KEYS[4], ARGV[2], ARGV[4]) end
+if KEYS[5] ~= '' then redis.call('zadd', KEYS[5], ARGV[2], ARGV[4]) end
 return ''
 """
+)
 
-# KEYS: the tenant's open jobs. ARGV: job key prefix. A tenant's jobs are added to the set
-# when created and leave it here, once found final or gone, however they ended (runner,
-# cancel, expiry, delete, purge): no state change has to remember the set, and it holds
-# little more than the tenant's unfinished jobs, since every submission counts it.
-TENANT_UNFINISHED = """
-local open = 0
-for _, id in ipairs(redis.call('zrange', KEYS[1], 0, -1)) do
-    local status = redis.call('hget', ARGV[1] .. id, 'status')
-    if status == 'queued' or status == 'running' then
-        open = open + 1
-    else
-        redis.call('zrem', KEYS[1], id)
-    end
+# KEYS: batch, batches, queued, running, the tenant's open jobs (or ""). ARGV: created_at,
+# job key prefix, limit, per_tenant, the batch's fields (JSON object), its jobs' fields (JSON
+# list of objects, each with "id"). All jobs and the batch, or "full:..." and nothing.
+CREATE_BATCH = (
+    _OPEN_COUNT
+    + _ROOM
+    + """
+local jobs = cjson.decode(ARGV[6])
+local now = tonumber(ARGV[1])
+local full = room(KEYS[3], KEYS[4], KEYS[5], ARGV[2], now, #jobs, tonumber(ARGV[3]),
+    tonumber(ARGV[4]))
+if full ~= '' then return full end
+for field, value in pairs(cjson.decode(ARGV[5])) do redis.call('hset', KEYS[1], field, value) end
+redis.call('zadd', KEYS[2], ARGV[1], cjson.decode(ARGV[5])['id'])
+for _, job in ipairs(jobs) do
+    for field, value in pairs(job) do redis.call('hset', ARGV[2] .. job['id'], field, value) end
+    redis.call('zadd', KEYS[3], ARGV[1], job['id'])
+    if KEYS[5] ~= '' then redis.call('zadd', KEYS[5], ARGV[1], job['id']) end
 end
-return open
+return ''
 """
+)
+
+# KEYS: the tenant's open jobs. ARGV: job key prefix, now.
+TENANT_UNFINISHED = _OPEN_COUNT + "return open_count(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
+
 
 # KEYS: job, queued, running, heartbeats. ARGV: message_id, owner, hb, now, hb_timeout_ms,
 # now_ms, id. Returns "ok" (now running for owner), or why the message is to be dropped:

@@ -9,26 +9,36 @@ from typing import Any
 
 from bgsvc.batches.model import BatchRecord
 from bgsvc.jobs.model import JobRecord
-from bgsvc.jobs.redis_codec import batch_fields, batch_from, flat, job_fields, unavailable
-from bgsvc.jobs.redis_jobs import SCAN_LIMIT, RedisJobs
+from bgsvc.jobs.redis_codec import batch_fields, batch_from, job_fields, unavailable
+from bgsvc.jobs.redis_jobs import SCAN_LIMIT, RedisJobs, no_room
+from bgsvc.jobs.store import Room
 
 
 class RedisJobStore(RedisJobs):
     """:class:`bgsvc.jobs.store.JobStore` shared by every node through one Redis."""
 
     @unavailable
-    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord]) -> None:
+    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord], room: Room) -> None:
         def create() -> None:
             messages = {record.id: str(uuid.uuid4()) for record in jobs}
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(self._batch(batch.id), items=flat(batch_fields(batch)))
-            for record in jobs:
-                pipe.hset(self._job(record.id), items=flat(job_fields(record, messages[record.id])))
-                pipe.zadd(self._queued, {record.id: record.created_at})
-                if record.tenant is not None:
-                    pipe.zadd(self._open(record.tenant), {record.id: record.created_at})
-            pipe.zadd(self._batches, {batch.id: batch.created_at})
-            pipe.execute()
+            fields = [job_fields(record, messages[record.id]) for record in jobs]
+            keys = [
+                self._batch(batch.id),
+                self._batches,
+                self._queued,
+                self._running,
+                self._open(batch.tenant),
+            ]
+            args = [
+                repr(batch.created_at),
+                f"{self.prefix}job:",
+                room.limit,
+                room.per_tenant,
+                json.dumps(batch_fields(batch)),
+                json.dumps(fields),
+            ]
+            # One script: the room is counted and every record written at once.
+            no_room(self._script("CREATE_BATCH", keys, args))
             try:
                 for record in jobs:
                     self._enqueue(record.id, messages[record.id])

@@ -20,8 +20,8 @@ from bgsvc.batches.model import BatchItem, BatchRecord
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.sqlite_schema import BATCH_COLUMNS as _BATCH_COLUMNS
 from bgsvc.jobs.sqlite_schema import COLUMNS as _COLUMNS
-from bgsvc.jobs.sqlite_schema import migrate
-from bgsvc.jobs.store import QueueStats
+from bgsvc.jobs.sqlite_schema import check_room, migrate, transaction
+from bgsvc.jobs.store import QueueStats, Room
 
 T = TypeVar("T")
 
@@ -112,25 +112,33 @@ class SqliteJobStore:
 
         return await anyio.to_thread.run_sync(locked)
 
-    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    async def create(self, record: JobRecord, room: Room) -> tuple[JobRecord, bool]:
+        def existing(db: sqlite3.Connection) -> JobRecord | None:
+            if record.idempotency_key is None:
+                return None
+            # Idempotency keys are the tenant's own (the client address's without keys):
+            # another tenant's key of the same text is another job.
+            if record.tenant is not None:
+                where, who = "tenant = ?", record.tenant
+            else:
+                where, who = "tenant IS NULL AND client = ?", record.client
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE {where} AND idempotency_key = ?",
+                (who, record.idempotency_key),
+            ).fetchone()
+            return None if row is None else _record(row)
+
         def insert(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
-            try:
+            def create() -> tuple[JobRecord, bool]:
+                # A retry finds its job even when the queue is full now.
+                found = existing(db)
+                if found is not None:
+                    return found, False
+                check_room(db, record.tenant, 1, room)
                 _insert_job(db, record)
                 return record, True
-            except sqlite3.IntegrityError:
-                # Idempotency keys are the tenant's own (the client address's without keys):
-                # another tenant's key of the same text is another job.
-                if record.tenant is not None:
-                    where, who = "tenant = ?", record.tenant
-                else:
-                    where, who = "tenant IS NULL AND client = ?", record.client
-                row = db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE {where} AND idempotency_key = ?",
-                    (who, record.idempotency_key),
-                ).fetchone()
-                if row is None:
-                    raise
-                return _record(row), False
+
+            return transaction(db, create)
 
         return await self._run(insert)
 
@@ -294,13 +302,13 @@ class SqliteJobStore:
 
         return await self._run(delete)
 
-    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord]) -> None:
+    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord], room: Room) -> None:
         items = json.dumps([{"name": i.name, "job_id": i.job_id} for i in batch.items])
 
         def insert(db: sqlite3.Connection) -> None:
             # One transaction: a runner never claims an item of a batch that is not whole.
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            def create() -> None:
+                check_room(db, batch.tenant, len(jobs), room)
                 db.execute(
                     f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '[]', ?)",
                     (
@@ -314,10 +322,8 @@ class SqliteJobStore:
                 )
                 for record in jobs:
                     _insert_job(db, record)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+
+            transaction(db, create)
 
         await self._run(insert)
 

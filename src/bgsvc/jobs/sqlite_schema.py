@@ -1,9 +1,16 @@
-"""The embedded job store's tables, and the migration of a database made by an earlier
-release (run on every open; each step is idempotent)."""
+"""The embedded job store's tables, the migration of a database made by an earlier
+release (run on every open; each step is idempotent), and the write lock its creates
+count under."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from bgsvc.jobs.store import NoRoom, Room
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -84,3 +91,31 @@ def migrate(db: sqlite3.Connection) -> None:
                     if "duplicate column" not in str(exc):
                         raise
     db.executescript(_INDEXES)
+
+
+def check_room(db: sqlite3.Connection, tenant: str | None, jobs: int, room: Room) -> None:
+    unfinished = db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+    ).fetchone()[0]
+    if unfinished + jobs > room.limit:
+        raise NoRoom("queue", unfinished)
+    if tenant is not None:
+        mine = db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN ('queued', 'running')",
+            (tenant,),
+        ).fetchone()[0]
+        if mine + jobs > room.per_tenant:
+            raise NoRoom("tenant", mine)
+
+
+def transaction(db: sqlite3.Connection, fn: Callable[[], T]) -> T:
+    """``fn`` under the database's write lock (BEGIN IMMEDIATE): what it counts cannot
+    change before what it writes is committed, whichever process writes next."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn()
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result

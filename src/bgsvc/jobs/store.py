@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from bgsvc.batches.model import BatchRecord
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
@@ -29,11 +29,30 @@ class QueueStats:
         return self.queued + self.running
 
 
+@dataclass(frozen=True)
+class Room:
+    """The most unfinished (queued or running) jobs the queue may hold, and one tenant."""
+
+    limit: int
+    per_tenant: int
+
+
+class NoRoom(Exception):
+    """A create would take the queue, or the tenant's share of it, past its ``Room``.
+    Checked in the same atomic step as the insert, so concurrent submissions cannot all
+    pass a count made before any of them was written."""
+
+    def __init__(self, scope: Literal["queue", "tenant"], unfinished: int) -> None:
+        super().__init__(f"{scope} full ({unfinished} unfinished)")
+        self.scope = scope
+        self.unfinished = unfinished
+
+
 class JobStore(Protocol):
-    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    async def create(self, record: JobRecord, room: Room) -> tuple[JobRecord, bool]:
         """Insert ``record``; when its idempotency key already names a job of the same
         tenant (of the same client address, for jobs without a tenant), that job and
-        False instead."""
+        False instead (whatever the room). NoRoom when there is none."""
         ...
 
     async def tenant_unfinished(self, tenant: str) -> int:
@@ -93,8 +112,9 @@ class JobStore(Protocol):
         ...
 
     # Batches: a record naming its items' jobs, each job carrying the batch id.
-    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord]) -> None:
-        """Insert the batch and all its jobs at once (none of them if any fails)."""
+    async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord], room: Room) -> None:
+        """Insert the batch and all its jobs at once (none of them if any fails, or NoRoom
+        when the room cannot take them all)."""
         ...
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
