@@ -254,26 +254,33 @@ class RemovalService:
         options: RemovalOptions,
         *,
         timeout_s: float | None = None,
+        scope: str | None = None,
     ) -> RemovalResult:
         """Decode, infer and encode one request within the timeout (the request budget
-        unless ``timeout_s`` says otherwise: jobs have their own); raises domain errors."""
+        unless ``timeout_s`` says otherwise: jobs have their own); raises domain errors.
+        ``scope`` names whose result cache it uses (the API key's name; None: the shared
+        one, when keys are off)."""
         timeout = self.timeout if timeout_s is None else timeout_s
         try:
             async with asyncio.timeout(timeout):
-                return await self._process(ticket, data, options)
+                return await self._process(ticket, data, options, scope)
         except TimeoutError:
             raise RequestTimeout(f"The request did not finish within {timeout:g} s.") from None
 
-    async def _process(self, ticket: Ticket, data: bytes, options: RemovalOptions) -> RemovalResult:
+    async def _process(
+        self, ticket: Ticket, data: bytes, options: RemovalOptions, scope: str | None
+    ) -> RemovalResult:
         engine = self.remover.engine_for(options)
         if self.tiers is None:
             return await self._compute(ticket, data, options, engine)
         started = time.perf_counter()
         version = str(getattr(engine, "version", engine.name))
         if len(data) < _INLINE_HASH_BYTES:
-            key = cache_key(data, options, engine.name, version)
+            key = cache_key(data, options, engine.name, version, scope)
         else:
-            key = await self._in_stage_pool(lambda: cache_key(data, options, engine.name, version))
+            key = await self._in_stage_pool(
+                lambda: cache_key(data, options, engine.name, version, scope)
+            )
         outcome = await self.tiers.get_or_compute(
             key, lambda: self._compute(ticket, data, options, engine)
         )

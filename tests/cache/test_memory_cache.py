@@ -96,3 +96,12 @@ def test_key_changes_with_bytes_options_model_and_version() -> None:
     assert base != cache_key(b"img", RemovalOptions(crop=True), "m", "v1")
     assert base != cache_key(b"img", RemovalOptions(), "other", "v1")
     assert base != cache_key(b"img", RemovalOptions(), "m", "v2")
+
+
+def test_the_cache_key_of_a_tenant_is_its_own() -> None:
+    shared = cache_key(b"img", RemovalOptions(), "m", "v1")
+    assert shared == cache_key(b"img", RemovalOptions(), "m", "v1", None)
+    assert cache_key(b"img", RemovalOptions(), "m", "v1", "a") != shared
+    assert cache_key(b"img", RemovalOptions(), "m", "v1", "a") != cache_key(
+        b"img", RemovalOptions(), "m", "v1", "b"
+    )

@@ -390,3 +390,15 @@ def test_credits_are_refunded_only_within_the_month_they_were_charged_in() -> No
     now[0] += 20 * 86400  # December: November's quota is closed
     asyncio.run(queue.give_back(job))
     assert refunds == [("a", 1)]
+
+
+def test_one_tenants_cached_results_are_not_another_tenants_hits(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    a, b = tenants()
+    files = {"file": ("photo.png", photos[0], "image/png")}
+    answers = [t.post("/remove-background", files=files) for t in (a, a, b, b)]
+    assert [r.status_code for r in answers] == [200] * 4
+    # A hit would tell B, by its header or its speed, that someone sent this exact image.
+    assert [r.headers["X-Cache"] for r in answers] == ["MISS", "HIT", "MISS", "HIT"]
+    assert answers[0].content == answers[2].content

@@ -62,12 +62,23 @@ class ResultCache(Protocol):
         ...
 
 
-def cache_key(data: bytes, options: RemovalOptions, model: str, model_version: str) -> str:
+def cache_key(
+    data: bytes,
+    options: RemovalOptions,
+    model: str,
+    model_version: str,
+    scope: str | None = None,
+) -> str:
     """Identifies a result: the upload's exact bytes, every option that shapes the output,
-    and the model with the version of its weights (a new model file never hits)."""
+    the model with the version of its weights (a new model file never hits), and whose
+    cache it is: with API keys each tenant has its own (``scope``, the key's name), since a
+    hit answered in milliseconds would tell one tenant which images another has sent."""
     digest = hashlib.sha256()
     # The options' dataclass repr lists every field in a fixed order.
-    for part in (model.encode(), model_version.encode(), repr(options).encode()):
+    parts = [model.encode(), model_version.encode(), repr(options).encode()]
+    if scope is not None:
+        parts.append(b"tenant:" + scope.encode())
+    for part in parts:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     digest.update(data)

@@ -245,6 +245,7 @@ class JobRunner:
                         stored.data,
                         options,
                         timeout_s=self.config.timeout_s,
+                        scope=record.tenant,
                     )
                     key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever

@@ -21,8 +21,8 @@ from bgsvc.errors import (
     UploadTooLarge,
 )
 from bgsvc.jobs.model import JobStatus
-from bgsvc.routes.common import app_state, capped_request
-from bgsvc.routes.jobs import accepted_submission, auth_of, jobs_of, tenant_of
+from bgsvc.routes.common import app_state, auth_of, capped_request, tenant_of
+from bgsvc.routes.jobs import accepted_submission, jobs_of
 
 router = APIRouter(tags=["Jobs"])
 

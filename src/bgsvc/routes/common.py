@@ -17,6 +17,7 @@ from bgsvc.service import RemovalResult
 from bgsvc.state import AppState
 
 if TYPE_CHECKING:
+    from bgsvc.auth.middleware import AuthContext
     from bgsvc.urlinputs.fetcher import UrlFetcher
 
 # OpenAPI for routes that take either a multipart upload or a raw image body.
@@ -158,7 +159,27 @@ async def remove_upload(
     options = params.to_options()
     if data is None:
         data = await fetch_url_image(request, str(url), str(url_field))
-    return await app_state(request).service.process(ticket_of(request), data, options)
+    return await remove_for(request, data, options)
+
+
+def auth_of(request: Request) -> AuthContext | None:
+    """The request's key and charge; None when keys are off."""
+    context: AuthContext | None = request.scope.get("state", {}).get("auth")
+    return context
+
+
+def tenant_of(request: Request) -> str | None:
+    """The name of the key making the request: the owner of what it submits, the only one
+    who may see it, and whose result cache serves it. None when keys are off (everything is
+    everyone's, as for a single user)."""
+    context = auth_of(request)
+    return None if context is None else context.key.name
+
+
+async def remove_for(request: Request, data: bytes, options: RemovalOptions) -> RemovalResult:
+    """Run the removal under the request's admission ticket, in its tenant's cache."""
+    service = app_state(request).service
+    return await service.process(ticket_of(request), data, options, scope=tenant_of(request))
 
 
 def result_headers(result: RemovalResult) -> dict[str, str]:

@@ -14,11 +14,10 @@ from bgsvc.routes.common import (
     ERROR_RESPONSES,
     IMAGE_BODY,
     RemovalParams,
-    app_state,
     fetch_url_image,
     image_response,
+    remove_for,
     remove_upload,
-    ticket_of,
 )
 
 router = APIRouter(tags=["rembg compatibility"])
@@ -95,5 +94,5 @@ async def rembg_remove_url(
     if not url:
         raise MissingImage("Give the image's address as ?url=, or POST it as 'file'.")
     data = await fetch_url_image(request, url, "url")
-    result = await app_state(request).service.process(ticket_of(request), data, params.to_options())
+    result = await remove_for(request, data, params.to_options())
     return image_response(result)

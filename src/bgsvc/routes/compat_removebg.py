@@ -16,13 +16,12 @@ from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margi
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
     RemovalParams,
-    app_state,
     fetch_url_image,
     image_response,
     parse_params,
     read_upload,
+    remove_for,
     result_headers,
-    ticket_of,
 )
 
 router = APIRouter(tags=["remove.bg compatibility"])
@@ -148,8 +147,7 @@ async def removebg(request: Request) -> Response:
     # Options are checked before anything is fetched: a bad one costs no outbound request.
     options = parse_params(RemoveBgParams, {**request.query_params, **fields}).to_options()
     image = await _image_bytes(request, data, fields)
-    service = app_state(request).service
-    result = await service.process(ticket_of(request), image, options)
+    result = await remove_for(request, image, options)
     headers = {**result_headers(result), "X-Credits-Charged": "0"}
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from bgsvc.auth.middleware import AuthContext
 from bgsvc.errors import InvalidParameter, MissingImage, WebhooksDisabled
 from bgsvc.inference.registry import select
 from bgsvc.jobs.notify import check_callback_url
@@ -17,10 +16,12 @@ from bgsvc.options import RemovalOptions
 from bgsvc.routes.common import (
     IMAGE_BODY,
     app_state,
+    auth_of,
     capped_request,
     fetch_url_image,
     parse_params,
     read_upload,
+    tenant_of,
 )
 from bgsvc.routes.remove import RemoveParams
 
@@ -59,19 +60,6 @@ async def accepted_submission(
 def jobs_of(request: Request) -> Jobs:
     jobs: Jobs = request.app.state.jobs
     return jobs
-
-
-def auth_of(request: Request) -> AuthContext | None:
-    """The request's key and charge; None when keys are off."""
-    context: AuthContext | None = request.scope.get("state", {}).get("auth")
-    return context
-
-
-def tenant_of(request: Request) -> str | None:
-    """The name of the key making the request: the owner of what it submits, and the only
-    one who may see it. None when keys are off (everything is everyone's, as before)."""
-    context = auth_of(request)
-    return None if context is None else context.key.name
 
 
 @router.post(
