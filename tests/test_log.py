@@ -260,3 +260,18 @@ def test_json_lines_keep_control_characters_escaped_inside_the_object(
     (line,) = lines
     assert "\\n" in line and "\\u2028" in line and not re.search(r"[\x00-\x1f]", line)
     assert json.loads(line)["path"] == "/nothing\nforged\r\u2028"
+
+
+def test_outbound_request_urls_with_their_tokens_stay_out_of_the_log(capture: Capture) -> None:
+    saved = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    try:
+        buffer = capture("text", "info")
+        # What httpx writes for each webhook delivery or image_url fetch, at INFO.
+        logging.getLogger("httpx").info('HTTP Request: POST http://hooks/a?token=s3cret "200"')
+        logging.getLogger("bgsvc.jobs").info("webhook msg_job_1 delivered")
+        text = buffer.getvalue()
+        assert "s3cret" not in text
+        assert "msg_job_1 delivered" in text
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

@@ -112,6 +112,10 @@ def configure_logging(level: str, fmt: LogFormat = "text") -> logging.Handler:
     root = logging.getLogger()
     root.handlers[:] = [_handler]
     root.setLevel(level.upper())
+    # httpx logs every request's full URL at INFO: a webhook's or an image_url's query may
+    # hold the tenant's token. Our own lines name deliveries by event id instead.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # warnings.warn from libraries would otherwise reach stderr as raw lines.
     logging.captureWarnings(fmt == "json")
     return _handler
