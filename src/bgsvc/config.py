@@ -240,7 +240,10 @@ class Settings(BaseSettings):
         default=25 * 1024 * 1024, ge=1, description="Largest accepted request body (413)."
     )
     max_pixels: int = Field(
-        default=50_000_000,
+        # 4096 x 4096: decoding the costliest kind (WebP with alpha, ~26 bytes a pixel)
+        # then takes at most ~0.42 GiB, so the decodes a worker can run at once fit its
+        # memory budget (README "Limits and memory", benchmarks/decode_memory.py).
+        default=4096 * 4096,
         ge=1,
         description="Largest source image in pixels, from its header (413).",
     )

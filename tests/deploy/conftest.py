@@ -10,6 +10,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
+# README "Limits and memory": one worker with the default model, and the decodes it runs
+# at once at the default BGSVC_MAX_PIXELS (benchmarks/decode_memory.py).
+WORKER_BUDGET_BYTES = int(2.5 * 2**30)
+
 
 def require_tool(name: str, package: str) -> str:
     """Path of a command-line tool; fail (not skip) when it is missing, since CI installs it."""

@@ -20,7 +20,7 @@ import pytest
 from bgsvc.auth.addresses import parse_networks
 from bgsvc.config import Settings
 
-from .conftest import REPO, load_yaml
+from .conftest import REPO, WORKER_BUDGET_BYTES, load_yaml
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 REPLICAS = ["bgsvc-1", "bgsvc-2", "bgsvc-3"]
@@ -284,3 +284,12 @@ def test_replicas_believe_forwarded_for_from_the_compose_nginx_only(
     for name in REPLICAS:
         trusted = parse_networks(services[name]["environment"]["BGSVC_TRUSTED_PROXIES"])
         assert trusted == (ipaddress.ip_network(nginx),), name
+
+
+def test_each_replica_worker_has_its_memory_budget(compose: dict[str, Any]) -> None:
+    for name in REPLICAS:
+        service = compose["services"][name]
+        number, unit = re.fullmatch(r"(\d+)([mg])", service["mem_limit"]).groups()  # type: ignore[union-attr]
+        limit = int(number) * {"m": 2**20, "g": 2**30}[unit]
+        workers = int(service["environment"]["WEB_CONCURRENCY"])
+        assert limit >= workers * WORKER_BUDGET_BYTES, name

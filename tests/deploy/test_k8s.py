@@ -6,6 +6,7 @@ each Kubernetes release, so nothing is fetched at test time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from bgsvc.auth.addresses import parse_networks
 from bgsvc.config import Settings
 
-from .conftest import REPO, load_yaml_all
+from .conftest import REPO, WORKER_BUDGET_BYTES, load_yaml_all
 
 K8S = REPO / "deploy" / "k8s"
 # Oldest release still commonly run, and the newest the package knows.
@@ -268,3 +269,13 @@ def test_pods_believe_forwarded_for_from_a_private_network_only() -> None:
     env = {e["name"]: e.get("value") for e in _container()["env"]}
     trusted = parse_networks(env["BGSVC_TRUSTED_PROXIES"])
     assert trusted and all(net.is_private and net.prefixlen >= 8 for net in trusted)
+
+
+def test_each_worker_has_its_memory_budget_under_the_pod_limit() -> None:
+    c = _container()
+    resources = c["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi)", resources["limits"]["memory"]).groups()  # type: ignore[union-attr]
+    limit = float(number) * {"Mi": 2**20, "Gi": 2**30}[unit]
+    workers = int({e["name"]: e.get("value") for e in c["env"]}["WEB_CONCURRENCY"])
+    assert limit >= workers * WORKER_BUDGET_BYTES
