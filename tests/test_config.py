@@ -21,7 +21,7 @@ def test_defaults_match_the_documented_limits() -> None:
     s = Settings()
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.max_upload_bytes == 25 * 1024 * 1024
-    assert s.max_pixels == 4096 * 4096 and s.max_edge == 2048
+    assert s.max_pixels == 25_000_000 and s.max_edge == 2048
     # 0: provider-dependent (1 on the CPU, 4 on CUDA; tests/test_gpu_layout.py).
     assert s.max_concurrency == 0 and s.provider == "auto"
     assert s.model_dir == Path.home() / ".cache" / "bgsvc" / "models"

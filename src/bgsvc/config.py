@@ -240,10 +240,11 @@ class Settings(BaseSettings):
         default=25 * 1024 * 1024, ge=1, description="Largest accepted request body (413)."
     )
     max_pixels: int = Field(
-        # 4096 x 4096: decoding the costliest kind (WebP with alpha, ~26 bytes a pixel)
-        # then takes at most ~0.42 GiB, so the decodes a worker can run at once fit its
-        # memory budget (README "Limits and memory", benchmarks/decode_memory.py).
-        default=4096 * 4096,
+        # 25 MP: a 24 MP camera photo (6000 x 4000) and remove.bg's own ceiling for full
+        # size. Decoding the costliest kind (WebP with alpha, ~26 bytes a pixel) then takes
+        # ~0.63 GiB, and the two decodes a worker runs at once fit its memory budget (README
+        # "Limits and memory", benchmarks/decode_memory.py).
+        default=25_000_000,
         ge=1,
         description="Largest source image in pixels, from its header (413).",
     )

@@ -52,6 +52,12 @@ def test_rejects_image_over_pixel_limit(make_client) -> None:  # type: ignore[no
     assert_error(post(client, png_header_only(2000, 1000)), 413, "image_too_large")
 
 
+def test_a_tiny_file_declaring_7000x7000_is_refused_by_default(client: TestClient) -> None:
+    # 49 MP behind a few bytes: past the default budget (25 MP, README "Limits and memory"),
+    # refused from its header before a byte is decoded.
+    assert_error(post(client, png_header_only(7000, 7000)), 413, "image_too_large")
+
+
 def test_rejects_unsupported_format(client: TestClient) -> None:
     assert_error(post(client, encode_image(subject_image(), "BMP")), 415, "unsupported_format")
     assert_error(post(client, b"hello, I am text"), 415, "unsupported_format")
