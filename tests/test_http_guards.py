@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -17,35 +16,9 @@ from uvicorn.server import ServerState
 from bgsvc.config import Settings
 from bgsvc.http_protocol import CoalescingHttpToolsProtocol
 from bgsvc.server import guard_connections
+from tests.transport import RecordingTransport
 
 LIMIT = 4096
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = b""
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.data += bytes(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
-            name, default
-        )
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 async def _ok(request: Request) -> PlainTextResponse:
@@ -70,7 +43,7 @@ class Connection:
         self.protocol = config.http_protocol_class(  # type: ignore[call-arg]
             config=config, server_state=state, app_state={}
         )
-        self.transport = Transport()
+        self.transport = RecordingTransport()
         self.closed = False
         self.protocol.connection_made(self.transport)
 

@@ -15,35 +15,7 @@ from starlette.routing import Route
 from uvicorn.server import ServerState
 
 from bgsvc.http_protocol import PROTOCOL, CoalescingHttpToolsProtocol
-
-
-class RecordingTransport(asyncio.Transport):
-    """Keeps every write; never applies back-pressure."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
-            name, default
-        )
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from tests.transport import RecordingTransport
 
 
 async def _image(request: Request) -> Response:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from bgsvc.auth.keys import ApiKey, digest_of, new_secret
 from bgsvc.auth.sqlite_store import SqliteKeyStore
+from bgsvc.config import get_settings
 from bgsvc.limits.api import QuotaDecision, RateDecision, RatePolicy
 
 PEPPER = "test-pepper-0123456789abcdef"
@@ -88,3 +89,15 @@ def auth_client(
         return client, fake
 
     return factory
+
+
+@pytest.fixture
+def keys_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The environment `bgsvc keys` runs in: a data directory, the pepper, no Redis."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("BGSVC_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("BGSVC_AUTH_PEPPER", PEPPER)
+    monkeypatch.delenv("BGSVC_REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    yield data_dir
+    get_settings.cache_clear()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,17 +12,6 @@ from bgsvc.config import get_settings
 from tests.auth.conftest import PEPPER
 from tests.conftest import encode_image, subject_image
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
-
-
-@pytest.fixture
-def keys_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    data_dir = tmp_path / "data"
-    monkeypatch.setenv("BGSVC_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("BGSVC_AUTH_PEPPER", PEPPER)
-    monkeypatch.delenv("BGSVC_REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    yield data_dir
-    get_settings.cache_clear()
 
 
 def _create_list_revoke(capsys: pytest.CaptureFixture[str]) -> str:

@@ -63,17 +63,6 @@ def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeySto
     store.close()
 
 
-@pytest.fixture
-def keys_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    data_dir = tmp_path / "data"
-    monkeypatch.setenv("BGSVC_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("BGSVC_AUTH_PEPPER", PEPPER)
-    monkeypatch.delenv("BGSVC_REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    yield data_dir
-    get_settings.cache_clear()
-
-
 def test_a_webhook_secret_is_32_bytes_that_only_the_salt_and_the_pepper_together_give() -> None:
     salt = new_webhook_salt()
     secret = webhook_secret_of(salt, PEPPER)
