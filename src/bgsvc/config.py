@@ -187,7 +187,9 @@ class Settings(BaseSettings):
         "BGSVC_BATCH_MAX_ITEMS.",
     )
     batch_max_intakes: int = Field(
-        default=2,
+        # One: an intake may hold twice BGSVC_BATCH_MAX_BYTES (400 MiB by default), part of
+        # a worker's memory budget (README "Limits and memory").
+        default=1,
         ge=1,
         description="POST /batches bodies received and unpacked at once per process (each up "
         "to BGSVC_BATCH_MAX_BYTES, twice over while unpacked); beyond it, 429 overloaded.",
@@ -202,7 +204,9 @@ class Settings(BaseSettings):
         "before it takes an admission place, so a slow one holds none.",
     )
     max_concurrent_uploads: int = Field(
-        default=16,
+        # 8 x 25 MiB of bodies in flight, part of a worker's memory budget (README "Limits
+        # and memory"); behind nginx, which buffers bodies, a node receives each at once.
+        default=8,
         ge=1,
         description="Removal and POST /jobs bodies received at once per process (each up to "
         "BGSVC_MAX_UPLOAD_BYTES); beyond it, 429 overloaded.",
