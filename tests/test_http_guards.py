@@ -25,7 +25,7 @@ async def _ok(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
-APP = Starlette(routes=[Route("/ok", _ok)])
+APP = Starlette(routes=[Route("/ok", _ok), Route("/health", _ok)])
 
 
 def _config(max_connections: int = 0, header_timeout_s: float = 0.2) -> uvicorn.Config:
@@ -146,3 +146,56 @@ def test_a_request_beyond_the_connection_limit_gets_503_and_closes() -> None:
     assert (refused.status(), refused.code()) == (503, "too_many_connections")
     assert b"retry-after: 1" in refused.transport.data.lower()
     assert refused.closed
+
+
+UNREAD = b"GET /ok HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+
+
+def test_a_body_the_answer_left_unread_cannot_hold_the_connection_by_dripping() -> None:
+    # Each byte re-armed nothing but uvicorn's keep-alive timer, which the next byte
+    # cancelled: one byte a second kept the connection for ever.
+    async def run() -> tuple[Connection, bool]:
+        connection = Connection(_config(header_timeout_s=0.3), ServerState())
+        connection.send(UNREAD)
+        for _ in range(3):
+            await _settle(0.05)
+            connection.send(b"x")
+        open_while_dripping = not connection.transport.closed
+        await _settle(0.3)
+        connection.close()
+        return connection, open_while_dripping
+
+    connection, open_while_dripping = asyncio.run(run())
+    assert connection.status() == 200
+    assert open_while_dripping and connection.closed
+
+
+def test_a_connection_closes_once_a_body_answered_early_is_all_in() -> None:
+    async def run() -> tuple[Connection, bool]:
+        connection = Connection(_config(header_timeout_s=5), ServerState())
+        connection.send(UNREAD)
+        await _settle()
+        answered_open = connection.status() == 200 and not connection.transport.closed
+        connection.send(b"x" * 990)
+        await _settle()
+        connection.close()
+        return connection, answered_open
+
+    connection, answered_open = asyncio.run(run())
+    assert answered_open and connection.closed
+
+
+def test_probes_are_answered_beyond_the_connection_limit() -> None:
+    async def run() -> Connection:
+        config, state = _config(max_connections=1), ServerState()
+        held = Connection(config, state)
+        held.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        probe = Connection(config, state)
+        probe.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        held.close()
+        probe.close()
+        return probe
+
+    assert asyncio.run(run()).status() == 200

@@ -251,6 +251,26 @@ def test_silent_and_half_sent_heads_are_closed_within_the_header_timeout(node: N
         assert get(kept)[0] == 200
 
 
+def test_a_body_dripped_after_its_answer_cannot_hold_the_connection(node: Node) -> None:
+    # No key needed: /health (or any 401) answers at once, and the client drips the body
+    # it announced; each byte used to cancel the node's only remaining timer.
+    with connect(node.port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        closed = False
+        while not closed and time.monotonic() - started < GENEROUS_S:
+            try:
+                sock.sendall(b"x")
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+        assert closed
+
+
 def slow_upload(port: int, every: float = 0.25) -> tuple[int, str]:
     """POST /remove-background announcing 100 kB and sending one byte per ``every``
     seconds until the server answers; (status, code), or (0, "closed") when it only

@@ -15,8 +15,10 @@ a request's head must arrive within ``header_timeout_s`` (from the connection's 
 from the head's first byte on a kept-alive connection) and within the config's
 ``h11_max_incomplete_event_size`` bytes (uvicorn applies that one to h11 only); and beyond
 the config's ``limit_concurrency`` connections (or running requests) a request gets a JSON
-503 that closes its connection. Without them a node kept a silent connection, half-sent
-headers and a 1 MiB header open for as long as the client liked.
+503 that closes its connection (probes excepted). A request answered before its body is all
+in has its connection closed once the body ends, or ``header_timeout_s`` after the answer.
+Without them a node kept a silent connection, half-sent headers, a 1 MiB header or a body
+dripped after its answer open for as long as the client liked.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 # Refusals of an attack come by the thousand: one warning per kind per this many seconds.
 WARN_EVERY_S = 30.0
 _warned: dict[str, float] = {}
+
+# Answered past the connection limit too: liveness and readiness probes.
+PROBES = frozenset({b"/health", b"/ready"})
 
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -156,6 +161,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes: int | None = 0
         self.head_begun = False
         self.head_timer: asyncio.TimerHandle | None = None
+        # A request answered before its body was all in (401, 404, /health with a body):
+        # the connection closes once that body ends, or at a deadline.
+        self.unread: Any = None
+        self.unread_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -163,7 +172,36 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._untime_head()
+        self._untime_unread()
         super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        # uvicorn reads on into the body nobody asked for, and re-arms nothing but its
+        # keep-alive timer, which each byte received cancels: a client dripping such a body
+        # held the connection (and a place under the connection limit) for ever.
+        unread = self.cycle is not None and self.cycle.more_body
+        super().on_response_complete()
+        if unread and not self.transport.is_closing():
+            self.unread = self.cycle
+            delay = self.header_timeout_s if self.header_timeout_s is not None else 0.0
+            self.unread_timer = self.loop.call_later(delay, self._close_unread)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.unread is not None and self.cycle is self.unread:
+            # All of it is in now, so closing resets nothing the client has yet to read.
+            self._close_unread()
+
+    def _close_unread(self) -> None:
+        self._untime_unread()
+        self.unread = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _untime_unread(self) -> None:
+        if self.unread_timer is not None:
+            self.unread_timer.cancel()
+            self.unread_timer = None
 
     def data_received(self, data: bytes) -> None:
         # Counted whole, before parsing, to bound what httptools buffers of a head that has
@@ -215,6 +253,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def _refused_connection(self) -> BgsvcError | None:
         limit = self.max_connections
         if limit is None or (len(self.connections) <= limit and len(self.tasks) < limit):
+            return None
+        if self.url.split(b"?", 1)[0] in PROBES:
+            # A flood of connections must not get a live process restarted by its probes.
             return None
         _warn("connections", f"requests over {limit} connections refused (503)")
         return TooManyConnections("This node has too many connections open; retry.")

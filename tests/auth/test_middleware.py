@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,6 +191,17 @@ def test_failed_auth_is_counted_per_client_address_and_throttled(
     second = client.get("/jobs/x", headers={"X-Api-Key": "wrong"})
     assert second.status_code == 429 and second.headers["retry-after"] == "30"
     assert fake.failed_from == ["testclient", "testclient"]
+
+
+def test_a_throttled_client_gets_one_warning_not_one_per_request(
+    auth_client: AuthClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = auth_client(FakeLimits(failed_auth_budget=1))
+    caplog.set_level(logging.WARNING, logger="bgsvc.auth.middleware")
+    answers = [client.get("/jobs/x", headers={"X-Api-Key": "wrong"}).status_code for _ in range(6)]
+    assert answers == [401] + [429] * 5
+    throttled = [r for r in caplog.records if "throttled" in r.getMessage()]
+    assert len(throttled) == 1
 
 
 def test_a_trusted_proxy_names_the_client(auth_client: AuthClient) -> None:

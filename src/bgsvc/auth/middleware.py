@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # Keys remembered for a key-store outage (each a few hundred bytes).
 KNOWN_KEYS_MAX = 10_000
 STORE_DOWN_LOG_EVERY_S = 30.0
+THROTTLE_LOG_EVERY_S = 30.0
 
 # Open without a key: probes, metrics, the page and its files, the API's own description
 # (and /models, which the page reads before anyone typed a key). Everything else needs one.
@@ -146,6 +147,7 @@ class AuthMiddleware:
         # being served through a Redis outage. An unknown secret still gets a 503.
         self._known: OrderedDict[str, ApiKey] = OrderedDict()
         self._store_down_logged = -STORE_DOWN_LOG_EVERY_S
+        self._throttle_logged: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):
@@ -215,7 +217,17 @@ class AuthMiddleware:
             throttle = await limits.hit_failed_auth(address)
             if not throttle.allowed:
                 self.metrics.auth_failures.labels("throttled").inc()
-                log.warning("failed authentications from %s: throttled", address)
+                # Once per address per 30 s: a throttled client must not be able to write a
+                # warning per request (the metric counts every one).
+                now = time.monotonic()
+                if (
+                    now - self._throttle_logged.get(address, -THROTTLE_LOG_EVERY_S)
+                    >= THROTTLE_LOG_EVERY_S
+                ):
+                    if len(self._throttle_logged) >= KNOWN_KEYS_MAX:
+                        self._throttle_logged.clear()
+                    self._throttle_logged[address] = now
+                    log.warning("failed authentications from %s: throttled", address)
                 raise RateLimited(
                     "Too many failed authentications; try again later.",
                     retry_after=max(1, throttle.retry_after_s),
