@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from bgsvc.batches.intake import Limits, check_entries, declared_directory, unzip
+from bgsvc.batches.intake import Limits, base_name, check_entries, declared_directory, unzip
 from bgsvc.errors import BatchTooLarge, InvalidArchive
 from tests.zips import directory_zip
 
@@ -64,3 +64,9 @@ def test_an_end_record_that_understates_its_entries_is_caught_by_the_directory_s
 def test_a_zip_without_an_end_record_is_invalid() -> None:
     with pytest.raises(InvalidArchive):
         unzip(b"PK\x03\x04 and nothing else", LIMITS, max_entries=10)
+
+
+def test_item_names_lose_directories_and_control_characters() -> None:
+    assert base_name("../../etc/a\nb\x1b[31m.png", 0) == "a_b_[31m.png"
+    assert base_name("C:\\photos\\shoe\r.jpg", 1) == "shoe_.jpg"
+    assert base_name("dir/", 2) == "item-3"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -36,9 +37,15 @@ class Item:
     data: bytes
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def base_name(name: str, index: int) -> str:
-    """The file name without directories (never a path a client's unzip could follow)."""
+    """The file name without directories (never a path a client's unzip could follow) and
+    without control characters (a newline or an escape would reach whatever prints the
+    batch's JSON or lists its zip), each replaced by '_'; at most 255 characters."""
     base = posixpath.basename(name.replace("\\", "/")).strip()
+    base = _CONTROLS.sub("_", base)[:255]
     return base or f"item-{index + 1}"
 
 
