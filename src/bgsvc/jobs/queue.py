@@ -170,7 +170,8 @@ class JobQueue:
             await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
             if stored.fingerprint != record.fingerprint:
                 raise IdempotencyKeyReused(
-                    "This Idempotency-Key was used for another image or other options."
+                    "This Idempotency-Key was used for another image, other options or another "
+                    "callback_url."
                 )
         self.wake.set()
         return stored, created
