@@ -198,12 +198,15 @@ def test_connections_beyond_the_limit_get_503_and_are_closed(node: Node) -> None
         assert [get(sock)[0] for sock in held] == [200] * MAX_CONNECTIONS
         extra = connect(node.port)
         try:
-            status, headers, body = get(extra)
+            status, headers, body = get(extra, "/models")
             assert (status, json.loads(body)["code"]) == (503, "too_many_connections")
             assert headers["retry-after"] == "1" and headers["connection"] == "close"
             assert closed_by_server(extra)
         finally:
             extra.close()
+        # Probes are answered past the limit: a flood must not get a live node restarted.
+        with connect(node.port) as probe:
+            assert get(probe, "/health")[0] == 200
         held.pop().close()
         # A place freed (once the node has seen the close): the next connection is served.
         statuses = []
@@ -362,5 +365,5 @@ def test_a_gunicorn_node_applies_the_same_connection_guards(
         with connect(started.port) as one, connect(started.port) as two:
             assert get(one)[0] == 200 and get(two)[0] == 200
             with connect(started.port) as three:
-                status, _, body = get(three)
+                status, _, body = get(three, "/models")
                 assert (status, json.loads(body)["code"]) == (503, "too_many_connections")
