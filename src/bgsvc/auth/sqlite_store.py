@@ -84,19 +84,18 @@ class SqliteKeyStore:
         except sqlite3.IntegrityError:
             raise KeyExists(f"a key named {key.name!r} exists already") from None
 
-    def by_digest(self, digest: str) -> ApiKey | None:
+    def _one(self, column: str, value: str) -> ApiKey | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE digest = ?", (digest,)
+                f"SELECT {_COLUMNS} FROM api_keys WHERE {column} = ?", (value,)
             ).fetchone()
         return None if row is None else _row_to_key(row)
 
+    def by_digest(self, digest: str) -> ApiKey | None:
+        return self._one("digest", digest)
+
     def by_name(self, name: str) -> ApiKey | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ?", (name,)
-            ).fetchone()
-        return None if row is None else _row_to_key(row)
+        return self._one("name", name)
 
     def set_webhook_salt(self, name: str, salt: str) -> ApiKey:
         with self._lock:
