@@ -170,19 +170,23 @@ def test_a_body_the_answer_left_unread_cannot_hold_the_connection_by_dripping() 
     assert open_while_dripping and connection.closed
 
 
-def test_a_connection_closes_once_a_body_answered_early_is_all_in() -> None:
-    async def run() -> tuple[Connection, bool]:
-        connection = Connection(_config(header_timeout_s=5), ServerState())
+def test_a_body_answered_early_that_ends_in_time_leaves_the_connection_kept_alive() -> None:
+    # The client was never told to close (a 429 or 401 to a client that keeps its
+    # connection): closing after the body would race its next request.
+    async def run() -> tuple[Connection, bool, bool]:
+        connection = Connection(_config(header_timeout_s=0.3), ServerState())
         connection.send(UNREAD)
         await _settle()
-        answered_open = connection.status() == 200 and not connection.transport.closed
         connection.send(b"x" * 990)
-        await _settle()
+        await _settle(0.4)  # past the deadline the unread body had
+        open_after = not connection.transport.closed
+        timed = connection.protocol.timeout_keep_alive_task is not None
         connection.close()
-        return connection, answered_open
+        return connection, open_after, timed
 
-    connection, answered_open = asyncio.run(run())
-    assert answered_open and connection.closed
+    connection, open_after, timed = asyncio.run(run())
+    assert connection.status() == 200 and open_after
+    assert timed  # and idles out as any kept-alive connection does
 
 
 def test_probes_are_answered_beyond_the_connection_limit() -> None:

@@ -16,7 +16,8 @@ from the head's first byte on a kept-alive connection) and within the config's
 ``h11_max_incomplete_event_size`` bytes (uvicorn applies that one to h11 only); and beyond
 the config's ``limit_concurrency`` connections (or running requests) a request gets a JSON
 503 that closes its connection (probes excepted). A request answered before its body is all
-in has its connection closed once the body ends, or ``header_timeout_s`` after the answer.
+in must finish sending it within ``header_timeout_s`` of the answer, or its connection is
+closed.
 Without them a node kept a silent connection, half-sent headers, a 1 MiB header or a body
 dripped after its answer open for as long as the client liked.
 """
@@ -162,7 +163,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.head_begun = False
         self.head_timer: asyncio.TimerHandle | None = None
         # A request answered before its body was all in (401, 404, /health with a body):
-        # the connection closes once that body ends, or at a deadline.
+        # the rest of that body must arrive by a deadline, or the connection closes.
         self.unread: Any = None
         self.unread_timer: asyncio.TimerHandle | None = None
 
@@ -189,8 +190,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         if self.unread is not None and self.cycle is self.unread:
-            # All of it is in now, so closing resets nothing the client has yet to read.
-            self._close_unread()
+            # All of it is in: the connection is an idle kept-alive one again (the client was
+            # not told otherwise, and may send its next request on it at once), so it gets
+            # back the keep-alive timer its bytes cancelled.
+            self.unread = None
+            self._untime_unread()
+            if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
 
     def _close_unread(self) -> None:
         self._untime_unread()
