@@ -281,7 +281,15 @@ class RedisJobs:
                     self._drop(proxy)
                     continue
                 self._inflight[job_id] = proxy
-                return self._read(job_id)
+                try:
+                    return self._read(job_id)
+                except BaseException:
+                    # Claimed, but Redis went before the record could be read: this runner
+                    # will not run it, so it must not look in flight here, or the repair
+                    # (reconcile: a live runner's running job it lost track of) would never
+                    # queue it again, and dramatiq never redelivers a live runner's message.
+                    self._inflight.pop(job_id, None)
+                    raise
             return None
 
         return await self._run(claim)
