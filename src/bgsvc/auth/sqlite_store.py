@@ -84,12 +84,23 @@ class SqliteKeyStore:
         except sqlite3.IntegrityError:
             raise KeyExists(f"a key named {key.name!r} exists already") from None
 
+    def _select(self, column: str, value: str) -> ApiKey | None:
+        """The key whose ``column`` is ``value``; the caller holds the lock."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE {column} = ?", (value,)
+        ).fetchone()
+        return None if row is None else _row_to_key(row)
+
     def _one(self, column: str, value: str) -> ApiKey | None:
         with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE {column} = ?", (value,)
-            ).fetchone()
-        return None if row is None else _row_to_key(row)
+            return self._select(column, value)
+
+    def _named(self, name: str) -> ApiKey:
+        """After a write by name, under the lock: the key as stored, or KeyNotFound."""
+        key = self._select("name", name)
+        if key is None:
+            raise KeyNotFound(f"no key named {name!r}")
+        return key
 
     def by_digest(self, digest: str) -> ApiKey | None:
         return self._one("digest", digest)
@@ -100,12 +111,7 @@ class SqliteKeyStore:
     def set_webhook_salt(self, name: str, salt: str) -> ApiKey:
         with self._lock:
             self._db.execute("UPDATE api_keys SET webhook_salt = ? WHERE name = ?", (salt, name))
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ?", (name,)
-            ).fetchone()
-        if row is None:
-            raise KeyNotFound(f"no key named {name!r}")
-        return _row_to_key(row)
+            return self._named(name)
 
     def all(self) -> list[ApiKey]:
         with self._lock:
@@ -118,12 +124,7 @@ class SqliteKeyStore:
                 "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?",
                 (at, name),
             )
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ?", (name,)
-            ).fetchone()
-        if row is None:
-            raise KeyNotFound(f"no key named {name!r}")
-        return _row_to_key(row)
+            return self._named(name)
 
     def close(self) -> None:
         self._db.close()
