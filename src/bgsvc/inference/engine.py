@@ -1,4 +1,4 @@
-"""One ONNX Runtime session per model per process, with the model's pre/post-processing."""
+"""The ONNX Runtime engine: one session per model per process (CUDA, TensorRT or CPU)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from bgsvc.errors import ModelError
 from bgsvc.inference import prepare, wrap
+from bgsvc.inference.base import WARMUP_SIZE, BaseEngine, EngineChoice
 from bgsvc.inference.fetch import verify
 from bgsvc.inference.providers import (
     CPU,
@@ -29,9 +29,7 @@ from bgsvc.inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
-
-# A 2 MP, 4:3 photo: the size most uploads are near.
-WARMUP_SIZE = (1600, 1200)
+__all__ = ["WARMUP_SIZE", "Engine", "RuntimeOptions", "session_options"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,11 @@ class RuntimeOptions:
     model preparation that the benchmarks showed to pay (benchmarks/RESULTS.md)."""
 
     provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # Which engine and precision (inference.factory); the defaults here keep ONNX Runtime.
+    engine: Literal["auto", "onnxruntime", "openvino"] = "onnxruntime"
+    precision: Literal["auto", "f32", "bf16", "f16"] = "auto"
+    # Inferences the process admits at once: OpenVINO keeps one infer request for each.
+    concurrency: int = 1
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     # Worker threads busy-wait between ops; off, an idle process does not burn its cores.
@@ -115,6 +118,15 @@ def _variant_for(
         return path
 
 
+def _precision_of(model_file: Path, runtime: RuntimeOptions, first: str) -> str:
+    if first == TENSORRT:
+        return "f16" if runtime.gpu.fp16 else "f32"
+    if first == CPU:
+        return "int8" if "-int8-" in model_file.name else "f32"
+    # CUDA runs the weights as shipped when fp16 is on (an fp16 file stays fp16).
+    return "f16-weights" if runtime.gpu.fp16 else "f32"
+
+
 def _writable_dir(path: Path) -> bool:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -123,8 +135,9 @@ def _writable_dir(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-class Engine:
-    """A loaded model: ``predict`` maps RGB pixels to a uint8 alpha matte of the same size."""
+class Engine(BaseEngine):
+    """A model loaded in ONNX Runtime: ``predict`` maps RGB pixels to a uint8 alpha matte
+    of the same size."""
 
     def __init__(
         self,
@@ -134,13 +147,21 @@ class Engine:
         *,
         io_binding: bool = False,
         version: str | None = None,
+        choice: EngineChoice | None = None,
     ):
-        self.spec = spec
+        providers: list[str] = session.get_providers()
+        on_cuda = providers[0] in GPU_PROVIDERS
+        super().__init__(
+            spec,
+            load_seconds,
+            version or spec.sha256 or spec.name,
+            choice
+            or EngineChoice(
+                "onnxruntime", "f32", "cuda" if on_cuda else "cpu", "ONNX Runtime as configured"
+            ),
+        )
         self.session = session
-        self.load_seconds = load_seconds
-        self.providers: list[str] = session.get_providers()
-        # Identifies the weights in cache keys: a new model file must never hit old results.
-        self.version = version or spec.sha256 or spec.name
+        self.providers = providers
         first_input = session.get_inputs()[0]
         self._input = first_input.name
         self._input_dtype = np.float16 if first_input.type == "tensor(float16)" else np.float32
@@ -152,23 +173,19 @@ class Engine:
             raise ModelError(f"Model {spec.name!r} has no output #{index}.")
         # Asking for one output lets ORT skip the side outputs' final ops.
         self._output = outputs[index].name
-        self._io_binding = io_binding and self.providers[0] in GPU_PROVIDERS
-        profile = spec.profile
-        mean = np.asarray(profile.mean, dtype=np.float32)
-        inv_std = (1.0 / np.asarray(profile.std, dtype=np.float32)).astype(np.float32)
-        # (x - mean) / std as x * inv_std - mean * inv_std: one converting multiply and one
-        # in-place subtract per channel, on contiguous planes (benchmarks/RESULTS.md).
-        self._scale = [np.float32(v) for v in inv_std]
-        self._shift = [np.float32(m * v) for m, v in zip(mean, inv_std, strict=True)]
-
-    @property
-    def name(self) -> str:
-        """The model's registry name."""
-        return self.spec.name
+        self._io_binding = io_binding and on_cuda
 
     @classmethod
-    def load(cls, spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> Engine:
-        """Verify the file, build the session, and fail loudly on a missing accelerator."""
+    def load(
+        cls,
+        spec: ModelSpec,
+        path: Path,
+        runtime: RuntimeOptions,
+        *,
+        reason: str = "ONNX Runtime as configured",
+    ) -> Engine:
+        """Verify the file, build the session, and fail loudly on a missing accelerator;
+        ``reason`` says why this engine was chosen (shown by /ready and /models)."""
         started = time.perf_counter()
         verify(spec, path)
         providers = choose_providers(
@@ -204,7 +221,7 @@ class Engine:
                 # A damaged cache must not take the node down: drop it and build afresh.
                 log.warning("cached optimised model %s failed to load; rebuilding", load_from)
                 load_from.unlink(missing_ok=True)
-                return cls.load(spec, path, runtime)
+                return cls.load(spec, path, runtime, reason=reason)
             raise ModelError(
                 f"Model {spec.name!r} at {path} could not be loaded ({exc}); it may be corrupt: "
                 f"delete it and run `bgsvc models fetch {spec.name}`."
@@ -213,7 +230,9 @@ class Engine:
             partial = Path(options.optimized_model_filepath)
             if partial.is_file():
                 partial.replace(optimized)
-        check_provider_used(runtime.provider, runtime.gpu, session.get_providers(), spec.name)
+        active = session.get_providers()
+        check_provider_used(runtime.provider, runtime.gpu, active, spec.name)
+        on_cuda = active[0] in GPU_PROVIDERS
         engine = cls(
             spec,
             session,
@@ -222,6 +241,12 @@ class Engine:
             # The weights' content and the variant run (fp32 copy, int8 copy, original):
             # results differ between variants, so cached results must too.
             version=f"{key}:{model_file.name}",
+            choice=EngineChoice(
+                "onnxruntime",
+                _precision_of(model_file, runtime, active[0]),
+                "cuda" if on_cuda else "cpu",
+                reason,
+            ),
         )
         engine._check_input_shape()
         return engine
@@ -237,52 +262,6 @@ class Engine:
                 f"Model {self.spec.name!r} expects {shape[2:]} inputs but its profile says "
                 f"{size}; set input_size for this custom model."
             )
-
-    def preprocess(self, rgb: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
-        """Resize to the model's square input and normalise to NCHW float32 (into ``out``
-        when given, e.g. a buffer reused across calls).
-
-        Large images are first box-reduced by an integer factor (reducing_gap), then
-        resized bilinearly: within a level or two of a full bilinear filter, at a fraction
-        of the cost for 12 MP inputs.
-
-        With the wrapped graph, just the image's uint8 HxWx3 pixels: the graph does the rest.
-        """
-        if self.graph_pipeline:
-            return np.asarray(rgb, dtype=np.uint8)
-        size = self.spec.profile.input_size
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        tensor = np.empty((1, 3, size, size), dtype=np.float32) if out is None else out
-        for c, plane in enumerate(rgb.split()):
-            np.multiply(np.asarray(plane), self._scale[c], out=tensor[0, c], dtype=np.float32)
-            tensor[0, c] -= self._shift[c]
-        return tensor
-
-    def postprocess(self, raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """The raw output map to a uint8 matte at ``size`` (width, height)."""
-        if self.graph_pipeline:
-            # The graph made the matte already, at the size of the image it was given.
-            if raw.shape == (size[1], size[0]):
-                return np.asarray(raw, dtype=np.uint8)
-            resized = Image.fromarray(raw, "L").resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(resized, dtype=np.uint8)
-        pred: np.ndarray = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
-        transform = self.spec.profile.output_transform
-        if transform == "minmax":
-            lo, hi = float(pred.min()), float(pred.max())
-            pred = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
-        elif transform == "sigmoid":
-            pred = (1.0 / (1.0 + np.exp(-pred))).astype(np.float32)
-        # Quantise at the model's resolution, then resize 8-bit: a quarter of the bytes
-        # to move and Pillow's fast uint8 path, within one level of the float resize.
-        scaled = np.multiply(pred, 255.0, dtype=np.float32)
-        scaled += 0.5
-        np.clip(scaled, 0.0, 255.0, out=scaled)
-        matte = Image.fromarray(scaled.astype(np.uint8), "L")
-        if matte.size != size:
-            matte = matte.resize(size, Image.Resampling.BILINEAR)
-        return np.asarray(matte, dtype=np.uint8)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """The forward pass: the model's chosen output for an NCHW tensor, or the matte
@@ -303,15 +282,3 @@ class Engine:
         outputs: list[Any] = binding.copy_outputs_to_cpu()
         result: np.ndarray = np.asarray(outputs[0])
         return result
-
-    def predict(self, rgb: Image.Image) -> np.ndarray:
-        """Alpha matte (uint8, HxW) for an RGB image, at the image's size."""
-        return self.postprocess(self.run(self.preprocess(rgb)), rgb.size)
-
-    def warmup(self) -> float:
-        """One inference on a blank photo-sized image, so the first request does not pay
-        for setup (a non-square size larger than the model's input: the wrapped graph's
-        resizes and their buffers are exercised as a real upload would)."""
-        started = time.perf_counter()
-        self.predict(Image.new("RGB", WARMUP_SIZE, (128, 128, 128)))
-        return time.perf_counter() - started

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from bgsvc.config import Settings
-from bgsvc.inference.engine import Engine, RuntimeOptions
+from bgsvc.inference.base import BaseEngine
+from bgsvc.inference.engine import RuntimeOptions
+from bgsvc.inference.factory import load_engine
 from bgsvc.inference.prepare import prepared_dir
 from bgsvc.inference.providers import GpuOptions
 from bgsvc.inference.registry import resolve
@@ -18,6 +20,9 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
     prepared = prepared_dir(settings.model_dir)
     return RuntimeOptions(
         provider=settings.provider,
+        engine=settings.engine,
+        precision=settings.precision,
+        concurrency=settings.max_concurrency or 1,
         intra_op_threads=settings.effective_intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         allow_spinning=settings.allow_spinning,
@@ -40,22 +45,26 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
     )
 
 
-def load_engines(settings: Settings) -> dict[str, Engine]:
+def load_engines(settings: Settings) -> dict[str, BaseEngine]:
     """One warmed engine per allow-listed model; raises ModelError with the fix on failure."""
     runtime = runtime_options(settings)
-    engines: dict[str, Engine] = {}
+    engines: dict[str, BaseEngine] = {}
     for name in settings.models:
         spec = resolve(name, settings)
-        engine = Engine.load(spec, spec.file_in(settings.model_dir), runtime)
+        engine = load_engine(spec, spec.file_in(settings.model_dir), runtime)
         warm = engine.warmup() if settings.warmup else 0.0
         engine.load_seconds += warm
+        choice = engine.choice
         log.info(
-            "loaded model %s on %s in %.2fs (warm-up %.2fs, %d threads)",
+            "loaded model %s: %s %s on %s in %.2fs (warm-up %.2fs, %d threads); why: %s",
             name,
+            choice.engine,
+            choice.precision,
             engine.providers[0],
             engine.load_seconds,
             warm,
             runtime.intra_op_threads,
+            choice.reason,
         )
         engines[name] = engine
     return engines

@@ -280,3 +280,50 @@ def _all_names(graph: Any) -> set[str]:
     for node in graph.node:
         names |= {n for n in [*node.input, *node.output] if n}
     return names
+
+
+def pruned_path(src: Path, key: str, out_dir: Path, output_index: int) -> Path:
+    """Where the copy of ``src`` that computes only output #``output_index`` lives."""
+    stem = src.stem if key in src.stem else f"{src.stem}-{key}"
+    return out_dir / f"{stem}-out{output_index}.onnx"
+
+
+def pruned_copy(src: Path, key: str, out_dir: Path, output_index: int) -> Path:
+    """The cached copy of ``src`` pruned to the one output the service reads (built once,
+    atomically). Runtimes that compute every declared output (OpenVINO does) otherwise
+    spend a third of the forward pass on deep-supervision maps nobody reads."""
+    target = pruned_path(src, key, out_dir, output_index)
+    if not target.is_file():
+        log.info("pruning %s to output #%d once (cached at %s)", src.name, output_index, target)
+    return atomic_build(target, lambda tmp: _prune_file(src, tmp, output_index))
+
+
+def _prune_file(src: Path, dst: Path, output_index: int) -> None:
+    import onnx
+
+    onnx.save(prune(onnx.load(str(src)), output_index), str(dst))
+
+
+def prune(model: Any, output_index: int) -> Any:
+    """``model`` (an onnx ModelProto) with only output #``output_index`` and what it needs."""
+    import onnx
+
+    graph = model.graph
+    if output_index >= len(graph.output):
+        raise ModelError(f"The model has no output #{output_index}.")
+    kept_output = onnx.ValueInfoProto()
+    kept_output.CopyFrom(graph.output[output_index])
+    kept = _needed_nodes(list(graph.node), kept_output.name)
+    used = {name for node in kept for name in _node_inputs(node)}
+    initializers = [t for t in graph.initializer if t.name in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.output[:]
+    graph.output.append(kept_output)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"The pruned model is not valid: {exc}") from exc
+    return model

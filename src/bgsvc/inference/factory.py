@@ -1,0 +1,177 @@
+"""The one place that decides which engine runs a model, and says why.
+
+- A CUDA host, ``BGSVC_ENGINE=onnxruntime`` or ``BGSVC_CPU_INT8``: ONNX Runtime.
+- Otherwise (``auto`` on a CPU host, or ``openvino``): OpenVINO at the fastest precision
+  that passes the quality gate of ``inference.precision``, or at ``BGSVC_PRECISION``.
+- No OpenVINO, no native bf16/f16 (under ``auto``), a model it cannot compile, or no
+  precision passing the gate: ONNX Runtime float32, with one log line saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bgsvc.errors import ModelError, ProviderUnavailable
+from bgsvc.inference import openvino_engine, precision, prepare, wrap
+from bgsvc.inference.base import BaseEngine
+from bgsvc.inference.engine import Engine, RuntimeOptions
+from bgsvc.inference.fetch import verify
+from bgsvc.inference.openvino_engine import CompileOptions, OpenVinoEngine
+from bgsvc.inference.providers import CPU, choose_providers
+from bgsvc.inference.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def load_engine(spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> BaseEngine:
+    """The engine for ``spec`` (its file at ``path``, verified here) per ``runtime``."""
+    if runtime.engine == "onnxruntime":
+        return Engine.load(spec, path, runtime, reason="BGSVC_ENGINE=onnxruntime")
+    import onnxruntime as ort
+
+    providers = choose_providers(
+        runtime.provider, ort.get_available_providers(), tensorrt=runtime.gpu.tensorrt
+    )
+    if providers[0] != CPU:
+        if runtime.engine == "openvino":
+            raise ProviderUnavailable(
+                "BGSVC_ENGINE=openvino runs on the CPU only: set BGSVC_PROVIDER=cpu, or "
+                "BGSVC_ENGINE=auto for ONNX Runtime on the GPU."
+            )
+        return Engine.load(spec, path, runtime, reason=f"a GPU host: ONNX Runtime {providers[0]}")
+    if runtime.cpu_int8:
+        return Engine.load(spec, path, runtime, reason="BGSVC_CPU_INT8=true: ONNX Runtime int8")
+    verify(spec, path)
+    if not openvino_engine.available():
+        return _fallback(spec, path, runtime, "the openvino package is not installed")
+    try:
+        return _load_openvino(spec, path, runtime)
+    except ModelError as exc:
+        return _fallback(spec, path, runtime, f"OpenVINO failed: {exc.message}")
+
+
+def _fallback(spec: ModelSpec, path: Path, runtime: RuntimeOptions, why: str) -> BaseEngine:
+    log.warning("model %s: %s; running ONNX Runtime float32", spec.name, why)
+    return Engine.load(spec, path, runtime, reason=f"{why}; ONNX Runtime f32")
+
+
+def _load_openvino(spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> BaseEngine:
+    key = prepare.source_key(path, spec.sha256)
+    model_file, cache_dir = _prepared(spec, path, key, runtime)
+    options = CompileOptions(
+        threads=runtime.intra_op_threads,
+        requests=runtime.concurrency,
+        cache_dir=cache_dir / "cache" if cache_dir is not None else None,
+    )
+    chosen: str
+    if runtime.precision != "auto":
+        chosen, reason = runtime.precision, f"BGSVC_PRECISION={runtime.precision} (ungated)"
+    else:
+        native = openvino_engine.native_precisions()
+        if not native and runtime.engine == "auto":
+            why = "this CPU executes neither bf16 nor f16 natively"
+            return Engine.load(spec, path, runtime, reason=f"{why}; ONNX Runtime f32")
+        trials, stored = precision.cached_trials(
+            _trials_path(spec, model_file, cache_dir, runtime, native),
+            lambda: _measure(spec, model_file, native, options, runtime),
+        )
+        best, reason = precision.choose(trials, reference_allowed=runtime.engine == "auto")
+        if stored:
+            reason += " [stored trials]"
+        if best.engine == "onnxruntime":
+            if runtime.engine == "auto":
+                return Engine.load(spec, path, runtime, reason=reason)
+            chosen = "f32"  # BGSVC_ENGINE=openvino: its own float32 is the floor
+        else:
+            chosen = best.precision
+    engine = OpenVinoEngine.load(
+        spec,
+        model_file,
+        CompileOptions(chosen, options.threads, options.requests, options.cache_dir),
+        # Results differ between precisions: cached results must too.
+        version=f"{key}:{model_file.name}:openvino-{chosen}",
+        reason=reason,
+    )
+    return engine
+
+
+def _prepared(
+    spec: ModelSpec, path: Path, key: str, runtime: RuntimeOptions
+) -> tuple[Path, Path | None]:
+    """The float32 file pruned to the used output, and the directory for OpenVINO's
+    caches; the verified file itself (OpenVINO compiles fp16 files too) when nothing can
+    be written."""
+    if runtime.prepared_dir is None:
+        return path, None
+    try:
+        fp32 = prepare.fp32_copy(path, key, runtime.prepared_dir)
+        pruned = wrap.pruned_copy(fp32, key, runtime.prepared_dir, spec.profile.output_index)
+        cache_dir = runtime.prepared_dir / "openvino"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("could not cache prepared copies of %s (%s); compiling it as is", path, exc)
+        return path, None
+    return pruned, cache_dir
+
+
+def _trials_path(
+    spec: ModelSpec,
+    model_file: Path,
+    cache_dir: Path | None,
+    runtime: RuntimeOptions,
+    native: list[str],
+) -> Path | None:
+    if cache_dir is None:
+        return None
+    _, photos = precision.calibration_images()
+    parts = [
+        model_file.stem,
+        wrap.profile_key(spec.profile),
+        prepare.hardware_key(),
+        f"ov{openvino_engine.version()}",
+        f"t{runtime.intra_op_threads}",
+        "-".join(native) or "none",
+        photos,
+        f"gate{precision.GATE_VERSION}",
+    ]
+    return cache_dir / ("trials-" + "-".join(parts) + ".json")
+
+
+def _measure(
+    spec: ModelSpec,
+    model_file: Path,
+    native: list[str],
+    options: CompileOptions,
+    runtime: RuntimeOptions,
+) -> list[precision.Trial]:
+    """ONNX Runtime float32 as the reference, then each native precision, on the
+    calibration photos. Runs once per machine and model; the result is stored."""
+    import onnxruntime as ort
+
+    from bgsvc.inference.engine import session_options
+
+    images, _ = precision.calibration_images()
+    log.info(
+        "model %s: measuring %s against float32 on %d calibration photos (once)",
+        spec.name,
+        ", ".join(native) or "OpenVINO f32",
+        len(images),
+    )
+
+    def reference() -> precision.Runner:
+        session = ort.InferenceSession(
+            str(model_file), sess_options=session_options(runtime), providers=[CPU]
+        )
+        return Engine(spec, session, 0.0)
+
+    def compiled(at: str) -> precision.Runner:
+        single = CompileOptions(at, options.threads, 1, options.cache_dir)
+        return OpenVinoEngine.load(spec, model_file, single, version="trial", reason="trial")
+
+    candidates = [
+        precision.Candidate("openvino", at, lambda at=at: compiled(at))  # type: ignore[misc]
+        for at in (native or ["f32"])
+    ]
+    reference_candidate = precision.Candidate("onnxruntime", "f32", reference)
+    return precision.run_trials(reference_candidate, candidates, images)
