@@ -35,6 +35,9 @@ def make_settings(tiny_model_path: Path, tmp_path: Path) -> Callable[..., Settin
             },
             "intra_op_threads": 1,
             "node_name": "test-node",
+            # The engine choice has tests of its own (tests/inference/test_engine_choice.py);
+            # timing the tiny model's microsecond forward passes would only add noise here.
+            "engine": "onnxruntime",
         }
         values.update(overrides)
         return Settings(**values)

@@ -91,6 +91,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.engine_info = Gauge(
+            "bgsvc_engine_info",
+            "1 per model and the engine, precision and device it runs on.",
+            ["model", "engine", "precision", "device"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.input_megapixels = Histogram(
             "bgsvc_input_megapixels",
             "Source image size in megapixels.",

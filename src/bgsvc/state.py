@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bgsvc.config import Settings
+from bgsvc.inference.base import EngineChoice
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.metrics import Metrics
 from bgsvc.service import Predictor, RemovalService, Remover
@@ -63,6 +64,15 @@ class AppState:
         self.metrics.ready.set(0)
         self.metrics.watchdog_trips.inc()
         self.scheduler.refuse_queued()
+
+    def engine_choices(self) -> dict[str, dict[str, str]]:
+        """Per loaded model: the engine, precision and device it runs on, and why."""
+        choices: dict[str, dict[str, str]] = {}
+        for name, engine in self.engines.items():
+            choice = getattr(engine, "choice", None)
+            if isinstance(choice, EngineChoice):
+                choices[name] = choice.as_dict()
+        return choices
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for /ready: not ready while loading, failed, stuck or draining."""

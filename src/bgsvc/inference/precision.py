@@ -65,7 +65,7 @@ class Trial:
             return f"{self.label} failed ({self.error})"
         verdict = "passed" if self.passed else "failed the gate"
         return (
-            f"{self.label} {self.seconds:.3f} s, IoU >= {self.iou_min:.4f}, "
+            f"{self.label} {self.seconds * 1000:.1f} ms, IoU >= {self.iou_min:.4f}, "
             f"MAE <= {self.mae_max:.2f} ({verdict})"
         )
 

@@ -26,8 +26,13 @@ async def health() -> dict[str, str]:
     responses={503: {"description": "Loading, failed, or draining"}},
 )
 async def ready(request: Request) -> JSONResponse:
-    ok, reason = app_state(request).readiness()
-    return JSONResponse({"status": reason}, status_code=200 if ok else 503)
+    state = app_state(request)
+    ok, reason = state.readiness()
+    body: dict[str, Any] = {"status": reason}
+    if ok:
+        # Which engine and precision each model runs on, and why (chosen at start).
+        body["engines"] = state.engine_choices()
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get(
@@ -62,12 +67,20 @@ def _bearer_is(header: str, token: str) -> bool:
 
 @router.get("/models", summary="Models this server allows, and its default")
 async def models(request: Request) -> dict[str, Any]:
-    settings = app_state(request).settings
+    state = app_state(request)
+    settings = state.settings
     specs = known_models(settings)
+    engines = state.engine_choices()
     return {
         "default": settings.default_model,
         "models": [
-            {"name": name, "description": specs[name].description, "license": specs[name].license}
+            {
+                "name": name,
+                "description": specs[name].description,
+                "license": specs[name].license,
+                # Absent until the model is loaded.
+                **({"runtime": engines[name]} if name in engines else {}),
+            }
             for name in settings.models
             if name in specs
         ],
