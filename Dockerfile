@@ -26,8 +26,8 @@ WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
 # pymatting compiles its numba kernels on first import: cache them in the venv now, not
-# in every container's first start. `cpu`: the CPU onnxruntime (Dockerfile.gpu takes the
-# GPU one instead). `tracing`: OTEL_* variables alone turn traces on. `s3` and `redis`:
+# in every container's first start. `cpu`: the CPU onnxruntime and OpenVINO (Dockerfile.gpu
+# takes the GPU onnxruntime instead). `tracing`: OTEL_* variables alone turn traces on. `s3` and `redis`:
 # BGSVC_STORAGE_URL=s3://... and BGSVC_REDIS_URL alone turn those on.
 RUN pip install ".[cpu,tracing,s3,redis]" && python -c "import rembg.bg"
 
@@ -44,14 +44,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     BGSVC_PORT=8000 \
     BGSVC_MODEL_DIR=/opt/bgsvc/models \
     PROMETHEUS_MULTIPROC_DIR=/tmp/bgsvc-metrics \
-    NUMBA_CACHE_DIR=/tmp/numba-cache
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    BGSVC_OPENVINO_CACHE_DIR=/var/cache/bgsvc/openvino
 # NUMBA_CACHE_DIR: pymatting (pulled in by rembg) caches JIT code; site-packages
 # is read-only for the service user (and the whole root fs is in Kubernetes).
+# BGSVC_OPENVINO_CACHE_DIR: the compiled model and the precision trials depend on the CPU
+# the container runs on, so they are made at its first start (seconds), not in the build;
+# mount a volume there to keep them across restarts.
 
 # Fixed numeric ids so Kubernetes' runAsNonRoot can verify the user.
 RUN groupadd --system --gid 10001 bgsvc \
  && useradd --system --uid 10001 --gid bgsvc --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin bgsvc
+        --shell /usr/sbin/nologin bgsvc \
+ && mkdir -p /var/cache/bgsvc/openvino && chown -R bgsvc:bgsvc /var/cache/bgsvc
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/bgsvc/models /opt/bgsvc/models

@@ -19,7 +19,8 @@ def test_base_and_dev_dependencies_leave_the_runtime_to_the_cpu_or_gpu_extra() -
     extras = PROJECT["optional-dependencies"]
     assert not _names(PROJECT["dependencies"]) & {"onnxruntime", "onnxruntime-gpu"}
     assert not _names(extras["dev"]) & {"onnxruntime", "onnxruntime-gpu"}
-    assert _names(extras["cpu"]) == {"onnxruntime"}
+    # OpenVINO beside ONNX Runtime on the CPU; the GPU path stays on ONNX Runtime alone.
+    assert _names(extras["cpu"]) == {"onnxruntime", "openvino"}
     assert _names(extras["gpu"]) == {"onnxruntime-gpu", "nvidia-ml-py"}
 
 

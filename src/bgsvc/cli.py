@@ -36,9 +36,10 @@ def _models_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
     from bgsvc.inference import prepare
     from bgsvc.inference.engine import model_file_for
+    from bgsvc.inference.factory import prepared_file
     from bgsvc.inference.fetch import fetch
     from bgsvc.inference.loader import runtime_options
-    from bgsvc.inference.providers import choose_providers
+    from bgsvc.inference.providers import CPU, choose_providers
     from bgsvc.inference.registry import resolve
 
     runtime = runtime_options(settings)
@@ -55,6 +56,11 @@ def _models_fetch(args: argparse.Namespace, settings: Settings) -> int:
         prepared = model_file_for(spec, path, key, runtime, providers)
         if prepared != path:
             print(f"{name}: prepared copy for {providers[0]} at {prepared}")
+        if runtime.engine != "onnxruntime" and providers[0] == CPU and runtime.prepared_dir:
+            # OpenVINO's input (machine-independent); its compiled blobs and precision
+            # trials are made where it runs (BGSVC_OPENVINO_CACHE_DIR).
+            pruned = prepared_file(spec, path, key, runtime.prepared_dir)
+            print(f"{name}: prepared copy for OpenVINO at {pruned}")
     return 0
 
 

@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         "and gated (IoU >= 0.995, MAE <= 1 level against float32 on every photo); f32, bf16, "
         "f16: that one, ungated.",
     )
+    openvino_cache_dir: Path | None = Field(
+        default=None,
+        description="Where OpenVINO's compiled models and the precision trials are kept "
+        "(written on the first start on a machine); empty means <model_dir>/.prepared/openvino. "
+        "Point it at a writable volume when the model directory is read-only.",
+    )
     provider: Provider = Field(
         default="auto", description="ONNX Runtime provider: auto (CUDA if usable), cuda, cpu."
     )

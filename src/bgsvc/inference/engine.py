@@ -43,6 +43,8 @@ class RuntimeOptions:
     precision: Literal["auto", "f32", "bf16", "f16"] = "auto"
     # Inferences the process admits at once: OpenVINO keeps one infer request for each.
     concurrency: int = 1
+    # OpenVINO's compiled models and precision trials; None: <prepared_dir>/openvino.
+    openvino_cache_dir: Path | None = None
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     # Worker threads busy-wait between ops; off, an idle process does not burn its cores.

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from bgsvc.errors import ModelError, ProviderUnavailable
@@ -99,20 +100,40 @@ def _load_openvino(spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> Base
 def _prepared(
     spec: ModelSpec, path: Path, key: str, runtime: RuntimeOptions
 ) -> tuple[Path, Path | None]:
-    """The float32 file pruned to the used output, and the directory for OpenVINO's
-    caches; the verified file itself (OpenVINO compiles fp16 files too) when nothing can
-    be written."""
-    if runtime.prepared_dir is None:
-        return path, None
-    try:
-        fp32 = prepare.fp32_copy(path, key, runtime.prepared_dir)
-        pruned = wrap.pruned_copy(fp32, key, runtime.prepared_dir, spec.profile.output_index)
+    """The float32 file pruned to the used output (the verified file itself, which
+    OpenVINO compiles too, when no copy can be written), and the writable directory for
+    OpenVINO's caches (None when there is none: everything is redone at each start)."""
+    model_file = path
+    if runtime.prepared_dir is not None:
+        try:
+            model_file = prepared_file(spec, path, key, runtime.prepared_dir)
+        except OSError as exc:
+            log.warning("could not cache prepared copies of %s (%s); compiling it as is", path, exc)
+    cache_dir = runtime.openvino_cache_dir
+    if cache_dir is None and runtime.prepared_dir is not None:
         cache_dir = runtime.prepared_dir / "openvino"
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.warning("could not cache prepared copies of %s (%s); compiling it as is", path, exc)
-        return path, None
-    return pruned, cache_dir
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = cache_dir / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            log.warning(
+                "OpenVINO cache %s is not writable (%s): compiling and measuring at every "
+                "start; set BGSVC_OPENVINO_CACHE_DIR to a writable directory",
+                cache_dir,
+                exc,
+            )
+            cache_dir = None
+    return model_file, cache_dir
+
+
+def prepared_file(spec: ModelSpec, path: Path, key: str, prepared_dir: Path) -> Path:
+    """The file OpenVINO compiles: the float32 copy pruned to the output the service reads
+    (made once; ``bgsvc models fetch`` makes it ahead, e.g. in an image build)."""
+    fp32 = prepare.fp32_copy(path, key, prepared_dir)
+    return wrap.pruned_copy(fp32, key, prepared_dir, spec.profile.output_index)
 
 
 def _trials_path(

@@ -23,6 +23,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         engine=settings.engine,
         precision=settings.precision,
         concurrency=settings.max_concurrency or 1,
+        openvino_cache_dir=settings.openvino_cache_dir,
         intra_op_threads=settings.effective_intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         allow_spinning=settings.allow_spinning,
