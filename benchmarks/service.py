@@ -20,8 +20,10 @@ def node_env(threads: int, **extra: str) -> dict[str, str]:
         # Every load level admitted: the curve shows queueing, not the 429 policy
         # (the overload scenario measures that with the default queue bound).
         "BGSVC_MAX_QUEUE": "8",
-        # Duplicate uploads would be served from the cache and flatter the numbers.
+        # Duplicate uploads would be served from a cache and flatter the numbers: the
+        # local level and, on a fleet with Redis, the shared one are both off.
         "BGSVC_RESULT_CACHE_BYTES": "0",
+        "BGSVC_SHARED_CACHE": "false",
     }
     env.update(extra)
     return env

@@ -361,6 +361,11 @@ class Settings(BaseSettings):
         description="Redis for the shared result cache (redis://host:6379/0); empty means "
         "no Redis: each process has only its local cache.",
     )
+    shared_cache: bool = Field(
+        default=True,
+        description="With BGSVC_REDIS_URL, keep a shared result cache there behind the local "
+        "one; false leaves Redis to the job queue, keys and limits.",
+    )
     cache_ttl_s: float = Field(
         default=3600.0, gt=0, description="Lifetime of a result in Redis, before jitter."
     )

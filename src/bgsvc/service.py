@@ -175,10 +175,10 @@ class _CacheObserver:
 def _build_tiers(
     local: ResultCache | None, settings: Settings, metrics: Metrics
 ) -> TieredCache | None:
-    """The local LRU and, with BGSVC_REDIS_URL, the shared level behind it; None when
-    neither is configured (no cache, no single flight)."""
+    """The local LRU and, with BGSVC_REDIS_URL (and BGSVC_SHARED_CACHE), the shared level
+    behind it; None when neither is configured (no cache, no single flight)."""
     shared = None
-    if settings.redis_url:
+    if settings.redis_url and settings.shared_cache:
         try:
             from bgsvc.cache.redis import RedisLevel
         except ModuleNotFoundError as exc:

@@ -90,6 +90,18 @@ def test_second_node_is_served_from_redis_with_the_first_nodes_bytes_and_headers
     assert metric(second, hit % "local") == 1.0
 
 
+def test_shared_cache_off_leaves_each_node_to_compute_its_own(
+    make_client: Callable[..., TestClient], redis_server: RedisServer, photo_png: bytes
+) -> None:
+    first = make_client(redis_url=redis_server.url, shared_cache=False)
+    second = make_client(redis_url=redis_server.url, shared_cache=False)
+    assert post(first, photo_png).headers["X-Cache"] == "MISS"
+    assert post(second, photo_png).headers["X-Cache"] == "MISS"
+    assert post(second, photo_png).headers["X-Cache"] == "HIT"  # its own local level
+    hit = 'bgsvc_result_cache_level_lookups_total{level="redis",result="hit"}'
+    assert metric(second, hit) == 0.0
+
+
 def test_concurrent_identical_requests_in_one_process_run_inference_once(
     make_client: Callable[..., TestClient], redis_server: RedisServer, photo_png: bytes
 ) -> None:
