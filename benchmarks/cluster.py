@@ -36,7 +36,9 @@ def chaos_run(plan: Plan, out: Path) -> dict[str, Any]:
     return chaos(out, bodies, plan.chaos_seconds, plan.chaos_interval, say)
 
 
-def cluster(plan: Plan, images: list[BenchImage], out: Path) -> dict[str, Any]:
+def cluster(
+    plan: Plan, images: list[BenchImage], out: Path, limit: float | None = None
+) -> dict[str, Any]:
     why_not = cluster_available()
     if why_not is not None:
         note = f"Cluster part skipped: {why_not}."
@@ -47,7 +49,9 @@ def cluster(plan: Plan, images: list[BenchImage], out: Path) -> dict[str, Any]:
     try:
         proc.wait_ready()
         warm([proc.target], images[0].data)
-        levels = run_levels("cluster 2 nodes x 1 thread (nginx)", [proc.target], images, plan)
+        levels = run_levels(
+            "cluster 2 nodes x 1 thread (nginx)", [proc.target], images, plan, limit
+        )
     except RuntimeError as exc:
         note = f"Cluster part failed: {exc} (log: {proc.log_path})."
         say(note)

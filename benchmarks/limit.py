@@ -14,7 +14,6 @@ from benchmarks.load import process_throughput
 from benchmarks.plan import HERE, cores, say
 from benchmarks.stats import percentile
 
-
 Candidate = tuple[str, str]  # (engine, precision)
 ORT_F32: Candidate = ("onnxruntime", "f32")
 
@@ -174,6 +173,7 @@ def measure_limit_processes(
 
 def say_limit(limit: dict[str, Any]) -> None:
     say(
-        f"limit {limit.get('engine', '')} single {limit['single']['p50']:.3f}s ({limit['single']['throughput']:.3f} img/s),"
+        f"limit {limit.get('engine', '')} single {limit['single']['p50']:.3f}s "
+        f"({limit['single']['throughput']:.3f} img/s),"
         f" saturated {limit['saturated']['throughput']:.3f} img/s"
     )

@@ -45,14 +45,19 @@ class _Balancer:
 
 
 def post(
-    conn: http.client.HTTPConnection, path: str, body: bytes, timeout: float = 120.0
+    conn: http.client.HTTPConnection,
+    path: str,
+    body: bytes,
+    timeout: float = 120.0,
+    content_type: str = "image/jpeg",
 ) -> Sample:
-    """One POST of ``body`` as image/jpeg; the connection is reused (keep-alive)."""
+    """One POST of ``body`` (an image/jpeg by default); the connection is reused
+    (keep-alive)."""
     started = time.perf_counter()
     wall = time.time()
     try:
         conn.timeout = timeout
-        conn.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
         response = conn.getresponse()
         response.read()
         status = response.status
@@ -70,6 +75,7 @@ def closed_loop(
     concurrency: int,
     total: int,
     path: str = "/remove-background?format=png",
+    content_type: str = "image/jpeg",
 ) -> list[Sample]:
     """``concurrency`` clients each sending the next body as soon as their last answer
     came, until ``total`` requests were sent."""
@@ -87,7 +93,7 @@ def closed_loop(
             if conn is None:
                 conn = conns[index] = http.client.HTTPConnection(target.host, target.port)
             try:
-                sample = post(conn, path, bodies[n % len(bodies)])
+                sample = post(conn, path, bodies[n % len(bodies)], content_type=content_type)
             finally:
                 balancer.release(index)
             with lock:

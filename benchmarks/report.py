@@ -119,8 +119,28 @@ def render_markdown(results: dict[str, Any]) -> str:
     limit_tp = 0.0
     if limit:
         limit_tp = float(limit["throughput"])
+        candidates = limit.get("candidates") or {}
+        if candidates:
+            out += [
+                "## Limits: bare forwards of every engine and precision (pruned graph)",
+                "",
+                markdown_table(
+                    ["engine", "single p50 s", "single img/s", "saturated img/s", "best"],
+                    [
+                        [
+                            name,
+                            c["single"]["p50"],
+                            c["single"]["throughput"],
+                            c["saturated"]["throughput"],
+                            "the limit" if name == limit.get("best") else "",
+                        ]
+                        for name, c in candidates.items()
+                    ],
+                ),
+                "",
+            ]
         out += [
-            "## Limit: bare ONNX Runtime session",
+            f"## Limit: {limit.get('best', 'bare ONNX Runtime session')}",
             "",
             markdown_table(
                 ["stream", "latency p50 s", "img/s"],
@@ -152,6 +172,27 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{limit['processes_2x1_throughput']:.3f} img/s.",
             "",
         ]
+    engines = results.get("engine")
+    if engines:
+        out += [
+            "The service ran: "
+            + "; ".join(
+                f"{name} on {e['engine']} {e['precision']} ({e['reason']})"
+                for name, e in engines.items()
+            ),
+            "",
+        ]
+    rembg = results.get("rembg_server")
+    if rembg:
+        if rembg.get("skipped"):
+            out += [f"rembg's server: {rembg['note']}", ""]
+        else:
+            out += [
+                f"## rembg's server (rembg {rembg['rembg']}, {rembg['model']})",
+                "",
+                markdown_table(LOAD_HEADERS, load_rows(rembg["levels"], limit_tp)),
+                "",
+            ]
     headline = results.get("headline")
     if headline:
         out += [

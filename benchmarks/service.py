@@ -34,14 +34,29 @@ def warm(targets: list[Target], body: bytes) -> None:
     closed_loop(targets, [body], len(targets), 2 * len(targets))
 
 
+class ImplausibleRow(RuntimeError):
+    """A load row faster than the bare limit: something other than the model answered."""
+
+
 def run_levels(
-    label: str, targets: list[Target], images: list[BenchImage], plan: Plan
+    label: str,
+    targets: list[Target],
+    images: list[BenchImage],
+    plan: Plan,
+    limit: float | None = None,
 ) -> list[LoadSummary]:
-    bodies = [im.data for im in images]
+    """The closed-loop levels on distinct uploads; a row faster than ``limit`` (the bare
+    forward pass's images/s on this machine, plus 5 % for noise) is refused."""
+    bodies = list({im.digest: im.data for im in images}.values())
     levels = []
     for c in CONCURRENCY:
         samples = closed_loop(targets, bodies, c, plan.requests[c])
         summary = summarise(label, c, samples)
+        if limit is not None and summary.throughput > 1.05 * limit:
+            raise ImplausibleRow(
+                f"{label} c={c}: {summary.throughput:.2f} img/s is faster than the bare "
+                f"limit ({limit:.2f} img/s): a cache or a duplicate answered; not recorded"
+            )
         levels.append(summary)
         say(
             f"{label} c={c}: {summary.throughput:.3f} img/s, p50 {summary.p50:.2f}s, "
