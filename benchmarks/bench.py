@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks import gpu, jobs, rembg_server, report
 from benchmarks.cluster import CHAOS_SET, chaos_run, cluster
+from benchmarks.engine_memory import engine_memory
 from benchmarks.images import build_set, two_megapixel
 from benchmarks.limit import (
     candidates,
@@ -288,6 +289,8 @@ def run_only(plan: Plan, sections: tuple[str, ...], out: Path) -> dict[str, Any]
     if "jobs" in sections:
         results["jobs"] = jobs_part(plan, two_megapixel(images).data, out)
         results["headline"] = jobs_headline(results["jobs"])
+    if "engine-memory" in sections:
+        results["engine_memory"] = engine_memory(out, plan.memory_requests)
     return results
 
 

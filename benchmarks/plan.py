@@ -67,7 +67,7 @@ QUICK = Plan(
     jobs_idle=10,
 )
 # Sections that run on their own with --only.
-SECTIONS = ("memory", "soak", "chaos", "cluster", "jobs")
+SECTIONS = ("memory", "soak", "chaos", "cluster", "jobs", "engine-memory")
 
 
 def say(message: str) -> None:

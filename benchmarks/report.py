@@ -193,6 +193,26 @@ def render_markdown(results: dict[str, Any]) -> str:
                 markdown_table(LOAD_HEADERS, load_rows(rembg["levels"], limit_tp)),
                 "",
             ]
+    engine_memory = results.get("engine_memory")
+    if engine_memory:
+        out += [
+            "## RSS of one process per engine (real model, mixed sizes, cache off)",
+            "",
+            markdown_table(
+                ["engine", "MiB ready", "MiB after", "requests", "failed"],
+                [
+                    [
+                        r["engine"],
+                        r["rss_ready_mib"],
+                        r["rss_after_mib"],
+                        r["requests"],
+                        r["failed"],
+                    ]
+                    for r in engine_memory["rows"]
+                ],
+            ),
+            "",
+        ]
     headline = results.get("headline")
     if headline:
         out += [
