@@ -323,3 +323,40 @@ def test_ready_models_and_metrics_say_which_engine_and_precision_runs(
         'bgsvc_engine_info{device="cpu",engine="openvino",model="tiny",precision="bf16"} 1.0'
         in metrics
     )
+
+
+def two_output_model(path: Path) -> Path:
+    """The tiny model plus a side output (as ISNet's deep-supervision maps are)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.models import build_tiny_model
+
+    model = onnx.load(str(build_tiny_model(path)))
+    model.graph.node.append(helper.make_node("Neg", ["scaled"], ["side"]))
+    model.graph.output.append(
+        helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 1, TINY_SIZE, TINY_SIZE])
+    )
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("profile", ["imgly", "isnet", "u2net", "birefnet"])
+def test_every_profile_runs_on_openvino_pruned_to_its_output_as_onnxruntime_does(
+    tmp_path: Path, profile: str
+) -> None:
+    path = two_output_model(tmp_path / "two.onnx")
+    settings = Settings(
+        custom_models={"two": {"path": path, "profile": profile, "input_size": TINY_SIZE}}
+    )
+    spec = known_models(settings)["two"]
+    ov = factory.load_engine(spec, path, runtime(tmp_path, engine="openvino", precision="f32"))
+    # ONNX Runtime with the same numpy/Pillow pre/post (its wrapped graph resizes itself).
+    ort = factory.load_engine(
+        spec, path, runtime(tmp_path, engine="onnxruntime", graph_pipeline=False)
+    )
+    assert isinstance(ov, OpenVinoEngine) and len(ov.compiled.outputs) == 1
+    for size in [(120, 80), (33, 47)]:
+        img = subject_image(size)
+        difference = np.abs(ov.predict(img).astype(int) - ort.predict(img).astype(int))
+        assert int(difference.max()) <= 1
