@@ -360,3 +360,34 @@ def test_every_profile_runs_on_openvino_pruned_to_its_output_as_onnxruntime_does
         img = subject_image(size)
         difference = np.abs(ov.predict(img).astype(int) - ort.predict(img).astype(int))
         assert int(difference.max()) <= 1
+
+
+def test_a_broken_openvino_install_falls_back_instead_of_stopping_the_service(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> list[str]:
+        raise RuntimeError("Exception from src/inference/src/core.cpp: plugin not found")
+
+    monkeypatch.setattr(openvino_engine, "native_precisions", broken)
+    engine = load(tiny_model_path, tmp_path)
+    assert engine.choice.engine == "onnxruntime"
+    assert "RuntimeError: Exception from src/inference" in engine.choice.reason
+    assert_finds_the_subject(engine)
+
+
+def test_trials_that_cannot_be_stored_are_used_all_the_same(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = fake_trials(monkeypatch, REF, Trial("openvino", "bf16", 0.002))
+    real_replace = Path.replace
+
+    def full_disk(self: Path, target: Any) -> Path:
+        if self.name.endswith(".part") and "trials-" in self.name:
+            raise OSError(28, "No space left on device")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", full_disk)
+    assert load(tiny_model_path, tmp_path).choice.precision == "bf16"
+    assert load(tiny_model_path, tmp_path).choice.precision == "bf16"
+    assert calls == [1, 1]  # measured again: nothing was stored
+    assert not list((tmp_path / ".prepared" / "openvino").glob("*.part"))

@@ -50,6 +50,8 @@ def load_engine(spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> BaseEng
         return _load_openvino(spec, path, runtime)
     except ModelError as exc:
         return _fallback(spec, path, runtime, f"OpenVINO failed: {exc.message}")
+    except Exception as exc:  # a broken OpenVINO install raises errors of its own
+        return _fallback(spec, path, runtime, f"OpenVINO failed: {type(exc).__name__}: {exc}")
 
 
 def _fallback(spec: ModelSpec, path: Path, runtime: RuntimeOptions, why: str) -> BaseEngine:

@@ -190,8 +190,13 @@ def cached_trials(
             return found, True
         trials = measure()
         tmp = path.with_name(f".{path.name}.{time.time_ns()}.part")
-        tmp.write_text(json.dumps([asdict(t) for t in trials], indent=1))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps([asdict(t) for t in trials], indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            # Measured all the same: only the next start pays again.
+            log.warning("could not store the precision trials at %s (%s)", path, exc)
+            tmp.unlink(missing_ok=True)
         return trials, False
 
 
@@ -208,8 +213,14 @@ def _read(path: Path) -> list[Trial] | None:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as exc:
+        log.warning("no lock for the precision trials at %s (%s): measuring unlocked", path, exc)
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
