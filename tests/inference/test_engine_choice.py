@@ -134,13 +134,39 @@ def test_reduced_precision_slower_than_onnxruntime_loses_to_it(
     assert load(tiny_model_path, tmp_path).choice.engine == "onnxruntime"
 
 
-def test_engine_openvino_keeps_openvino_float32_when_nothing_passes(
+def test_engine_openvino_gates_its_float32_too(
     tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_trials(monkeypatch, REF, Trial("openvino", "bf16", 0.002, iou_min=0.9, mae_max=3.0))
+    calls = fake_trials(
+        monkeypatch,
+        REF,
+        Trial("openvino", "bf16", 0.002, iou_min=0.9, mae_max=3.0),
+        Trial("openvino", "f32", 0.012, iou_min=1.0, mae_max=0.0),
+    )
     engine = load(tiny_model_path, tmp_path, engine="openvino")
+    # Slower than ONNX Runtime, but asked for, and it passed.
     assert (engine.choice.engine, engine.choice.precision) == ("openvino", "f32")
     assert_finds_the_subject(engine)
+    assert calls == [1]
+
+
+def test_engine_openvino_with_nothing_passing_falls_back_to_onnxruntime(
+    tiny_model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_trials(
+        monkeypatch,
+        REF,
+        Trial("openvino", "bf16", 0.002, iou_min=0.9, mae_max=3.0),
+        Trial("openvino", "f32", 0.012, iou_min=0.97, mae_max=1.6),
+    )
+    with caplog.at_level(logging.WARNING, logger="bgsvc.inference.factory"):
+        engine = load(tiny_model_path, tmp_path, engine="openvino")
+    assert (engine.choice.engine, engine.choice.precision) == ("onnxruntime", "f32")
+    assert "no reduced precision passed the quality gate" in engine.choice.reason
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
 def test_a_cpu_without_native_bf16_or_f16_gets_onnxruntime(
@@ -223,6 +249,49 @@ def test_trials_are_measured_once_per_machine_and_model_then_read_back(
         assert f"openvino-{at}" in second.choice.reason
 
 
+def test_a_compiled_blob_that_disagrees_with_float32_is_rebuilt_then_given_up(
+    tiny_model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_trials(monkeypatch, REF, Trial("openvino", "bf16", 0.002))
+    first = load(tiny_model_path, tmp_path)
+    (trials,) = (tmp_path / ".prepared" / "openvino").glob("trials-*.json")
+    photo = precision.calibration_images()[0][0]
+    # The float32 matte as the trials store it: the blob agrees and is kept.
+    precision.store_reference(first.predict(photo), trials)
+    assert load(tiny_model_path, tmp_path).choice.engine == "openvino"
+    # A reference no compile can agree with (as a damaged blob would disagree with it).
+    precision.store_reference(255 - first.predict(photo), trials)
+    with caplog.at_level(logging.WARNING, logger="bgsvc.inference.factory"):
+        engine = load(tiny_model_path, tmp_path)
+    assert engine.choice.engine == "onnxruntime"
+    assert "disagrees with float32" in engine.choice.reason
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("recompiling" in m for m in messages)
+
+
+def test_the_real_trials_store_the_reference_matte_the_blob_is_checked_against(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    load(tiny_model_path, tmp_path)
+    (trials,) = (tmp_path / ".prepared" / "openvino").glob("trials-*.json")
+    reference = precision.reference_path(trials)
+    photo = precision.calibration_images()[0][0]
+    with Image.open(reference) as stored:
+        assert stored.size == photo.size
+
+
+def test_trials_with_a_failure_are_not_stored(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = fake_trials(monkeypatch, REF, Trial("openvino", "bf16", 0.0, error="std::bad_alloc"))
+    assert load(tiny_model_path, tmp_path).choice.engine == "onnxruntime"
+    assert load(tiny_model_path, tmp_path).choice.engine == "onnxruntime"
+    assert calls == [1, 1]  # tried again at the next start
+
+
 def test_a_damaged_trials_file_is_measured_again(
     tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,9 +310,11 @@ def test_each_precision_compiles_into_a_cache_of_its_own(
     # hand a bf16 compile the f16 blob.
     for at in ("bf16", "f16"):
         load(tiny_model_path, tmp_path, precision=at)
-    caches = sorted(p.name for p in (tmp_path / ".prepared" / "openvino" / "cache").iterdir())
+    # ... and per source file: OpenVINO's own blob check looks at path, size and mtime.
+    (per_source,) = (tmp_path / ".prepared" / "openvino" / "cache").iterdir()
+    caches = sorted(p.name for p in per_source.iterdir())
     assert caches == ["bf16-t1-s1", "f16-t1-s1"]
-    assert all(any(p.iterdir()) for p in (tmp_path / ".prepared" / "openvino" / "cache").iterdir())
+    assert all(any(p.iterdir()) for p in per_source.iterdir())
 
 
 def test_concurrent_inferences_each_get_an_infer_request(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from bgsvc.errors import ModelError, ProviderUnavailable
@@ -65,38 +67,57 @@ def _load_openvino(spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> Base
     options = CompileOptions(
         threads=runtime.intra_op_threads,
         requests=runtime.concurrency,
-        cache_dir=cache_dir / "cache" if cache_dir is not None else None,
+        # Per source: OpenVINO's own blob check looks at the path, size and mtime only.
+        cache_dir=cache_dir / "cache" / key if cache_dir is not None else None,
     )
-    chosen: str
-    if runtime.precision != "auto":
-        chosen, reason = runtime.precision, f"BGSVC_PRECISION={runtime.precision} (ungated)"
-    else:
-        native = openvino_engine.native_precisions()
-        if not native and runtime.engine == "auto":
-            why = "this CPU executes neither bf16 nor f16 natively"
-            return Engine.load(spec, path, runtime, reason=f"{why}; ONNX Runtime f32")
-        trials, stored = precision.cached_trials(
-            _trials_path(spec, model_file, cache_dir, runtime, native),
-            lambda: _measure(spec, model_file, native, options, runtime),
+
+    def compile_at(at: str, reason: str) -> OpenVinoEngine:
+        return OpenVinoEngine.load(
+            spec,
+            model_file,
+            replace(options, precision=at),
+            # Results differ between precisions: cached results must too.
+            version=f"{key}:{model_file.name}:openvino-{at}",
+            reason=reason,
         )
-        best, reason = precision.choose(trials, reference_allowed=runtime.engine == "auto")
-        if stored:
-            reason += " [stored trials]"
-        if best.engine == "onnxruntime":
-            if runtime.engine == "auto":
-                return Engine.load(spec, path, runtime, reason=reason)
-            chosen = "f32"  # BGSVC_ENGINE=openvino: its own float32 is the floor
-        else:
-            chosen = best.precision
+
+    if runtime.precision != "auto":
+        return compile_at(runtime.precision, f"BGSVC_PRECISION={runtime.precision} (ungated)")
+    native = openvino_engine.native_precisions()
+    if not native and runtime.engine == "auto":
+        why = "this CPU executes neither bf16 nor f16 natively"
+        return Engine.load(spec, path, runtime, reason=f"{why}; ONNX Runtime f32")
+    # Under BGSVC_ENGINE=openvino its float32 competes too, and is gated like the rest.
+    tried = native + (["f32"] if runtime.engine == "openvino" else [])
+    trials_path = _trials_path(spec, key, model_file, cache_dir, runtime, tried)
+    trials, stored = precision.cached_trials(
+        trials_path, lambda: _measure(spec, model_file, tried, options, runtime, trials_path)
+    )
+    best, reason = precision.choose(trials, reference_allowed=runtime.engine == "auto")
+    if stored:
+        reason += " [stored trials]"
+    if best.engine == "onnxruntime":
+        if runtime.engine == "openvino":
+            return _fallback(spec, path, runtime, reason)
+        return Engine.load(spec, path, runtime, reason=reason)
+    engine = compile_at(best.precision, reason)
+    if trials_path is None or precision.agrees_with_reference(engine, trials_path):
+        return engine
+    # The compiled blob does not give what the trials measured (damaged, or stale):
+    # compile afresh once, without the cache, before giving up on OpenVINO.
+    log.warning("model %s: cached OpenVINO blob disagrees with float32; recompiling", spec.name)
+    if options.cache_dir is not None:
+        shutil.rmtree(options.cache_dir, ignore_errors=True)
     engine = OpenVinoEngine.load(
         spec,
         model_file,
-        CompileOptions(chosen, options.threads, options.requests, options.cache_dir),
-        # Results differ between precisions: cached results must too.
-        version=f"{key}:{model_file.name}:openvino-{chosen}",
+        replace(options, precision=best.precision, cache_dir=None),
+        version=engine.version,
         reason=reason,
     )
-    return engine
+    if precision.agrees_with_reference(engine, trials_path):
+        return engine
+    return _fallback(spec, path, runtime, f"OpenVINO {best.precision} disagrees with float32")
 
 
 def _prepared(
@@ -140,22 +161,24 @@ def prepared_file(spec: ModelSpec, path: Path, key: str, prepared_dir: Path) -> 
 
 def _trials_path(
     spec: ModelSpec,
+    key: str,
     model_file: Path,
     cache_dir: Path | None,
     runtime: RuntimeOptions,
-    native: list[str],
+    tried: list[str],
 ) -> Path | None:
     if cache_dir is None:
         return None
-    _, photos = precision.calibration_images()
     parts = [
-        model_file.stem,
+        # The source's content (a custom file's size and mtime when it has no hash) is in
+        # the prepared file's name; not in the verified file's, compiled where none is.
+        model_file.stem if key in model_file.stem else f"{model_file.stem}-{key}",
         wrap.profile_key(spec.profile),
         prepare.hardware_key(),
         f"ov{openvino_engine.version()}",
         f"t{runtime.intra_op_threads}",
-        "-".join(native) or "none",
-        photos,
+        "-".join(tried),
+        precision.calibration_digest(),
         f"gate{precision.GATE_VERSION}",
     ]
     return cache_dir / ("trials-" + "-".join(parts) + ".json")
@@ -164,9 +187,10 @@ def _trials_path(
 def _measure(
     spec: ModelSpec,
     model_file: Path,
-    native: list[str],
+    tried: list[str],
     options: CompileOptions,
     runtime: RuntimeOptions,
+    trials_path: Path | None,
 ) -> list[precision.Trial]:
     """ONNX Runtime float32 as the reference, then each native precision, on the
     calibration photos. Runs once per machine and model; the result is stored."""
@@ -178,7 +202,7 @@ def _measure(
     log.info(
         "model %s: measuring %s against float32 on %d calibration photos (once)",
         spec.name,
-        ", ".join(native) or "OpenVINO f32",
+        ", ".join(tried),
         len(images),
     )
 
@@ -194,7 +218,11 @@ def _measure(
 
     candidates = [
         precision.Candidate("openvino", at, lambda at=at: compiled(at))  # type: ignore[misc]
-        for at in (native or ["f32"])
+        for at in tried
     ]
     reference_candidate = precision.Candidate("onnxruntime", "f32", reference)
-    return precision.run_trials(reference_candidate, candidates, images)
+    trials, expected = precision.run_trials(reference_candidate, candidates, images)
+    if trials_path is not None:
+        # What every later start checks its compiled blob against.
+        precision.store_reference(expected[0], trials_path)
+    return trials

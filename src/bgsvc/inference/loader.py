@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from bgsvc import gpu_layout
 from bgsvc.config import Settings
 from bgsvc.inference.base import BaseEngine
 from bgsvc.inference.engine import RuntimeOptions
@@ -22,7 +23,8 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         provider=settings.provider,
         engine=settings.engine,
         precision=settings.precision,
-        concurrency=settings.max_concurrency or 1,
+        # The scheduler's bound (app.py sizes it the same way): one infer request each.
+        concurrency=gpu_layout.max_concurrency(settings, gpu_layout.probe(settings) is not None),
         openvino_cache_dir=settings.openvino_cache_dir,
         intra_op_threads=settings.effective_intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
