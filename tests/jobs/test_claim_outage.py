@@ -51,3 +51,37 @@ def test_a_job_claimed_as_redis_fails_is_queued_again_by_the_repair(
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_finish_whose_reply_was_lost_is_answered_as_done_when_retried(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # Redis applies FINISH, then dies before the reply: the runner retries the same call
+    # and must hear "yours, done" (so it removes the upload and sends the webhook), while
+    # another runner's finish of the same job is still refused.
+    store = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
+    record = JobRecord(
+        id="job_replayed",
+        status=JobStatus.QUEUED,
+        created_at=time.time(),
+        options={},
+        input_key="jobs/job_replayed/original",
+        fingerprint="f",
+    )
+
+    async def scenario() -> None:
+        await store.create(record, Room(10, 10))
+        claimed = await store.claim("runner-1", time.time())
+        assert claimed is not None
+        now = time.time()
+        done = {"result_key": "jobs/job_replayed/result.png", "content_type": "image/png"}
+        assert await store.finish("job_replayed", "runner-1", JobStatus.SUCCEEDED, now, **done)
+        assert await store.finish("job_replayed", "runner-1", JobStatus.SUCCEEDED, now, **done)
+        later = now + 1.0
+        assert not await store.finish("job_replayed", "runner-2", JobStatus.SUCCEEDED, later)
+        assert not await store.finish("job_replayed", "runner-1", JobStatus.FAILED, now)
+        final = await store.get("job_replayed")
+        assert final is not None and final.status is JobStatus.SUCCEEDED
+        await store.close()
+
+    asyncio.run(scenario())

@@ -137,7 +137,11 @@ return 1
 
 # KEYS: job, running, finished. ARGV: owner, status, now, id, then field/value pairs.
 FINISH = """
-local fields = redis.call('hmget', KEYS[1], 'status', 'owner')
+local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'finished_at')
+-- This very finish again: its reply was lost with a dropped connection (Redis killed or
+-- restarted after applying it), and the caller retried. Answered as the first time, so
+-- the runner still does what follows a finish (the upload's removal, the webhook).
+if fields[1] == ARGV[2] and fields[3] == ARGV[3] then return 1 end
 if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
 redis.call('hset', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'owner', '', 'hb', '')
 if #ARGV > 4 then redis.call('hset', KEYS[1], unpack(ARGV, 5)) end
