@@ -99,6 +99,10 @@ def test_every_dashboard_query_returns_data_from_a_live_cluster(
             bool(_query(url, 'sum(up{job="bgsvc"}) == 3'))
             and bool(_query(url, f'sum(bgsvc_http_requests_total{{route="{REMOVE}"}}) >= {sent}'))
             and bool(_query(url, "sum(bgsvc_ready) == 3"))
+            # rate() needs two samples of a series in its window: a node whose scrapes
+            # timed out while it was busy starting may have been sampled once so far.
+            and bool(_query(url, f'sum(rate(bgsvc_http_requests_total{{route="{REMOVE}"}}[1m]))'))
+            and bool(_query(url, "sum(rate(bgsvc_input_megapixels_bucket[1m]))"))
         ),
         60,
         "prometheus to scrape the traffic",
