@@ -71,11 +71,11 @@ def _load_openvino(spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> Base
         cache_dir=cache_dir / "cache" / key if cache_dir is not None else None,
     )
 
-    def compile_at(at: str, reason: str) -> OpenVinoEngine:
+    def compile_at(at: str, reason: str, *, cached: bool = True) -> OpenVinoEngine:
         return OpenVinoEngine.load(
             spec,
             model_file,
-            replace(options, precision=at),
+            replace(options, precision=at, cache_dir=options.cache_dir if cached else None),
             # Results differ between precisions: cached results must too.
             version=f"{key}:{model_file.name}:openvino-{at}",
             reason=reason,
@@ -108,13 +108,7 @@ def _load_openvino(spec: ModelSpec, path: Path, runtime: RuntimeOptions) -> Base
     log.warning("model %s: cached OpenVINO blob disagrees with float32; recompiling", spec.name)
     if options.cache_dir is not None:
         shutil.rmtree(options.cache_dir, ignore_errors=True)
-    engine = OpenVinoEngine.load(
-        spec,
-        model_file,
-        replace(options, precision=best.precision, cache_dir=None),
-        version=engine.version,
-        reason=reason,
-    )
+    engine = compile_at(best.precision, reason, cached=False)
     if precision.agrees_with_reference(engine, trials_path):
         return engine
     return _fallback(spec, path, runtime, f"OpenVINO {best.precision} disagrees with float32")
