@@ -165,7 +165,7 @@ def test_engine_openvino_with_nothing_passing_falls_back_to_onnxruntime(
     with caplog.at_level(logging.WARNING, logger="bgsvc.inference.factory"):
         engine = load(tiny_model_path, tmp_path, engine="openvino")
     assert (engine.choice.engine, engine.choice.precision) == ("onnxruntime", "f32")
-    assert "no reduced precision passed the quality gate" in engine.choice.reason
+    assert "no OpenVINO precision passed the quality gate" in engine.choice.reason
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 

@@ -186,11 +186,9 @@ def run_trials(
         try:
             built = candidate.build()
             mattes, seconds = _measure(built, images)
-        except ModelError as exc:
-            trials.append(Trial(candidate.engine, candidate.precision, 0.0, error=exc.message))
-            continue
-        except Exception as exc:  # a runtime's own error on a model it compiled
-            trials.append(Trial(candidate.engine, candidate.precision, 0.0, error=str(exc)))
+        except Exception as exc:  # ModelError, or a runtime's own error on a model it compiled
+            error = exc.message if isinstance(exc, ModelError) else str(exc)
+            trials.append(Trial(candidate.engine, candidate.precision, 0.0, error=error))
             continue
         del built
         pairs = [agreement(r, m) for r, m in zip(expected, mattes, strict=True)]
@@ -216,7 +214,7 @@ def choose(trials: Sequence[Trial], *, reference_allowed: bool = True) -> tuple[
         passing.append(reference)
     measured = "; ".join(t.describe() for t in trials)
     if not passing:
-        return reference, f"no reduced precision passed the quality gate ({measured})"
+        return reference, f"no OpenVINO precision passed the quality gate ({measured})"
     best = min(passing, key=lambda t: t.seconds)
     return best, f"fastest that passes the quality gate ({measured})"
 
