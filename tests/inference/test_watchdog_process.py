@@ -54,6 +54,9 @@ def node(tmp_path: Path) -> Iterator[Node]:
             {"hang": {"path": str(hang), "profile": "imgly", "input_size": TINY_SIZE}}
         ),
         "BGSVC_DEFAULT_MODEL": "hang",
+        # The hang model's spin is sized on ONNX Runtime; the engine choice would time
+        # its microsecond forward passes and could land on either engine.
+        "BGSVC_ENGINE": "onnxruntime",
         "BGSVC_MODEL_DIR": str(tmp_path / "model-dir"),
         # A stuck slot is noticed before the requests queued behind it run out of
         # their budget, so they are refused with a retryable 503 instead of a 504.
