@@ -24,7 +24,6 @@ from bgsvc.auth.middleware import AuthMiddleware
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
-from bgsvc.inference.base import EngineChoice
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
@@ -77,11 +76,11 @@ async def _load_models(
         seconds = getattr(engine, "load_seconds", None)
         if seconds is not None:
             state.metrics.model_load.labels(name).set(seconds)
-        choice = getattr(engine, "choice", None)
-        if isinstance(choice, EngineChoice):
-            state.metrics.engine_info.labels(
-                name, choice.engine, choice.precision, choice.device
-            ).set(1)
+
+    for name, choice in state.engine_choices().items():
+        state.metrics.engine_info.labels(
+            name, choice["engine"], choice["precision"], choice["device"]
+        ).set(1)
     if any(_on_gpu(engine) for engine in engines.values()):
         from bgsvc.gpu_metrics import GpuCollector
 

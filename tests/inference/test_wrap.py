@@ -14,7 +14,8 @@ from PIL import Image
 
 from bgsvc.config import Settings
 from bgsvc.inference import wrap
-from bgsvc.inference.engine import WARMUP_SIZE, Engine, RuntimeOptions
+from bgsvc.inference.base import WARMUP_SIZE
+from bgsvc.inference.engine import Engine, RuntimeOptions
 from bgsvc.inference.registry import ModelSpec, known_models
 from tests.models import build_profile_model
 

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from bgsvc.errors import ModelError
 from bgsvc.inference import prepare, wrap
-from bgsvc.inference.base import WARMUP_SIZE, BaseEngine, EngineChoice
+from bgsvc.inference.base import BaseEngine, EngineChoice
 from bgsvc.inference.fetch import verify
 from bgsvc.inference.providers import (
     CPU,
@@ -28,8 +28,6 @@ from bgsvc.inference.providers import (
 from bgsvc.inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
-
-__all__ = ["WARMUP_SIZE", "Engine", "RuntimeOptions", "session_options"]
 
 
 @dataclass(frozen=True)

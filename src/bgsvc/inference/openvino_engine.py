@@ -56,7 +56,7 @@ def available() -> bool:
 
 
 def version() -> str:
-    """The installed OpenVINO version, for cache keys and /models."""
+    """The installed OpenVINO version, for the stored trials' key and the bench's report."""
     import openvino as ov
 
     return str(ov.__version__).split("-")[0]
@@ -90,7 +90,8 @@ def compile_model(path: Path, options: CompileOptions) -> Any:
         "INFERENCE_NUM_THREADS": options.threads,
         "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
         "NUM_STREAMS": streams,
-        # Pinning would put every worker process's threads on the same first cores.
+        # OpenVINO pins threads within its own process and knows nothing of the other
+        # worker processes on the host: the OS scheduler places them all.
         "ENABLE_CPU_PINNING": False,
     }
     try:

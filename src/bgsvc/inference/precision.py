@@ -35,7 +35,6 @@ GATE_VERSION = 2
 MIN_IOU = 0.995
 MAX_MAE = 1.0
 CALIBRATION_DIR = Path(__file__).parent / "calibration"
-REFERENCE = "onnxruntime-f32"
 # How long a starting worker waits for another one's trials before measuring itself.
 LOCK_WAIT_S = 900.0
 

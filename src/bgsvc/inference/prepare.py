@@ -119,11 +119,19 @@ def convert_fp16_to_fp32(src: Path, dst: Path) -> None:
     ordered = topological_order(list(graph.node))
     del graph.node[:]
     graph.node.extend(ordered)
+    check_valid(model, f"The float32 copy of {src.name}")
+    onnx.save(model, str(dst))
+
+
+def check_valid(model: Any, what: str) -> None:
+    """ONNX's checker on a model this package rewrote: the guard against a botched
+    rewrite, as a ModelError naming ``what``."""
+    import onnx
+
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ModelError(f"The float32 copy of {src.name} is not a valid model: {exc}") from exc
-    onnx.save(model, str(dst))
+        raise ModelError(f"{what} is not a valid model: {exc}") from exc
 
 
 def topological_order(nodes: list[Any]) -> list[Any]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bgsvc.errors import ModelError
-from bgsvc.inference.prepare import atomic_build, topological_order
+from bgsvc.inference.prepare import atomic_build, check_valid, topological_order
 from bgsvc.inference.registry import Profile
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ def wrap_file(src: Path, dst: Path, profile: Profile) -> None:
 def wrap(model: Any, profile: Profile) -> Any:
     """The wrapped ModelProto of ``model`` (an onnx ModelProto); raises ModelError when
     the model cannot be wrapped (the engine then runs it unwrapped)."""
-    import onnx
     from onnx import helper
 
     model = _at_opset(model)
@@ -131,10 +130,7 @@ def wrap(model: Any, profile: Profile) -> Any:
     )
     wrapped.ir_version = model.ir_version
     wrapped.functions.extend(model.functions)
-    try:
-        onnx.checker.check_model(wrapped)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"The wrapped model is not valid: {exc}") from exc
+    check_valid(wrapped, "The wrapped model")
     return wrapped
 
 
@@ -322,8 +318,5 @@ def prune(model: Any, output_index: int) -> Any:
     graph.output.append(kept_output)
     del graph.initializer[:]
     graph.initializer.extend(initializers)
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"The pruned model is not valid: {exc}") from exc
+    check_valid(model, "The pruned model")
     return model
