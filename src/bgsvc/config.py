@@ -336,7 +336,7 @@ class Settings(BaseSettings):
         default=True,
         description="Run the resize to the model's input, the normalisation, the output "
         "transform and the resize back inside the ONNX graph (cached in <model_dir>/.prepared); "
-        "false: numpy/Pillow around the bare model.",
+        "false: numpy/OpenCV around the bare model.",
     )
     allow_spinning: bool = Field(
         default=False,

@@ -1,9 +1,9 @@
 """What every inference engine is: a loaded model that maps RGB pixels to a uint8 matte.
 
-The engines (ONNX Runtime in ``engine``, OpenVINO in ``openvino_engine``) differ only in
-how the forward pass runs; the model's pre- and post-processing (resize, normalise, output
-transform, quantise, resize back) is the same numpy/Pillow code for both, unless the
-engine runs the wrapped graph (``inference.wrap``), which does that work itself.
+The engines (ONNX Runtime in ``engine``, OpenVINO in ``openvino_engine``) differ in how
+the forward pass runs; the model's pre- and post-processing (resize, normalise, output
+transform, quantise, resize back) is the numpy/OpenCV code here, except that OpenVINO
+normalises in its graph, and the wrapped graph (``inference.wrap``) does it all itself.
 """
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
+from bgsvc.imaging.resize import matte_to, model_input
 from bgsvc.inference.registry import ModelSpec
 
 # A 2 MP, 4:3 photo: the size most uploads are near.
 WARMUP_SIZE = (1600, 1200)
+# Bump whenever the pre- or post-processing here changes the mattes: it is part of every
+# engine's version, so results cached by an earlier pipeline are not served.
+PIPELINE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,8 @@ class BaseEngine:
     def __init__(self, spec: ModelSpec, load_seconds: float, version: str, choice: EngineChoice):
         self.spec = spec
         self.load_seconds = load_seconds
-        # Identifies weights and variant in cache keys: results differ between variants.
-        self.version = version
+        # Identifies weights, variant and pipeline in cache keys: results differ by each.
+        self.version = f"{version}:pipeline{PIPELINE_VERSION}"
         self.choice = choice
         self.providers: list[str] = []
         profile = spec.profile
@@ -69,23 +74,19 @@ class BaseEngine:
         return self.spec.name
 
     def preprocess(self, rgb: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
-        """Resize to the model's square input and normalise to NCHW float32 (into ``out``
-        when given, e.g. a buffer reused across calls).
-
-        Large images are first box-reduced by an integer factor (reducing_gap), then
-        resized bilinearly: within a level or two of a full bilinear filter, at a fraction
-        of the cost for 12 MP inputs.
+        """Resize to the model's square input (``imaging.resize.model_input``) and
+        normalise to NCHW float32 (into ``out`` when given, e.g. a buffer reused across
+        calls).
 
         With the wrapped graph, just the image's uint8 HxWx3 pixels: the graph does the rest.
         """
         if self.graph_pipeline:
             return np.asarray(rgb, dtype=np.uint8)
         size = self.spec.profile.input_size
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        pixels = model_input(rgb, size)
         tensor = np.empty((1, 3, size, size), dtype=np.float32) if out is None else out
-        for c, plane in enumerate(rgb.split()):
-            np.multiply(np.asarray(plane), self._scale[c], out=tensor[0, c], dtype=np.float32)
+        for c, plane in enumerate(cv2.split(pixels)):
+            np.multiply(plane, self._scale[c], out=tensor[0, c], dtype=np.float32)
             tensor[0, c] -= self._shift[c]
         return tensor
 
@@ -93,10 +94,7 @@ class BaseEngine:
         """The raw output map to a uint8 matte at ``size`` (width, height)."""
         if self.graph_pipeline:
             # The graph made the matte already, at the size of the image it was given.
-            if raw.shape == (size[1], size[0]):
-                return np.asarray(raw, dtype=np.uint8)
-            resized = Image.fromarray(raw, "L").resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(resized, dtype=np.uint8)
+            return matte_to(np.asarray(raw, dtype=np.uint8), size)
         pred: np.ndarray = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
         transform = self.spec.profile.output_transform
         if transform == "minmax":
@@ -105,14 +103,11 @@ class BaseEngine:
         elif transform == "sigmoid":
             pred = (1.0 / (1.0 + np.exp(-pred))).astype(np.float32)
         # Quantise at the model's resolution, then resize 8-bit: a quarter of the bytes
-        # to move and Pillow's fast uint8 path, within one level of the float resize.
+        # to move, within one level of the float resize.
         scaled = np.multiply(pred, 255.0, dtype=np.float32)
         scaled += 0.5
         np.clip(scaled, 0.0, 255.0, out=scaled)
-        matte = Image.fromarray(scaled.astype(np.uint8), "L")
-        if matte.size != size:
-            matte = matte.resize(size, Image.Resampling.BILINEAR)
-        return np.asarray(matte, dtype=np.uint8)
+        return matte_to(scaled.astype(np.uint8), size)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """The forward pass (the model's chosen output), implemented per engine."""

@@ -88,7 +88,7 @@ def model_file_for(
         # Wrapped after quantising: calibration feeds the unwrapped float model.
         return wrap.wrapped_copy(chosen, key, runtime.prepared_dir, spec.profile)
     except ModelError as exc:
-        log.warning("could not wrap %s (%s); running numpy/Pillow pre/post", chosen.name, exc)
+        log.warning("could not wrap %s (%s); running numpy/OpenCV pre/post", chosen.name, exc)
     except OSError as exc:
         log.warning("could not cache the wrapped %s (%s); running it unwrapped", chosen.name, exc)
     return chosen

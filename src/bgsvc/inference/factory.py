@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bgsvc.errors import ModelError, ProviderUnavailable
 from bgsvc.inference import openvino_engine, precision, prepare, wrap
-from bgsvc.inference.base import BaseEngine
+from bgsvc.inference.base import PIPELINE_VERSION, BaseEngine
 from bgsvc.inference.engine import Engine, RuntimeOptions
 from bgsvc.inference.fetch import verify
 from bgsvc.inference.openvino_engine import CompileOptions, OpenVinoEngine
@@ -174,6 +174,8 @@ def _trials_path(
         "-".join(tried),
         precision.calibration_digest(),
         f"gate{precision.GATE_VERSION}",
+        # The stored reference matte comes out of the engines' pre/post-processing.
+        f"p{PIPELINE_VERSION}",
     ]
     return cache_dir / ("trials-" + "-".join(parts) + ".json")
 

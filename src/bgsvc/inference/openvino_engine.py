@@ -7,10 +7,11 @@ AMX, AVX-512 FP16): on this project's 2-core Xeon the default model's forward pa
 0.19 s in bf16 against 0.86 s in ONNX Runtime's fp32 (benchmarks/RESULTS.md).
 
 It runs the float model pruned to the output the service reads (``wrap.pruned_copy``),
-with the numpy/Pillow pre/post of ``inference.base``: the wrapped uint8 graph compiles,
-but OpenVINO's antialiased Resize differs from ONNX Runtime's and Pillow's (IoU 0.973 on
-scikit-image's rocket even at f32), while the pruned float graph agrees with ONNX Runtime
-at f32 to IoU 1.0.
+given the resized uint8 pixels and normalising them in the graph (``with_pixel_input``);
+the resizes stay outside (``imaging.resize``): the wrapped uint8 graph compiles, but
+OpenVINO's antialiased Resize differs from ONNX Runtime's and Pillow's (IoU 0.973 on
+scikit-image's rocket even at f32), while the pruned graph agrees with ONNX Runtime at
+f32 to IoU 1.0.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from bgsvc.errors import ModelError
+from bgsvc.imaging.resize import model_input
 from bgsvc.inference.base import BaseEngine, EngineChoice
-from bgsvc.inference.registry import ModelSpec
+from bgsvc.inference.registry import ModelSpec, Profile
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,26 @@ def native_precisions() -> list[str]:
     return [p for p, cap in (("bf16", "BF16"), ("f16", "FP16")) if cap in capabilities]
 
 
-def compile_model(path: Path, options: CompileOptions) -> Any:
-    """The CompiledModel of ``path``; raises ModelError when OpenVINO cannot compile it."""
+def with_pixel_input(model: Any, profile: Profile) -> Any:
+    """``model`` taking the resized uint8 pixels (NHWC) and normalising them itself with
+    the profile's mean and std (OpenVINO's PrePostProcessor): the CPU stage then has no
+    float tensor to build, and the compiled graph folds the arithmetic into its first
+    layer's input."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean(list(profile.mean)).scale(
+        list(profile.std)
+    )
+    return ppp.build()
+
+
+def compile_model(path: Path, options: CompileOptions, profile: Profile) -> Any:
+    """The CompiledModel of ``path`` with ``profile``'s normalisation in front
+    (``with_pixel_input``); raises ModelError when OpenVINO cannot compile it."""
     import openvino as ov
 
     if options.precision not in PRECISIONS:
@@ -95,7 +116,8 @@ def compile_model(path: Path, options: CompileOptions) -> Any:
         "ENABLE_CPU_PINNING": False,
     }
     try:
-        return core.compile_model(str(path), DEVICE, config)
+        model = with_pixel_input(core.read_model(str(path)), profile)
+        return core.compile_model(model, DEVICE, config)
     except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
         raise ModelError(f"OpenVINO could not compile {path.name}: {exc}") from exc
 
@@ -138,7 +160,7 @@ class OpenVinoEngine(BaseEngine):
     ) -> OpenVinoEngine:
         """Compile ``path`` (a verified, prepared file) at ``options.precision``."""
         started = time.perf_counter()
-        compiled = compile_model(path, options)
+        compiled = compile_model(path, options, spec.profile)
         return cls(
             spec,
             compiled,
@@ -150,15 +172,20 @@ class OpenVinoEngine(BaseEngine):
 
     def _check_input_shape(self, shape: Any) -> None:
         size = self.spec.profile.input_size
-        dims = [d.get_length() for d in list(shape)[2:] if d.is_static]
+        # NHWC: the pixels' height and width (with_pixel_input).
+        dims = [d.get_length() for d in list(shape)[1:3] if d.is_static]
         if any(d != size for d in dims):
             raise ModelError(
                 f"Model {self.spec.name!r} expects {dims} inputs but its profile says "
                 f"{size}; set input_size for this custom model."
             )
 
+    def preprocess(self, rgb: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """The resized uint8 pixels as a 1xHxWx3 batch: the graph normalises them."""
+        return model_input(rgb, self.spec.profile.input_size)[None]
+
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        """The forward pass: the model's chosen output for an NCHW float32 tensor."""
+        """The forward pass: the model's chosen output for a 1xHxWx3 uint8 batch."""
         request = self._requests.get()
         try:
             request.infer({0: tensor}, share_inputs=True)

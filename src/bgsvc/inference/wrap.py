@@ -2,9 +2,10 @@
 
 The wrapped graph takes the decoded image as it is (uint8, HxWx3, any size) and returns
 the matte at the image's size (uint8, HxW): resize to the profile's square input
-(bilinear, antialiased like Pillow's BILINEAR), normalise with the profile's mean/std,
+(plain bilinear, as ``imaging.resize``), normalise with the profile's mean/std,
 the model (only the profile's output), the profile's output transform, quantise to
-uint8 at the model's resolution, resize back. The work then runs in ONNX Runtime's
+uint8 at the model's resolution, resize back (bilinear, antialiased like Pillow's when
+the photo is smaller than the model's input). The work then runs in ONNX Runtime's
 threads (on the GPU under CUDA) instead of Python, numpy and Pillow.
 
 Layout: the image is transposed to NCHW *before* the resizes. ORT's CUDA Resize-18
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Bump whenever the graph built here changes: the file name carries it, so a changed
 # wrapper never loads a stale file, and the result cache's version changes with it.
-WRAP_VERSION = 3
+WRAP_VERSION = 4
 OPSET = 18
 INPUT = "image"
 OUTPUT = "matte"
@@ -174,17 +175,19 @@ def _preprocess(profile: Profile, model_input: str, in_type: int) -> tuple[list[
         helper.make_node("Shape", [INPUT], [_P + "hw"], start=0, end=2),
         helper.make_node("Transpose", [INPUT], [_P + "chw"], perm=[2, 0, 1]),
         helper.make_node("Unsqueeze", [_P + "chw", _P + "axis0"], [_P + "nchw"]),
+        # Resized in float and rounded, as OpenCV's uint8 resize of the numpy path rounds:
+        # ORT's uint8 Resize truncates (0.49 levels lower on average).
+        helper.make_node("Cast", [_P + "nchw"], [_P + "nchw_f"], to=_FLOAT),
         helper.make_node(
             "Resize",
-            [_P + "nchw", "", "", _P + "in_size"],
+            [_P + "nchw_f", "", "", _P + "in_size"],
             [_P + "resized"],
             mode="linear",
-            antialias=1,
-            # Pillow renormalises the filter over in-image pixels; ORT's default keeps the
-            # outside weights and differs by up to 5 levels along the edges.
-            exclude_outside=1,
+            # Plain bilinear, as the numpy path (imaging.resize.model_input) and the
+            # models' training.
+            antialias=0,
         ),
-        helper.make_node("Cast", [_P + "resized"], [_P + "pixels"], to=_FLOAT),
+        helper.make_node("Round", [_P + "resized"], [_P + "pixels"]),
         helper.make_node("Mul", [_P + "pixels", _P + "scale"], [_P + "scaled"]),
         helper.make_node("Sub", [_P + "scaled", _P + "shift"], [normalised]),
     ]
@@ -231,16 +234,21 @@ def _postprocess(profile: Profile, model_output: str, out_type: int) -> tuple[li
         helper.make_node("Mul", [_P + "alpha", _P + "levels"], [_P + "x255"]),
         helper.make_node("Add", [_P + "x255", _P + "half"], [_P + "rounded"]),
         helper.make_node("Clip", [_P + "rounded", _P + "zero", _P + "levels"], [_P + "clipped"]),
-        # Quantised at the model's resolution, then resized 8-bit, as the numpy path does.
-        helper.make_node("Cast", [_P + "clipped"], [_P + "small"], to=_UINT8),
+        # Quantised at the model's resolution, then resized and rounded to 8 bits, as the
+        # numpy path does (in float: ORT's uint8 Resize truncates).
+        helper.make_node("Floor", [_P + "clipped"], [_P + "small"]),
         helper.make_node(
             "Resize",
             [_P + "small", "", "", _P + "hw"],
-            [OUTPUT],
+            [_P + "matte_f"],
             mode="linear",
+            # Antialiased like Pillow's BILINEAR when the photo is smaller than the
+            # model's input; Pillow renormalises the filter over in-image pixels.
             antialias=1,
             exclude_outside=1,
         ),
+        helper.make_node("Round", [_P + "matte_f"], [_P + "matte_r"]),
+        helper.make_node("Cast", [_P + "matte_r"], [OUTPUT], to=_UINT8),
     ]
     return nodes, consts
 
