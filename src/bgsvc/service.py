@@ -50,7 +50,7 @@ class StagedPredictor(Protocol):
     @property
     def name(self) -> str: ...
 
-    def preprocess(self, rgb: Image.Image) -> np.ndarray: ...
+    def preprocess(self, rgb: Image.Image | np.ndarray) -> np.ndarray: ...
 
     def run(self, tensor: np.ndarray) -> np.ndarray: ...
 
@@ -125,10 +125,12 @@ class Remover:
                     erode_size=options.alpha_matting_erode_size,
                 )
             mask = combine_alpha(mask, image.alpha)
-            rendered = render(image.rgb, mask, options)
+            rendered = render(image.rgb, mask, options, image.pixels)
         started = time.perf_counter()
         with span("encode"):
-            body = encode(rendered.image, rendered.format, options.quality, self._encode)
+            body = encode(
+                rendered.image, rendered.format, options.quality, self._encode, rendered.pixels
+            )
         output = CachedResult(
             body=body,
             media_type=CONTENT_TYPES[rendered.format],
@@ -313,7 +315,7 @@ class RemovalService:
             # Preprocessing here, before the inference slot, overlaps another forward pass.
             t0 = time.perf_counter()
             with span("preprocess"):
-                tensor = staged.preprocess(image.rgb)
+                tensor = staged.preprocess(image.pixels)
             return image, tensor, time.perf_counter() - t0
 
         started = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from bgsvc.imaging.compose import cutout, render
@@ -24,6 +25,21 @@ def test_cutout_zeroes_colour_only_where_fully_transparent() -> None:
     ref[mask == 0, :3] = 0
     np.testing.assert_array_equal(out, ref)
     assert cutout(rgb, mask).mode == "RGBA"
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "auto"])
+def test_cutout_from_the_decoded_array_is_the_same_image_and_png(fmt: str) -> None:
+    rgb, mask = photo_and_mask(3)
+    options = RemovalOptions(format=fmt)
+    from_array = render(rgb, mask, options, np.asarray(rgb))
+    from_pillow = render(rgb, mask, options)
+    assert from_array.pixels is not None and from_pillow.pixels is None
+    np.testing.assert_array_equal(np.asarray(from_array.image), np.asarray(from_pillow.image))
+    if fmt != "webp":
+        settings = EncodeSettings()
+        body = encode(from_array.image, "png", None, settings, from_array.pixels)
+        decoded = np.asarray(Image.open(io.BytesIO(body)))
+        np.testing.assert_array_equal(decoded, np.asarray(from_pillow.image))
 
 
 def test_png_level_is_a_setting_and_trades_size_for_time() -> None:

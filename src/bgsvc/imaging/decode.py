@@ -6,6 +6,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -41,6 +42,12 @@ class DecodedImage:
     def size(self) -> tuple[int, int]:
         """The working size (after the max-edge guard)."""
         return self.rgb.size
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        """The RGB pixels as a uint8 HxWx3 array, made once: the model's input resize and
+        the cutout both read it (Pillow's export is a full copy)."""
+        return np.asarray(self.rgb, dtype=np.uint8)
 
 
 def target_size(size: tuple[int, int], limits: DecodeLimits) -> tuple[int, int]:

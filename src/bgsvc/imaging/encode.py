@@ -7,6 +7,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,20 @@ class EncodeSettings:
     webp_alpha_quality: int = 90
 
 
-def encode(img: Image.Image, fmt: str, quality: int | None, settings: EncodeSettings) -> bytes:
-    """Encode ``img`` as ``fmt`` (png, webp or jpg); JPEG inputs must already be opaque."""
+def encode(
+    img: Image.Image,
+    fmt: str,
+    quality: int | None,
+    settings: EncodeSettings,
+    pixels: np.ndarray | None = None,
+) -> bytes:
+    """Encode ``img`` as ``fmt`` (png, webp or jpg); JPEG inputs must already be opaque.
+    ``pixels``, when given, are ``img``'s own as an HxWxC uint8 array."""
     buf = io.BytesIO()
     if fmt == "png":
         if settings.png_encoder == "fpng" and _fpng is not None and img.mode in ("RGB", "RGBA"):
-            data: bytes = _fpng.from_pil(img)
+            # From an array fpng reads the pixels in place; from Pillow it exports a copy.
+            data: bytes = _fpng.from_ndarray(pixels) if pixels is not None else _fpng.from_pil(img)
             return data
         strategy = zlib.Z_RLE if settings.png_zlib_strategy == "rle" else zlib.Z_DEFAULT_STRATEGY
         img.save(buf, "PNG", compress_level=settings.png_compress_level, compress_type=strategy)

@@ -9,11 +9,12 @@ import numpy as np
 from PIL import Image
 
 
-def model_input(rgb: Image.Image, size: int) -> np.ndarray:
-    """``rgb`` as uint8 pixels (HxWx3) at ``size`` x ``size``: a plain bilinear resize, no
-    antialiasing, which is how the models were trained (torch's ``interpolate``) and how
-    their authors run them. An antialiased input moved scikit-image's rocket's matte by
-    IoU 0.985 at 2 MP (benchmarks/RESULTS.md): the model is fed what it learned on."""
+def model_input(rgb: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """``rgb`` (an RGB image or its HxWx3 uint8 pixels) at ``size`` x ``size``: a plain
+    bilinear resize, no antialiasing, which is how the models were trained (torch's
+    ``interpolate``) and how their authors run them. An antialiased input moved
+    scikit-image's rocket's matte by IoU 0.985 at 2 MP (benchmarks/RESULTS.md): the model
+    is fed what it learned on."""
     pixels = np.asarray(rgb, dtype=np.uint8)
     if pixels.shape[:2] == (size, size):
         return pixels

@@ -73,7 +73,9 @@ class BaseEngine:
         """The model's registry name."""
         return self.spec.name
 
-    def preprocess(self, rgb: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+    def preprocess(
+        self, rgb: Image.Image | np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Resize to the model's square input (``imaging.resize.model_input``) and
         normalise to NCHW float32 (into ``out`` when given, e.g. a buffer reused across
         calls).

@@ -180,7 +180,9 @@ class OpenVinoEngine(BaseEngine):
                 f"{size}; set input_size for this custom model."
             )
 
-    def preprocess(self, rgb: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+    def preprocess(
+        self, rgb: Image.Image | np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """The resized uint8 pixels as a 1xHxWx3 batch: the graph normalises them."""
         return model_input(rgb, self.spec.profile.input_size)[None]
 
