@@ -67,3 +67,15 @@ def test_removebg_unsupported_fields_are_refused(client: TestClient, photo_png: 
     assert r.status_code == 400 and "image_url" in r.json()["errors"][0]["title"]
     z = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"format": "zip"})
     assert z.status_code == 400
+
+
+def test_removebg_background_image_sent_as_a_file_is_refused_not_ignored(
+    client: TestClient, photo_png: bytes
+) -> None:
+    # Answering 200 with a transparent cutout would look like success and be wrong.
+    r = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png, "bg_image_file": ("bg.png", photo_png, "image/png")},
+    )
+    assert r.status_code == 400
+    assert "bg_image_file" in r.json()["errors"][0]["title"]

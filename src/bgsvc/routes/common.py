@@ -102,6 +102,10 @@ async def read_upload(
             if isinstance(value, UploadFile):
                 if key in fields and data is None:
                     data = await value.read()
+                elif key not in fields:
+                    # Named, unread: a route that refuses the field must see it was sent
+                    # (remove.bg's bg_image_file), not answer as if it never came.
+                    others[key] = "(file)"
             elif key in fields and data is None:
                 # A text field where the file should be: curl -F file=... without '@'.
                 raise MissingImage(f"Field {key!r} must be a file upload.")
