@@ -279,8 +279,8 @@ class Settings(BaseSettings):
         default=2048, ge=64, description="Longer edges are downscaled to this before processing."
     )
     allowed_formats: list[str] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"],
-        description="Pillow format names accepted as input (others: 415).",
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"],
+        description="Pillow format names accepted as input (others: 415); HEIF covers HEIC.",
     )
 
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level for PNG output.")

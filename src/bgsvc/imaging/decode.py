@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from bgsvc.errors import InvalidImage, MissingImage, TooManyPixels, UnsupportedFormat
+from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and AVIF)
 
 _SRGB = ImageCms.createProfile("sRGB")
 # Pillow raises these for corrupt or truncated streams, depending on the codec.

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from PIL import Image, UnidentifiedImageError
 
 from bgsvc.errors import InvalidImage, TooManyPixels, UnsupportedFormat
+from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and AVIF)
 
 
 def sniff_image_format(data: bytes, allowed_formats: Iterable[str]) -> str:
