@@ -6,11 +6,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from PIL import ImageColor
 
 from bgsvc.errors import InvalidParameter
 
-OutputFormat = Literal["png", "webp", "jpg", "auto"]
+OutputFormat = Literal["png", "webp", "jpg", "auto", "zip"]
 Channels = Literal["rgba", "alpha"]
 RGBA = tuple[int, int, int, int]
 
@@ -20,6 +21,8 @@ _FORMAT_ALIASES: dict[str, OutputFormat] = {
     "jpg": "jpg",
     "jpeg": "jpg",
     "auto": "auto",
+    # remove.bg's: color.jpg and alpha.png in one zip, to be composed by the client.
+    "zip": "zip",
 }
 _RGB_LIST = re.compile(
     r"^\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*(?:,\s*(\d{1,3})\s*)?\)?$"
@@ -53,6 +56,35 @@ class Margin:
 
 
 @dataclass(frozen=True)
+class Roi:
+    """remove.bg's region of interest: ``x1 y1 x2 y2``, each in pixels of the upload (as it
+    is shown, EXIF rotation applied) or in % of its width or height. Outside it the result
+    is transparent."""
+
+    values: tuple[float, float, float, float]
+    relative: tuple[bool, bool, bool, bool]
+
+    def resolve(self, size: tuple[int, int], source_size: tuple[int, int]) -> tuple[int, ...]:
+        """(x1, y1, x2, y2) in pixels of an image of ``size`` made from an upload of
+        ``source_size`` (smaller when the max-edge guard or ``size`` scaled it)."""
+        out = []
+        for i, (value, rel) in enumerate(zip(self.values, self.relative, strict=True)):
+            extent, source = (size[0], source_size[0]) if i % 2 == 0 else (size[1], source_size[1])
+            px = value * extent / 100.0 if rel else value * extent / max(1, source)
+            out.append(min(max(round(px), 0), extent))
+        return tuple(out)
+
+    def apply(
+        self, mask: np.ndarray, size: tuple[int, int], source_size: tuple[int, int]
+    ) -> np.ndarray:
+        """``mask`` (uint8, HxW) cleared outside the region."""
+        x1, y1, x2, y2 = self.resolve(size, source_size)
+        inside = np.zeros_like(mask)
+        inside[y1:y2, x1:x2] = mask[y1:y2, x1:x2]
+        return inside
+
+
+@dataclass(frozen=True)
 class RemovalOptions:
     """Everything that shapes one result; part of the cache key for a later result cache."""
 
@@ -69,16 +101,25 @@ class RemovalOptions:
     post_process_mask: bool = False
     model: str | None = None
     max_output_pixels: int | None = None
+    roi: Roi | None = None
+
+    def __post_init__(self) -> None:
+        if self.format == "zip" and (self.bg_color is not None or self.channels == "alpha"):
+            # The zip's colour and matte are the client's to compose: a background or a
+            # matte-only answer would give it nothing it could compose into either.
+            raise InvalidParameter("format=zip takes neither bg_color nor channels=alpha.")
 
 
 def parse_format(value: str | None) -> OutputFormat:
-    """``png``, ``webp``, ``jpg``/``jpeg`` or ``auto``."""
+    """``png``, ``webp``, ``jpg``/``jpeg``, ``auto`` or ``zip``."""
     if value is None or value == "":
         return "png"
     try:
         return _FORMAT_ALIASES[value.strip().lower()]
     except KeyError:
-        raise InvalidParameter(f"Unknown format {value!r}; use png, webp, jpg or auto.") from None
+        raise InvalidParameter(
+            f"Unknown format {value!r}; use png, webp, jpg, auto or zip."
+        ) from None
 
 
 def parse_color(value: str | None) -> RGBA | None:
@@ -131,4 +172,25 @@ def parse_margin(value: str | None) -> Margin:
         bottom=parsed[2][0],
         left=parsed[3][0],
         relative=(parsed[0][1], parsed[1][1], parsed[2][1], parsed[3][1]),
+    )
+
+
+def parse_roi(value: str | None) -> Roi | None:
+    """remove.bg's ``roi``: four values ``x1 y1 x2 y2``, each ``N``/``Npx`` or ``N%``."""
+    if value is None or not value.strip():
+        return None
+    tokens = value.replace(",", " ").split()
+    matches = [_MARGIN_TOKEN.match(t.strip().lower()) for t in tokens]
+    if len(tokens) != 4 or not all(matches):
+        raise InvalidParameter(
+            f"Bad roi {value!r}; use four values x1 y1 x2 y2 in px or %, e.g. '0% 0% 100% 100%'."
+        )
+    values = tuple(float(m.group(1)) for m in matches if m)
+    relative = tuple(m.group(2) == "%" for m in matches if m)
+    for lo, hi in ((0, 2), (1, 3)):
+        if relative[lo] == relative[hi] and values[lo] >= values[hi]:
+            raise InvalidParameter(f"Bad roi {value!r}: x2 and y2 must exceed x1 and y1.")
+    return Roi(
+        (values[0], values[1], values[2], values[3]),
+        (relative[0], relative[1], relative[2], relative[3]),
     )

@@ -23,7 +23,7 @@ from bgsvc.errors import NotReady, RequestTimeout
 from bgsvc.imaging import refine
 from bgsvc.imaging.compose import combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
-from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode
+from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
 from bgsvc.inference.registry import select
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
@@ -124,13 +124,18 @@ class Remover:
                     background_threshold=options.alpha_matting_background_threshold,
                     erode_size=options.alpha_matting_erode_size,
                 )
+            if options.roi is not None:
+                mask = options.roi.apply(mask, image.size, image.source_size)
             mask = combine_alpha(mask, image.alpha)
             rendered = render(image.rgb, mask, options, image.pixels)
         started = time.perf_counter()
         with span("encode"):
-            body = encode(
-                rendered.image, rendered.format, options.quality, self._encode, rendered.pixels
-            )
+            if rendered.color is not None:
+                body = encode_zip(rendered.color, rendered.image, self._encode)
+            else:
+                body = encode(
+                    rendered.image, rendered.format, options.quality, self._encode, rendered.pixels
+                )
         output = CachedResult(
             body=body,
             media_type=CONTENT_TYPES[rendered.format],

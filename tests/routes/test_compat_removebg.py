@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import encode_image, subject_image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def test_removebg_multipart_with_its_field_names(client: TestClient, photo_png: bytes) -> None:
@@ -65,8 +69,8 @@ def test_removebg_errors_use_its_error_body(client: TestClient) -> None:
 def test_removebg_unsupported_fields_are_refused(client: TestClient, photo_png: bytes) -> None:
     r = client.post("/v1.0/removebg", data={"image_url": "http://127.0.0.1/x.jpg"})
     assert r.status_code == 400 and "image_url" in r.json()["errors"][0]["title"]
-    z = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"format": "zip"})
-    assert z.status_code == 400
+    scale = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"scale": "50%"})
+    assert scale.status_code == 400 and "scale" in scale.json()["errors"][0]["title"]
 
 
 def test_removebg_background_image_sent_as_a_file_is_refused_not_ignored(
@@ -79,3 +83,100 @@ def test_removebg_background_image_sent_as_a_file_is_refused_not_ignored(
     )
     assert r.status_code == 400
     assert "bg_image_file" in r.json()["errors"][0]["title"]
+
+
+def test_removebg_zip_is_its_color_jpg_and_alpha_png_of_the_same_size(
+    client: TestClient, photo_png: bytes
+) -> None:
+    import zipfile
+
+    import numpy as np
+
+    z = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"format": "zip"})
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(z.content))
+    assert sorted(archive.namelist()) == ["alpha.png", "color.jpg"]
+    color = Image.open(io.BytesIO(archive.read("color.jpg")))
+    alpha = Image.open(io.BytesIO(archive.read("alpha.png")))
+    assert color.format == "JPEG" and color.mode == "RGB" and alpha.mode == "L"
+    assert color.size == alpha.size == (int(z.headers["x-width"]), int(z.headers["x-height"]))
+    # Composed as remove.bg's own zip2png does, it is the PNG cutout's matte and subject.
+    png = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"format": "png"})
+    cutout = np.asarray(Image.open(io.BytesIO(png.content)))
+    np.testing.assert_array_equal(np.asarray(alpha), cutout[..., 3])
+    subject = cutout[..., 3] > 0
+    assert subject.any()
+    diff = np.abs(np.asarray(color).astype(int) - cutout[..., :3])[subject]
+    assert diff.mean() <= 3
+
+
+def test_removebg_zip_with_crop_keeps_both_files_cropped(
+    client: TestClient, photo_png: bytes
+) -> None:
+    import zipfile
+
+    z = client.post(
+        "/v1.0/removebg", files={"image_file": photo_png}, data={"format": "zip", "crop": "true"}
+    )
+    archive = zipfile.ZipFile(io.BytesIO(z.content))
+    sizes = {Image.open(io.BytesIO(archive.read(n))).size for n in archive.namelist()}
+    assert sizes == {(int(z.headers["x-width"]), int(z.headers["x-height"]))}
+    assert z.headers["x-width"] != "120"
+
+
+def test_removebg_zip_with_a_background_colour_is_refused(
+    client: TestClient, photo_png: bytes
+) -> None:
+    r = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png},
+        data={"format": "zip", "bg_color": "white"},
+    )
+    assert r.status_code == 400 and "zip" in r.json()["errors"][0]["title"]
+
+
+def alpha_of(body: bytes) -> np.ndarray:
+    import numpy as np
+
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))[..., 3]
+
+
+def test_removebg_roi_in_percent_clears_everything_outside_it(
+    client: TestClient, photo_png: bytes
+) -> None:
+    whole = alpha_of(
+        client.post(
+            "/v1.0/removebg", files={"image_file": photo_png}, data={"format": "png"}
+        ).content
+    )
+    r = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png},
+        data={"format": "png", "roi": "0% 0% 50% 100%"},
+    )
+    assert r.status_code == 200
+    left = alpha_of(r.content)
+    assert left[:, 60:].max() == 0
+    assert (left[:, :60] == whole[:, :60]).all() and left[:, :60].max() > 0
+    assert int(r.headers["x-foreground-left"]) + int(r.headers["x-foreground-width"]) <= 60
+
+
+def test_removebg_roi_in_pixels_refers_to_the_upload_not_the_smaller_result(
+    client: TestClient,
+) -> None:
+    big = encode_image(subject_image((1000, 800)))
+    r = client.post(
+        "/v1.0/removebg",
+        files={"image_file": big},
+        data={"format": "png", "size": "preview", "roi": "0px 0px 500px 800px"},
+    )
+    assert r.status_code == 200
+    alpha = alpha_of(r.content)
+    half = alpha.shape[1] // 2
+    assert alpha[:, half + 1 :].max() == 0 and alpha[:, : half - 1].max() > 0
+
+
+def test_removebg_bad_roi_is_refused(client: TestClient, photo_png: bytes) -> None:
+    for roi in ("0 0 100", "10% 0% 5% 100%", "a b c d", "0px 0px -5px 10px"):
+        r = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"roi": roi})
+        assert r.status_code == 400 and "roi" in r.json()["errors"][0]["title"], roi

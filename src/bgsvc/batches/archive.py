@@ -12,7 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio.to_thread
 
-EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg"}
+EXTENSIONS = {
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/jpeg": "jpg",
+    "application/zip": "zip",
+}
 
 
 def result_names(names: list[str], content_types: list[str]) -> list[str]:

@@ -36,6 +36,8 @@ class Rendered:
     # The image's pixels when they were made as an array (the plain cutout): the PNG
     # writer reads them without another export from Pillow.
     pixels: np.ndarray | None = None
+    # format "zip": the colour beside the matte (``image``).
+    color: Image.Image | None = None
 
 
 def foreground_box(mask: np.ndarray) -> Box | None:
@@ -131,6 +133,8 @@ def render(
         alpha = alpha.crop(region)
         if options.channels == "rgba":
             rgb = rgb.crop(region)
+    if options.format == "zip":
+        return Rendered(image=alpha, format="zip", box=_box_in(box, region), color=rgb)
 
     out: Image.Image
     array: np.ndarray | None = None
@@ -157,8 +161,11 @@ def render(
     fmt = options.format
     if fmt == "auto":
         fmt = "png" if out.mode == "RGBA" else "jpg"
+    return Rendered(image=out, format=fmt, box=_box_in(box, region), pixels=array)
+
+
+def _box_in(box: Box | None, region: tuple[int, int, int, int]) -> Box:
+    """The subject's box in the output ``region`` of the photo (empty without a subject)."""
     if box is None:
-        out_box = Box(0, 0, 0, 0)
-    else:
-        out_box = Box(box.left - region[0], box.top - region[1], box.width, box.height)
-    return Rendered(image=out, format=fmt, box=out_box, pixels=array)
+        return Box(0, 0, 0, 0)
+    return Box(box.left - region[0], box.top - region[1], box.width, box.height)

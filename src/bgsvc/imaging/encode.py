@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 import zlib
 from dataclasses import dataclass
 
@@ -17,7 +18,12 @@ try:  # fpng: a PNG writer an order of magnitude faster than zlib (benchmarks/RE
 except ImportError:  # pragma: no cover - platforms without a wheel fall back to zlib
     _fpng = None
 
-CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
+CONTENT_TYPES = {
+    "png": "image/png",
+    "webp": "image/webp",
+    "jpg": "image/jpeg",
+    "zip": "application/zip",
+}
 
 
 @dataclass(frozen=True)
@@ -73,4 +79,14 @@ def encode(
         img.save(buf, "JPEG", quality=quality or settings.jpeg_quality, optimize=False)
     else:
         raise ValueError(f"unknown format {fmt}")
+    return buf.getvalue()
+
+
+def encode_zip(color: Image.Image, alpha: Image.Image, settings: EncodeSettings) -> bytes:
+    """remove.bg's zip: ``color.jpg`` (the photo's colour) and ``alpha.png`` (the matte), the
+    same size, for the client to compose; stored, as both are compressed already."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("color.jpg", encode(color, "jpg", None, settings))
+        archive.writestr("alpha.png", encode(alpha, "png", None, settings))
     return buf.getvalue()

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from bgsvc.errors import InvalidParameter, MissingImage
-from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
+from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin, parse_roi
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
     RemovalParams,
@@ -39,7 +39,7 @@ SIZE_PIXELS: dict[str, int | None] = {
     "auto": None,
 }
 # Fields that would change the result in ways this server does not implement.
-UNSUPPORTED = ("bg_image_url", "bg_image_file", "roi", "scale", "position")
+UNSUPPORTED = ("bg_image_url", "bg_image_file", "scale", "position")
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -53,11 +53,12 @@ _BODY_DOC: dict[str, Any] = {
                         "image_file_b64": {"type": "string"},
                         "image_url": {"type": "string"},
                         "size": {"type": "string", "default": "auto"},
-                        "format": {"type": "string", "enum": ["auto", "png", "jpg", "webp"]},
+                        "format": {"type": "string", "enum": ["auto", "png", "jpg", "webp", "zip"]},
                         "bg_color": {"type": "string"},
                         "crop": {"type": "boolean"},
                         "crop_margin": {"type": "string"},
                         "channels": {"type": "string", "enum": ["rgba", "alpha"]},
+                        "roi": {"type": "string", "default": "0% 0% 100% 100%"},
                     },
                 }
             },
@@ -79,6 +80,9 @@ class RemoveBgParams(RemovalParams):
     crop: bool = False
     crop_margin: str | None = None
     channels: Literal["rgba", "alpha"] = "rgba"
+    roi: str | None = Field(
+        None, description="x1 y1 x2 y2 in px or %: outside it the result is transparent."
+    )
     semitransparency: bool = True
     add_shadow: bool = False
 
@@ -87,8 +91,6 @@ class RemoveBgParams(RemovalParams):
         size = self.size.lower()
         if size not in SIZE_PIXELS:
             raise InvalidParameter(f"Unknown size {self.size!r}.")
-        if self.format.lower() == "zip":
-            raise InvalidParameter("format=zip is not supported; use png, webp, jpg or auto.")
         return RemovalOptions(
             format=parse_format(self.format),
             bg_color=parse_color(self.bg_color),
@@ -96,6 +98,7 @@ class RemoveBgParams(RemovalParams):
             crop=self.crop,
             crop_margin=parse_margin(self.crop_margin),
             max_output_pixels=SIZE_PIXELS[size],
+            roi=parse_roi(self.roi),
         )
 
 
