@@ -85,6 +85,17 @@ class Roi:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """remove.bg's ``scale`` (the subject's box as a fraction of the canvas along its
+    tighter side; None: as it is) and ``position`` (where the box goes, as fractions of
+    the free space, CSS background-position style; None: where it was, centre kept)."""
+
+    scale: float | None = None
+    x: float | None = None
+    y: float | None = None
+
+
+@dataclass(frozen=True)
 class RemovalOptions:
     """Everything that shapes one result; part of the cache key for a later result cache."""
 
@@ -102,6 +113,7 @@ class RemovalOptions:
     model: str | None = None
     max_output_pixels: int | None = None
     roi: Roi | None = None
+    placement: Placement | None = None
 
     def __post_init__(self) -> None:
         if self.format == "zip" and (self.bg_color is not None or self.channels == "alpha"):
@@ -194,3 +206,37 @@ def parse_roi(value: str | None) -> Roi | None:
         (values[0], values[1], values[2], values[3]),
         (relative[0], relative[1], relative[2], relative[3]),
     )
+
+
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
+def _percent(token: str, name: str, lo: float, hi: float) -> float:
+    match = _PERCENT.match(token.strip())
+    value = float(match.group(1)) if match else -1.0
+    if not lo <= value <= hi:
+        raise InvalidParameter(f"Bad {name} {token!r}; use a percentage from {lo:g}% to {hi:g}%.")
+    return value / 100.0
+
+
+def parse_placement(scale: str | None, position: str | None) -> Placement | None:
+    """remove.bg's ``scale`` (``original`` or 10%-100%) and ``position`` (``original``,
+    ``center``, or one or two of 0%-100%); a scale without a position centres the subject."""
+    scale_text = (scale or "").strip().lower()
+    position_text = (position or "").strip().lower()
+    factor = None
+    if scale_text not in ("", "original"):
+        factor = _percent(scale_text, "scale", 10, 100)
+    if position_text in ("", "original"):
+        if factor is None:
+            return None
+        x = y = None if position_text == "original" else 0.5
+    elif position_text == "center":
+        x = y = 0.5
+    else:
+        tokens = position_text.replace(",", " ").split()
+        if len(tokens) not in (1, 2):
+            raise InvalidParameter(f"Bad position {position!r}; use original, center or x% [y%].")
+        x = _percent(tokens[0], "position", 0, 100)
+        y = _percent(tokens[-1], "position", 0, 100)
+    return Placement(factor, x, y)

@@ -24,6 +24,7 @@ from bgsvc.imaging import refine
 from bgsvc.imaging.compose import combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
+from bgsvc.imaging.place import place
 from bgsvc.inference.registry import select
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
@@ -127,7 +128,11 @@ class Remover:
             if options.roi is not None:
                 mask = options.roi.apply(mask, image.size, image.source_size)
             mask = combine_alpha(mask, image.alpha)
-            rendered = render(image.rgb, mask, options, image.pixels)
+            if options.placement is not None:
+                rgb, mask = place(image.rgb, mask, options.placement)
+                rendered = render(rgb, mask, options)
+            else:
+                rendered = render(image.rgb, mask, options, image.pixels)
         started = time.perf_counter()
         with span("encode"):
             if rendered.color is not None:

@@ -69,8 +69,12 @@ def test_removebg_errors_use_its_error_body(client: TestClient) -> None:
 def test_removebg_unsupported_fields_are_refused(client: TestClient, photo_png: bytes) -> None:
     r = client.post("/v1.0/removebg", data={"image_url": "http://127.0.0.1/x.jpg"})
     assert r.status_code == 400 and "image_url" in r.json()["errors"][0]["title"]
-    scale = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"scale": "50%"})
-    assert scale.status_code == 400 and "scale" in scale.json()["errors"][0]["title"]
+    bg = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png},
+        data={"bg_image_url": "http://127.0.0.1/bg.jpg"},
+    )
+    assert bg.status_code == 400 and "bg_image_url" in bg.json()["errors"][0]["title"]
 
 
 def test_removebg_background_image_sent_as_a_file_is_refused_not_ignored(
@@ -180,3 +184,23 @@ def test_removebg_bad_roi_is_refused(client: TestClient, photo_png: bytes) -> No
     for roi in ("0 0 100", "10% 0% 5% 100%", "a b c d", "0px 0px -5px 10px"):
         r = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"roi": roi})
         assert r.status_code == 400 and "roi" in r.json()["errors"][0]["title"], roi
+
+
+def test_removebg_scale_and_position_move_the_subject_on_the_same_canvas(
+    client: TestClient,
+) -> None:
+    body = encode_image(subject_image((200, 100)))
+    r = client.post(
+        "/v1.0/removebg",
+        files={"image_file": body},
+        data={"format": "png", "scale": "30%", "position": "0% 0%"},
+    )
+    assert r.status_code == 200
+    assert (r.headers["x-width"], r.headers["x-height"]) == ("200", "100")
+    alpha = alpha_of(r.content)
+    # The disc's box is about 50x50; at 30% of the 100 px tall canvas it is ~30 px, in
+    # the top left corner.
+    top, left = int(r.headers["x-foreground-top"]), int(r.headers["x-foreground-left"])
+    assert top <= 2 and left <= 2
+    assert 26 <= int(r.headers["x-foreground-height"]) <= 34
+    assert alpha[60:, :].max() == 0 and alpha[:, 60:].max() == 0

@@ -12,7 +12,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from bgsvc.errors import InvalidParameter, MissingImage
-from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin, parse_roi
+from bgsvc.options import (
+    RemovalOptions,
+    parse_color,
+    parse_format,
+    parse_margin,
+    parse_placement,
+    parse_roi,
+)
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
     RemovalParams,
@@ -39,7 +46,7 @@ SIZE_PIXELS: dict[str, int | None] = {
     "auto": None,
 }
 # Fields that would change the result in ways this server does not implement.
-UNSUPPORTED = ("bg_image_url", "bg_image_file", "scale", "position")
+UNSUPPORTED = ("bg_image_url", "bg_image_file")
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -59,6 +66,8 @@ _BODY_DOC: dict[str, Any] = {
                         "crop_margin": {"type": "string"},
                         "channels": {"type": "string", "enum": ["rgba", "alpha"]},
                         "roi": {"type": "string", "default": "0% 0% 100% 100%"},
+                        "scale": {"type": "string", "default": "original"},
+                        "position": {"type": "string", "default": "original"},
                     },
                 }
             },
@@ -83,6 +92,8 @@ class RemoveBgParams(RemovalParams):
     roi: str | None = Field(
         None, description="x1 y1 x2 y2 in px or %: outside it the result is transparent."
     )
+    scale: str | None = Field(None, description="original, or 10%-100% of the canvas.")
+    position: str | None = Field(None, description="original, center, or x% [y%].")
     semitransparency: bool = True
     add_shadow: bool = False
 
@@ -99,6 +110,7 @@ class RemoveBgParams(RemovalParams):
             crop_margin=parse_margin(self.crop_margin),
             max_output_pixels=SIZE_PIXELS[size],
             roi=parse_roi(self.roi),
+            placement=parse_placement(self.scale, self.position),
         )
 
 
