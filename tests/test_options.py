@@ -50,3 +50,15 @@ def test_format_aliases_and_errors() -> None:
     assert parse_format(None) == "png"
     with pytest.raises(InvalidParameter):
         parse_format("bmp")
+
+
+def test_background_images_key_the_result_cache_by_digest_not_by_bytes() -> None:
+    from bgsvc.cache.base import cache_key
+    from bgsvc.options import RemovalOptions
+
+    one, other = RemovalOptions(bg_image=b"a" * 100_000), RemovalOptions(bg_image=b"b" * 100_000)
+    assert "aaaa" not in repr(one) and one.bg_image_digest in repr(one)
+    assert cache_key(b"photo", one, "m", "v") != cache_key(b"photo", other, "m", "v")
+    assert cache_key(b"photo", one, "m", "v") == cache_key(
+        b"photo", RemovalOptions(bg_image=b"a" * 100_000), "m", "v"
+    )

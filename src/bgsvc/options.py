@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -114,12 +115,26 @@ class RemovalOptions:
     max_output_pixels: int | None = None
     roi: Roi | None = None
     placement: Placement | None = None
+    # A background photo (remove.bg's bg_image_file/url): its bytes stay out of the repr,
+    # which keys the result cache; its digest stands for them there.
+    bg_image: bytes | None = field(default=None, repr=False)
+    bg_image_digest: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if self.format == "zip" and (self.bg_color is not None or self.channels == "alpha"):
+        background = self.bg_color is not None or self.bg_image is not None
+        if self.format == "zip" and (background or self.channels == "alpha"):
             # The zip's colour and matte are the client's to compose: a background or a
             # matte-only answer would give it nothing it could compose into either.
-            raise InvalidParameter("format=zip takes neither bg_color nor channels=alpha.")
+            raise InvalidParameter(
+                "format=zip takes neither a background colour or image nor channels=alpha."
+            )
+        if self.bg_image is not None:
+            if self.bg_color is not None:
+                raise InvalidParameter("Send a background colour or a background image, not both.")
+            if self.channels == "alpha":
+                raise InvalidParameter("channels=alpha returns the matte; it takes no background.")
+            digest = hashlib.sha256(self.bg_image).hexdigest()
+            object.__setattr__(self, "bg_image_digest", digest)
 
 
 def parse_format(value: str | None) -> OutputFormat:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -108,7 +108,12 @@ class Remover:
             max_output_pixels=options.max_output_pixels,
         )
         with span("decode"):
-            return decode(data, limits)
+            image = decode(data, limits)
+            if options.bg_image is not None:
+                # Decoded here, before the inference slot: a bad background fails fast.
+                background = decode(options.bg_image, replace(limits, max_output_pixels=None))
+                image = replace(image, background=background.rgb)
+            return image
 
     def finish(
         self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str
@@ -130,9 +135,11 @@ class Remover:
             mask = combine_alpha(mask, image.alpha)
             if options.placement is not None:
                 rgb, mask = place(image.rgb, mask, options.placement)
-                rendered = render(rgb, mask, options)
+                rendered = render(rgb, mask, options, background=image.background)
             else:
-                rendered = render(image.rgb, mask, options, image.pixels)
+                rendered = render(
+                    image.rgb, mask, options, image.pixels, background=image.background
+                )
         started = time.perf_counter()
         with span("encode"):
             if rendered.color is not None:

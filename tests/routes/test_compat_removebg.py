@@ -77,16 +77,55 @@ def test_removebg_unsupported_fields_are_refused(client: TestClient, photo_png: 
     assert bg.status_code == 400 and "bg_image_url" in bg.json()["errors"][0]["title"]
 
 
-def test_removebg_background_image_sent_as_a_file_is_refused_not_ignored(
+def test_removebg_background_image_file_covers_the_canvas_behind_the_subject(
     client: TestClient, photo_png: bytes
 ) -> None:
-    # Answering 200 with a transparent cutout would look like success and be wrong.
+    import numpy as np
+
+    # A wide green background (3:1 against the photo's 3:2): scaled to cover, centred.
+    bg = encode_image(Image.new("RGB", (300, 100), (20, 200, 40)))
     r = client.post(
         "/v1.0/removebg",
-        files={"image_file": photo_png, "bg_image_file": ("bg.png", photo_png, "image/png")},
+        files={"image_file": photo_png, "bg_image_file": ("bg.png", bg, "image/png")},
+        data={"format": "png"},
     )
-    assert r.status_code == 400
-    assert "bg_image_file" in r.json()["errors"][0]["title"]
+    assert r.status_code == 200, r.text
+    out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
+    assert out.shape == (80, 120, 3)
+    cutout = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"format": "png"})
+    alpha = np.asarray(Image.open(io.BytesIO(cutout.content)))[..., 3]
+    assert (np.abs(out[alpha == 0] - (20, 200, 40)).max(axis=1) <= 2).all()
+    opaque = alpha == 255
+    if opaque.any():
+        source = np.asarray(Image.open(io.BytesIO(photo_png)).convert("RGB")).astype(int)
+        assert np.abs(out[opaque] - source[opaque]).max() <= 2
+    auto = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png, "bg_image_file": ("bg.png", bg, "image/png")},
+    )
+    assert auto.headers["content-type"] == "image/jpeg"
+
+
+def test_removebg_background_image_conflicts_and_bad_bytes_are_refused(
+    client: TestClient, photo_png: bytes
+) -> None:
+    bg = ("bg.png", encode_image(Image.new("RGB", (30, 20), "red")), "image/png")
+    for data in ({"bg_color": "white"}, {"format": "zip"}, {"channels": "alpha"}):
+        r = client.post(
+            "/v1.0/removebg", files={"image_file": photo_png, "bg_image_file": bg}, data=data
+        )
+        assert r.status_code == 400, data
+    junk = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png, "bg_image_file": ("bg.png", b"not an image", "image/png")},
+    )
+    assert junk.status_code == 415
+    off = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png},
+        data={"bg_image_url": "http://127.0.0.1/bg.jpg"},
+    )
+    assert off.status_code == 400 and "bg_image_url" in off.json()["errors"][0]["title"]
 
 
 def test_removebg_zip_is_its_color_jpg_and_alpha_png_of_the_same_size(

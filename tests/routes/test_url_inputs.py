@@ -376,3 +376,29 @@ def test_fetches_are_counted_by_outcome(guarded: TestClient, outer: Server) -> N
     assert 'bgsvc_url_fetches_total{outcome="url_forbidden"}' in text
     assert 'bgsvc_url_fetches_total{outcome="fetched"}' in text
     assert 'bgsvc_url_fetch_seconds_count{outcome="fetched"}' in text
+
+
+def test_removebg_background_by_url_goes_through_the_same_guard(
+    guarded: TestClient, outer: Server
+) -> None:
+    url = f"{outer.base_url}/cat.bin"
+    fetched = guarded.post(
+        "/v1.0/removebg", files={"image_file": PHOTO}, data={"bg_image_url": url, "format": "png"}
+    )
+    uploaded = guarded.post(
+        "/v1.0/removebg",
+        files={"image_file": PHOTO, "bg_image_file": ("bg.png", PHOTO, "image/png")},
+        data={"format": "png"},
+    )
+    assert fetched.status_code == 200 and fetched.content == uploaded.content
+    for hostile, code in HOSTILE[:3] + HOSTILE[-4:-2]:
+        refused = guarded.post(
+            "/v1.0/removebg", files={"image_file": PHOTO}, data={"bg_image_url": hostile}
+        )
+        assert (refused.status_code, _code(refused)) == (400, code), hostile
+    both = guarded.post(
+        "/v1.0/removebg",
+        files={"image_file": PHOTO, "bg_image_file": ("bg.png", PHOTO, "image/png")},
+        data={"bg_image_url": url},
+    )
+    assert both.status_code == 400

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bgsvc.errors import NoForeground
 from bgsvc.options import OutputFormat, RemovalOptions
@@ -109,9 +109,11 @@ def render(
     mask: np.ndarray,
     options: RemovalOptions,
     pixels: np.ndarray | None = None,
+    background: Image.Image | None = None,
 ) -> Rendered:
     """Cut out, crop, fill the background and pick the concrete output format. ``pixels``
-    (``rgb`` as a uint8 array, when the caller has it) makes the plain cutout cheaper."""
+    (``rgb`` as a uint8 array, when the caller has it) makes the plain cutout cheaper;
+    ``background`` (RGB) is scaled to cover the output, centred, and put behind it."""
     box = foreground_box(mask)
     width, height = rgb.size
     region = (0, 0, width, height)
@@ -141,6 +143,10 @@ def render(
     plain_cutout = options.bg_color is None and options.format != "jpg"
     if options.channels == "alpha":
         out = alpha
+    elif background is not None:
+        # remove.bg's rule: centred and resized to fill the canvas, aspect ratio kept.
+        cover = ImageOps.fit(background, rgb.size, Image.Resampling.LANCZOS)
+        out = Image.composite(rgb, cover, alpha)
     elif plain_cutout and pixels is not None and region == (0, 0, width, height):
         array = _cutout_pixels(pixels, mask)
         out = Image.fromarray(array)

@@ -38,6 +38,8 @@ class DecodedImage:
     alpha: Image.Image | None
     source_format: str
     source_size: tuple[int, int]
+    # The photo the cutout is to be put on, when the request sent one.
+    background: Image.Image | None = None
 
     @property
     def size(self) -> tuple[int, int]:

@@ -93,18 +93,30 @@ async def read_upload(
 ) -> tuple[bytes | None, dict[str, str]]:
     """The image bytes (multipart field in ``fields`` or a raw ``image/*`` body) and any
     other form fields as strings."""
+    data, others, _ = await read_upload_with(request, fields, ())
+    return data, others
+
+
+async def read_upload_with(
+    request: Request, fields: tuple[str, ...], extra_files: tuple[str, ...]
+) -> tuple[bytes | None, dict[str, str], dict[str, bytes]]:
+    """``read_upload``, plus the bytes of the file parts named in ``extra_files`` (remove.bg's
+    background image)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=4, max_fields=64)
         data: bytes | None = None
         others: dict[str, str] = {}
+        extra: dict[str, bytes] = {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key in fields and data is None:
                     data = await value.read()
+                elif key in extra_files and key not in extra:
+                    extra[key] = await value.read()
                 elif key not in fields:
-                    # Named, unread: a route that refuses the field must see it was sent
-                    # (remove.bg's bg_image_file), not answer as if it never came.
+                    # Named, unread: a route that refuses the field must see it was sent,
+                    # not answer as if it never came.
                     others[key] = "(file)"
             elif key in fields and data is None:
                 # A text field where the file should be: curl -F file=... without '@'.
@@ -112,10 +124,10 @@ async def read_upload(
             else:
                 others[key] = value
         await form.close()
-        return data, others
+        return data, others, extra
     if content_type.startswith("image/") or content_type == "application/octet-stream":
-        return await request.body(), {}
-    return None, {}
+        return await request.body(), {}, {}
+    return None, {}, {}
 
 
 def parse_params(model: type[M], values: dict[str, str]) -> M:

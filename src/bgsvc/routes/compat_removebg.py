@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -26,7 +27,7 @@ from bgsvc.routes.common import (
     fetch_url_image,
     image_response,
     parse_params,
-    read_upload,
+    read_upload_with,
     remove_for,
     result_headers,
 )
@@ -46,7 +47,6 @@ SIZE_PIXELS: dict[str, int | None] = {
     "auto": None,
 }
 # Fields that would change the result in ways this server does not implement.
-UNSUPPORTED = ("bg_image_url", "bg_image_file")
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -66,6 +66,8 @@ _BODY_DOC: dict[str, Any] = {
                         "crop_margin": {"type": "string"},
                         "channels": {"type": "string", "enum": ["rgba", "alpha"]},
                         "roi": {"type": "string", "default": "0% 0% 100% 100%"},
+                        "bg_image_file": {"type": "string", "format": "binary"},
+                        "bg_image_url": {"type": "string"},
                         "scale": {"type": "string", "default": "original"},
                         "position": {"type": "string", "default": "original"},
                     },
@@ -114,7 +116,9 @@ class RemoveBgParams(RemovalParams):
         )
 
 
-async def _read_request(request: Request) -> tuple[bytes | None, dict[str, str]]:
+async def _read_request(
+    request: Request,
+) -> tuple[bytes | None, dict[str, str], dict[str, bytes]]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
@@ -124,14 +128,11 @@ async def _read_request(request: Request) -> tuple[bytes | None, dict[str, str]]
         if not isinstance(payload, dict):
             raise InvalidParameter("The JSON body must be an object.")
         fields = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in payload.items()}
-        return None, fields
-    return await read_upload(request, ("image_file",))
+        return None, fields, {}
+    return await read_upload_with(request, ("image_file",), ("bg_image_file",))
 
 
 async def _image_bytes(request: Request, data: bytes | None, fields: dict[str, str]) -> bytes:
-    for name in UNSUPPORTED:
-        if fields.get(name):
-            raise InvalidParameter(f"{name} is not supported by this server.")
     b64 = fields.pop("image_file_b64", None)
     url = fields.pop("image_url", None)
     if sum(1 for given in (data is not None, bool(b64), bool(url)) if given) > 1:
@@ -158,10 +159,22 @@ async def _image_bytes(request: Request, data: bytes | None, fields: dict[str, s
     openapi_extra=_BODY_DOC,
 )
 async def removebg(request: Request) -> Response:
-    data, fields = await _read_request(request)
+    data, fields, files = await _read_request(request)
     # Options are checked before anything is fetched: a bad one costs no outbound request.
     options = parse_params(RemoveBgParams, {**request.query_params, **fields}).to_options()
+    bg_url = fields.pop("bg_image_url", None) or request.query_params.get("bg_image_url")
+    bg_file = files.get("bg_image_file")
+    if bg_url and bg_file is not None:
+        raise InvalidParameter("Send bg_image_file or bg_image_url, not both.")
+    if bg_file is None and fields.get("bg_image_file"):
+        raise InvalidParameter("bg_image_file must be a file upload.")
+    # Checked against the other options before either image is fetched.
+    probe = replace(options, bg_image=b"") if bg_url or bg_file is not None else options
     image = await _image_bytes(request, data, fields)
+    if bg_url:
+        bg_file = await fetch_url_image(request, bg_url, "bg_image_url")
+    if bg_file is not None:
+        options = replace(probe, bg_image=bg_file)
     result = await remove_for(request, image, options)
     headers = {**result_headers(result), "X-Credits-Charged": "0"}
     if "application/json" in request.headers.get("accept", ""):
