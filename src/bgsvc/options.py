@@ -72,7 +72,8 @@ class Roi:
         for i, (value, rel) in enumerate(zip(self.values, self.relative, strict=True)):
             extent, source = (size[0], source_size[0]) if i % 2 == 0 else (size[1], source_size[1])
             px = value * extent / 100.0 if rel else value * extent / max(1, source)
-            out.append(min(max(round(px), 0), extent))
+            # Clamped before rounding: a value of 400 digits is an infinite float.
+            out.append(round(min(max(px, 0.0), float(extent))))
         return tuple(out)
 
     def apply(

@@ -220,6 +220,13 @@ def test_removebg_roi_in_pixels_refers_to_the_upload_not_the_smaller_result(
 
 
 def test_removebg_bad_roi_is_refused(client: TestClient, photo_png: bytes) -> None:
+    huge = "9" * 400
+    r = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo_png},
+        data={"roi": f"0px 0px {huge}px {huge}%", "format": "png"},
+    )
+    assert r.status_code == 200  # beyond the photo: clamped to its edge
     for roi in ("0 0 100", "10% 0% 5% 100%", "a b c d", "0px 0px -5px 10px"):
         r = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"roi": roi})
         assert r.status_code == 400 and "roi" in r.json()["errors"][0]["title"], roi
