@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = sub.add_parser("remove", help="remove backgrounds of local files or folders")
     remove.add_argument("inputs", nargs="+", metavar="IN")
     remove.add_argument("-o", "--output", default="out", metavar="OUT_DIR")
-    remove.add_argument("--format", default="png", choices=["png", "webp", "jpg", "auto"])
+    remove.add_argument("--format", default="png", choices=["png", "webp", "jpg", "auto", "zip"])
     remove.add_argument("--bg-color", default=None)
     remove.add_argument("--channels", default="rgba", choices=["rgba", "alpha"])
     remove.add_argument("--crop", action="store_true")

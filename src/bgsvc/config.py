@@ -279,8 +279,10 @@ class Settings(BaseSettings):
         default=2048, ge=64, description="Longer edges are downscaled to this before processing."
     )
     allowed_formats: list[str] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"],
-        description="Pillow format names accepted as input (others: 415); HEIF covers HEIC.",
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "HEIF"],
+        description="Pillow format names accepted as input (others: 415); HEIF covers "
+        "HEIC. AVIF can be added, but libavif scales a frame to the size its header "
+        "claims, so the pixel limit does not bound its decode.",
     )
 
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level for PNG output.")

@@ -65,7 +65,9 @@ class Roi:
     values: tuple[float, float, float, float]
     relative: tuple[bool, bool, bool, bool]
 
-    def resolve(self, size: tuple[int, int], source_size: tuple[int, int]) -> tuple[int, ...]:
+    def resolve(
+        self, size: tuple[int, int], source_size: tuple[int, int]
+    ) -> tuple[int, int, int, int]:
         """(x1, y1, x2, y2) in pixels of an image of ``size`` made from an upload of
         ``source_size`` (smaller when the max-edge guard or ``size`` scaled it)."""
         out = []
@@ -74,7 +76,10 @@ class Roi:
             px = value * extent / 100.0 if rel else value * extent / max(1, source)
             # Clamped before rounding: a value of 400 digits is an infinite float.
             out.append(round(min(max(px, 0.0), float(extent))))
-        return tuple(out)
+        if out[2] <= out[0] or out[3] <= out[1]:
+            # Mixed units compare only here, against the photo's size.
+            raise InvalidParameter("roi: x2 and y2 must exceed x1 and y1.")
+        return out[0], out[1], out[2], out[3]
 
     def apply(
         self, mask: np.ndarray, size: tuple[int, int], source_size: tuple[int, int]

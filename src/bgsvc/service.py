@@ -19,7 +19,14 @@ from PIL import Image
 from bgsvc.cache import CachedResult, MemoryLRUCache, ResultCache, cache_key
 from bgsvc.cache.tiered import TieredCache
 from bgsvc.config import Settings
-from bgsvc.errors import NotReady, RequestTimeout
+from bgsvc.errors import (
+    InvalidImage,
+    MissingImage,
+    NotReady,
+    RequestTimeout,
+    TooManyPixels,
+    UnsupportedFormat,
+)
 from bgsvc.imaging import refine
 from bgsvc.imaging.compose import combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
@@ -111,7 +118,10 @@ class Remover:
             image = decode(data, limits)
             if options.bg_image is not None:
                 # Decoded here, before the inference slot: a bad background fails fast.
-                background = decode(options.bg_image, replace(limits, max_output_pixels=None))
+                try:
+                    background = decode(options.bg_image, replace(limits, max_output_pixels=None))
+                except (MissingImage, InvalidImage, UnsupportedFormat, TooManyPixels) as exc:
+                    raise type(exc)(f"The background image: {exc.message}") from exc
                 image = replace(image, background=background.rgb)
             return image
 
@@ -143,7 +153,7 @@ class Remover:
         started = time.perf_counter()
         with span("encode"):
             if rendered.color is not None:
-                body = encode_zip(rendered.color, rendered.image, self._encode)
+                body = encode_zip(rendered.color, rendered.image, options.quality, self._encode)
             else:
                 body = encode(
                     rendered.image, rendered.format, options.quality, self._encode, rendered.pixels

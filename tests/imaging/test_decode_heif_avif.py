@@ -123,3 +123,24 @@ def test_heif_and_avif_can_be_turned_off() -> None:
     for data in (fixture("photo.heic"), avif(halves())):
         with pytest.raises(UnsupportedFormat):
             decode(data, only_jpeg)
+
+
+def test_damaged_heif_and_avif_are_invalid_not_a_server_error() -> None:
+    # libheif's security limit (a size box far below the real frame) and libavif's failed
+    # frame decode (damaged data) both raise RuntimeError inside the plugins.
+    shrunk = with_size_box(fixture("photo.heic"), 16, 16)
+    data = bytearray(avif(halves()))
+    at = data.index(b"mdat") + 4
+    data[at : at + 16] = b"\xff" * 16
+    for bad in (shrunk, bytes(data)):
+        with pytest.raises(InvalidImage):
+            decode(bad, LIMITS)
+
+
+def test_avif_is_not_accepted_by_default() -> None:
+    # libavif scales a frame to whatever size its header claims, so the header's pixel
+    # count does not bound the decode: AVIF is an opt-in (BGSVC_ALLOWED_FORMATS).
+    from bgsvc.config import Settings
+
+    allowed = Settings().allowed_formats
+    assert "AVIF" not in allowed and "HEIF" in allowed

@@ -66,3 +66,11 @@ def test_nothing_to_place_without_a_subject_or_options() -> None:
 def test_bad_scale_or_position_is_refused(scale: str | None, position: str | None) -> None:
     with pytest.raises(InvalidParameter):
         parse_placement(scale, position)
+
+
+def test_opencv_runs_on_the_calling_thread_only() -> None:
+    # Stage threads are budgeted one core each; OpenCV's own pool would spread every resize
+    # over all of them.
+    from bgsvc.imaging.opencv import cv2
+
+    assert cv2.getNumThreads() == 1

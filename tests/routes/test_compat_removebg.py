@@ -119,7 +119,12 @@ def test_removebg_background_image_conflicts_and_bad_bytes_are_refused(
         "/v1.0/removebg",
         files={"image_file": photo_png, "bg_image_file": ("bg.png", b"not an image", "image/png")},
     )
-    assert junk.status_code == 415
+    assert junk.status_code == 415 and "background" in junk.json()["errors"][0]["title"]
+    twice = client.post(
+        "/v1.0/removebg",
+        files=[("image_file", ("a.png", photo_png)), ("bg_image_file", bg), ("bg_image_file", bg)],
+    )
+    assert twice.status_code == 400 and "more than once" in twice.json()["errors"][0]["title"]
     off = client.post(
         "/v1.0/removebg",
         files={"image_file": photo_png},
@@ -227,7 +232,7 @@ def test_removebg_bad_roi_is_refused(client: TestClient, photo_png: bytes) -> No
         data={"roi": f"0px 0px {huge}px {huge}%", "format": "png"},
     )
     assert r.status_code == 200  # beyond the photo: clamped to its edge
-    for roi in ("0 0 100", "10% 0% 5% 100%", "a b c d", "0px 0px -5px 10px"):
+    for roi in ("0 0 100", "10% 0% 5% 100%", "a b c d", "0px 0px -5px 10px", "50% 0 10 100%"):
         r = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"roi": roi})
         assert r.status_code == 400 and "roi" in r.json()["errors"][0]["title"], roi
 
@@ -250,3 +255,19 @@ def test_removebg_scale_and_position_move_the_subject_on_the_same_canvas(
     assert top <= 2 and left <= 2
     assert 26 <= int(r.headers["x-foreground-height"]) <= 34
     assert alpha[60:, :].max() == 0 and alpha[:, 60:].max() == 0
+
+
+def test_native_zip_honours_quality_for_its_colour(client: TestClient) -> None:
+    import zipfile
+
+    body = encode_image(subject_image((300, 200)))
+    sizes = []
+    for quality in ("10", "95"):
+        z = client.post(
+            "/remove-background",
+            files={"file": body},
+            params={"format": "zip", "quality": quality},
+        )
+        assert z.status_code == 200
+        sizes.append(len(zipfile.ZipFile(io.BytesIO(z.content)).read("color.jpg")))
+    assert sizes[0] < sizes[1]

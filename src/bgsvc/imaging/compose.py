@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
 from bgsvc.errors import NoForeground
+from bgsvc.imaging.opencv import cv2
 from bgsvc.options import OutputFormat, RemovalOptions
 
 # Model mattes carry faint noise far from the subject; without a floor the subject's box

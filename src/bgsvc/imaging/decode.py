@@ -16,7 +16,17 @@ from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and
 
 _SRGB = ImageCms.createProfile("sRGB")
 # Pillow raises these for corrupt or truncated streams, depending on the codec.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError)
+# RuntimeError: what pi-heif and Pillow's AVIF plugin raise for a damaged file (libheif's
+# security limits, libavif's failed frame decode).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    RuntimeError,
+)
 
 
 @dataclass(frozen=True)

@@ -82,11 +82,13 @@ def encode(
     return buf.getvalue()
 
 
-def encode_zip(color: Image.Image, alpha: Image.Image, settings: EncodeSettings) -> bytes:
+def encode_zip(
+    color: Image.Image, alpha: Image.Image, quality: int | None, settings: EncodeSettings
+) -> bytes:
     """remove.bg's zip: ``color.jpg`` (the photo's colour) and ``alpha.png`` (the matte), the
     same size, for the client to compose; stored, as both are compressed already."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("color.jpg", encode(color, "jpg", None, settings))
+        archive.writestr("color.jpg", encode(color, "jpg", quality, settings))
         archive.writestr("alpha.png", encode(alpha, "png", None, settings))
     return buf.getvalue()

@@ -4,9 +4,10 @@ matte back up to the photo's size, both bilinear in OpenCV (its SIMD kernels: 0.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
+
+from bgsvc.imaging.opencv import cv2
 
 
 def model_input(rgb: Image.Image | np.ndarray, size: int) -> np.ndarray:

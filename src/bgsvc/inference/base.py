@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from bgsvc.imaging.opencv import cv2
 from bgsvc.imaging.resize import matte_to, model_input
 from bgsvc.inference.registry import ModelSpec
 

@@ -46,7 +46,7 @@ IMAGE_BODY: dict[str, Any] = {
 M = TypeVar("M", bound=BaseModel)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}},
+    200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}, "application/zip": {}}},
     400: {"description": "Bad parameter or undecodable image"},
     413: {"description": "Upload or image too large"},
     415: {"description": "Unsupported image format"},
@@ -108,22 +108,27 @@ async def read_upload_with(
         data: bytes | None = None
         others: dict[str, str] = {}
         extra: dict[str, bytes] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key in fields and data is None:
-                    data = await value.read()
-                elif key in extra_files and key not in extra:
-                    extra[key] = await value.read()
-                elif key not in fields:
-                    # Named, unread: a route that refuses the field must see it was sent,
-                    # not answer as if it never came.
-                    others[key] = "(file)"
-            elif key in fields and data is None:
-                # A text field where the file should be: curl -F file=... without '@'.
-                raise MissingImage(f"Field {key!r} must be a file upload.")
-            else:
-                others[key] = value
-        await form.close()
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key in fields and data is None:
+                        data = await value.read()
+                    elif key in extra_files:
+                        if key in extra:
+                            raise InvalidParameter(f"{key} was sent more than once.")
+                        extra[key] = await value.read()
+                    elif key not in fields:
+                        # Named, unread: a route that refuses the field must see it was sent,
+                        # not answer as if it never came.
+                        others[key] = "(file)"
+                elif key in fields and data is None:
+                    # A text field where the file should be: curl -F file=... without '@'.
+                    raise MissingImage(f"Field {key!r} must be a file upload.")
+                else:
+                    others[key] = value
+        finally:
+            # Also when a part is refused: its spooled file is closed, not left to the GC.
+            await form.close()
         return data, others, extra
     if content_type.startswith("image/") or content_type == "application/octet-stream":
         return await request.body(), {}, {}

@@ -23,7 +23,7 @@ router = APIRouter(tags=["Background removal"])
 class RemoveParams(RemovalParams):
     """Options of /remove-background, accepted as query parameters or form fields."""
 
-    format: str = Field("png", description="Output format: png, webp, jpg or auto.")
+    format: str = Field("png", description="Output format: png, webp, jpg, auto or zip.")
     bg_color: str | None = Field(
         None,
         description="Composite on this colour: #rrggbb, #rrggbbaa, r,g,b[,a] or a CSS name. "
