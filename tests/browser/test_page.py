@@ -79,6 +79,10 @@ def test_page_loads_with_labelled_controls(page: Any, service: Any) -> None:
         resp = page.request.get(service.url(path))
         assert resp.status == 200 and kind in resp.headers["content-type"]
     assert page.request.get(service.url("/static/../config.py")).status == 404
+    # The footer names the model the results come from and its licence, as /models says.
+    footer = page.locator("#model-licence")
+    footer.wait_for(state="visible")
+    assert "licensed" in footer.inner_text()
     # The file picker is the first thing a keyboard reaches.
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "file-input"

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
+import pytest
 from fastapi.testclient import TestClient
+
+from bgsvc.config import Settings
 
 
 def test_health_and_ready_when_warm(client: TestClient) -> None:
@@ -73,3 +79,25 @@ def test_openapi_documents_every_remove_parameter(client: TestClient) -> None:
     assert "multipart/form-data" in op["requestBody"]["content"]
     assert "/api/remove" in spec["paths"] and "/v1.0/removebg" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_each_built_in_model_states_the_licence_its_weights_come_under() -> None:
+    from bgsvc.inference.registry import BUILTIN
+
+    assert BUILTIN["imgly-medium"].license == "AGPL-3.0"
+    assert {BUILTIN[n].license for n in ("u2net", "u2netp", "u2net_human_seg")} == {"Apache-2.0"}
+    assert {BUILTIN[n].license for n in ("birefnet-general", "birefnet-portrait")} == {"MIT"}
+    assert "non-commercial" in BUILTIN["isnet-general-use"].license
+    assert "see rembg" not in " ".join(spec.license for spec in BUILTIN.values())
+
+
+def test_the_start_up_log_names_each_models_licence(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    from bgsvc.inference.loader import load_engines
+
+    with caplog.at_level(logging.INFO, logger="bgsvc.inference.loader"):
+        load_engines(make_settings())
+    (line,) = [r.getMessage() for r in caplog.records if "loaded model tiny" in r.getMessage()]
+    # A custom file's licence is whatever came with it, and the log says so.
+    assert "(licence: as supplied)" in line

@@ -59,8 +59,10 @@ def load_engines(settings: Settings) -> dict[str, BaseEngine]:
         engine.load_seconds += warm
         choice = engine.choice
         log.info(
-            "loaded model %s: %s %s on %s in %.2fs (warm-up %.2fs, %d threads); why: %s",
+            "loaded model %s (licence: %s): %s %s on %s in %.2fs (warm-up %.2fs, %d threads); "
+            "why: %s",
             name,
+            spec.license,
             choice.engine,
             choice.precision,
             engine.providers[0],

@@ -68,6 +68,8 @@ BUILTIN: dict[str, ModelSpec] = {
         profile=PROFILES["imgly"],
         source="npm",
         description="ISNet (DIS) from IMG.LY's background-removal package, fp16 weights.",
+        # The package and its weights: serving them over a network makes the AGPL's
+        # source-offer duty apply to the service (README, "Models").
         license="AGPL-3.0",
         filename="imgly-medium.onnx",
         sha256="b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb",
@@ -88,23 +90,33 @@ BUILTIN: dict[str, ModelSpec] = {
     ),
 }
 
-_REMBG_ZOO: dict[str, tuple[str, str]] = {
-    "u2net": ("u2net", "U^2-Net, general use (rembg zoo)."),
-    "u2netp": ("u2net", "U^2-Net lightweight (rembg zoo)."),
-    "u2net_human_seg": ("u2net", "U^2-Net for people (rembg zoo)."),
-    "silueta": ("u2net", "U^2-Net reduced to 43 MB (rembg zoo)."),
-    "isnet-general-use": ("isnet", "DIS general use (rembg zoo)."),
-    "birefnet-general": ("birefnet", "BiRefNet general use (rembg zoo)."),
-    "birefnet-general-lite": ("birefnet", "BiRefNet lite (rembg zoo)."),
-    "birefnet-portrait": ("birefnet", "BiRefNet for portraits (rembg zoo)."),
+_APACHE = "Apache-2.0"
+_NO_LICENCE = "none stated"
+# (profile, description, licence of the weights as their authors publish them)
+_REMBG_ZOO: dict[str, tuple[str, str, str]] = {
+    "u2net": ("u2net", "U^2-Net, general use (rembg zoo).", _APACHE),
+    "u2netp": ("u2net", "U^2-Net lightweight (rembg zoo).", _APACHE),
+    "u2net_human_seg": ("u2net", "U^2-Net for people (rembg zoo).", _APACHE),
+    # A U^2-Net reduced by a third party; no licence is published with it.
+    "silueta": ("u2net", "U^2-Net reduced to 43 MB (rembg zoo).", _NO_LICENCE),
+    # DIS publishes no licence for its weights, which were trained on DIS5K, a dataset
+    # whose terms of use are non-commercial.
+    "isnet-general-use": (
+        "isnet",
+        "DIS general use (rembg zoo).",
+        f"{_NO_LICENCE}; trained on DIS5K (non-commercial terms)",
+    ),
+    "birefnet-general": ("birefnet", "BiRefNet general use (rembg zoo).", "MIT"),
+    "birefnet-general-lite": ("birefnet", "BiRefNet lite (rembg zoo).", "MIT"),
+    "birefnet-portrait": ("birefnet", "BiRefNet for portraits (rembg zoo).", "MIT"),
 }
-for _name, (_profile, _desc) in _REMBG_ZOO.items():
+for _name, (_profile, _desc, _licence) in _REMBG_ZOO.items():
     BUILTIN[_name] = ModelSpec(
         name=_name,
         profile=PROFILES[_profile],
         source="rembg",
         description=_desc,
-        license="see rembg (MIT/Apache-2.0 models)",
+        license=_licence,
         filename=f"{_name}.onnx",
         rembg_name=_name,
     )

@@ -465,11 +465,22 @@ function setPreviewBackground() {
   document.body.style.setProperty("--preview-color", $("#preview-color").value);
 }
 
+// The default model's licence, as the server reports it: the AGPL of IMG.LY's weights binds
+// whoever serves them, so the page says which terms the results come under.
+function showLicence(models) {
+  const spec = models.models.find((m) => m.name === models.default);
+  if (!spec) return;
+  const note = $("#model-licence");
+  note.textContent = `Cut out with ${spec.name}, licensed ${spec.license}.`;
+  note.hidden = false;
+}
+
 async function loadModels() {
   try {
     const resp = await fetch("/models");
     if (!resp.ok) return;
     state.models = await resp.json();
+    showLicence(state.models);
     for (const card of state.cards) {
       const chosen = card.form.elements.model.value;
       card.fillModels();
