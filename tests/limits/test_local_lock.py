@@ -1,0 +1,74 @@
+"""The node's SQLite limiter waits for the write lock itself, briefly and boundedly."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bgsvc.errors import LimitsUnavailable
+from bgsvc.limits.api import RatePolicy
+from bgsvc.limits.local import LocalLimits
+
+POLICY = RatePolicy(limit=100, window_s=1.0, burst=50)
+
+
+def hold_write_lock(path: Path, seconds: float, held: threading.Event) -> None:
+    """Another worker's transaction: the file's write lock for ``seconds``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    held.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def limits_on(path: Path, *, busy_timeout_s: float) -> LocalLimits:
+    return LocalLimits(
+        path,
+        auth_fail=RatePolicy.parse("3/min"),
+        fail_open=False,
+        busy_timeout_s=busy_timeout_s,
+    )
+
+
+async def hit_while_another_holds_the_lock(
+    path: Path, *, hold_s: float, busy_timeout_s: float
+) -> tuple[bool, float]:
+    limits = limits_on(path, busy_timeout_s=busy_timeout_s)
+    await limits.hit("warm-up", POLICY)
+    held = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(path, hold_s, held))
+    holder.start()
+    held.wait(5)
+    started = time.monotonic()
+    try:
+        allowed = (await limits.hit("k", POLICY)).allowed
+    finally:
+        waited = time.monotonic() - started
+        holder.join()
+        await limits.aclose()
+    return allowed, waited
+
+
+def test_a_hit_waits_for_a_neighbours_transaction_and_then_counts(tmp_path: Path) -> None:
+    allowed, waited = asyncio.run(
+        hit_while_another_holds_the_lock(
+            tmp_path / "limits.sqlite3", hold_s=0.3, busy_timeout_s=5.0
+        )
+    )
+    assert allowed
+    assert waited >= 0.25
+
+
+def test_a_lock_held_past_the_busy_timeout_fails_the_check_closed(tmp_path: Path) -> None:
+    with pytest.raises(LimitsUnavailable):
+        asyncio.run(
+            hit_while_another_holds_the_lock(
+                tmp_path / "limits.sqlite3", hold_s=1.0, busy_timeout_s=0.2
+            )
+        )
