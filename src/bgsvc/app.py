@@ -21,6 +21,7 @@ from bgsvc.allocator import tune_malloc
 from bgsvc.auth import account
 from bgsvc.auth.keys import open_store as open_key_store
 from bgsvc.auth.middleware import AuthMiddleware
+from bgsvc.batches.service import item_finished
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
 from bgsvc.imaging import refine
@@ -120,7 +121,13 @@ def create_app(
     scheduler = Scheduler(concurrency, settings.max_queue, observer=metrics, watchdog=watchdog)
     state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
     key_store = open_key_store(settings) if settings.auth == "required" else None
-    job_runtime = Jobs(settings, state, jobs.options_from_record, key_store=key_store)
+    job_runtime = Jobs(
+        settings,
+        state,
+        jobs.options_from_record,
+        key_store=key_store,
+        item_finished=item_finished,
+    )
     url_fetcher = (
         UrlFetcher.from_settings(settings, metrics, resolver=outbound_resolver)
         if settings.url_inputs

@@ -9,9 +9,8 @@ from typing import Any
 import anyio.to_thread
 
 from bgsvc.batches.intake import Item
-from bgsvc.batches.model import BatchItem, BatchRecord, new_batch_id
 from bgsvc.errors import BatchNotFound, BatchRunning
-from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
+from bgsvc.jobs.model import BatchItem, BatchRecord, JobRecord, JobStatus, new_batch_id, new_job_id
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key, visible
 from bgsvc.jobs.store import JobStore, NoRoom

@@ -1,8 +1,9 @@
 """Asynchronous jobs: records, a queue, and a runner in the serving process.
 
-``JobStore`` is the interface a queue backend implements (``SqliteJobStore`` now, the
-embedded mode; a Redis-backed one later); ``JobQueue`` is what the routes use; ``JobRunner``
+``JobStore`` is the interface a queue backend implements (``SqliteJobStore``, the embedded
+mode; ``RedisJobStore`` for a fleet); ``JobQueue`` is what the routes use; ``JobRunner``
 executes jobs on the capacity sync requests leave idle; ``Jobs`` builds them from settings.
+Nothing here imports :mod:`bgsvc.batches`, which builds on it.
 """
 
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus

@@ -12,9 +12,8 @@ from typing import Any, ParamSpec, TypeVar
 import dramatiq.errors
 import redis
 
-from bgsvc.batches.model import BatchItem, BatchRecord
 from bgsvc.errors import JobsUnavailable
-from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -7,8 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from bgsvc.batches.model import BatchRecord
-from bgsvc.jobs.model import JobRecord
+from bgsvc.jobs.model import BatchRecord, JobRecord
 from bgsvc.jobs.redis_codec import batch_fields, batch_from, job_fields, unavailable
 from bgsvc.jobs.redis_jobs import SCAN_LIMIT, RedisJobs, no_room
 from bgsvc.jobs.store import Room

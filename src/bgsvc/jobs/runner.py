@@ -22,7 +22,6 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from bgsvc.batches.service import item_finished
 from bgsvc.errors import (
     BgsvcError,
     JobAttemptsExhausted,
@@ -34,6 +33,7 @@ from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import Backends, JobQueue, result_key
+from bgsvc.jobs.store import JobStore
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalService
@@ -42,6 +42,9 @@ from bgsvc.storage import default_sweep_interval
 log = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
+# Called when a batch item became final (bgsvc.batches.service.item_finished: the batch may
+# be complete): (job store, the item's record, now, notifier).
+ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Awaitable[None]]
 
 T = TypeVar("T")
 
@@ -81,6 +84,7 @@ class JobRunner:
         parse_options: Callable[[dict[str, object]], RemovalOptions],
         serviceable: Callable[[], bool],
         notifier: Notifier | None = None,
+        item_finished: ItemFinished | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
@@ -91,6 +95,7 @@ class JobRunner:
         self.parse_options = parse_options
         self.serviceable = serviceable
         self.notifier = notifier
+        self.item_finished = item_finished
         self.clock = clock
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.running: set[asyncio.Task[None]] = set()
@@ -355,8 +360,8 @@ class JobRunner:
 
     def _item_final(self, backends: Backends, record: JobRecord) -> None:
         """A batch item is final: its batch may be complete (batch.completed, sent once)."""
-        if record.batch_id is not None:
-            done = item_finished(backends.jobs, record, self.clock(), self.notifier)
+        if record.batch_id is not None and self.item_finished is not None:
+            done = self.item_finished(backends.jobs, record, self.clock(), self.notifier)
             batch_task = asyncio.create_task(done)
             self.webhooks.add(batch_task)
             batch_task.add_done_callback(self.webhooks.discard)

@@ -11,7 +11,7 @@ from bgsvc.auth.keys import KeyStore
 from bgsvc.config import Settings
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import Backends, JobQueue
-from bgsvc.jobs.runner import JobRunner, RunnerConfig
+from bgsvc.jobs.runner import ItemFinished, JobRunner, RunnerConfig
 from bgsvc.jobs.sqlite import SqliteJobStore
 from bgsvc.jobs.store import JobStore
 from bgsvc.options import RemovalOptions
@@ -32,6 +32,7 @@ class Jobs:
         *,
         poll_s: float = 0.2,
         key_store: KeyStore | None = None,
+        item_finished: ItemFinished | None = None,
     ) -> None:
         self.settings = settings
         db_path = settings.data_dir.expanduser().resolve() / DB_NAME
@@ -86,6 +87,7 @@ class Jobs:
             parse_options=parse_options,
             serviceable=lambda: state.serviceable()[0] and not state.draining,
             notifier=self.notifier,
+            item_finished=item_finished,
         )
         self._task: asyncio.Task[None] | None = None
 

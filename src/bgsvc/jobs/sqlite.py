@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from bgsvc.batches.model import BatchItem, BatchRecord
-from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus
 from bgsvc.jobs.sqlite_schema import BATCH_COLUMNS as _BATCH_COLUMNS
 from bgsvc.jobs.sqlite_schema import COLUMNS as _COLUMNS
 from bgsvc.jobs.sqlite_schema import check_room, migrate, transaction

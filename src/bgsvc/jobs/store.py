@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from bgsvc.batches.model import BatchRecord
-from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.model import BatchRecord, JobError, JobRecord, JobStatus
 
 
 @dataclass(frozen=True)
