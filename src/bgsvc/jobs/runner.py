@@ -16,9 +16,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
 # Called when a batch item became final (bgsvc.batches.service.item_finished: the batch may
 # be complete): (job store, the item's record, now, notifier).
-ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Awaitable[None]]
+ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Coroutine[Any, Any, None]]
 
 T = TypeVar("T")
 
