@@ -13,10 +13,11 @@ less the RSS before them is the growth. Results go to OUT/decode_memory.json and
 on stdout. Images are made once (smooth, so even 50 MP stays under the 25 MiB upload limit,
 as a hostile client's would) in OUT/decode_memory/.
 
-Only decoding depends on the source size: the image is brought within BGSVC_MAX_EDGE
-(2048) right after, and the model, mask and encode work on that. The cheap model (the
-default model's input and output shapes, a trivial graph) gives the same growth as the
-real one for the size-dependent part and starts in seconds; --model real shows the whole.
+Results keep the source's size (up to BGSVC_MAX_OUTPUT_PIXELS), so decoding, the edge
+step, the cutout and the encode all work at full size; only the model's input is made from
+a working copy within BGSVC_MAX_EDGE. The cheap model (the default model's input and output
+shapes, a trivial graph) gives the same growth as the real one for the size-dependent part
+and starts in seconds; --model real shows the whole.
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 # mallopt parameters from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+# deploy/start.sh's MALLOC_ARENA_MAX, for processes started any other way (bgsvc serve):
+# with a glibc arena per stage thread, a 12 MP result's buffers came from thread heaps that
+# glibc shrinks eagerly, and were page-faulted in again on every request (postprocess 160
+# ms instead of 31 ms; benchmarks/RESULTS.md).
+ARENAS = 2
 
 
 def tune_malloc(mmap_threshold: int) -> bool:
@@ -38,8 +44,10 @@ def tune_malloc(mmap_threshold: int) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # glibc documents 32 MiB as the largest mmap threshold on 64-bit; some versions refuse more.
-    ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(M_TRIM_THRESHOLD, 2 * mmap_threshold)
+    ok = (
+        bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+        and bool(mallopt(M_TRIM_THRESHOLD, 2 * mmap_threshold))
+        and bool(mallopt(M_ARENA_MAX, ARENAS))
     )
     if not ok:
         log.warning("mallopt refused an mmap threshold of %d bytes", mmap_threshold)

@@ -275,8 +275,31 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest source image in pixels, from its header (413).",
     )
+    max_output_pixels: int = Field(
+        # remove.bg's ceiling for "full"; a request's `size` may ask for less.
+        default=25_000_000,
+        ge=1,
+        le=50_000_000,
+        description="Largest result in pixels: larger sources are scaled down to it (aspect "
+        "kept). Up to 50 MP, with BGSVC_MAX_PIXELS raised to match for 50 MP sources.",
+    )
+    refine: bool = Field(
+        default=True,
+        description="Enlarge the model's matte to the result's size along the photo's "
+        "edges (a colour guided filter) unless a request says refine=false; false: "
+        "bilinear unless a request says refine=true.",
+    )
+    decontaminate: bool = Field(
+        default=True,
+        description="Estimate the subject's colour where the matte is semi-transparent "
+        "unless a request says decontaminate=false (rembg's dc, remove.bg's "
+        "semitransparency); false: the photo's colour unless a request asks.",
+    )
     max_edge: int = Field(
-        default=2048, ge=64, description="Longer edges are downscaled to this before processing."
+        default=2048,
+        ge=64,
+        description="Long edge of the working copy the model's input and the edge "
+        "refinement's coefficients are made from; results keep the source's size.",
     )
     allowed_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "HEIF"],

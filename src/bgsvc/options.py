@@ -118,7 +118,14 @@ class RemovalOptions:
     alpha_matting_erode_size: int = 10
     post_process_mask: bool = False
     model: str | None = None
+    # The result's pixel budget asked for (``size``); None: the service's own.
     max_output_pixels: int | None = None
+    # Edge-aware enlargement of the matte, guided by the photo (else bilinear); None: the
+    # service's default (BGSVC_REFINE).
+    refine: bool | None = None
+    # Foreground colour estimated where the matte is soft (else the photo's own colour);
+    # None: the service's default (BGSVC_DECONTAMINATE).
+    decontaminate: bool | None = None
     roi: Roi | None = None
     placement: Placement | None = None
     # A background photo (remove.bg's bg_image_file/url): its bytes stay out of the repr,
@@ -141,6 +148,34 @@ class RemovalOptions:
                 raise InvalidParameter("channels=alpha returns the matte; it takes no background.")
             digest = hashlib.sha256(self.bg_image).hexdigest()
             object.__setattr__(self, "bg_image_digest", digest)
+
+
+# remove.bg's named output sizes as pixel budgets (None: the service's own budget).
+SIZE_PIXELS: dict[str, int | None] = {
+    "preview": 250_000,
+    "small": 250_000,
+    "regular": 250_000,
+    "medium": 1_500_000,
+    "hd": 4_000_000,
+    "4k": None,
+    "full": None,
+    "auto": None,
+    "50mp": 50_000_000,
+}
+
+
+def parse_size(value: str | None) -> int | None:
+    """A result size: one of remove.bg's names (``preview`` ... ``full``, ``50MP``) or a
+    number of pixels; None: the service's budget (BGSVC_MAX_OUTPUT_PIXELS)."""
+    text = (value or "").strip().lower()
+    if not text:
+        return None
+    if text in SIZE_PIXELS:
+        return SIZE_PIXELS[text]
+    if text.isdigit() and len(text) <= 12 and int(text) > 0:
+        return int(text)
+    names = ", ".join(SIZE_PIXELS)
+    raise InvalidParameter(f"Unknown size {value!r}; use {names} or a number of pixels.")
 
 
 def parse_format(value: str | None) -> OutputFormat:

@@ -27,7 +27,7 @@ from bgsvc.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from bgsvc.imaging import refine
+from bgsvc.imaging import edges, refine
 from bgsvc.imaging.compose import combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
@@ -62,7 +62,7 @@ class StagedPredictor(Protocol):
 
     def run(self, tensor: np.ndarray) -> np.ndarray: ...
 
-    def postprocess(self, raw: np.ndarray, size: tuple[int, int]) -> np.ndarray: ...
+    def postprocess(self, raw: np.ndarray, size: tuple[int, int] | None) -> np.ndarray: ...
 
     def predict(self, rgb: Image.Image) -> np.ndarray: ...
 
@@ -108,27 +108,63 @@ class Remover:
 
     def decode(self, data: bytes, options: RemovalOptions) -> DecodedImage:
         """Stage 1: guard and decode."""
+        budget = self.settings.max_output_pixels
+        if options.max_output_pixels is not None:
+            budget = min(budget, options.max_output_pixels)
         limits = DecodeLimits(
             allowed_formats=self._formats,
             max_pixels=self.settings.max_pixels,
             max_edge=self.settings.max_edge,
-            max_output_pixels=options.max_output_pixels,
+            max_output_pixels=budget,
         )
         with span("decode"):
             image = decode(data, limits)
             if options.bg_image is not None:
-                # Decoded here, before the inference slot: a bad background fails fast.
+                # Decoded here, before the inference slot: a bad background fails fast. It
+                # is scaled to cover the result, so twice the result's pixels is all it
+                # needs (a different aspect ratio is cropped): never a second 25 MP decode
+                # for a small photo.
+                w, h = image.size
+                backdrop = replace(limits, max_output_pixels=min(budget, 2 * w * h))
                 try:
-                    background = decode(options.bg_image, replace(limits, max_output_pixels=None))
+                    background = decode(options.bg_image, backdrop)
                 except (MissingImage, InvalidImage, UnsupportedFormat, TooManyPixels) as exc:
                     raise type(exc)(f"The background image: {exc.message}") from exc
                 image = replace(image, background=background.rgb)
             return image
 
+    def refines(self, options: RemovalOptions) -> bool:
+        """Whether the matte is enlarged along the photo's edges (the request's say, else
+        BGSVC_REFINE)."""
+        return self.settings.refine if options.refine is None else options.refine
+
+    def decontaminates(self, options: RemovalOptions) -> bool:
+        """Whether soft pixels get the subject's estimated colour (the request's say, else
+        BGSVC_DECONTAMINATE); never for a matte alone."""
+        wanted = (
+            self.settings.decontaminate if options.decontaminate is None else options.decontaminate
+        )
+        return wanted and options.channels == "rgba"
+
+    def matte_size(self, image: DecodedImage, options: RemovalOptions) -> tuple[int, int] | None:
+        """The size the engine's matte is made at: the model's own when the refinement
+        enlarges it (it fits the photo on the matte's grid, where both are equally
+        coarse), else the result's at once (one bilinear resize)."""
+        return None if self.refines(options) else image.size
+
+    def full_matte(
+        self, image: DecodedImage, matte: np.ndarray, options: RemovalOptions
+    ) -> np.ndarray:
+        """The engine's matte at the result's size, refined along the photo's edges."""
+        return edges.upscale_matte(
+            matte, image.pixels, refine=self.refines(options), work_edge=self.settings.max_edge
+        )
+
     def finish(
         self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str
     ) -> tuple[RemovalResult, float]:
-        """Stages 3 and 4: refine, composite, encode. Returns the result and encode seconds."""
+        """Stages 3 and 4: refine, composite, encode (``mask`` at the result's size).
+        Returns the result and the encode's seconds."""
         with span("compose"):
             if options.post_process_mask:
                 mask = refine.post_process_mask(mask)
@@ -143,13 +179,19 @@ class Remover:
             if options.roi is not None:
                 mask = options.roi.apply(mask, image.size, image.source_size)
             mask = combine_alpha(mask, image.alpha)
+            rgb: Image.Image | None = image.rgb
+            pixels = image.pixels
+            if self.decontaminates(options):
+                pixels = edges.decontaminate(pixels, mask, work_edge=self.settings.max_edge)
+                # The photo's own image no longer stands for these pixels; render makes
+                # one from them only if it needs it.
+                rgb = None if pixels is not image.pixels else rgb
             if options.placement is not None:
-                rgb, mask = place(image.rgb, mask, options.placement)
-                rendered = render(rgb, mask, options, background=image.background)
+                placed = Image.fromarray(pixels) if rgb is None else rgb
+                placed, mask = place(placed, mask, options.placement)
+                rendered = render(placed, mask, options, background=image.background)
             else:
-                rendered = render(
-                    image.rgb, mask, options, image.pixels, background=image.background
-                )
+                rendered = render(rgb, mask, options, pixels, background=image.background)
         started = time.perf_counter()
         with span("encode"):
             if rendered.color is not None:
@@ -174,7 +216,7 @@ class Remover:
         """The whole pipeline in the calling thread (the CLI's path)."""
         engine = self.engine_for(options)
         image = self.decode(data, options)
-        mask = engine.predict(image.rgb)
+        mask = self.full_matte(image, engine.predict(image.work_rgb), options)
         result, _ = self.finish(image, mask, options, engine.name)
         return result
 
@@ -342,7 +384,7 @@ class RemovalService:
             # Preprocessing here, before the inference slot, overlaps another forward pass.
             t0 = time.perf_counter()
             with span("preprocess"):
-                tensor = staged.preprocess(image.pixels)
+                tensor = staged.preprocess(image.work_pixels)
             return image, tensor, time.perf_counter() - t0
 
         started = time.perf_counter()
@@ -362,7 +404,7 @@ class RemovalService:
                 if staged is not None and tensor is not None:
                     out = staged.run(tensor)
                 else:
-                    out = engine.predict(image.rgb)
+                    out = engine.predict(image.work_rgb)
             return out, time.perf_counter() - t0
 
         raw, timings["inference"] = await self.scheduler.run(ticket, infer, model=engine.name)
@@ -372,7 +414,11 @@ class RemovalService:
         def finish() -> tuple[RemovalResult, float, float]:
             t0 = time.perf_counter()
             with span("mask"):
-                mask = staged.postprocess(raw, image.rgb.size) if staged is not None else raw
+                if staged is not None:
+                    raw_matte = staged.postprocess(raw, self.remover.matte_size(image, options))
+                else:
+                    raw_matte = raw
+                mask = self.remover.full_matte(image, raw_matte, options)
             mask_s = time.perf_counter() - t0
             result, encode_s = self.remover.finish(image, mask, options, engine.name)
             return result, mask_s, encode_s

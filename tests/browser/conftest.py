@@ -91,6 +91,9 @@ def start_service(tmp: Path, model: Path, extra_env: dict[str, str] | None = Non
             "BGSVC_INTRA_OP_THREADS": "1",
             # Several tests upload the same photo and check the real stage timings.
             "BGSVC_RESULT_CACHE_BYTES": "0",
+            # Smaller than the test photos: the page must show and download results at
+            # the upload's size, beyond the working copy the model sees.
+            "BGSVC_MAX_EDGE": "128",
             "BGSVC_DRAIN_SECONDS": "0",
         }
     )

@@ -84,22 +84,37 @@ def test_applies_exif_orientation() -> None:
     assert out.source_size == (20, 40)
 
 
-def test_downscales_longest_edge_to_max_edge() -> None:
+def test_result_keeps_the_source_size_and_only_the_working_copy_is_bounded_by_max_edge() -> None:
     limits = DecodeLimits(LIMITS.allowed_formats, LIMITS.max_pixels, max_edge=100)
     out = decode(encode_image(subject_image((300, 150))), limits)
-    assert out.size == (100, 50)
+    assert out.size == (300, 150)
     assert out.source_size == (300, 150)
+    assert out.work_size == (100, 50)
+    assert out.work_pixels.shape == (50, 100, 3)
+    assert out.work_rgb.size == (100, 50)
 
 
-def test_jpeg_draft_keeps_exact_target_size() -> None:
-    limits = DecodeLimits(LIMITS.allowed_formats, LIMITS.max_pixels, max_edge=250)
+def test_working_copy_of_a_small_photo_is_the_photo_itself() -> None:
+    out = decode(encode_image(subject_image((80, 60))), LIMITS)
+    assert out.work_pixels is out.pixels
+    assert out.work_rgb is out.rgb
+
+
+def test_jpeg_draft_keeps_exact_output_budget_size() -> None:
+    limits = DecodeLimits(LIMITS.allowed_formats, LIMITS.max_pixels, 2048, 1000 * 600 // 16)
     out = decode(encode_image(subject_image((1000, 600)), "JPEG"), limits)
     assert out.size == (250, 150)
     assert out.source_size == (1000, 600)
 
 
-def test_output_pixel_budget_downscales() -> None:
+def test_output_pixel_budget_downscales_and_never_exceeds_it() -> None:
     assert target_size((2000, 1000), DecodeLimits(frozenset(), 10**9, 4096, 500_000)) == (1000, 500)
+    w, h = target_size((4032, 3024), DecodeLimits(frozenset(), 10**9, 2048, 250_000))
+    assert w * h <= 250_000 and (w, h) == (577, 433)
+
+
+def test_without_an_output_budget_the_source_size_is_kept() -> None:
+    assert target_size((9000, 5000), DecodeLimits(frozenset(), 10**9, 2048)) == (9000, 5000)
 
 
 def test_keeps_input_alpha_and_hides_transparent_colour_from_model() -> None:

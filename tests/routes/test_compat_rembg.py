@@ -49,3 +49,24 @@ def test_rembg_model_outside_allow_list_is_refused(client: TestClient, photo_png
 def test_rembg_url_fetching_is_refused(client: TestClient) -> None:
     r = client.get("/api/remove?url=http://127.0.0.1/x.png")
     assert r.status_code == 400 and r.json()["code"] == "invalid_parameter"
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_rembg_dc_turns_decontamination_on_and_its_default_leaves_it_off(
+    client: TestClient, photo_png: bytes
+) -> None:
+    plain = client.post("/api/remove", files={"file": photo_png})
+    dc = client.post("/api/remove", files={"file": photo_png}, data={"dc": "true"})
+    native_off = client.post("/remove-background?decontaminate=false", files={"file": photo_png})
+    native_on = client.post("/remove-background", files={"file": photo_png})
+    assert dc.status_code == plain.status_code == 200
+    assert np.array_equal(_pixels(plain.content), _pixels(native_off.content))
+    assert np.array_equal(_pixels(dc.content), _pixels(native_on.content))
+
+
+def test_rembg_vitmatte_is_refused_by_name(client: TestClient, photo_png: bytes) -> None:
+    r = client.post("/api/remove", files={"file": photo_png}, data={"vm": "true"})
+    assert r.status_code == 400 and "vm" in r.json()["message"]

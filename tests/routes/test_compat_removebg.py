@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import TYPE_CHECKING
 
+import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import encode_image, subject_image
 
-if TYPE_CHECKING:
-    import numpy as np
+
+def open_image(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
 
 
 def test_removebg_multipart_with_its_field_names(client: TestClient, photo_png: bytes) -> None:
@@ -50,6 +52,42 @@ def test_removebg_size_preview_caps_pixels(client: TestClient) -> None:
     w, h = int(r.headers["x-width"]), int(r.headers["x-height"])
     assert w * h <= 250_000 and w * h > 240_000
     assert abs(w / h - 1000 / 800) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("size", "budget"),
+    [("small", 250_000), ("medium", 1_500_000), ("hd", 4_000_000), ("full", None), ("4k", None)],
+)
+def test_removebg_sizes_cap_the_result_at_their_pixel_counts(
+    client: TestClient, size: str, budget: int | None
+) -> None:
+    photo = encode_image(subject_image((2400, 1800)), "JPEG")
+    r = client.post("/v1.0/removebg", files={"image_file": photo}, data={"size": size})
+    w, h = int(r.headers["x-width"]), int(r.headers["x-height"])
+    if budget is None:
+        assert (w, h) == (2400, 1800)
+    else:
+        assert budget * 0.99 < w * h <= budget
+
+
+def test_removebg_refuses_a_size_it_does_not_define(client: TestClient, photo_png: bytes) -> None:
+    for size in ("1000000", "huge"):
+        r = client.post("/v1.0/removebg", files={"image_file": photo_png}, data={"size": size})
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "invalid_parameter"
+
+
+def test_removebg_semitransparency_false_keeps_the_photos_edge_colour(
+    client: TestClient,
+) -> None:
+    photo = encode_image(subject_image((240, 160)))
+    kept = client.post(
+        "/v1.0/removebg",
+        files={"image_file": photo},
+        data={"semitransparency": "false", "format": "png"},
+    )
+    own = client.post("/remove-background?decontaminate=false", files={"file": photo})
+    assert kept.status_code == 200
+    assert np.array_equal(np.asarray(open_image(kept.content)), np.asarray(open_image(own.content)))
 
 
 def test_removebg_auto_format_is_jpg_when_opaque(client: TestClient, photo_png: bytes) -> None:

@@ -77,12 +77,31 @@ def test_crop_with_margin_returns_subject_box(client: TestClient, photo_png: byt
     assert img.width == int(r.headers["x-foreground-width"]) + 20
 
 
-def test_max_edge_guard_downscales_and_reports_size(make_client, photo_png: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_result_keeps_the_source_size_beyond_max_edge(make_client, photo_png: bytes) -> None:  # type: ignore[no-untyped-def]
     client = make_client(max_edge=64)
     r = client.post("/remove-background", files={"file": photo_png})
-    assert (r.headers["x-width"], r.headers["x-height"]) == ("64", "43")
+    assert (r.headers["x-width"], r.headers["x-height"]) == ("120", "80")
     assert (r.headers["x-source-width"], r.headers["x-source-height"]) == ("120", "80")
-    assert open_image(r.content).size == (64, 43)
+    assert open_image(r.content).size == (120, 80)
+
+
+def test_output_pixel_budget_scales_the_result_down(make_client, photo_png: bytes) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(max_output_pixels=2400)
+    r = client.post("/remove-background", files={"file": photo_png})
+    assert open_image(r.content).size == (60, 40)
+    assert (r.headers["x-source-width"], r.headers["x-source-height"]) == ("120", "80")
+    # A request may ask for less than the service's budget, never for more.
+    smaller = client.post("/remove-background?size=600", files={"file": photo_png})
+    assert open_image(smaller.content).size == (30, 20)
+    larger = client.post("/remove-background?size=full", files={"file": photo_png})
+    assert open_image(larger.content).size == (60, 40)
+
+
+@pytest.mark.parametrize("size", ["huge", "-5", "0", "1e6", "9" * 40])
+def test_unknown_size_is_refused(client: TestClient, photo_png: bytes, size: str) -> None:
+    r = client.post(f"/remove-background?size={size}", files={"file": photo_png})
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_parameter"
 
 
 def test_echoes_caller_request_id_and_names_the_node(client: TestClient, photo_png: bytes) -> None:
@@ -107,3 +126,26 @@ def test_webp_alpha_is_the_matte_exactly_unless_alpha_quality_is_lowered(
     want = np.asarray(open_image(matte.content)).astype(int)
     got = np.asarray(open_image(webp.content).getchannel("A")).astype(int)
     assert (np.abs(got - want).max() == 0) == (alpha_quality == 100)
+
+
+def test_service_defaults_for_the_edge_step_are_what_a_request_may_override(  # type: ignore[no-untyped-def]
+    make_client, photo_png: bytes
+) -> None:
+    plain = make_client(refine=False, decontaminate=False)
+    full = make_client()
+    asked_plain = full.post(
+        "/remove-background?refine=false&decontaminate=false", files={"file": photo_png}
+    )
+    default_plain = plain.post("/remove-background", files={"file": photo_png})
+    asked_full = plain.post(
+        "/remove-background?refine=true&decontaminate=true", files={"file": photo_png}
+    )
+    default_full = full.post("/remove-background", files={"file": photo_png})
+    pixels = [np.asarray(open_image(r.content)) for r in (asked_plain, default_plain)]
+    assert np.array_equal(*pixels)
+    pixels = [np.asarray(open_image(r.content)) for r in (asked_full, default_full)]
+    assert np.array_equal(*pixels)
+    # The edge step changes the result: the photo's soft edge is not what bilinear gives.
+    assert not np.array_equal(
+        np.asarray(open_image(default_plain.content)), np.asarray(open_image(default_full.content))
+    )

@@ -105,17 +105,18 @@ def _flatten(rgb: Image.Image, alpha: Image.Image, fill: tuple[int, int, int]) -
 
 
 def render(
-    rgb: Image.Image,
+    rgb: Image.Image | None,
     mask: np.ndarray,
     options: RemovalOptions,
     pixels: np.ndarray | None = None,
     background: Image.Image | None = None,
 ) -> Rendered:
     """Cut out, crop, fill the background and pick the concrete output format. ``pixels``
-    (``rgb`` as a uint8 array, when the caller has it) makes the plain cutout cheaper;
+    (``rgb`` as a uint8 array, when the caller has it) makes the plain cutout cheaper, and
+    stands for ``rgb`` when that is None (made only if a step needs it: 100 MB at 25 MP);
     ``background`` (RGB) is scaled to cover the output, centred, and put behind it."""
     box = foreground_box(mask)
-    width, height = rgb.size
+    height, width = mask.shape
     region = (0, 0, width, height)
     if options.crop:
         if box is None:
@@ -128,6 +129,20 @@ def render(
             box.top + box.height + bottom,
         )
 
+    plain_cutout = (
+        options.bg_color is None
+        and options.format not in ("jpg", "zip")
+        and options.channels == "rgba"
+        and background is None
+    )
+    if plain_cutout and pixels is not None and region == (0, 0, width, height):
+        array = _cutout_pixels(pixels, mask)
+        fmt: OutputFormat = "png" if options.format == "auto" else options.format
+        return Rendered(Image.fromarray(array), fmt, _box_in(box, region), pixels=array)
+    if rgb is None:
+        if pixels is None:
+            raise ValueError("render needs the photo as an image or as pixels")
+        rgb = Image.fromarray(pixels)
     alpha = Image.fromarray(mask, "L")
     if region != (0, 0, width, height):
         # Cropped before compositing, so only the output's pixels are composed. Pillow
@@ -139,17 +154,12 @@ def render(
         return Rendered(image=alpha, format="zip", box=_box_in(box, region), color=rgb)
 
     out: Image.Image
-    array: np.ndarray | None = None
-    plain_cutout = options.bg_color is None and options.format != "jpg"
     if options.channels == "alpha":
         out = alpha
     elif background is not None:
         # remove.bg's rule: centred and resized to fill the canvas, aspect ratio kept.
         cover = ImageOps.fit(background, rgb.size, Image.Resampling.LANCZOS)
         out = Image.composite(rgb, cover, alpha)
-    elif plain_cutout and pixels is not None and region == (0, 0, width, height):
-        array = _cutout_pixels(pixels, mask)
-        out = Image.fromarray(array)
     else:
         fill = options.bg_color
         if fill is None and options.format == "jpg":
@@ -167,7 +177,7 @@ def render(
     fmt = options.format
     if fmt == "auto":
         fmt = "png" if out.mode == "RGBA" else "jpg"
-    return Rendered(image=out, format=fmt, box=_box_in(box, region), pixels=array)
+    return Rendered(image=out, format=fmt, box=_box_in(box, region))
 
 
 def _box_in(box: Box | None, region: tuple[int, int, int, int]) -> Box:

@@ -13,6 +13,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from bgsvc.errors import InvalidImage, MissingImage, TooManyPixels, UnsupportedFormat
 from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and AVIF)
+from bgsvc.imaging.opencv import cv2
 
 _SRGB = ImageCms.createProfile("sRGB")
 # Pillow raises these for corrupt or truncated streams, depending on the codec.
@@ -31,12 +32,15 @@ _DECODE_ERRORS = (
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """The input guard: what is accepted and how large the working image may be."""
+    """The input guard: what is accepted, how large the result may be, and how large the
+    working copy (what the model's input is made from) may be."""
 
     allowed_formats: frozenset[str]
     max_pixels: int
+    # The long edge of the working copy; the result is not bounded by it.
     max_edge: int
-    # remove.bg's `size` caps the output's pixel count on top of max_edge.
+    # The result's pixel budget (the service's, or a smaller one the request asked for);
+    # None: the source's size.
     max_output_pixels: int | None = None
 
 
@@ -50,28 +54,70 @@ class DecodedImage:
     source_size: tuple[int, int]
     # The photo the cutout is to be put on, when the request sent one.
     background: Image.Image | None = None
+    # The long edge of the working copy (0: the image itself).
+    work_edge: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
-        """The working size (after the max-edge guard)."""
+        """The result's size (the source's, within the output pixel budget)."""
         return self.rgb.size
+
+    @property
+    def work_size(self) -> tuple[int, int]:
+        """The working copy's size: the result's, with its long edge within ``work_edge``."""
+        return work_size(self.size, self.work_edge)
 
     @cached_property
     def pixels(self) -> np.ndarray:
-        """The RGB pixels as a uint8 HxWx3 array, made once: the model's input resize and
-        the cutout both read it (Pillow's export is a full copy)."""
+        """The RGB pixels as a uint8 HxWx3 array, made once: the working copy, the edge
+        refinement and the cutout all read it (Pillow's export is a full copy)."""
         return np.asarray(self.rgb, dtype=np.uint8)
+
+    @cached_property
+    def work_pixels(self) -> np.ndarray:
+        """The working copy as uint8 HxWx3: what the model's input is made from, so a 12 MP
+        photo gives the model what a 4 MP one would (area-averaged: antialiased, as the
+        Pillow downscale it replaces was; 2 ms from 12 MP in OpenCV)."""
+        if self.work_size == self.size:
+            return self.pixels
+        pixels = self.pixels
+        factor = self.size[0] // self.work_size[0]
+        if factor >= 2:
+            # OpenCV's area average is fast for whole factors only (9 ms from 12 MP, against
+            # 45 ms straight to a fractional size): average by the whole part, then a small
+            # bilinear step.
+            step = 1 / factor
+            pixels = cv2.resize(pixels, None, fx=step, fy=step, interpolation=cv2.INTER_AREA)
+            return cv2.resize(pixels, self.work_size, interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(pixels, self.work_size, interpolation=cv2.INTER_AREA)
+
+    @property
+    def work_rgb(self) -> Image.Image:
+        """The working copy as an image (the whole pipeline in one thread: the CLI)."""
+        if self.work_size == self.size:
+            return self.rgb
+        return Image.fromarray(self.work_pixels)
+
+
+def work_size(size: tuple[int, int], edge: int) -> tuple[int, int]:
+    """``size`` with its long edge brought within ``edge`` (0: unbounded)."""
+    w, h = size
+    if edge <= 0 or max(w, h) <= edge:
+        return size
+    scale = edge / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def target_size(size: tuple[int, int], limits: DecodeLimits) -> tuple[int, int]:
-    """The size an image of ``size`` is processed at: within max_edge and max_output_pixels."""
+    """The result's size for a source of ``size``: the source's, scaled down (aspect kept)
+    to fit max_output_pixels."""
     w, h = size
-    scale = min(1.0, limits.max_edge / max(w, h))
-    if limits.max_output_pixels is not None and w * h > limits.max_output_pixels:
-        scale = min(scale, math.sqrt(limits.max_output_pixels / (w * h)))
-    if scale >= 1.0:
+    budget = limits.max_output_pixels
+    if budget is None or w * h <= budget:
         return size
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    scale = math.sqrt(budget / (w * h))
+    # Rounded down: the budget is a ceiling a client may rely on (remove.bg's sizes).
+    return max(1, math.floor(w * scale)), max(1, math.floor(h * scale))
 
 
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
@@ -182,7 +228,7 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
 
     The format and pixel count are checked from the header before any pixel is decoded;
     EXIF orientation is applied, ICC profiles converted to sRGB, palette, greyscale,
-    16-bit and alpha inputs normalised, and the longest edge brought within the limit.
+    16-bit and alpha inputs normalised, and the image brought within the output budget.
     """
     img = _open(data, limits)
     source_format = img.format or "UNKNOWN"
@@ -208,4 +254,10 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
         rgb = rgb.resize(final, Image.Resampling.BILINEAR, reducing_gap=2.0)
         if alpha is not None:
             alpha = alpha.resize(final, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format, source_size=source_size)
+    return DecodedImage(
+        rgb=rgb,
+        alpha=alpha,
+        source_format=source_format,
+        source_size=source_size,
+        work_edge=limits.max_edge,
+    )

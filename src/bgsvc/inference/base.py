@@ -22,7 +22,7 @@ from bgsvc.inference.registry import ModelSpec
 WARMUP_SIZE = (1600, 1200)
 # Bump whenever the pre- or post-processing here changes the mattes: it is part of every
 # engine's version, so results cached by an earlier pipeline are not served.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,13 @@ class BaseEngine:
             tensor[0, c] -= self._shift[c]
         return tensor
 
-    def postprocess(self, raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """The raw output map to a uint8 matte at ``size`` (width, height)."""
+    def postprocess(self, raw: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+        """The raw output map to a uint8 matte at ``size`` (width, height); None: at the
+        size the model made it (the edge refinement enlarges it from there)."""
         if self.graph_pipeline:
             # The graph made the matte already, at the size of the image it was given.
-            return matte_to(np.asarray(raw, dtype=np.uint8), size)
+            matte = np.asarray(raw, dtype=np.uint8)
+            return matte if size is None else matte_to(matte, size)
         pred: np.ndarray = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
         transform = self.spec.profile.output_transform
         if transform == "minmax":
@@ -109,7 +111,8 @@ class BaseEngine:
         scaled = np.multiply(pred, 255.0, dtype=np.float32)
         scaled += 0.5
         np.clip(scaled, 0.0, 255.0, out=scaled)
-        return matte_to(scaled.astype(np.uint8), size)
+        matte = scaled.astype(np.uint8)
+        return matte if size is None else matte_to(matte, size)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """The forward pass (the model's chosen output), implemented per engine."""

@@ -34,15 +34,18 @@ class RembgParams(RemovalParams):
     om: bool = Field(False, description="Only mask: return the matte.")
     ppm: bool = Field(False, description="Post-process the mask.")
     bgc: str | None = Field(None, description="Background colour: r,g,b,a or #rrggbb[aa].")
-    dc: bool = Field(False, description="Decontaminate edges (not supported: must be false).")
+    dc: bool = Field(
+        False, description="Decontaminate edges: semi-transparent pixels get the subject's colour."
+    )
     vm: bool = Field(False, description="ViTMatte refinement (not supported: must be false).")
     extras: str | None = Field(None, description="Ignored (rembg's per-session extras).")
 
     def to_options(self) -> RemovalOptions:
         """The dialect-neutral options (rembg always answers PNG)."""
-        if self.dc or self.vm:
+        if self.vm:
             raise InvalidParameter(
-                "dc and vm (rembg's edge decontamination/ViTMatte) are not supported."
+                "vm (rembg's ViTMatte refinement) is not supported; this server refines "
+                "edges with a guided filter instead."
             )
         return RemovalOptions(
             format="png",
@@ -54,6 +57,7 @@ class RembgParams(RemovalParams):
             alpha_matting_erode_size=self.ae,
             post_process_mask=self.ppm,
             model=self.model,
+            decontaminate=self.dc,
         )
 
 

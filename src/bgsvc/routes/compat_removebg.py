@@ -22,6 +22,7 @@ from bgsvc.options import (
     parse_margin,
     parse_placement,
     parse_roi,
+    parse_size,
 )
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
@@ -36,18 +37,6 @@ from bgsvc.routes.common import (
 
 router = APIRouter(tags=["remove.bg compatibility"])
 
-# remove.bg's output sizes as pixel budgets; "full"-like sizes are limited by max_edge only.
-SIZE_PIXELS: dict[str, int | None] = {
-    "preview": 250_000,
-    "small": 250_000,
-    "regular": 250_000,
-    "medium": 1_500_000,
-    "hd": 4_000_000,
-    "4k": None,
-    "full": None,
-    "50mp": None,
-    "auto": None,
-}
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -96,13 +85,14 @@ class RemoveBgParams(RemovalParams):
     )
     scale: str | None = Field(None, description="original, or 10%-100% of the canvas.")
     position: str | None = Field(None, description="original, center, or x% [y%].")
-    semitransparency: bool = True
+    semitransparency: bool = Field(
+        True, description="false: semi-transparent pixels keep the photo's own colour."
+    )
     add_shadow: bool = False
 
     def to_options(self) -> RemovalOptions:
         """The dialect-neutral options."""
-        size = self.size.lower()
-        if size not in SIZE_PIXELS:
+        if self.size.strip().isdigit():
             raise InvalidParameter(f"Unknown size {self.size!r}.")
         return RemovalOptions(
             format=parse_format(self.format),
@@ -110,7 +100,9 @@ class RemoveBgParams(RemovalParams):
             channels=self.channels,
             crop=self.crop,
             crop_margin=parse_margin(self.crop_margin),
-            max_output_pixels=SIZE_PIXELS[size],
+            max_output_pixels=parse_size(self.size),
+            # remove.bg's own colour correction of semi-transparent pixels.
+            decontaminate=None if self.semitransparency else False,
             roi=parse_roi(self.roi),
             placement=parse_placement(self.scale, self.position),
         )

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
+from bgsvc.options import (
+    RemovalOptions,
+    parse_color,
+    parse_format,
+    parse_margin,
+    parse_size,
+)
 from bgsvc.routes.common import (
     ERROR_RESPONSES,
     IMAGE_BODY,
@@ -45,6 +51,21 @@ class RemoveParams(RemovalParams):
     alpha_matting_erode_size: int = Field(10, ge=0, le=100, description="Matting: erosion.")
     post_process_mask: bool = Field(False, description="Smooth the mask's boundary.")
     model: str | None = Field(None, description="Model name from GET /models.")
+    size: str | None = Field(
+        None,
+        description="Result size: full (the source's, up to BGSVC_MAX_OUTPUT_PIXELS), "
+        "a remove.bg name (preview, medium, hd, 4k, 50MP) or a number of pixels.",
+    )
+    refine: bool | None = Field(
+        None,
+        description="Enlarge the matte guided by the photo's edges (false: bilinear); "
+        "default BGSVC_REFINE (true).",
+    )
+    decontaminate: bool | None = Field(
+        None,
+        description="Give semi-transparent pixels the subject's estimated colour instead of "
+        "the photo's, which carries the old background's; default BGSVC_DECONTAMINATE (true).",
+    )
 
     def to_options(self) -> RemovalOptions:
         """The dialect-neutral options."""
@@ -61,6 +82,9 @@ class RemoveParams(RemovalParams):
             alpha_matting_erode_size=self.alpha_matting_erode_size,
             post_process_mask=self.post_process_mask,
             model=self.model,
+            max_output_pixels=parse_size(self.size),
+            refine=self.refine,
+            decontaminate=self.decontaminate,
         )
 
 

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from benchmarks.matting import (
+    Sample,
+    alpha_metrics,
+    colour_error,
+    make_sample,
+    unknown_band,
+)
+
+from bgsvc.imaging.edges import decontaminate, upscale_matte
+from bgsvc.imaging.opencv import cv2
+
+# A quarter-scale set: 800 x 600 photos, the matte at 256 x 256 (about the 12 MP photo's
+# ratio to the model's 1024 x 1024).
+SIZE = (800, 600)
+MODEL = 256
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    return [make_sample(kind, SIZE, model_edge=MODEL) for kind in ("green", "busy")]
+
+
+def test_guided_upsampling_cuts_alpha_mse_and_gradient_error_by_a_third(
+    samples: list[Sample],
+) -> None:
+    for s in samples:
+        band = unknown_band(s.alpha)
+        plain = alpha_metrics(upscale_matte(s.matte, s.image, refine=False), s.alpha, band)
+        guided = alpha_metrics(upscale_matte(s.matte, s.image), s.alpha, band)
+        assert guided["mse"] <= 0.7 * plain["mse"], s.name
+        assert guided["grad"] <= 0.7 * plain["grad"], s.name
+
+
+def test_decontamination_halves_the_colour_error_on_strands_and_edges(
+    samples: list[Sample],
+) -> None:
+    for s in samples:
+        alpha = upscale_matte(s.matte, s.image)
+        estimate = decontaminate(s.image, alpha)
+        assert colour_error(estimate, s, "edges") <= 0.5 * colour_error(s.image, s, "edges")
+        # The lone veil has no opaque neighbour to borrow a colour from: better, not halved.
+        assert colour_error(estimate, s, "veil") < colour_error(s.image, s, "veil")
+
+
+def test_outputs_have_the_photo_size_and_uint8(samples: list[Sample]) -> None:
+    s = samples[0]
+    alpha = upscale_matte(s.matte, s.image)
+    assert alpha.shape == s.image.shape[:2] and alpha.dtype == np.uint8
+    colour = decontaminate(s.image, alpha)
+    assert colour.shape == s.image.shape and colour.dtype == np.uint8
+
+
+def test_decontamination_keeps_opaque_pixels_exactly(samples: list[Sample]) -> None:
+    s = samples[0]
+    alpha = upscale_matte(s.matte, s.image)
+    colour = decontaminate(s.image, alpha)
+    opaque = alpha == 255
+    assert opaque.any()
+    assert np.array_equal(colour[opaque], s.image[opaque])
+
+
+def test_unrefined_upscale_is_opencv_bilinear(samples: list[Sample]) -> None:
+    s = samples[1]
+    expected = cv2.resize(s.matte, SIZE, interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(upscale_matte(s.matte, s.image, refine=False), expected)
+
+
+def test_refined_upscale_matches_the_unbanded_fast_guided_filter(samples: list[Sample]) -> None:
+    # The banded, soft-blocks-only application must equal enlarging the coefficients whole.
+    from bgsvc.imaging import edges
+
+    s = samples[1]
+    p = s.matte.astype(np.float32) / 255
+    small = cv2.resize(s.image, (MODEL, MODEL), interpolation=cv2.INTER_AREA)
+    coef = edges.guided_coefficients(
+        small.astype(np.float32) / 255, p, edges.GUIDED_RADIUS, edges.GUIDED_EPS
+    )
+    up = [cv2.resize(c, SIZE, interpolation=cv2.INTER_LINEAR) for c in coef]
+    img = s.image.astype(np.float32) / 255
+    q = up[0] * img[..., 0] + up[1] * img[..., 1] + up[2] * img[..., 2] + up[3]
+    expected = np.clip(q * 255, 0, 255).round().astype(np.uint8)
+    diff = np.abs(upscale_matte(s.matte, s.image).astype(int) - expected)
+    assert diff.max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 2), (40, 7), (256, 256), (300, 900)])
+def test_any_matte_size_and_aspect_upscales_to_the_photo(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    matte = rng.integers(0, 256, shape, dtype=np.uint8)
+    photo = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    for refine in (True, False):
+        out = upscale_matte(matte, photo, refine=refine)
+        assert out.shape == (120, 200) and out.dtype == np.uint8
+    assert decontaminate(photo, upscale_matte(matte, photo)).shape == photo.shape
+
+
+def test_tiny_photo_works() -> None:
+    rng = np.random.default_rng(2)
+    matte = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    for h, w in ((1, 1), (2, 5), (9, 3)):
+        photo = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        alpha = upscale_matte(matte, photo)
+        assert alpha.shape == (h, w)
+        assert decontaminate(photo, alpha).shape == (h, w, 3)
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_flat_mattes_stay_flat_and_leave_colours_alone(value: int) -> None:
+    photo = np.random.default_rng(3).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    matte = np.full((32, 32), value, np.uint8)
+    alpha = upscale_matte(matte, photo)
+    assert (alpha == value).all()
+    assert np.array_equal(decontaminate(photo, alpha), photo)
