@@ -346,6 +346,10 @@ class RemovalService:
             return await self._compute(ticket, data, options, engine)
         started = time.perf_counter()
         version = str(getattr(engine, "version", engine.name))
+        # A request that leaves the edge step to the service gets the service's defaults:
+        # they key the result too, so a fleet whose defaults change serves no stale ones.
+        settings = self.remover.settings
+        version += f":refine{int(settings.refine)}:decontaminate{int(settings.decontaminate)}"
         if len(data) < _INLINE_HASH_BYTES:
             key = cache_key(data, options, engine.name, version, scope)
         else:
