@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # README "Limits and memory": one worker with the default model, and the decodes it runs
 # at once at the default BGSVC_MAX_PIXELS (benchmarks/decode_memory.py).
-WORKER_BUDGET_BYTES = int(3.5 * 2**30)
+WORKER_BUDGET_BYTES = 4 * 2**30
 
 
 def require_tool(name: str, package: str) -> str:
