@@ -12,6 +12,7 @@ from benchmarks.matting import (
 
 from bgsvc.imaging.edges import decontaminate, upscale_matte
 from bgsvc.imaging.opencv import cv2
+from bgsvc.imaging.resize import shrink
 
 # A quarter-scale set: 800 x 600 photos, the matte at 256 x 256 (about the 12 MP photo's
 # ratio to the model's 1024 x 1024).
@@ -75,7 +76,7 @@ def test_refined_upscale_matches_the_unbanded_fast_guided_filter(samples: list[S
 
     s = samples[1]
     p = s.matte.astype(np.float32) / 255
-    small = cv2.resize(s.image, (MODEL, MODEL), interpolation=cv2.INTER_AREA)
+    small = shrink(s.image, (MODEL, MODEL))
     coef = edges.guided_coefficients(
         small.astype(np.float32) / 255, p, edges.GUIDED_RADIUS, edges.GUIDED_EPS
     )

@@ -13,7 +13,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from bgsvc.errors import InvalidImage, MissingImage, TooManyPixels, UnsupportedFormat
 from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and AVIF)
-from bgsvc.imaging.opencv import cv2
+from bgsvc.imaging.resize import shrink
 
 _SRGB = ImageCms.createProfile("sRGB")
 # Pillow raises these for corrupt or truncated streams, depending on the codec.
@@ -77,19 +77,8 @@ class DecodedImage:
     def work_pixels(self) -> np.ndarray:
         """The working copy as uint8 HxWx3: what the model's input is made from, so a 12 MP
         photo gives the model what a 4 MP one would (area-averaged: antialiased, as the
-        Pillow downscale it replaces was; 2 ms from 12 MP in OpenCV)."""
-        if self.work_size == self.size:
-            return self.pixels
-        pixels = self.pixels
-        factor = self.size[0] // self.work_size[0]
-        if factor >= 2:
-            # OpenCV's area average is fast for whole factors only (9 ms from 12 MP, against
-            # 45 ms straight to a fractional size): average by the whole part, then a small
-            # bilinear step.
-            step = 1 / factor
-            pixels = cv2.resize(pixels, None, fx=step, fy=step, interpolation=cv2.INTER_AREA)
-            return cv2.resize(pixels, self.work_size, interpolation=cv2.INTER_LINEAR)
-        return cv2.resize(pixels, self.work_size, interpolation=cv2.INTER_AREA)
+        Pillow downscale it replaces was; 9.5 ms from 12 MP)."""
+        return shrink(self.pixels, self.work_size)
 
     @property
     def work_rgb(self) -> Image.Image:
