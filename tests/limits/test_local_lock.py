@@ -72,3 +72,38 @@ def test_a_lock_held_past_the_busy_timeout_fails_the_check_closed(tmp_path: Path
                 tmp_path / "limits.sqlite3", hold_s=1.0, busy_timeout_s=0.2
             )
         )
+
+
+class BusyOnce:
+    """A connection whose next SELECT is refused once, as a WAL reader is while another
+    connection recovers the WAL after a crash (not reproducible on demand)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.refused = 0
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        if sql.startswith("SELECT") and not self.refused:
+            self.refused += 1
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY_RECOVERY
+            raise busy
+        return self._conn.execute(sql, params)
+
+
+async def quota_read_refused_once(path: Path) -> tuple[int, int]:
+    limits = limits_on(path, busy_timeout_s=5.0)
+    await limits.consume_quota("k", monthly=10, cost=3)
+    busy = BusyOnce(limits._connection())
+    limits._conn = busy  # type: ignore[assignment]
+    try:
+        return await limits.quota_used("k"), busy.refused
+    finally:
+        limits._conn = busy._conn
+        await limits.aclose()
+
+
+def test_a_quota_read_refused_while_the_file_is_busy_is_retried(tmp_path: Path) -> None:
+    used, refused = asyncio.run(quota_read_refused_once(tmp_path / "limits.sqlite3"))
+    assert refused == 1
+    assert used == 3

@@ -115,7 +115,11 @@ class LocalLimits:
             ).fetchone()
             return int(row[0]) if row else 0
 
-        return await self._guard.run(lambda: self._call(read), lambda: 0, on_fail="raise")
+        return await self._guard.run(
+            lambda: self._call(lambda conn: self._when_free(lambda: read(conn))),
+            lambda: 0,
+            on_fail="raise",
+        )
 
     async def aclose(self) -> None:
         def close() -> None:
@@ -164,13 +168,17 @@ class LocalLimits:
         return await self._call(transaction)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, retried every 0.1-1 ms until the busy timeout (module docstring)."""
+        self._when_free(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    def _when_free(self, step: Callable[[], T]) -> T:
+        """``step``, retried every 0.1-1 ms while the file is busy, until the busy timeout
+        (module docstring). Reads need it too: a WAL reader is refused while another
+        connection recovers the WAL or holds the file exclusively."""
         deadline = time.monotonic() + self._busy_timeout_s
         pause = 0.0001
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
+                return step()
             except sqlite3.OperationalError as exc:
                 busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
                 if not busy or time.monotonic() >= deadline:
@@ -198,8 +206,7 @@ class LocalLimits:
                 # to pay on every request, which FULL (an fsync per commit) is not.
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(_SCHEMA)
-                # From here on the lock is waited for by _begin (module docstring); reads
-                # never wait on a WAL file.
+                # From here on the lock is waited for by _when_free (module docstring).
                 conn.execute("PRAGMA busy_timeout = 0")
             except BaseException:
                 conn.close()
