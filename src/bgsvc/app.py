@@ -24,7 +24,7 @@ from bgsvc.auth.middleware import AuthMiddleware
 from bgsvc.batches.service import item_finished
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
-from bgsvc.imaging import refine
+from bgsvc.imaging import edges, refine
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
@@ -67,6 +67,7 @@ async def _load_models(
     try:
         engines = await anyio.to_thread.run_sync(loader, state.settings)
         await anyio.to_thread.run_sync(refine.preload)
+        await anyio.to_thread.run_sync(edges.preload)
     except ModelError as exc:
         state.load_error = exc.message
         log.error("model load failed: %s", exc.message)

@@ -70,22 +70,61 @@ def test_unrefined_upscale_is_opencv_bilinear(samples: list[Sample]) -> None:
     assert np.array_equal(upscale_matte(s.matte, s.image, refine=False), expected)
 
 
-def test_refined_upscale_matches_the_unbanded_fast_guided_filter(samples: list[Sample]) -> None:
-    # The banded, soft-blocks-only application must equal enlarging the coefficients whole.
+def box(img: np.ndarray) -> np.ndarray:
+    from bgsvc.imaging import edges
+
+    k = 2 * edges.GUIDED_RADIUS + 1
+    return cv2.boxFilter(img, -1, (k, k), borderType=cv2.BORDER_REFLECT)
+
+
+def plain_guided_coefficients(guide: np.ndarray, p: np.ndarray, eps: float) -> list[np.ndarray]:
+    """He and Sun's colour guided filter written out in numpy, plane by plane (the oracle)."""
+    r, g, b = (np.ascontiguousarray(guide[..., i]) for i in range(3))
+    mr, mg, mb, mp = (box(x) for x in (r, g, b, p))
+    cov = np.stack([box(x * p) - m * mp for x, m in ((r, mr), (g, mg), (b, mb))], -1)
+    planes = (r, g, b)
+    means = (mr, mg, mb)
+    sigma = np.empty((*p.shape, 3, 3), np.float32)
+    for i in range(3):
+        for j in range(3):
+            sigma[..., i, j] = box(planes[i] * planes[j]) - means[i] * means[j]
+    sigma += eps * np.eye(3, dtype=np.float32)
+    a = np.linalg.solve(sigma, cov[..., None])[..., 0]
+    b0 = mp - a[..., 0] * mr - a[..., 1] * mg - a[..., 2] * mb
+    return [box(np.ascontiguousarray(x)) for x in (a[..., 0], a[..., 1], a[..., 2], b0)]
+
+
+def test_refined_upscale_matches_the_plain_fast_guided_filter(samples: list[Sample]) -> None:
+    # The compiled, soft-region-only path must equal the filter computed whole in numpy.
     from bgsvc.imaging import edges
 
     s = samples[1]
     p = s.matte.astype(np.float32) / 255
     small = shrink(s.image, (MODEL, MODEL))
-    coef = edges.guided_coefficients(
-        small.astype(np.float32) / 255, p, edges.GUIDED_RADIUS, edges.GUIDED_EPS
-    )
+    coef = plain_guided_coefficients(small.astype(np.float32) / 255, p, edges.GUIDED_EPS)
     up = [cv2.resize(c, SIZE, interpolation=cv2.INTER_LINEAR) for c in coef]
     img = s.image.astype(np.float32) / 255
     q = up[0] * img[..., 0] + up[1] * img[..., 1] + up[2] * img[..., 2] + up[3]
     expected = np.clip(q * 255, 0, 255).round().astype(np.uint8)
     diff = np.abs(upscale_matte(s.matte, s.image).astype(int) - expected)
     assert diff.max() <= 1
+
+
+def test_decontamination_matches_the_plain_full_resolution_step(samples: list[Sample]) -> None:
+    from bgsvc.imaging import edges
+
+    s = samples[1]
+    alpha = upscale_matte(s.matte, s.image)
+    f_hat, b_hat = edges.foreground_ml(s.image, alpha, 256)
+    f = cv2.resize(f_hat * 255, SIZE, interpolation=cv2.INTER_LINEAR)
+    b = cv2.resize(b_hat * 255, SIZE, interpolation=cv2.INTER_LINEAR)
+    a = alpha[..., None].astype(np.float32) / 255
+    est = np.clip(f + a * (s.image - a * f - (1 - a) * b), 0, 255).round().astype(np.uint8)
+    soft = (alpha >= edges.SOFT[0]) & (alpha <= edges.SOFT[1])
+    expected = np.where(soft[..., None], est, s.image)
+    got = edges.correct(s.image.copy(), s.image, alpha, f_hat, b_hat)
+    assert soft.mean() > 0.01
+    assert np.abs(got.astype(int) - expected).max() <= 1
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 2), (40, 7), (256, 256), (300, 900)])
