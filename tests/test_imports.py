@@ -41,3 +41,15 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_error_hierarchy_imports_no_web_framework() -> None:
+    # Errors are raised by the CLI, the job runner and the stores too: rendering them as
+    # HTTP answers is bgsvc.error_handlers' job, so bgsvc.errors must stay importable alone.
+    probe = (
+        "import sys, bgsvc.errors\n"
+        "web = sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'fastapi'))\n"
+        "assert not web, web"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

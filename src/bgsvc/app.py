@@ -1,4 +1,4 @@
-"""The application factory: lifespan, routers, middleware and the one error mapping."""
+"""The application factory: its parts, lifespan, routers, error handlers and middleware."""
 
 from __future__ import annotations
 
@@ -7,23 +7,22 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
-from bgsvc import __version__, gpu_layout, tracing
+from bgsvc import __version__, error_handlers, gpu_layout, tracing
 from bgsvc.allocator import tune_malloc
 from bgsvc.auth import account
+from bgsvc.auth.keys import KeyStore
 from bgsvc.auth.keys import open_store as open_key_store
 from bgsvc.auth.middleware import AuthMiddleware
 from bgsvc.batches.service import item_finished
 from bgsvc.config import Settings, get_settings
-from bgsvc.errors import BgsvcError, InvalidParameter, ModelError, error_response
+from bgsvc.errors import ModelError
 from bgsvc.imaging import edges, refine
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.providers import GPU_PROVIDERS
@@ -34,7 +33,7 @@ from bgsvc.limits.api import Limits
 from bgsvc.limits.factory import build_limits
 from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
-from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware, request_id_of
+from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware
 from bgsvc.outbound.client import Resolver, system_resolver
 from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, remove
 from bgsvc.service import Predictor
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EngineLoader = Callable[[Settings], Mapping[str, Predictor]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def _stop_process() -> None:
@@ -111,39 +111,99 @@ def create_app(
     settings = settings or get_settings()
     traces = tracing.setup(settings, span_exporter)
     tracing.install(traces)
-    metrics = Metrics(settings.prometheus_multiproc_dir)
-    # Once per worker process (gunicorn builds one app per worker): a restart alert sees
-    # this move whenever a node or one of its workers starts again.
-    metrics.process_start.set_to_current_time()
-    watchdog = Watchdog(settings.effective_watchdog_s, settings.graceful_timeout_s, exit_process)
-    # The pool is sized before the models load, so a CUDA host is recognised the way
-    # gunicorn's arbiter does it (NVML and the installed wheel), not by the loaded session.
-    concurrency = gpu_layout.max_concurrency(settings, gpu_layout.probe(settings) is not None)
-    scheduler = Scheduler(concurrency, settings.max_queue, observer=metrics, watchdog=watchdog)
-    state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
-    key_store = open_key_store(settings) if settings.auth == "required" else None
-    job_runtime = Jobs(
-        settings,
-        state,
-        jobs.options_from_record,
-        key_store=key_store,
-        item_finished=item_finished,
+    parts = _Parts.build(settings, traces, exit_process, outbound_resolver)
+    app = FastAPI(
+        title="bgsvc",
+        version=__version__,
+        description="Background removal as an HTTP service: native, rembg- and "
+        "remove.bg-compatible APIs.",
+        lifespan=_lifespan(parts, engine_loader, on_load_failure, on_stuck),
+        telemetry=tracing.fastapi_telemetry(traces, lambda scope: scope["path"] in QUIET_ROUTES),
     )
-    url_fetcher = (
-        UrlFetcher.from_settings(settings, metrics, resolver=outbound_resolver)
-        if settings.url_inputs
-        else None
-    )
-    # THE place where the per-key rate limits and quotas are built (bgsvc.limits): the
-    # auth middleware reads app.state.limits at each request; None means no limits.
-    limits = build_limits(settings, metrics)
+    _attach(app, parts)
+    _include_routers(app, settings)
+    error_handlers.install(app, parts.metrics)
+    _add_middleware(app, parts)
+    return app
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What one app is made of, built before the app itself (nothing heavy: see create_app)."""
+
+    settings: Settings
+    traces: tracing.Tracing | None
+    metrics: Metrics
+    watchdog: Watchdog
+    state: AppState
+    key_store: KeyStore | None
+    jobs: Jobs
+    url_fetcher: UrlFetcher | None
+    limits: Limits | None
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        traces: tracing.Tracing | None,
+        exit_process: Callable[[int], None],
+        outbound_resolver: Resolver,
+    ) -> _Parts:
+        metrics = Metrics(settings.prometheus_multiproc_dir)
+        # Once per worker process (gunicorn builds one app per worker): a restart alert sees
+        # this move whenever a node or one of its workers starts again.
+        metrics.process_start.set_to_current_time()
+        watchdog = Watchdog(
+            settings.effective_watchdog_s, settings.graceful_timeout_s, exit_process
+        )
+        # The pool is sized before the models load, so a CUDA host is recognised the way
+        # gunicorn's arbiter does it (NVML and the installed wheel), not by the loaded session.
+        concurrency = gpu_layout.max_concurrency(settings, gpu_layout.probe(settings) is not None)
+        scheduler = Scheduler(concurrency, settings.max_queue, observer=metrics, watchdog=watchdog)
+        state = AppState(settings=settings, metrics=metrics, scheduler=scheduler)
+        key_store = open_key_store(settings) if settings.auth == "required" else None
+        job_runtime = Jobs(
+            settings,
+            state,
+            jobs.options_from_record,
+            key_store=key_store,
+            item_finished=item_finished,
+        )
+        url_fetcher = (
+            UrlFetcher.from_settings(settings, metrics, resolver=outbound_resolver)
+            if settings.url_inputs
+            else None
+        )
+        # THE place where the per-key rate limits and quotas are built (bgsvc.limits): the
+        # auth middleware reads app.state.limits at each request; None means no limits.
+        limits = build_limits(settings, metrics)
+        return cls(
+            settings=settings,
+            traces=traces,
+            metrics=metrics,
+            watchdog=watchdog,
+            state=state,
+            key_store=key_store,
+            jobs=job_runtime,
+            url_fetcher=url_fetcher,
+            limits=limits,
+        )
+
+
+def _lifespan(
+    parts: _Parts,
+    engine_loader: EngineLoader,
+    on_load_failure: Callable[[], None],
+    on_stuck: Callable[[], None],
+) -> Lifespan:
+    settings, state, watchdog = parts.settings, parts.state, parts.watchdog
 
     def on_trip() -> None:
         state.mark_stuck()
         on_stuck()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Once per serving process, before the model and the first image are allocated.
         tune_malloc(settings.malloc_mmap_threshold_bytes)
         loading = asyncio.create_task(_load_models(state, engine_loader, on_load_failure))
@@ -152,7 +212,7 @@ def create_app(
         # does this lifespan end.
         unregister = on_drain(state.start_draining)
         watching = asyncio.create_task(watchdog.run(on_trip))
-        job_runtime.start()
+        parts.jobs.start()
         try:
             yield
         finally:
@@ -160,35 +220,33 @@ def create_app(
             unregister()
             state.start_draining()
             # Jobs still running get the request budget to end; the rest run after a restart.
-            await job_runtime.stop(settings.request_timeout_s)
+            await parts.jobs.stop(settings.request_timeout_s)
             if not loading.done():
                 loading.cancel()
                 with suppress(asyncio.CancelledError):
                     await loading
-            await anyio.to_thread.run_sync(scheduler.shutdown)
+            await anyio.to_thread.run_sync(state.scheduler.shutdown)
             await anyio.to_thread.run_sync(state.service.shutdown)
             await state.service.aclose()
-            if url_fetcher is not None:
-                await url_fetcher.aclose()
-            await anyio.to_thread.run_sync(tracing.uninstall, traces)
+            if parts.url_fetcher is not None:
+                await parts.url_fetcher.aclose()
+            await anyio.to_thread.run_sync(tracing.uninstall, parts.traces)
+            # The app's, not parts.limits: tests swap them.
             if app.state.limits is not None:
                 await app.state.limits.aclose()
-            if key_store is not None:
-                key_store.close()
+            if parts.key_store is not None:
+                parts.key_store.close()
             watchdog.finish()
 
-    app = FastAPI(
-        title="bgsvc",
-        version=__version__,
-        description="Background removal as an HTTP service: native, rembg- and "
-        "remove.bg-compatible APIs.",
-        lifespan=lifespan,
-        telemetry=tracing.fastapi_telemetry(traces, lambda scope: scope["path"] in QUIET_ROUTES),
-    )
-    app.state.bgsvc = state
-    app.state.jobs = job_runtime
-    app.state.url_fetcher = url_fetcher
-    app.state.limits = limits
+    return lifespan
+
+
+def _attach(app: FastAPI, parts: _Parts) -> None:
+    """The parts the routes and middleware read from ``app.state``."""
+    app.state.bgsvc = parts.state
+    app.state.jobs = parts.jobs
+    app.state.url_fetcher = parts.url_fetcher
+    app.state.limits = parts.limits
 
     async def refund(tenant: str, credits: int) -> None:
         # Read at call time: the limits are the app's (tests swap them).
@@ -196,7 +254,10 @@ def create_app(
         if current is not None:
             await current.refund_quota(tenant, credits)
 
-    job_runtime.queue.refund = refund
+    parts.jobs.queue.refund = refund
+
+
+def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(health.router)
     app.include_router(remove.router)
     app.include_router(jobs.router)
@@ -209,66 +270,26 @@ def create_app(
 
         app.include_router(ui.build_router())
 
-    async def on_domain_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BgsvcError)
-        if exc.reason is not None:
-            metrics.rejections.labels(exc.reason).inc()
-        return error_response(exc, request_id_of(request.scope), request.url.path)
 
-    async def on_validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body"))
-        return await on_domain_error(request, InvalidParameter(f"{where}: {first['msg']}"))
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        body = {
-            "code": code,
-            "message": str(exc.detail),
-            "request_id": request_id_of(request.scope),
-        }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        request_id = request_id_of(request.scope)
-        log.exception(
-            "unhandled error in %s %s [%s]",
-            request.method,
-            request.url.path,
-            request_id,
-            extra={"request_id": request_id},
-        )
-        body = {
-            "code": "internal_error",
-            "message": "Internal server error.",
-            "request_id": request_id,
-        }
-        return JSONResponse(body, status_code=500, headers={"X-Request-ID": request_id})
-
-    app.add_exception_handler(BgsvcError, on_domain_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+def _add_middleware(app: FastAPI, parts: _Parts) -> None:
+    settings = parts.settings
     # Last added runs first: context (request id, metrics) wraps auth, which wraps admission.
-    app.add_middleware(AdmissionMiddleware, state=state)
-    if key_store is not None:
+    app.add_middleware(AdmissionMiddleware, state=parts.state)
+    if parts.key_store is not None:
         # Outside admission: a refused key costs no slot and no upload read.
         app.add_middleware(
             AuthMiddleware,
-            store=key_store,
+            store=parts.key_store,
             pepper=settings.auth_pepper.get_secret_value(),
             trusted_proxies=settings.trusted_proxies,
-            metrics=metrics,
+            metrics=parts.metrics,
             max_key_labels=settings.metrics_max_keys,
         )
     app.add_middleware(
         RequestContextMiddleware,
-        metrics=metrics,
+        metrics=parts.metrics,
         node_name=settings.effective_node_name,
         access_log=settings.access_log,
     )
     # Outermost: see add_cors.
     add_cors(app, settings.cors_origin_list)
-    return app

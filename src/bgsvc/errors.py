@@ -1,8 +1,40 @@
-"""One exception hierarchy with stable codes; app.py maps it to HTTP in one place."""
+"""The service's errors as types: each has a stable ``code`` (a public contract), the HTTP
+``status`` it answers with and the ``reason`` it is counted under when it refuses a request.
+How an error becomes a response is bgsvc.error_handlers' business; nothing here knows about
+the web framework.
+
+BgsvcError                      internal_error, 500
+├── InputError                  what the request sent cannot be used
+│   ├── InvalidParameter, MissingImage, ModelNotAvailable
+│   ├── InvalidImage, UnsupportedFormat, NoForeground
+│   └── UploadTooLarge, TooManyPixels
+├── CapacityError               the node cannot take or finish the request now
+│   └── Overloaded, NotReady, RequestTimeout
+├── ConnectionGuardError        a connection broke a slow- or abusive-client limit
+│   └── UploadTimedOut, HeaderTimedOut, HeadersTooLarge, TooManyConnections
+├── ModelError                  a model file is missing, corrupt or unusable
+│   └── ProviderUnavailable
+├── StorageError                the result store
+│   └── StorageConfigError, StorageUnavailable
+├── UrlError                    an outbound request (URL input or webhook delivery)
+│   └── UrlInvalid, UrlForbidden, UrlFetchFailed, UrlTooLarge
+├── AsyncJobError               asynchronous jobs (bgsvc.jobs.JobError is a job's record)
+│   ├── JobNotFound, JobNotFinished, JobHasNoResult, JobRunning, JobExpired
+│   ├── JobQueueFull, JobsUnavailable, IdempotencyKeyReused, WebhooksDisabled
+│   ├── JobTimedOut, JobAttemptsExhausted
+│   └── BatchError              batches of jobs
+│       └── BatchNotFound, BatchTooLarge, InvalidArchive, BatchRunning
+├── AuthError                   who the caller is and what the key may do
+│   └── AuthRequired, Forbidden, AuthUnavailable
+└── LimitsError                 how much a key may use
+    └── RateLimited, QuotaExceeded, LimitsUnavailable
+"""
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
 
 # The runtime is an extra because its CPU and GPU wheels conflict (pyproject.toml).
 NO_ONNXRUNTIME = (
@@ -16,81 +48,112 @@ def is_missing_onnxruntime(exc: BaseException) -> bool:
     return isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "onnxruntime"
 
 
+# Read-only: a class's default headers are shared by all its instances.
+CLOSE_CONNECTION: Mapping[str, str] = MappingProxyType({"Connection": "close"})
+
+
 class BgsvcError(Exception):
-    """Base of every error a client may see; ``code`` is stable and machine-readable."""
+    """Base of every error a client may see; ``code`` is stable and machine-readable.
 
-    code = "internal_error"
-    status = 500
+    ``headers`` go on the answer, over the class's ``default_headers``; ``retry_after``
+    (seconds) becomes its Retry-After."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
     # Label for bgsvc_rejections_total; None means "not counted as a rejection".
-    reason: str | None = None
+    reason: ClassVar[str | None] = None
+    default_headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {**self.default_headers, **(headers or {})}
 
 
-class InvalidParameter(BgsvcError):
+# --- What the request sent (bgsvc.imaging, bgsvc.options, the routes). ------------------
+
+
+class InputError(BgsvcError):
+    """The request's image or parameters cannot be used; sending it again will not help."""
+
+
+class InvalidParameter(InputError):
     code = "invalid_parameter"
     status = 400
     reason = "invalid_parameter"
 
 
-class MissingImage(BgsvcError):
+class MissingImage(InputError):
     code = "missing_image"
     status = 400
     reason = "invalid_parameter"
 
 
-class InvalidImage(BgsvcError):
+class InvalidImage(InputError):
     code = "invalid_image"
     status = 400
     reason = "invalid_image"
 
 
-class UploadTooLarge(BgsvcError):
+class UploadTooLarge(InputError):
     code = "upload_too_large"
     status = 413
     reason = "too_large"
 
 
-class TooManyPixels(BgsvcError):
+class TooManyPixels(InputError):
     code = "image_too_large"
     status = 413
     reason = "too_many_pixels"
 
 
-class UnsupportedFormat(BgsvcError):
+class UnsupportedFormat(InputError):
     code = "unsupported_format"
     status = 415
     reason = "unsupported_format"
 
 
-class ModelNotAvailable(BgsvcError):
+class ModelNotAvailable(InputError):
+    """The model asked for is not on the allow-list: a parameter, not a ModelError."""
+
     code = "model_not_available"
     status = 400
     reason = "invalid_parameter"
 
 
-class NoForeground(BgsvcError):
+class NoForeground(InputError):
     code = "no_foreground"
     status = 422
     reason = "no_foreground"
 
 
-class Overloaded(BgsvcError):
+# --- The node's capacity (bgsvc.inference.scheduler, bgsvc.middleware). ----------------
+
+
+class CapacityError(BgsvcError):
+    """The node cannot take or finish the request now; another try (or node) may."""
+
+
+class Overloaded(CapacityError):
     code = "overloaded"
     status = 429
     reason = "queue_full"
 
 
-class NotReady(BgsvcError):
+class NotReady(CapacityError):
     code = "not_ready"
     status = 503
     reason = "not_ready"
 
 
-class RequestTimeout(BgsvcError):
+class RequestTimeout(CapacityError):
     code = "timeout"
     status = 504
     reason = "timeout"
@@ -99,20 +162,22 @@ class RequestTimeout(BgsvcError):
 # --- Slow and abusive connections (bgsvc.middleware, bgsvc.http_protocol). ---------------
 
 
-class UploadTimedOut(BgsvcError):
+class ConnectionGuardError(BgsvcError):
+    """A connection broke one of the limits that keep slow or abusive clients from holding
+    the node: time, size or count."""
+
+
+class UploadTimedOut(ConnectionGuardError):
     """The request body did not arrive within BGSVC_BODY_READ_TIMEOUT_S. The connection is
     closed with the answer: the rest of a trickled body is not worth waiting for."""
 
     code = "upload_timeout"
     status = 408
     reason = "upload_timeout"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.headers = {"Connection": "close"}
+    default_headers = CLOSE_CONNECTION
 
 
-class HeaderTimedOut(BgsvcError):
+class HeaderTimedOut(ConnectionGuardError):
     """A request's head (request line and headers) did not arrive within
     BGSVC_HEADER_TIMEOUT_S; answered by the node's HTTP protocol, then the connection closes."""
 
@@ -121,31 +186,31 @@ class HeaderTimedOut(BgsvcError):
     reason = "header_timeout"
 
 
-class HeadersTooLarge(BgsvcError):
+class HeadersTooLarge(ConnectionGuardError):
     """A request's head is larger than BGSVC_MAX_HEADER_BYTES; answered by the node's HTTP
     protocol, then the connection closes."""
 
     code = "headers_too_large"
     status = 431
     reason = "too_large"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.headers = {"Connection": "close"}
+    default_headers = CLOSE_CONNECTION
 
 
-class TooManyConnections(BgsvcError):
+class TooManyConnections(ConnectionGuardError):
     """The process holds BGSVC_MAX_CONNECTIONS connections (or that many requests are still
     running); a balancer retries a 503 on another node."""
 
     code = "too_many_connections"
     status = 503
     reason = "too_many_connections"
+    # Freeing this connection is the point: the client reconnects when it retries.
+    default_headers = CLOSE_CONNECTION
 
     def __init__(self, message: str, *, retry_after: int | None = 1) -> None:
         super().__init__(message, retry_after=retry_after)
-        # Freeing this connection is the point: the client reconnects when it retries.
-        self.headers = {"Connection": "close"}
+
+
+# --- Models (bgsvc.inference). ----------------------------------------------------------
 
 
 class ModelError(BgsvcError):
@@ -159,47 +224,21 @@ class ProviderUnavailable(ModelError):
     code = "provider_unavailable"
 
 
-# --- HTTP mapping: the one place where errors become responses. -------------------------
-
-REMOVEBG_PREFIX = "/v1.0/"
-
-
-def error_body(exc: BgsvcError, request_id: str, path: str) -> dict[str, object]:
-    """The JSON body for ``exc``: remove.bg's shape on its paths, ours elsewhere."""
-    if path.startswith(REMOVEBG_PREFIX):
-        return {"errors": [{"title": exc.message, "code": exc.code}], "request_id": request_id}
-    return {"code": exc.code, "message": exc.message, "request_id": request_id}
-
-
-def error_headers(exc: BgsvcError, request_id: str) -> dict[str, str]:
-    """Headers for an error response (Retry-After on 429/503)."""
-    headers = {"X-Request-ID": request_id}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(exc.retry_after)
-    headers.update(getattr(exc, "headers", None) or {})
-    return headers
-
-
-def error_response(exc: BgsvcError, request_id: str, path: str) -> JSONResponse:
-    """The response for a domain error."""
-    return JSONResponse(
-        error_body(exc, request_id, path),
-        status_code=exc.status,
-        headers=error_headers(exc, request_id),
-    )
-
-
 # --- Result storage (bgsvc.storage). ----------------------------------------------------
 
 
-class StorageConfigError(BgsvcError):
+class StorageError(BgsvcError):
+    """The result store cannot be set up or used."""
+
+
+class StorageConfigError(StorageError):
     """BGSVC_STORAGE_URL or the backend it names cannot be used; raised at start-up."""
 
     code = "storage_config"
     status = 500
 
 
-class StorageUnavailable(BgsvcError):
+class StorageUnavailable(StorageError):
     """The result store did not answer (S3 down, disk full, permissions)."""
 
     code = "storage_unavailable"
@@ -212,7 +251,11 @@ class StorageUnavailable(BgsvcError):
 # --- Outbound requests (bgsvc.outbound): URL inputs and webhook deliveries. ------------
 
 
-class UrlInvalid(BgsvcError):
+class UrlError(BgsvcError):
+    """A URL the service was asked to fetch (an input) or call (a webhook) cannot be used."""
+
+
+class UrlInvalid(UrlError):
     """The URL cannot be parsed into a scheme, a host and a port."""
 
     code = "url_invalid"
@@ -220,7 +263,7 @@ class UrlInvalid(BgsvcError):
     reason = "url_invalid"
 
 
-class UrlForbidden(BgsvcError):
+class UrlForbidden(UrlError):
     """The scheme is not http(s), or the host is (or resolves to) an address the outbound
     policy refuses: loopback, private, link-local, multicast, reserved..."""
 
@@ -229,7 +272,7 @@ class UrlForbidden(BgsvcError):
     reason = "url_forbidden"
 
 
-class UrlFetchFailed(BgsvcError):
+class UrlFetchFailed(UrlError):
     """The host could not be resolved or reached, timed out, redirected where it may not,
     or answered with an error status."""
 
@@ -238,7 +281,7 @@ class UrlFetchFailed(BgsvcError):
     reason = "url_fetch_failed"
 
 
-class UrlTooLarge(BgsvcError):
+class UrlTooLarge(UrlError):
     """The response body is larger than the limit (declared or counted while streaming)."""
 
     code = "url_too_large"
@@ -246,45 +289,50 @@ class UrlTooLarge(BgsvcError):
     reason = "url_too_large"
 
 
-# --- Asynchronous jobs (bgsvc.jobs). ----------------------------------------------------
+# --- Asynchronous jobs and batches (bgsvc.jobs, bgsvc.batches). -------------------------
 
 
-class JobNotFound(BgsvcError):
+class AsyncJobError(BgsvcError):
+    """A job cannot be submitted, found, read or run (bgsvc.jobs.JobError is the record of
+    why one failed)."""
+
+
+class JobNotFound(AsyncJobError):
     """No job has this id (never had, or its record was purged after expiry)."""
 
     code = "job_not_found"
     status = 404
 
 
-class JobNotFinished(BgsvcError):
+class JobNotFinished(AsyncJobError):
     """The job is queued or running: its result does not exist yet."""
 
     code = "job_not_finished"
     status = 409
 
 
-class JobHasNoResult(BgsvcError):
+class JobHasNoResult(AsyncJobError):
     """The job failed or was canceled: it has no result and never will."""
 
     code = "job_no_result"
     status = 409
 
 
-class JobRunning(BgsvcError):
+class JobRunning(AsyncJobError):
     """A running job cannot be canceled; it ends on its own within the time limit."""
 
     code = "job_running"
     status = 409
 
 
-class JobExpired(BgsvcError):
+class JobExpired(AsyncJobError):
     """The job's result outlived BGSVC_JOB_TTL_S and was deleted."""
 
     code = "job_expired"
     status = 410
 
 
-class JobQueueFull(BgsvcError):
+class JobQueueFull(AsyncJobError):
     """BGSVC_JOB_QUEUE_LIMIT unfinished jobs are waiting already."""
 
     code = "job_queue_full"
@@ -292,7 +340,7 @@ class JobQueueFull(BgsvcError):
     reason = "job_queue_full"
 
 
-class IdempotencyKeyReused(BgsvcError):
+class IdempotencyKeyReused(AsyncJobError):
     """An Idempotency-Key already names a job submitted with another image or options."""
 
     code = "idempotency_key_reused"
@@ -300,7 +348,7 @@ class IdempotencyKeyReused(BgsvcError):
     reason = "invalid_parameter"
 
 
-class WebhooksDisabled(BgsvcError):
+class WebhooksDisabled(AsyncJobError):
     """A callback_url was given but no secret could sign its deliveries (neither the key's
     own nor BGSVC_WEBHOOK_SECRET)."""
 
@@ -309,14 +357,14 @@ class WebhooksDisabled(BgsvcError):
     reason = "invalid_parameter"
 
 
-class JobTimedOut(BgsvcError):
+class JobTimedOut(AsyncJobError):
     """One attempt ran past BGSVC_JOB_TIMEOUT_S (recorded in the job, never an HTTP answer)."""
 
     code = "job_timeout"
     status = 500
 
 
-class JobAttemptsExhausted(BgsvcError):
+class JobAttemptsExhausted(AsyncJobError):
     """Every attempt ended without a result: the process died or the store failed each time
     (recorded in the job, never an HTTP answer)."""
 
@@ -324,31 +372,7 @@ class JobAttemptsExhausted(BgsvcError):
     status = 500
 
 
-class BatchNotFound(BgsvcError):
-    """No batch has this id."""
-
-    code = "batch_not_found"
-    status = 404
-
-
-class BatchTooLarge(BgsvcError):
-    """More images than BGSVC_BATCH_MAX_ITEMS, or a zip whose entries unpack past the
-    size limits (a zip bomb is refused before it is unpacked)."""
-
-    code = "batch_too_large"
-    status = 413
-    reason = "too_large"
-
-
-class InvalidArchive(BgsvcError):
-    """The batch's zip upload is not a readable zip, or holds no image."""
-
-    code = "invalid_archive"
-    status = 400
-    reason = "invalid_parameter"
-
-
-class JobsUnavailable(BgsvcError):
+class JobsUnavailable(AsyncJobError):
     """The shared job store (Redis) does not answer: jobs can be neither submitted nor
     looked up until it is back; nothing already accepted is lost."""
 
@@ -359,7 +383,35 @@ class JobsUnavailable(BgsvcError):
         super().__init__(message, retry_after=retry_after)
 
 
-class BatchRunning(BgsvcError):
+class BatchError(AsyncJobError):
+    """A batch of jobs cannot be submitted, found or deleted."""
+
+
+class BatchNotFound(BatchError):
+    """No batch has this id."""
+
+    code = "batch_not_found"
+    status = 404
+
+
+class BatchTooLarge(BatchError):
+    """More images than BGSVC_BATCH_MAX_ITEMS, or a zip whose entries unpack past the
+    size limits (a zip bomb is refused before it is unpacked)."""
+
+    code = "batch_too_large"
+    status = 413
+    reason = "too_large"
+
+
+class InvalidArchive(BatchError):
+    """The batch's zip upload is not a readable zip, or holds no image."""
+
+    code = "invalid_archive"
+    status = 400
+    reason = "invalid_parameter"
+
+
+class BatchRunning(BatchError):
     """Items of the batch are running: it cannot be deleted until they end (its queued
     items were canceled meanwhile)."""
 
@@ -367,10 +419,71 @@ class BatchRunning(BgsvcError):
     status = 409
 
 
-# --- Rate limits and quotas (bgsvc.limits). ---------------------------------------------
+# --- Access control (bgsvc.auth). -------------------------------------------------------
 
 
-class LimitsUnavailable(BgsvcError):
+class AuthError(BgsvcError):
+    """The caller's key is missing, unknown, revoked or lacks a scope, or cannot be checked."""
+
+
+class AuthRequired(AuthError):
+    """No API key, or one the service does not know (X-Api-Key or Authorization: Bearer)."""
+
+    code = "unauthorized"
+    status = 401
+    reason = "unauthorized"
+    # RFC 9110: a 401 names its scheme; X-Api-Key clients get the same challenge.
+    default_headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="bgsvc"'})
+
+
+class Forbidden(AuthError):
+    """The key is revoked, or lacks the scope this route needs."""
+
+    code = "forbidden"
+    status = 403
+    reason = "forbidden"
+
+
+class AuthUnavailable(AuthError):
+    """The key store (Redis) does not answer: keys cannot be checked, so nothing passes."""
+
+    code = "auth_unavailable"
+    status = 503
+    reason = "auth_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+# --- Rate limits and quotas (bgsvc.limits, enforced by bgsvc.auth). ---------------------
+
+
+class LimitsError(BgsvcError):
+    """A key (or an address) used up what it may use, or the limits cannot be checked."""
+
+
+class RateLimited(LimitsError):
+    """The key's rate (or the address's failed-authentication budget) is spent for now."""
+
+    code = "rate_limited"
+    status = 429
+    reason = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: int | None = 1, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, headers=headers)
+
+
+class QuotaExceeded(LimitsError):
+    """The key's monthly quota is used up (remove.bg answers 402 for missing credits)."""
+
+    code = "quota_exceeded"
+    status = 402
+    reason = "quota_exceeded"
+
+
+class LimitsUnavailable(LimitsError):
     """The limits store (Redis, or the node's SQLite file) did not answer and
     BGSVC_RATE_LIMIT_FAIL_OPEN is false: the request is refused rather than admitted
     unchecked."""
@@ -380,61 +493,4 @@ class LimitsUnavailable(BgsvcError):
     reason = "limits_unavailable"
 
     def __init__(self, message: str, *, retry_after: int | None = 2) -> None:
-        super().__init__(message, retry_after=retry_after)
-
-
-# --- Access control (bgsvc.auth). -------------------------------------------------------
-
-
-class AuthRequired(BgsvcError):
-    """No API key, or one the service does not know (X-Api-Key or Authorization: Bearer)."""
-
-    code = "unauthorized"
-    status = 401
-    reason = "unauthorized"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        # RFC 9110: a 401 names its scheme; X-Api-Key clients get the same challenge.
-        self.headers = {"WWW-Authenticate": 'Bearer realm="bgsvc"'}
-
-
-class Forbidden(BgsvcError):
-    """The key is revoked, or lacks the scope this route needs."""
-
-    code = "forbidden"
-    status = 403
-    reason = "forbidden"
-
-
-class QuotaExceeded(BgsvcError):
-    """The key's monthly quota is used up (remove.bg answers 402 for missing credits)."""
-
-    code = "quota_exceeded"
-    status = 402
-    reason = "quota_exceeded"
-
-
-class RateLimited(BgsvcError):
-    """The key's rate (or the address's failed-authentication budget) is spent for now."""
-
-    code = "rate_limited"
-    status = 429
-    reason = "rate_limited"
-
-    def __init__(
-        self, message: str, *, retry_after: int | None = 1, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.headers = headers or {}
-
-
-class AuthUnavailable(BgsvcError):
-    """The key store (Redis) does not answer: keys cannot be checked, so nothing passes."""
-
-    code = "auth_unavailable"
-    status = 503
-    reason = "auth_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
         super().__init__(message, retry_after=retry_after)

@@ -35,15 +35,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from bgsvc.errors import (
-    BgsvcError,
-    HeadersTooLarge,
-    HeaderTimedOut,
-    TooManyConnections,
-    error_body,
-    error_headers,
-    error_response,
-)
+from bgsvc.error_handlers import error_body, error_headers, error_response
+from bgsvc.errors import BgsvcError, HeadersTooLarge, HeaderTimedOut, TooManyConnections
 
 log = logging.getLogger(__name__)
 # Refusals of an attack come by the thousand: one warning per kind per this many seconds.
@@ -117,7 +110,7 @@ def _warn(kind: str, message: str) -> None:
 def refusal(exc: BgsvcError) -> bytes:
     """A whole response for ``exc`` that closes the connection, for answers given before
     any request reached the app (its JSON as error_response renders it)."""
-    body = json.dumps(error_body(exc, "-", "")).encode()
+    body = json.dumps(error_body(exc.code, exc.message, "-", "")).encode()
     headers = {
         **error_headers(exc, "-"),
         "Content-Type": "application/json",

@@ -11,14 +11,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bgsvc import tracing
-from bgsvc.errors import (
-    BgsvcError,
-    NotReady,
-    Overloaded,
-    UploadTimedOut,
-    UploadTooLarge,
-    error_response,
-)
+from bgsvc.error_handlers import reject
+from bgsvc.errors import BgsvcError, NotReady, Overloaded, UploadTimedOut, UploadTooLarge
 from bgsvc.inference.scheduler import Places
 from bgsvc.log import log_request, request_id_var
 from bgsvc.metrics import Metrics
@@ -34,12 +28,6 @@ ADMITTED = frozenset({("POST", path) for path in HEAVY_ROUTES} | {("GET", "/api/
 UPLOADING = frozenset({("POST", "/jobs")})
 BATCH_INTAKE = frozenset({("POST", "/batches")})
 ANSWERED_BEFORE_ROUTING = HEAVY_ROUTES | {path for _, path in UPLOADING | BATCH_INTAKE}
-
-
-def request_id_of(scope: Scope) -> str:
-    """The request id the context middleware put in the scope."""
-    state = scope.get("state") or {}
-    return str(state.get("request_id", "-"))
 
 
 class RequestContextMiddleware:
@@ -160,15 +148,11 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
 
     async def _reject(self, exc: BgsvcError, scope: Scope, receive: Receive, send: Send) -> None:
-        if exc.reason is not None:
-            self.state.metrics.rejections.labels(exc.reason).inc()
-        response = error_response(exc, request_id_of(scope), scope["path"])
-        if self.state.stuck:
-            # This process is going away: a kept-alive client (nginx's upstream pool)
-            # reconnects, most likely to another worker, instead of racing the close of
-            # its idle connection when the drain ends.
-            response.headers["Connection"] = "close"
-        await response(scope, receive, send)
+        # A process going away closes: a kept-alive client (nginx's upstream pool)
+        # reconnects, most likely to another worker, instead of racing the close of its
+        # idle connection when the drain ends.
+        closing = {"Connection": "close"} if self.state.stuck else None
+        await reject(exc, scope, self.state.metrics, closing)(scope, receive, send)
 
 
 def limited_receive(

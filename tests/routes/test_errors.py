@@ -192,12 +192,6 @@ def test_failed_model_load_keeps_reporting_not_ready(make_client) -> None:  # ty
 def test_unexpected_error_is_a_generic_500_with_request_id(
     make_client, photo_png: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
-    class Exploding:
-        name = "tiny"
-
-        def predict(self, rgb: Image.Image) -> np.ndarray:
-            raise RuntimeError("secret internal detail " + os.sep)
-
     client = make_client(loader=lambda s: {"tiny": Exploding()})
     r = client.post(
         "/remove-background", files={"file": photo_png}, headers={"X-Request-ID": "rid-500"}
@@ -208,6 +202,7 @@ def test_unexpected_error_is_a_generic_500_with_request_id(
         "message": "Internal server error.",
         "request_id": "rid-500",
     }
+    assert r.headers["x-request-id"] == "rid-500"
     assert "secret" not in r.text
     assert any("rid-500" in rec.getMessage() for rec in caplog.records)
 
@@ -215,3 +210,59 @@ def test_unexpected_error_is_a_generic_500_with_request_id(
 def test_unknown_route_is_json_404(client: TestClient) -> None:
     r = client.get("/nope")
     assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def assert_removebg_error(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body == {
+        "errors": [{"title": body["errors"][0]["title"], "code": code}],
+        "request_id": response.headers["x-request-id"],
+    }
+    assert body["errors"][0]["title"]
+
+
+def test_unknown_route_is_a_native_404_elsewhere(client: TestClient) -> None:
+    assert_error(client.get("/nope", headers={"X-Request-ID": "rid-404"}), 404, "not_found")
+
+
+def test_unknown_route_under_removebg_paths_is_a_removebg_404(client: TestClient) -> None:
+    r = client.get("/v1.0/nope", headers={"X-Request-ID": "rid-404"})
+    assert_removebg_error(r, 404, "not_found")
+    assert r.headers["x-request-id"] == "rid-404"
+
+
+def test_wrong_method_is_a_native_405_elsewhere(client: TestClient) -> None:
+    r = client.put("/remove-background")
+    assert_error(r, 405, "method_not_allowed")
+    assert "POST" in r.headers["allow"]
+
+
+def test_wrong_method_under_removebg_paths_is_a_removebg_405(client: TestClient) -> None:
+    r = client.put("/v1.0/removebg")
+    assert_removebg_error(r, 405, "method_not_allowed")
+    assert "POST" in r.headers["allow"]
+
+
+class Exploding:
+    name = "tiny"
+
+    def predict(self, rgb: Image.Image) -> np.ndarray:
+        raise RuntimeError("secret internal detail " + os.sep)
+
+
+def test_unexpected_error_under_removebg_paths_is_a_removebg_500(
+    make_client, photo_png: bytes, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(loader=lambda s: {"tiny": Exploding()})
+    r = client.post(
+        "/v1.0/removebg", files={"image_file": photo_png}, headers={"X-Request-ID": "rid-500"}
+    )
+    assert r.status_code == 500
+    assert r.json() == {
+        "errors": [{"title": "Internal server error.", "code": "internal_error"}],
+        "request_id": "rid-500",
+    }
+    assert r.headers["x-request-id"] == "rid-500"
+    assert "secret" not in r.text
+    assert any("rid-500" in rec.getMessage() for rec in caplog.records)

@@ -19,6 +19,7 @@ from bgsvc.auth.addresses import Network, client_address, parse_networks
 from bgsvc.auth.headers import rate_limit_headers
 from bgsvc.auth.keys import ApiKey, KeyStore, digest_of, verify
 from bgsvc.auth.labels import KeyLabels
+from bgsvc.error_handlers import reject
 from bgsvc.errors import (
     AuthRequired,
     AuthUnavailable,
@@ -26,11 +27,9 @@ from bgsvc.errors import (
     Forbidden,
     QuotaExceeded,
     RateLimited,
-    error_response,
 )
 from bgsvc.limits.api import Limits, RateDecision
 from bgsvc.metrics import Metrics
-from bgsvc.middleware import request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +272,6 @@ class AuthMiddleware:
         return decision, 0
 
     async def _reject(self, exc: BgsvcError, scope: Scope, receive: Receive, send: Send) -> None:
-        if exc.reason is not None:
-            self.metrics.rejections.labels(exc.reason).inc()
-        response = error_response(exc, request_id_of(scope), scope["path"])
-        if scope["path"] in CHARGED_POSTS and scope["method"] == "POST":
-            response.headers["X-Credits-Charged"] = "0"
-        await response(scope, receive, send)
+        charged = scope["path"] in CHARGED_POSTS and scope["method"] == "POST"
+        nothing_charged = {"X-Credits-Charged": "0"} if charged else None
+        await reject(exc, scope, self.metrics, nothing_charged)(scope, receive, send)
