@@ -1,15 +1,16 @@
-"""The `bgsvc` command: serve, models fetch|list, remove, cluster up, keys."""
+"""The `bgsvc` command: serve, models fetch|list, remove, cluster up, keys, settings."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from bgsvc.config import Settings, get_settings
+from bgsvc.config import REFERENCE_COMMAND, Settings, env_names, get_settings, settings_markdown
 from bgsvc.errors import NO_ONNXRUNTIME, BgsvcError, is_missing_onnxruntime
 from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
 
@@ -155,6 +156,19 @@ def _cluster_up(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
 
+def _settings(_: argparse.Namespace, settings: Settings) -> int:
+    # JSON mode masks secrets and writes lists and objects as the JSON they are read from.
+    values = settings.model_dump(mode="json")
+    for name, field in Settings.model_fields.items():
+        value = values[name]
+        if isinstance(value, bool | list | dict):
+            text = json.dumps(value)
+        else:
+            text = "" if value is None else str(value)
+        print(f"{env_names(name, field)[0]}={text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="bgsvc", description="Background-removal service.")
@@ -224,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tls-port", type=int, default=8443, help="nginx's HTTPS port")
     up.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     up.set_defaults(func=_cluster_up)
+    settings = sub.add_parser(
+        "settings",
+        help="print every setting's value here, or with --markdown the settings reference",
+    )
+    settings.add_argument(
+        "--markdown",
+        action="store_true",
+        help=f"print docs/settings.md, made from the settings' own descriptions "
+        f"({REFERENCE_COMMAND})",
+    )
+    settings.set_defaults(func=_settings)
     from bgsvc.auth.cli import add_parser as add_keys_parser
 
     add_keys_parser(sub)
@@ -233,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; domain errors become one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
+    if args.command == "settings" and args.markdown:
+        # The reference depends on the code alone, so this environment need not be valid.
+        print(settings_markdown(), end="")
+        return 0
     try:
         settings = get_settings()
     except ValidationError as exc:
