@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         "503, then a drain and a fresh process; 0 means 3x request_timeout_s.",
     )
 
-    # Asynchronous jobs (bgsvc.jobs; README "Jobs"). TTL and originals: see storage below.
+    # Asynchronous jobs (bgsvc.jobs; docs/jobs-queue.md). TTL and originals: see storage below.
     job_timeout_s: float = Field(
         default=60.0, gt=0, description="Hard limit on one attempt of a job; beyond it, a retry."
     )
@@ -192,7 +192,7 @@ class Settings(BaseSettings):
         description="With BGSVC_REDIS_URL: a process whose heartbeat is this old is dead, and "
         "its running jobs go to another process (dramatiq's heartbeat_timeout).",
     )
-    # Batches of jobs (bgsvc.batches; README "Jobs").
+    # Batches of jobs (bgsvc.batches; docs/jobs-queue.md).
     batch_max_items: int = Field(
         default=100, ge=1, le=10_000, description="Images in one POST /batches (413 beyond)."
     )
@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     )
     batch_max_intakes: int = Field(
         # One: an intake may hold twice BGSVC_BATCH_MAX_BYTES (400 MiB by default), part of
-        # a worker's memory budget (README "Limits and memory").
+        # a worker's memory budget (docs/operations.md, "Limits and memory").
         default=1,
         ge=1,
         description="POST /batches bodies received and unpacked at once per process (each up "
@@ -227,8 +227,9 @@ class Settings(BaseSettings):
         "before it takes an admission place, so a slow one holds none.",
     )
     max_concurrent_uploads: int = Field(
-        # 8 x 25 MiB of bodies in flight, part of a worker's memory budget (README "Limits
-        # and memory"); behind nginx, which buffers bodies, a node receives each at once.
+        # 8 x 25 MiB of bodies in flight, part of a worker's memory budget
+        # (docs/operations.md, "Limits and memory"); behind nginx, which buffers bodies, a
+        # node receives each at once.
         default=8,
         ge=1,
         description="Removal and POST /jobs bodies received at once per process (each up to "
@@ -269,8 +270,8 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         # 25 MP: a 24 MP camera photo (6000 x 4000) and remove.bg's own ceiling for full
         # size. Decoding the costliest kind (WebP with alpha, ~26 bytes a pixel) then takes
-        # ~0.63 GiB, and the two decodes a worker runs at once fit its memory budget (README
-        # "Limits and memory", benchmarks/decode_memory.py).
+        # ~0.63 GiB, and the two decodes a worker runs at once fit its memory budget
+        # (docs/operations.md, "Limits and memory", benchmarks/decode_memory.py).
         default=25_000_000,
         ge=1,
         description="Largest source image in pixels, from its header (413).",
@@ -609,7 +610,7 @@ class Settings(BaseSettings):
         description="prometheus-client's multiprocess directory (set under gunicorn).",
     )
 
-    # URL inputs (bgsvc.urlinputs): image_url and GET /api/remove?url=; README "URL inputs".
+    # URL inputs (bgsvc.urlinputs): image_url and GET /api/remove?url=; docs/api.md, "URL inputs".
     url_inputs: bool = Field(
         default=False,
         description="Fetch images given by URL (remove.bg image_url, rembg GET "
