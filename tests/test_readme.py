@@ -30,7 +30,8 @@ def test_readme_shows_the_two_commands_and_the_license() -> None:
 
 def test_relative_links_in_the_docs_point_to_files_that_exist() -> None:
     root = Path(__file__).resolve().parents[1]
-    pages = [root / "README.md", root / "CONTRIBUTING.md", *sorted((root / "docs").glob("*.md"))]
+    pages = [root / name for name in ("README.md", "CONTRIBUTING.md", "CHANGELOG.md")]
+    pages += sorted((root / "docs").glob("*.md"))
     link = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
     broken = []
     for page in pages:
