@@ -1,6 +1,7 @@
 """Memory of one request by image size and kind: how much a serving process's resident
 memory grows, at its peak, while it decodes and processes the largest images it accepts,
-one at a time and several at once. It sizes BGSVC_MAX_PIXELS (README "Limits and memory").
+one at a time and several at once. It sizes BGSVC_MAX_PIXELS (docs/operations.md, "Limits
+and memory").
 
     .venv/bin/python -m benchmarks.decode_memory                 # the sweep, cheap model
     .venv/bin/python -m benchmarks.decode_memory --model real    # the default model

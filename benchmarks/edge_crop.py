@@ -1,7 +1,7 @@
-"""The README's before/after edge crop: a 12 MP photo through the default model, put on a
-saturated colour once with the plain bilinear matte and the photo's own colours, once with
-the edge step (guided enlargement and decontamination), and the same crop of both side by
-side in docs/img/edges-before-after.png.
+"""The before/after edge crop (README, docs/api.md): a 12 MP photo through the default
+model, put on a saturated colour once with the plain bilinear matte and the photo's own
+colours, once with the edge step (guided enlargement and decontamination), and the same
+crop of both side by side in docs/img/edges-before-after.png.
 
     .venv/bin/python -m benchmarks.edge_crop [--photo chelsea] [--crop x,y,w,h]
 

@@ -4,7 +4,7 @@ same BGSVC_* environment drives `bgsvc serve`, this file, Compose and Kubernetes
 
 Sizing on CPU: workers x ORT intra-op threads = cores. Each worker is a process with its
 own model session (~1.4 GiB resident for the default model once warm; budget 4 GiB per
-worker with its decodes, README "Limits and memory") and runs one inference at a time by
+worker with its decodes, docs/operations.md, "Limits and memory") and runs one inference at a time by
 default; ONNX Runtime spreads that inference over its intra-op threads. More threads than
 cores only adds contention. With BGSVC_INTRA_OP_THREADS=0 (the default) each worker takes
 cores // workers threads, so set only the worker count (BGSVC_WORKERS or gunicorn's usual

@@ -31,7 +31,7 @@ MEASUREMENTS = REPO / "test-artifacts" / "cluster-measurements.json"
 
 
 def record(name: str, values: dict[str, Any]) -> None:
-    """Print a measurement and keep it in test-artifacts/ for the README's tables."""
+    """Print a measurement and keep it in test-artifacts/ for the tables of docs/scaling.md."""
     print(f"\n[{name}] {json.dumps(values)}")
     MEASUREMENTS.parent.mkdir(exist_ok=True)
     data = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.exists() else {}

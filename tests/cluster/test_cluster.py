@@ -1,7 +1,7 @@
 """The fleet, for real: gunicorn nodes behind Debian's nginx on loopback.
 
 Measured numbers (requests, failures, spread, drain time) are printed and written to
-test-artifacts/cluster-measurements.json for the README's scaling section.
+test-artifacts/cluster-measurements.json for docs/scaling.md.
 """
 
 from __future__ import annotations

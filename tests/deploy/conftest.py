@@ -10,8 +10,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-# README "Limits and memory": one worker with the default model, and the decodes it runs
-# at once at the default BGSVC_MAX_PIXELS (benchmarks/decode_memory.py).
+# docs/operations.md, "Limits and memory": one worker with the default model, and the
+# decodes it runs at once at the default BGSVC_MAX_PIXELS (benchmarks/decode_memory.py).
 WORKER_BUDGET_BYTES = 4 * 2**30
 
 

@@ -260,7 +260,7 @@ def test_pods_require_api_keys_with_the_pepper_from_a_secret() -> None:
 def test_pods_take_the_metrics_token_from_a_secret() -> None:
     env = {e["name"]: e for e in _container()["env"]}
     ref = env["BGSVC_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
-    # Optional: without it /metrics is open but names no key (README "Authentication").
+    # Optional: without it /metrics is open but names no key (docs/auth.md).
     assert ref == {"name": "bgsvc-metrics", "key": "token", "optional": True}
     assert "value" not in env["BGSVC_METRICS_TOKEN"], "never the token itself in the manifest"
 

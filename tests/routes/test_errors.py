@@ -53,8 +53,8 @@ def test_rejects_image_over_pixel_limit(make_client) -> None:  # type: ignore[no
 
 
 def test_a_tiny_file_declaring_7000x7000_is_refused_by_default(client: TestClient) -> None:
-    # 49 MP behind a few bytes: past the default budget (25 MP, README "Limits and memory"),
-    # refused from its header before a byte is decoded.
+    # 49 MP behind a few bytes: past the default budget (25 MP, docs/operations.md,
+    # "Limits and memory"), refused from its header before a byte is decoded.
     assert_error(post(client, png_header_only(7000, 7000)), 413, "image_too_large")
 
 

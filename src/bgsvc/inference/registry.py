@@ -69,7 +69,7 @@ BUILTIN: dict[str, ModelSpec] = {
         source="npm",
         description="ISNet (DIS) from IMG.LY's background-removal package, fp16 weights.",
         # The package and its weights: serving them over a network makes the AGPL's
-        # source-offer duty apply to the service (README, "Models").
+        # source-offer duty apply to the service (docs/models.md).
         license="AGPL-3.0",
         filename="imgly-medium.onnx",
         sha256="b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb",
