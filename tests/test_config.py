@@ -44,3 +44,26 @@ def test_cache_ttl_jitter_must_stay_below_the_ttl() -> None:
     with pytest.raises(ValidationError):
         Settings(cache_ttl_s=60, cache_ttl_jitter_s=60)
     assert Settings(cache_ttl_s=60, cache_ttl_jitter_s=59).cache_ttl_jitter_s == 59
+
+
+def test_an_empty_directory_setting_means_unset_not_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OPENVINO_CACHE_DIR", "TENSORRT_CACHE_DIR", "INT8_CALIBRATION_DIR"):
+        monkeypatch.setenv(f"BGSVC_{name}", "")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    settings = Settings()
+    assert settings.openvino_cache_dir is None
+    assert settings.tensorrt_cache_dir is None
+    assert settings.int8_calibration_dir is None
+    assert settings.prometheus_multiproc_dir is None
+
+
+def test_only_the_documented_names_set_the_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BGSVC_WORKERS", raising=False)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setenv("WORKERS", "7")
+    assert Settings().workers == 1
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert Settings().workers == 3
+    assert Settings(workers=2).workers == 2

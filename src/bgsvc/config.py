@@ -12,12 +12,13 @@ import socket
 import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     Field,
     SecretStr,
     field_validator,
@@ -31,6 +32,14 @@ from bgsvc.limits.api import RatePolicy
 from bgsvc.outbound.policy import AllowList
 from bgsvc.outbound.signing import decode_secret
 
+
+def _empty_is_unset(value: object) -> object:
+    return None if value == "" else value
+
+
+# A directory that may be left unset. An empty value counts as unset: Path("") would
+# otherwise be the current directory, wherever the process happens to start.
+OptionalDir = Annotated[Path | None, BeforeValidator(_empty_is_unset)]
 Provider = Literal["auto", "cpu", "cuda"]
 EngineName = Literal["auto", "onnxruntime", "openvino"]
 Precision = Literal["auto", "f32", "bf16", "f16"]
@@ -82,7 +91,10 @@ def _in(section: str) -> dict[str, Any]:
 class Settings(BaseSettings):
     """Every knob of the service; environment variables use the ``BGSVC_`` prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="BGSVC_", extra="ignore")
+    # populate_by_name: code passes settings by field name (Settings(workers=2)); were the
+    # name one of the aliases instead, the environment would be searched for it too, and
+    # a bare WORKERS variable would set the worker count.
+    model_config = SettingsConfigDict(env_prefix="BGSVC_", extra="ignore", populate_by_name=True)
 
     host: str = Field(
         default="127.0.0.1",
@@ -104,7 +116,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1,
         ge=1,
-        validation_alias=AliasChoices("BGSVC_WORKERS", "WEB_CONCURRENCY", "workers"),
+        validation_alias=AliasChoices("BGSVC_WORKERS", "WEB_CONCURRENCY"),
         description="gunicorn worker processes (deploy/gunicorn.conf.py); on the CPU keep "
         "workers x intra_op_threads = cores. Unset on a CUDA host: 2 per GPU (docs/gpu.md).",
         json_schema_extra=_in(SERVER),
@@ -224,7 +236,7 @@ class Settings(BaseSettings):
         "f16: that one, ungated.",
         json_schema_extra=_in(MODELS),
     )
-    openvino_cache_dir: Path | None = Field(
+    openvino_cache_dir: OptionalDir = Field(
         default=None,
         description="Where OpenVINO's compiled models and the precision trials are kept "
         "(written on the first start on a machine); unset means <model_dir>/.prepared/openvino. "
@@ -265,7 +277,7 @@ class Settings(BaseSettings):
         "(made once; ~1.5x faster, mattes IoU >= 0.98 vs float32 in benchmarks/RESULTS.md).",
         json_schema_extra=_in(CPU_RUNTIME),
     )
-    int8_calibration_dir: Path | None = Field(
+    int8_calibration_dir: OptionalDir = Field(
         default=None,
         description="Photos to calibrate the int8 copy on; unset means scikit-image's samples.",
         json_schema_extra=_in(CPU_RUNTIME),
@@ -346,7 +358,7 @@ class Settings(BaseSettings):
         description="Put the TensorRT provider before CUDA (needs onnxruntime-gpu + TensorRT).",
         json_schema_extra=_in(GPU),
     )
-    tensorrt_cache_dir: Path | None = Field(
+    tensorrt_cache_dir: OptionalDir = Field(
         default=None,
         description="TensorRT engine and timing caches; unset means <model_dir>/.prepared/trt.",
         json_schema_extra=_in(GPU),
@@ -881,7 +893,7 @@ class Settings(BaseSettings):
             raise ValueError("BGSVC_METRICS_TOKEN: at least 16 characters")
         return value
 
-    prometheus_multiproc_dir: Path | None = Field(
+    prometheus_multiproc_dir: OptionalDir = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
         description="prometheus-client's multiprocess directory: needed under gunicorn with "
