@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bgsvc.auth.addresses import parse_networks
-from bgsvc.limits.api import RatePolicy
+from bgsvc.limits.base import RatePolicy
 from bgsvc.outbound.policy import AllowList
 from bgsvc.outbound.signing import decode_secret
 

@@ -9,15 +9,15 @@ import pydantic
 import pytest
 
 from bgsvc.config import Settings
-from bgsvc.limits.api import RatePolicy
+from bgsvc.limits.base import RatePolicy
 from bgsvc.limits.factory import LOCAL_FILE, build_limits
-from bgsvc.limits.local import LocalLimits
+from bgsvc.limits.sqlite import SqliteLimits
 from bgsvc.metrics import Metrics
 
 
 def test_without_redis_the_node_shares_a_sqlite_file_under_the_data_dir(tmp_path: Path) -> None:
     limits = build_limits(Settings(data_dir=tmp_path, auth_fail_limit="5/hour"), Metrics())
-    assert isinstance(limits, LocalLimits)
+    assert isinstance(limits, SqliteLimits)
     assert limits.path == tmp_path / LOCAL_FILE
     assert limits.auth_fail == RatePolicy(5, 3600.0, 5)
     asyncio.run(limits.aclose())
