@@ -6,7 +6,7 @@ from bgsvc.config import Settings
 from bgsvc.limits.base import Limits, RatePolicy
 from bgsvc.metrics import Metrics
 
-LOCAL_FILE = "limits.sqlite3"
+DB_NAME = "limits.sqlite3"
 
 
 def build_limits(settings: Settings, metrics: Metrics) -> Limits:
@@ -31,7 +31,7 @@ def build_limits(settings: Settings, metrics: Metrics) -> Limits:
     from bgsvc.limits.sqlite import SqliteLimits
 
     return SqliteLimits(
-        settings.data_dir / LOCAL_FILE,
+        settings.data_dir / DB_NAME,
         auth_fail=auth_fail,
         fail_open=settings.rate_limit_fail_open,
         on_error=on_error,
