@@ -20,8 +20,8 @@ from pathlib import Path
 from tests.redis_server import RedisServer
 
 from benchmarks.stats import percentile
-from bgsvc.limits.api import Limits, RatePolicy
-from bgsvc.limits.local import LocalLimits
+from bgsvc.limits.base import Limits, RatePolicy
+from bgsvc.limits.sqlite import SqliteLimits
 
 # Never refused: every hit is the write path (read, compare, write).
 POLICY = RatePolicy(limit=10_000_000, window_s=1.0, burst=10_000_000)
@@ -68,7 +68,7 @@ def main() -> None:
         root = Path(tmp)
         results["SQLite file (one node)"] = asyncio.run(
             _measure(
-                LocalLimits(root / "limits.sqlite3", auth_fail=auth), args.hits, args.concurrency
+                SqliteLimits(root / "limits.sqlite3", auth_fail=auth), args.hits, args.concurrency
             )
         )
         (root / "redis").mkdir()

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from bgsvc import __version__, error_handlers, gpu_layout, tracing
 from bgsvc.allocator import tune_malloc
 from bgsvc.auth import account
-from bgsvc.auth.keys import KeyStore
-from bgsvc.auth.keys import open_store as open_key_store
+from bgsvc.auth.base import KeyStore
+from bgsvc.auth.factory import open_store as open_key_store
 from bgsvc.auth.middleware import AuthMiddleware
 from bgsvc.batches.service import item_finished
 from bgsvc.config import Settings, get_settings
@@ -29,7 +29,7 @@ from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.inference.watchdog import Watchdog, hard_exit
 from bgsvc.jobs.runtime import Jobs
-from bgsvc.limits.api import Limits
+from bgsvc.limits.base import Limits
 from bgsvc.limits.factory import build_limits
 from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics

@@ -28,7 +28,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bgsvc.auth.addresses import parse_networks
-from bgsvc.limits.api import RatePolicy
+from bgsvc.limits.base import RatePolicy
 from bgsvc.outbound.policy import AllowList
 from bgsvc.outbound.signing import decode_secret
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from bgsvc.cache import CachedResult, MemoryLRUCache, ResultCache, cache_key
-from bgsvc.cache.tiered import TieredCache
+from bgsvc.cache.factory import build_tiers
 from bgsvc.config import Settings
 from bgsvc.errors import (
     InvalidImage,
@@ -230,49 +230,6 @@ def _stage_thread_init(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
-class _CacheObserver:
-    """The tiered cache's counters on the service's metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def cache_level_lookup(self, level: str, hit: bool) -> None:
-        self.metrics.cache_level_lookups.labels(level, "hit" if hit else "miss").inc()
-
-    def cache_coalesced(self, scope: str) -> None:
-        self.metrics.cache_coalesced.labels(scope).inc()
-
-
-def _build_tiers(
-    local: ResultCache | None, settings: Settings, metrics: Metrics
-) -> TieredCache | None:
-    """The local LRU and, with BGSVC_REDIS_URL (and BGSVC_SHARED_CACHE), the shared level
-    behind it; None when neither is configured (no cache, no single flight)."""
-    shared = None
-    if settings.redis_url and settings.shared_cache:
-        try:
-            from bgsvc.cache.redis import RedisLevel
-        except ModuleNotFoundError as exc:
-            raise RuntimeError(
-                "BGSVC_REDIS_URL is set but redis-py is not installed: pip install 'bgsvc[redis]'"
-            ) from exc
-
-        errors = metrics.cache_errors.labels("redis")
-        shared = RedisLevel(
-            settings.redis_url,
-            ttl_s=settings.cache_ttl_s,
-            jitter_s=settings.cache_ttl_jitter_s,
-            socket_timeout_s=settings.redis_socket_timeout_s,
-            on_error=errors.inc,
-        )
-    if local is None and shared is None:
-        return None
-    observer = _CacheObserver(metrics)
-    return TieredCache(
-        local, shared, lock_timeout_s=settings.cache_lock_timeout_s, observer=observer
-    )
-
-
 class RemovalService:
     """The pipeline under the scheduler and the request budget, with stage metrics and an
     optional result cache."""
@@ -292,7 +249,7 @@ class RemovalService:
         if cache is None and settings.result_cache_bytes > 0:
             cache = MemoryLRUCache(settings.result_cache_bytes)
         self.cache = cache
-        self.tiers = _build_tiers(cache, settings, metrics)
+        self.tiers = build_tiers(cache, settings, metrics)
         self._evictions_seen = 0
         # Decode, pre/post-processing and encode run here, never on the event loop.
         self._stages = ThreadPoolExecutor(

@@ -1,4 +1,4 @@
-"""A fake Limits (the protocol of bgsvc.limits.api) and an app with keys required."""
+"""A fake Limits (the protocol of bgsvc.limits.base) and an app with keys required."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bgsvc.auth.keys import ApiKey, digest_of, new_secret
-from bgsvc.auth.sqlite_store import SqliteKeyStore
+from bgsvc.auth.base import ApiKey
+from bgsvc.auth.keys import digest_of, new_secret
+from bgsvc.auth.sqlite import SqliteKeyStore
 from bgsvc.config import get_settings
-from bgsvc.limits.api import QuotaDecision, RateDecision, RatePolicy
+from bgsvc.limits.base import QuotaDecision, RateDecision, RatePolicy
 
 PEPPER = "test-pepper-0123456789abcdef"
 

@@ -7,12 +7,13 @@ import pytest
 
 from bgsvc.auth import keys
 from bgsvc.auth.addresses import client_address, parse_networks
+from bgsvc.auth.base import ApiKey, parse_quota, parse_scopes
 from bgsvc.auth.headers import rate_limit_headers
-from bgsvc.auth.keys import ApiKey, digest_of, new_secret, parse_quota, parse_scopes, verify
+from bgsvc.auth.keys import digest_of, new_secret, verify
 from bgsvc.auth.labels import KeyLabels
-from bgsvc.auth.sqlite_store import SqliteKeyStore
+from bgsvc.auth.sqlite import SqliteKeyStore
 from bgsvc.config import Settings
-from bgsvc.limits.api import RateDecision
+from bgsvc.limits.base import RateDecision
 
 PEPPER = "pepper-for-unit-tests"
 

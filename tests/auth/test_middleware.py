@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from bgsvc.auth.sqlite_store import SqliteKeyStore
+from bgsvc.auth.sqlite import SqliteKeyStore
 from tests.auth.conftest import FakeLimits, add_key
 
 AuthClient = Callable[..., tuple[TestClient, FakeLimits]]

@@ -15,18 +15,16 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from bgsvc.auth.base import ApiKey, KeyNotFound, KeyStore
 from bgsvc.auth.keys import (
-    ApiKey,
-    KeyNotFound,
-    KeyStore,
     digest_of,
     new_secret,
     new_webhook_salt,
     rotate_webhook_secret,
     webhook_secret_of,
 )
-from bgsvc.auth.redis_store import PREFIX, RedisKeyStore
-from bgsvc.auth.sqlite_store import SqliteKeyStore
+from bgsvc.auth.redis import PREFIX, RedisKeyStore
+from bgsvc.auth.sqlite import SqliteKeyStore
 from bgsvc.cli import main
 from bgsvc.config import Settings, get_settings
 from bgsvc.jobs.notify import Notifier

@@ -14,8 +14,9 @@ import httpx
 import pytest
 import redis
 
-from bgsvc.auth.keys import ApiKey, digest_of, new_secret
-from bgsvc.auth.redis_store import RedisKeyStore
+from bgsvc.auth.base import ApiKey
+from bgsvc.auth.keys import digest_of, new_secret
+from bgsvc.auth.redis import RedisKeyStore
 from bgsvc.cluster import Cluster
 from tests.cluster.conftest import record, wait_for
 

@@ -9,10 +9,10 @@ import time
 import pytest
 import redis
 
+from bgsvc.jobs.base import Room
 from bgsvc.jobs.model import JobRecord, JobStatus
-from bgsvc.jobs.redis_reconcile import reconcile
-from bgsvc.jobs.redis_store import RedisJobStore
-from bgsvc.jobs.store import Room
+from bgsvc.jobs.redis.reconcile import reconcile
+from bgsvc.jobs.redis.store import RedisJobStore
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 pytestmark = pytest.mark.redis

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from bgsvc.errors import JobNotFound
+from bgsvc.jobs.base import Room
 from bgsvc.jobs.model import JobRecord, JobStatus
 from bgsvc.jobs.queue import Backends, JobQueue
-from bgsvc.jobs.sqlite import SqliteJobStore
-from bgsvc.jobs.store import Room
-from bgsvc.storage.local import LocalStore
+from bgsvc.jobs.sqlite.store import SqliteJobStore
+from bgsvc.storage.filesystem import FilesystemStore
 
 ROOM = Room(limit=100, per_tenant=10)
 
@@ -106,7 +106,7 @@ def test_a_job_without_an_owner_is_seen_by_no_key(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         queue = JobQueue(
-            lambda: Backends(SqliteJobStore(path), LocalStore(tmp_path / "results", 3600.0)),
+            lambda: Backends(SqliteJobStore(path), FilesystemStore(tmp_path / "results", 3600.0)),
             path.exists,
             queue_limit=10,
             concurrency=1,

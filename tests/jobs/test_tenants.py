@@ -20,7 +20,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from bgsvc.auth.keys import ApiKey, digest_of, new_secret, new_webhook_salt, open_store
+from bgsvc.auth.base import ApiKey
+from bgsvc.auth.factory import open_store
+from bgsvc.auth.keys import digest_of, new_secret, new_webhook_salt
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.jobs.model import JobRecord, JobStatus
 from bgsvc.jobs.queue import JobQueue

@@ -14,21 +14,20 @@ import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from bgsvc.auth.base import ApiKey, KeyStore
 from bgsvc.auth.keys import (
-    ApiKey,
-    KeyStore,
     digest_of,
     new_secret,
     new_webhook_salt,
     rotate_webhook_secret,
     webhook_secret_of,
 )
-from bgsvc.auth.redis_store import RedisKeyStore
-from bgsvc.auth.sqlite_store import SqliteKeyStore
+from bgsvc.auth.redis import RedisKeyStore
+from bgsvc.auth.sqlite import SqliteKeyStore
 from bgsvc.config import Settings
+from bgsvc.jobs.base import JobStore
 from bgsvc.jobs.model import JobRecord, JobStatus
 from bgsvc.jobs.notify import Notifier, TenantSigners
-from bgsvc.jobs.store import JobStore
 from bgsvc.outbound.client import OutboundClient
 from bgsvc.outbound.signing import WebhookSigner, generate_secret
 from bgsvc.outbound.webhooks import (

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bgsvc.limits.api import Limits, RatePolicy
+from bgsvc.limits.base import Limits, RatePolicy
 from tests.redis_server import RedisServer, redis_server
 
 __all__ = ["Store", "redis_server", "store"]
@@ -43,14 +43,14 @@ class Store:
             from bgsvc.limits.redis import RedisLimits
 
             return RedisLimits(target or self.target, socket_timeout_s=0.5, **common)
-        from bgsvc.limits.local import LocalLimits
+        from bgsvc.limits.sqlite import SqliteLimits
 
-        return LocalLimits(Path(target or self.target), **common)
+        return SqliteLimits(Path(target or self.target), **common)
 
 
-@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         return Store("redis", server.url, server)
-    return Store("local", str(tmp_path / "limits.sqlite3"))
+    return Store("sqlite", str(tmp_path / "limits.sqlite3"))

@@ -9,16 +9,16 @@ import pydantic
 import pytest
 
 from bgsvc.config import Settings
-from bgsvc.limits.api import RatePolicy
-from bgsvc.limits.factory import LOCAL_FILE, build_limits
-from bgsvc.limits.local import LocalLimits
+from bgsvc.limits.base import RatePolicy
+from bgsvc.limits.factory import DB_NAME, build_limits
+from bgsvc.limits.sqlite import SqliteLimits
 from bgsvc.metrics import Metrics
 
 
 def test_without_redis_the_node_shares_a_sqlite_file_under_the_data_dir(tmp_path: Path) -> None:
     limits = build_limits(Settings(data_dir=tmp_path, auth_fail_limit="5/hour"), Metrics())
-    assert isinstance(limits, LocalLimits)
-    assert limits.path == tmp_path / LOCAL_FILE
+    assert isinstance(limits, SqliteLimits)
+    assert limits.path == tmp_path / DB_NAME
     assert limits.auth_fail == RatePolicy(5, 3600.0, 5)
     asyncio.run(limits.aclose())
 
@@ -34,7 +34,7 @@ def test_with_a_redis_url_the_limits_are_shared_through_redis() -> None:
 
 def test_decisions_taken_without_the_store_are_counted_in_the_metric(tmp_path: Path) -> None:
     # A directory where the SQLite file should be: every call fails.
-    (tmp_path / LOCAL_FILE).mkdir()
+    (tmp_path / DB_NAME).mkdir()
     metrics = Metrics()
     limits = build_limits(Settings(data_dir=tmp_path), metrics)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bgsvc.errors import LimitsUnavailable
-from bgsvc.limits.api import Limits, RatePolicy
+from bgsvc.limits.base import Limits, RatePolicy
 from tests.limits.conftest import Store
 from tests.redis_server import RedisServer
 

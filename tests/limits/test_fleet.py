@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bgsvc.errors import LimitsUnavailable
-from bgsvc.limits.api import RatePolicy
+from bgsvc.limits.base import RatePolicy
 from tests.limits.conftest import Store
 
 POLICY = RatePolicy(limit=100, window_s=1.0, burst=50)

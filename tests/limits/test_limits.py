@@ -7,8 +7,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bgsvc.limits.api import RatePolicy
-from bgsvc.limits.local import LocalLimits
+from bgsvc.limits.base import RatePolicy
+from bgsvc.limits.sqlite import SqliteLimits
 from tests.limits.conftest import Store
 
 # One token per 10 s, three at once.
@@ -67,7 +67,7 @@ def test_the_bucket_refills_evenly_with_the_clock(tmp_path: Path) -> None:
     clock = Clock(unix(2025, 3, 10))
 
     async def main() -> list[tuple[bool, int]]:
-        limits = LocalLimits(
+        limits = SqliteLimits(
             tmp_path / "l.sqlite3", auth_fail=RatePolicy.parse("3/min"), clock=clock
         )
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from moto.server import ThreadedMotoServer
 
-from bgsvc.storage import LocalStore, ResultStore
+from bgsvc.storage import FilesystemStore, ResultStore
 from bgsvc.storage.s3 import S3Store
 
 
@@ -54,14 +54,14 @@ def make_s3_store(s3_endpoint: str) -> Callable[..., S3Store]:
     return factory
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["filesystem", "s3"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., ResultStore]:
     """Either backend, with the same keyword arguments."""
 
     def factory(**overrides: Any) -> ResultStore:
-        if request.param == "local":
+        if request.param == "filesystem":
             values: dict[str, Any] = {"ttl_s": 3600.0, **overrides}
-            return LocalStore(tmp_path / "results", **values)
+            return FilesystemStore(tmp_path / "results", **values)
         make_s3: Callable[..., S3Store] = request.getfixturevalue("make_s3_store")
         return make_s3(**overrides)
 

@@ -9,20 +9,20 @@ from pydantic import ValidationError
 
 from bgsvc.config import Settings
 from bgsvc.errors import StorageConfigError
-from bgsvc.storage import LocalStore, open_store
+from bgsvc.storage import FilesystemStore, open_store
 from bgsvc.storage.s3 import S3Store
 
 
 def test_the_default_store_is_a_results_directory_under_the_data_dir(tmp_path: Path) -> None:
     store = open_store(Settings(data_dir=tmp_path / "data", job_ttl_s=120))
-    assert isinstance(store, LocalStore)
+    assert isinstance(store, FilesystemStore)
     assert store.root == (tmp_path / "data" / "results").resolve() and store.root.is_dir()
     assert store.ttl_s == 120
 
 
 def test_a_file_url_names_the_directory(tmp_path: Path) -> None:
     store = open_store(Settings(storage_url=f"file://{tmp_path}/my%20results"))
-    assert isinstance(store, LocalStore) and store.root == tmp_path / "my results"
+    assert isinstance(store, FilesystemStore) and store.root == tmp_path / "my results"
 
 
 def test_an_s3_url_names_bucket_prefix_and_the_endpoint_settings(

@@ -11,7 +11,9 @@ from pathlib import Path
 import boto3
 from fastapi.testclient import TestClient
 
-from bgsvc.auth.keys import ApiKey, digest_of, new_secret, open_store
+from bgsvc.auth.base import ApiKey
+from bgsvc.auth.factory import open_store
+from bgsvc.auth.keys import digest_of, new_secret
 from tests.conftest import encode_image, subject_image
 
 PEPPER = "presign-test-pepper-0123456789"

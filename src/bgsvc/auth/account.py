@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from bgsvc.limits.api import Limits
+from bgsvc.limits.base import Limits
 
 router = APIRouter(tags=["remove.bg compatibility"])
 

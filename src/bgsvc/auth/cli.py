@@ -7,23 +7,25 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bgsvc.auth.keys import (
+from bgsvc.auth.base import (
     SCOPES,
     ApiKey,
     KeyExists,
     KeyNotFound,
     check_name,
+    parse_quota,
+    parse_scopes,
+)
+from bgsvc.auth.factory import open_store
+from bgsvc.auth.keys import (
     digest_of,
     new_secret,
     new_webhook_salt,
-    open_store,
-    parse_quota,
-    parse_scopes,
     rotate_webhook_secret,
     webhook_secret_of,
 )
 from bgsvc.config import Settings
-from bgsvc.limits.api import RatePolicy
+from bgsvc.limits.base import RatePolicy
 
 
 def _pepper(settings: Settings) -> str:

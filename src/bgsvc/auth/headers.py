@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from bgsvc.limits.api import RateDecision
+from bgsvc.limits.base import RateDecision
 
 POLICY_NAME = "default"
 

@@ -16,8 +16,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bgsvc.auth.addresses import Network, client_address, parse_networks
+from bgsvc.auth.base import ApiKey, KeyStore
 from bgsvc.auth.headers import rate_limit_headers
-from bgsvc.auth.keys import ApiKey, KeyStore, digest_of, verify
+from bgsvc.auth.keys import digest_of, verify
 from bgsvc.auth.labels import KeyLabels
 from bgsvc.error_handlers import reject
 from bgsvc.errors import (
@@ -28,7 +29,7 @@ from bgsvc.errors import (
     QuotaExceeded,
     RateLimited,
 )
-from bgsvc.limits.api import Limits, RateDecision
+from bgsvc.limits.base import Limits, RateDecision
 from bgsvc.metrics import Metrics
 
 log = logging.getLogger(__name__)

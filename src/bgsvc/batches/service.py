@@ -10,10 +10,10 @@ import anyio.to_thread
 
 from bgsvc.batches.intake import Item
 from bgsvc.errors import BatchNotFound, BatchRunning
+from bgsvc.jobs.base import JobStore, NoRoom
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobRecord, JobStatus, new_batch_id, new_job_id
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key, visible
-from bgsvc.jobs.store import JobStore, NoRoom
 from bgsvc.outbound.webhooks import BATCH_COMPLETED, DeliveryAttempt
 
 

@@ -1,7 +1,5 @@
-"""Result caches for identical requests: a protocol, a key, and a per-process LRU.
-
-A shared cache across nodes (e.g. Redis) implements :class:`ResultCache` too.
-"""
+"""Result caches for identical requests: the interface and key in base.py, the tiers'
+choice in factory.py, one module per technology (memory.py, redis.py), tiered.py in front."""
 
 from bgsvc.cache.base import CachedResult, CacheStats, ResultCache, cache_key
 from bgsvc.cache.memory import MemoryLRUCache

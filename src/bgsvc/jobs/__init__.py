@@ -1,16 +1,16 @@
 """Asynchronous jobs: records, a queue, and a runner in the serving process.
 
-``JobStore`` is the interface a queue backend implements (``SqliteJobStore``, the embedded
-mode; ``RedisJobStore`` for a fleet); ``JobQueue`` is what the routes use; ``JobRunner``
-executes jobs on the capacity sync requests leave idle; ``Jobs`` builds them from settings.
-Nothing here imports :mod:`bgsvc.batches`, which builds on it.
+The store interface in base.py, the choice in factory.py, one subpackage per technology
+(sqlite/, the embedded mode; redis/, a fleet). ``JobQueue`` is what the routes use;
+``JobRunner`` executes jobs on the capacity sync requests leave idle; ``Jobs`` (runtime.py)
+builds them from settings. Nothing here imports :mod:`bgsvc.batches`, which builds on it.
 """
 
+from bgsvc.jobs.base import JobStore, QueueStats
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.queue import Backends, JobQueue
 from bgsvc.jobs.runner import JobRunner, RunnerConfig
-from bgsvc.jobs.sqlite import SqliteJobStore
-from bgsvc.jobs.store import JobStore, QueueStats
+from bgsvc.jobs.sqlite.store import SqliteJobStore
 
 __all__ = [
     "Backends",

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from bgsvc.auth.keys import KeyStore, webhook_secret_of
+from bgsvc.auth.base import KeyStore
+from bgsvc.auth.keys import webhook_secret_of
 from bgsvc.errors import UrlFetchFailed
+from bgsvc.jobs.base import JobStore
 from bgsvc.jobs.model import JobRecord, JobStatus
-from bgsvc.jobs.store import JobStore
 from bgsvc.outbound.client import OutboundClient, system_resolver
 from bgsvc.outbound.policy import AllowList, OutboundPolicy, parse_ip_literal
 from bgsvc.outbound.signing import WebhookSigner

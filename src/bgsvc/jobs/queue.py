@@ -27,8 +27,8 @@ from bgsvc.errors import (
     JobQueueFull,
     JobRunning,
 )
+from bgsvc.jobs.base import JobStore, NoRoom, Room
 from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
-from bgsvc.jobs.store import JobStore, NoRoom, Room
 from bgsvc.storage import ResultStore, StoredObject
 
 ORIGINAL_TYPE = "application/octet-stream"

@@ -30,10 +30,10 @@ from bgsvc.errors import (
     JobTimedOut,
 )
 from bgsvc.inference.scheduler import Scheduler, Ticket
+from bgsvc.jobs.base import JobStore
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import Backends, JobQueue, result_key
-from bgsvc.jobs.store import JobStore
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalService

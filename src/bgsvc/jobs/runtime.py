@@ -1,5 +1,5 @@
-"""The jobs capability of one serving process, built from the settings (embedded mode:
-SQLite records under BGSVC_DATA_DIR, results in bgsvc.storage, runs in this process)."""
+"""The jobs capability of one serving process, built from the settings: records in the
+store jobs.factory picks, results in bgsvc.storage, runs in this process."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from bgsvc.auth.keys import KeyStore
+from bgsvc.auth.base import KeyStore
 from bgsvc.config import Settings
+from bgsvc.jobs.factory import db_path
+from bgsvc.jobs.factory import open_store as open_job_store
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import Backends, JobQueue
 from bgsvc.jobs.runner import ItemFinished, JobRunner, RunnerConfig
-from bgsvc.jobs.sqlite import SqliteJobStore
-from bgsvc.jobs.store import JobStore
 from bgsvc.options import RemovalOptions
 from bgsvc.state import AppState
 from bgsvc.storage import open_store
-
-DB_NAME = "jobs.sqlite3"
 
 
 class Jobs:
@@ -35,24 +33,11 @@ class Jobs:
         item_finished: ItemFinished | None = None,
     ) -> None:
         self.settings = settings
-        db_path = settings.data_dir.expanduser().resolve() / DB_NAME
         shared = bool(settings.redis_url)
-        exists: Callable[[], bool] = db_path.exists
+        exists: Callable[[], bool] = db_path(settings).exists
 
         def open_backends() -> Backends:
-            if shared:
-                # Imported only here: redis and dramatiq stay unloaded on a single node.
-                from bgsvc.jobs.redis_store import RedisJobStore
-
-                store: JobStore = RedisJobStore(
-                    settings.redis_url,
-                    ttl_s=settings.job_ttl_s,
-                    heartbeat_timeout_s=settings.job_redeliver_s,
-                    socket_timeout_s=max(2.0, settings.redis_socket_timeout_s),
-                )
-            else:
-                store = SqliteJobStore(db_path)
-            return Backends(store, open_store(settings))
+            return Backends(open_job_store(settings), open_store(settings))
 
         if shared:
             # Jobs may be queued by any node: look from the start, and often (a poll is one

@@ -1,1 +1,2 @@
-"""Per-key rate limits and monthly quotas (interface in api.py)."""
+"""Per-key rate limits and monthly quotas: the interface in base.py, the choice in
+factory.py, one module per technology (sqlite.py, redis.py)."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from bgsvc.config import Settings
-from bgsvc.limits.api import Limits, RatePolicy
+from bgsvc.limits.base import Limits, RatePolicy
 from bgsvc.metrics import Metrics
 
-LOCAL_FILE = "limits.sqlite3"
+DB_NAME = "limits.sqlite3"
 
 
 def build_limits(settings: Settings, metrics: Metrics) -> Limits:
@@ -28,10 +28,10 @@ def build_limits(settings: Settings, metrics: Metrics) -> Limits:
             fail_open=settings.rate_limit_fail_open,
             on_error=on_error,
         )
-    from bgsvc.limits.local import LocalLimits
+    from bgsvc.limits.sqlite import SqliteLimits
 
-    return LocalLimits(
-        settings.data_dir / LOCAL_FILE,
+    return SqliteLimits(
+        settings.data_dir / DB_NAME,
         auth_fail=auth_fail,
         fail_open=settings.rate_limit_fail_open,
         on_error=on_error,

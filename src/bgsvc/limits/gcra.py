@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from bgsvc.limits.api import RateDecision, RatePolicy
+from bgsvc.limits.base import RateDecision, RatePolicy
 
 US = 1_000_000
 

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bgsvc.limits import gcra
-from bgsvc.limits.api import QuotaDecision, RateDecision, RatePolicy
+from bgsvc.limits.base import QuotaDecision, RateDecision, RatePolicy
 from bgsvc.limits.guard import Guard
 
 # GCRA (see gcra.py): ARGV = interval_us, tolerance_us, cost. Returns {allowed, now, tat}.
@@ -66,7 +66,7 @@ QUOTA_GRACE_S = 86400
 
 
 class RedisLimits:
-    """:class:`bgsvc.limits.api.Limits` in Redis, under ``<prefix>{rate,auth,quota}:``."""
+    """:class:`bgsvc.limits.base.Limits` in Redis, under ``<prefix>{rate,auth,quota}:``."""
 
     def __init__(
         self,

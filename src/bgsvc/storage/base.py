@@ -10,7 +10,7 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 # Keys are made by the service (job ids, file names), never taken raw from a client: a
 # small alphabet keeps them safe as file paths and as S3 keys alike. A segment may not
-# start with a dot, which leaves dot-names to the local backend's temporary files and
+# start with a dot, which leaves dot-names to the filesystem backend's temporary files and
 # sidecars.
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}")
 MAX_KEY_LENGTH = 512

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 from bgsvc.errors import StorageConfigError
 from bgsvc.storage.base import ResultStore
-from bgsvc.storage.local import LocalStore
+from bgsvc.storage.filesystem import FilesystemStore
 
 if TYPE_CHECKING:
     from bgsvc.config import Settings
@@ -21,12 +21,12 @@ def open_store(settings: Settings) -> ResultStore:
     ttl = settings.job_ttl_s
     url = settings.storage_url
     if not url:
-        return LocalStore(settings.data_dir.expanduser().resolve() / "results", ttl)
+        return FilesystemStore(settings.data_dir.expanduser().resolve() / "results", ttl)
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise StorageConfigError(f"BGSVC_STORAGE_URL {url!r}: {USAGE}")
-        return LocalStore(Path(unquote(parts.path)), ttl)
+        return FilesystemStore(Path(unquote(parts.path)), ttl)
     if parts.scheme == "s3":
         if not parts.netloc:
             raise StorageConfigError(f"BGSVC_STORAGE_URL {url!r}: no bucket; {USAGE}")

@@ -6,7 +6,7 @@ import json
 from dataclasses import fields, replace
 from typing import Any
 
-from bgsvc.auth.keys import ApiKey, KeyExists, KeyNotFound
+from bgsvc.auth.base import ApiKey, KeyExists, KeyNotFound
 
 PREFIX = "bgsvc:apikey:"
 _FIELDS = frozenset(f.name for f in fields(ApiKey))

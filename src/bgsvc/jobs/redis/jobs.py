@@ -1,10 +1,10 @@
 """The shared job store's jobs: records in Redis, delivery by dramatiq's Redis broker
-(its batches: bgsvc.jobs.redis_store).
+(its batches: bgsvc.jobs.redis.store).
 
 Why both: dramatiq delivers each job's message to one runner and, when that runner's
 process dies (its heartbeat stops), hands the message to another one; the records (status,
 attempts, webhook attempts) and their conditional changes are ours, in Lua scripts
-(bgsvc.jobs.redis_scripts). A message only names a job and which of its messages it is,
+(bgsvc.jobs.redis.scripts). A message only names a job and which of its messages it is,
 so a duplicate or stale delivery is recognised by the record and dropped; a job runs again
 only when its runner is dead (docs/jobs-queue.md has the measurements behind the choice).
 
@@ -28,11 +28,11 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 
 from bgsvc.errors import JobsUnavailable
-from bgsvc.jobs import redis_scripts as lua
+from bgsvc.jobs.base import NoRoom, QueueStats, Room
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
-from bgsvc.jobs.redis_codec import flat, job_fields, record_from, unavailable
-from bgsvc.jobs.redis_reconcile import reconcile
-from bgsvc.jobs.store import NoRoom, QueueStats, Room
+from bgsvc.jobs.redis import scripts as lua
+from bgsvc.jobs.redis.codec import flat, job_fields, record_from, unavailable
+from bgsvc.jobs.redis.reconcile import reconcile
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ def no_room(answer: str) -> None:
 
 
 class RedisJobs:
-    """The jobs half of :class:`bgsvc.jobs.redis_store.RedisJobStore`."""
+    """The jobs half of :class:`bgsvc.jobs.redis.store.RedisJobStore`."""
 
     def __init__(
         self,

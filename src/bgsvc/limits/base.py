@@ -1,6 +1,7 @@
 """What the rest of the service asks of rate limits and quotas (bgsvc.auth calls it).
 
-Implementations: in-process (a single node) and Redis (shared by every node, atomic).
+Implementations: SQLite (one node, shared by its workers) and Redis (shared by every node,
+atomic).
 """
 
 from __future__ import annotations

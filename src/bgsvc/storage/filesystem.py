@@ -61,7 +61,7 @@ def _atomic_write(path: Path, data: bytes | BinaryIO) -> None:
         raise
 
 
-class LocalStore:
+class FilesystemStore:
     """Objects are files under ``root`` named by their key; each one's content type sits in
     a dot-named sidecar that is published before the object itself, so a visible object
     always has its type. Objects older than ``ttl_s`` are invisible to :meth:`get` and

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
 
-from bgsvc.jobs.store import NoRoom, Room
+from bgsvc.jobs.base import NoRoom, Room
 
 T = TypeVar("T")
 

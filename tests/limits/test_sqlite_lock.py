@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bgsvc.errors import LimitsUnavailable
-from bgsvc.limits.api import RatePolicy
-from bgsvc.limits.local import LocalLimits
+from bgsvc.limits.base import RatePolicy
+from bgsvc.limits.sqlite import SqliteLimits
 
 POLICY = RatePolicy(limit=100, window_s=1.0, burst=50)
 
@@ -27,8 +27,8 @@ def hold_write_lock(path: Path, seconds: float, held: threading.Event) -> None:
     conn.close()
 
 
-def limits_on(path: Path, *, busy_timeout_s: float) -> LocalLimits:
-    return LocalLimits(
+def limits_on(path: Path, *, busy_timeout_s: float) -> SqliteLimits:
+    return SqliteLimits(
         path,
         auth_fail=RatePolicy.parse("3/min"),
         fail_open=False,

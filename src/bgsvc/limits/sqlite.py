@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bgsvc.limits import gcra
-from bgsvc.limits.api import QuotaDecision, RateDecision, RatePolicy
+from bgsvc.limits.base import QuotaDecision, RateDecision, RatePolicy
 from bgsvc.limits.guard import Guard
 
 T = TypeVar("T")
@@ -40,8 +40,8 @@ CREATE TABLE IF NOT EXISTS quota (
 SWEEP_EVERY_S = 60.0
 
 
-class LocalLimits:
-    """:class:`bgsvc.limits.api.Limits` on a SQLite file (one node, every worker)."""
+class SqliteLimits:
+    """:class:`bgsvc.limits.base.Limits` on a SQLite file (one node, every worker)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The shared job store (``BGSVC_REDIS_URL``): the jobs of bgsvc.jobs.redis_jobs, and
+"""The shared job store (``BGSVC_REDIS_URL``): the jobs of bgsvc.jobs.redis.jobs, and
 their batches, a hash per batch naming its items' jobs."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import json
 import uuid
 from typing import Any
 
+from bgsvc.jobs.base import Room
 from bgsvc.jobs.model import BatchRecord, JobRecord
-from bgsvc.jobs.redis_codec import batch_fields, batch_from, job_fields, unavailable
-from bgsvc.jobs.redis_jobs import SCAN_LIMIT, RedisJobs, no_room
-from bgsvc.jobs.store import Room
+from bgsvc.jobs.redis.codec import batch_fields, batch_from, job_fields, unavailable
+from bgsvc.jobs.redis.jobs import SCAN_LIMIT, RedisJobs, no_room
 
 
 class RedisJobStore(RedisJobs):
-    """:class:`bgsvc.jobs.store.JobStore` shared by every node through one Redis."""
+    """:class:`bgsvc.jobs.base.JobStore` shared by every node through one Redis."""
 
     @unavailable
     async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord], room: Room) -> None:

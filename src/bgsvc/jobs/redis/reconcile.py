@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bgsvc.jobs.redis_jobs import RedisJobs
+    from bgsvc.jobs.redis.jobs import RedisJobs
 
 # How long one process holds the fleet-wide scan of queued jobs.
 LOCK_MS = 5000
@@ -38,7 +38,7 @@ def _fields(store: RedisJobs, ids: list[str], names: list[str]) -> list[list[str
 
 def reconcile(store: RedisJobs, *, older_than_s: float | None = None) -> int:
     """Give lost jobs a new message; the number of jobs repaired."""
-    from bgsvc.jobs.redis_jobs import RECONCILE_AFTER_S, SCAN_LIMIT
+    from bgsvc.jobs.redis.jobs import RECONCILE_AFTER_S, SCAN_LIMIT
 
     now = time.time()
     cutoff = now - (RECONCILE_AFTER_S if older_than_s is None else older_than_s)

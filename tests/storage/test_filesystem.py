@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bgsvc.errors import StorageConfigError, StorageUnavailable
-from bgsvc.storage import LocalStore, Sweeper, default_sweep_interval
-from bgsvc.storage.local import EMPTY_DIR_GRACE_S, TEMP_GRACE_S
+from bgsvc.storage import FilesystemStore, Sweeper, default_sweep_interval
+from bgsvc.storage.filesystem import EMPTY_DIR_GRACE_S, TEMP_GRACE_S
 
 TTL = 3600.0
 
@@ -35,14 +35,14 @@ def _visible(root: Path) -> list[str]:
 
 
 def test_objects_are_plain_files_named_by_their_key(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path, TTL)
+    store = FilesystemStore(tmp_path, TTL)
     store.put("jobs/j1/result.png", b"png", "image/png")
     assert (tmp_path / "jobs" / "j1" / "result.png").read_bytes() == b"png"
     assert _visible(tmp_path) == ["jobs/j1/result.png"]
 
 
 def test_sweep_deletes_only_objects_older_than_the_ttl(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path, TTL)
+    store = FilesystemStore(tmp_path, TTL)
     for key in ("jobs/old/result.png", "jobs/new/result.png", "originals/old.jpg"):
         store.put(key, b"x", "image/png")
     _age(tmp_path / "jobs/old/result.png", TTL + 5)
@@ -59,7 +59,7 @@ def test_sweep_deletes_only_objects_older_than_the_ttl(tmp_path: Path) -> None:
 
 
 def test_sweep_clears_dead_writers_leftovers_but_not_live_ones(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path, TTL)
+    store = FilesystemStore(tmp_path, TTL)
     jobs = tmp_path / "jobs"
     (jobs / "dead").mkdir(parents=True)
     stale_tmp = jobs / "dead" / ".result.png.abc123.tmp"
@@ -85,7 +85,7 @@ _KILLED_WRITER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from bgsvc.storage import LocalStore
+    from bgsvc.storage import FilesystemStore
 
     root, stall = Path(sys.argv[1]), sys.argv[2]
 
@@ -112,14 +112,14 @@ _KILLED_WRITER = textwrap.dedent(
         data = b"N" * (1024 * 1024)
     else:
         data = HalfThenStall()
-    LocalStore(root, 3600).put("jobs/j1/result.png", data, "image/webp")
+    FilesystemStore(root, 3600).put("jobs/j1/result.png", data, "image/webp")
     """
 )
 
 
 @pytest.mark.parametrize("stall", ["mid_write", "before_rename"])
 def test_a_writer_killed_mid_put_never_leaves_a_visible_object(tmp_path: Path, stall: str) -> None:
-    store = LocalStore(tmp_path, TTL)
+    store = FilesystemStore(tmp_path, TTL)
     store.put("jobs/j1/result.png", b"OLD", "image/png")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with subprocess.Popen(
@@ -152,11 +152,11 @@ def test_a_writer_killed_mid_put_never_leaves_a_visible_object(tmp_path: Path, s
 def test_a_store_that_cannot_make_its_directory_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(StorageConfigError, match="result directory"):
-        LocalStore(tmp_path / "file" / "results", TTL)
+        FilesystemStore(tmp_path / "file" / "results", TTL)
 
 
 def test_a_write_the_filesystem_refuses_is_storage_unavailable(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path, TTL)
+    store = FilesystemStore(tmp_path, TTL)
     store.put("a", b"x", "text/plain")
     with pytest.raises(StorageUnavailable) as caught:
         store.put("a/b", b"x", "text/plain")  # "a" is a file, not a directory
@@ -164,7 +164,7 @@ def test_a_write_the_filesystem_refuses_is_storage_unavailable(tmp_path: Path) -
     assert list(tmp_path.rglob("*.tmp")) == []
 
 
-class _FlakyStore(LocalStore):
+class _FlakyStore(FilesystemStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root, TTL)
         self.calls = 0

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from bgsvc.auth.keys import ApiKey, KeyExists, KeyNotFound
+from bgsvc.auth.base import ApiKey, KeyExists, KeyNotFound
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
+from bgsvc.jobs.base import QueueStats, Room
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus
-from bgsvc.jobs.sqlite_schema import BATCH_COLUMNS as _BATCH_COLUMNS
-from bgsvc.jobs.sqlite_schema import COLUMNS as _COLUMNS
-from bgsvc.jobs.sqlite_schema import check_room, migrate, transaction
-from bgsvc.jobs.store import QueueStats, Room
+from bgsvc.jobs.sqlite.schema import BATCH_COLUMNS as _BATCH_COLUMNS
+from bgsvc.jobs.sqlite.schema import COLUMNS as _COLUMNS
+from bgsvc.jobs.sqlite.schema import check_room, migrate, transaction
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
 
 
 class SqliteJobStore:
-    """:class:`bgsvc.jobs.store.JobStore` on one SQLite file."""
+    """:class:`bgsvc.jobs.base.JobStore` on one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""The embedded job store: one SQLite file under the data directory (store.py, schema.py)."""
