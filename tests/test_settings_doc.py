@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 
 from bgsvc.cli import main
-from bgsvc.config import (
+from bgsvc.config import Settings, get_settings
+from bgsvc.settings_reference import (
     REFERENCE_COMMAND,
     REFERENCE_PATH,
-    Settings,
     env_names,
-    get_settings,
     section_of,
     settings_markdown,
 )

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bgsvc.config import REFERENCE_COMMAND, Settings, env_names, get_settings, settings_markdown
+from bgsvc.config import Settings, get_settings
 from bgsvc.errors import NO_ONNXRUNTIME, BgsvcError, is_missing_onnxruntime
 from bgsvc.options import RemovalOptions, parse_color, parse_format, parse_margin
+from bgsvc.settings_reference import REFERENCE_COMMAND, env_names, settings_markdown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 
