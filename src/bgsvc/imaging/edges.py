@@ -105,8 +105,10 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int, eps: floa
     prod_sums = np.empty((9, h, w), np.int32)
     for i, plane in enumerate(prods):
         _box_sum(plane, radius, prod_sums[i])
+    del prods  # each intermediate goes as soon as it is read: 100 bytes a grid pixel in all
     coef = np.empty((4, h, w), np.float32)
     kernels.solve(sums, prod_sums, (2 * radius + 1) ** 2, eps, coef)
+    del sums, prod_sums
     out = np.empty_like(coef)
     for i, plane in enumerate(coef):
         _box_mean(plane, radius, out[i])
