@@ -1,4 +1,4 @@
-"""Jobs against the sync path on one node (issue 10's bench row): N 2 MP JPEGs as one batch
+"""Jobs against the sync path on one node (the benchmarks' jobs row): N 2 MP JPEGs as one batch
 through the queue and N as sync requests at the same concurrency, then the enqueue-to-start
 latency of single jobs sent to an idle node. Run by `make bench` (part `jobs`) or alone:
 
