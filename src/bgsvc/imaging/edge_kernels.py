@@ -24,6 +24,11 @@ def _compiled(fn: F) -> F:
     return cast(F, njit(cache=True, nogil=True)(fn))
 
 
+def _inlined(fn: F) -> F:
+    """A small helper of the kernels, compiled into each of them."""
+    return cast(F, njit(cache=True, nogil=True, inline="always")(fn))
+
+
 _ONE = np.float32(1)
 _HALF = np.float32(0.5)
 
@@ -115,6 +120,14 @@ def _taps(n_out: int, n_src: int, scale: float, origin: int) -> tuple[np.ndarray
     return first, weight
 
 
+@_inlined
+def _weights(fy: float, fx: float) -> tuple[float, float, float, float]:
+    """The four bilinear weights of a sample fy, fx past its top-left neighbour."""
+    gy = _ONE - fy
+    gx = _ONE - fx
+    return gy * gx, gy * fx, fy * gx, fy * fx
+
+
 @_compiled
 def apply_guided(
     coef: np.ndarray,
@@ -138,16 +151,10 @@ def apply_guided(
         j = ys[y]
         j2 = min(j + 1, ch - 1)
         fy = wy[y]
-        gy = _ONE - fy
         for x in range(x0, x1):
             i = xs[x]
             i2 = i + step
-            fx = wx[x]
-            gx = _ONE - fx
-            w00 = gy * gx
-            w01 = gy * fx
-            w10 = fy * gx
-            w11 = fy * fx
+            w00, w01, w10, w11 = _weights(fy, wx[x])
             q = (
                 coef[3, j, i] * w00
                 + coef[3, j, i2] * w01
@@ -188,7 +195,6 @@ def correct(
         j = ys[y]
         j2 = min(j + 1, sh - 1)
         fy = wy[y]
-        gy = _ONE - fy
         for x in range(w):
             a8 = alpha[y, x]
             if a8 < lo or a8 > hi:
@@ -196,12 +202,7 @@ def correct(
             a = np.float32(a8) * s1
             i = xs[x]
             i2 = i + step
-            fx = wx[x]
-            gx = _ONE - fx
-            w00 = gy * gx
-            w01 = gy * fx
-            w10 = fy * gx
-            w11 = fy * fx
+            w00, w01, w10, w11 = _weights(fy, wx[x])
             for c in range(3):
                 fc = f[j, i, c] * w00 + f[j, i2, c] * w01 + f[j2, i, c] * w10 + f[j2, i2, c] * w11
                 bc = b[j, i, c] * w00 + b[j, i2, c] * w01 + b[j2, i, c] * w10 + b[j2, i2, c] * w11
