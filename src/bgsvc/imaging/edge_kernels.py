@@ -121,7 +121,9 @@ def _taps(n_out: int, n_src: int, scale: float, origin: int) -> tuple[np.ndarray
 
 
 @_inlined
-def _weights(fy: float, fx: float) -> tuple[float, float, float, float]:
+def _weights(
+    fy: np.float32, fx: np.float32
+) -> tuple[np.float32, np.float32, np.float32, np.float32]:
     """The four bilinear weights of a sample fy, fx past its top-left neighbour."""
     gy = _ONE - fy
     gx = _ONE - fx
