@@ -36,7 +36,11 @@ def gif_frame(img: Image.Image) -> Image.Image:
     """``img`` in 255 colours plus a transparent index wherever its alpha is below half."""
     rgba = img.convert("RGBA")
     opaque = np.asarray(rgba.getchannel("A")) >= GIF_ALPHA_THRESHOLD
-    paletted = rgba.convert("RGB").quantize(colors=255, dither=Image.Dither.NONE)
+    # Fast octree: 1 ms for a 480x320 frame against median cut's 58 ms, which made the
+    # palette most of a GIF frame's cost beside the model.
+    paletted = rgba.convert("RGB").quantize(
+        colors=255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+    )
     indices = np.asarray(paletted).copy()
     indices[~opaque] = GIF_TRANSPARENT
     out = Image.fromarray(indices, "P")
