@@ -263,3 +263,39 @@ def test_the_remove_bg_dialect_keeps_the_first_frame(client: TestClient) -> None
     )
     assert r.status_code == 200, r.text
     assert not getattr(Image.open(io.BytesIO(r.content)), "is_animated", False)
+
+
+class SlowEngine:
+    """Wraps a real engine; each forward pass takes ``delay`` seconds."""
+
+    def __init__(self, inner: Predictor, delay: float) -> None:
+        self.inner, self.name, self.delay = inner, inner.name, delay
+        self.calls = 0
+
+    def predict(self, rgb: Image.Image) -> np.ndarray:
+        self.calls += 1
+        time.sleep(self.delay)
+        return self.inner.predict(rgb)
+
+
+def test_an_animation_past_the_request_budget_is_a_504_and_frees_its_place(
+    make_client: Callable[..., TestClient],
+) -> None:
+    def load(settings: Settings) -> Mapping[str, Predictor]:
+        return {n: SlowEngine(e, 0.05) for n, e in load_engines(settings).items()}
+
+    client = make_client(loader=load, request_timeout_s=0.2)
+    r = post(client, animation("GIF", count=12))
+    assert r.status_code == 504 and r.json()["code"] == "timeout"
+    scheduler = client.app.state.bgsvc.scheduler  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while scheduler.admitted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The pass running at the deadline finished, and no later frame was started for it.
+    assert scheduler.admitted == 0
+    engine = client.app.state.bgsvc.engines["tiny"]  # type: ignore[attr-defined]
+    started = engine.calls
+    time.sleep(0.2)
+    assert engine.calls == started < 12
+    engine.delay = 0.0
+    assert post(client, animation("GIF")).status_code == 200
