@@ -436,6 +436,19 @@ class Settings(BaseSettings):
         "kept). Up to 50 MP, with BGSVC_MAX_PIXELS raised to match for 50 MP sources.",
         json_schema_extra=_in(ADMISSION),
     )
+    sync_max_frames: int = Field(
+        # A frame of a 480x320 clip costs 0.21-0.34 s on the default model on 2 CPU cores,
+        # one request at a time (benchmarks/animated.py; the model ~0.18 s of it): 25
+        # frames take 5-9 s, under a third of the 30 s request budget, which leaves room
+        # for each frame's pass to queue behind other requests' on a busy node.
+        default=25,
+        ge=1,
+        description="Most frames of an animated GIF, WebP or PNG that POST /remove-background "
+        "takes (each goes through the model); beyond it, or beyond BGSVC_MAX_PIXELS over all "
+        "frames (frames x width x height), 413 too_many_frames, counted before any frame is "
+        "decoded. Longer animations go through POST /jobs (BGSVC_JOB_MAX_FRAMES).",
+        json_schema_extra=_in(ADMISSION),
+    )
     allowed_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "HEIF"],
         description="Pillow format names accepted as input (others: 415), in any case; HEIF "
@@ -617,6 +630,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Hard limit on one attempt of a job; beyond it, a retry (after the last "
         "attempt, job_timeout).",
+        json_schema_extra=_in(JOBS),
+    )
+    job_max_frames: int = Field(
+        # At the per-frame cost behind BGSVC_SYNC_MAX_FRAMES (0.21-0.34 s), 80 frames take
+        # 17-27 s: under half of a job's 60 s attempt.
+        default=80,
+        ge=1,
+        description="Most frames of an animation a job takes (BGSVC_SYNC_MAX_FRAMES for a "
+        "request); the pixels over all frames stay within BGSVC_MAX_PIXELS.",
         json_schema_extra=_in(JOBS),
     )
     job_max_attempts: int = Field(

@@ -7,7 +7,7 @@ BgsvcError                      internal_error, 500
 ├── InputError                  what the request sent cannot be used
 │   ├── InvalidParameter, MissingImage, ModelNotAvailable
 │   ├── InvalidImage, UnsupportedFormat, NoForeground
-│   └── UploadTooLarge, TooManyPixels
+│   └── UploadTooLarge, TooManyPixels, TooManyFrames
 ├── CapacityError               the node cannot take or finish the request now
 │   └── Overloaded, NotReady, RequestTimeout
 ├── ConnectionGuardError        a connection broke a slow- or abusive-client limit
@@ -112,6 +112,15 @@ class TooManyPixels(InputError):
     code = "image_too_large"
     status = 413
     reason = "too_many_pixels"
+
+
+class TooManyFrames(InputError):
+    """An animation with more frames, or more pixels over all its frames, than a request
+    may decode; POST /jobs takes longer ones."""
+
+    code = "too_many_frames"
+    status = 413
+    reason = "too_many_frames"
 
 
 class UnsupportedFormat(InputError):

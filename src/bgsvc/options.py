@@ -12,8 +12,11 @@ from PIL import ImageColor
 
 from bgsvc.errors import InvalidParameter
 
-OutputFormat = Literal["png", "webp", "jpg", "auto", "zip"]
+OutputFormat = Literal["png", "webp", "jpg", "gif", "auto", "zip"]
 Channels = Literal["rgba", "alpha"]
+# "first": the first frame of an animation, as a still (the compatible dialects' answer);
+# "all": every frame, the result an animation too.
+Frames = Literal["first", "all"]
 RGBA = tuple[int, int, int, int]
 
 _FORMAT_ALIASES: dict[str, OutputFormat] = {
@@ -21,6 +24,8 @@ _FORMAT_ALIASES: dict[str, OutputFormat] = {
     "webp": "webp",
     "jpg": "jpg",
     "jpeg": "jpg",
+    # A GIF's alpha is 1-bit: the matte is cut at 50 %.
+    "gif": "gif",
     "auto": "auto",
     # remove.bg's: color.jpg and alpha.png in one zip, to be composed by the client.
     "zip": "zip",
@@ -132,6 +137,10 @@ class RemovalOptions:
     # which keys the result cache; its digest stands for them there.
     bg_image: bytes | None = field(default=None, repr=False)
     bg_image_digest: str | None = field(default=None, init=False)
+    frames: Frames = "first"
+    # Whether ``format`` was the caller's choice: an animation left to the default comes
+    # back in its own kind of file (a GIF as a GIF), a still as ``format``.
+    format_given: bool = True
 
     def __post_init__(self) -> None:
         background = self.bg_color is not None or self.bg_image is not None
@@ -179,14 +188,14 @@ def parse_size(value: str | None) -> int | None:
 
 
 def parse_format(value: str | None) -> OutputFormat:
-    """``png``, ``webp``, ``jpg``/``jpeg``, ``auto`` or ``zip``."""
+    """``png``, ``webp``, ``jpg``/``jpeg``, ``gif``, ``auto`` or ``zip``."""
     if value is None or value == "":
         return "png"
     try:
         return _FORMAT_ALIASES[value.strip().lower()]
     except KeyError:
         raise InvalidParameter(
-            f"Unknown format {value!r}; use png, webp, jpg, auto or zip."
+            f"Unknown format {value!r}; use png, webp, jpg, gif, auto or zip."
         ) from None
 
 

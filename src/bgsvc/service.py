@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,7 @@ from bgsvc.cache.factory import build_tiers
 from bgsvc.config import Settings
 from bgsvc.errors import (
     InvalidImage,
+    InvalidParameter,
     MissingImage,
     NotReady,
     RequestTimeout,
@@ -28,7 +30,14 @@ from bgsvc.errors import (
     UnsupportedFormat,
 )
 from bgsvc.imaging import edges, refine
-from bgsvc.imaging.compose import combine_alpha, render
+from bgsvc.imaging.animation import (
+    Animation,
+    animation_format,
+    decode_frames,
+    encode_frames,
+    probe_animation,
+)
+from bgsvc.imaging.compose import Box, Rendered, combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
 from bgsvc.imaging.place import place
@@ -98,6 +107,11 @@ class Remover:
             webp_alpha_quality=settings.webp_alpha_quality,
         )
 
+    @property
+    def encode_settings(self) -> EncodeSettings:
+        """The encoders' settings (format defaults, the PNG writer)."""
+        return self._encode
+
     def engine_for(self, options: RemovalOptions) -> Predictor:
         """The engine for the request's model (allow-list checked)."""
         name = select(options.model, self.settings)
@@ -106,32 +120,64 @@ class Remover:
             raise NotReady(f"Model {name!r} is not loaded yet.", retry_after=5)
         return engine
 
-    def decode(self, data: bytes, options: RemovalOptions) -> DecodedImage:
-        """Stage 1: guard and decode."""
+    def _limits(self, options: RemovalOptions) -> DecodeLimits:
         budget = self.settings.max_output_pixels
         if options.max_output_pixels is not None:
             budget = min(budget, options.max_output_pixels)
-        limits = DecodeLimits(
+        return DecodeLimits(
             allowed_formats=self._formats,
             max_pixels=self.settings.max_pixels,
             max_edge=self.settings.max_edge,
             max_output_pixels=budget,
         )
+
+    def _background(
+        self, options: RemovalOptions, limits: DecodeLimits, size: tuple[int, int]
+    ) -> Image.Image | None:
+        if options.bg_image is None:
+            return None
+        # Decoded here, before the inference slot: a bad background fails fast. It is
+        # scaled to cover the result, so twice the result's pixels is all it needs (a
+        # different aspect ratio is cropped): never a second 25 MP decode for a small photo.
+        budget = limits.max_output_pixels or limits.max_pixels
+        backdrop = replace(limits, max_output_pixels=min(budget, 2 * size[0] * size[1]))
+        try:
+            return decode(options.bg_image, backdrop).rgb
+        except (MissingImage, InvalidImage, UnsupportedFormat, TooManyPixels) as exc:
+            raise type(exc)(f"The background image: {exc.message}") from exc
+
+    def decode(self, data: bytes, options: RemovalOptions) -> DecodedImage:
+        """Stage 1: guard and decode."""
+        limits = self._limits(options)
         with span("decode"):
             image = decode(data, limits)
-            if options.bg_image is not None:
-                # Decoded here, before the inference slot: a bad background fails fast. It
-                # is scaled to cover the result, so twice the result's pixels is all it
-                # needs (a different aspect ratio is cropped): never a second 25 MP decode
-                # for a small photo.
-                w, h = image.size
-                backdrop = replace(limits, max_output_pixels=min(budget, 2 * w * h))
-                try:
-                    background = decode(options.bg_image, backdrop)
-                except (MissingImage, InvalidImage, UnsupportedFormat, TooManyPixels) as exc:
-                    raise type(exc)(f"The background image: {exc.message}") from exc
-                image = replace(image, background=background.rgb)
+            background = self._background(options, limits, image.size)
+            if background is not None:
+                image = replace(image, background=background)
             return image
+
+    def decode_animation(
+        self, data: bytes, options: RemovalOptions, max_frames: int
+    ) -> Animation | None:
+        """Stage 1 for a request that takes every frame: the animation, checked against
+        the frame and pixel budgets before any frame is decoded; None for a still."""
+        limits = self._limits(options)
+        with span("decode"):
+            probe = probe_animation(data, limits, max_frames)
+            if probe is None:
+                return None
+            # The request's options are checked before any frame is decoded.
+            if options.crop:
+                # Each frame's subject has its own box: frames cropped apart would not
+                # make one animation.
+                raise InvalidParameter("crop does not apply to an animation.")
+            animation_format(options, probe.kind)
+            animation = decode_frames(probe, limits)
+            background = self._background(options, limits, animation.frames[0].size)
+            if background is not None:
+                frames = [replace(f, background=background) for f in animation.frames]
+                animation = replace(animation, frames=frames)
+            return animation
 
     def refines(self, options: RemovalOptions) -> bool:
         """Whether the matte is enlarged along the photo's edges (the request's say, else
@@ -160,11 +206,8 @@ class Remover:
             matte, image.pixels, refine=self.refines(options), work_edge=self.settings.max_edge
         )
 
-    def finish(
-        self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str
-    ) -> tuple[RemovalResult, float]:
-        """Stages 3 and 4: refine, composite, encode (``mask`` at the result's size).
-        Returns the result and the encode's seconds."""
+    def compose(self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions) -> Rendered:
+        """Stage 3: refine and composite (``mask`` at the result's size)."""
         with span("compose"):
             if options.post_process_mask:
                 mask = refine.post_process_mask(mask)
@@ -192,6 +235,14 @@ class Remover:
                 rendered = render(placed, mask, options, background=image.background)
             else:
                 rendered = render(rgb, mask, options, pixels, background=image.background)
+        return rendered
+
+    def finish(
+        self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str
+    ) -> tuple[RemovalResult, float]:
+        """Stages 3 and 4: refine, composite, encode (``mask`` at the result's size).
+        Returns the result and the encode's seconds."""
+        rendered = self.compose(image, mask, options)
         started = time.perf_counter()
         with span("encode"):
             if rendered.color is not None:
@@ -246,6 +297,7 @@ class RemovalService:
         self.scheduler = scheduler
         self.metrics = metrics
         self.timeout = settings.request_timeout_s
+        self.max_frames = settings.sync_max_frames
         if cache is None and settings.result_cache_bytes > 0:
             cache = MemoryLRUCache(settings.result_cache_bytes)
         self.cache = cache
@@ -283,24 +335,32 @@ class RemovalService:
         *,
         timeout_s: float | None = None,
         scope: str | None = None,
+        max_frames: int | None = None,
     ) -> RemovalResult:
         """Decode, infer and encode one request within the timeout (the request budget
         unless ``timeout_s`` says otherwise: jobs have their own); raises domain errors.
         ``scope`` names whose result cache it uses (the API key's name; None: the shared
-        one, when keys are off)."""
+        one, when keys are off); ``max_frames`` bounds an animation (None: a request's
+        BGSVC_SYNC_MAX_FRAMES)."""
         timeout = self.timeout if timeout_s is None else timeout_s
+        frames = self.max_frames if max_frames is None else max_frames
         try:
             async with asyncio.timeout(timeout):
-                return await self._process(ticket, data, options, scope)
+                return await self._process(ticket, data, options, scope, frames)
         except TimeoutError:
             raise RequestTimeout(f"The request did not finish within {timeout:g} s.") from None
 
     async def _process(
-        self, ticket: Ticket, data: bytes, options: RemovalOptions, scope: str | None
+        self,
+        ticket: Ticket,
+        data: bytes,
+        options: RemovalOptions,
+        scope: str | None,
+        max_frames: int,
     ) -> RemovalResult:
         engine = self.remover.engine_for(options)
         if self.tiers is None:
-            return await self._compute(ticket, data, options, engine)
+            return await self._compute(ticket, data, options, engine, max_frames)
         started = time.perf_counter()
         version = str(getattr(engine, "version", engine.name))
         # A request that leaves the edge step to the service gets the service's defaults:
@@ -314,7 +374,7 @@ class RemovalService:
                 lambda: cache_key(data, options, engine.name, version, scope)
             )
         outcome = await self.tiers.get_or_compute(
-            key, lambda: self._compute(ticket, data, options, engine)
+            key, lambda: self._compute(ticket, data, options, engine, max_frames)
         )
         if outcome.computed is None:
             self.metrics.cache_lookups.labels("hit").inc()
@@ -333,8 +393,21 @@ class RemovalService:
         return result
 
     async def _compute(
-        self, ticket: Ticket, data: bytes, options: RemovalOptions, engine: Predictor
+        self,
+        ticket: Ticket,
+        data: bytes,
+        options: RemovalOptions,
+        engine: Predictor,
+        max_frames: int,
     ) -> RemovalResult:
+        if options.frames == "all":
+            started = time.perf_counter()
+            animation = await self._in_stage_pool(
+                lambda: self.remover.decode_animation(data, options, max_frames)
+            )
+            if animation is not None:
+                decode_s = time.perf_counter() - started
+                return await self._compute_frames(ticket, animation, options, engine, decode_s)
         timings: dict[str, float] = {}
         staged = engine if isinstance(engine, StagedPredictor) else None
 
@@ -393,3 +466,144 @@ class RemovalService:
         self.metrics.encode.observe(timings["encode"])
         result.timings = timings
         return result
+
+    async def _compute_frames(
+        self,
+        ticket: Ticket,
+        animation: Animation,
+        options: RemovalOptions,
+        engine: Predictor,
+        decode_s: float,
+    ) -> RemovalResult:
+        """Every frame through the model and the same finish, then one file again.
+
+        The frames' forward passes go through the scheduler one after another under the
+        request's one ticket: an animation holds one admission place and at most one
+        inference slot at a time, and other requests' passes interleave with its frames.
+        Preparing the next frame and finishing the last one overlap the current pass."""
+        staged = engine if isinstance(engine, StagedPredictor) else None
+        frames: list[DecodedImage | None] = list(animation.frames)
+        count = len(frames)
+        timings = {"decode": decode_s, "queue": 0.0, "inference": 0.0, "postprocess": 0.0}
+        self.metrics.decode.observe(decode_s)
+        w, h = animation.frames[0].source_size
+        self.metrics.input_megapixels.observe(count * w * h / 1e6)
+        rendered: list[Rendered | None] = [None] * count
+
+        def prepare(index: int) -> np.ndarray | None:
+            image = frames[index]
+            if staged is None or image is None:
+                return None
+            with span("preprocess"):
+                return staged.preprocess(image.work_pixels)
+
+        def finish(index: int, raw: np.ndarray) -> None:
+            image = frames[index]
+            if image is None:
+                raise RuntimeError("a frame was finished twice")
+            with span("mask"):
+                if staged is not None:
+                    raw = staged.postprocess(raw, self.remover.matte_size(image, options))
+                mask = self.remover.full_matte(image, raw, options)
+            rendered[index] = self.remover.compose(image, mask, options)
+            # The decoded frame is done with: only its result is kept for the encode.
+            frames[index] = None
+
+        async def infer(index: int, tensor: np.ndarray | None) -> np.ndarray:
+            image = frames[index]
+            if image is None:
+                raise RuntimeError("a frame was inferred after its finish")
+
+            def run() -> tuple[np.ndarray, float]:
+                record("queue", ticket.queue_seconds)
+                t0 = time.perf_counter()
+                with span("inference"):
+                    if staged is not None and tensor is not None:
+                        out = staged.run(tensor)
+                    else:
+                        out = engine.predict(image.work_rgb)
+                return out, time.perf_counter() - t0
+
+            out, seconds = await self.scheduler.run(ticket, run, model=engine.name)
+            timings["queue"] += ticket.queue_seconds
+            timings["inference"] += seconds
+            self.metrics.inference.labels(engine.name).observe(seconds)
+            return out
+
+        async def staged_call(fn: Callable[[], T]) -> T:
+            t0 = time.perf_counter()
+            try:
+                return await self._in_stage_pool(fn)
+            finally:
+                timings["postprocess"] += time.perf_counter() - t0
+
+        tensor = await staged_call(lambda: prepare(0))
+        previous: tuple[int, np.ndarray] | None = None
+        for index in range(count):
+            steps: list[Awaitable[object]] = [infer(index, tensor)]
+            if index + 1 < count:
+                steps.append(staged_call(functools.partial(prepare, index + 1)))
+            if previous is not None:
+                steps.append(staged_call(functools.partial(finish, *previous)))
+            done = await _together(steps)
+            tensor = cast("np.ndarray | None", done[1]) if index + 1 < count else None
+            previous = (index, cast("np.ndarray", done[0]))
+        if previous is not None:
+            await staged_call(functools.partial(finish, *previous))
+
+        fmt = animation_format(options, animation.source_format)
+        images = [r.image for r in rendered if r is not None]
+
+        def encode_all() -> bytes:
+            with span("encode"):
+                return encode_frames(
+                    images,
+                    animation.durations,
+                    animation.loop,
+                    fmt,
+                    options.quality,
+                    self.remover.encode_settings,
+                )
+
+        started = time.perf_counter()
+        body = await self._in_stage_pool(encode_all)
+        timings["encode"] = time.perf_counter() - started
+        self.metrics.postprocess.observe(timings["postprocess"])
+        self.metrics.encode.observe(timings["encode"])
+        output = CachedResult(
+            body=body,
+            media_type=CONTENT_TYPES[fmt],
+            format=fmt,
+            width=images[0].width,
+            height=images[0].height,
+            box=_union([r.box for r in rendered if r is not None]),
+            model=engine.name,
+            source_size=(w, h),
+        )
+        return RemovalResult(output, timings)
+
+
+def _union(boxes: list[Box]) -> Box:
+    """The smallest box around every frame's subject (empty when no frame has one)."""
+    found = [b for b in boxes if b.width and b.height]
+    if not found:
+        return Box(0, 0, 0, 0)
+    left = min(b.left for b in found)
+    top = min(b.top for b in found)
+    right = max(b.left + b.width for b in found)
+    bottom = max(b.top + b.height for b in found)
+    return Box(left, top, right - left, bottom - top)
+
+
+async def _together(steps: list[Awaitable[object]]) -> list[object]:
+    """Await ``steps`` at once; when one fails, the others are cancelled (a stage thread
+    already running finishes on its own, as a timed-out request's does)."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            if not task.cancel() and not task.cancelled():
+                # Read, so a second failure is not reported as never retrieved.
+                task.exception()
+        raise

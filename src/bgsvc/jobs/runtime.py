@@ -62,6 +62,7 @@ class Jobs:
             ttl_s=settings.job_ttl_s,
             keep_originals=settings.store_originals,
             poll_s=poll_s,
+            max_frames=settings.job_max_frames,
         )
         self.runner = JobRunner(
             self.queue,

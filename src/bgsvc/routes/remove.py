@@ -29,7 +29,11 @@ router = APIRouter(tags=["Background removal"])
 class RemoveParams(RemovalParams):
     """Options of /remove-background, accepted as query parameters or form fields."""
 
-    format: str = Field("png", description="Output format: png, webp, jpg, auto or zip.")
+    format: str | None = Field(
+        None,
+        description="Output format: png, webp, jpg, gif, auto or zip; default png, and for an "
+        "animated GIF, WebP or PNG the upload's own kind (each frame cut out; png is APNG).",
+    )
     bg_color: str | None = Field(
         None,
         description="Composite on this colour: #rrggbb, #rrggbbaa, r,g,b[,a] or a CSS name. "
@@ -85,6 +89,8 @@ class RemoveParams(RemovalParams):
             max_output_pixels=parse_size(self.size),
             refine=self.refine,
             decontaminate=self.decontaminate,
+            frames="all",
+            format_given=bool(self.format and self.format.strip()),
         )
 
 
