@@ -61,7 +61,7 @@ def main() -> None:
     from bgsvc.config import Settings
     from bgsvc.inference.loader import load_engines
     from bgsvc.options import RemovalOptions, parse_color
-    from bgsvc.service import Remover
+    from bgsvc.pipeline import Remover
 
     settings = Settings()
     remover = Remover(dict(load_engines(settings)), settings)

@@ -18,7 +18,7 @@ from bgsvc.gpu_metrics import GpuCollector
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.providers import CPU, CUDA, TENSORRT
 from bgsvc.metrics import Metrics
-from bgsvc.service import Predictor
+from bgsvc.pipeline import Predictor
 
 GIB = 1024**3
 DEVICES = [

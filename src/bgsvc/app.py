@@ -35,8 +35,8 @@ from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware
 from bgsvc.outbound.client import Resolver, system_resolver
+from bgsvc.pipeline import Predictor
 from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, remove
-from bgsvc.service import Predictor
 from bgsvc.state import AppState, on_drain
 from bgsvc.urlinputs.fetcher import UrlFetcher
 from bgsvc.web.security import add_cors

@@ -93,7 +93,7 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from bgsvc.inference.loader import load_engines
-    from bgsvc.service import Remover
+    from bgsvc.pipeline import Remover
 
     model = args.model or settings.default_model
     settings = settings.model_copy(update={"models": [model], "default_model": model})

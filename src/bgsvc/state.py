@@ -10,7 +10,8 @@ from bgsvc.config import Settings
 from bgsvc.inference.base import EngineChoice
 from bgsvc.inference.scheduler import Scheduler
 from bgsvc.metrics import Metrics
-from bgsvc.service import Predictor, RemovalService, Remover
+from bgsvc.pipeline import Predictor, Remover
+from bgsvc.service import RemovalService
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from bgsvc.config import Settings
 from bgsvc.inference.loader import load_engines
-from bgsvc.service import Predictor
+from bgsvc.pipeline import Predictor
 from tests.conftest import encode_image, subject_image
 from tests.redis_server import RedisServer
 

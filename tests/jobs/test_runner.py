@@ -17,7 +17,7 @@ from bgsvc.errors import JobsUnavailable
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.outbound.signing import generate_secret
-from bgsvc.service import Predictor
+from bgsvc.pipeline import Predictor
 from tests.conftest import encode_image, subject_image
 from tests.jobs.conftest import (
     jobs_of,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bgsvc.config import Settings
 from bgsvc.inference.loader import load_engines
-from bgsvc.service import Predictor
+from bgsvc.pipeline import Predictor
 from tests.conftest import encode_image, subject_image
 
 DURATIONS = [40, 80, 120]

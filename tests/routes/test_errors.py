@@ -14,7 +14,7 @@ from PIL import Image
 from bgsvc.config import Settings
 from bgsvc.errors import ModelError
 from bgsvc.inference.loader import load_engines
-from bgsvc.service import Predictor
+from bgsvc.pipeline import Predictor
 from tests.conftest import encode_image, subject_image, wait_ready
 from tests.imaging.test_decode import png_header_only
 

@@ -13,7 +13,7 @@ from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.middleware import limited_receive
 from bgsvc.options import RemovalOptions
-from bgsvc.service import RemovalResult
+from bgsvc.pipeline import RemovalResult
 from bgsvc.state import AppState
 
 if TYPE_CHECKING:

@@ -1,0 +1,254 @@
+"""The removal pipeline: decode, matte, edges, composite, encode. Called stage by stage
+by bgsvc.service under the scheduler, and whole by the CLI."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from bgsvc.cache import CachedResult
+from bgsvc.config import Settings
+from bgsvc.errors import (
+    InvalidImage,
+    InvalidParameter,
+    MissingImage,
+    NotReady,
+    TooManyPixels,
+    UnsupportedFormat,
+)
+from bgsvc.imaging import edges, refine
+from bgsvc.imaging.animation import (
+    Animation,
+    animation_format,
+    decode_frames,
+    probe_animation,
+)
+from bgsvc.imaging.compose import Rendered, combine_alpha, render
+from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
+from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
+from bgsvc.imaging.place import place
+from bgsvc.inference.registry import select
+from bgsvc.options import RemovalOptions
+from bgsvc.tracing import span
+
+
+class Predictor(Protocol):
+    """What the pipeline needs of a model (inference.engine.Engine)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def predict(self, rgb: Image.Image) -> np.ndarray: ...
+
+
+@runtime_checkable
+class StagedPredictor(Protocol):
+    """A predictor whose stages can run apart (Engine): pre- and post-processing then run
+    outside the inference slot, overlapping other requests' forward passes."""
+
+    @property
+    def name(self) -> str: ...
+
+    def preprocess(self, rgb: Image.Image | np.ndarray) -> np.ndarray: ...
+
+    def run(self, tensor: np.ndarray) -> np.ndarray: ...
+
+    def postprocess(self, raw: np.ndarray, size: tuple[int, int] | None) -> np.ndarray: ...
+
+    def predict(self, rgb: Image.Image) -> np.ndarray: ...
+
+
+@dataclass
+class RemovalResult:
+    """One request's answer: the encoded output (what a cache keeps) and how it was made."""
+
+    output: CachedResult
+    timings: dict[str, float] = field(default_factory=dict)
+    # "HIT" or "MISS" when a result cache is on (the X-Cache header), else None.
+    cache: str | None = None
+
+
+class Remover:
+    """The synchronous pipeline stages; each runs in a worker thread under the service."""
+
+    def __init__(self, engines: dict[str, Predictor], settings: Settings) -> None:
+        self.engines = engines
+        self.settings = settings
+        self._formats = frozenset(settings.allowed_formats)
+        self._encode = EncodeSettings(
+            png_encoder=settings.png_encoder,
+            png_compress_level=settings.png_compress_level,
+            png_zlib_strategy=settings.png_zlib_strategy,
+            jpeg_quality=settings.jpeg_quality,
+            webp_quality=settings.webp_quality,
+            webp_method=settings.webp_method,
+            webp_alpha_quality=settings.webp_alpha_quality,
+        )
+
+    @property
+    def encode_settings(self) -> EncodeSettings:
+        """The encoders' settings (format defaults, the PNG writer)."""
+        return self._encode
+
+    def engine_for(self, options: RemovalOptions) -> Predictor:
+        """The engine for the request's model (allow-list checked)."""
+        name = select(options.model, self.settings)
+        engine = self.engines.get(name)
+        if engine is None:
+            raise NotReady(f"Model {name!r} is not loaded yet.", retry_after=5)
+        return engine
+
+    def _limits(self, options: RemovalOptions) -> DecodeLimits:
+        budget = self.settings.max_output_pixels
+        if options.max_output_pixels is not None:
+            budget = min(budget, options.max_output_pixels)
+        return DecodeLimits(
+            allowed_formats=self._formats,
+            max_pixels=self.settings.max_pixels,
+            max_edge=self.settings.max_edge,
+            max_output_pixels=budget,
+        )
+
+    def _background(
+        self, options: RemovalOptions, limits: DecodeLimits, size: tuple[int, int]
+    ) -> Image.Image | None:
+        if options.bg_image is None:
+            return None
+        # Decoded here, before the inference slot: a bad background fails fast. It is
+        # scaled to cover the result, so twice the result's pixels is all it needs (a
+        # different aspect ratio is cropped): never a second 25 MP decode for a small photo.
+        budget = limits.max_output_pixels or limits.max_pixels
+        backdrop = replace(limits, max_output_pixels=min(budget, 2 * size[0] * size[1]))
+        try:
+            return decode(options.bg_image, backdrop).rgb
+        except (MissingImage, InvalidImage, UnsupportedFormat, TooManyPixels) as exc:
+            raise type(exc)(f"The background image: {exc.message}") from exc
+
+    def decode(self, data: bytes, options: RemovalOptions) -> DecodedImage:
+        """Stage 1: guard and decode."""
+        limits = self._limits(options)
+        with span("decode"):
+            image = decode(data, limits)
+            background = self._background(options, limits, image.size)
+            if background is not None:
+                image = replace(image, background=background)
+            return image
+
+    def decode_animation(
+        self, data: bytes, options: RemovalOptions, max_frames: int
+    ) -> Animation | None:
+        """Stage 1 for a request that takes every frame: the animation, checked against
+        the frame and pixel budgets before any frame is decoded; None for a still."""
+        limits = self._limits(options)
+        with span("decode"):
+            probe = probe_animation(data, limits, max_frames)
+            if probe is None:
+                return None
+            # The request's options are checked before any frame is decoded.
+            if options.crop:
+                # Each frame's subject has its own box: frames cropped apart would not
+                # make one animation.
+                raise InvalidParameter("crop does not apply to an animation.")
+            animation_format(options, probe.kind)
+            animation = decode_frames(probe, limits)
+            background = self._background(options, limits, animation.frames[0].size)
+            if background is not None:
+                frames = [replace(f, background=background) for f in animation.frames]
+                animation = replace(animation, frames=frames)
+            return animation
+
+    def refines(self, options: RemovalOptions) -> bool:
+        """Whether the matte is enlarged along the photo's edges (the request's say, else
+        BGSVC_REFINE)."""
+        return self.settings.refine if options.refine is None else options.refine
+
+    def decontaminates(self, options: RemovalOptions) -> bool:
+        """Whether soft pixels get the subject's estimated colour (the request's say, else
+        BGSVC_DECONTAMINATE); never for a matte alone."""
+        wanted = (
+            self.settings.decontaminate if options.decontaminate is None else options.decontaminate
+        )
+        return wanted and options.channels == "rgba"
+
+    def matte_size(self, image: DecodedImage, options: RemovalOptions) -> tuple[int, int] | None:
+        """The size the engine's matte is made at: the model's own when the refinement
+        enlarges it (it fits the photo on the matte's grid, where both are equally
+        coarse), else the result's at once (one bilinear resize)."""
+        return None if self.refines(options) else image.size
+
+    def full_matte(
+        self, image: DecodedImage, matte: np.ndarray, options: RemovalOptions
+    ) -> np.ndarray:
+        """The engine's matte at the result's size, refined along the photo's edges."""
+        return edges.upscale_matte(
+            matte, image.pixels, refine=self.refines(options), work_edge=self.settings.max_edge
+        )
+
+    def compose(self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions) -> Rendered:
+        """Stage 3: refine and composite (``mask`` at the result's size)."""
+        with span("compose"):
+            if options.post_process_mask:
+                mask = refine.post_process_mask(mask)
+            if options.alpha_matting:
+                mask = refine.alpha_matting(
+                    image.rgb,
+                    mask,
+                    foreground_threshold=options.alpha_matting_foreground_threshold,
+                    background_threshold=options.alpha_matting_background_threshold,
+                    erode_size=options.alpha_matting_erode_size,
+                )
+            if options.roi is not None:
+                mask = options.roi.apply(mask, image.size, image.source_size)
+            mask = combine_alpha(mask, image.alpha)
+            rgb: Image.Image | None = image.rgb
+            pixels = image.pixels
+            if self.decontaminates(options):
+                pixels = edges.decontaminate(pixels, mask, work_edge=self.settings.max_edge)
+                # The photo's own image no longer stands for these pixels; render makes
+                # one from them only if it needs it.
+                rgb = None if pixels is not image.pixels else rgb
+            if options.placement is not None:
+                placed = Image.fromarray(pixels) if rgb is None else rgb
+                placed, mask = place(placed, mask, options.placement)
+                rendered = render(placed, mask, options, background=image.background)
+            else:
+                rendered = render(rgb, mask, options, pixels, background=image.background)
+        return rendered
+
+    def finish(
+        self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str
+    ) -> tuple[RemovalResult, float]:
+        """Stages 3 and 4: refine, composite, encode (``mask`` at the result's size).
+        Returns the result and the encode's seconds."""
+        rendered = self.compose(image, mask, options)
+        started = time.perf_counter()
+        with span("encode"):
+            if rendered.color is not None:
+                body = encode_zip(rendered.color, rendered.image, options.quality, self._encode)
+            else:
+                body = encode(
+                    rendered.image, rendered.format, options.quality, self._encode, rendered.pixels
+                )
+        output = CachedResult(
+            body=body,
+            media_type=CONTENT_TYPES[rendered.format],
+            format=rendered.format,
+            width=rendered.image.width,
+            height=rendered.image.height,
+            box=rendered.box,
+            model=model,
+            source_size=image.source_size,
+        )
+        return RemovalResult(output), time.perf_counter() - started
+
+    def remove(self, data: bytes, options: RemovalOptions) -> RemovalResult:
+        """The whole pipeline in the calling thread (the CLI's path)."""
+        engine = self.engine_for(options)
+        image = self.decode(data, options)
+        mask = self.full_matte(image, engine.predict(image.work_rgb), options)
+        result, _ = self.finish(image, mask, options, engine.name)
+        return result
