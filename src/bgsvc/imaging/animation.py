@@ -10,11 +10,11 @@ from PIL import Image, PngImagePlugin
 
 from bgsvc.errors import InvalidImage, InvalidParameter, TooManyFrames
 from bgsvc.imaging.decode import (
-    _DECODE_ERRORS,
+    DECODE_ERRORS,
     DecodedImage,
     DecodeLimits,
-    _open,
-    _split_alpha,
+    open_image,
+    split_alpha,
     target_size,
 )
 from bgsvc.imaging.encode import GIF_TRANSPARENT, EncodeSettings, gif_frame
@@ -112,14 +112,14 @@ class Probe:
 def probe_animation(data: bytes, limits: DecodeLimits, max_frames: int) -> Probe | None:
     """``data`` opened and checked against the frame and pixel budgets when it is an
     animation, before any frame is decoded; None for a still (left to the still path)."""
-    img = _open(data, limits)
+    img = open_image(data, limits)
     if img.format not in SOURCE_KINDS:
         return None
     try:
         if not getattr(img, "is_animated", False):
             return None
         count = _frame_count(img, data, max_frames + 1)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidImage(f"The animation could not be read: {exc}.") from exc
     if count <= 1:
         return None
@@ -157,7 +157,7 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
             # Pillow composes each frame over what its predecessor left (GIF disposal and
             # transparency, APNG blending, WebP's own decoder); the RGBA copy is that
             # full picture, and stays put when the next seek reuses ``img``.
-            rgb, alpha = _split_alpha(img.convert("RGBA"))
+            rgb, alpha = split_alpha(img.convert("RGBA"))
             if rgb.size != final:
                 rgb = rgb.resize(final, Image.Resampling.BILINEAR, reducing_gap=2.0)
                 if alpha is not None:
@@ -178,7 +178,7 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
         # Fewer frames than counted (a GIF cut at a block boundary): what decoded is kept.
         if len(frames) < 2:
             raise InvalidImage("The animation could not be decoded: it ends early.") from None
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidImage(f"The animation could not be decoded: {exc}.") from exc
     return Animation(frames, durations, loop, probe.kind)
 

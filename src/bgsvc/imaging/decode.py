@@ -19,7 +19,7 @@ _SRGB = ImageCms.createProfile("sRGB")
 # Pillow raises these for corrupt or truncated streams, depending on the codec.
 # RuntimeError: what pi-heif and Pillow's AVIF plugin raise for a damaged file (libheif's
 # security limits, libavif's failed frame decode).
-_DECODE_ERRORS = (
+DECODE_ERRORS = (
     OSError,
     SyntaxError,
     ValueError,
@@ -109,7 +109,9 @@ def target_size(size: tuple[int, int], limits: DecodeLimits) -> tuple[int, int]:
     return max(1, math.floor(w * scale)), max(1, math.floor(h * scale))
 
 
-def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """``data`` opened (header only) and checked against ``limits``: format allowed, pixel
+    count from the header within budget. Shared by the still and the animated paths."""
     if not data:
         raise MissingImage("The request carries no image.")
     try:
@@ -124,7 +126,7 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise UnsupportedFormat(
             f"Unsupported or unrecognised image format; accepted: {accepted}."
         ) from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidImage(f"The image header could not be read: {exc}.") from exc
     w, h = img.size
     if w < 1 or h < 1:
@@ -186,7 +188,8 @@ def _to_srgb(img: Image.Image) -> Image.Image:
     return converted if converted is not None else img
 
 
-def _split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """An RGB image and its alpha channel (None when the image has none)."""
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -219,7 +222,7 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     EXIF orientation is applied, ICC profiles converted to sRGB, palette, greyscale,
     16-bit and alpha inputs normalised, and the image brought within the output budget.
     """
-    img = _open(data, limits)
+    img = open_image(data, limits)
     source_format = img.format or "UNKNOWN"
     header_size = img.size
     want = target_size(header_size, limits)
@@ -232,12 +235,12 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
         loaded_size = img.size
         # In place: without an orientation tag a copy would only duplicate the pixels.
         ImageOps.exif_transpose(img, in_place=True)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidImage(f"The image could not be decoded: {exc}.") from exc
 
     rotated = img.size != loaded_size
     source_size = (header_size[1], header_size[0]) if rotated else header_size
-    rgb, alpha = _split_alpha(img)
+    rgb, alpha = split_alpha(img)
     final = target_size(source_size, limits)
     if rgb.size != final:
         rgb = rgb.resize(final, Image.Resampling.BILINEAR, reducing_gap=2.0)
