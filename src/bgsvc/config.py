@@ -437,10 +437,10 @@ class Settings(BaseSettings):
         json_schema_extra=_in(ADMISSION),
     )
     sync_max_frames: int = Field(
-        # A frame of a 480x320 clip costs 0.21-0.34 s on the default model on 2 CPU cores,
-        # one request at a time (benchmarks/animated.py; the model ~0.18 s of it): 25
-        # frames take 5-9 s, under a third of the 30 s request budget, which leaves room
-        # for each frame's pass to queue behind other requests' on a busy node.
+        # A frame of a 480x320 clip costs 0.23-0.25 s on the default model on 2 CPU cores,
+        # one request at a time (benchmarks/animated.py, quiet machine; the model ~0.18 s
+        # of it): 25 frames take about 6 s, a fifth of the 30 s request budget, which
+        # leaves room for each frame's pass to queue behind other requests' on a busy node.
         default=25,
         ge=1,
         description="Most frames of an animated GIF, WebP or PNG that POST /remove-background "
@@ -633,8 +633,8 @@ class Settings(BaseSettings):
         json_schema_extra=_in(JOBS),
     )
     job_max_frames: int = Field(
-        # At the per-frame cost behind BGSVC_SYNC_MAX_FRAMES (0.21-0.34 s), 80 frames take
-        # 17-27 s: under half of a job's 60 s attempt.
+        # At the per-frame cost behind BGSVC_SYNC_MAX_FRAMES (0.23-0.25 s), 80 frames take
+        # about 19 s: under a third of a job's 60 s attempt.
         default=80,
         ge=1,
         description="Most frames of an animation a job takes (BGSVC_SYNC_MAX_FRAMES for a "
