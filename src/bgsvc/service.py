@@ -81,6 +81,29 @@ class RemovalService:
             initargs=(settings.stage_thread_nice,),
         )
 
+    async def _forward(
+        self,
+        ticket: Ticket,
+        engine: Predictor,
+        staged: StagedPredictor | None,
+        image: DecodedImage,
+        tensor: np.ndarray | None,
+    ) -> tuple[np.ndarray, float]:
+        """One forward pass in the ticket's inference slot: the raw output and its seconds."""
+
+        def run() -> tuple[np.ndarray, float]:
+            # The scheduler has just measured the wait for this inference slot.
+            record("queue", ticket.queue_seconds)
+            t0 = time.perf_counter()
+            with span("inference"):
+                if staged is not None and tensor is not None:
+                    out = staged.run(tensor)
+                else:
+                    out = engine.predict(image.work_rgb)
+            return out, time.perf_counter() - t0
+
+        return await self.scheduler.run(ticket, run, model=engine.name)
+
     async def _in_stage_pool(self, fn: Callable[[], T]) -> T:
         # A cancelled await (request timeout) abandons the thread's work rather than
         # waiting for it; the thread finishes on its own. run_in_executor does not carry
@@ -200,18 +223,7 @@ class RemovalService:
         w, h = image.source_size
         self.metrics.input_megapixels.observe(w * h / 1e6)
 
-        def infer() -> tuple[np.ndarray, float]:
-            # The scheduler has just measured the wait for this inference slot.
-            record("queue", ticket.queue_seconds)
-            t0 = time.perf_counter()
-            with span("inference"):
-                if staged is not None and tensor is not None:
-                    out = staged.run(tensor)
-                else:
-                    out = engine.predict(image.work_rgb)
-            return out, time.perf_counter() - t0
-
-        raw, timings["inference"] = await self.scheduler.run(ticket, infer, model=engine.name)
+        raw, timings["inference"] = await self._forward(ticket, engine, staged, image, tensor)
         timings["queue"] = ticket.queue_seconds
         self.metrics.inference.labels(engine.name).observe(timings["inference"])
 
@@ -284,17 +296,7 @@ class RemovalService:
             if image is None:
                 raise RuntimeError("a frame was inferred after its finish")
 
-            def run() -> tuple[np.ndarray, float]:
-                record("queue", ticket.queue_seconds)
-                t0 = time.perf_counter()
-                with span("inference"):
-                    if staged is not None and tensor is not None:
-                        out = staged.run(tensor)
-                    else:
-                        out = engine.predict(image.work_rgb)
-                return out, time.perf_counter() - t0
-
-            out, seconds = await self.scheduler.run(ticket, run, model=engine.name)
+            out, seconds = await self._forward(ticket, engine, staged, image, tensor)
             timings["queue"] += ticket.queue_seconds
             timings["inference"] += seconds
             self.metrics.inference.labels(engine.name).observe(seconds)
