@@ -138,6 +138,14 @@ class Remover:
                 image = replace(image, background=background)
             return image
 
+    def frame_count(self, data: bytes, options: RemovalOptions, max_frames: int) -> int:
+        """The frames the request will run (1 for a still or a first-frame dialect), read
+        from the file's header within the frame and pixel budgets: what it is charged."""
+        if options.frames != "all":
+            return 1
+        probe = probe_animation(data, self._limits(options), max_frames)
+        return 1 if probe is None else probe.count
+
     def decode_animation(
         self, data: bytes, options: RemovalOptions, max_frames: int
     ) -> Animation | None:

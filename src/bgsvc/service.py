@@ -81,6 +81,14 @@ class RemovalService:
             initargs=(settings.stage_thread_nice,),
         )
 
+    async def frame_count(
+        self, data: bytes, options: RemovalOptions, max_frames: int | None = None
+    ) -> int:
+        """Remover.frame_count off the event loop (a GIF's frames are counted by walking
+        its blocks); ``max_frames`` as for process()."""
+        frames = self.max_frames if max_frames is None else max_frames
+        return await self._in_stage_pool(lambda: self.remover.frame_count(data, options, frames))
+
     async def _forward(
         self,
         ticket: Ticket,

@@ -404,3 +404,38 @@ def test_one_tenants_cached_results_are_not_another_tenants_hits(
     # A hit would tell B, by its header or its speed, that someone sent this exact image.
     assert [r.headers["X-Cache"] for r in answers] == ["MISS", "HIT", "MISS", "HIT"]
     assert answers[0].content == answers[2].content
+
+
+def test_an_animation_costs_one_credit_per_frame_sync_and_as_a_job(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+) -> None:
+    from tests.routes.test_animated import animation
+
+    a, b = tenants()
+    clip = animation("GIF", count=4)
+    sync = a.post("/remove-background", files={"file": ("clip.gif", clip, "image/gif")})
+    assert sync.status_code == 200
+    assert sync.headers["X-Credits-Charged"] == "4"
+    job = a.post("/jobs", files={"file": ("clip.gif", clip, "image/gif")})
+    assert job.status_code == 202
+    assert job.headers["X-Credits-Charged"] == "4"
+    a.wait(job.json()["status_url"], succeeded)
+    assert a.credits_left() == QUOTA - 8
+    assert b.credits_left() == QUOTA
+
+
+def test_an_animation_the_quota_cannot_cover_is_refused_before_any_frame_runs(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+) -> None:
+    from tests.routes.test_animated import animation
+
+    a, _ = tenants()
+    limits = a.client.app.state.limits  # type: ignore[attr-defined]
+    a.client.portal.call(limits.consume_quota, "a", QUOTA, QUOTA - 3)  # type: ignore[union-attr]
+    clip = animation("GIF", count=4)
+    for url in ("/remove-background", "/jobs"):
+        refused = a.post(url, files={"file": ("clip.gif", clip, "image/gif")})
+        assert refused.status_code == 402
+        assert refused.json()["code"] == "quota_exceeded"
+        assert refused.headers["X-Credits-Charged"] == "0"
+    assert a.credits_left() == 3

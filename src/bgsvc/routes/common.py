@@ -200,6 +200,10 @@ def tenant_of(request: Request) -> str | None:
 async def remove_for(request: Request, data: bytes, options: RemovalOptions) -> RemovalResult:
     """Run the removal under the request's admission ticket, in its tenant's cache."""
     service = app_state(request).service
+    context = auth_of(request)
+    if context is not None and context.metered:
+        # A credit a frame, as a batch costs one an image: charged before any frame runs.
+        await context.charge(await service.frame_count(data, options))
     return await service.process(ticket_of(request), data, options, scope=tenant_of(request))
 
 

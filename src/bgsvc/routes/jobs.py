@@ -99,6 +99,13 @@ async def submit_job(
         data = await fetch_url_image(request, str(url), "image_url", admit=True)
     jobs = jobs_of(request)
     context = auth_of(request)
+    if context is not None and context.metered:
+        # A credit a frame, charged at submission like the job's own credit.
+        settings = app_state(request).settings
+        frames = await app_state(request).service.frame_count(
+            data, params.to_options(), settings.job_max_frames
+        )
+        await context.charge(frames)
     record, created = await jobs.queue.submit(
         data,
         params.model_dump(mode="json"),
