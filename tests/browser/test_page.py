@@ -73,7 +73,7 @@ def query(request: Any) -> dict[str, str]:
 
 def test_page_loads_with_labelled_controls(page: Any, service: Any) -> None:
     assert page.title() == "Background remover"
-    assert page.get_by_text("Drop images here").is_visible()
+    assert page.get_by_text("Drop images or videos here").is_visible()
     # Assets come from the service itself, with the right types.
     for path, kind in [("/static/app.js", "javascript"), ("/static/style.css", "text/css")]:
         resp = page.request.get(service.url(path))

@@ -29,6 +29,7 @@ def test_page_and_its_files_carry_the_csp_and_browser_headers(
     csp = [d.strip() for d in response.headers["content-security-policy"].split(";")]
     assert csp[0] == "default-src 'self'"
     assert "img-src 'self' blob:" in csp and "frame-ancestors 'none'" in csp
+    assert "media-src 'self' blob:" in csp
     assert "unsafe-inline" not in response.headers["content-security-policy"]
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["referrer-policy"] == "no-referrer"

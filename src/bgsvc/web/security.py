@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 #   img-src blob:  the previews (before/after) are object URLs of the chosen file and of
 #                  the result (app.js URL.createObjectURL); downloads are blob: links too,
 #                  but a navigation is not governed by img-src or any other fetch directive.
+#   media-src blob:  the same for a video and its result, played in <video> elements.
 #   frame-ancestors 'none'  no site may frame the page (clickjacking); the CSP form of
 #                  X-Frame-Options, which is sent as well for browsers without it.
 # No 'unsafe-inline' anywhere: the page has no inline script or style attribute (app.js
@@ -23,6 +24,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
         "img-src 'self' blob:",
+        "media-src 'self' blob:",
         "base-uri 'none'",
         "form-action 'self'",
         "frame-ancestors 'none'",

@@ -78,7 +78,18 @@ function parseServerTiming(header) {
   }).filter((t) => t.name);
 }
 
-const EXTENSIONS = { "image/png": "png", "image/webp": "webp", "image/jpeg": "jpg" };
+const EXTENSIONS = {
+  "image/png": "png", "image/webp": "webp", "image/jpeg": "jpg", "image/gif": "gif",
+  "video/webm": "webm", "video/quicktime": "mov", "video/mp4": "mp4", "application/zip": "zip",
+};
+const VIDEO_EXTENSIONS = /\.(mp4|m4v|mov|webm|mkv)$/i;
+const JOB_POLL_MS = 1000;     // between two looks at a job's progress
+const JOB_MAX_POLL_MS = 5000; // the wait grows to this while a job stays queued
+
+// Videos go through the job queue (POST /jobs): they take longer than one request may.
+function isVideo(file) {
+  return (file.type || "").startsWith("video/") || VIDEO_EXTENSIONS.test(file.name);
+}
 
 function outputName(sourceName, contentType, mask) {
   const dot = sourceName.lastIndexOf(".");
@@ -190,7 +201,20 @@ class Card {
 
     this.el = $("#card-template").content.firstElementChild.cloneNode(true);
     this.el.card = this;
+    this.video = isVideo(file);
     $(".card-title", this.el).textContent = file.name;
+    if (this.video) {
+      // The original and the result play side by side, looped and muted, split by the slider.
+      for (const name of ["before", "after"]) {
+        const img = $(`.${name}`, this.el);
+        const video = document.createElement("video");
+        video.className = name;
+        video.muted = video.loop = video.autoplay = video.playsInline = true;
+        video.hidden = img.hidden;
+        img.replaceWith(video);
+      }
+      this.el.classList.add("video-card");
+    }
     this.before = $(".before", this.el);
     this.after = $(".after", this.el);
     this.slider = $(".slider", this.el);
@@ -201,8 +225,8 @@ class Card {
       this.before.hidden = true;
       this.el.classList.toggle("no-preview", !this.result);
     });
-    this.before.addEventListener("load", () => {
-      if (!this.result) this.setAspect(this.before.naturalWidth, this.before.naturalHeight);
+    this.before.addEventListener(this.video ? "loadedmetadata" : "load", () => {
+      if (!this.result) this.setAspect(...naturalSize(this.before));
     });
 
     this.fillModels();
@@ -237,7 +261,11 @@ class Card {
     const f = this.form.elements;
     f.bg_color.disabled = !f.fill.checked;
     f.crop_margin.disabled = !f.crop.checked;
-    $(".quality-field", this.el).hidden = f.format.value === "png";
+    $(".quality-field", this.el).hidden = f.format.value === "png" || this.video;
+    // A video comes back as a video (WebM with alpha, or on the fill colour); each frame's
+    // subject has its own box, so there is nothing to crop to.
+    $(".format-field", this.el).hidden = this.video;
+    $(".crop-row", this.el).hidden = this.video;
   }
 
   options() {
@@ -258,7 +286,8 @@ class Card {
   }
 
   query() {
-    return queryFor(this.options());
+    const o = this.options();
+    return queryFor(this.video ? { ...o, format: "png", crop: false } : o);
   }
 
   setState(name, message) {
@@ -299,6 +328,10 @@ class Card {
     const { signal } = controller;
     const url = `/remove-background?${this.query()}`;
     try {
+      if (this.video) {
+        await this.runJob(signal);
+        return;
+      }
       for (let attempt = 1; ; attempt++) {
         this.setState("working", attempt === 1 ? "Removing background…" : `Removing background… (try ${attempt} of ${MAX_TRIES})`);
         const body = new FormData();
@@ -314,6 +347,12 @@ class Card {
             await sleep(1000, signal);
           }
           continue;
+        }
+        if (resp.status === 413 && (await errorCode(resp.clone())) === "too_many_frames") {
+          // Too many frames to answer within one request: the job queue takes it.
+          await resp.body?.cancel();
+          await this.runJob(signal);
+          return;
         }
         if (!resp.ok) {
           this.setState("error", await errorMessage(resp));
@@ -331,11 +370,87 @@ class Card {
     }
   }
 
+  // Submit this file as a job, follow its progress, then fetch and show the result. A card
+  // removed or re-run meanwhile (signal aborted) cancels the job on the server.
+  async runJob(signal) {
+    const t0 = performance.now();
+    let submitted = null;
+    for (let attempt = 1; !submitted; attempt++) {
+      this.setState("working", attempt === 1 ? "Sending…" : `Sending… (try ${attempt} of ${MAX_TRIES})`);
+      const body = new FormData();
+      body.append("file", this.file, this.file.name);
+      const resp = await fetch(`/jobs?${this.query()}`, { method: "POST", body, signal, headers: authHeaders() });
+      if (resp.status === 401) this.needsKey = true;
+      if ((resp.status === 429 || resp.status === 503) && attempt < MAX_TRIES) {
+        const wait = Math.min(Math.max(Number(resp.headers.get("Retry-After")) || 1, 1), MAX_RETRY_WAIT_S);
+        await resp.body?.cancel();
+        this.setState("busy", `Server busy, retrying in ${Math.ceil(wait)} s…`);
+        await sleep(wait * 1000, signal);
+        continue;
+      }
+      if (!resp.ok) {
+        this.setState("error", await errorMessage(resp));
+        return;
+      }
+      submitted = await resp.json();
+    }
+    const cancel = () => fetch(submitted.status_url, { method: "DELETE", headers: authHeaders() }).catch(() => {});
+    signal.addEventListener("abort", cancel, { once: true });
+    let wait = JOB_POLL_MS;
+    for (;;) {
+      const resp = await fetch(submitted.status_url, { signal, headers: authHeaders() });
+      if (!resp.ok) {
+        this.setState("error", await errorMessage(resp));
+        return;
+      }
+      const job = await resp.json();
+      if (job.status === "succeeded") break;
+      if (job.status === "failed" || job.status === "canceled") {
+        const why = job.error ? job.error.message : job.status;
+        this.setState("error", `The job ${job.status}: ${why}`);
+        return;
+      }
+      this.showProgress(job);
+      await sleep(wait, signal);
+      wait = job.status === "queued" ? Math.min(wait * 1.5, JOB_MAX_POLL_MS) : JOB_POLL_MS;
+    }
+    signal.removeEventListener("abort", cancel);
+    const resp = await fetch(submitted.result_url, { signal, headers: authHeaders() });
+    if (!resp.ok) {
+      this.setState("error", await errorMessage(resp));
+      return;
+    }
+    this.showResult(resp, await resp.blob(), performance.now() - t0);
+  }
+
+  showProgress(job) {
+    const total = Number(job.frames_total) || 0, done = Number(job.frames_done) || 0;
+    if (job.status === "queued") {
+      this.setState("queued", "Queued…");
+    } else if (total) {
+      this.setState("working", `Working… frame ${done} of ${total}`);
+    } else {
+      this.setState("working", "Working…");
+    }
+    const bar = $(".progress", this.el);
+    bar.classList.toggle("measured", total > 0);
+    bar.firstElementChild.style.width = total ? `${Math.round((100 * done) / total)}%` : "";
+  }
+
   showResult(resp, blob, elapsedMs) {
     const h = (name) => resp.headers.get(name);
     if (this.result) URL.revokeObjectURL(this.result.url);
     const mask = this.options().mask;
-    const width = Number(h("X-Width")), height = Number(h("X-Height"));
+    if (!h("X-Width") && (blob.type || "").startsWith("video/")) {
+      // A job's result carries no size headers: the video says its own once it loads.
+      this.after.addEventListener("loadedmetadata", () => {
+        const [w, hgt] = naturalSize(this.after);
+        this.setAspect(w, hgt);
+        $(".out-size", this.el).textContent = `${w} × ${hgt} px · ${formatBytes(blob.size)} · ${blob.type}`;
+      }, { once: true });
+    }
+    const width = Number(h("X-Width")) || naturalSize(this.before)[0];
+    const height = Number(h("X-Height")) || naturalSize(this.before)[1];
     this.result = {
       blob, url: URL.createObjectURL(blob), name: outputName(this.file.name, blob.type, mask),
       width, height, model: h("X-Model"), requestId: h("X-Request-ID"),
@@ -346,12 +461,15 @@ class Card {
     this.el.classList.remove("no-preview");
 
     // Comparing needs both images in the same frame: not so once the result is cropped.
-    const sameFrame = this.before.naturalWidth && !this.before.hidden &&
-      Math.abs(this.before.naturalWidth / this.before.naturalHeight - width / height) < 0.01;
+    const [bw, bh] = naturalSize(this.before);
+    const sameFrame = bw && !this.before.hidden && Math.abs(bw / bh - width / height) < 0.01;
     this.el.classList.toggle("compare-on", Boolean(sameFrame));
     this.setAspect(width, height);
 
-    const type = { "image/png": "PNG", "image/webp": "WebP", "image/jpeg": "JPEG" }[blob.type] || blob.type;
+    const type = {
+      "image/png": "PNG", "image/webp": "WebP", "image/jpeg": "JPEG", "image/gif": "GIF",
+      "video/webm": "WebM", "video/mp4": "MP4", "video/quicktime": "QuickTime",
+    }[blob.type] || blob.type;
     $(".out-size", this.el).textContent =
       `${width} × ${height} px · ${formatBytes(blob.size)} · ${type}` +
       (this.result.model ? ` · model ${this.result.model}` : "");
@@ -377,6 +495,16 @@ class Card {
     if (this.result) URL.revokeObjectURL(this.result.url);
     this.el.remove();
   }
+}
+
+// An image's or a video's pixel size: [width, height], zeros until it has loaded.
+function naturalSize(el) {
+  return el.tagName === "VIDEO" ? [el.videoWidth, el.videoHeight] : [el.naturalWidth, el.naturalHeight];
+}
+
+// The stable error code of a JSON error answer, or "".
+async function errorCode(resp) {
+  try { return (await resp.json()).code || ""; } catch { return ""; }
 }
 
 async function errorMessage(resp) {
