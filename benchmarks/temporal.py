@@ -1,0 +1,509 @@
+"""Temporal smoothing of video mattes, measured on a drawn clip with a known alpha.
+
+    python -m benchmarks.temporal [--frames 60] [--size 960x540] [--no-real] [--out FILE]
+
+A matting model run frame by frame flickers: its answer to each frame is independent of
+the last. bgsvc.imaging.temporal smooths the mattes online; this measures what that wins
+and what it costs, against a clip whose true alpha is known at every frame.
+
+The clip: a head with an anti-aliased outline, out-of-focus shoulders and ~150 curved
+1-3 px strands that sway (each with its own phase), moving across the frame and
+breathing (its radii change by +-5 %), over a cluttered textured background that pans
+(sub-pixel, 2 px a frame across, a bob up and down), with sensor grain drawn afresh each
+frame; composited in float as I = aF + (1 - a)B, the foreground texture moving with the
+subject. Deterministic in its seed.
+
+Two "models", each enlarged to the frame by the service's own edge step
+(edges.upscale_matte, refine on), as a video would be:
+
+- "stand-in": the true alpha area-shrunk to the model's 1024 x 1024, then per frame a
+  sub-pixel jitter (sigma 0.35 model px), a smooth error field near the edges (sigma 0.05)
+  and white noise (sigma 3 levels); fast and reproducible flicker.
+- "real": the default model through the service's engine (loaded as the service loads
+  it, OpenVINO or ONNX Runtime as the factory chooses), matte at the model's size.
+
+Per frame: SAD (sum |a - g| / 1000) and MSE (x 1000) over the frame and in the unknown
+band (true alpha neither 0 nor 1, dilated 3 px), and MSE where the true alpha moved (|g_t
+- g_{t-1}| > 0.1: a smear or a ghost shows there). Temporal coherence: dtSSD (Erofeev et
+al., "Perceptually Motivated Benchmark for Video Matting", BMVC 2015), per frame t >= 1
+sqrt(sum over pixels of ((a_t - a_{t-1}) - (g_t - g_{t-1}))^2) with alpha in [0, 1],
+averaged over the frames; the paper's form sums over the pixels with no normalisation,
+so it grows with the frame's size. Also given: the per-pixel RMS form x 100 used by
+later work (Lin et al.'s RVM evaluation: sqrt(mean(...)) x 100), comparable across
+sizes. For one clip the two differ by a constant factor, so relative changes agree.
+
+Also timed: step() per frame (calling thread's CPU time, median) at the clip's size and
+at 1920 x 1080 (the clip enlarged). Writes benchmarks/raw/2026-12-03-temporal.json and
+prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.matting import _background, _noise, unknown_band
+from bgsvc.imaging.opencv import cv2
+
+RAW = Path(__file__).resolve().parent / "raw" / "2026-12-03-temporal.json"
+MODEL_EDGE = 1024
+
+
+@dataclass(frozen=True)
+class Clip:
+    frames: list[np.ndarray]  # uint8 HxWx3 RGB
+    alphas: list[np.ndarray]  # float32 HxW in [0, 1]
+    travel: list[float]  # the subject's speed at each frame, 0 (held) to 1
+
+
+# -- the clip -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Strand:
+    angle: float  # where it grows on the head's outline
+    heading: float  # its direction there, relative to the outward normal
+    bend: float
+    length: float
+    thickness: int
+    opacity: int
+    phase: float
+    sway: float
+
+
+def _strands(rng: np.random.Generator, count: int, scale: float) -> list[_Strand]:
+    out = []
+    for _ in range(count):
+        out.append(
+            _Strand(
+                angle=rng.uniform(-math.pi * 0.95, -math.pi * 0.05),
+                heading=rng.normal(0, 0.35),
+                bend=rng.normal(0, 0.012),
+                length=rng.uniform(60, 260) * scale,
+                thickness=int(rng.choice([1, 1, 2, 3])),
+                opacity=int(rng.choice([130, 190, 255])),
+                phase=rng.uniform(0, 2 * math.pi),
+                sway=rng.uniform(0.0005, 0.0015),
+            )
+        )
+    return out
+
+
+def _draw_strands(
+    strands: list[_Strand],
+    size: tuple[int, int],
+    centre: tuple[float, float],
+    radii: tuple[float, float],
+    t: float,
+    seed: int,
+    motion: float,
+) -> np.ndarray:
+    w, h = size
+    rng = np.random.default_rng(seed)  # the same wiggle every frame: a strand keeps its shape
+    layer = np.zeros((h, w), np.uint8)
+    groups: dict[tuple[int, int], list[np.ndarray]] = {}
+    step = max(1.0, 3.0 * w / 1280)
+    for s in strands:
+        x = centre[0] + radii[0] * 0.97 * math.cos(s.angle)
+        y = centre[1] + radii[1] * 0.97 * math.sin(s.angle)
+        heading = s.angle + s.heading
+        # Swaying: the strand curls a little more or less, more towards its tip.
+        bend = s.bend + motion * s.sway * math.sin(2 * math.pi * t / 30 + s.phase)
+        points = []
+        for _ in range(int(s.length / step)):
+            points.append((x, y))
+            heading += bend + rng.normal(0, 0.02)
+            x += step * math.cos(heading)
+            y += step * math.sin(heading)
+        poly = np.round(np.array(points) * 16).astype(np.int32)
+        groups.setdefault((s.thickness, s.opacity), []).append(poly)
+    for (thickness, opacity), polys in sorted(groups.items()):
+        cv2.polylines(layer, polys, False, opacity, thickness, cv2.LINE_AA, shift=4)
+    return layer
+
+
+def _shifted(img: np.ndarray, dx: float, dy: float, size: tuple[int, int]) -> np.ndarray:
+    """``img`` moved by (-dx, -dy) and cropped to ``size``: a sub-pixel pan."""
+    m = np.float32([[1, 0, -dx], [0, 1, -dy]])
+    return cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def speeds(frames: int, held: bool) -> list[float]:
+    """How fast the subject travels at each frame, 0-1: ``held``, it holds still for the
+    first third, walks across the middle third (easing in and out over 4 frames) and holds
+    again; otherwise it travels throughout."""
+    if not held:
+        return [1.0] * frames
+    a, b = frames // 3, 2 * frames // 3
+    return [min(i - a + 1, b - i, 4) / 4 if a <= i < b else 0.0 for i in range(frames)]
+
+
+def make_clip(
+    frames: int = 60,
+    size: tuple[int, int] = (960, 540),
+    seed: int = 0,
+    motion: float = 1.0,
+    held: bool = True,
+) -> Clip:
+    """The drawn clip and its true alpha (deterministic in ``seed``). At ``motion`` 1 a
+    travelling subject moves about 2.5 px a frame at 1280 px wide (a walk across a medium
+    shot, the camera half following: the background pans up to 2 px a frame); a held one
+    still breathes and its strands sway (edges move up to ~0.7 px a frame) over a
+    background that drifts 0.5 px a frame."""
+    w, h = size
+    scale = w / 1280
+    rng = np.random.default_rng([seed, 7])
+    margin = (int(2 * max(motion, 1) * frames * scale) + 16, int(6 * motion) + 16)
+    bg_big = _background("busy", rng, (w + margin[0], h + margin[1]))
+    # The subject's own texture, larger than the frame: it moves with the subject.
+    fmargin = 400
+    fsize = (w + fmargin, h + fmargin)
+    t_hair = np.clip(_noise(rng, fsize, 12, 4) * 1.5 + 0.5, 0, 1)[..., None]
+    hair_rgb = np.array([60, 40, 25], np.float32) + t_hair * np.array([50, 35, 20], np.float32)
+    skin = np.array([225, 175, 150], np.float32) + 25 * _noise(rng, fsize, 20, 3)[..., None]
+    shirt = np.array([70, 80, 160], np.float32) + 20 * _noise(rng, fsize, 30, 3)[..., None]
+    strands = _strands(rng, max(60, int(200 * scale)), scale)
+    strand_seed = int(rng.integers(1 << 30))
+    out_frames, out_alphas = [], []
+    travel = speeds(frames, held)
+    x, pan = w * 0.36, 0.0
+    for i in range(frames):
+        t = float(i)
+        v = travel[i] * motion
+        x += 2.5 * scale * v
+        pan += (0.5 + 1.5 * v) * scale
+        cx = x + 5 * v * scale * math.sin(t / 5)
+        cy = h * 0.46 + 4 * v * scale * math.sin(t / 7)
+        # Breathing and sway never stop; held, they are smaller.
+        alive = motion * (0.4 + 0.6 * travel[i])
+        breathe = 0.02 * alive * math.sin(2 * math.pi * t / 24)
+        radii = (w * 0.13 * (1 + breathe), h * 0.22 * (1 - breathe))
+        head = np.zeros((h, w), np.uint8)
+        cv2.ellipse(head, ((cx, cy), (2 * radii[0], 2 * radii[1]), 0), 255, -1, cv2.LINE_AA)
+        body = np.zeros((h, w), np.uint8)
+        cv2.ellipse(
+            body,
+            ((cx + 0.3 * (cx - w / 2), h * 1.05), (w * 0.5, h * 0.62), 0),
+            255,
+            -1,
+            cv2.LINE_AA,
+        )
+        body = cv2.GaussianBlur(body, (0, 0), max(1.0, 4 * scale))
+        hair = _draw_strands(strands, size, (cx, cy), radii, t, strand_seed, alive)
+        alpha = np.maximum(np.maximum(head, body), hair).astype(np.float32) / 255
+
+        ox, oy = fmargin / 2 - (cx - w / 2), fmargin / 2
+        hw = (hair > 0).astype(np.float32)[..., None]
+        bw = np.clip(body.astype(np.float32) / 255 * 20, 0, 1)[..., None]
+        fg_skin = _shifted(skin, ox, oy, size)
+        fg_shirt = _shifted(shirt, ox, oy, size)
+        fg_hair = _shifted(hair_rgb, ox, oy, size)
+        subject = fg_skin * (1 - bw) + fg_shirt * bw
+        subject = fg_hair * hw + subject * (1 - hw)
+        bg = _shifted(bg_big, pan, margin[1] / 2 + 3 * v * math.sin(t / 6), size)
+        a = alpha[..., None]
+        grain = np.random.default_rng([seed, 8, i]).normal(0, 2.0, (h, w, 1)).astype(np.float32)
+        image = a * subject + (1 - a) * bg + grain
+        out_frames.append(np.round(np.clip(image, 0, 255)).astype(np.uint8))
+        out_alphas.append(alpha)
+    return Clip(out_frames, out_alphas, travel)
+
+
+# -- the two models -------------------------------------------------------------------------
+
+
+def stand_in_mattes(clip: Clip, seed: int = 0) -> Iterator[np.ndarray]:
+    """The true alpha at the model's size, perturbed afresh each frame, enlarged as the
+    service enlarges a model's matte."""
+    from bgsvc.imaging import edges
+
+    for i, (frame, alpha) in enumerate(zip(clip.frames, clip.alphas, strict=True)):
+        rng = np.random.default_rng([seed, 9, i])
+        small = cv2.resize(alpha, (MODEL_EDGE, MODEL_EDGE), interpolation=cv2.INTER_AREA)
+        jitter = np.float32([[1, 0, rng.normal(0, 0.35)], [0, 1, rng.normal(0, 0.35)]])
+        small = cv2.warpAffine(
+            small,
+            jitter,
+            (MODEL_EDGE, MODEL_EDGE),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        soft = ((small > 0.02) & (small < 0.98)).astype(np.float32)
+        near_edge = np.clip(cv2.GaussianBlur(soft, (0, 0), 6) * 4, 0, 1)
+        field = _noise(rng, (MODEL_EDGE, MODEL_EDGE), 8, 3) * 0.05 / 0.35
+        small = small + near_edge * field
+        small = small * 255 + rng.normal(0, 3.0, small.shape).astype(np.float32)
+        matte = np.round(np.clip(small, 0, 255)).astype(np.uint8)
+        yield edges.upscale_matte(matte, frame)
+
+
+def real_mattes(clip: Clip) -> tuple[Iterator[np.ndarray], dict[str, Any]]:
+    """The default model's mattes through the service's engine and edge step."""
+    from bgsvc.config import Settings
+    from bgsvc.imaging import edges
+    from bgsvc.inference.loader import load_engines
+
+    settings = Settings()
+    engine = load_engines(settings)[settings.default_model]
+    info = {
+        "model": settings.default_model,
+        "engine": engine.choice.as_dict(),
+        "providers": engine.providers,
+    }
+
+    def run() -> Iterator[np.ndarray]:
+        for frame in clip.frames:
+            matte = engine.postprocess(engine.run(engine.preprocess(frame)), None)
+            yield edges.upscale_matte(matte, frame, work_edge=settings.max_edge)
+
+    return run(), info
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def frame_errors(pred: np.ndarray, true: np.ndarray, band: np.ndarray) -> dict[str, float]:
+    diff = pred.astype(np.float32) / 255 - true
+    sq = diff * diff
+    ab = np.abs(diff)
+    return {
+        "sad": float(ab.sum() / 1000),
+        "mse": float(sq.mean() * 1000),
+        "sad_band": float(ab[band].sum() / 1000),
+        "mse_band": float(sq[band].mean() * 1000),
+    }
+
+
+def dt_ssd(
+    pred: np.ndarray, pred_prev: np.ndarray, true: np.ndarray, true_prev: np.ndarray
+) -> tuple[float, float]:
+    """dtSSD of one frame: the paper's sum form, and the per-pixel RMS x 100 form."""
+    d = (pred.astype(np.float32) - pred_prev.astype(np.float32)) / 255 - (true - true_prev)
+    ss = float(np.square(d, dtype=np.float64).sum())
+    return math.sqrt(ss), math.sqrt(ss / d.size) * 100
+
+
+def evaluate(clip: Clip, mattes: list[np.ndarray]) -> dict[str, Any]:
+    rows = []
+    dts, dts_rms, moving, held = [], [], [], []
+    for i, (pred, true) in enumerate(zip(mattes, clip.alphas, strict=True)):
+        rows.append(frame_errors(pred, true, unknown_band(true)))
+        if i:
+            a, b = dt_ssd(pred, mattes[i - 1], true, clip.alphas[i - 1])
+            dts.append(a)
+            dts_rms.append(b)
+            held.append(clip.travel[i] == 0 and clip.travel[i - 1] == 0)
+            moved = np.abs(true - clip.alphas[i - 1]) > 0.1
+            if moved.any():
+                e = pred[moved].astype(np.float32) / 255 - true[moved]
+                moving.append(float(np.mean(e * e) * 1000))
+    out: dict[str, Any] = {
+        k: float(np.mean([r[k] for r in rows])) for k in ("sad", "mse", "sad_band", "mse_band")
+    }
+    out["dtssd"] = float(np.mean(dts))
+    out["dtssd_rms_x100"] = float(np.mean(dts_rms))
+    held_dts = [d for d, h in zip(dts, held, strict=True) if h]
+    travel_dts = [d for d, h in zip(dts, held, strict=True) if not h]
+    out["dtssd_held"] = float(np.mean(held_dts)) if held_dts else math.nan
+    out["dtssd_travelling"] = float(np.mean(travel_dts)) if travel_dts else math.nan
+    out["mse_moving"] = float(np.mean(moving))
+    out["per_frame_dtssd"] = dts
+    out["per_frame_mse"] = [r["mse"] for r in rows]
+    return out
+
+
+# -- the methods ----------------------------------------------------------------------------
+
+
+def _smoothers() -> dict[str, Callable[[], Any]]:
+    from bgsvc.imaging.temporal import STRENGTH, TemporalSmoother
+
+    never = (1e9, 2e9)  # a residual window nothing reaches: the history always trusted
+    return {
+        f"chosen: flow-compensated, guided by the residual, strength {STRENGTH}": (
+            lambda: TemporalSmoother()
+        ),
+        "off (strength 0)": lambda: TemporalSmoother(0.0),
+        f"frame difference, no flow, strength {STRENGTH}": (lambda: TemporalSmoother(motion=False)),
+        "flow-compensated, strength 0.4": lambda: TemporalSmoother(0.4),
+        "flow-compensated, strength 0.75": lambda: TemporalSmoother(0.75),
+        "flow-compensated, trust 2-8 levels": lambda: TemporalSmoother(trust_levels=(2, 8)),
+        "flow-compensated, trust 8-24 levels": lambda: TemporalSmoother(trust_levels=(8, 24)),
+        f"plain running average, strength {STRENGTH} (no guide, no flow)": (
+            lambda: TemporalSmoother(motion=False, trust_levels=never, cut_share=2.0)
+        ),
+    }
+
+
+def run_methods(clip: Clip, mattes: list[np.ndarray]) -> dict[str, Any]:
+    results: dict[str, Any] = {"independent frames": evaluate(clip, mattes)}
+    base = results["independent frames"]
+    for name, make in _smoothers().items():
+        smoother = make()
+        out, cpu = [], []
+        for frame, matte in zip(clip.frames, mattes, strict=True):
+            started = time.thread_time()
+            out.append(smoother.step(frame, matte))
+            cpu.append(time.thread_time() - started)
+        row = evaluate(clip, out)
+        if name.startswith("off"):
+            row["identical_to_independent"] = all(
+                np.array_equal(a, b) for a, b in zip(out, mattes, strict=True)
+            )
+        row["step_ms_median"] = statistics.median(cpu[2:]) * 1000
+        row["cuts"] = smoother.cuts
+        for k in (
+            "dtssd",
+            "dtssd_held",
+            "dtssd_travelling",
+            "mse",
+            "mse_band",
+            "mse_moving",
+            "sad",
+        ):
+            row[f"{k}_change_pct"] = 100 * (row[k] / base[k] - 1)
+        results[name] = row
+    return results
+
+
+def cost_1080p(clip: Clip, mattes: list[np.ndarray], frames: int = 24) -> dict[str, float]:
+    """CPU ms per step (median, after two frames) on the clip enlarged to 1920 x 1080."""
+    from bgsvc.imaging.temporal import TemporalSmoother
+
+    size = (1920, 1080)
+    big = [
+        (
+            cv2.resize(f, size, interpolation=cv2.INTER_LINEAR),
+            cv2.resize(m, size, interpolation=cv2.INTER_LINEAR),
+        )
+        for f, m in zip(clip.frames[:frames], mattes[:frames], strict=True)
+    ]
+    out: dict[str, float] = {}
+    for name, make in (
+        ("flow-compensated (chosen)", lambda: TemporalSmoother()),
+        ("frame difference, no flow", lambda: TemporalSmoother(motion=False)),
+    ):
+        smoother = make()
+        cpu = []
+        for f, m in big:
+            started = time.thread_time()
+            smoother.step(f, m)
+            cpu.append(time.thread_time() - started)
+        out[name] = statistics.median(cpu[2:]) * 1000
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def _print(results: dict[str, Any]) -> None:
+    from benchmarks.report import markdown_table
+
+    for model, rows in results["models"].items():
+        print(f"\n{model}\n")
+        table = []
+        for name, r in rows["methods"].items():
+            table.append(
+                [
+                    name,
+                    r["dtssd"],
+                    r["dtssd_rms_x100"],
+                    r["mse"],
+                    r["mse_band"],
+                    r["mse_moving"],
+                    r["sad"],
+                    f"{r.get('dtssd_change_pct', 0):+.1f}%",
+                    f"{r.get('mse_change_pct', 0):+.1f}%",
+                    f"{r.get('mse_moving_change_pct', 0):+.1f}%",
+                    r.get("step_ms_median"),
+                ]
+            )
+        print(
+            markdown_table(
+                [
+                    "method",
+                    "dtSSD",
+                    "dtSSD rms x100",
+                    "MSE x1000",
+                    "MSE band",
+                    "MSE moving",
+                    "SAD/1000",
+                    "dtSSD",
+                    "MSE",
+                    "MSE moving",
+                    "step ms",
+                ],
+                table,
+            )
+        )
+    print("\n1080p step, CPU ms:", results["cost_1080p_ms"])
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--size", type=_parse_size, default=(960, 540))
+    parser.add_argument("--no-real", action="store_true", help="only the stand-in model")
+    parser.add_argument("--out", type=Path, default=RAW)
+    args = parser.parse_args(argv)
+
+    from benchmarks.report import write_json
+
+    started = time.perf_counter()
+    clip = make_clip(args.frames, args.size)
+    print(f"clip drawn in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    models: dict[str, Any] = {}
+    stand_in = list(stand_in_mattes(clip))
+    models["stand-in (true alpha at 1024, jittered and noised)"] = {
+        "methods": run_methods(clip, stand_in)
+    }
+    cost = cost_1080p(clip, stand_in)
+    if not args.no_real:
+        t0 = time.perf_counter()
+        mattes, info = real_mattes(clip)
+        real = list(mattes)
+        info["seconds_for_the_clip"] = time.perf_counter() - t0
+        models[f"real model ({info['model']})"] = {"info": info, "methods": run_methods(clip, real)}
+    results: dict[str, Any] = {
+        "environment": {
+            "python": platform.python_version(),
+            "opencv": cv2.__version__,
+            "cpu": platform.machine(),
+            "threads": "1 (OpenCV, numba)",
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        "clip": {
+            "frames": args.frames,
+            "size": list(args.size),
+            "band_fraction": float(np.mean([unknown_band(a).mean() for a in clip.alphas])),
+        },
+        "dtssd_definition": (
+            "mean over frames t >= 1 of sqrt(sum_px ((a_t - a_{t-1}) - (g_t - g_{t-1}))^2), "
+            "alpha in [0, 1] (Erofeev et al. 2015); dtssd_rms_x100: sqrt(mean_px(...)) x 100"
+        ),
+        "models": models,
+        "cost_1080p_ms": cost,
+    }
+    write_json(args.out, results)
+    _print(results)
+    print(f"\nwrote {args.out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
