@@ -7,6 +7,7 @@ from bgsvc.imaging.opencv import cv2
 from bgsvc.imaging.temporal import TemporalSmoother
 
 H, W = 120, 160
+BOTH = pytest.mark.parametrize("motion", [False, True], ids=["frame diff", "flow"])
 
 
 def texture(seed: int, size: tuple[int, int] = (W, H)) -> np.ndarray:
@@ -39,11 +40,12 @@ def flicker_energy(mattes: list[np.ndarray]) -> float:
     return float(np.mean(steps))
 
 
-def test_flicker_on_a_still_scene_is_reduced() -> None:
+@BOTH
+def test_flicker_on_a_still_scene_is_reduced(motion: bool) -> None:
     rng = np.random.default_rng(1)
     photo = texture(0)
     truth = disc((80, 60)).astype(np.float32)
-    smoother = TemporalSmoother()
+    smoother = TemporalSmoother(motion=motion)
     raw, smoothed = [], []
     for _ in range(20):
         # A model's flicker: the edge breathes by a few levels, the inside and the
@@ -79,9 +81,10 @@ def trail(smoother: TemporalSmoother, frames: int = 12) -> tuple[int, np.ndarray
     return worst, out, matte
 
 
-def test_a_moving_edge_is_followed_without_a_trailing_ghost() -> None:
-    smoother = TemporalSmoother()
-    worst, out, matte = trail(smoother)
+@BOTH
+def test_a_moving_edge_is_followed_without_a_trailing_ghost(motion: bool) -> None:
+    smoother = TemporalSmoother(motion=motion)
+    worst, out, _ = trail(smoother)
     # The stated bound: never more than max_departure (about 11 levels at the defaults)
     # from the frame's own matte, wherever the edge has just been.
     assert smoother.max_departure < 16
@@ -93,18 +96,17 @@ def test_a_moving_edge_is_followed_without_a_trailing_ghost() -> None:
 
 
 def test_an_unguided_running_average_would_leave_the_ghost_the_bounds_prevent() -> None:
-    # The same clip through a plain running average (history always trusted, no flow):
+    # The same clip through a plain running average (history always trusted):
     # the trail the previous test rules out is really there to be ruled out.
-    plain = TemporalSmoother(
-        motion=False, trust_levels=(1e9, 2e9), matte_levels=(1e9, 2e9), cut_share=2.0
-    )
+    plain = TemporalSmoother(trust_levels=(1e9, 2e9), matte_levels=(1e9, 2e9), cut_share=2.0)
     worst, _, _ = trail(plain)
     assert worst > 100
 
 
-def test_a_scene_cut_takes_the_new_matte() -> None:
+@BOTH
+def test_a_scene_cut_takes_the_new_matte(motion: bool) -> None:
     rng = np.random.default_rng(4)
-    smoother = TemporalSmoother()
+    smoother = TemporalSmoother(motion=motion)
     for _ in range(5):
         smoother.step(grain(texture(5), rng), disc((60, 60)))
     cut_matte = disc((110, 50), 25)
@@ -144,10 +146,11 @@ def still_history(smoother: TemporalSmoother, photo: np.ndarray) -> None:
         smoother.step(photo, disc((80, 60)))
 
 
-def test_reset_forgets_the_history() -> None:
+@BOTH
+def test_reset_forgets_the_history(motion: bool) -> None:
     photo = texture(7)
     other = disc((80, 60), 20)
-    kept, forgot = TemporalSmoother(), TemporalSmoother()
+    kept, forgot = TemporalSmoother(motion=motion), TemporalSmoother(motion=motion)
     still_history(kept, photo)
     still_history(forgot, photo)
     forgot.reset()

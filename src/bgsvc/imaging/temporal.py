@@ -2,34 +2,36 @@
 
 A matting model run on each frame alone answers each frame alone: where the photo holds
 still, its matte still wobbles by a few levels, and soft edges and strands shimmer. The
-smoother keeps the previous frame's output and, per pixel, blends it into the new matte
-where the photo shows the same thing as before, and takes the new matte as it is where
-the photo changed:
+smoother keeps its previous output and, per pixel, blends it into the new matte where
+the photo shows the same thing as before, and takes the new matte where it does not:
 
-    out_t = k * warp(out_{t-1}) + (1 - k) * matte_t,   k = strength * trust(residual)
+    out_t = k * out_{t-1} + (1 - k) * matte_t
+    k = strength * trust_photo(residual) * trust_matte(|out_{t-1} - matte_t|)
 
-The previous frame is first carried onto the new one by the scene's motion (OpenCV's DIS
-optical flow, Kroeger et al., ECCV 2016, at the ULTRAFAST preset), so a subject that
-moves smoothly keeps the smoothing on its edges instead of losing it to every moved
-pixel. ``residual`` is how far the new photo differs from the previous one so carried
-(grey levels, box-averaged), and ``trust`` falls from 1 to 0 between two levels of it:
-wherever the flow could not explain the new photo (fast or non-rigid motion, occlusion, a
-lighting change) the new matte is taken whole, so motion is never smeared: the output
-there is at most one frame's worth of ``strength`` away from it. A scene cut (most of the
-frame unexplained) starts afresh.
+``residual`` is how far the new photo differs from the previous one (grey levels,
+box-averaged on a reduced copy); ``trust_photo`` falls from 1 to 0 between
+``trust_levels``, so wherever the photo changed (motion, occlusion, a lighting change)
+the new matte is taken whole. ``trust_matte`` falls from 1 to 0 between
+``matte_levels``: a change of the matte larger than flicker wins even where the photo
+looks unchanged, which bounds any trail or lag the smoother can leave at
+``max_departure`` levels from the frame's own matte (10.8 at the defaults). A scene cut
+(most of the frame changed) drops the history.
 
-The analysis (grey copy, flow, residual, weights) runs on a reduced copy of the frame,
-its long edge ``work_edge``; only the blend runs at full size, as one compiled pass that
-enlarges the flow and the weight bilinearly as it goes and samples the previous output
-where the flow points (no full-size float plane is made). benchmarks/temporal.py measures
-the error and the cost; benchmarks/RESULTS.md has the numbers.
+``motion=True`` first carries the previous frame and output along OpenCV's DIS optical
+flow (Kroeger et al., ECCV 2016, ULTRAFAST preset), so moving edges keep some smoothing
+too. On the benchmark it won 1-3 points of dtSSD for about 6 ms more per 1080p frame, so
+it is not the default; benchmarks/RESULTS.md has the numbers.
+
+The analysis (grey copy, flow, residual, weights) runs on a copy with a long edge of
+``work_edge``; only the blend runs at full size, as one compiled pass that enlarges the
+weight (and flow) bilinearly as it goes (no full-size float plane is made).
 
 Segments: a smoother is state for one shot. ``reset()`` (or a new smoother) starts a
 segment; the first frame of a segment is the model's matte as it is, and the smoothing
 reaches its full effect over the next few frames (the weight of the history grows as
-1 - strength**n), so a boundary costs one unsmoothed frame and no extra computation; the
-first frame of a segment is cheaper (no flow). A frame of another size than the last one
-starts a segment too.
+1 - strength**n), so a boundary costs one unsmoothed frame and no extra computation
+(the first frame of a segment is cheaper: only the reduced copy is made). A frame of
+another size than the last one starts a segment too.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from numba import njit
 from bgsvc.imaging.opencv import cv2
 
 # The blend's weight on the history where the photo did not change. Flicker that is
-# independent from frame to frame shrinks in the frame-to-frame difference by about
-# (1 - s) / sqrt((1 + s) / 2) (0.26 at 0.6); a larger weight smooths more, slows the
-# response to a real change the residual misses, and lets a warp's blur accumulate.
+# independent from frame to frame shrinks in the frame-to-frame difference by
+# (1 - s) / sqrt(1 + s) (0.32 at 0.6) where the history is fully trusted; a larger weight
+# smooths more but lags further behind a change the residual misses, and widens the
+# bound on that lag (benchmarks/RESULTS.md: 0.75 and 0.4 against 0.6).
 STRENGTH = 0.6
 # The residual (grey levels, 0-255, after a box average at the analysis size) below which
 # the history is fully trusted and above which it is not at all.
@@ -54,8 +57,8 @@ TRUST_LEVELS = (4.0, 12.0)
 # leave: the output is never further than strength * high**2 / (4 * (high - low)) levels
 # from the new matte (max_departure).
 MATTE_LEVELS = (16.0, 48.0)
-# The long edge of the analysis copy. The flow and the weights are smooth; the blend
-# itself is at full size, so hair detail comes from the new matte and the warped history.
+# The long edge of the analysis copy. The weights (and the flow) are smooth; the blend
+# itself is at full size, so hair detail comes from the new matte and the history.
 WORK_EDGE = 480
 # A frame where more than this share of the analysis pixels is unexplained by the motion
 # (residual above CUT_LEVEL) is a new shot: the history is dropped. On the benchmark's
@@ -71,16 +74,15 @@ class TemporalSmoother:
     """Online matte smoothing for one video segment, one ``step`` per frame in order.
 
     ``strength`` 0 turns it off: ``step`` then returns a copy of each matte, unchanged.
-    ``motion=False`` compares each frame with the previous one in place (no optical flow):
-    cheaper, and as good where the camera and the subject hold still, but a moving edge
-    is then never smoothed. Not thread-safe: one smoother per stream.
+    ``motion=True`` compensates motion with optical flow (see the module's docstring).
+    Not thread-safe: one smoother per stream.
     """
 
     def __init__(
         self,
         strength: float = STRENGTH,
         *,
-        motion: bool = True,
+        motion: bool = False,
         work_edge: int = WORK_EDGE,
         trust_levels: tuple[float, float] = TRUST_LEVELS,
         matte_levels: tuple[float, float] = MATTE_LEVELS,
@@ -288,24 +290,24 @@ def _blend(
                 continue
             px = pxs[x]
             py = pys[x]
-            qx = int(px)
-            qy = int(py)
-            qx1 = min(qx + 1, big_w - 1)
-            qy1 = min(qy + 1, big_h - 1)
-            a8 = prev[qy, qx]
-            b8 = prev[qy, qx1]
-            c8 = prev[qy1, qx]
-            d8 = prev[qy1, qx1]
-            if a8 == m and b8 == m and c8 == m and d8 == m:
-                # Flat and unchanged (most of a real matte's background and subject).
+            if px == xsf[x] and py == fyy:
+                # No motion here (the flow was zeroed where holding still explains the
+                # photo): the previous output at the same pixel, no interpolation.
+                a8 = prev[y, x]
+                if a8 == m:
+                    out[y, x] = m
+                    continue
+                mf = np.float32(m)
+                p = np.float32(a8)
+                trust = min(max((span + d0 - abs(p - mf)) / span, zero), one)
+                k = k * trust
+                out[y, x] = np.uint8(k * p + (one - k) * mf + half)
+                continue
+            a8 = prev[int(py + half), int(px + half)]
+            if a8 == m:
                 out[y, x] = m
                 continue
-            gx = px - np.float32(qx)
-            gy = py - np.float32(qy)
-            a = np.float32(a8)
-            c = np.float32(c8)
-            top = a + gx * (np.float32(b8) - a)
-            p = top + gy * (c + gx * (np.float32(d8) - c) - top)
+            p = np.float32(a8)
             mf = np.float32(m)
             # The history is trusted less the further it is from the new matte: a change
             # the photo's residual missed still wins, and the output never strays far.
