@@ -4,37 +4,42 @@
 
 A matting model run frame by frame flickers: its answer to each frame is independent of
 the last. bgsvc.imaging.temporal smooths the mattes online; this measures what that wins
-and what it costs, against a clip whose true alpha is known at every frame.
+and what it costs, against clips whose true alpha is known at every frame.
 
-The clip: a head with an anti-aliased outline, out-of-focus shoulders and ~150 curved
-1-3 px strands that sway (each with its own phase), moving across the frame and
-breathing (its radii change by +-5 %), over a cluttered textured background that pans
-(sub-pixel, 2 px a frame across, a bob up and down), with sensor grain drawn afresh each
-frame; composited in float as I = aF + (1 - a)B, the foreground texture moving with the
-subject. Deterministic in its seed.
+The clips: a head with an anti-aliased outline, blurred shoulders and ~150 curved 1-3 px
+strands that sway (each with its own phase) and breathe (+-2 %), over a cluttered
+textured background that pans, with fresh sensor grain each frame; composited in float
+as I = aF + (1 - a)B, the foreground texture moving with the subject. "held, walks,
+held": the subject holds still for a third of the frames, walks across for a third and
+holds again (reported apart: held and travelling frame pairs); "travelling throughout":
+it walks all along. Deterministic in the seed.
 
-Two "models", each enlarged to the frame by the service's own edge step
-(edges.upscale_matte, refine on), as a video would be:
+The "models", each enlarged to the frame by the service's own edge step
+(edges.upscale_matte, refine on), as a video's frames would be:
 
 - "stand-in": the true alpha area-shrunk to the model's 1024 x 1024, then per frame a
   sub-pixel jitter (sigma 0.35 model px), a smooth error field near the edges (sigma 0.05)
-  and white noise (sigma 3 levels); fast and reproducible flicker.
+  and white noise (sigma 3 levels): fast, reproducible flicker.
+- "perfect small matte": the same without the perturbations. What dtSSD it has moves
+  with the subject (the edge step's error pattern): the part no smoother can remove.
 - "real": the default model through the service's engine (loaded as the service loads
-  it, OpenVINO or ONNX Runtime as the factory chooses), matte at the model's size.
+  it: OpenVINO or ONNX Runtime as the factory chooses), its matte at the model's size.
+  Also on two real photos held still with fresh grain, where the truth does not change.
 
 Per frame: SAD (sum |a - g| / 1000) and MSE (x 1000) over the frame and in the unknown
-band (true alpha neither 0 nor 1, dilated 3 px), and MSE where the true alpha moved (|g_t
-- g_{t-1}| > 0.1: a smear or a ghost shows there). Temporal coherence: dtSSD (Erofeev et
-al., "Perceptually Motivated Benchmark for Video Matting", BMVC 2015), per frame t >= 1
-sqrt(sum over pixels of ((a_t - a_{t-1}) - (g_t - g_{t-1}))^2) with alpha in [0, 1],
-averaged over the frames; the paper's form sums over the pixels with no normalisation,
-so it grows with the frame's size. Also given: the per-pixel RMS form x 100 used by
-later work (Lin et al.'s RVM evaluation: sqrt(mean(...)) x 100), comparable across
-sizes. For one clip the two differ by a constant factor, so relative changes agree.
+band (true alpha neither 0 nor 1, dilated 3 px), and MSE where the true alpha moved
+(|g_t - g_{t-1}| > 0.1: a smear or a ghost shows there). Temporal coherence: dtSSD
+(Erofeev et al., "Perceptually Motivated Benchmark for Video Matting", BMVC 2015), per
+frame t >= 1 sqrt(sum over pixels of ((a_t - a_{t-1}) - (g_t - g_{t-1}))^2) with alpha in
+[0, 1], averaged over the frames; that form sums over the pixels with no normalisation,
+so it grows with the frame's size. Also given: the per-pixel RMS form x 100 of later work
+(Lin et al.'s RVM evaluation: sqrt(mean(...)) x 100), comparable across sizes. For one
+clip the two differ by a constant factor, so relative changes agree. Also checked: with
+strength 0 every output equals the independent frame exactly.
 
 Also timed: step() per frame (calling thread's CPU time, median) at the clip's size and
 at 1920 x 1080 (the clip enlarged). Writes benchmarks/raw/2026-12-03-temporal.json and
-prints Markdown tables.
+prints Markdown tables. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -156,10 +161,10 @@ def make_clip(
     held: bool = True,
 ) -> Clip:
     """The drawn clip and its true alpha (deterministic in ``seed``). At ``motion`` 1 a
-    travelling subject moves about 2.5 px a frame at 1280 px wide (a walk across a medium
-    shot, the camera half following: the background pans up to 2 px a frame); a held one
-    still breathes and its strands sway (edges move up to ~0.7 px a frame) over a
-    background that drifts 0.5 px a frame."""
+    travelling subject moves 2.5 px a frame at 1280 px wide (a walk across a medium shot,
+    the camera half following: the background pans up to 2 px a frame); a held one still
+    breathes and sways, at 40 % of that amplitude, over a background that drifts 0.5 px a
+    frame (pixel figures scale with the width)."""
     w, h = size
     scale = w / 1280
     rng = np.random.default_rng([seed, 7])
