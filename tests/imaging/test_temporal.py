@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bgsvc.imaging.opencv import cv2
-from bgsvc.imaging.temporal import TemporalSmoother
+from bgsvc.imaging.temporal import TemporalSmoother, preload
 
 H, W = 120, 160
 BOTH = pytest.mark.parametrize("motion", [False, True], ids=["frame diff", "flow"])
@@ -176,3 +176,25 @@ def test_strength_zero_returns_each_matte_unchanged() -> None:
         out = smoother.step(photo, matte)
         assert np.array_equal(out, matte)
         assert out is not matte
+
+
+def test_views_of_decoded_pixels_are_accepted_as_they_are() -> None:
+    # A decoder's RGBA frame seen as RGB, and a matte cut out of a larger plane: strided
+    # views, smoothed like their contiguous copies.
+    rng = np.random.default_rng(11)
+    rgba = np.dstack([texture(12), np.full((H, W), 255, np.uint8)])
+    plane = rng.integers(0, 256, (H, 2 * W), np.uint8)
+    views, copies = TemporalSmoother(), TemporalSmoother()
+    for _ in range(3):
+        matte = plane[:, ::2]
+        got = views.step(rgba[..., :3], matte)
+        want = copies.step(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(matte))
+        assert np.array_equal(got, want)
+        plane = np.roll(plane, 1, axis=0)
+
+
+def test_preload_compiles_the_blend_without_touching_a_stream() -> None:
+    preload()
+    smoother = TemporalSmoother()
+    matte = disc((80, 60))
+    assert np.array_equal(smoother.step(texture(13), matte), matte)

@@ -129,6 +129,9 @@ class TemporalSmoother:
         _check(rgb, matte)
         if self.strength == 0.0:
             return matte.copy()
+        # One layout for the kernel: a strided view would compile another variant (seconds)
+        # in the middle of a stream.
+        matte = np.ascontiguousarray(matte)
         grey = self._analysis_copy(rgb)
         prev, prev_out = self._grey, self._out
         if prev is None or prev_out is None or prev_out.shape != matte.shape:
@@ -205,6 +208,18 @@ class TemporalSmoother:
         trust = cv2.erode(ramp, np.ones((3, 3), np.uint8))
         weight: np.ndarray = (trust * self.strength).astype(np.float32)
         return weight
+
+
+def preload() -> None:
+    """Compile (or load from numba's cache) the blend, as ``step`` calls it, ahead of the
+    first frame: a first compile takes seconds."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 32, 3), np.uint8)
+    matte = rng.integers(0, 256, (24, 32), np.uint8)
+    for motion in (False, True):
+        smoother = TemporalSmoother(motion=motion)
+        smoother.step(rgb, matte)
+        smoother.step(rgb, matte)
 
 
 def _check(rgb: np.ndarray, matte: np.ndarray) -> None:
