@@ -27,7 +27,7 @@ from bgsvc.imaging.animation import (
     decode_frames,
     probe_animation,
 )
-from bgsvc.imaging.compose import Rendered, combine_alpha, render
+from bgsvc.imaging.compose import Recolour, Rendered, combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
 from bgsvc.imaging.place import place
@@ -212,20 +212,35 @@ class Remover:
             if options.roi is not None:
                 mask = options.roi.apply(mask, image.size, image.source_size)
             mask = combine_alpha(mask, image.alpha)
-            rgb: Image.Image | None = image.rgb
-            pixels = image.pixels
-            if self.decontaminates(options):
-                pixels = edges.decontaminate(pixels, mask, work_edge=self.settings.max_edge)
-                # The photo's own image no longer stands for these pixels; render makes
-                # one from them only if it needs it.
-                rgb = None if pixels is not image.pixels else rgb
+            recolour = self._recolour(options)
             if options.placement is not None:
-                placed = Image.fromarray(pixels) if rgb is None else rgb
+                placed = image.rgb
+                if recolour is not None:
+                    pixels = recolour(image.pixels, mask, None)
+                    placed = placed if pixels is image.pixels else Image.fromarray(pixels)
                 placed, mask = place(placed, mask, options.placement)
                 rendered = render(placed, mask, options, background=image.background)
             else:
-                rendered = render(rgb, mask, options, pixels, background=image.background)
+                rendered = render(
+                    image.rgb,
+                    mask,
+                    options,
+                    image.pixels,
+                    background=image.background,
+                    recolour=recolour,
+                )
         return rendered
+
+    def _recolour(self, options: RemovalOptions) -> Recolour | None:
+        """The edge step's colour for see-through pixels, when the request has it."""
+        if not self.decontaminates(options):
+            return None
+        work_edge = self.settings.max_edge
+
+        def recolour(pixels: np.ndarray, mask: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+            return edges.decontaminate(pixels, mask, work_edge=work_edge, out=out)
+
+        return recolour
 
     def finish(
         self, image: DecodedImage, mask: np.ndarray, options: RemovalOptions, model: str

@@ -210,3 +210,111 @@ def correct(
                 bc = b[j, i, c] * w00 + b[j, i2, c] * w01 + b[j2, i, c] * w10 + b[j2, i2, c] * w11
                 est = fc + a * (np.float32(pixels[y, x, c]) - a * fc - (_ONE - a) * bc)
                 out[y, x, c] = 0 if est <= 0 else (255 if est >= 255 else np.uint8(est + _HALF))
+
+
+@_inlined
+def _unit(v: np.float32) -> np.float32:
+    """``v`` clamped to [0, 1]."""
+    return min(max(v, np.float32(0)), _ONE)
+
+
+@_compiled
+def _nearest(src: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``src`` (float32 HxWxC) at h x w by nearest neighbour, as pymatting's pyramid makes
+    its levels (each sampled from the finest, not from the level below); ``src`` itself at
+    its own size."""
+    hs, ws, depth = src.shape
+    if hs == h and ws == w:
+        return src
+    dst = np.empty((h, w, depth), np.float32)
+    for y in range(h):
+        ys = min(hs - 1, y * hs // h)
+        for x in range(w):
+            xs = min(ws - 1, x * ws // w)
+            for c in range(depth):
+                dst[y, x, c] = src[ys, xs, c]
+    return dst
+
+
+@_compiled
+def foreground_ml(
+    image: np.ndarray,
+    alpha: np.ndarray,
+    prior: np.ndarray,
+    weight: float,
+    iterations: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """F and B (float32 HxWx3 in [0, 1]) such that I = aF + (1 - a)B (``alpha`` float32
+    HxWx1), both smooth where alpha is, and B near ``prior`` (float32, any size: sampled
+    level by level) by ``weight``: Germer et al.'s multilevel solver as pymatting writes it
+    (regularisation 1e-5, gradient weight 1) plus that prior. ``iterations``: (on a coarse
+    level, on a fine one, the long edge up to which a level is coarse).
+
+    Why the prior: where alpha is soft and wide (a veil, smoke), I = aF + (1 - a)B holds
+    for a whole line of (F, B) pairs, and smoothness alone picks one by what surrounds the
+    region: F leaned towards the opaque subject's colour next to it and B took the rest
+    (the veil's colour error fell only 27 %). The clear background carried inwards decides
+    it instead."""
+    h0, w0 = alpha.shape[:2]
+    f_mean = np.zeros(3, np.float32)
+    b_mean = np.zeros(3, np.float32)
+    n_f = n_b = 0
+    for y in range(h0):
+        for x in range(w0):
+            if alpha[y, x, 0] > 0.9:
+                f_mean += image[y, x]
+                n_f += 1
+            if alpha[y, x, 0] < 0.1:
+                b_mean += image[y, x]
+                n_b += 1
+    f_prev = np.zeros((1, 1, 3), np.float32) + f_mean / np.float32(n_f + 1e-5)
+    b_prev = np.zeros((1, 1, 3), np.float32) + b_mean / np.float32(n_b + 1e-5)
+    levels = int(np.ceil(np.log2(max(w0, h0, 2))))
+    lam = np.float32(weight)
+    reg = np.float32(1e-5)
+    dx = (-1, 1, 0, 0)
+    dy = (0, 0, -1, 1)
+    for level in range(levels + 1):
+        w = round(w0 ** (level / levels))
+        h = round(h0 ** (level / levels))
+        img = _nearest(image, h, w)
+        al = _nearest(alpha, h, w)
+        bp = _nearest(prior, h, w)
+        # Copies: the solver updates them in place.
+        fg = _nearest(f_prev, h, w).copy()
+        bg = _nearest(b_prev, h, w).copy()
+        coarse = max(w, h) <= iterations[2]
+        for _ in range(iterations[0] if coarse else iterations[1]):
+            for y in range(h):
+                for x in range(w):
+                    a0 = al[y, x, 0]
+                    a1 = _ONE - a0
+                    a00 = a0 * a0
+                    a01 = a0 * a1
+                    a11 = a1 * a1 + lam
+                    f0, f1, f2 = a0 * img[y, x, 0], a0 * img[y, x, 1], a0 * img[y, x, 2]
+                    b0 = a1 * img[y, x, 0] + lam * bp[y, x, 0]
+                    b1 = a1 * img[y, x, 1] + lam * bp[y, x, 1]
+                    b2 = a1 * img[y, x, 2] + lam * bp[y, x, 2]
+                    for d in range(4):
+                        x2 = max(0, min(w - 1, x + dx[d]))
+                        y2 = max(0, min(h - 1, y + dy[d]))
+                        da = reg + abs(a0 - al[y2, x2, 0])
+                        a00 += da
+                        a11 += da
+                        f0 += da * fg[y2, x2, 0]
+                        f1 += da * fg[y2, x2, 1]
+                        f2 += da * fg[y2, x2, 2]
+                        b0 += da * bg[y2, x2, 0]
+                        b1 += da * bg[y2, x2, 1]
+                        b2 += da * bg[y2, x2, 2]
+                    inv = _ONE / (a00 * a11 - a01 * a01)
+                    fg[y, x, 0] = _unit(inv * (a11 * f0 - a01 * b0))
+                    fg[y, x, 1] = _unit(inv * (a11 * f1 - a01 * b1))
+                    fg[y, x, 2] = _unit(inv * (a11 * f2 - a01 * b2))
+                    bg[y, x, 0] = _unit(inv * (a00 * b0 - a01 * f0))
+                    bg[y, x, 1] = _unit(inv * (a00 * b1 - a01 * f1))
+                    bg[y, x, 2] = _unit(inv * (a00 * b2 - a01 * f2))
+        f_prev = fg
+        b_prev = bg
+    return f_prev, b_prev

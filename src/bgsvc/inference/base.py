@@ -20,9 +20,10 @@ from bgsvc.inference.registry import ModelSpec
 
 # A 2 MP, 4:3 photo: the size most uploads are near.
 WARMUP_SIZE = (1600, 1200)
-# Bump whenever the pre- or post-processing here changes the mattes: it is part of every
-# engine's version, so results cached by an earlier pipeline are not served.
-PIPELINE_VERSION = 3
+# Bump whenever the pre- or post-processing here changes the mattes, or the edge step
+# (bgsvc.imaging.edges) changes the results: it is part of every engine's version, so
+# results cached by an earlier pipeline are not served.
+PIPELINE_VERSION = 4
 
 
 @dataclass(frozen=True)
