@@ -222,7 +222,7 @@ class Remover:
                 rendered = render(placed, mask, options, background=image.background)
             else:
                 rendered = render(
-                    image.rgb,
+                    None,  # made from the pixels only if the output needs a Pillow image
                     mask,
                     options,
                     image.pixels,

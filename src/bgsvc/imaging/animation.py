@@ -163,9 +163,9 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
                 if alpha is not None:
                     alpha = alpha.resize(final, Image.Resampling.BILINEAR, reducing_gap=2.0)
             frames.append(
-                DecodedImage(
-                    rgb=rgb,
-                    alpha=alpha,
+                DecodedImage.of(
+                    rgb,
+                    alpha,
                     source_format=img.format or "UNKNOWN",
                     source_size=(w, h),
                     work_edge=limits.max_edge,
