@@ -20,7 +20,7 @@ the Deep Image Matting evaluation code (Gaussian derivatives, sigma 1.4; thresho
 steps of 0.1). Added: the foreground colour error, the mean absolute error (0-255 levels)
 of the RGB where 0.05 < alpha < 0.95; without decontamination the foreground is the
 composite itself. Times are the calling thread's CPU time, min over a few rounds, on the
-set drawn at 12 MP (4000 x 3000) and at 2 MP; writes benchmarks/raw/2026-12-03-matting.json
+set drawn at 12 MP (4000 x 3000) and at 2 MP; writes benchmarks/raw/2026-12-03-matting-prior.json
 and prints Markdown tables. Nothing is asserted.
 """
 
@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from bgsvc.imaging.opencv import cv2
 
-RAW = Path(__file__).resolve().parent / "raw" / "2026-12-03-matting.json"
+RAW = Path(__file__).resolve().parent / "raw" / "2026-12-03-matting-prior.json"
 MODEL_EDGE = 1024
 BACKGROUNDS = ("green", "redblue", "busy", "studio")
 
@@ -422,17 +422,67 @@ def _ml_at(pixels: np.ndarray, alpha: np.ndarray, edge: int) -> np.ndarray:
     return edges.correct(pixels.copy(), pixels, alpha, f_hat, b_hat)
 
 
+def _ml_edge(alpha: np.ndarray) -> int:
+    from bgsvc.imaging import edges
+
+    lo, hi = edges.ML_EDGE
+    return min(hi, max(lo, max(alpha.shape) // 4))
+
+
+def _ml_without_prior(pixels: np.ndarray, alpha: np.ndarray, *, pymatting: bool) -> np.ndarray:
+    # The estimate before the background prior: pymatting's own solver, or bgsvc's with
+    # the prior's weight at 0 (the same algorithm, to show the prior alone).
+    from bgsvc.imaging import edge_kernels, edges
+
+    h, w = alpha.shape
+    grid = edges._grid((w, h), (w, h), _ml_edge(alpha))
+    small = edges._resize(pixels, grid).astype(np.float32) / 255
+    small_a = edges._resize(alpha, grid).astype(np.float32) / 255
+    if pymatting:
+        from pymatting import estimate_foreground_ml
+
+        f, b = estimate_foreground_ml(small, small_a, return_background=True)
+    else:
+        iterations = edges.ML_ITERATIONS
+        f, b = edge_kernels.foreground_ml(small, small_a[..., None], small, 0.0, iterations)
+    f_hat, b_hat = np.asarray(f, np.float32), np.asarray(b, np.float32)
+    return edges.correct(pixels.copy(), pixels, alpha, f_hat, b_hat)
+
+
+def _ml_prior(pixels: np.ndarray, alpha: np.ndarray, weight: float) -> np.ndarray:
+    from bgsvc.imaging import edges
+
+    saved = edges.BACKGROUND_PRIOR
+    edges.BACKGROUND_PRIOR = weight
+    try:
+        return edges.decontaminate(pixels, alpha)
+    finally:
+        edges.BACKGROUND_PRIOR = saved
+
+
 def colour_methods(sweep: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     from bgsvc.imaging import edges
 
+    prior = edges.BACKGROUND_PRIOR
     methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
         "none": lambda im, a: im,
-        "chosen: multilevel at long/4 in [512, 1024] + full-res step": edges.decontaminate,
+        f"chosen: multilevel with the clear background as B's prior ({prior:g}), "
+        "at long/4 in [512, 1024] + full-res step": edges.decontaminate,
+        "before: pymatting's multilevel at long/4 in [512, 1024] + full-res step": (
+            lambda im, a: _ml_without_prior(im, a, pymatting=True)
+        ),
+        "multilevel without the prior (bgsvc's solver, weight 0)": (
+            lambda im, a: _ml_without_prior(im, a, pymatting=False)
+        ),
         "blur fusion at 1024 + full-res step": lambda im, a: _fusion_at(im, a, 1024),
         "blur fusion at full res + step": lambda im, a: _fusion_at(im, a, 1 << 30),
-        "multilevel at 1024 + full-res step": lambda im, a: _ml_at(im, a, 1024),
+        "multilevel with prior at 1024 + full-res step": lambda im, a: _ml_at(im, a, 1024),
     }
-    methods["multilevel at 512 + full-res step"] = lambda im, a: _ml_at(im, a, 512)
+    methods["multilevel with prior at 512 + full-res step"] = lambda im, a: _ml_at(im, a, 512)
+    for weight in (0.01, 1.0):
+        methods[f"multilevel, prior weight {weight:g}"] = lambda im, a, w=weight: _ml_prior(
+            im, a, w
+        )
     if sweep:
         methods["multilevel at 256 + full-res step"] = lambda im, a: _ml_at(im, a, 256)
         methods["multilevel at 768 + full-res step"] = lambda im, a: _ml_at(im, a, 768)
@@ -648,8 +698,11 @@ def main(argv: list[str] | None = None) -> int:
             },
             "decontaminate": {
                 "method": "multilevel foreground estimate (Germer et al.) on a "
-                "reduced copy + full-resolution step",
+                "reduced copy, B drawn towards the clear background (push-pull), "
+                "+ full-resolution step",
                 "work_edge": "long edge / 4, within " + str(edges.ML_EDGE),
+                "background_prior": edges.BACKGROUND_PRIOR,
+                "iterations": list(edges.ML_ITERATIONS),
             },
         },
         "quality": quality(samples, args.sweep),

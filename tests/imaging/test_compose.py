@@ -230,3 +230,40 @@ def test_opaque_fill_equals_alpha_compositing_the_cutout_for_every_value() -> No
         got = render(rgb, alpha, RemovalOptions(bg_color=fill)).image
         want = reference_render(rgb, alpha, RemovalOptions(bg_color=fill)).image
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_cutout_is_made_band_by_band_with_the_same_pixels() -> None:
+    # Taller than one band (64 rows), with a short last band.
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (150, 37, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, (150, 37), dtype=np.uint8)
+    mask[::3] = 0
+    got = render(None, mask, RemovalOptions(), pixels)
+    want = reference_render(Image.fromarray(pixels), mask, RemovalOptions())
+    np.testing.assert_array_equal(np.asarray(got.image), np.asarray(want.image))
+
+
+def _brighten(pixels: np.ndarray, mask: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    # A stand-in for the edge step's colour: only see-through pixels change.
+    soft = (mask > 0) & (mask < 255)
+    target = pixels.copy() if out is None else out
+    target[soft] = 255 - pixels[soft]
+    return target
+
+
+@pytest.mark.parametrize(
+    "options",
+    [RemovalOptions(), RemovalOptions(format="webp"), RemovalOptions(bg_color=(0, 0, 255, 255))],
+)
+def test_recolour_in_the_cutout_equals_rendering_recoloured_pixels(
+    options: RemovalOptions,
+) -> None:
+    rng = np.random.default_rng(6)
+    pixels = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, (90, 70), dtype=np.uint8)
+    mask[:30] = 0
+    mask[60:] = 255
+    got = render(None, mask, options, pixels, recolour=_brighten)
+    want = render(None, mask, options, _brighten(pixels, mask, None))
+    assert not np.array_equal(np.asarray(got.image), np.asarray(render(None, mask, options, pixels).image))
+    np.testing.assert_array_equal(np.asarray(got.image), np.asarray(want.image))

@@ -253,3 +253,37 @@ def test_profile_named_srgb_with_other_primaries_is_still_converted() -> None:
     icc = swapped_rgb_profile(b"sRGB IEC61966-2.1")
     r, _, b = np.asarray(decode(encode_image(red, "PNG", icc_profile=icc), LIMITS).rgb)[4, 4]
     assert b > 200 and r < 60
+
+
+def test_translucent_upload_is_its_colour_over_white_exactly() -> None:
+    # The paste through the alpha must give what compositing an RGB copy over white gave.
+    rng = np.random.default_rng(7)
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA")
+    white = Image.new("RGB", rgba.size, (255, 255, 255))
+    want = Image.composite(rgba.convert("RGB"), white, rgba.getchannel("A"))
+    out = decode(encode_image(rgba), LIMITS)
+    np.testing.assert_array_equal(out.pixels, np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(out.rgb), np.asarray(want))
+
+
+def test_large_images_export_band_by_band_to_the_same_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bgsvc.imaging import decode as decode_module
+
+    # Bands of 3 rows over 100 rows (the last one short), as a 25 MP photo gets them.
+    monkeypatch.setattr(decode_module, "_WHOLE_BYTES", 0)
+    monkeypatch.setattr(decode_module, "_BAND_BYTES", 3 * 70 * 3)
+    rgb = Image.fromarray(
+        np.random.default_rng(8).integers(0, 256, (100, 70, 3), dtype=np.uint8), "RGB"
+    )
+    out = decode_module.as_array(rgb)
+    assert out.shape == (100, 70, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.asarray(rgb))
+
+
+def test_decoded_image_keeps_one_copy_of_the_pixels() -> None:
+    out = decode(encode_image(subject_image((40, 30)), "PNG"), LIMITS)
+    assert out.pixels.shape == (30, 40, 3)
+    assert "rgb" not in out.__dict__  # no Pillow image until a step asks for one
+    np.testing.assert_array_equal(np.asarray(out.rgb), out.pixels)
