@@ -444,30 +444,31 @@ def _ml_without_prior(pixels: np.ndarray, alpha: np.ndarray, *, pymatting: bool)
         f, b = estimate_foreground_ml(small, small_a, return_background=True)
     else:
         iterations = edges.ML_ITERATIONS
-        f, b = edge_kernels.foreground_ml(small, small_a[..., None], small, 0.0, iterations)
+        none = np.zeros((1, 1, 1), np.float32)
+        f, b = edge_kernels.foreground_ml(small, small_a[..., None], small, none, iterations)
     f_hat, b_hat = np.asarray(f, np.float32), np.asarray(b, np.float32)
     return edges.correct(pixels.copy(), pixels, alpha, f_hat, b_hat)
 
 
-def _ml_prior(pixels: np.ndarray, alpha: np.ndarray, weight: float) -> np.ndarray:
+def _ml_prior(pixels: np.ndarray, alpha: np.ndarray, weight: float, spread: float) -> np.ndarray:
     from bgsvc.imaging import edges
 
-    saved = edges.BACKGROUND_PRIOR
-    edges.BACKGROUND_PRIOR = weight
+    saved = edges.BACKGROUND_PRIOR, edges.BACKGROUND_SPREAD
+    edges.BACKGROUND_PRIOR, edges.BACKGROUND_SPREAD = weight, spread
     try:
         return edges.decontaminate(pixels, alpha)
     finally:
-        edges.BACKGROUND_PRIOR = saved
+        edges.BACKGROUND_PRIOR, edges.BACKGROUND_SPREAD = saved
 
 
 def colour_methods(sweep: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     from bgsvc.imaging import edges
 
-    prior = edges.BACKGROUND_PRIOR
+    prior, spread = edges.BACKGROUND_PRIOR, edges.BACKGROUND_SPREAD
     methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
         "none": lambda im, a: im,
-        f"chosen: multilevel with the clear background as B's prior ({prior:g}), "
-        "at long/4 in [512, 1024] + full-res step": edges.decontaminate,
+        f"chosen: multilevel with the clear background as B's prior ({prior:g}, "
+        f"spread {spread:g}), at long/4 in [512, 1024] + full-res step": edges.decontaminate,
         "before: pymatting's multilevel at long/4 in [512, 1024] + full-res step": (
             lambda im, a: _ml_without_prior(im, a, pymatting=True)
         ),
@@ -479,10 +480,11 @@ def colour_methods(sweep: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], 
         "multilevel with prior at 1024 + full-res step": lambda im, a: _ml_at(im, a, 1024),
     }
     methods["multilevel with prior at 512 + full-res step"] = lambda im, a: _ml_at(im, a, 512)
-    for weight in (0.01, 1.0):
-        methods[f"multilevel, prior weight {weight:g}"] = lambda im, a, w=weight: _ml_prior(
-            im, a, w
+    for weight, sp in ((0.1, 1e9), (0.01, 1e9), (1.0, 1e9), (0.1, 0.05)):
+        label = f"multilevel, prior weight {weight:g}, " + (
+            "not weighted by the spread" if sp > 1 else f"spread {sp:g}"
         )
+        methods[label] = lambda im, a, w=weight, sp=sp: _ml_prior(im, a, w, sp)
     if sweep:
         methods["multilevel at 256 + full-res step"] = lambda im, a: _ml_at(im, a, 256)
         methods["multilevel at 768 + full-res step"] = lambda im, a: _ml_at(im, a, 768)
@@ -702,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
                 "+ full-resolution step",
                 "work_edge": "long edge / 4, within " + str(edges.ML_EDGE),
                 "background_prior": edges.BACKGROUND_PRIOR,
+                "background_spread": edges.BACKGROUND_SPREAD,
                 "iterations": list(edges.ML_ITERATIONS),
             },
         },

@@ -64,6 +64,6 @@ def _pillow_blocks(mmap_threshold: int) -> None:
     of twice the threshold make an image over it one mapping (two or more over twice),
     returned to the kernel when freed; images under it (2 MP: 8 MB) still come from the
     heap. Measured no slower: a 12 MP JPEG's decode took 79-88 ms against 98-102."""
-    from PIL import Image
+    from PIL import _imaging  # what PIL.Image.core is
 
-    Image.core.set_block_size(2 * mmap_threshold)
+    _imaging.set_block_size(2 * mmap_threshold)

@@ -241,13 +241,14 @@ def foreground_ml(
     image: np.ndarray,
     alpha: np.ndarray,
     prior: np.ndarray,
-    weight: float,
+    weight: np.ndarray,
     iterations: tuple[int, int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """F and B (float32 HxWx3 in [0, 1]) such that I = aF + (1 - a)B (``alpha`` float32
-    HxWx1), both smooth where alpha is, and B near ``prior`` (float32, any size: sampled
-    level by level) by ``weight``: Germer et al.'s multilevel solver as pymatting writes it
-    (regularisation 1e-5, gradient weight 1) plus that prior. ``iterations``: (on a coarse
+    HxWx1), both smooth where alpha is, and B near ``prior`` (float32 HxWx3) by ``weight``
+    (float32 HxWx1; both any size, sampled level by level): Germer et al.'s multilevel
+    solver as pymatting writes it (regularisation 1e-5, gradient weight 1) plus that
+    prior. ``iterations``: (on a coarse
     level, on a fine one, the long edge up to which a level is coarse).
 
     Why the prior: where alpha is soft and wide (a veil, smoke), I = aF + (1 - a)B holds
@@ -270,7 +271,6 @@ def foreground_ml(
     f_prev = np.zeros((1, 1, 3), np.float32) + f_mean / np.float32(n_f + 1e-5)
     b_prev = np.zeros((1, 1, 3), np.float32) + b_mean / np.float32(n_b + 1e-5)
     levels = int(np.ceil(np.log2(max(w0, h0, 2))))
-    lam = np.float32(weight)
     reg = np.float32(1e-5)
     dx = (-1, 1, 0, 0)
     dy = (0, 0, -1, 1)
@@ -280,6 +280,7 @@ def foreground_ml(
         img = _nearest(image, h, w)
         al = _nearest(alpha, h, w)
         bp = _nearest(prior, h, w)
+        lw = _nearest(weight, h, w)
         # Copies: the solver updates them in place.
         fg = _nearest(f_prev, h, w).copy()
         bg = _nearest(b_prev, h, w).copy()
@@ -289,6 +290,7 @@ def foreground_ml(
                 for x in range(w):
                     a0 = al[y, x, 0]
                     a1 = _ONE - a0
+                    lam = lw[y, x, 0]
                     a00 = a0 * a0
                     a01 = a0 * a1
                     a11 = a1 * a1 + lam
