@@ -51,19 +51,4 @@ def tune_malloc(mmap_threshold: int) -> bool:
     )
     if not ok:
         log.warning("mallopt refused an mmap threshold of %d bytes", mmap_threshold)
-    else:
-        _pillow_blocks(mmap_threshold)
     return ok
-
-
-def _pillow_blocks(mmap_threshold: int) -> None:
-    """Pillow allocates an image in blocks of 16 MiB, under the threshold: a 25 MP decode's
-    hundreds of MB came from the heap and stayed resident after it was freed (one 25 MP
-    PNG with alpha, in process: +572 MiB at the request's peak, against +471 with larger
-    blocks). Blocks
-    of twice the threshold make an image over it one mapping (two or more over twice),
-    returned to the kernel when freed; images under it (2 MP: 8 MB) still come from the
-    heap. Measured no slower: a 12 MP JPEG's decode took 79-88 ms against 98-102."""
-    from PIL import _imaging  # what PIL.Image.core is
-
-    _imaging.set_block_size(2 * mmap_threshold)
