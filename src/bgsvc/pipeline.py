@@ -214,10 +214,11 @@ class Remover:
             mask = combine_alpha(mask, image.alpha)
             recolour = self._recolour(options)
             if options.placement is not None:
-                placed = image.rgb
+                placed = None
                 if recolour is not None:
                     pixels = recolour(image.pixels, mask, None)
-                    placed = placed if pixels is image.pixels else Image.fromarray(pixels)
+                    placed = None if pixels is image.pixels else Image.fromarray(pixels)
+                placed = image.rgb if placed is None else placed
                 placed, mask = place(placed, mask, options.placement)
                 rendered = render(placed, mask, options, background=image.background)
             else:

@@ -248,8 +248,8 @@ def foreground_ml(
     HxWx1), both smooth where alpha is, and B near ``prior`` (float32 HxWx3) by ``weight``
     (float32 HxWx1; both any size, sampled level by level): Germer et al.'s multilevel
     solver as pymatting writes it (regularisation 1e-5, gradient weight 1) plus that
-    prior. ``iterations``: (on a coarse
-    level, on a fine one, the long edge up to which a level is coarse).
+    prior. ``iterations``: (on a coarse level, on a fine one, the long edge up to which a
+    level is coarse).
 
     Why the prior: where alpha is soft and wide (a veil, smoke), I = aF + (1 - a)B holds
     for a whole line of (F, B) pairs, and smoothness alone picks one by what surrounds the
