@@ -81,11 +81,13 @@ def probe(container: av.container.InputContainer) -> VideoInfo:
     stream = container.streams.video[0]
     ctx = stream.codec_context
     rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+    # The longest the headers claim: the stream's own, or the container's (which may
+    # count another stream, or lie on its own).
     duration = 0.0
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / av.time_base
+    if container.duration is not None:
+        duration = max(duration, container.duration / av.time_base)
     frames = int(stream.frames or 0)
     if frames <= 0 and duration > 0 and rate:
         frames = math.ceil(duration * float(rate) - 1e-6)
