@@ -258,7 +258,7 @@ def test_image_formats_are_refused_for_a_video(jobs_client: Callable[..., TestCl
 
 
 def test_a_video_costs_a_credit_a_frame_and_stays_its_tenants(
-    tenants: Callable[..., tuple[Tenant, Tenant]],
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
 ) -> None:
     a, b = tenants()
     files = {"file": ("clip.mp4", clip("mp4", frames=7), "video/mp4")}
@@ -274,7 +274,7 @@ def test_a_video_costs_a_credit_a_frame_and_stays_its_tenants(
 
 
 def test_a_video_the_quota_cannot_cover_is_402_and_nothing_runs(
-    tenants: Callable[..., tuple[Tenant, Tenant]],
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
 ) -> None:
     a, _ = tenants()
     limits = a.client.app.state.limits  # type: ignore[attr-defined]
