@@ -21,9 +21,12 @@ def clip(
     rate: int = 25,
     time_base: Fraction | None = None,
     audio: bool = False,
+    rotation: int = 0,
+    bt709: bool = False,
 ) -> bytes:
     """A clip of ``frames`` frames of ``size`` at ``rate`` fps (timestamps counted in
-    ``time_base``, 1/rate unless given), with a silent audio track when ``audio``."""
+    ``time_base``, 1/rate unless given), with a silent audio track when ``audio``, shown
+    turned ``rotation`` degrees counterclockwise (the display matrix)."""
     w, h = size
     base = time_base or Fraction(1, rate)
     step = int(Fraction(1, rate) / base)
@@ -34,6 +37,11 @@ def clip(
         video.pix_fmt = "yuv420p"
         video.time_base = base
         video.codec_context.time_base = base
+        if rotation:
+            video.set_display_rotation(rotation)
+        if bt709:
+            ctx = video.codec_context
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = ctx.color_range = 1
         if CODECS[container] == "libvpx-vp9":
             video.options = {"deadline": "realtime", "cpu-used": "8"}
         sound = out.add_stream(AUDIO[container], rate=48000) if audio else None
@@ -42,6 +50,8 @@ def clip(
             img[...] = (40, 90, 200)
             img[h // 4 : 3 * h // 4, w // 4 + i : w // 2 + i] = (250, 220, 30)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if bt709:
+                frame = frame.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1)
             frame.pts = i * step
             frame.time_base = base
             for packet in video.encode(frame):

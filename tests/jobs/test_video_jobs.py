@@ -4,6 +4,7 @@ the model, the result a video again (or a zip of PNG frames)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zipfile
@@ -93,6 +94,26 @@ def test_mp4_puts_the_subject_on_bg_color_with_no_alpha(
     assert (frames[0].width, frames[0].height) == (64, 48)
 
 
+def test_a_rotated_clip_comes_back_upright(jobs_client: Callable[..., TestClient]) -> None:
+    client = jobs_client()
+    _, result = run_video(client, clip("mp4", rotation=90), format="zip")
+    with zipfile.ZipFile(io.BytesIO(result.content)) as archive:
+        first = Image.open(io.BytesIO(archive.read("frame_00001.png")))
+    # Stored 64x48, shown turned a quarter counterclockwise: 48x64.
+    assert first.size == (48, 64)
+
+
+def test_a_bt709_clip_keeps_its_colour_tags_and_its_colours(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    client = jobs_client()
+    _, result = run_video(client, clip("mp4", bt709=True), format="mp4", bg_color="#ffffff")
+    frames, stream = decode(result.content)
+    ctx = stream.codec_context
+    assert (ctx.colorspace, ctx.color_primaries, ctx.color_trc) == (1, 1, 1)
+    assert frames[0].colorspace == 1
+
+
 def test_channels_alpha_gives_the_matte_as_a_greyscale_video(
     jobs_client: Callable[..., TestClient],
 ) -> None:
@@ -116,7 +137,9 @@ def test_zip_holds_every_frame_as_a_png_with_alpha(
         names = archive.namelist()
         first = Image.open(io.BytesIO(archive.read(names[0])))
         assert first.mode == "RGBA" and first.size == (64, 48)
-    assert names == [f"frame_{i:05d}.png" for i in range(1, 11)]
+        timing = json.loads(archive.read("timestamps.json"))
+    assert names == [f"frame_{i:05d}.png" for i in range(1, 11)] + ["timestamps.json"]
+    assert timing == {"fps": 25.0, "times": [i / 25 for i in range(10)]}
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -34,6 +34,8 @@ AUDIO_PASSTHROUGH = {
     "mp4": frozenset({"aac"}),
     "zip": frozenset[str](),
 }
+# FFmpeg's AVCOL_*_UNSPECIFIED.
+_UNSPECIFIED = 2
 _CONTAINERS = {"webm": "webm", "mov": "mov", "mp4": "mp4"}
 # The pixel layouts each kind of frame (cutout, on a colour, matte) is encoded in.
 _VIDEO_CODECS: dict[tuple[str, str], tuple[str, str, dict[str, str]]] = {
@@ -64,16 +66,6 @@ def open_input(data: bytes) -> av.container.InputContainer:
         raise _failed(exc) from exc
 
 
-def _rotation(stream: av.VideoStream) -> int:
-    # The display matrix is stream side data; PyAV 18 reads it for frames only, so the
-    # first frame tells (see Decoder); the header's own tag is the older convention.
-    tag = stream.metadata.get("rotate")
-    try:
-        return -int(tag) % 360 if tag else 0
-    except ValueError:
-        return 0
-
-
 def probe(container: av.container.InputContainer) -> VideoInfo:
     """The headers of the first video stream: size, frames, duration, rate."""
     if not container.streams.video:
@@ -99,51 +91,57 @@ def probe(container: av.container.InputContainer) -> VideoInfo:
         duration_s=duration,
         rate_num=int(rate.numerator),
         rate_den=int(rate.denominator) or 1,
-        rotation=_rotation(stream),
+        # FFmpeg keeps the display matrix with the frames (see frame_rotation).
+        rotation=0,
         codec=ctx.name,
         audio_codec=audio,
     )
 
 
-@dataclass(frozen=True)
-class DecodedFrame:
-    """One frame, upright at the output size, with its presentation time."""
-
-    rgb: np.ndarray
-    pts: int | None
+def frame_rotation(frame: av.VideoFrame) -> int:
+    """Degrees counterclockwise the frame turns to be shown upright (its display matrix),
+    a multiple of 90."""
+    return (round((frame.rotation or 0) / 90) * 90) % 360
 
 
-def decode(
-    container: av.container.InputContainer,
-    info: VideoInfo,
-    size: tuple[int, int],
-    audio_sink: Any | None = None,
-) -> Iterator[DecodedFrame]:
-    """Every frame of the first video stream in presentation order, as RGB at ``size``
-    (width, height, rotation applied); audio packets go to ``audio_sink(packet)``."""
+def frames(
+    container: av.container.InputContainer, audio_sink: Any | None = None
+) -> Iterator[av.VideoFrame]:
+    """Every frame of the first video stream in presentation order; the first audio
+    stream's packets go to ``audio_sink(packet)`` as they are demuxed."""
     stream = container.streams.video[0]
     stream.codec_context.thread_count = CODEC_THREADS
     streams: list[Any] = [stream]
     if audio_sink is not None and container.streams.audio:
         streams.append(container.streams.audio[0])
-    w, h = size
     try:
         for packet in container.demux(*streams):
             if packet.stream.type == "audio":
                 if packet.dts is not None and audio_sink is not None:
                     audio_sink(packet)
                 continue
-            for frame in packet.decode():
-                turn = info.rotation or round(getattr(frame, "rotation", 0) or 0)
-                quarter = (turn // 90) % 4
-                # Scaled before it is turned: swscale works on the stored orientation.
-                sw, sh = (h, w) if quarter % 2 else (w, h)
-                rgb = frame.to_ndarray(format="rgb24", width=sw, height=sh)
-                if quarter:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, k=quarter))
-                yield DecodedFrame(rgb, frame.pts)
+            yield from packet.decode()
     except (av.error.FFmpegError, ValueError) as exc:
         raise _failed(exc) from exc
+
+
+def upright_rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> np.ndarray:
+    """``frame`` as RGB at ``size`` (width, height, as shown), turned upright."""
+    w, h = size
+    quarter = rotation // 90
+    # Scaled before it is turned: swscale works on the stored orientation.
+    sw, sh = (h, w) if quarter % 2 else (w, h)
+    # The frame's own matrix and range (tagged BT.709 stays BT.709), one thread.
+    rgb: np.ndarray = frame.to_ndarray(
+        format="rgb24",
+        width=sw,
+        height=sh,
+        src_color_range=frame.color_range or None,
+        threads=CODEC_THREADS,
+    )
+    if quarter:
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=quarter))
+    return rgb
 
 
 class Encoder:
@@ -163,10 +161,12 @@ class Encoder:
         self.buffer = io.BytesIO()
         self.count = 0
         self._last_pts = -1
+        self._times: list[float] = []
         src = source.streams.video[0]
         self.time_base = src.time_base or Fraction(1, 1000)
         self.rate = src.average_rate or src.guessed_rate or Fraction(25)
         self.audio: Any | None = None
+        self._matrix: tuple[int, int] | None = None
         if fmt == "zip":
             self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.buffer, "w")
             self._out: av.container.OutputContainer | None = None
@@ -190,15 +190,18 @@ class Encoder:
             if audio.codec_context.name in AUDIO_PASSTHROUGH[fmt]:
                 self.audio = out.add_stream_from_template(audio)
 
-    @staticmethod
-    def _copy_colour(src: av.VideoStream, dst: Any) -> None:
-        # The tags only: pixels are converted with the tagged matrix both ways, so what a
-        # player shows matches the source's rendition (best effort; unknown stays unset).
+    def _copy_colour(self, src: av.VideoStream, dst: av.VideoStream) -> None:
+        # The source's tags, and its matrix and range for the conversion from RGB, so a
+        # player shows the colours the source's rendition had. Unspecified (2) or
+        # unknown (0) stays the encoder's default.
+        source = src.codec_context
         for name in ("color_primaries", "color_trc", "colorspace", "color_range"):
-            value = getattr(src.codec_context, name, None)
-            if value:
+            value = getattr(source, name, None)
+            if value and value != _UNSPECIFIED:
                 with contextlib.suppress(AttributeError, ValueError, TypeError):
                     setattr(dst.codec_context, name, value)
+        if source.colorspace not in (0, _UNSPECIFIED) and self.fmt != "zip":
+            self._matrix = (int(source.colorspace), int(source.color_range or 1))
 
     def mux_audio(self, packet: Any) -> None:
         """One audio packet of the source, as it is (dropped when not passed through)."""
@@ -213,6 +216,7 @@ class Encoder:
             pts = self._last_pts + 1
         self._last_pts = pts
         self.count += 1
+        self._times.append(round(float(pts * self.time_base), 6))
         if self._zip is not None:
             from PIL import Image
 
@@ -223,6 +227,13 @@ class Encoder:
         if self._out is None:
             raise RuntimeError("the encoder is closed")
         frame = av.VideoFrame.from_ndarray(pixels, format=_NDARRAY_FORMATS[self.mode])
+        if self._matrix is not None:
+            frame = frame.reformat(
+                format=self.stream.pix_fmt,
+                dst_colorspace=self._matrix[0],
+                dst_color_range=self._matrix[1],
+                threads=CODEC_THREADS,
+            )
         frame.pts = pts
         frame.time_base = self.time_base
         for packet in self.stream.encode(frame):
@@ -231,6 +242,9 @@ class Encoder:
     def close(self) -> bytes:
         """The whole result."""
         if self._zip is not None:
+            # What a video keeps in its container: when each frame is shown, in seconds.
+            timing = {"fps": float(self.rate), "times": self._times}
+            self._zip.writestr("timestamps.json", json.dumps(timing))
             self._zip.close()
         elif self._out is not None:
             for packet in self.stream.encode(None):

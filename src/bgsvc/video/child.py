@@ -9,8 +9,11 @@ message with a stable code; a crash is the parent's to report.
 
 from __future__ import annotations
 
+import itertools
 import resource
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 from bgsvc.errors import BgsvcError, InvalidVideo, VideoTooLarge
@@ -48,46 +51,85 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
     container = video_codec.open_input(data)
     try:
         info: VideoInfo = video_codec.probe(container)
+        # Everything the limits bound is read from the headers: no frame is decoded yet.
         check_limits(info, limits)
+        if config["mode"] == "probe":
+            size = output_size(info.display_size, config.get("max_output_pixels"))
+            protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
+            return
+        encoder: video_codec.Encoder | None = None
+        audio: list[Any] = []
+
+        def audio_sink(packet: Any) -> None:
+            # Packets demuxed before the encoder exists (its size waits for the first
+            # frame's rotation) are muxed once it does.
+            if encoder is None:
+                audio.append(packet)
+            else:
+                encoder.mux_audio(packet)
+
+        decoded = video_codec.frames(container, audio_sink)
+        first = next(decoded, None)
+        if first is None:
+            raise InvalidVideo("No frame of the video could be decoded.")
+        rotation = video_codec.frame_rotation(first)
+        info = replace(info, rotation=rotation)
         size = output_size(info.display_size, config.get("max_output_pixels"))
         protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
-        if config["mode"] == "probe":
-            return
         encoder = video_codec.Encoder(config["format"], config["pixels"], size, container)
-        allowed = limits.allowed_frames(info.frames)
-        frame_bytes = size[0] * size[1] * 4
-        sent: list[int | None] = []
-
-        def encode_next() -> None:
-            message = protocol.read(inbox, frame_bytes)
-            if message.kind != "R":
-                raise InvalidVideo(f"the parent sent {message.kind!r} for a frame")
-            import numpy as np
-
-            w, h = size
-            channels = {"RGBA": 4, "RGB": 3, "L": 1}[config["pixels"]]
-            shape = (h, w, channels) if channels > 1 else (h, w)
-            pixels = np.frombuffer(message.payload, np.uint8).reshape(shape)
-            encoder.add(pixels, sent[encoder.count])
-
-        for frame in video_codec.decode(container, info, size, encoder.mux_audio):
-            if len(sent) >= allowed:
-                raise VideoTooLarge(
-                    f"The video has more frames than its header says ({info.frames}); at "
-                    f"most {allowed} are taken."
-                )
-            while len(sent) - encoder.count >= WINDOW:
-                encode_next()
-            sent.append(frame.pts)
-            protocol.write(outbox, "F", {"index": len(sent) - 1}, frame.rgb.tobytes())
-        if not sent:
-            raise InvalidVideo("No frame of the video could be decoded.")
-        protocol.write(outbox, "N", {"frames": len(sent)})
-        while encoder.count < len(sent):
-            encode_next()
-        protocol.write(outbox, "D", {"frames": len(sent)}, encoder.close())
+        for packet in audio:
+            encoder.mux_audio(packet)
+        _stream(
+            config, info, limits, size, itertools.chain([first], decoded), encoder, inbox, outbox
+        )
     finally:
         container.close()
+
+
+def _stream(
+    config: dict[str, Any],
+    info: Any,
+    limits: Any,
+    size: tuple[int, int],
+    decoded: Iterator[Any],
+    encoder: Any,
+    inbox: BinaryIO,
+    outbox: BinaryIO,
+) -> None:
+    """Frames out, at most WINDOW ahead of the finished ones coming back; then the
+    result."""
+    import numpy as np
+
+    from bgsvc.imaging import video_codec
+
+    allowed = limits.allowed_frames(info.frames)
+    w, h = size
+    channels = {"RGBA": 4, "RGB": 3, "L": 1}[config["pixels"]]
+    shape = (h, w, channels) if channels > 1 else (h, w)
+    sent: list[int | None] = []
+
+    def encode_next() -> None:
+        message = protocol.read(inbox, w * h * channels)
+        if message.kind != "R":
+            raise InvalidVideo(f"the parent sent {message.kind!r} for a frame")
+        pixels = np.frombuffer(message.payload, np.uint8).reshape(shape)
+        encoder.add(pixels, sent[encoder.count])
+
+    for frame in decoded:
+        if len(sent) >= allowed:
+            raise VideoTooLarge(
+                f"The video has more frames than its header says ({info.frames}); at most "
+                f"{allowed} are taken."
+            )
+        rgb = video_codec.upright_rgb(frame, size, info.rotation)
+        while len(sent) - encoder.count >= WINDOW:
+            encode_next()
+        sent.append(frame.pts)
+        protocol.write(outbox, "F", {"index": len(sent) - 1}, rgb.tobytes())
+    protocol.write(outbox, "N", {"frames": len(sent)})
+    while encoder.count < len(sent):
+        encode_next()
+    protocol.write(outbox, "D", {"frames": len(sent)}, encoder.close())
 
 
 def main() -> int:
