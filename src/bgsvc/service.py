@@ -35,7 +35,7 @@ from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
-from bgsvc.service_video import Progress, VideoProcessor
+from bgsvc.service_video import Progress, VideoProcessor, together
 from bgsvc.tracing import record, span
 
 T = TypeVar("T")
@@ -82,7 +82,7 @@ class RemovalService:
             initializer=_stage_thread_init,
             initargs=(settings.stage_thread_nice,),
         )
-        self.video = VideoProcessor(remover, self._forward, self._in_stage_pool)
+        self.video = VideoProcessor(remover, self._forward, self._in_stage_pool, metrics)
 
     async def frame_count(
         self, data: bytes, options: RemovalOptions, max_frames: int | None = None
@@ -333,7 +333,7 @@ class RemovalService:
                 steps.append(staged_call(functools.partial(prepare, index + 1)))
             if previous is not None:
                 steps.append(staged_call(functools.partial(finish, *previous)))
-            done = await _together(steps)
+            done = await together(steps)
             tensor = cast("np.ndarray | None", done[1]) if index + 1 < count else None
             previous = (index, cast("np.ndarray", done[0]))
         if previous is not None:
@@ -381,17 +381,3 @@ def _union(boxes: list[Box]) -> Box:
     right = max(b.left + b.width for b in found)
     bottom = max(b.top + b.height for b in found)
     return Box(left, top, right - left, bottom - top)
-
-
-async def _together(steps: list[Awaitable[object]]) -> list[object]:
-    """Await ``steps`` at once; when one fails, the others are cancelled (a stage thread
-    already running finishes on its own, as a timed-out request's does)."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            if not task.cancel() and not task.cancelled():
-                # Read, so a second failure is not reported as never retrieved.
-                task.exception()
-        raise

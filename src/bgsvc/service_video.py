@@ -24,6 +24,7 @@ from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
 from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
 from bgsvc.inference.scheduler import Ticket
+from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.tracing import span
@@ -67,11 +68,13 @@ class VideoProcessor:
         remover: Remover,
         forward: Forward,
         in_pool: InPool,
+        metrics: Metrics,
         matte_step: Callable[[], MatteStep | None] = lambda: None,
     ) -> None:
         self.remover = remover
         self.forward = forward
         self.in_pool = in_pool
+        self.metrics = metrics
         # A fresh step per video (it keeps the previous frames' state); None: none.
         self.matte_step = matte_step
 
@@ -185,6 +188,7 @@ class VideoProcessor:
             raw, seconds = await self.forward(ticket, engine, staged, image, tensor)
             timings["inference"] += seconds
             timings["queue"] += ticket.queue_seconds
+            self.metrics.inference.labels(engine.name).observe(seconds)
             return raw
 
         if progress is not None:
@@ -196,7 +200,7 @@ class VideoProcessor:
             steps: list[Awaitable[Any]] = [infer(image, tensor), receive()]
             if previous is not None:
                 steps.append(finish_and_send(*previous))
-            results = await _together(steps)
+            results = await together(steps)
             previous = (image, results[0])
             current = results[1]
         if previous is not None:
@@ -207,6 +211,10 @@ class VideoProcessor:
         if result.kind != "D":
             raise InvalidVideo(f"The video encoder answered {result.kind!r}.")
         timings["encode"] = time.perf_counter() - started
+        self.metrics.decode.observe(timings["decode"])
+        self.metrics.encode.observe(timings["encode"])
+        w, h = info.display_size
+        self.metrics.input_megapixels.observe(done * w * h / 1e6)
         return result.payload, done
 
 
@@ -215,13 +223,15 @@ def _max_result_bytes(size: tuple[int, int], frames: int) -> int:
     return 64 * 1024 * 1024 + size[0] * size[1] * 5 * max(1, frames)
 
 
-async def _together(steps: list[Awaitable[Any]]) -> list[Any]:
-    """Await ``steps`` at once; when one fails, the others are cancelled."""
+async def together(steps: list[Awaitable[Any]]) -> list[Any]:
+    """Await ``steps`` at once; when one fails, the others are cancelled (a stage thread
+    already running finishes on its own, as a timed-out request's does)."""
     tasks = [asyncio.ensure_future(step) for step in steps]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:
         for task in tasks:
             if not task.cancel() and not task.cancelled():
+                # Read, so a second failure is not reported as never retrieved.
                 task.exception()
         raise
