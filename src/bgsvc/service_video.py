@@ -205,6 +205,9 @@ class VideoProcessor:
             current = results[1]
         if previous is not None:
             await finish_and_send(*previous)
+        if progress is not None and done != total:
+            # The header's count was an estimate (duration x rate): the real one stands.
+            await progress(done, done)
         started = time.perf_counter()
         with span("encode"):
             result = await child.receive(_max_result_bytes(size, done))

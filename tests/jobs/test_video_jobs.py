@@ -229,6 +229,27 @@ def test_a_video_beyond_a_limit_is_refused_at_submission_from_its_headers(
     assert client.get("/health").status_code == 200
 
 
+def test_a_video_holding_more_frames_than_its_header_says_fails_past_a_small_margin(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    client = jobs_client()
+    # Ten frames whose header claims a tenth of a second: three frames at 25 fps, so
+    # three credits; the decode stops at five (the margin), not at ten.
+    job = submit_video(client, long_header(clip("webm"), 0.1))
+    done = wait_status(client, job["id"], ("failed",), timeout=60)
+    assert done["error"]["code"] == "video_too_large"
+    assert done["frames_done"] <= 5
+
+
+def test_a_header_estimate_gives_way_to_the_frames_really_decoded(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    client = jobs_client()
+    # WebM counts no frames: 10 frames with 0.44 s of audio estimate 11.
+    done, _ = run_video(client, clip("webm", audio=True))
+    assert done["frames_done"] == done["frames_total"] == 10
+
+
 def _random_mp4() -> bytes:
     return b"\x00\x00\x00\x18ftypisom" + os.urandom(4096)
 
