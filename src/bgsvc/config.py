@@ -667,8 +667,9 @@ class Settings(BaseSettings):
         json_schema_extra=_in(VIDEO),
     )
     video_max_total_pixels: int = Field(
-        # 200 frames of 720p: the work a job's attempt has time for.
-        default=200 * 1280 * 720,
+        # 60 frames of 720p (26 of 1080p): a 720p frame took 0.86 s end to end on a busy
+        # 2-core machine (benchmarks/video.py), so 60 take about 52 s of a job's 60 s.
+        default=60 * 1280 * 720,
         ge=1,
         description="Most pixels over all of a video's frames (frames x width x height, from "
         "the header), 413 video_too_large beyond it.",
