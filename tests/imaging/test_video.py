@@ -94,3 +94,11 @@ def test_a_video_comes_back_as_webm_unless_another_video_format_is_asked_for() -
     assert video_format(RemovalOptions(format="mov")) == "mov"
     with pytest.raises(InvalidParameter):
         video_format(RemovalOptions(format="gif"))
+
+
+def test_a_decode_well_short_of_the_streams_own_count_is_a_cut_file() -> None:
+    counted = info(frames=30, frames_exact=True)
+    assert LIMITS.too_few_frames(10, counted)
+    assert not LIMITS.too_few_frames(26, counted)
+    # A count estimated from the container's duration (perhaps the audio's) proves nothing.
+    assert not LIMITS.too_few_frames(10, info(frames=30))

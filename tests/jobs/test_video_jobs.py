@@ -235,7 +235,8 @@ def test_a_video_holding_more_frames_than_its_header_says_fails_past_a_small_mar
     client = jobs_client()
     # Ten frames whose header claims a tenth of a second: three frames at 25 fps, so
     # three credits; the decode stops at five (the margin), not at ten.
-    job = submit_video(client, long_header(clip("webm"), 0.1))
+    data = long_header(clip("webm"), 0.1).replace(b"00:00:00.400000000", b"00:00:00.100000000")
+    job = submit_video(client, data)
     done = wait_status(client, job["id"], ("failed",), timeout=60)
     assert done["error"]["code"] == "video_too_large"
     assert done["frames_done"] <= 5
@@ -248,6 +249,20 @@ def test_a_header_estimate_gives_way_to_the_frames_really_decoded(
     # WebM counts no frames: 10 frames with 0.44 s of audio estimate 11.
     done, _ = run_video(client, clip("webm", audio=True))
     assert done["frames_done"] == done["frames_total"] == 10
+
+
+def test_a_cut_webm_whose_headers_survive_fails_as_an_invalid_video_and_costs_nothing(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+) -> None:
+    a, _ = tenants()
+    whole = clip("webm", frames=30)
+    files = {"file": ("clip.webm", whole[: len(whole) // 3], "video/webm")}
+    job = a.post("/jobs", files=files)
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "30"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
+    assert done["error"]["code"] == "invalid_video"
+    assert "cut short" in done["error"]["message"]
+    assert a.credits_left() == QUOTA
 
 
 def _random_mp4() -> bytes:

@@ -27,6 +27,9 @@ MAX_FRAME_RATE = 240.0
 # the work done beyond what was charged.
 EXTRA_FRAMES_SHARE = 0.05
 EXTRA_FRAMES_MIN = 2
+# A decode may end this share (and EXTRA_FRAMES_MIN) short of the stream's own count
+# before the file counts as cut: rounding of durations, an edit list.
+SHORT_SHARE = 0.1
 
 _EBML = b"\x1a\x45\xdf\xa3"  # Matroska and WebM
 # ISO base media brands that are still images (HEIF, HEIC, AVIF): Pillow's, not ours.
@@ -60,6 +63,11 @@ class VideoLimits:
     max_frame_pixels: int
     max_total_pixels: int
 
+    def too_few_frames(self, decoded: int, info: VideoInfo) -> bool:
+        """Whether a decode that ended after ``decoded`` frames fell well short of the
+        stream's own count: the file is cut or damaged (its credits are given back)."""
+        return info.frames_exact and decoded < info.frames * (1 - SHORT_SHARE) - EXTRA_FRAMES_MIN
+
     def allowed_frames(self, counted: int) -> int:
         """The most frames a decode may deliver for a header that counted ``counted``."""
         extra = max(EXTRA_FRAMES_MIN, int(counted * EXTRA_FRAMES_SHARE))
@@ -81,6 +89,9 @@ class VideoInfo:
     rotation: int
     codec: str
     audio_codec: str | None = None
+    # Whether ``frames`` is the stream's own count (else an estimate from the container's
+    # duration, which may be another stream's).
+    frames_exact: bool = False
 
     @property
     def fps(self) -> float:

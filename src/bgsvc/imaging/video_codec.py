@@ -81,8 +81,15 @@ def probe(container: av.container.InputContainer) -> VideoInfo:
     if container.duration is not None:
         duration = max(duration, container.duration / av.time_base)
     frames = int(stream.frames or 0)
-    if frames <= 0 and duration > 0 and rate:
-        frames = math.ceil(duration * float(rate) - 1e-6)
+    # Whether the count is the stream's own (MP4's sample table, or Matroska's per-stream
+    # DURATION tag times the rate), so a decode that falls well short of it is a cut file.
+    exact = frames > 0
+    if frames <= 0 and rate:
+        own = _tag_seconds(stream.metadata.get("DURATION"))
+        exact = own is not None
+        estimate_from = own if own is not None else duration
+        if estimate_from > 0:
+            frames = math.ceil(estimate_from * float(rate) - 1e-6)
     audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
     return VideoInfo(
         width=int(ctx.width or 0),
@@ -95,7 +102,17 @@ def probe(container: av.container.InputContainer) -> VideoInfo:
         rotation=0,
         codec=ctx.name,
         audio_codec=audio,
+        frames_exact=exact,
     )
+
+
+def _tag_seconds(tag: str | None) -> float | None:
+    """Matroska's ``HH:MM:SS.nnnnnnnnn`` stream duration, in seconds."""
+    try:
+        hours, minutes, seconds = (tag or "").split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def frame_rotation(frame: av.VideoFrame) -> int:

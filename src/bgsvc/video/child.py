@@ -126,6 +126,11 @@ def _stream(
             encode_next()
         sent.append(frame.pts)
         protocol.write(outbox, "F", {"index": len(sent) - 1}, rgb.tobytes())
+    if limits.too_few_frames(len(sent), info):
+        raise InvalidVideo(
+            f"The video ends after {len(sent)} of the {info.frames} frames its header "
+            "counts: it is cut short or damaged."
+        )
     protocol.write(outbox, "N", {"frames": len(sent)})
     while encoder.count < len(sent):
         encode_next()
