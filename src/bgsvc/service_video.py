@@ -102,6 +102,10 @@ class VideoProcessor:
                 raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
             info = VideoInfo.from_json(head.meta["info"])
             size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
+            # The child is not trusted either (a decoder exploit runs there): what it says
+            # bounds the memory this process gives each frame.
+            if not (0 < size[0] * size[1] <= settings.video_max_frame_pixels):
+                raise InvalidVideo("The video decoder gave an impossible frame size.")
             timings = {"decode": time.perf_counter() - started}
             body, _frames = await self._frames(
                 ticket, child, info, size, options, mode, engine, progress, timings
