@@ -19,6 +19,7 @@ from bgsvc.errors import (
     NotReady,
     TooManyPixels,
     UnsupportedFormat,
+    VideoNeedsJob,
 )
 from bgsvc.imaging import edges, refine
 from bgsvc.imaging.animation import (
@@ -133,6 +134,9 @@ class Remover:
 
     def decode(self, data: bytes, options: RemovalOptions) -> DecodedImage:
         """Stage 1: guard and decode."""
+        if is_video(data):
+            # The service hands videos to bgsvc.service_video; this is the still path.
+            raise VideoNeedsJob("A video is not a photo: send it to POST /jobs.")
         if options.format in VIDEO_FORMATS and options.format != "zip":
             raise InvalidParameter(f"format={options.format} is for videos; use png, webp or jpg.")
         limits = self._limits(options)
