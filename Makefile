@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps system-deps-cluster model run cluster lint format test test-fast bench clean
+.PHONY: install system-deps system-deps-cluster model clients run cluster lint format test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ system-deps-cluster:
 model: install
 	$(BIN)/bgsvc models fetch
 
+## remove.bg's own Node.js client, pinned by its lock file, for the tests that drive it.
+CLIENTS := tests/clients/removebg
+clients: $(CLIENTS)/node_modules/.installed-stamp
+
+$(CLIENTS)/node_modules/.installed-stamp: $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
+	npm ci --prefix $(CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $@
+
 ## Start the service in the foreground on BGSVC_HOST:BGSVC_PORT (127.0.0.1:8000).
 run: model
 	$(BIN)/bgsvc serve
@@ -49,13 +57,13 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-## Lint, then every test (real-model, cluster and browser tests included).
-test: system-deps lint model
+## Lint, then every test (real-model, cluster, browser and remove.bg client tests included).
+test: system-deps lint model clients
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## The fast suite only: the tiny generated model, seconds.
 test-fast: install
-	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus and not redis" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not real_model and not cluster and not browser and not prometheus and not redis and not clients" $(PYTEST_ARGS)
 
 ## Bare-session limit vs the service (c=1/2/4/8), layouts, overload, jobs vs sync (a
 ## 200-image batch, embedded and with Redis), memory (short, and per worker over 20,000
@@ -67,4 +75,4 @@ bench: model
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache $(CLIENTS)/node_modules

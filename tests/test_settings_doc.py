@@ -84,6 +84,6 @@ def test_the_cli_prints_the_values_in_effect(
     lines = capsys.readouterr().out.splitlines()
     assert "BGSVC_MAX_QUEUE=9" in lines
     assert "BGSVC_WARMUP=true" in lines
-    assert "BGSVC_ALLOWED_FORMATS=" + '["JPEG", "PNG", "WEBP", "GIF", "HEIF"]' in lines
+    assert "BGSVC_ALLOWED_FORMATS=" + '["JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"]' in lines
     assert "BGSVC_METRICS_TOKEN=**********" in lines
     assert len(lines) == len(Settings.model_fields)

@@ -451,10 +451,10 @@ class Settings(BaseSettings):
         json_schema_extra=_in(ADMISSION),
     )
     allowed_formats: list[str] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "HEIF"],
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF"],
         description="Pillow format names accepted as input (others: 415), in any case; HEIF "
-        "covers HEIC. AVIF can be added, but libavif scales a frame to the size its header "
-        "claims, so the pixel limit does not bound its decode.",
+        "covers HEIC. An AVIF still is accepted only when its AV1 frames are no larger than "
+        "its header says; animated AVIF is refused.",
         json_schema_extra=_in(ADMISSION),
     )
 

@@ -1,6 +1,7 @@
 """HEIF/HEIC (pi-heif) and AVIF (Pillow) inputs: decoded like the other formats, behind the
-same guards. The HEIC files are fixtures (tests/fixtures/heif/make.py wrote them: nothing
-the project installs encodes HEVC); AVIF is written here with Pillow."""
+same guards (for AVIF, each AV1 frame's own size as well as the header's). The HEIC files
+are fixtures (tests/fixtures/heif/make.py wrote them: nothing the project installs encodes
+HEVC); AVIF is written here with Pillow."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from bgsvc.errors import InvalidImage, TooManyPixels, UnsupportedFormat
+from bgsvc.imaging.avif import check as avif_check
 from bgsvc.imaging.decode import DecodeLimits, decode
 
 HEIF = Path(__file__).parent.parent / "fixtures" / "heif"
@@ -137,10 +139,101 @@ def test_damaged_heif_and_avif_are_invalid_not_a_server_error() -> None:
             decode(bad, LIMITS)
 
 
-def test_avif_is_not_accepted_by_default() -> None:
-    # libavif scales a frame to whatever size its header claims, so the header's pixel
-    # count does not bound the decode: AVIF is an opt-in (BGSVC_ALLOWED_FORMATS).
+def test_avif_is_accepted_by_default() -> None:
     from bgsvc.config import Settings
 
     allowed = Settings().allowed_formats
-    assert "AVIF" not in allowed and "HEIF" in allowed
+    assert "AVIF" in allowed and "HEIF" in allowed
+
+
+def avif_frame_larger_than_its_header(frame: tuple[int, int], header: tuple[int, int]) -> bytes:
+    data = avif(Image.new("RGB", frame, RED))
+    return with_size_box(data, *header)
+
+
+@pytest.mark.parametrize(
+    ("frame", "header"),
+    [((8000, 6000), (80, 60)), ((120, 80), (119, 80)), ((120, 80), (120, 16))],
+)
+def test_an_avif_whose_frame_is_larger_than_its_header_is_refused_before_decoding(
+    frame: tuple[int, int], header: tuple[int, int]
+) -> None:
+    # libavif would decode the whole frame and then scale it to the header's size: the
+    # pixel guard would have been told the wrong cost.
+    with pytest.raises(InvalidImage, match="AVIF picture is up to"):
+        decode(avif_frame_larger_than_its_header(frame, header), LIMITS)
+
+
+def sequence_headers(data: bytes) -> list[int]:
+    """Where each AV1 sequence header OBU starts in ``data``'s mdat (whose items are runs of
+    sized OBUs, one after another)."""
+    at = data.index(b"mdat") + 4
+    found = []
+    while at < len(data):
+        header = data[at]
+        if (header >> 3) & 0xF == 1:
+            found.append(at)
+        at += 2 if header & 0x04 else 1
+        size = shift = 0
+        while True:
+            byte = data[at]
+            at += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        at += size
+    return found
+
+
+def as_padding(data: bytes, at: int) -> bytes:
+    """``data`` with the OBU at ``at`` retyped as padding (type 15), its size kept."""
+    return data[:at] + bytes([(15 << 3) | (data[at] & 0x07)]) + data[at + 1 :]
+
+
+def test_an_avif_with_alpha_has_both_pictures_checked() -> None:
+    data = avif(Image.new("RGBA", (120, 80), (*RED, 128)))
+    image = decode(data, LIMITS)
+    assert image.size == (120, 80) and image.alpha is not None
+    colour, alpha = sequence_headers(data)
+    for at in (colour, alpha):
+        with pytest.raises(InvalidImage, match="no AV1 sequence header"):
+            decode(as_padding(data, at), LIMITS)
+
+
+def test_an_animated_avif_is_refused() -> None:
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (64, 48), c) for c in (RED, BLUE)]
+    frames[0].save(buf, "AVIF", save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(UnsupportedFormat, match="Animated AVIF"):
+        decode(buf.getvalue(), LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("no sequence header", "no AV1 sequence header"),
+        ("item outside the file", "structure could not be read"),
+        ("box longer than the file", "structure could not be read"),
+        ("too many extents", "too many extents"),
+    ],
+)
+def test_an_avif_whose_structure_cannot_be_read_is_refused(damage: str, reason: str) -> None:
+    data = bytearray(avif(halves()))
+    iloc = data.index(b"iloc") + 4
+    assert data[iloc] == 0 and data[iloc + 4 : iloc + 8] == bytes.fromhex("44000001")
+    if damage == "no sequence header":
+        data = bytearray(as_padding(bytes(data), sequence_headers(bytes(data))[0]))
+    elif damage == "item outside the file":
+        # iloc version 0, 4-byte offsets, no base offset: the extent's offset points past
+        # the end of the file.
+        data[iloc + 14 : iloc + 18] = struct.pack(">I", len(data) + 100)
+    elif damage == "box longer than the file":
+        data[data.index(b"meta") - 4 : data.index(b"meta")] = struct.pack(">I", len(data) * 2)
+    elif damage == "too many extents":
+        data[iloc + 12 : iloc + 14] = struct.pack(">H", 60_000)
+    with pytest.raises(InvalidImage, match=reason):
+        avif_check(bytes(data))
+    # Through decode, libavif's own parser may refuse it first (415); either is a 4xx.
+    with pytest.raises((InvalidImage, UnsupportedFormat)):
+        decode(bytes(data), LIMITS)

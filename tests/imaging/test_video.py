@@ -50,6 +50,8 @@ def test_images_are_not_videos(fmt: str) -> None:
 def test_heif_and_avif_brands_are_images_not_videos() -> None:
     for brand in (b"heic", b"mif1", b"avif"):
         assert not is_video(b"\x00\x00\x00\x18ftyp" + brand + b"\x00" * 32)
+    # An image brand among the compatible ones (a MIAF profile as the major brand).
+    assert not is_video(b"\x00\x00\x00\x18ftypMA1B\x00\x00\x00\x00mif1avif" + b"\x00" * 32)
     assert is_video(b"\x00\x00\x00\x18ftypqt  " + b"\x00" * 32)
     assert not is_video(b"")
 

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from bgsvc.errors import InvalidImage, MissingImage, TooManyPixels, UnsupportedFormat
+from bgsvc.imaging import avif
 from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and AVIF)
 from bgsvc.imaging.resize import shrink
 
@@ -128,6 +129,9 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
         ) from exc
     except DECODE_ERRORS as exc:
         raise InvalidImage(f"The image header could not be read: {exc}.") from exc
+    if img.format == "AVIF":
+        # libavif decodes the frame the bitstream holds, whatever size the header says.
+        avif.check(data)
     w, h = img.size
     if w < 1 or h < 1:
         raise InvalidImage("The image has no pixels.")

@@ -50,7 +50,11 @@ def is_video(data: bytes) -> bool:
         return False
     box = data[4:8]
     if box == b"ftyp":
-        return data[8:12] not in _IMAGE_BRANDS
+        # The major brand, then the compatible ones (after the minor version): an image
+        # file (HEIF, AVIF) names an image brand among them, where a video never does.
+        end = min(int.from_bytes(data[:4], "big"), 64, len(data))
+        brands = [data[8:12]] + [data[i : i + 4] for i in range(16, end - 3, 4)]
+        return not any(brand in _IMAGE_BRANDS for brand in brands)
     return box in _QUICKTIME_ATOMS
 
 
