@@ -32,7 +32,8 @@ class RemoveParams(RemovalParams):
     format: str | None = Field(
         None,
         description="Output format: png, webp, jpg, gif, auto or zip; default png, and for an "
-        "animated GIF, WebP or PNG the upload's own kind (each frame cut out; png is APNG).",
+        "animated GIF, WebP or PNG the upload's own kind (each frame cut out; png is APNG). "
+        "A video (POST /jobs only): webm (the default), mov, mp4 or zip.",
     )
     bg_color: str | None = Field(
         None,
