@@ -675,6 +675,13 @@ class Settings(BaseSettings):
         "the header), 413 video_too_large beyond it.",
         json_schema_extra=_in(VIDEO),
     )
+    video_smoothing: bool = Field(
+        default=True,
+        description="Smooth a video's mattes from frame to frame, where the picture holds "
+        "still, so soft edges do not flicker; per job with smooth=true|false. Off, every "
+        "frame is matted alone, as a still would be.",
+        json_schema_extra=_in(VIDEO),
+    )
     video_step_timeout_s: float = Field(
         default=10.0,
         gt=0,

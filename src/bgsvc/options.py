@@ -135,6 +135,9 @@ class RemovalOptions:
     # Foreground colour estimated where the matte is soft (else the photo's own colour);
     # None: the service's default (BGSVC_DECONTAMINATE).
     decontaminate: bool | None = None
+    # A video's mattes smoothed from frame to frame; None: the service's default
+    # (BGSVC_VIDEO_SMOOTHING). Stills and animations ignore it.
+    smooth: bool | None = None
     roi: Roi | None = None
     placement: Placement | None = None
     # A background photo (remove.bg's bg_image_file/url): its bytes stay out of the repr,

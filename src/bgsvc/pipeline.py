@@ -190,6 +190,11 @@ class Remover:
         BGSVC_REFINE)."""
         return self.settings.refine if options.refine is None else options.refine
 
+    def smooths(self, options: RemovalOptions) -> bool:
+        """Whether a video's mattes are smoothed from frame to frame (the request's say,
+        else BGSVC_VIDEO_SMOOTHING)."""
+        return self.settings.video_smoothing if options.smooth is None else options.smooth
+
     def decontaminates(self, options: RemovalOptions) -> bool:
         """Whether soft pixels get the subject's estimated colour (the request's say, else
         BGSVC_DECONTAMINATE); never for a matte alone."""

@@ -30,6 +30,7 @@ from bgsvc.imaging.animation import (
 from bgsvc.imaging.compose import Box, Rendered
 from bgsvc.imaging.decode import DecodedImage
 from bgsvc.imaging.encode import CONTENT_TYPES
+from bgsvc.imaging.temporal import VideoMattes
 from bgsvc.imaging.video import is_video
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
@@ -82,7 +83,13 @@ class RemovalService:
             initializer=_stage_thread_init,
             initargs=(settings.stage_thread_nice,),
         )
-        self.video = VideoProcessor(remover, self._forward, self._in_stage_pool, metrics)
+        self.video = VideoProcessor(
+            remover,
+            self._forward,
+            self._in_stage_pool,
+            metrics,
+            matte_step=lambda options: VideoMattes() if remover.smooths(options) else None,
+        )
 
     async def frame_count(
         self, data: bytes, options: RemovalOptions, max_frames: int | None = None

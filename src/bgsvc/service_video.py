@@ -36,11 +36,15 @@ Progress = Callable[[int, int], Awaitable[None]]
 
 
 class MatteStep(Protocol):
-    """A stateful per-frame step on the matte, called in frame order: ``rgb`` the frame
-    (uint8 HxWx3), ``matte`` its matte (uint8 HxW), both at the output size; returns the
-    matte to use. The place for temporal smoothing across frames."""
+    """Stateful per-frame steps on the matte, called in frame order, each returning the
+    matte to use (temporal smoothing across frames, imaging.temporal.VideoMattes):
+    ``coarse`` on the model's matte on its own grid before the edge step enlarges it
+    (``photo`` the frame at any size), ``fine`` on the matte at the output size after it
+    (``photo`` the frame at that size). Both uint8."""
 
-    def step(self, rgb: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
+    def coarse(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
+
+    def fine(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
 
 
 Forward = Callable[
@@ -69,13 +73,14 @@ class VideoProcessor:
         forward: Forward,
         in_pool: InPool,
         metrics: Metrics,
-        matte_step: Callable[[], MatteStep | None] = lambda: None,
+        matte_step: Callable[[RemovalOptions], MatteStep | None] = lambda options: None,
     ) -> None:
         self.remover = remover
         self.forward = forward
         self.in_pool = in_pool
         self.metrics = metrics
-        # A fresh step per video (it keeps the previous frames' state); None: none.
+        # A fresh step per video (it keeps the previous frames' state), as the request's
+        # options say; None: none.
         self.matte_step = matte_step
 
     async def process(
@@ -141,7 +146,7 @@ class VideoProcessor:
         # The model path of a still or an animation frame; the composite is a PNG's (a
         # cutout, or a colour) or, for mp4, a JPEG's (on bg_color or white).
         compose_options = replace(options, format="jpg" if mode == "RGB" else "png")
-        smoother = self.matte_step()
+        smoother = self.matte_step(options)
         frame_bytes = size[0] * size[1] * 3
         total = info.frames
         done = 0
@@ -170,11 +175,14 @@ class VideoProcessor:
             with span("mask"):
                 if staged is not None:
                     raw = staged.postprocess(raw, remover.matte_size(image, options))
+                # The temporal steps see each frame's matte in frame order, before anything
+                # is composed from it: on the model's grid (unless the matte is already at
+                # the output size), then enlarged.
+                if smoother is not None and raw.shape != image.pixels.shape[:2]:
+                    raw = smoother.coarse(image.work_pixels, raw)
                 matte = remover.full_matte(image, raw, options)
-            # The hook for a temporal step: each frame's matte, at the output size, in
-            # frame order, before anything is composed from it.
-            if smoother is not None:
-                matte = smoother.step(image.pixels, matte)
+                if smoother is not None:
+                    matte = smoother.fine(image.pixels, matte)
             rendered = remover.compose(image, matte, compose_options)
             out = rendered.image if rendered.image.mode == mode else rendered.image.convert(mode)
             return np.asarray(out, dtype=np.uint8).tobytes()

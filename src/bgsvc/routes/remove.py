@@ -71,6 +71,12 @@ class RemoveParams(RemovalParams):
         description="Give semi-transparent pixels the subject's estimated colour instead of "
         "the photo's, which carries the old background's; default BGSVC_DECONTAMINATE (true).",
     )
+    smooth: bool | None = Field(
+        None,
+        description="A video's mattes smoothed from frame to frame, so still parts do not "
+        "flicker (false: each frame alone, as a still); default BGSVC_VIDEO_SMOOTHING (true). "
+        "Stills and animations ignore it.",
+    )
 
     def to_options(self) -> RemovalOptions:
         """The dialect-neutral options."""
@@ -90,6 +96,7 @@ class RemoveParams(RemovalParams):
             max_output_pixels=parse_size(self.size),
             refine=self.refine,
             decontaminate=self.decontaminate,
+            smooth=self.smooth,
             frames="all",
             format_given=bool(self.format and self.format.strip()),
         )
