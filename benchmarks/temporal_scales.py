@@ -17,38 +17,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.temporal import CLIPS, MODEL_EDGE, _noise, evaluate, make_clip
+from benchmarks.drawn_clip import make_clip
+from benchmarks.temporal import CLIPS, evaluate, stand_in_small
 from bgsvc.imaging.opencv import cv2
 
 RAW = Path(__file__).resolve().parent / "raw" / "2026-12-03-temporal-scales.json"
 KEYS = ("dtssd", "dtssd_held", "dtssd_travelling", "mse", "mse_band", "mse_moving")
-
-
-def small_mattes(alphas: list[np.ndarray], seed: int = 0) -> Iterator[np.ndarray]:
-    """benchmarks.temporal's stand-in before the edge step: the true alpha on the model's
-    grid with the same per-frame jitter, error field and noise."""
-    for i, alpha in enumerate(alphas):
-        rng = np.random.default_rng([seed, 9, i])
-        small = cv2.resize(alpha, (MODEL_EDGE, MODEL_EDGE), interpolation=cv2.INTER_AREA)
-        jitter = np.float32([[1, 0, rng.normal(0, 0.35)], [0, 1, rng.normal(0, 0.35)]])
-        small = cv2.warpAffine(
-            small,
-            jitter,
-            (MODEL_EDGE, MODEL_EDGE),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        soft = ((small > 0.02) & (small < 0.98)).astype(np.float32)
-        near_edge = np.clip(cv2.GaussianBlur(soft, (0, 0), 6) * 4, 0, 1)
-        small = small + near_edge * _noise(rng, (MODEL_EDGE, MODEL_EDGE), 8, 3) * 0.05 / 0.35
-        small = small * 255 + rng.normal(0, 3.0, small.shape).astype(np.float32)
-        yield np.round(np.clip(small, 0, 255)).astype(np.uint8)
 
 
 Method = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
@@ -148,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"frames": args.frames, "size": [960, 540], "clips": {}}
     for clip_name, held in CLIPS.items():
         clip = make_clip(args.frames, (960, 540), held=held)
-        small = list(small_mattes(clip.alphas))
+        small = list(stand_in_small(clip.alphas))
         rows: dict[str, Any] = {}
         for name, method in methods().items():
             out = method(clip.frames, small)
