@@ -87,3 +87,33 @@ def decode(data: bytes, *, alpha: bool = False) -> tuple[list[av.VideoFrame], av
         frames = list(container.decode(stream))
     container.close()
     return frames, stream
+
+
+def h264(pictures: list[np.ndarray], *, crf: int = 18, pix_fmt: str = "yuv420p") -> bytes:
+    """``pictures`` (uint8 HxWx3 RGB, one size) as an H.264 MP4 at 25 fps."""
+    h, w = pictures[0].shape[:2]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height = w, h
+        stream.pix_fmt = pix_fmt
+        stream.options = {"crf": str(crf)}
+        for i, picture in enumerate(pictures):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def zipped_alphas(body: bytes) -> list[np.ndarray]:
+    """The alpha of every PNG frame in a video job's zip result, in frame order."""
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        return [np.asarray(Image.open(io.BytesIO(archive.read(n))))[..., 3] for n in names]

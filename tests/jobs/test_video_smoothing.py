@@ -4,18 +4,16 @@ alone, as a still, when smoothing is off."""
 from __future__ import annotations
 
 import io
-import zipfile
+import itertools
 from collections.abc import Callable
-from fractions import Fraction
 
-import av
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from bgsvc.config import Settings
 from tests.jobs.test_video_jobs import run_video
-from tests.videos import clip, decode
+from tests.videos import clip, decode, h264, zipped_alphas
 
 
 def grainy_still_clip(frames: int = 12, size: tuple[int, int] = (96, 64)) -> bytes:
@@ -27,33 +25,16 @@ def grainy_still_clip(frames: int = 12, size: tuple[int, int] = (96, 64)) -> byt
     distance = np.hypot(xx - w / 2, yy - h / 2)
     soft = np.clip((h * 0.3 - distance) / 6 + 0.5, 0, 1)[..., None]
     scene = soft * 235 + (1 - soft) * 25
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=Fraction(25))
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "4"}
-        for i in range(frames):
-            grain = np.random.default_rng(i).normal(0, 3, (h, w, 1))
-            img = np.clip(scene + grain, 0, 255).astype(np.uint8).repeat(3, axis=2)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
-
-
-def zipped_alphas(body: bytes) -> list[np.ndarray]:
-    with zipfile.ZipFile(io.BytesIO(body)) as archive:
-        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
-        return [np.asarray(Image.open(io.BytesIO(archive.read(n))))[..., 3] for n in names]
+    pictures = []
+    for i in range(frames):
+        grain = np.random.default_rng(i).normal(0, 3, (h, w, 1))
+        pictures.append(np.clip(scene + grain, 0, 255).astype(np.uint8).repeat(3, axis=2))
+    return h264(pictures, crf=4, pix_fmt="yuv444p")
 
 
 def flicker(alphas: list[np.ndarray]) -> float:
     """Mean absolute change of the matte from one frame to the next (0-255)."""
-    steps = [np.abs(b.astype(int) - a.astype(int)).mean() for a, b in zip(alphas, alphas[1:])]
+    steps = [np.abs(b.astype(int) - a.astype(int)).mean() for a, b in itertools.pairwise(alphas)]
     return float(np.mean(steps))
 
 

@@ -5,12 +5,9 @@ no more than the smoother's bound."""
 from __future__ import annotations
 
 import io
-import zipfile
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import skimage.data
@@ -22,7 +19,7 @@ from bgsvc.config import Settings
 from bgsvc.inference.registry import BUILTIN
 from tests.conftest import wait_ready
 from tests.jobs.conftest import wait_status
-from tests.videos import decode
+from tests.videos import decode, h264, zipped_alphas
 
 pytestmark = pytest.mark.real_model
 
@@ -32,21 +29,7 @@ FRAMES = 6
 def panning_clip() -> bytes:
     """scikit-image's cat (chelsea, 451x300), panned 3 px a frame in a 320x240 window."""
     photo = skimage.data.chelsea()
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=Fraction(25))
-        stream.width, stream.height = 320, 240
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}
-        for i in range(FRAMES):
-            window = np.ascontiguousarray(photo[30:270, 60 + 3 * i : 380 + 3 * i])
-            frame = av.VideoFrame.from_ndarray(window, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
+    return h264([photo[30:270, 60 + 3 * i : 380 + 3 * i] for i in range(FRAMES)])
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +48,7 @@ def video_alphas(client: TestClient, data: bytes, **params: str) -> list[np.ndar
     job = client.post("/jobs", params={"format": "zip", **params}, files=files).json()
     done = wait_status(client, job["id"], ("succeeded", "failed"), timeout=120)
     assert done["status"] == "succeeded", done
-    body = client.get(job["result_url"]).content
-    with zipfile.ZipFile(io.BytesIO(body)) as archive:
-        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
-        return [np.asarray(Image.open(io.BytesIO(archive.read(n))))[..., 3] for n in names]
+    return zipped_alphas(client.get(job["result_url"]).content)
 
 
 def still_alphas(client: TestClient, data: bytes) -> list[np.ndarray]:
