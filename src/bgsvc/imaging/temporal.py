@@ -227,10 +227,12 @@ class VideoMattes:
 
     def coarse(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray:
         """The model's matte (uint8 HxW, its grid) smoothed; ``photo`` is the frame (uint8
-        HxWx3, any size: it is area-reduced to the matte's grid)."""
+        HxWx3, any size: it is resized to the matte's grid)."""
         h, w = matte.shape
         if photo.shape[:2] != (h, w):
-            photo = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+            # Bilinear, not an area average (13 ms from 1080p): the smoother reduces the
+            # photo again, by area, to its analysis size, which evens out the aliasing.
+            photo = cv2.resize(photo, (w, h), interpolation=cv2.INTER_LINEAR)
         return self._coarse.step(photo, matte)
 
     def fine(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray:
