@@ -20,6 +20,7 @@ from bgsvc.errors import (
     InvalidArchive,
     InvalidImage,
     InvalidParameter,
+    InvalidVideo,
     JobAttemptsExhausted,
     JobExpired,
     JobHasNoResult,
@@ -52,6 +53,9 @@ from bgsvc.errors import (
     UrlForbidden,
     UrlInvalid,
     UrlTooLarge,
+    VideoNeedsJob,
+    VideoTimedOut,
+    VideoTooLarge,
     WebhooksDisabled,
 )
 
@@ -64,6 +68,10 @@ CONTRACT: list[tuple[type[BgsvcError], str, int, str | None]] = [
     (TooManyPixels, "image_too_large", 413, "too_many_pixels"),
     (TooManyFrames, "too_many_frames", 413, "too_many_frames"),
     (UnsupportedFormat, "unsupported_format", 415, "unsupported_format"),
+    (InvalidVideo, "invalid_video", 400, "invalid_image"),
+    (VideoTooLarge, "video_too_large", 413, "too_large"),
+    (VideoNeedsJob, "video_needs_job", 413, "too_large"),
+    (VideoTimedOut, "video_timeout", 422, "invalid_image"),
     (ModelNotAvailable, "model_not_available", 400, "invalid_parameter"),
     (NoForeground, "no_foreground", 422, "no_foreground"),
     (Overloaded, "overloaded", 429, "queue_full"),

@@ -23,7 +23,7 @@ from bgsvc.auth.middleware import AuthMiddleware
 from bgsvc.batches.service import item_finished
 from bgsvc.config import Settings, get_settings
 from bgsvc.errors import ModelError
-from bgsvc.imaging import edges, refine
+from bgsvc.imaging import edges, refine, temporal
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.providers import GPU_PROVIDERS
 from bgsvc.inference.scheduler import Scheduler
@@ -68,6 +68,7 @@ async def _load_models(
         engines = await anyio.to_thread.run_sync(loader, state.settings)
         await anyio.to_thread.run_sync(refine.preload)
         await anyio.to_thread.run_sync(edges.preload)
+        await anyio.to_thread.run_sync(temporal.preload)
     except ModelError as exc:
         state.load_error = exc.message
         log.error("model load failed: %s", exc.message)

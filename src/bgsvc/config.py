@@ -73,6 +73,7 @@ CLIENTS = "Slow and abusive clients"
 OUTPUT = "Edges and output encoding"
 CACHE = "Result cache and Redis"
 JOBS = "Jobs and batches"
+VIDEO = "Video jobs"
 STORAGE = "Result storage"
 OUTBOUND = "Outbound requests, webhooks and URL inputs"
 ACCESS = "Authentication, rate limits and metrics"
@@ -640,6 +641,64 @@ class Settings(BaseSettings):
         description="Most frames of an animation a job takes (BGSVC_SYNC_MAX_FRAMES for a "
         "request); the pixels over all frames stay within BGSVC_MAX_PIXELS.",
         json_schema_extra=_in(JOBS),
+    )
+    video_max_duration_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest video a job takes, in seconds, read from the container's "
+        "header before any frame is decoded (413 video_too_large).",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_max_frames: int = Field(
+        # Every frame goes through the model: at the 0.23-0.25 s a 480x320 frame costs
+        # (BGSVC_SYNC_MAX_FRAMES), 200 frames take about 50 s, within a job's 60 s attempt.
+        default=200,
+        ge=1,
+        description="Most frames of a video a job takes, from the stream's header (or its "
+        "duration times its frame rate), before any frame is decoded (413 video_too_large). "
+        "Each frame costs a credit. Raise BGSVC_JOB_TIMEOUT_S with it.",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_max_frame_pixels: int = Field(
+        default=1920 * 1080,
+        ge=1,
+        description="Largest video frame in pixels (width x height from the header; 1080p "
+        "by default), 413 video_too_large beyond it.",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_max_total_pixels: int = Field(
+        # 60 frames of 720p (26 of 1080p): a 720p frame took 0.86 s end to end on a busy
+        # 2-core machine (benchmarks/video.py), so 60 take about 52 s of a job's 60 s.
+        default=60 * 1280 * 720,
+        ge=1,
+        description="Most pixels over all of a video's frames (frames x width x height, from "
+        "the header), 413 video_too_large beyond it.",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_smoothing: bool = Field(
+        default=True,
+        description="Smooth a video's mattes from frame to frame, where the picture holds "
+        "still, so soft edges do not flicker; per job with smooth=true|false. Off, every "
+        "frame is matted alone, as a still would be.",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_step_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Videos are decoded and encoded in a child process; the longest it may "
+        "take to open the file or to deliver the next frame. Beyond it the child is killed "
+        "and the job fails with 422 video_timeout.",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_child_memory_bytes: int = Field(
+        # The child's interpreter, numpy and PyAV take ~300 MiB of address space before any
+        # frame; a 1080p VP9 encoder and decoder with their frames take a few hundred more.
+        default=2 * 1024**3,
+        ge=256 * 1024**2,
+        description="Address space of the child process that decodes and encodes a video "
+        "(RLIMIT_AS); a file that needs more fails with 400 invalid_video. Its CPU time is "
+        "held to BGSVC_JOB_TIMEOUT_S (RLIMIT_CPU).",
+        json_schema_extra=_in(VIDEO),
     )
     job_max_attempts: int = Field(
         default=3,

@@ -7,7 +7,9 @@ BgsvcError                      internal_error, 500
 ├── InputError                  what the request sent cannot be used
 │   ├── InvalidParameter, MissingImage, ModelNotAvailable
 │   ├── InvalidImage, UnsupportedFormat, NoForeground
-│   └── UploadTooLarge, TooManyPixels, TooManyFrames
+│   ├── UploadTooLarge, TooManyPixels, TooManyFrames
+│   └── VideoError              a video upload (decoded in a child process)
+│       └── InvalidVideo, VideoTooLarge, VideoNeedsJob, VideoTimedOut
 ├── CapacityError               the node cannot take or finish the request now
 │   └── Overloaded, NotReady, RequestTimeout
 ├── ConnectionGuardError        a connection broke a slow- or abusive-client limit
@@ -121,6 +123,47 @@ class TooManyFrames(InputError):
     code = "too_many_frames"
     status = 413
     reason = "too_many_frames"
+
+
+class VideoError(InputError):
+    """A video upload that cannot be used: undecodable, beyond a limit, or sent where
+    videos are not taken."""
+
+
+class InvalidVideo(VideoError):
+    """The container or its streams cannot be read, claim what no clip has (a frame rate
+    of a million), or the decoder failed on them (crashed, or ran out of memory)."""
+
+    code = "invalid_video"
+    status = 400
+    reason = "invalid_image"
+
+
+class VideoTooLarge(VideoError):
+    """Longer, or with more or larger frames, than the video limits; read from the
+    container's headers before any frame is decoded."""
+
+    code = "video_too_large"
+    status = 413
+    reason = "too_large"
+
+
+class VideoNeedsJob(VideoError):
+    """A video sent to a synchronous route: 413 as for an animation too long for a
+    request, because the way round is the same (POST /jobs), not another format."""
+
+    code = "video_needs_job"
+    status = 413
+    reason = "too_large"
+
+
+class VideoTimedOut(VideoError):
+    """The decoder took longer than its deadline for one step: a file built to make the
+    decoder spin, or one too costly to decode. Sending it again will not help."""
+
+    code = "video_timeout"
+    status = 422
+    reason = "invalid_image"
 
 
 class UnsupportedFormat(InputError):

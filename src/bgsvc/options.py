@@ -12,7 +12,7 @@ from PIL import ImageColor
 
 from bgsvc.errors import InvalidParameter
 
-OutputFormat = Literal["png", "webp", "jpg", "gif", "auto", "zip"]
+OutputFormat = Literal["png", "webp", "jpg", "gif", "auto", "zip", "webm", "mov", "mp4"]
 Channels = Literal["rgba", "alpha"]
 # "first": the first frame of an animation, as a still (the compatible dialects' answer);
 # "all": every frame, the result an animation too.
@@ -29,6 +29,10 @@ _FORMAT_ALIASES: dict[str, OutputFormat] = {
     "auto": "auto",
     # remove.bg's: color.jpg and alpha.png in one zip, to be composed by the client.
     "zip": "zip",
+    # Videos (POST /jobs): VP9 with alpha, ProRes 4444 with alpha, H.264 on a colour.
+    "webm": "webm",
+    "mov": "mov",
+    "mp4": "mp4",
 }
 _RGB_LIST = re.compile(
     r"^\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*(?:,\s*(\d{1,3})\s*)?\)?$"
@@ -131,6 +135,9 @@ class RemovalOptions:
     # Foreground colour estimated where the matte is soft (else the photo's own colour);
     # None: the service's default (BGSVC_DECONTAMINATE).
     decontaminate: bool | None = None
+    # A video's mattes smoothed from frame to frame; None: the service's default
+    # (BGSVC_VIDEO_SMOOTHING). Stills and animations ignore it.
+    smooth: bool | None = None
     roi: Roi | None = None
     placement: Placement | None = None
     # A background photo (remove.bg's bg_image_file/url): its bytes stay out of the repr,
@@ -188,14 +195,16 @@ def parse_size(value: str | None) -> int | None:
 
 
 def parse_format(value: str | None) -> OutputFormat:
-    """``png``, ``webp``, ``jpg``/``jpeg``, ``gif``, ``auto`` or ``zip``."""
+    """``png``, ``webp``, ``jpg``/``jpeg``, ``gif``, ``auto`` or ``zip``; for a video
+    ``webm``, ``mov`` or ``mp4``."""
     if value is None or value == "":
         return "png"
     try:
         return _FORMAT_ALIASES[value.strip().lower()]
     except KeyError:
         raise InvalidParameter(
-            f"Unknown format {value!r}; use png, webp, jpg, gif, auto or zip."
+            f"Unknown format {value!r}; use png, webp, jpg, gif, auto or zip "
+            "(for a video: webm, mov, mp4 or zip)."
         ) from None
 
 

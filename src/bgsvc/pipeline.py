@@ -19,6 +19,7 @@ from bgsvc.errors import (
     NotReady,
     TooManyPixels,
     UnsupportedFormat,
+    VideoNeedsJob,
 )
 from bgsvc.imaging import edges, refine
 from bgsvc.imaging.animation import (
@@ -31,9 +32,12 @@ from bgsvc.imaging.compose import Recolour, Rendered, combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
 from bgsvc.imaging.place import place
+from bgsvc.imaging.video import VIDEO_FORMATS, check_video_options, is_video
 from bgsvc.inference.registry import select
 from bgsvc.options import RemovalOptions
 from bgsvc.tracing import span
+from bgsvc.video.sandbox import child_config
+from bgsvc.video.sandbox import probe as probe_video
 
 
 class Predictor(Protocol):
@@ -130,6 +134,11 @@ class Remover:
 
     def decode(self, data: bytes, options: RemovalOptions) -> DecodedImage:
         """Stage 1: guard and decode."""
+        if is_video(data):
+            # The service hands videos to bgsvc.service_video; this is the still path.
+            raise VideoNeedsJob("A video is not a photo: send it to POST /jobs.")
+        if options.format in VIDEO_FORMATS and options.format != "zip":
+            raise InvalidParameter(f"format={options.format} is for videos; use png, webp or jpg.")
         limits = self._limits(options)
         with span("decode"):
             image = decode(data, limits)
@@ -140,7 +149,14 @@ class Remover:
 
     def frame_count(self, data: bytes, options: RemovalOptions, max_frames: int) -> int:
         """The frames the request will run (1 for a still or a first-frame dialect), read
-        from the file's header within the frame and pixel budgets: what it is charged."""
+        from the file's header within the frame and pixel budgets: what it is charged. A
+        video's headers are read by a child process (bgsvc.video), held to the video
+        limits."""
+        if is_video(data):
+            check_video_options(options)
+            budget = self._limits(options).max_output_pixels
+            info, _ = probe_video(child_config(self.settings, "probe", budget), data)
+            return info.frames
         if options.frames != "all":
             return 1
         probe = probe_animation(data, self._limits(options), max_frames)
@@ -173,6 +189,11 @@ class Remover:
         """Whether the matte is enlarged along the photo's edges (the request's say, else
         BGSVC_REFINE)."""
         return self.settings.refine if options.refine is None else options.refine
+
+    def smooths(self, options: RemovalOptions) -> bool:
+        """Whether a video's mattes are smoothed from frame to frame (the request's say,
+        else BGSVC_VIDEO_SMOOTHING)."""
+        return self.settings.video_smoothing if options.smooth is None else options.smooth
 
     def decontaminates(self, options: RemovalOptions) -> bool:
         """Whether soft pixels get the subject's estimated colour (the request's say, else

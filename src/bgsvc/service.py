@@ -30,10 +30,13 @@ from bgsvc.imaging.animation import (
 from bgsvc.imaging.compose import Box, Rendered
 from bgsvc.imaging.decode import DecodedImage
 from bgsvc.imaging.encode import CONTENT_TYPES
+from bgsvc.imaging.temporal import VideoMattes
+from bgsvc.imaging.video import is_video
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
+from bgsvc.service_video import Progress, VideoProcessor, together
 from bgsvc.tracing import record, span
 
 T = TypeVar("T")
@@ -79,6 +82,13 @@ class RemovalService:
             thread_name_prefix="bgsvc-stage",
             initializer=_stage_thread_init,
             initargs=(settings.stage_thread_nice,),
+        )
+        self.video = VideoProcessor(
+            remover,
+            self._forward,
+            self._in_stage_pool,
+            metrics,
+            matte_step=lambda options: VideoMattes() if remover.smooths(options) else None,
         )
 
     async def frame_count(
@@ -137,16 +147,21 @@ class RemovalService:
         timeout_s: float | None = None,
         scope: str | None = None,
         max_frames: int | None = None,
+        progress: Progress | None = None,
     ) -> RemovalResult:
         """Decode, infer and encode one request within the timeout (the request budget
         unless ``timeout_s`` says otherwise: jobs have their own); raises domain errors.
         ``scope`` names whose result cache it uses (the API key's name; None: the shared
         one, when keys are off); ``max_frames`` bounds an animation (None: a request's
-        BGSVC_SYNC_MAX_FRAMES)."""
+        BGSVC_SYNC_MAX_FRAMES); ``progress`` hears of a video's frames as they finish."""
         timeout = self.timeout if timeout_s is None else timeout_s
         frames = self.max_frames if max_frames is None else max_frames
         try:
             async with asyncio.timeout(timeout):
+                if is_video(data):
+                    # Not cached: a video is a job's, run once, and far larger than a photo.
+                    engine = self.remover.engine_for(options)
+                    return await self.video.process(ticket, data, options, engine, progress)
                 return await self._process(ticket, data, options, scope, frames)
         except TimeoutError:
             raise RequestTimeout(f"The request did not finish within {timeout:g} s.") from None
@@ -325,7 +340,7 @@ class RemovalService:
                 steps.append(staged_call(functools.partial(prepare, index + 1)))
             if previous is not None:
                 steps.append(staged_call(functools.partial(finish, *previous)))
-            done = await _together(steps)
+            done = await together(steps)
             tensor = cast("np.ndarray | None", done[1]) if index + 1 < count else None
             previous = (index, cast("np.ndarray", done[0]))
         if previous is not None:
@@ -373,17 +388,3 @@ def _union(boxes: list[Box]) -> Box:
     right = max(b.left + b.width for b in found)
     bottom = max(b.top + b.height for b in found)
     return Box(left, top, right - left, bottom - top)
-
-
-async def _together(steps: list[Awaitable[object]]) -> list[object]:
-    """Await ``steps`` at once; when one fails, the others are cancelled (a stage thread
-    already running finishes on its own, as a timed-out request's does)."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            if not task.cancel() and not task.cancelled():
-                # Read, so a second failure is not reported as never retrieved.
-                task.exception()
-        raise

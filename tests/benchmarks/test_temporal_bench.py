@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from benchmarks.temporal import dt_ssd, make_clip, speeds
+from benchmarks.drawn_clip import make_clip, speeds
+from benchmarks.temporal import dt_ssd
 
 
 def test_the_clip_is_deterministic_and_its_subject_holds_then_walks() -> None:

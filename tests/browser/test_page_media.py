@@ -1,5 +1,5 @@
-"""The page with moving pictures: an animation too long for one request goes to the job
-queue and comes back animated."""
+"""The page with moving pictures: an animation too long for one request, and a video, go
+to the job queue and come back moving (the video as a WebM with alpha that Chromium plays)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,42 @@ def test_an_animation_beyond_the_request_frame_limit_goes_through_a_job(page: An
     assert out.format == "GIF" and out.size == (96, 64)
     assert getattr(out, "n_frames", 1) == FRAMES
     assert "GIF" in c.locator(".out-size").inner_text()
+
+
+def test_a_video_runs_as_a_job_and_its_cutout_plays_with_alpha(page: Any) -> None:
+    from tests.videos import clip
+
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
+    upload(page, ("clip.mp4", clip("mp4", size=(96, 64), frames=10), "video/mp4"))
+    c = wait_state(page, "clip.mp4", "done")
+
+    posts = [r.split("?")[0].rsplit("/", 1)[-1] for r in requests if r.startswith("POST")]
+    assert posts == ["jobs"]
+    after = c.locator("video.after")
+    # Chromium plays the WebM (VP9 with alpha) and, drawn on a canvas, its alpha is there.
+    # The tiny model's matte is sigmoid(8 x mean brightness): about 92 on the blue ground
+    # and 196 on the yellow box (a video without alpha would be 255 everywhere).
+    pixels = after.evaluate(
+        """async (video) => {
+            if (video.readyState < 2) {
+                await new Promise((ok) => video.addEventListener("loadeddata", ok, { once: true }));
+            }
+            video.pause();
+            video.currentTime = 0;
+            await new Promise((ok) => video.addEventListener("seeked", ok, { once: true }));
+            const canvas = document.createElement("canvas");
+            canvas.width = video.videoWidth;
+            canvas.height = video.videoHeight;
+            const ctx = canvas.getContext("2d");
+            ctx.drawImage(video, 0, 0);
+            const at = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data);
+            return { size: [video.videoWidth, video.videoHeight], corner: at(2, 2),
+                     box: at(36, 32), paused: video.paused };
+        }"""
+    )
+    assert pixels["size"] == [96, 64]
+    assert abs(pixels["corner"][3] - 92) <= 12, pixels
+    assert abs(pixels["box"][3] - 196) <= 12, pixels
+    assert "WebM" in c.locator(".out-size").inner_text()
+    assert c.locator(".download").get_attribute("download") == "clip-nobg.webm"

@@ -88,6 +88,11 @@ class JobStore(Protocol):
         """End ``owner``'s running job; False when it is not (no longer) theirs."""
         ...
 
+    async def progress(self, job_id: str, owner: str, done: int, total: int) -> None:
+        """Record ``owner``'s running job's frames done and in all (a video's); nothing
+        when the job is not (no longer) theirs."""
+        ...
+
     async def cancel(self, job_id: str, now: float) -> bool:
         """Queued to canceled; False when the job is not queued."""
         ...

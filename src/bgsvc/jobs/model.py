@@ -78,6 +78,10 @@ class JobRecord:
     # Credits the submission was charged for this job (refunded if it fails or is
     # canceled).
     credits: int = 0
+    # A video's frames finished and in all, while and after it runs (None: not a video,
+    # or not started yet).
+    frames_done: int | None = None
+    frames_total: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /jobs/{id} (and of the webhook's ``data``)."""
@@ -94,6 +98,9 @@ class JobRecord:
             "status_url": f"/jobs/{self.id}",
             "result_url": f"/jobs/{self.id}/result" if self.status is JobStatus.SUCCEEDED else None,
         }
+        if self.frames_total is not None:
+            body["frames_done"] = self.frames_done or 0
+            body["frames_total"] = self.frames_total
         if self.callback_url is not None:
             body["callback_url"] = self.callback_url
             body["webhook_attempts"] = list(self.webhook_attempts)

@@ -48,6 +48,8 @@ ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Coroutine
 
 T = TypeVar("T")
 
+# A running video's progress is written to the job store at most this often.
+PROGRESS_EVERY_S = 0.5
 # One warning per this many seconds while the job store (Redis) keeps failing.
 UNAVAILABLE_LOG_EVERY_S = 30.0
 
@@ -254,6 +256,7 @@ class JobRunner:
                         timeout_s=self.config.timeout_s,
                         scope=record.tenant,
                         max_frames=self.config.max_frames,
+                        progress=self._progress(backends, record),
                     )
                     key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever
@@ -289,6 +292,24 @@ class JobRunner:
             result_key=key,
             content_type=result.output.media_type,
         )
+
+    def _progress(
+        self, backends: Backends, record: JobRecord
+    ) -> Callable[[int, int], Awaitable[None]]:
+        """What a video's frames report to, written at most every PROGRESS_EVERY_S (and at
+        the first and the last frame); a store that fails meanwhile costs the job nothing."""
+        written = -PROGRESS_EVERY_S
+
+        async def report(done: int, total: int) -> None:
+            nonlocal written
+            now = time.monotonic()
+            if 0 < done < total and now - written < PROGRESS_EVERY_S:
+                return
+            written = now
+            with contextlib.suppress(JobsUnavailable):
+                await backends.jobs.progress(record.id, self.owner, done, total)
+
+        return report
 
     async def _retry_or_fail(
         self, backends: Backends, record: JobRecord, started: float, exc: Exception

@@ -19,7 +19,9 @@ from bgsvc.errors import (
     JobNotFinished,
     MissingImage,
     UploadTooLarge,
+    VideoNeedsJob,
 )
+from bgsvc.imaging.video import is_video
 from bgsvc.jobs.model import JobStatus
 from bgsvc.routes.common import app_state, auth_of, capped_request, tenant_of
 from bgsvc.routes.jobs import accepted_submission, jobs_of
@@ -83,6 +85,10 @@ async def submit(request: Request) -> JSONResponse:
     limits = Limits(settings.batch_max_items, settings.max_upload_bytes, limit)
     upload = capped_request(request, limit, "batch")
     items, form = await _read_items(upload, limits)
+    videos = [item.name for item in items if is_video(item.data)]
+    if videos:
+        # A batch costs a credit an image: a video, a credit a frame, goes on its own.
+        raise VideoNeedsJob(f"{videos[0]} is a video: send each video to POST /jobs.")
     params, callback_url = await accepted_submission(request, form)
     jobs = jobs_of(request)
     context = auth_of(request)

@@ -9,7 +9,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge
+from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge, VideoNeedsJob
+from bgsvc.imaging.video import is_video
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.middleware import limited_receive
 from bgsvc.options import RemovalOptions
@@ -199,6 +200,11 @@ def tenant_of(request: Request) -> str | None:
 
 async def remove_for(request: Request, data: bytes, options: RemovalOptions) -> RemovalResult:
     """Run the removal under the request's admission ticket, in its tenant's cache."""
+    if is_video(data):
+        raise VideoNeedsJob(
+            "A video takes longer than a request may; send it to POST /jobs and fetch the "
+            "result when the job has succeeded."
+        )
     service = app_state(request).service
     context = auth_of(request)
     if context is not None and context.metered:

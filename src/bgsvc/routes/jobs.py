@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from bgsvc.errors import InvalidParameter, MissingImage, WebhooksDisabled
+from bgsvc.imaging.video import is_video
 from bgsvc.inference.registry import select
 from bgsvc.jobs.notify import check_callback_url
 from bgsvc.jobs.runtime import Jobs
@@ -99,12 +100,14 @@ async def submit_job(
         data = await fetch_url_image(request, str(url), "image_url", admit=True)
     jobs = jobs_of(request)
     context = auth_of(request)
-    if context is not None and context.metered:
-        # A credit a frame, charged at submission like the job's own credit.
-        settings = app_state(request).settings
-        frames = await app_state(request).service.frame_count(
-            data, params.to_options(), settings.job_max_frames
-        )
+    metered = context is not None and context.metered
+    frames: int | None = None
+    if metered or is_video(data):
+        # A credit a frame, charged at submission like the job's own credit. A video's
+        # headers are read now, metered or not: one beyond the video limits, or that no
+        # decoder can open, is the submitter's 4xx, not a job that fails later.
+        frames = await state.service.frame_count(data, params.to_options(), settings.job_max_frames)
+    if context is not None and metered and frames is not None:
         await context.charge(frames)
     record, created = await jobs.queue.submit(
         data,
@@ -138,7 +141,16 @@ async def job_status(request: Request, job_id: str) -> JSONResponse:
     summary="A finished job's image",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}},
+        200: {
+            "content": {
+                "image/png": {},
+                "image/webp": {},
+                "image/jpeg": {},
+                "video/webm": {},
+                "video/quicktime": {},
+                "video/mp4": {},
+            }
+        },
         307: {"description": "Presigned URL of the result (S3 with BGSVC_S3_PRESIGN)"},
         409: {"description": "Not finished yet (job_not_finished), or failed or canceled"},
         410: {"description": "The result expired"},

@@ -32,7 +32,8 @@ class RemoveParams(RemovalParams):
     format: str | None = Field(
         None,
         description="Output format: png, webp, jpg, gif, auto or zip; default png, and for an "
-        "animated GIF, WebP or PNG the upload's own kind (each frame cut out; png is APNG).",
+        "animated GIF, WebP or PNG the upload's own kind (each frame cut out; png is APNG). "
+        "A video (POST /jobs only): webm (the default), mov, mp4 or zip.",
     )
     bg_color: str | None = Field(
         None,
@@ -70,6 +71,12 @@ class RemoveParams(RemovalParams):
         description="Give semi-transparent pixels the subject's estimated colour instead of "
         "the photo's, which carries the old background's; default BGSVC_DECONTAMINATE (true).",
     )
+    smooth: bool | None = Field(
+        None,
+        description="A video's mattes smoothed from frame to frame, so still parts do not "
+        "flicker (false: each frame alone, as a still); default BGSVC_VIDEO_SMOOTHING (true). "
+        "Stills and animations ignore it.",
+    )
 
     def to_options(self) -> RemovalOptions:
         """The dialect-neutral options."""
@@ -89,6 +96,7 @@ class RemoveParams(RemovalParams):
             max_output_pixels=parse_size(self.size),
             refine=self.refine,
             decontaminate=self.decontaminate,
+            smooth=self.smooth,
             frames="all",
             format_given=bool(self.format and self.format.strip()),
         )

@@ -63,7 +63,13 @@ def record_from(fields: dict[str, str], webhooks: list[str]) -> JobRecord:
         batch_id=fields.get("batch_id") or None,
         tenant=fields.get("tenant") or None,
         credits=int(fields.get("credits") or 0),
+        frames_done=_int_or_none(fields.get("frames_done")),
+        frames_total=_int_or_none(fields.get("frames_total")),
     )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 def job_fields(record: JobRecord, message_id: str) -> dict[str, str]:

@@ -98,6 +98,7 @@ class RedisJobs:
                 "CLAIM",
                 "REQUEUE",
                 "FINISH",
+                "PROGRESS",
                 "CANCEL",
                 "REISSUE",
                 "NOTE_RMID",
@@ -359,6 +360,11 @@ class RedisJobs:
         for index in (self._queued, self._running, self._finished, self._expired):
             pipe.zrem(index, job_id)
         pipe.execute()
+
+    @unavailable
+    async def progress(self, job_id: str, owner: str, done: int, total: int) -> None:
+        args = [owner, done, total]
+        await self._run(lambda: self._script("PROGRESS", [self._job(job_id)], args))
 
     @unavailable
     async def delete(self, job_id: str) -> None:

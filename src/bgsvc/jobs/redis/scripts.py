@@ -150,6 +150,14 @@ redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
 
+# KEYS: job. ARGV: owner, frames done, frames in all.
+PROGRESS = """
+local fields = redis.call('hmget', KEYS[1], 'status', 'owner')
+if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'frames_done', ARGV[2], 'frames_total', ARGV[3])
+return 1
+"""
+
 # KEYS: job, queued, finished. ARGV: now, id.
 CANCEL = """
 if redis.call('hget', KEYS[1], 'status') ~= 'queued' then return 0 end

@@ -49,7 +49,13 @@ CREATE TABLE IF NOT EXISTS batches (
 # A record from before ``tenant`` existed has none: with keys required no key sees it (it
 # expires with its TTL), with keys off everyone does, as before.
 _ADDED_COLUMNS = {
-    "jobs": {"batch_id": "TEXT", "tenant": "TEXT", "credits": "INTEGER NOT NULL DEFAULT 0"},
+    "jobs": {
+        "batch_id": "TEXT",
+        "tenant": "TEXT",
+        "credits": "INTEGER NOT NULL DEFAULT 0",
+        "frames_done": "INTEGER",
+        "frames_total": "INTEGER",
+    },
     "batches": {"tenant": "TEXT"},
 }
 
@@ -68,7 +74,7 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_status ON jobs (tenant, status) WHERE ten
 COLUMNS = (
     "id, status, created_at, started_at, finished_at, attempts, error_code, error_message, "
     "options, input_key, fingerprint, result_key, content_type, client, idempotency_key, "
-    "callback_url, webhook_attempts, owner, batch_id, tenant, credits"
+    "callback_url, webhook_attempts, owner, batch_id, tenant, credits, frames_done, frames_total"
 )
 BATCH_COLUMNS = (
     "id, created_at, client, callback_url, items, completed_at, webhook_attempts, tenant"

@@ -50,6 +50,8 @@ def _record(row: sqlite3.Row) -> JobRecord:
         batch_id=row["batch_id"],
         tenant=row["tenant"],
         credits=row["credits"] or 0,
+        frames_done=row["frames_done"],
+        frames_total=row["frames_total"],
     )
 
 
@@ -69,7 +71,8 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
 def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
     db.execute(
         f"INSERT INTO jobs ({_COLUMNS}) VALUES "
-        "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?, ?, ?)",
+        "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?, ?, ?, "
+        "NULL, NULL)",
         (
             record.id,
             record.status.value,
@@ -225,6 +228,16 @@ class SqliteJobStore:
             return cursor.rowcount == 1
 
         return await self._run(update)
+
+    async def progress(self, job_id: str, owner: str, done: int, total: int) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE jobs SET frames_done = ?, frames_total = ? "
+                "WHERE id = ? AND status = 'running' AND owner = ?",
+                (done, total, job_id, owner),
+            )
+
+        await self._run(update)
 
     async def cancel(self, job_id: str, now: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:

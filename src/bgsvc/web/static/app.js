@@ -446,7 +446,7 @@ class Card {
       this.after.addEventListener("loadedmetadata", () => {
         const [w, hgt] = naturalSize(this.after);
         this.setAspect(w, hgt);
-        $(".out-size", this.el).textContent = `${w} × ${hgt} px · ${formatBytes(blob.size)} · ${blob.type}`;
+        $(".out-size", this.el).textContent = `${w} × ${hgt} px · ${formatBytes(blob.size)} · ${typeName(blob.type)}`;
       }, { once: true });
     }
     const width = Number(h("X-Width")) || naturalSize(this.before)[0];
@@ -466,10 +466,7 @@ class Card {
     this.el.classList.toggle("compare-on", Boolean(sameFrame));
     this.setAspect(width, height);
 
-    const type = {
-      "image/png": "PNG", "image/webp": "WebP", "image/jpeg": "JPEG", "image/gif": "GIF",
-      "video/webm": "WebM", "video/mp4": "MP4", "video/quicktime": "QuickTime",
-    }[blob.type] || blob.type;
+    const type = typeName(blob.type);
     $(".out-size", this.el).textContent =
       `${width} × ${height} px · ${formatBytes(blob.size)} · ${type}` +
       (this.result.model ? ` · model ${this.result.model}` : "");
@@ -495,6 +492,15 @@ class Card {
     if (this.result) URL.revokeObjectURL(this.result.url);
     this.el.remove();
   }
+}
+
+const TYPE_NAMES = {
+  "image/png": "PNG", "image/webp": "WebP", "image/jpeg": "JPEG", "image/gif": "GIF",
+  "video/webm": "WebM", "video/mp4": "MP4", "video/quicktime": "QuickTime", "application/zip": "ZIP",
+};
+
+function typeName(type) {
+  return TYPE_NAMES[type] || type;
 }
 
 // An image's or a video's pixel size: [width, height], zeros until it has loaded.

@@ -1,0 +1,178 @@
+"""A video's frames per second against the same frames sent as photos, on one node.
+
+    .venv/bin/python -m benchmarks.video_vs_images [--frames 60] [--size 1920x1080]
+        [--seconds 15] [--rounds 2]
+
+`bgsvc serve` with the default model and settings (result cache off) on a free loopback
+port. Each round: the clip's frames as JPEG photos to POST /remove-background (PNG out),
+closed loop at 1 and 2 clients for --seconds each (images a second); then the clip as one
+video job (webm), smoothing on and off, from submission to the job's end (frames a
+second, the job's fixed costs included: reading the headers, starting the media child,
+the last frame's encode). The clip is benchmarks.video's (scikit-image's cat panned 4 px
+a frame). Writes benchmarks/raw/<date>-video-vs-images.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from benchmarks.video import clip
+
+BOUNDARY = "bgsvc-bench"
+
+
+def _post(base: str, path: str, data: bytes, content_type: str, query: str) -> bytes:
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{base}{path}?{query}",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        out: bytes = response.read()
+        return out
+
+
+def _images_per_s(base: str, photos: list[bytes], clients: int, seconds: float) -> float:
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        i = k
+        while time.monotonic() < stop:
+            _post(base, "/remove-background", photos[i % len(photos)], "image/jpeg", "format=png")
+            done[k] += 1
+            i += clients
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.monotonic() - started)
+
+
+def _video_frames_per_s(base: str, data: bytes, frames: int, query: str) -> float:
+    started = time.monotonic()
+    job = json.loads(_post(base, "/jobs", data, "video/mp4", query))
+    while True:
+        with urllib.request.urlopen(f"{base}{job['status_url']}", timeout=30) as r:
+            status = json.loads(r.read())
+        if status["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    if status["status"] != "succeeded":
+        raise RuntimeError(f"the video job ended {status['status']}: {status.get('error')}")
+    return frames / (time.monotonic() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--size", default="1920x1080")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    w, h = (int(v) for v in args.size.split("x"))
+
+    from tests.videos import decode
+
+    data = clip(args.frames, (w, h))
+    pictures, _ = decode(data)
+    photos = []
+    for picture in pictures:
+        buf = io.BytesIO()
+        Image.fromarray(picture.to_ndarray(format="rgb24")).save(buf, "JPEG", quality=92)
+        photos.append(buf.getvalue())
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = Path(tempfile.mkdtemp(prefix="bgsvc-video-bench-"))
+    env = dict(
+        os.environ,
+        BGSVC_PORT=str(port),
+        BGSVC_RESULT_CACHE_BYTES="0",
+        BGSVC_DATA_DIR=str(work),
+        # The clip must fit one job attempt whatever its length here.
+        BGSVC_JOB_TIMEOUT_S="1200",
+        BGSVC_VIDEO_MAX_FRAMES=str(args.frames + 10),
+        BGSVC_VIDEO_MAX_TOTAL_PIXELS=str((args.frames + 10) * w * h),
+        BGSVC_VIDEO_MAX_DURATION_S="3600",
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bgsvc", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    rows: dict[str, list[float]] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the node did not become ready") from None
+                time.sleep(0.5)
+        for photo in photos[:2]:
+            _post(base, "/remove-background", photo, "image/jpeg", "format=png")
+        for round_ in range(args.rounds):
+            for clients in (1, 2):
+                value = _images_per_s(base, photos, clients, args.seconds)
+                rows.setdefault(f"photos, {clients} client(s), img/s", []).append(value)
+                print(f"round {round_}: photos, c={clients}: {value:.2f} img/s", flush=True)
+            for query in ("format=webm", "format=webm&smooth=false"):
+                value = _video_frames_per_s(base, data, args.frames, query)
+                rows.setdefault(f"video job [{query}], frames/s", []).append(value)
+                print(f"round {round_}: video job [{query}]: {value:.2f} frames/s", flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    best_photos = max(max(v) for k, v in rows.items() if k.startswith("photos"))
+    summary: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "size": f"{w}x{h}",
+        "frames": args.frames,
+        "rows": rows,
+        "video_smoothed_best_over_photos_best": max(rows["video job [format=webm], frames/s"])
+        / best_photos,
+    }
+    print(json.dumps(summary, indent=1))
+    raw = Path(__file__).parent / "raw" / f"{datetime.now(UTC):%Y-%m-%d}-video-vs-images.json"
+    previous = json.loads(raw.read_text()) if raw.exists() else []
+    raw.write_text(json.dumps([*previous, summary], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Video through PyAV (FFmpeg): the headers read, frames decoded upright at the output
+size, and frames encoded into the result with the source's timestamps and audio.
+
+Only the media child (bgsvc.video.child) imports this: these functions parse untrusted
+containers and streams, so they run where a crash or a runaway costs nothing but that
+process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import zipfile
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Any
+
+import av
+import av.container
+import av.error
+import numpy as np
+
+from bgsvc.errors import InvalidVideo
+from bgsvc.imaging.video import VideoInfo
+
+# One codec thread: the child runs beside the forward passes that admission control
+# budgets, and a decoder's own pool would take cores it did not count.
+CODEC_THREADS = 1
+# Audio each output container takes as it is (no transcoding): other audio is dropped.
+AUDIO_PASSTHROUGH = {
+    "webm": frozenset({"opus", "vorbis"}),
+    "mov": frozenset({"aac"}),
+    "mp4": frozenset({"aac"}),
+    "zip": frozenset[str](),
+}
+# FFmpeg's AVCOL_*_UNSPECIFIED.
+_UNSPECIFIED = 2
+_CONTAINERS = {"webm": "webm", "mov": "mov", "mp4": "mp4"}
+# The pixel layouts each kind of frame (cutout, on a colour, matte) is encoded in.
+_VIDEO_CODECS: dict[tuple[str, str], tuple[str, str, dict[str, str]]] = {
+    # VP9's alpha is a second stream in the WebM blocks; the realtime deadline keeps the
+    # encode a small share of a frame's cost.
+    ("webm", "RGBA"): ("libvpx-vp9", "yuva420p", {"deadline": "realtime", "cpu-used": "8"}),
+    ("webm", "RGB"): ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8"}),
+    ("webm", "L"): ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8"}),
+    # ProRes 4444 carries alpha; 422 HQ is enough without it.
+    ("mov", "RGBA"): ("prores_ks", "yuva444p10le", {"profile": "4444"}),
+    ("mov", "RGB"): ("prores_ks", "yuv422p10le", {"profile": "hq"}),
+    ("mov", "L"): ("prores_ks", "yuv422p10le", {"profile": "hq"}),
+    ("mp4", "RGB"): ("libx264", "yuv420p", {"preset": "veryfast", "crf": "20"}),
+    ("mp4", "L"): ("libx264", "yuv420p", {"preset": "veryfast", "crf": "20"}),
+}
+_NDARRAY_FORMATS = {"RGBA": "rgba", "RGB": "rgb24", "L": "gray"}
+
+
+def _failed(exc: BaseException) -> InvalidVideo:
+    return InvalidVideo(f"The video could not be read: {exc}.")
+
+
+def open_input(data: bytes) -> av.container.InputContainer:
+    """The container opened (headers and stream parameters read)."""
+    try:
+        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as exc:
+        raise _failed(exc) from exc
+
+
+def probe(container: av.container.InputContainer) -> VideoInfo:
+    """The headers of the first video stream: size, frames, duration, rate."""
+    if not container.streams.video:
+        raise InvalidVideo("The file holds no video stream.")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+    # The longest the headers claim: the stream's own, or the container's (which may
+    # count another stream, or lie on its own).
+    duration = 0.0
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        duration = max(duration, container.duration / av.time_base)
+    frames = int(stream.frames or 0)
+    # Whether the count is the stream's own (MP4's sample table, or Matroska's per-stream
+    # DURATION tag times the rate), so a decode that falls well short of it is a cut file.
+    exact = frames > 0
+    if frames <= 0 and rate:
+        own = _tag_seconds(stream.metadata.get("DURATION"))
+        exact = own is not None
+        estimate_from = own if own is not None else duration
+        if estimate_from > 0:
+            frames = math.ceil(estimate_from * float(rate) - 1e-6)
+    audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+    return VideoInfo(
+        width=int(ctx.width or 0),
+        height=int(ctx.height or 0),
+        frames=frames,
+        duration_s=duration,
+        rate_num=int(rate.numerator),
+        rate_den=int(rate.denominator) or 1,
+        # FFmpeg keeps the display matrix with the frames (see frame_rotation).
+        rotation=0,
+        codec=ctx.name,
+        audio_codec=audio,
+        frames_exact=exact,
+    )
+
+
+def _tag_seconds(tag: str | None) -> float | None:
+    """Matroska's ``HH:MM:SS.nnnnnnnnn`` stream duration, in seconds."""
+    try:
+        hours, minutes, seconds = (tag or "").split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def frame_rotation(frame: av.VideoFrame) -> int:
+    """Degrees counterclockwise the frame turns to be shown upright (its display matrix),
+    a multiple of 90."""
+    return (round((frame.rotation or 0) / 90) * 90) % 360
+
+
+def frames(
+    container: av.container.InputContainer, audio_sink: Any | None = None
+) -> Iterator[av.VideoFrame]:
+    """Every frame of the first video stream in presentation order; the first audio
+    stream's packets go to ``audio_sink(packet)`` as they are demuxed."""
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = CODEC_THREADS
+    streams: list[Any] = [stream]
+    if audio_sink is not None and container.streams.audio:
+        streams.append(container.streams.audio[0])
+    try:
+        for packet in container.demux(*streams):
+            if packet.stream.type == "audio":
+                if packet.dts is not None and audio_sink is not None:
+                    audio_sink(packet)
+                continue
+            yield from packet.decode()
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise _failed(exc) from exc
+
+
+def upright_rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> np.ndarray:
+    """``frame`` as RGB at ``size`` (width, height, as shown), turned upright."""
+    w, h = size
+    quarter = rotation // 90
+    # Scaled before it is turned: swscale works on the stored orientation.
+    sw, sh = (h, w) if quarter % 2 else (w, h)
+    # The frame's own matrix and range (tagged BT.709 stays BT.709), one thread.
+    rgb: np.ndarray = frame.to_ndarray(
+        format="rgb24",
+        width=sw,
+        height=sh,
+        src_color_range=frame.color_range or None,
+        threads=CODEC_THREADS,
+    )
+    if quarter:
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=quarter))
+    return rgb
+
+
+class Encoder:
+    """Frames (RGBA, RGB or L arrays) into the result, in order, with their timestamps;
+    the source's audio passed through when the container takes its codec."""
+
+    def __init__(
+        self,
+        fmt: str,
+        mode: str,
+        size: tuple[int, int],
+        source: av.container.InputContainer,
+    ) -> None:
+        self.fmt = fmt
+        self.mode = mode
+        self.size = size
+        self.buffer = io.BytesIO()
+        self.count = 0
+        self._last_pts = -1
+        self._times: list[float] = []
+        src = source.streams.video[0]
+        self.time_base = src.time_base or Fraction(1, 1000)
+        self.rate = src.average_rate or src.guessed_rate or Fraction(25)
+        self.audio: Any | None = None
+        self._matrix: tuple[int, int] | None = None
+        if fmt == "zip":
+            self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.buffer, "w")
+            self._out: av.container.OutputContainer | None = None
+            return
+        self._zip = None
+        codec, pix_fmt, options = _VIDEO_CODECS[(fmt, mode)]
+        out = av.open(self.buffer, mode="w", format=_CONTAINERS[fmt])
+        self._out = out
+        stream = out.add_stream(codec, rate=self.rate, options=options)
+        if not isinstance(stream, av.VideoStream):
+            raise TypeError(f"{codec} is no video codec")
+        stream.width, stream.height = size
+        stream.pix_fmt = pix_fmt
+        stream.time_base = self.time_base
+        stream.codec_context.time_base = self.time_base
+        stream.codec_context.thread_count = CODEC_THREADS
+        self._copy_colour(src, stream)
+        self.stream = stream
+        if source.streams.audio:
+            audio = source.streams.audio[0]
+            if audio.codec_context.name in AUDIO_PASSTHROUGH[fmt]:
+                self.audio = out.add_stream_from_template(audio)
+
+    def _copy_colour(self, src: av.VideoStream, dst: av.VideoStream) -> None:
+        # The source's tags, and its matrix and range for the conversion from RGB, so a
+        # player shows the colours the source's rendition had. Unspecified (2) or
+        # unknown (0) stays the encoder's default.
+        source = src.codec_context
+        for name in ("color_primaries", "color_trc", "colorspace", "color_range"):
+            value = getattr(source, name, None)
+            if value and value != _UNSPECIFIED:
+                with contextlib.suppress(AttributeError, ValueError, TypeError):
+                    setattr(dst.codec_context, name, value)
+        if source.colorspace not in (0, _UNSPECIFIED) and self.fmt != "zip":
+            self._matrix = (int(source.colorspace), int(source.color_range or 1))
+
+    def mux_audio(self, packet: Any) -> None:
+        """One audio packet of the source, as it is (dropped when not passed through)."""
+        if self.audio is None or self._out is None:
+            return
+        packet.stream = self.audio
+        self._out.mux(packet)
+
+    def add(self, pixels: np.ndarray, pts: int | None) -> None:
+        """The next frame; ``pts`` in the source's time base (None: one after the last)."""
+        if pts is None or pts <= self._last_pts:
+            pts = self._last_pts + 1
+        self._last_pts = pts
+        self.count += 1
+        self._times.append(round(float(pts * self.time_base), 6))
+        if self._zip is not None:
+            from PIL import Image
+
+            png = io.BytesIO()
+            Image.fromarray(pixels, self.mode).save(png, "PNG", compress_level=1)
+            self._zip.writestr(f"frame_{self.count:05d}.png", png.getvalue())
+            return
+        if self._out is None:
+            raise RuntimeError("the encoder is closed")
+        frame = av.VideoFrame.from_ndarray(pixels, format=_NDARRAY_FORMATS[self.mode])
+        if self._matrix is not None:
+            frame = frame.reformat(
+                format=self.stream.pix_fmt,
+                dst_colorspace=self._matrix[0],
+                dst_color_range=self._matrix[1],
+                threads=CODEC_THREADS,
+            )
+        frame.pts = pts
+        frame.time_base = self.time_base
+        for packet in self.stream.encode(frame):
+            self._out.mux(packet)
+
+    def close(self) -> bytes:
+        """The whole result."""
+        if self._zip is not None:
+            # What a video keeps in its container: when each frame is shown, in seconds.
+            timing = {"fps": float(self.rate), "times": self._times}
+            self._zip.writestr("timestamps.json", json.dumps(timing))
+            self._zip.close()
+        elif self._out is not None:
+            for packet in self.stream.encode(None):
+                self._out.mux(packet)
+            self._out.close()
+        return self.buffer.getvalue()

@@ -1,0 +1,252 @@
+"""A video through the model, frame by frame: the child decodes and encodes
+(bgsvc.video), this process runs each frame through the same path as an animation's.
+
+The frames' forward passes go through the scheduler one after another under the job's
+one ticket, so a video holds one admission place and at most one inference slot at a
+time. While frame n is in the model, frame n+1 is received and prepared and frame n-1 is
+finished and handed back to the child, which encodes it and decodes ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from bgsvc.cache import CachedResult
+from bgsvc.errors import InvalidVideo
+from bgsvc.imaging.compose import Box
+from bgsvc.imaging.decode import DecodedImage
+from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
+from bgsvc.inference.scheduler import Ticket
+from bgsvc.metrics import Metrics
+from bgsvc.options import RemovalOptions
+from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
+from bgsvc.tracing import span
+from bgsvc.video.sandbox import MediaChild, child_config
+
+T = TypeVar("T")
+# Called with (frames done, frames in all) as a video's frames finish.
+Progress = Callable[[int, int], Awaitable[None]]
+
+
+class MatteStep(Protocol):
+    """Stateful per-frame steps on the matte, called in frame order, each returning the
+    matte to use (temporal smoothing across frames, imaging.temporal.VideoMattes):
+    ``coarse`` on the model's matte on its own grid before the edge step enlarges it
+    (``photo`` the frame at any size), ``fine`` on the matte at the output size after it
+    (``photo`` the frame at that size). Both uint8."""
+
+    def coarse(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
+
+    def fine(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
+
+
+Forward = Callable[
+    [Ticket, Predictor, StagedPredictor | None, DecodedImage, np.ndarray | None],
+    Awaitable[tuple[np.ndarray, float]],
+]
+InPool = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+def pixel_mode(options: RemovalOptions, fmt: str) -> str:
+    """The finished frames' layout: the matte (L), a colour with no alpha (RGB), or a
+    cutout (RGBA)."""
+    if options.channels == "alpha":
+        return "L"
+    if fmt == "mp4" or (options.bg_color is not None and options.bg_color[3] == 255):
+        return "RGB"
+    return "RGBA"
+
+
+class VideoProcessor:
+    """Runs videos for a RemovalService (its forward pass and stage pool)."""
+
+    def __init__(
+        self,
+        remover: Remover,
+        forward: Forward,
+        in_pool: InPool,
+        metrics: Metrics,
+        matte_step: Callable[[RemovalOptions], MatteStep | None] = lambda options: None,
+    ) -> None:
+        self.remover = remover
+        self.forward = forward
+        self.in_pool = in_pool
+        self.metrics = metrics
+        # A fresh step per video (it keeps the previous frames' state), as the request's
+        # options say; None: none.
+        self.matte_step = matte_step
+
+    async def process(
+        self,
+        ticket: Ticket,
+        data: bytes,
+        options: RemovalOptions,
+        engine: Predictor,
+        progress: Progress | None = None,
+    ) -> RemovalResult:
+        fmt = check_video_options(options)
+        mode = pixel_mode(options, fmt)
+        settings = self.remover.settings
+        budget = settings.max_output_pixels
+        if options.max_output_pixels is not None:
+            budget = min(budget, options.max_output_pixels)
+        config = child_config(settings, "run", budget, fmt, mode)
+        started = time.perf_counter()
+        child = await MediaChild.start(config, data)
+        try:
+            with span("decode"):
+                head = await child.receive(0)
+            if head.kind != "I":
+                raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
+            info = VideoInfo.from_json(head.meta["info"])
+            size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
+            # The child is not trusted either (a decoder exploit runs there): what it says
+            # bounds the memory this process gives each frame.
+            if not (0 < size[0] * size[1] <= settings.video_max_frame_pixels):
+                raise InvalidVideo("The video decoder gave an impossible frame size.")
+            timings = {"decode": time.perf_counter() - started}
+            body, _frames = await self._frames(
+                ticket, child, info, size, options, mode, engine, progress, timings
+            )
+        finally:
+            await child.close()
+        output = CachedResult(
+            body=body,
+            media_type=VIDEO_CONTENT_TYPES[fmt],
+            format=fmt,
+            width=size[0],
+            height=size[1],
+            box=Box(0, 0, 0, 0),
+            model=engine.name,
+            source_size=info.display_size,
+        )
+        return RemovalResult(output, timings)
+
+    async def _frames(
+        self,
+        ticket: Ticket,
+        child: MediaChild,
+        info: VideoInfo,
+        size: tuple[int, int],
+        options: RemovalOptions,
+        mode: str,
+        engine: Predictor,
+        progress: Progress | None,
+        timings: dict[str, float],
+    ) -> tuple[bytes, int]:
+        remover = self.remover
+        staged = engine if isinstance(engine, StagedPredictor) else None
+        # The model path of a still or an animation frame; the composite is a PNG's (a
+        # cutout, or a colour) or, for mp4, a JPEG's (on bg_color or white).
+        compose_options = replace(options, format="jpg" if mode == "RGB" else "png")
+        smoother = self.matte_step(options)
+        frame_bytes = size[0] * size[1] * 3
+        total = info.frames
+        done = 0
+        timings.update(inference=0.0, queue=0.0)
+
+        async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:
+            message = await child.receive(frame_bytes)
+            if message.kind == "N":
+                return None
+            if message.kind != "F" or len(message.payload) != frame_bytes:
+                raise InvalidVideo("The video decoder sent a broken frame.")
+            pixels = np.frombuffer(message.payload, np.uint8).reshape(size[1], size[0], 3)
+            image = DecodedImage(
+                rgb=Image.fromarray(pixels),
+                alpha=None,
+                source_format="VIDEO",
+                source_size=info.display_size,
+                work_edge=remover.settings.max_edge,
+            )
+            if staged is None:
+                return image, None
+            tensor = await self.in_pool(lambda: staged.preprocess(image.work_pixels))
+            return image, tensor
+
+        def finish(image: DecodedImage, raw: np.ndarray) -> bytes:
+            with span("mask"):
+                if staged is not None:
+                    raw = staged.postprocess(raw, remover.matte_size(image, options))
+                # The temporal steps see each frame's matte in frame order, before anything
+                # is composed from it: on the model's grid (unless the matte is already at
+                # the output size), then enlarged.
+                if smoother is not None and raw.shape != image.pixels.shape[:2]:
+                    raw = smoother.coarse(image.work_pixels, raw)
+                matte = remover.full_matte(image, raw, options)
+                if smoother is not None:
+                    matte = smoother.fine(image.pixels, matte)
+            rendered = remover.compose(image, matte, compose_options)
+            out = rendered.image if rendered.image.mode == mode else rendered.image.convert(mode)
+            return np.asarray(out, dtype=np.uint8).tobytes()
+
+        async def finish_and_send(image: DecodedImage, raw: np.ndarray) -> None:
+            nonlocal done, total
+            pixels = await self.in_pool(lambda: finish(image, raw))
+            await child.send("R", {}, pixels)
+            done += 1
+            total = max(total, done)
+            if progress is not None:
+                await progress(done, total)
+
+        async def infer(image: DecodedImage, tensor: np.ndarray | None) -> np.ndarray:
+            raw, seconds = await self.forward(ticket, engine, staged, image, tensor)
+            timings["inference"] += seconds
+            timings["queue"] += ticket.queue_seconds
+            self.metrics.inference.labels(engine.name).observe(seconds)
+            return raw
+
+        if progress is not None:
+            await progress(0, total)
+        current = await receive()
+        previous: tuple[DecodedImage, np.ndarray] | None = None
+        while current is not None:
+            image, tensor = current
+            steps: list[Awaitable[Any]] = [infer(image, tensor), receive()]
+            if previous is not None:
+                steps.append(finish_and_send(*previous))
+            results = await together(steps)
+            previous = (image, results[0])
+            current = results[1]
+        if previous is not None:
+            await finish_and_send(*previous)
+        if progress is not None and done != total:
+            # The header's count was an estimate (duration x rate): the real one stands.
+            await progress(done, done)
+        started = time.perf_counter()
+        with span("encode"):
+            result = await child.receive(_max_result_bytes(size, done))
+        if result.kind != "D":
+            raise InvalidVideo(f"The video encoder answered {result.kind!r}.")
+        timings["encode"] = time.perf_counter() - started
+        self.metrics.decode.observe(timings["decode"])
+        self.metrics.encode.observe(timings["encode"])
+        w, h = info.display_size
+        self.metrics.input_megapixels.observe(done * w * h / 1e6)
+        return result.payload, done
+
+
+def _max_result_bytes(size: tuple[int, int], frames: int) -> int:
+    # Uncompressed RGBA and then some: no encoding of these frames is larger.
+    return 64 * 1024 * 1024 + size[0] * size[1] * 5 * max(1, frames)
+
+
+async def together(steps: list[Awaitable[Any]]) -> list[Any]:
+    """Await ``steps`` at once; when one fails, the others are cancelled (a stage thread
+    already running finishes on its own, as a timed-out request's does)."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            if not task.cancel() and not task.cancelled():
+                # Read, so a second failure is not reported as never retrieved.
+                task.exception()
+        raise

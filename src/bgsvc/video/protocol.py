@@ -1,0 +1,65 @@
+"""The messages between the serving process and its media child, over the child's stdin
+and stdout: a kind (one byte), a JSON header and a binary payload, each length-prefixed.
+
+Parent to child: ``C`` the configuration (first), ``V`` the upload, ``R`` one finished
+frame's pixels (in order), ``Q`` no more frames will come. Child to parent: ``I`` the
+video's headers, once within limits; ``F`` one decoded frame; ``N`` no more frames;
+``D`` the encoded result; ``E`` an error (its stable code and message).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+HEAD = struct.Struct("!cIQ")
+# A header is a few hundred bytes of JSON: a longer one is a broken stream.
+MAX_META = 1 << 20
+
+
+@dataclass
+class Message:
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    payload: bytes = b""
+
+
+def pack_head(kind: str, meta: dict[str, Any], payload_len: int) -> bytes:
+    """The bytes before the payload."""
+    body = json.dumps(meta).encode()
+    return HEAD.pack(kind.encode(), len(body), payload_len) + body
+
+
+def unpack_head(head: bytes) -> tuple[str, int, int]:
+    """Kind, header length and payload length; ValueError for a header no side writes."""
+    kind, meta_len, payload_len = HEAD.unpack(head)
+    if meta_len > MAX_META:
+        raise ValueError(f"a message header of {meta_len} bytes")
+    return kind.decode("ascii"), meta_len, payload_len
+
+
+def write(stream: BinaryIO, kind: str, meta: dict[str, Any], payload: bytes = b"") -> None:
+    """One message on a blocking stream (the child's side)."""
+    stream.write(pack_head(kind, meta, len(payload)))
+    if payload:
+        stream.write(payload)
+    stream.flush()
+
+
+def _exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) != size:
+        raise EOFError("the stream ended inside a message")
+    return data
+
+
+def read(stream: BinaryIO, max_payload: int) -> Message:
+    """One message from a blocking stream (the child's side); EOFError at its end."""
+    kind, meta_len, payload_len = unpack_head(_exactly(stream, HEAD.size))
+    if payload_len > max_payload:
+        raise ValueError(f"a payload of {payload_len} bytes")
+    meta = json.loads(_exactly(stream, meta_len)) if meta_len else {}
+    payload = _exactly(stream, payload_len) if payload_len else b""
+    return Message(kind, meta, payload)

@@ -1,0 +1,229 @@
+"""The serving process's side of the media child: start it, talk to it under a deadline
+per step, and kill it when it overruns, crashes or is no longer wanted.
+
+A file built to crash or hang a decoder costs the child, never the serving process: the
+child holds itself to an address-space and a CPU-time limit before it reads the upload,
+and every message the parent waits for has a wall-clock deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bgsvc.config import Settings
+from bgsvc.errors import (
+    BgsvcError,
+    InvalidParameter,
+    InvalidVideo,
+    VideoTimedOut,
+    VideoTooLarge,
+)
+from bgsvc.imaging.video import VideoInfo, VideoLimits
+from bgsvc.video import protocol
+
+CHILD = (sys.executable, "-m", "bgsvc.video.child")
+# The errors the child reports, by code; any other code is an invalid video.
+_ERRORS: dict[str, type[BgsvcError]] = {
+    cls.code: cls for cls in (InvalidVideo, VideoTooLarge, VideoTimedOut, InvalidParameter)
+}
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """What the child is told before it reads the upload."""
+
+    mode: str  # "probe" or "run"
+    limits: dict[str, Any]
+    memory_bytes: int
+    cpu_s: float
+    step_timeout_s: float
+    max_upload_bytes: int
+    max_output_pixels: int | None = None
+    format: str = "webm"
+    # The finished frames' layout: RGBA, RGB or L.
+    pixels: str = "RGBA"
+    command: Sequence[str] = CHILD
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "limits": self.limits,
+            "memory_bytes": self.memory_bytes,
+            "cpu_s": self.cpu_s,
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_output_pixels": self.max_output_pixels,
+            "format": self.format,
+            "pixels": self.pixels,
+        }
+
+
+def _error(message: protocol.Message) -> BgsvcError:
+    cls = _ERRORS.get(str(message.meta.get("code")), InvalidVideo)
+    return cls(str(message.meta.get("message") or "The video could not be processed."))
+
+
+def _exit_error(returncode: int | None) -> BgsvcError:
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return VideoTimedOut("Decoding the video used up its CPU time.")
+    what = f"signal {-returncode}" if returncode and returncode < 0 else f"status {returncode}"
+    return InvalidVideo(f"The video decoder failed on this file ({what}).")
+
+
+def _start_message(config: ChildConfig, data: bytes) -> bytes:
+    return protocol.pack_head("C", config.meta(), 0) + protocol.pack_head("V", {}, len(data)) + data
+
+
+def probe(config: ChildConfig, data: bytes) -> tuple[VideoInfo, tuple[int, int]]:
+    """The video's headers, within its limits (raises the child's error otherwise), read
+    by a child that exits once it has answered. Blocking: call it off the event loop."""
+    try:
+        done = subprocess.run(
+            list(config.command),
+            input=_start_message(config, data),
+            capture_output=True,
+            timeout=config.step_timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise VideoTimedOut(
+            f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
+        ) from None
+    out = done.stdout
+    try:
+        kind, meta_len, _payload_len = protocol.unpack_head(out[: protocol.HEAD.size])
+
+        start = protocol.HEAD.size
+        meta = json.loads(out[start : start + meta_len]) if meta_len else {}
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise _exit_error(done.returncode) from None
+    message = protocol.Message(kind, meta)
+    if kind == "E":
+        raise _error(message)
+    if kind != "I":
+        raise _exit_error(done.returncode)
+    size = meta["size"]
+    return VideoInfo.from_json(meta["info"]), (int(size[0]), int(size[1]))
+
+
+class MediaChild:
+    """One running child: messages each way, each under the step deadline."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, config: ChildConfig) -> None:
+        self.proc = proc
+        self.config = config
+        self.timeout = config.step_timeout_s
+        self._gone = False
+
+    @classmethod
+    async def start(cls, config: ChildConfig, data: bytes) -> MediaChild:
+        proc = await asyncio.create_subprocess_exec(
+            *config.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            # Its own session: a signal meant for the server's process group is not its.
+            start_new_session=True,
+        )
+        child = cls(proc, config)
+        await child._send_raw(_start_message(config, data))
+        return child
+
+    async def _send_raw(self, data: bytes) -> None:
+        stdin = self.proc.stdin
+        if stdin is None or self._gone:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                stdin.write(data)
+                await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            # The child ended (an error, a crash): the next receive says why.
+            self._gone = True
+        except TimeoutError:
+            self.kill()
+            raise VideoTimedOut(
+                f"The video decoder did not take a frame within {self.timeout:g} s."
+            ) from None
+
+    async def send(self, kind: str, meta: dict[str, Any], payload: bytes = b"") -> None:
+        await self._send_raw(protocol.pack_head(kind, meta, len(payload)) + payload)
+
+    async def receive(self, max_payload: int) -> protocol.Message:
+        """The child's next message; its error raised, a crash or overrun as one."""
+        stdout = self.proc.stdout
+        if stdout is None:
+            raise RuntimeError("the child has no stdout")
+        try:
+            async with asyncio.timeout(self.timeout):
+                head = await stdout.readexactly(protocol.HEAD.size)
+                kind, meta_len, payload_len = protocol.unpack_head(head)
+                if payload_len > max_payload:
+                    raise ValueError(f"a payload of {payload_len} bytes")
+
+                meta = json.loads(await stdout.readexactly(meta_len)) if meta_len else {}
+                payload = await stdout.readexactly(payload_len) if payload_len else b""
+        except TimeoutError:
+            self.kill()
+            raise VideoTimedOut(
+                f"The video decoder gave no answer within {self.timeout:g} s."
+            ) from None
+        except (asyncio.IncompleteReadError, ValueError, UnicodeDecodeError):
+            self.kill()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.proc.wait()
+            raise _exit_error(self.proc.returncode) from None
+        message = protocol.Message(kind, meta, payload)
+        if kind == "E":
+            raise _error(message)
+        return message
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def close(self) -> None:
+        """Kill the child if it still runs, and reap it."""
+        self.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+
+def child_config(
+    settings: Settings,
+    mode: str,
+    max_output_pixels: int | None = None,
+    fmt: str = "webm",
+    pixels: str = "RGBA",
+) -> ChildConfig:
+    """The child's configuration from the service's settings."""
+    limits = VideoLimits(
+        max_duration_s=settings.video_max_duration_s,
+        max_frames=settings.video_max_frames,
+        max_frame_pixels=settings.video_max_frame_pixels,
+        max_total_pixels=settings.video_max_total_pixels,
+    )
+    return ChildConfig(
+        mode=mode,
+        limits=asdict(limits),
+        memory_bytes=settings.video_child_memory_bytes,
+        # A probe reads headers only; a run may take as long as a job's attempt.
+        cpu_s=settings.video_step_timeout_s if mode == "probe" else settings.job_timeout_s,
+        step_timeout_s=settings.video_step_timeout_s,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_output_pixels=max_output_pixels,
+        format=fmt,
+        pixels=pixels,
+    )

@@ -1,0 +1,96 @@
+"""The media child's leash: a child that hangs or crashes costs a clear 4xx and nothing
+else; the serving process never waits on it past the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+
+from bgsvc.errors import InvalidVideo, VideoTimedOut
+from bgsvc.video.sandbox import ChildConfig, MediaChild, probe
+from tests.videos import clip
+
+LIMITS = {
+    "max_duration_s": 60.0,
+    "max_frames": 100,
+    "max_frame_pixels": 10**6,
+    "max_total_pixels": 10**8,
+}
+
+
+def config(command: tuple[str, ...] | None = None, timeout: float = 0.5) -> ChildConfig:
+    extra = {} if command is None else {"command": command}
+    return ChildConfig(
+        mode="probe",
+        limits=LIMITS,
+        memory_bytes=2 * 1024**3,
+        cpu_s=5,
+        step_timeout_s=timeout,
+        max_upload_bytes=10**7,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+HANG = (sys.executable, "-c", "import time; time.sleep(60)")
+SPIN = (sys.executable, "-c", "while True: pass")
+CRASH = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+
+
+@pytest.mark.parametrize("command", [HANG, SPIN], ids=["sleeps", "spins"])
+def test_a_child_that_never_answers_is_killed_at_the_deadline(command: tuple[str, ...]) -> None:
+    async def run() -> MediaChild:
+        child = await MediaChild.start(config(command), clip("mp4"))
+        try:
+            with pytest.raises(VideoTimedOut):
+                await child.receive(0)
+        finally:
+            await child.close()
+        return child
+
+    started = time.monotonic()
+    child = asyncio.run(run())
+    assert time.monotonic() - started < 10
+    assert child.proc.returncode is not None  # killed and reaped, not left running
+
+
+def test_a_child_that_crashes_is_an_invalid_video() -> None:
+    async def run() -> None:
+        child = await MediaChild.start(config(CRASH), clip("mp4"))
+        try:
+            with pytest.raises(InvalidVideo, match="signal"):
+                await child.receive(0)
+        finally:
+            await child.close()
+
+    asyncio.run(run())
+
+
+def test_a_probe_that_hangs_is_killed_at_the_deadline() -> None:
+    started = time.monotonic()
+    with pytest.raises(VideoTimedOut):
+        probe(config(HANG), clip("mp4"))
+    assert time.monotonic() - started < 10
+
+
+def test_a_probe_reads_the_headers_in_the_child() -> None:
+    info, size = probe(config(timeout=30), clip("mp4", size=(66, 50)))
+    assert (info.width, info.height, info.frames, info.fps) == (66, 50, 10, 25)
+    assert size == (66, 50)
+
+
+def test_the_child_holds_itself_to_its_memory_limit() -> None:
+    small = ChildConfig(
+        mode="probe",
+        limits=LIMITS,
+        memory_bytes=64 * 1024**2,
+        cpu_s=5,
+        step_timeout_s=30,
+        max_upload_bytes=10**7,
+    )
+    # Importing PyAV alone needs more address space than that: the limit holds before
+    # any byte of the upload is read.
+    with pytest.raises(InvalidVideo):
+        probe(small, clip("mp4"))
