@@ -83,7 +83,6 @@ def real_pan(frames: int = 12) -> dict[str, Any]:
     """The default model on scikit-image's chelsea panned 3 px a frame through a 320x240
     window: each method's departure from the frames' own mattes."""
     import skimage.data
-    from PIL import Image
 
     from bgsvc.config import Settings
     from bgsvc.imaging.decode import DecodedImage
@@ -103,7 +102,7 @@ def real_pan(frames: int = 12) -> dict[str, Any]:
     small = []
     for picture in pictures:
         image = DecodedImage(
-            rgb=Image.fromarray(picture),
+            pixels=picture,
             alpha=None,
             source_format="VIDEO",
             source_size=(320, 240),

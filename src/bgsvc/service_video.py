@@ -16,7 +16,6 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from PIL import Image
 
 from bgsvc.cache import CachedResult
 from bgsvc.errors import InvalidVideo
@@ -160,7 +159,7 @@ class VideoProcessor:
                 raise InvalidVideo("The video decoder sent a broken frame.")
             pixels = np.frombuffer(message.payload, np.uint8).reshape(size[1], size[0], 3)
             image = DecodedImage(
-                rgb=Image.fromarray(pixels),
+                pixels=pixels,
                 alpha=None,
                 source_format="VIDEO",
                 source_size=info.display_size,
