@@ -32,6 +32,10 @@ MAX_EXTENTS = 64
 MAX_PROPERTIES = 32
 # Sequence header OBUs are a few bytes; an item is scanned this far for one.
 SCAN_BYTES = 1 << 16
+# OBUs stepped over in all items together before their sequence headers. A real item
+# opens with its sequence header (behind a temporal delimiter at most); without a shared
+# bound, a thousand items pointing at one extent of empty OBUs cost tens of CPU seconds.
+MAX_OBUS = 4 * MAX_ITEMS
 OBU_SEQUENCE_HEADER = 1
 
 
@@ -251,10 +255,13 @@ def _leb128(data: bytes, at: int) -> tuple[int, int]:
     raise _Truncated
 
 
-def _sequence_header_size(obus: bytes) -> tuple[int, int] | None:
+def _sequence_header_size(obus: bytes, budget: list[int]) -> tuple[int, int] | None:
     """The frame size of the first sequence header among ``obus`` (sized OBUs)."""
     at = 0
     while at < len(obus):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InvalidImage("The AVIF file's pictures hold too many OBUs.")
         header = obus[at]
         kind = (header >> 3) & 0xF
         at += 2 if header & 0x04 else 1
@@ -307,8 +314,9 @@ def check(data: bytes) -> None:
         coded = [item for item in items.values() if item.kind == b"av01"]
         if not coded:
             raise _Truncated
+        obus = [MAX_OBUS]
         for item in coded:
-            size = _sequence_header_size(_item_bytes(data, item, idat))
+            size = _sequence_header_size(_item_bytes(data, item, idat), obus)
             if size is None:
                 raise InvalidImage("An AVIF picture has no AV1 sequence header.")
             declared = next((properties[i] for i in item.properties if i in properties), None)
