@@ -251,18 +251,34 @@ def test_a_header_estimate_gives_way_to_the_frames_really_decoded(
     assert done["frames_done"] == done["frames_total"] == 10
 
 
-def test_a_cut_webm_whose_headers_survive_fails_as_an_invalid_video_and_costs_nothing(
+def test_a_cut_webm_whose_headers_survive_fails_and_costs_only_the_frames_that_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
 ) -> None:
     a, _ = tenants()
     whole = clip("webm", frames=30)
-    files = {"file": ("clip.webm", whole[: len(whole) // 3], "video/webm")}
+    files = {"file": ("clip.webm", whole[: len(whole) * 2 // 3], "video/webm")}
     job = a.post("/jobs", files=files)
     assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "30"
     done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
     assert done["error"]["code"] == "invalid_video"
     assert "cut short" in done["error"]["message"]
-    assert a.credits_left() == QUOTA
+    # The frames decoded before the cut went through the model: a file cut on purpose
+    # must not buy that work for nothing. The ones that never ran are given back.
+    assert QUOTA - 30 < a.credits_left() < QUOTA
+
+
+def test_a_video_longer_than_its_header_keeps_the_credits_of_the_frames_that_ran(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+) -> None:
+    a, _ = tenants()
+    # Three frames by its header, ten in the file: five run through the model before the
+    # decode stops, and the job fails. Every credit charged paid for a frame that ran.
+    data = long_header(clip("webm"), 0.1).replace(b"00:00:00.400000000", b"00:00:00.100000000")
+    job = a.post("/jobs", files={"file": ("clip.webm", data, "video/webm")})
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "3"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
+    assert done["error"]["code"] == "video_too_large"
+    assert a.credits_left() == QUOTA - 3
 
 
 def _random_mp4() -> bytes:
