@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,20 @@ def test_the_child_holds_itself_to_its_memory_limit() -> None:
     # any byte of the upload is read.
     with pytest.raises(InvalidVideo):
         probe(small, clip("mp4"))
+
+
+HOSTILE = Path(__file__).with_name("hostile_child.py")
+
+
+def test_a_probe_child_that_floods_its_answer_costs_the_parent_one_answer() -> None:
+    # 64 MiB where one short message is due: the serving process keeps at most one
+    # answer's worth, however much the child writes.
+    command = (sys.executable, str(HOSTILE), "flood")
+    tracemalloc.start()
+    try:
+        with pytest.raises((InvalidVideo, VideoTimedOut)):
+            probe(config(command, timeout=10), clip("mp4"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2

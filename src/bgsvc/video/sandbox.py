@@ -14,6 +14,8 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +32,9 @@ from bgsvc.imaging.video import VideoInfo, VideoLimits
 from bgsvc.video import protocol
 
 CHILD = (sys.executable, "-m", "bgsvc.video.child")
+# A probe's answer is one message without a payload; a child that writes more (a
+# decoder exploit) is cut off there rather than buffered in the serving process.
+PROBE_ANSWER_BYTES = protocol.HEAD.size + protocol.MAX_META
 # The errors the child reports, by code; any other code is an invalid video.
 _ERRORS: dict[str, type[BgsvcError]] = {
     cls.code: cls for cls in (InvalidVideo, VideoTooLarge, VideoTimedOut, InvalidParameter)
@@ -81,34 +86,83 @@ def _start_message(config: ChildConfig, data: bytes) -> bytes:
     return protocol.pack_head("C", config.meta(), 0) + protocol.pack_head("V", {}, len(data)) + data
 
 
+def _bounded_run(config: ChildConfig, data: bytes) -> tuple[bytes, int | None]:
+    """The child's output (at most PROBE_ANSWER_BYTES of it) and its exit status; the
+    child killed once it says more than that or overruns the step deadline."""
+    proc = subprocess.Popen(
+        list(config.command),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    if stdin is None or stdout is None:
+        raise RuntimeError("the child has no pipes")
+    out = bytearray()
+
+    def feed() -> None:
+        # A child that ended early (an error, a crash) closes its end: its answer says why.
+        with contextlib.suppress(OSError, ValueError):
+            stdin.write(_start_message(config, data))
+            stdin.close()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while len(out) < PROBE_ANSWER_BYTES:
+                chunk = stdout.read(PROBE_ANSWER_BYTES - len(out))
+                if not chunk:
+                    return
+                out.extend(chunk)
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain)]
+    deadline = time.monotonic() + config.step_timeout_s
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if len(out) >= PROBE_ANSWER_BYTES:
+            raise InvalidVideo("The video decoder answered more than a header's worth.")
+        if any(thread.is_alive() for thread in threads):
+            raise VideoTimedOut(
+                f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
+            )
+        try:
+            returncode = proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise VideoTimedOut(
+                f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
+            ) from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        for thread in threads:
+            thread.join(5)
+        for pipe in (stdin, stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+    return bytes(out), returncode
+
+
 def probe(config: ChildConfig, data: bytes) -> tuple[VideoInfo, tuple[int, int]]:
     """The video's headers, within its limits (raises the child's error otherwise), read
     by a child that exits once it has answered. Blocking: call it off the event loop."""
-    try:
-        done = subprocess.run(
-            list(config.command),
-            input=_start_message(config, data),
-            capture_output=True,
-            timeout=config.step_timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise VideoTimedOut(
-            f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
-        ) from None
-    out = done.stdout
+    out, returncode = _bounded_run(config, data)
     try:
         kind, meta_len, _payload_len = protocol.unpack_head(out[: protocol.HEAD.size])
 
         start = protocol.HEAD.size
         meta = json.loads(out[start : start + meta_len]) if meta_len else {}
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        raise _exit_error(done.returncode) from None
+        raise _exit_error(returncode) from None
     message = protocol.Message(kind, meta)
     if kind == "E":
         raise _error(message)
     if kind != "I":
-        raise _exit_error(done.returncode)
+        raise _exit_error(returncode)
     size = meta["size"]
     return VideoInfo.from_json(meta["info"]), (int(size[0]), int(size[1]))
 
