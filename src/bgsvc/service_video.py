@@ -19,10 +19,15 @@ import numpy as np
 from PIL import Image
 
 from bgsvc.cache import CachedResult
-from bgsvc.errors import InvalidVideo
+from bgsvc.errors import InvalidVideo, VideoTooLarge
 from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
-from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
+from bgsvc.imaging.video import (
+    VIDEO_CONTENT_TYPES,
+    VideoInfo,
+    VideoLimits,
+    check_video_options,
+)
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
@@ -149,15 +154,31 @@ class VideoProcessor:
         smoother = self.matte_step(options)
         frame_bytes = size[0] * size[1] * 3
         total = info.frames
-        done = 0
+        done = received = 0
+        # The child stops at the header's count and margin; a child a decoder exploit
+        # runs would not, and every frame it sends costs this process a forward pass.
+        settings = remover.settings
+        allowed = VideoLimits(
+            max_duration_s=settings.video_max_duration_s,
+            max_frames=settings.video_max_frames,
+            max_frame_pixels=settings.video_max_frame_pixels,
+            max_total_pixels=settings.video_max_total_pixels,
+        ).allowed_frames(info.frames)
         timings.update(inference=0.0, queue=0.0)
 
         async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:
+            nonlocal received
             message = await child.receive(frame_bytes)
             if message.kind == "N":
                 return None
             if message.kind != "F" or len(message.payload) != frame_bytes:
                 raise InvalidVideo("The video decoder sent a broken frame.")
+            received += 1
+            if received > allowed:
+                raise VideoTooLarge(
+                    f"The video decoder sent more frames than the header counts "
+                    f"({info.frames}); at most {allowed} are taken."
+                )
             pixels = np.frombuffer(message.payload, np.uint8).reshape(size[1], size[0], 3)
             image = DecodedImage(
                 rgb=Image.fromarray(pixels),

@@ -7,9 +7,12 @@ import io
 import json
 import os
 import struct
+import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bgsvc import service_video
 from bgsvc.jobs import runner
 from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
@@ -367,3 +371,25 @@ async def _queue_stats(client: TestClient) -> Any:
     backends = await jobs_of(client).queue.open(create=True)
     assert backends is not None
     return await backends.jobs.stats()
+
+
+def test_a_child_that_sends_frames_without_end_is_stopped_at_the_frame_margin(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child that runs the job is one a decoder exploit has taken over: its header says
+    # three frames, then it sends frames for ever. The serving process holds it to the
+    # header's count and margin itself rather than running the model until the attempt
+    # times out (and again on each retry).
+    hostile = Path(__file__).parent.parent / "video" / "hostile_child.py"
+    command = (sys.executable, str(hostile), "endless")
+    real = service_video.child_config
+    monkeypatch.setattr(
+        service_video,
+        "child_config",
+        lambda *args, **kwargs: replace(real(*args, **kwargs), command=command),
+    )
+    client = jobs_client(job_timeout_s=8, job_max_attempts=1)
+    job = submit_video(client, clip("mp4"))
+    done = wait_status(client, job["id"], ("failed",), timeout=20)
+    assert done["error"]["code"] == "video_too_large"
+    assert client.get("/health").status_code == 200
