@@ -113,3 +113,22 @@ def test_a_probe_child_that_floods_its_answer_costs_the_parent_one_answer() -> N
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024**2
+
+
+def test_closing_a_child_with_frames_unread_reaps_it_at_once() -> None:
+    # A job that fails (or is cancelled) mid-video leaves the child's frames unread: the
+    # pipe's reader, paused on a full buffer, would never see the pipe close, and
+    # asyncio's wait() waits for that, holding the job's slot to close()'s deadline.
+    command = (sys.executable, str(HOSTILE), "endless")
+
+    async def run() -> tuple[MediaChild, float]:
+        child = await MediaChild.start(config(command, timeout=10), clip("mp4"))
+        await child.receive(0)
+        await asyncio.sleep(0.5)  # the child fills the pipe and the reader's buffer
+        started = time.monotonic()
+        await child.close()
+        return child, time.monotonic() - started
+
+    child, seconds = asyncio.run(run())
+    assert seconds < 2
+    assert child.proc.returncode is not None

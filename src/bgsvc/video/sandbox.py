@@ -248,8 +248,15 @@ class MediaChild:
     async def close(self) -> None:
         """Kill the child if it still runs, and reap it."""
         self.kill()
+        stdout = self.proc.stdout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
+                # asyncio's wait() also waits for the pipe to close, which a reader paused
+                # on a full buffer (frames left unread) never sees: what the dead child
+                # wrote is read and dropped, a pipe's worth at most.
+                if stdout is not None:
+                    while await stdout.read(1 << 16):
+                        pass
                 await self.proc.wait()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
