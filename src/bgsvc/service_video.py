@@ -22,18 +22,13 @@ from bgsvc.cache import CachedResult
 from bgsvc.errors import InvalidVideo, VideoTooLarge
 from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
-from bgsvc.imaging.video import (
-    VIDEO_CONTENT_TYPES,
-    VideoInfo,
-    VideoLimits,
-    check_video_options,
-)
+from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.tracing import span
-from bgsvc.video.sandbox import MediaChild, child_config
+from bgsvc.video.sandbox import MediaChild, child_config, video_limits
 
 T = TypeVar("T")
 # Called with (frames done, frames in all) as a video's frames finish.
@@ -157,13 +152,7 @@ class VideoProcessor:
         done = received = 0
         # The child stops at the header's count and margin; a child a decoder exploit
         # runs would not, and every frame it sends costs this process a forward pass.
-        settings = remover.settings
-        allowed = VideoLimits(
-            max_duration_s=settings.video_max_duration_s,
-            max_frames=settings.video_max_frames,
-            max_frame_pixels=settings.video_max_frame_pixels,
-            max_total_pixels=settings.video_max_total_pixels,
-        ).allowed_frames(info.frames)
+        allowed = video_limits(remover.settings).allowed_frames(info.frames)
         timings.update(inference=0.0, queue=0.0)
 
         async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:

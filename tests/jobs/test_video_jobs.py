@@ -257,32 +257,39 @@ def test_a_header_estimate_gives_way_to_the_frames_really_decoded(
 
 def test_a_cut_webm_whose_headers_survive_fails_and_costs_only_the_frames_that_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
     a, _ = tenants()
     whole = clip("webm", frames=30)
     files = {"file": ("clip.webm", whole[: len(whole) * 2 // 3], "video/webm")}
     job = a.post("/jobs", files=files)
-    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "30"
+    # 30 by its header, and the 2 frames a decode may find past it, held until it ends.
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "32"
     done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
     assert done["error"]["code"] == "invalid_video"
     assert "cut short" in done["error"]["message"]
     # The frames decoded before the cut went through the model: a file cut on purpose
     # must not buy that work for nothing. The ones that never ran are given back.
     assert QUOTA - 30 < a.credits_left() < QUOTA
+    assert a.credits_left() == QUOTA - done["frames_done"]
 
 
 def test_a_video_longer_than_its_header_keeps_the_credits_of_the_frames_that_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
     a, _ = tenants()
-    # Three frames by its header, ten in the file: five run through the model before the
-    # decode stops, and the job fails. Every credit charged paid for a frame that ran.
+    # Three frames by its header, ten in the file: five at most (the margin, held at
+    # submission) run through the model before the decode stops, and the job fails.
     data = long_header(clip("webm"), 0.1).replace(b"00:00:00.400000000", b"00:00:00.100000000")
     job = a.post("/jobs", files={"file": ("clip.webm", data, "video/webm")})
-    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "3"
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "5"
     done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
     assert done["error"]["code"] == "video_too_large"
-    assert a.credits_left() == QUOTA - 3
+    assert 3 <= done["frames_done"] <= 5
+    assert a.credits_left() == QUOTA - done["frames_done"]
 
 
 def _random_mp4() -> bytes:
@@ -343,7 +350,8 @@ def test_a_video_costs_a_credit_a_frame_and_stays_its_tenants(
     files = {"file": ("clip.mp4", clip("mp4", frames=7), "video/mp4")}
     job = a.post("/jobs", files=files)
     assert job.status_code == 202
-    assert job.headers["X-Credits-Charged"] == "7"
+    # The header's 7 and the margin a decode may find past it, held until the job ends.
+    assert job.headers["X-Credits-Charged"] == "9"
     body = a.wait(job.json()["status_url"], succeeded)
     assert body["frames_total"] == 7
     assert a.credits_left() == QUOTA - 7 and b.credits_left() == QUOTA
@@ -393,3 +401,25 @@ def test_a_child_that_sends_frames_without_end_is_stopped_at_the_frame_margin(
     done = wait_status(client, job["id"], ("failed",), timeout=20)
     assert done["error"]["code"] == "video_too_large"
     assert client.get("/health").status_code == 200
+
+
+def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_ran(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+) -> None:
+    a, _ = tenants()
+    # Three frames whose headers say one: within the margin a decode may find beyond an
+    # estimate, so the job succeeds with all three. Charging the header's one would sell
+    # three frames for one credit; the margin is held at submission and what did not run
+    # is given back at the end.
+    data = long_header(clip("webm", frames=3), 0.04)
+    data = data.replace(b"00:00:00.120000000", b"00:00:00.040000000")
+    job = a.post("/jobs", files={"file": ("clip.webm", data, "video/webm")})
+    assert job.status_code == 202
+    done = a.wait(job.json()["status_url"], succeeded)
+    assert done["frames_done"] == 3
+    assert a.credits_left() == QUOTA - 3
+    # An honest clip pays its frames exactly, whatever was held.
+    files = {"file": ("clip.mp4", clip("mp4", frames=7), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    a.wait(job.json()["status_url"], succeeded)
+    assert a.credits_left() == QUOTA - 3 - 7

@@ -262,6 +262,16 @@ class MediaChild:
             self.proc.stdin.close()
 
 
+def video_limits(settings: Settings) -> VideoLimits:
+    """The video limits the settings give."""
+    return VideoLimits(
+        max_duration_s=settings.video_max_duration_s,
+        max_frames=settings.video_max_frames,
+        max_frame_pixels=settings.video_max_frame_pixels,
+        max_total_pixels=settings.video_max_total_pixels,
+    )
+
+
 def child_config(
     settings: Settings,
     mode: str,
@@ -270,15 +280,9 @@ def child_config(
     pixels: str = "RGBA",
 ) -> ChildConfig:
     """The child's configuration from the service's settings."""
-    limits = VideoLimits(
-        max_duration_s=settings.video_max_duration_s,
-        max_frames=settings.video_max_frames,
-        max_frame_pixels=settings.video_max_frame_pixels,
-        max_total_pixels=settings.video_max_total_pixels,
-    )
     return ChildConfig(
         mode=mode,
-        limits=asdict(limits),
+        limits=asdict(video_limits(settings)),
         memory_bytes=settings.video_child_memory_bytes,
         # A probe reads headers only; a run may take as long as a job's attempt.
         cpu_s=settings.video_step_timeout_s if mode == "probe" else settings.job_timeout_s,
