@@ -8,8 +8,10 @@ import json
 import os
 import struct
 import sys
+import time
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from bgsvc import service_video
+from bgsvc import pipeline, service_video
 from bgsvc.jobs import runner
 from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
@@ -423,3 +425,29 @@ def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_r
     job = a.post("/jobs", files=files)
     a.wait(job.json()["status_url"], succeeded)
     assert a.credits_left() == QUOTA - 3 - 7
+
+
+def test_video_probes_that_hang_do_not_hold_back_other_tenants_photos(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, photo_png: bytes
+) -> None:
+    # Headers that keep the probing child busy to its deadline (a file built to, or a
+    # decoder exploit): the serving process only waits for the child, and that wait
+    # must not take the stage threads every photo's decode needs.
+    hang = (sys.executable, "-c", "import time; time.sleep(60)")
+    real = pipeline.child_config
+    monkeypatch.setattr(
+        pipeline,
+        "child_config",
+        lambda *args, **kwargs: replace(real(*args, **kwargs), command=hang),
+    )
+    client = jobs_client(video_step_timeout_s=3)
+    with ThreadPoolExecutor(2) as pool:
+        # As many as the stage threads (two at least).
+        probes = [pool.submit(post_video, client, clip("mp4")) for _ in range(2)]
+        time.sleep(0.5)  # the probes are waiting on their children
+        started = time.monotonic()
+        photo = client.post("/remove-background", files={"file": ("p.png", photo_png, "image/png")})
+        seconds = time.monotonic() - started
+        assert [p.result().status_code for p in probes] == [422] * 2
+    assert photo.status_code == 200
+    assert seconds < 1.5
