@@ -4,6 +4,9 @@ else; the serving process never waits on it past the deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 import time
 import tracemalloc
@@ -132,3 +135,42 @@ def test_closing_a_child_with_frames_unread_reaps_it_at_once() -> None:
     child, seconds = asyncio.run(run())
     assert seconds < 2
     assert child.proc.returncode is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_killing_a_child_takes_the_processes_it_started_with_it(tmp_path: Path) -> None:
+    # A decoder exploit in the child starts a process of its own: killing the child
+    # alone would leave it running on, outside every job.
+    pidfile = tmp_path / "grandchild"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+
+    async def run() -> None:
+        child = await MediaChild.start(config((sys.executable, "-c", script), 1), clip("mp4"))
+        try:
+            with pytest.raises(VideoTimedOut):
+                await child.receive(0)
+        finally:
+            await child.close()
+
+    asyncio.run(run())
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 3
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _alive(grandchild)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,6 +83,14 @@ def _exit_error(returncode: int | None) -> BgsvcError:
     return InvalidVideo(f"The video decoder failed on this file ({what}).")
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the child's process group (its own session, so its pid): what a decoder
+    exploit started goes with it. Called only while the child is not known to be reaped:
+    a group's id is not handed on while its leader or a member lives."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _start_message(config: ChildConfig, data: bytes) -> bytes:
     return protocol.pack_head("C", config.meta(), 0) + protocol.pack_head("V", {}, len(data)) + data
 
@@ -135,9 +144,8 @@ def _bounded_run(config: ChildConfig, data: bytes) -> tuple[bytes, int | None]:
                 f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
             ) from None
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        if proc.poll() is None:
+            _kill_group(proc.pid)
             proc.wait()
         for thread in threads:
             thread.join(5)
@@ -242,8 +250,7 @@ class MediaChild:
 
     def kill(self) -> None:
         if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+            _kill_group(self.proc.pid)
 
     async def close(self) -> None:
         """Kill the child if it still runs, and reap it."""
