@@ -303,3 +303,52 @@ def test_avif_items_that_hide_their_sequence_headers_are_refused_in_bounded_time
     with pytest.raises(InvalidImage, match="too many OBUs"):
         decode(data, LIMITS)
     assert time.process_time() - started < 1.0
+
+
+def avif_grid(tile: tuple[int, int], output: tuple[int, int]) -> bytes:
+    """An AVIF whose primary item is a 1x1 ``grid`` of ``output`` size over one AV1 tile
+    of ``tile`` size (each item's ``ispe`` telling its own size truly)."""
+    src = avif(Image.new("RGB", tile, RED))
+    start = src.index(b"ipco") - 4
+    ipco = src[start : start + struct.unpack(">I", src[start : start + 4])[0]]
+    count = len(avif_boxes(ipco[8:]))
+    ipco = _box(b"ipco", ipco[8:] + _box(b"ispe", struct.pack(">II", *output), 0))
+    ipma = src[src.index(b"ipma") + 8 :]
+    own = ipma[6 : 7 + ipma[6]]  # the tile's associations, as Pillow wrote them
+    iloc = src.index(b"iloc") + 4
+    offset, length = struct.unpack(">II", src[iloc + 14 : iloc + 22])
+    coded = src[offset : offset + length]
+    at = src.index(b"hdlr") - 4
+    hdlr = src[at : at + struct.unpack(">I", src[at : at + 4])[0]]
+    entries = struct.pack(">HBB", 1, 1, count + 1) + struct.pack(">H", 2) + own
+    grid = bytes(4) + struct.pack(">HH", *output)  # version, flags, one row, one column
+    infe = _box(b"infe", struct.pack(">HH", 1, 0) + b"grid\x00", 2)
+    infe += _box(b"infe", struct.pack(">HH", 2, 1) + b"av01\x00", 2)
+    rest = (
+        _box(b"iinf", struct.pack(">H", 2) + infe, 0)
+        + _box(b"iref", _box(b"dimg", struct.pack(">HHH", 1, 1, 2)), 0)
+        + _box(b"iprp", ipco + _box(b"ipma", struct.pack(">I", 2) + entries, 0))
+        + _box(b"idat", grid)
+    )
+
+    def build(at: int) -> bytes:
+        # Version 1: the grid's data in idat (construction method 1), the tile's in mdat.
+        locs = struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(grid))
+        locs += struct.pack(">HHHHII", 2, 0, 0, 1, at, len(coded))
+        iloc_box = _box(b"iloc", struct.pack(">HH", 0x4400, 2) + locs, 1)
+        pitm = _box(b"pitm", struct.pack(">H", 1), 0)
+        return src[: src.index(b"meta") - 4] + _box(b"meta", hdlr + pitm + iloc_box + rest, 0)
+
+    return build(len(build(0)) + 8) + _box(b"mdat", coded)
+
+
+def test_an_avif_grid_whose_tile_is_larger_than_the_grid_is_refused_before_decoding() -> None:
+    # Pillow (and the pixel guard) see the grid's 64x64; libavif decodes the tile whole,
+    # and nothing in a 1x1 grid's layout bounds it: a 1 KB file cost a 3 MP decode here,
+    # 48 MP with an 8000x6000 tile (up to libavif's own limit, 268 MP).
+    assert Image.open(io.BytesIO(avif_grid((64, 64), (64, 64)))).size == (64, 64)
+    assert decode(avif_grid((64, 64), (64, 64)), LIMITS).size == (64, 64)
+    bomb = avif_grid((2048, 1536), (64, 64))
+    assert Image.open(io.BytesIO(bomb)).size == (64, 64)
+    with pytest.raises(InvalidImage, match="2048x1536 but the image it is part of is 64x64"):
+        decode(bomb, LIMITS)
