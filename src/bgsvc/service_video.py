@@ -105,10 +105,17 @@ class VideoProcessor:
                 head = await child.receive(0)
             if head.kind != "I":
                 raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
-            info = VideoInfo.from_json(head.meta["info"])
-            size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
             # The child is not trusted either (a decoder exploit runs there): what it says
-            # bounds the memory this process gives each frame.
+            # bounds the memory this process gives each frame, and a header it garbles is
+            # the file's 4xx, not a server error retried with a fresh child each attempt.
+            try:
+                info = VideoInfo.from_json(head.meta["info"])
+                size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
+                sizes = (info.width, info.height, info.frames, info.rotation)
+                if not all(type(value) is int for value in sizes):
+                    raise TypeError("a count that is not an integer")
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise InvalidVideo("The video decoder gave a broken header.") from None
             if not (0 < size[0] * size[1] <= settings.video_max_frame_pixels):
                 raise InvalidVideo("The video decoder gave an impossible frame size.")
             timings = {"decode": time.perf_counter() - started}

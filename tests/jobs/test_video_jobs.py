@@ -383,6 +383,31 @@ async def _queue_stats(client: TestClient) -> Any:
     return await backends.jobs.stats()
 
 
+def hostile_run_child(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The child that runs the job (not the one that probes it at submission) is
+    tests/video/hostile_child.py in ``mode``."""
+    hostile = Path(__file__).parent.parent / "video" / "hostile_child.py"
+    command = (sys.executable, str(hostile), mode)
+    real = service_video.child_config
+    monkeypatch.setattr(
+        service_video,
+        "child_config",
+        lambda *args, **kwargs: replace(real(*args, **kwargs), command=command),
+    )
+
+
+def test_a_child_that_garbles_the_header_fails_the_job_as_an_invalid_video(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a server error, which would be retried with a fresh child each attempt.
+    hostile_run_child(monkeypatch, "garbled")
+    client = jobs_client(job_max_attempts=3)
+    job = submit_video(client, clip("mp4"))
+    done = wait_status(client, job["id"], ("failed",), timeout=20)
+    assert done["error"]["code"] == "invalid_video"
+    assert done["attempts"] == 1
+
+
 def test_a_child_that_sends_frames_without_end_is_stopped_at_the_frame_margin(
     jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -390,14 +415,7 @@ def test_a_child_that_sends_frames_without_end_is_stopped_at_the_frame_margin(
     # three frames, then it sends frames for ever. The serving process holds it to the
     # header's count and margin itself rather than running the model until the attempt
     # times out (and again on each retry).
-    hostile = Path(__file__).parent.parent / "video" / "hostile_child.py"
-    command = (sys.executable, str(hostile), "endless")
-    real = service_video.child_config
-    monkeypatch.setattr(
-        service_video,
-        "child_config",
-        lambda *args, **kwargs: replace(real(*args, **kwargs), command=command),
-    )
+    hostile_run_child(monkeypatch, "endless")
     client = jobs_client(job_timeout_s=8, job_max_attempts=1)
     job = submit_video(client, clip("mp4"))
     done = wait_status(client, job["id"], ("failed",), timeout=20)

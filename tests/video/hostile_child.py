@@ -38,6 +38,9 @@ def main(mode: str) -> None:
             pass
 
     threading.Thread(target=drop, daemon=True).start()
+    if mode == "garbled":
+        protocol.write(outbox, "I", {"info": {**INFO, "frames": "3", "extra": 1}, "size": [16]})
+        return
     protocol.write(outbox, "I", {"info": INFO, "size": [16, 16]})
     frame = bytes(16 * 16 * 3)
     index = 0
