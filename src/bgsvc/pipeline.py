@@ -36,7 +36,7 @@ from bgsvc.imaging.video import VIDEO_FORMATS, check_video_options, is_video
 from bgsvc.inference.registry import select
 from bgsvc.options import RemovalOptions
 from bgsvc.tracing import span
-from bgsvc.video.sandbox import child_config
+from bgsvc.video.sandbox import child_config, video_limits
 from bgsvc.video.sandbox import probe as probe_video
 
 
@@ -151,12 +151,13 @@ class Remover:
         """The frames the request will run (1 for a still or a first-frame dialect), read
         from the file's header within the frame and pixel budgets: what it is charged. A
         video's headers are read by a child process (bgsvc.video), held to the video
-        limits."""
+        limits; its count is the most frames its decode may deliver (the header's and the
+        margin past an estimate): held at submission, settled when the job ends."""
         if is_video(data):
             check_video_options(options)
             budget = self._limits(options).max_output_pixels
             info, _ = probe_video(child_config(self.settings, "probe", budget), data)
-            return info.frames
+            return video_limits(self.settings).allowed_frames(info.frames)
         if options.frames != "all":
             return 1
         probe = probe_animation(data, self._limits(options), max_frames)

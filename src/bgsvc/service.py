@@ -83,6 +83,14 @@ class RemovalService:
             initializer=_stage_thread_init,
             initargs=(settings.stage_thread_nice,),
         )
+        # A video's headers are read by a child process; a thread of this pool only waits
+        # for it, up to the step deadline. In the stage pool, a few uploads whose probing
+        # runs to its deadline would hold every stage thread, and every tenant's decodes
+        # behind them; here they queue among themselves.
+        self._probes = ThreadPoolExecutor(
+            max_workers=max(2, settings.effective_intra_op_threads),
+            thread_name_prefix="bgsvc-probe",
+        )
         self.video = VideoProcessor(
             remover,
             self._forward,
@@ -97,7 +105,8 @@ class RemovalService:
         """Remover.frame_count off the event loop (a GIF's frames are counted by walking
         its blocks); ``max_frames`` as for process()."""
         frames = self.max_frames if max_frames is None else max_frames
-        return await self._in_stage_pool(lambda: self.remover.frame_count(data, options, frames))
+        pool = self._probes if is_video(data) else self._stages
+        return await self._in_pool(pool, lambda: self.remover.frame_count(data, options, frames))
 
     async def _forward(
         self,
@@ -123,15 +132,19 @@ class RemovalService:
         return await self.scheduler.run(ticket, run, model=engine.name)
 
     async def _in_stage_pool(self, fn: Callable[[], T]) -> T:
+        return await self._in_pool(self._stages, fn)
+
+    async def _in_pool(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         # A cancelled await (request timeout) abandons the thread's work rather than
         # waiting for it; the thread finishes on its own. run_in_executor does not carry
         # contextvars: the copy gives the thread the request id and the current span.
         context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._stages, context.run, fn)
+        return await asyncio.get_running_loop().run_in_executor(pool, context.run, fn)
 
     def shutdown(self) -> None:
         """Stop the stage threads after the work they hold."""
         self._stages.shutdown(wait=True, cancel_futures=True)
+        self._probes.shutdown(wait=True, cancel_futures=True)
 
     async def aclose(self) -> None:
         """Close network connections (the shared cache's), on the serving loop."""

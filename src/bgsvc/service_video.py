@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from bgsvc.cache import CachedResult
-from bgsvc.errors import InvalidVideo
+from bgsvc.errors import InvalidVideo, VideoTooLarge
 from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
 from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
@@ -27,7 +27,7 @@ from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.tracing import span
-from bgsvc.video.sandbox import MediaChild, child_config
+from bgsvc.video.sandbox import MediaChild, child_config, video_limits
 
 T = TypeVar("T")
 # Called with (frames done, frames in all) as a video's frames finish.
@@ -104,10 +104,17 @@ class VideoProcessor:
                 head = await child.receive(0)
             if head.kind != "I":
                 raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
-            info = VideoInfo.from_json(head.meta["info"])
-            size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
             # The child is not trusted either (a decoder exploit runs there): what it says
-            # bounds the memory this process gives each frame.
+            # bounds the memory this process gives each frame, and a header it garbles is
+            # the file's 4xx, not a server error retried with a fresh child each attempt.
+            try:
+                info = VideoInfo.from_json(head.meta["info"])
+                size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
+                sizes = (info.width, info.height, info.frames, info.rotation)
+                if not all(type(value) is int for value in sizes):
+                    raise TypeError("a count that is not an integer")
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise InvalidVideo("The video decoder gave a broken header.") from None
             if not (0 < size[0] * size[1] <= settings.video_max_frame_pixels):
                 raise InvalidVideo("The video decoder gave an impossible frame size.")
             timings = {"decode": time.perf_counter() - started}
@@ -148,15 +155,25 @@ class VideoProcessor:
         smoother = self.matte_step(options)
         frame_bytes = size[0] * size[1] * 3
         total = info.frames
-        done = 0
+        done = received = 0
+        # The child stops at the header's count and margin; a child a decoder exploit
+        # runs would not, and every frame it sends costs this process a forward pass.
+        allowed = video_limits(remover.settings).allowed_frames(info.frames)
         timings.update(inference=0.0, queue=0.0)
 
         async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:
+            nonlocal received
             message = await child.receive(frame_bytes)
             if message.kind == "N":
                 return None
             if message.kind != "F" or len(message.payload) != frame_bytes:
                 raise InvalidVideo("The video decoder sent a broken frame.")
+            received += 1
+            if received > allowed:
+                raise VideoTooLarge(
+                    f"The video decoder sent more frames than the header counts "
+                    f"({info.frames}); at most {allowed} are taken."
+                )
             pixels = np.frombuffer(message.payload, np.uint8).reshape(size[1], size[0], 3)
             image = DecodedImage(
                 pixels=pixels,

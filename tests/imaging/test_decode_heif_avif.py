@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,117 @@ def test_an_avif_whose_structure_cannot_be_read_is_refused(damage: str, reason: 
     # Through decode, libavif's own parser may refuse it first (415); either is a 4xx.
     with pytest.raises((InvalidImage, UnsupportedFormat)):
         decode(bytes(data), LIMITS)
+
+
+def _box(kind: bytes, payload: bytes, version: int | None = None) -> bytes:
+    if version is not None:
+        payload = bytes([version, 0, 0, 0]) + payload
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def avif_with_hidden_headers(extra: int) -> bytes:
+    """A 16x16 AVIF that libavif opens, with ``extra`` more AV1 items (each sized by the
+    still's ``ispe``) that all point at one extent: the still's data behind 64 KB of
+    empty padding OBUs."""
+    src = avif(Image.new("RGB", (16, 16), RED))
+    start = src.index(b"ipco") - 4
+    ipco = src[start : start + struct.unpack(">I", src[start : start + 4])[0]]
+    ispe = 1 + [kind for kind, _, _ in avif_boxes(ipco[8:])].index(b"ispe")
+    ipma = src[src.index(b"ipma") + 8 :]
+    # Pillow's one item: id 1, its properties as the encoder associated them.
+    own = ipma[6 : 7 + ipma[6]]
+    iloc = src.index(b"iloc") + 4
+    offset, length = struct.unpack(">II", src[iloc + 14 : iloc + 22])
+    coded = src[offset : offset + length]
+    hidden = b"\x7a\x00" * 32_000 + coded  # OBU type 15 (padding), payload size 0
+    at = src.index(b"hdlr") - 4
+    hdlr = src[at : at + struct.unpack(">I", src[at : at + 4])[0]]
+    ids = range(2, 2 + extra)
+    infe = _box(b"infe", struct.pack(">HH", 1, 0) + b"av01\x00", 2) + b"".join(
+        _box(b"infe", struct.pack(">HH", i, 1) + b"av01\x00", 2) for i in ids
+    )
+    entries = struct.pack(">H", 1) + own + b"".join(struct.pack(">HBB", i, 1, ispe) for i in ids)
+    iprp = _box(b"iprp", ipco + _box(b"ipma", struct.pack(">I", 1 + extra) + entries, 0))
+    rest = _box(b"iinf", struct.pack(">H", 1 + extra) + infe, 0) + iprp
+    ftyp = src[: src.index(b"meta") - 4]
+
+    def build(at: int) -> bytes:
+        locs = struct.pack(">HHHII", 1, 0, 1, at, len(coded)) + b"".join(
+            struct.pack(">HHHII", i, 0, 1, at + len(coded), len(hidden)) for i in ids
+        )
+        iloc_box = _box(b"iloc", struct.pack(">HH", 0x4400, 1 + extra) + locs, 0)
+        pitm = _box(b"pitm", struct.pack(">H", 1), 0)
+        return ftyp + _box(b"meta", hdlr + pitm + iloc_box + rest, 0)
+
+    head = build(len(build(0)) + 8)
+    return head + _box(b"mdat", coded + hidden)
+
+
+def avif_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    at, found = 0, []
+    while at < len(data):
+        size = struct.unpack(">I", data[at : at + 4])[0]
+        found.append((data[at + 4 : at + 8], at + 8, at + size))
+        at += size
+    return found
+
+
+def test_avif_items_that_hide_their_sequence_headers_are_refused_in_bounded_time() -> None:
+    # A hundred items over one extent of 32 000 empty OBUs: unbounded, the serving
+    # process would step over 3.2 million OBUs (a thousand items: tens of CPU seconds
+    # for a 100 KB upload) before libavif decodes a 16x16 still.
+    data = avif_with_hidden_headers(100)
+    assert Image.open(io.BytesIO(data)).size == (16, 16)  # libavif accepts the container
+    started = time.process_time()
+    with pytest.raises(InvalidImage, match="too many OBUs"):
+        decode(data, LIMITS)
+    assert time.process_time() - started < 1.0
+
+
+def avif_grid(tile: tuple[int, int], output: tuple[int, int]) -> bytes:
+    """An AVIF whose primary item is a 1x1 ``grid`` of ``output`` size over one AV1 tile
+    of ``tile`` size (each item's ``ispe`` telling its own size truly)."""
+    src = avif(Image.new("RGB", tile, RED))
+    start = src.index(b"ipco") - 4
+    ipco = src[start : start + struct.unpack(">I", src[start : start + 4])[0]]
+    count = len(avif_boxes(ipco[8:]))
+    ipco = _box(b"ipco", ipco[8:] + _box(b"ispe", struct.pack(">II", *output), 0))
+    ipma = src[src.index(b"ipma") + 8 :]
+    own = ipma[6 : 7 + ipma[6]]  # the tile's associations, as Pillow wrote them
+    iloc = src.index(b"iloc") + 4
+    offset, length = struct.unpack(">II", src[iloc + 14 : iloc + 22])
+    coded = src[offset : offset + length]
+    at = src.index(b"hdlr") - 4
+    hdlr = src[at : at + struct.unpack(">I", src[at : at + 4])[0]]
+    entries = struct.pack(">HBB", 1, 1, count + 1) + struct.pack(">H", 2) + own
+    grid = bytes(4) + struct.pack(">HH", *output)  # version, flags, one row, one column
+    infe = _box(b"infe", struct.pack(">HH", 1, 0) + b"grid\x00", 2)
+    infe += _box(b"infe", struct.pack(">HH", 2, 1) + b"av01\x00", 2)
+    rest = (
+        _box(b"iinf", struct.pack(">H", 2) + infe, 0)
+        + _box(b"iref", _box(b"dimg", struct.pack(">HHH", 1, 1, 2)), 0)
+        + _box(b"iprp", ipco + _box(b"ipma", struct.pack(">I", 2) + entries, 0))
+        + _box(b"idat", grid)
+    )
+
+    def build(at: int) -> bytes:
+        # Version 1: the grid's data in idat (construction method 1), the tile's in mdat.
+        locs = struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(grid))
+        locs += struct.pack(">HHHHII", 2, 0, 0, 1, at, len(coded))
+        iloc_box = _box(b"iloc", struct.pack(">HH", 0x4400, 2) + locs, 1)
+        pitm = _box(b"pitm", struct.pack(">H", 1), 0)
+        return src[: src.index(b"meta") - 4] + _box(b"meta", hdlr + pitm + iloc_box + rest, 0)
+
+    return build(len(build(0)) + 8) + _box(b"mdat", coded)
+
+
+def test_an_avif_grid_whose_tile_is_larger_than_the_grid_is_refused_before_decoding() -> None:
+    # Pillow (and the pixel guard) see the grid's 64x64; libavif decodes the tile whole,
+    # and nothing in a 1x1 grid's layout bounds it: a 1 KB file cost a 3 MP decode here,
+    # 48 MP with an 8000x6000 tile (up to libavif's own limit, 268 MP).
+    assert Image.open(io.BytesIO(avif_grid((64, 64), (64, 64)))).size == (64, 64)
+    assert decode(avif_grid((64, 64), (64, 64)), LIMITS).size == (64, 64)
+    bomb = avif_grid((2048, 1536), (64, 64))
+    assert Image.open(io.BytesIO(bomb)).size == (64, 64)
+    with pytest.raises(InvalidImage, match="2048x1536 but the image it is part of is 64x64"):
+        decode(bomb, LIMITS)

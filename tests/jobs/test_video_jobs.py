@@ -7,9 +7,14 @@ import io
 import json
 import os
 import struct
+import sys
+import time
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bgsvc import pipeline, service_video
 from bgsvc.jobs import runner
 from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
@@ -251,18 +257,41 @@ def test_a_header_estimate_gives_way_to_the_frames_really_decoded(
     assert done["frames_done"] == done["frames_total"] == 10
 
 
-def test_a_cut_webm_whose_headers_survive_fails_as_an_invalid_video_and_costs_nothing(
+def test_a_cut_webm_whose_headers_survive_fails_and_costs_only_the_frames_that_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
     a, _ = tenants()
     whole = clip("webm", frames=30)
-    files = {"file": ("clip.webm", whole[: len(whole) // 3], "video/webm")}
+    files = {"file": ("clip.webm", whole[: len(whole) * 2 // 3], "video/webm")}
     job = a.post("/jobs", files=files)
-    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "30"
+    # 30 by its header, and the 2 frames a decode may find past it, held until it ends.
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "32"
     done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
     assert done["error"]["code"] == "invalid_video"
     assert "cut short" in done["error"]["message"]
-    assert a.credits_left() == QUOTA
+    # The frames decoded before the cut went through the model: a file cut on purpose
+    # must not buy that work for nothing. The ones that never ran are given back.
+    assert QUOTA - 30 < a.credits_left() < QUOTA
+    assert a.credits_left() == QUOTA - done["frames_done"]
+
+
+def test_a_video_longer_than_its_header_keeps_the_credits_of_the_frames_that_ran(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
+    a, _ = tenants()
+    # Three frames by its header, ten in the file: five at most (the margin, held at
+    # submission) run through the model before the decode stops, and the job fails.
+    data = long_header(clip("webm"), 0.1).replace(b"00:00:00.400000000", b"00:00:00.100000000")
+    job = a.post("/jobs", files={"file": ("clip.webm", data, "video/webm")})
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "5"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
+    assert done["error"]["code"] == "video_too_large"
+    assert 3 <= done["frames_done"] <= 5
+    assert a.credits_left() == QUOTA - done["frames_done"]
 
 
 def _random_mp4() -> bytes:
@@ -323,7 +352,8 @@ def test_a_video_costs_a_credit_a_frame_and_stays_its_tenants(
     files = {"file": ("clip.mp4", clip("mp4", frames=7), "video/mp4")}
     job = a.post("/jobs", files=files)
     assert job.status_code == 202
-    assert job.headers["X-Credits-Charged"] == "7"
+    # The header's 7 and the margin a decode may find past it, held until the job ends.
+    assert job.headers["X-Credits-Charged"] == "9"
     body = a.wait(job.json()["status_url"], succeeded)
     assert body["frames_total"] == 7
     assert a.credits_left() == QUOTA - 7 and b.credits_left() == QUOTA
@@ -351,3 +381,91 @@ async def _queue_stats(client: TestClient) -> Any:
     backends = await jobs_of(client).queue.open(create=True)
     assert backends is not None
     return await backends.jobs.stats()
+
+
+def hostile_run_child(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The child that runs the job (not the one that probes it at submission) is
+    tests/video/hostile_child.py in ``mode``."""
+    hostile = Path(__file__).parent.parent / "video" / "hostile_child.py"
+    command = (sys.executable, str(hostile), mode)
+    real = service_video.child_config
+    monkeypatch.setattr(
+        service_video,
+        "child_config",
+        lambda *args, **kwargs: replace(real(*args, **kwargs), command=command),
+    )
+
+
+def test_a_child_that_garbles_the_header_fails_the_job_as_an_invalid_video(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a server error, which would be retried with a fresh child each attempt.
+    hostile_run_child(monkeypatch, "garbled")
+    client = jobs_client(job_max_attempts=3)
+    job = submit_video(client, clip("mp4"))
+    done = wait_status(client, job["id"], ("failed",), timeout=20)
+    assert done["error"]["code"] == "invalid_video"
+    assert done["attempts"] == 1
+
+
+def test_a_child_that_sends_frames_without_end_is_stopped_at_the_frame_margin(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child that runs the job is one a decoder exploit has taken over: its header says
+    # three frames, then it sends frames for ever. The serving process holds it to the
+    # header's count and margin itself rather than running the model until the attempt
+    # times out (and again on each retry).
+    hostile_run_child(monkeypatch, "endless")
+    client = jobs_client(job_timeout_s=8, job_max_attempts=1)
+    job = submit_video(client, clip("mp4"))
+    done = wait_status(client, job["id"], ("failed",), timeout=20)
+    assert done["error"]["code"] == "video_too_large"
+    assert client.get("/health").status_code == 200
+
+
+def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_ran(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+) -> None:
+    a, _ = tenants()
+    # Three frames whose headers say one: within the margin a decode may find beyond an
+    # estimate, so the job succeeds with all three. Charging the header's one would sell
+    # three frames for one credit; the margin is held at submission and what did not run
+    # is given back at the end.
+    data = long_header(clip("webm", frames=3), 0.04)
+    data = data.replace(b"00:00:00.120000000", b"00:00:00.040000000")
+    job = a.post("/jobs", files={"file": ("clip.webm", data, "video/webm")})
+    assert job.status_code == 202
+    done = a.wait(job.json()["status_url"], succeeded)
+    assert done["frames_done"] == 3
+    assert a.credits_left() == QUOTA - 3
+    # An honest clip pays its frames exactly, whatever was held.
+    files = {"file": ("clip.mp4", clip("mp4", frames=7), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    a.wait(job.json()["status_url"], succeeded)
+    assert a.credits_left() == QUOTA - 3 - 7
+
+
+def test_video_probes_that_hang_do_not_hold_back_other_tenants_photos(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, photo_png: bytes
+) -> None:
+    # Headers that keep the probing child busy to its deadline (a file built to, or a
+    # decoder exploit): the serving process only waits for the child, and that wait
+    # must not take the stage threads every photo's decode needs.
+    hang = (sys.executable, "-c", "import time; time.sleep(60)")
+    real = pipeline.child_config
+    monkeypatch.setattr(
+        pipeline,
+        "child_config",
+        lambda *args, **kwargs: replace(real(*args, **kwargs), command=hang),
+    )
+    client = jobs_client(video_step_timeout_s=3)
+    with ThreadPoolExecutor(2) as pool:
+        # As many as the stage threads (two at least).
+        probes = [pool.submit(post_video, client, clip("mp4")) for _ in range(2)]
+        time.sleep(0.5)  # the probes are waiting on their children
+        started = time.monotonic()
+        photo = client.post("/remove-background", files={"file": ("p.png", photo_png, "image/png")})
+        seconds = time.monotonic() - started
+        assert [p.result().status_code for p in probes] == [422] * 2
+    assert photo.status_code == 200
+    assert seconds < 1.5

@@ -4,8 +4,13 @@ else; the serving process never waits on it past the deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 import time
+import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +99,78 @@ def test_the_child_holds_itself_to_its_memory_limit() -> None:
     # any byte of the upload is read.
     with pytest.raises(InvalidVideo):
         probe(small, clip("mp4"))
+
+
+HOSTILE = Path(__file__).with_name("hostile_child.py")
+
+
+def test_a_probe_child_that_floods_its_answer_costs_the_parent_one_answer() -> None:
+    # 64 MiB where one short message is due: the serving process keeps at most one
+    # answer's worth, however much the child writes.
+    command = (sys.executable, str(HOSTILE), "flood")
+    tracemalloc.start()
+    try:
+        with pytest.raises((InvalidVideo, VideoTimedOut)):
+            probe(config(command, timeout=10), clip("mp4"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2
+
+
+def test_closing_a_child_with_frames_unread_reaps_it_at_once() -> None:
+    # A job that fails (or is cancelled) mid-video leaves the child's frames unread: the
+    # pipe's reader, paused on a full buffer, would never see the pipe close, and
+    # asyncio's wait() waits for that, holding the job's slot to close()'s deadline.
+    command = (sys.executable, str(HOSTILE), "endless")
+
+    async def run() -> tuple[MediaChild, float]:
+        child = await MediaChild.start(config(command, timeout=10), clip("mp4"))
+        await child.receive(0)
+        await asyncio.sleep(0.5)  # the child fills the pipe and the reader's buffer
+        started = time.monotonic()
+        await child.close()
+        return child, time.monotonic() - started
+
+    child, seconds = asyncio.run(run())
+    assert seconds < 2
+    assert child.proc.returncode is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_killing_a_child_takes_the_processes_it_started_with_it(tmp_path: Path) -> None:
+    # A decoder exploit in the child starts a process of its own: killing the child
+    # alone would leave it running on, outside every job.
+    pidfile = tmp_path / "grandchild"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+
+    async def run() -> None:
+        child = await MediaChild.start(config((sys.executable, "-c", script), 1), clip("mp4"))
+        try:
+            with pytest.raises(VideoTimedOut):
+                await child.receive(0)
+        finally:
+            await child.close()
+
+    asyncio.run(run())
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 3
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _alive(grandchild)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)

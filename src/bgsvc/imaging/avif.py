@@ -6,8 +6,9 @@ and scales it to the ``ispe`` size afterwards: a file whose property says 80x60 
 8000x6000 frame passes the guard and costs a full 48 MP decode. Every AV1 image item's
 data carries a sequence header (AVIF items are AV1 sync samples, and those must), whose
 maximum frame size bounds every frame it governs. ``check`` reads it for each AV1 item
-and refuses the file when it exceeds that item's ``ispe``: then the header's size bounds
-the decode, as for every other format.
+and refuses the file when it exceeds that item's ``ispe``, or the primary item's (what
+Pillow reports: for a grid, the grid's, which its tiles never exceed): then the header's
+size bounds the decode, as for every other format.
 
 Image sequences (a ``moov`` box: animated AVIF) are refused: libavif prefers the track
 over the still item, and its samples may change the sequence header midway.
@@ -32,6 +33,10 @@ MAX_EXTENTS = 64
 MAX_PROPERTIES = 32
 # Sequence header OBUs are a few bytes; an item is scanned this far for one.
 SCAN_BYTES = 1 << 16
+# OBUs stepped over in all items together before their sequence headers. A real item
+# opens with its sequence header (behind a temporal delimiter at most); without a shared
+# bound, a thousand items pointing at one extent of empty OBUs cost tens of CPU seconds.
+MAX_OBUS = 4 * MAX_ITEMS
 OBU_SEQUENCE_HEADER = 1
 
 
@@ -251,10 +256,13 @@ def _leb128(data: bytes, at: int) -> tuple[int, int]:
     raise _Truncated
 
 
-def _sequence_header_size(obus: bytes) -> tuple[int, int] | None:
+def _sequence_header_size(obus: bytes, budget: list[int]) -> tuple[int, int] | None:
     """The frame size of the first sequence header among ``obus`` (sized OBUs)."""
     at = 0
     while at < len(obus):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InvalidImage("The AVIF file's pictures hold too many OBUs.")
         header = obus[at]
         kind = (header >> 3) & 0xF
         at += 2 if header & 0x04 else 1
@@ -307,11 +315,20 @@ def check(data: bytes) -> None:
         coded = [item for item in items.values() if item.kind == b"av01"]
         if not coded:
             raise _Truncated
+        # What Pillow reports (and the pixel guard checks) is the primary item's size: for
+        # a grid, the grid's. A tile is never larger than the grid it builds (libavif's
+        # layout rules make the tiles cover it once, overhanging by less than a tile),
+        # except a 1x1 grid's, which nothing bounds: an 8000x6000 tile behind a 64x64 grid
+        # passed every per-item check.
+        primary = _size_of(items.get(_primary_id(data, start, meta[1], budget)), properties)
+        if primary is None:
+            raise InvalidImage("The AVIF image has no size property.")
+        obus = [MAX_OBUS]
         for item in coded:
-            size = _sequence_header_size(_item_bytes(data, item, idat))
+            size = _sequence_header_size(_item_bytes(data, item, idat), obus)
             if size is None:
                 raise InvalidImage("An AVIF picture has no AV1 sequence header.")
-            declared = next((properties[i] for i in item.properties if i in properties), None)
+            declared = _size_of(item, properties)
             if declared is None:
                 raise InvalidImage("An AVIF picture has no size property.")
             # A smaller frame is enlarged to the declared size (cheap); a larger one would
@@ -321,10 +338,28 @@ def check(data: bytes) -> None:
                     f"An AVIF picture is up to {size[0]}x{size[1]} but its header says "
                     f"{declared[0]}x{declared[1]}."
                 )
+            if size[0] > primary[0] or size[1] > primary[1]:
+                raise InvalidImage(
+                    f"An AVIF picture is up to {size[0]}x{size[1]} but the image it is part "
+                    f"of is {primary[0]}x{primary[1]}."
+                )
     except _Truncated:
         raise InvalidImage("The AVIF file's structure could not be read.") from None
     except IndexError:
         raise InvalidImage("The AVIF file's structure could not be read.") from None
+
+
+def _primary_id(data: bytes, start: int, end: int, budget: list[int]) -> int:
+    """The primary item's id (``pitm``)."""
+    s, _ = _child(data, start, end, b"pitm", budget)
+    return _u(data, s + 4, 2 if _u(data, s, 1) == 0 else 4)
+
+
+def _size_of(item: _Item | None, properties: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
+    """The first ``ispe`` size among ``item``'s properties."""
+    if item is None:
+        return None
+    return next((properties[i] for i in item.properties if i in properties), None)
 
 
 def _property_sizes(

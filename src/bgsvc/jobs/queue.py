@@ -217,15 +217,16 @@ class JobQueue:
             raise JobNotFound(f"No job {job_id!r}.")
         return record
 
-    async def give_back(self, record: JobRecord) -> None:
+    async def give_back(self, record: JobRecord, kept: int = 0) -> None:
         """Refund the credits of a job that ends without a result (called once per job:
-        by whoever moved it to failed, canceled or expired). Only within the calendar
-        month (UTC) it was charged in: quotas are monthly, and a refund in the next month
-        would be a free credit there."""
-        if not record.credits or record.tenant is None or self.refund is None:
+        by whoever moved it to failed, canceled or expired), less ``kept`` (work it had
+        done). Only within the calendar month (UTC) it was charged in: quotas are
+        monthly, and a refund in the next month would be a free credit there."""
+        credits = record.credits - min(max(kept, 0), record.credits)
+        if not credits or record.tenant is None or self.refund is None:
             return
         if month_of(record.created_at) == month_of(self.clock()):
-            await self.refund(record.tenant, record.credits)
+            await self.refund(record.tenant, credits)
 
     async def result(self, job_id: str, viewer: str | None = None) -> StoredObject | str:
         """The result object, or a URL to send the client to (presigned S3)."""

@@ -245,6 +245,9 @@ class JobRunner:
             exc: BgsvcError = JobExpired("The upload expired before the job could run.")
             await self._end(backends, record, JobStatus.EXPIRED, started, error=_error(exc))
             return
+        # The frames of a video that went through the model in this attempt (empty: no
+        # video, or none reported yet).
+        ran: list[int] = []
         try:
             try:
                 options = self.parse_options(record.options)
@@ -256,7 +259,7 @@ class JobRunner:
                         timeout_s=self.config.timeout_s,
                         scope=record.tenant,
                         max_frames=self.config.max_frames,
-                        progress=self._progress(backends, record),
+                        progress=self._progress(backends, record, ran),
                     )
                     key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever
@@ -276,7 +279,13 @@ class JobRunner:
             return
         except BgsvcError as exc:
             if exc.status < 500:  # the input or the options: another attempt cannot help
-                await self._end(backends, record, JobStatus.FAILED, started, error=_error(exc))
+                # A video that fails for what its file holds (cut short, more frames than
+                # its header counted) keeps the credits of the frames that ran: else a
+                # file made to fail at its end would buy all its model work for nothing.
+                kept = ran[0] if ran else 0
+                await self._end(
+                    backends, record, JobStatus.FAILED, started, error=_error(exc), kept=kept
+                )
             else:
                 await self._retry_or_fail(backends, record, started, exc)
             return
@@ -291,17 +300,21 @@ class JobRunner:
             started,
             result_key=key,
             content_type=result.output.media_type,
+            # A video was charged the most frames it could deliver: the rest come back.
+            kept=ran[0] if ran else None,
         )
 
     def _progress(
-        self, backends: Backends, record: JobRecord
+        self, backends: Backends, record: JobRecord, ran: list[int]
     ) -> Callable[[int, int], Awaitable[None]]:
         """What a video's frames report to, written at most every PROGRESS_EVERY_S (and at
-        the first and the last frame); a store that fails meanwhile costs the job nothing."""
+        the first and the last frame); a store that fails meanwhile costs the job nothing.
+        ``ran`` holds the frames done, written or not."""
         written = -PROGRESS_EVERY_S
 
         async def report(done: int, total: int) -> None:
             nonlocal written
+            ran[:] = [done]
             now = time.monotonic()
             if 0 < done < total and now - written < PROGRESS_EVERY_S:
                 return
@@ -338,7 +351,10 @@ class JobRunner:
         error: JobError | None = None,
         result_key: str | None = None,
         content_type: str | None = None,
+        kept: int | None = 0,
     ) -> None:
+        """``kept``: the credits a job keeps (a video's frames that ran): the rest are
+        given back; None: all (a job that succeeded)."""
         now = self.clock()
         owned = await self._settle(
             lambda: backends.jobs.finish(
@@ -353,8 +369,8 @@ class JobRunner:
         )
         if not owned:
             return  # another runner took it over (lease expired); it finishes it
-        if status is not JobStatus.SUCCEEDED:
-            await self.queue.give_back(record)
+        if kept is not None:
+            await self.queue.give_back(record, kept)
         elapsed = time.monotonic() - started
         self.metrics.jobs.labels(status.value).inc()
         self.metrics.job_duration.labels(status.value).observe(elapsed)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +33,9 @@ from bgsvc.imaging.video import VideoInfo, VideoLimits
 from bgsvc.video import protocol
 
 CHILD = (sys.executable, "-m", "bgsvc.video.child")
+# A probe's answer is one message without a payload; a child that writes more (a
+# decoder exploit) is cut off there rather than buffered in the serving process.
+PROBE_ANSWER_BYTES = protocol.HEAD.size + protocol.MAX_META
 # The errors the child reports, by code; any other code is an invalid video.
 _ERRORS: dict[str, type[BgsvcError]] = {
     cls.code: cls for cls in (InvalidVideo, VideoTooLarge, VideoTimedOut, InvalidParameter)
@@ -77,38 +83,94 @@ def _exit_error(returncode: int | None) -> BgsvcError:
     return InvalidVideo(f"The video decoder failed on this file ({what}).")
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the child's process group (its own session, so its pid): what a decoder
+    exploit started goes with it. Called only while the child is not known to be reaped:
+    a group's id is not handed on while its leader or a member lives."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _start_message(config: ChildConfig, data: bytes) -> bytes:
     return protocol.pack_head("C", config.meta(), 0) + protocol.pack_head("V", {}, len(data)) + data
+
+
+def _bounded_run(config: ChildConfig, data: bytes) -> tuple[bytes, int | None]:
+    """The child's output (at most PROBE_ANSWER_BYTES of it) and its exit status; the
+    child killed once it says more than that or overruns the step deadline."""
+    proc = subprocess.Popen(
+        list(config.command),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    if stdin is None or stdout is None:
+        raise RuntimeError("the child has no pipes")
+    out = bytearray()
+
+    def feed() -> None:
+        # A child that ended early (an error, a crash) closes its end: its answer says why.
+        with contextlib.suppress(OSError, ValueError):
+            stdin.write(_start_message(config, data))
+            stdin.close()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while len(out) < PROBE_ANSWER_BYTES:
+                chunk = stdout.read(PROBE_ANSWER_BYTES - len(out))
+                if not chunk:
+                    return
+                out.extend(chunk)
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain)]
+    deadline = time.monotonic() + config.step_timeout_s
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if len(out) >= PROBE_ANSWER_BYTES:
+            raise InvalidVideo("The video decoder answered more than a header's worth.")
+        if any(thread.is_alive() for thread in threads):
+            raise VideoTimedOut(
+                f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
+            )
+        try:
+            returncode = proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise VideoTimedOut(
+                f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
+            ) from None
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc.pid)
+            proc.wait()
+        for thread in threads:
+            thread.join(5)
+        for pipe in (stdin, stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+    return bytes(out), returncode
 
 
 def probe(config: ChildConfig, data: bytes) -> tuple[VideoInfo, tuple[int, int]]:
     """The video's headers, within its limits (raises the child's error otherwise), read
     by a child that exits once it has answered. Blocking: call it off the event loop."""
-    try:
-        done = subprocess.run(
-            list(config.command),
-            input=_start_message(config, data),
-            capture_output=True,
-            timeout=config.step_timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise VideoTimedOut(
-            f"Reading the video's headers took longer than {config.step_timeout_s:g} s."
-        ) from None
-    out = done.stdout
+    out, returncode = _bounded_run(config, data)
     try:
         kind, meta_len, _payload_len = protocol.unpack_head(out[: protocol.HEAD.size])
 
         start = protocol.HEAD.size
         meta = json.loads(out[start : start + meta_len]) if meta_len else {}
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        raise _exit_error(done.returncode) from None
+        raise _exit_error(returncode) from None
     message = protocol.Message(kind, meta)
     if kind == "E":
         raise _error(message)
     if kind != "I":
-        raise _exit_error(done.returncode)
+        raise _exit_error(returncode)
     size = meta["size"]
     return VideoInfo.from_json(meta["info"]), (int(size[0]), int(size[1]))
 
@@ -188,17 +250,33 @@ class MediaChild:
 
     def kill(self) -> None:
         if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+            _kill_group(self.proc.pid)
 
     async def close(self) -> None:
         """Kill the child if it still runs, and reap it."""
         self.kill()
+        stdout = self.proc.stdout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
+                # asyncio's wait() also waits for the pipe to close, which a reader paused
+                # on a full buffer (frames left unread) never sees: what the dead child
+                # wrote is read and dropped, a pipe's worth at most.
+                if stdout is not None:
+                    while await stdout.read(1 << 16):
+                        pass
                 await self.proc.wait()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    """The video limits the settings give."""
+    return VideoLimits(
+        max_duration_s=settings.video_max_duration_s,
+        max_frames=settings.video_max_frames,
+        max_frame_pixels=settings.video_max_frame_pixels,
+        max_total_pixels=settings.video_max_total_pixels,
+    )
 
 
 def child_config(
@@ -209,15 +287,9 @@ def child_config(
     pixels: str = "RGBA",
 ) -> ChildConfig:
     """The child's configuration from the service's settings."""
-    limits = VideoLimits(
-        max_duration_s=settings.video_max_duration_s,
-        max_frames=settings.video_max_frames,
-        max_frame_pixels=settings.video_max_frame_pixels,
-        max_total_pixels=settings.video_max_total_pixels,
-    )
     return ChildConfig(
         mode=mode,
-        limits=asdict(limits),
+        limits=asdict(video_limits(settings)),
         memory_bytes=settings.video_child_memory_bytes,
         # A probe reads headers only; a run may take as long as a job's attempt.
         cpu_s=settings.video_step_timeout_s if mode == "probe" else settings.job_timeout_s,

@@ -1,0 +1,53 @@
+"""Stand-ins for a media child a decoder exploit has taken over: it speaks the protocol,
+or not, and wants the serving process to pay. ``python hostile_child.py MODE``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from bgsvc.video import protocol
+
+INFO = {
+    "width": 16,
+    "height": 16,
+    "frames": 3,
+    "duration_s": 0.12,
+    "rate_num": 25,
+    "rate_den": 1,
+    "rotation": 0,
+    "codec": "h264",
+}
+
+
+def main(mode: str) -> None:
+    inbox, outbox = sys.stdin.buffer, sys.stdout.buffer
+    protocol.read(inbox, 0)
+    protocol.read(inbox, 1 << 30)
+    if mode == "flood":
+        # Where one short answer is due: 64 MiB, then silence.
+        chunk = bytes(1 << 20)
+        for _ in range(64):
+            outbox.write(chunk)
+        outbox.flush()
+        return
+
+    def drop() -> None:
+        # Whatever the parent sends back is read and dropped: it never blocks on us.
+        while inbox.read(1 << 16):
+            pass
+
+    threading.Thread(target=drop, daemon=True).start()
+    if mode == "garbled":
+        protocol.write(outbox, "I", {"info": {**INFO, "frames": "3", "extra": 1}, "size": [16]})
+        return
+    protocol.write(outbox, "I", {"info": INFO, "size": [16, 16]})
+    frame = bytes(16 * 16 * 3)
+    index = 0
+    while mode == "endless":
+        protocol.write(outbox, "F", {"index": index}, frame)
+        index += 1
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
