@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bgsvc import pipeline, service_video
-from bgsvc.jobs import runner
+from bgsvc.jobs import progress
 from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
 from tests.videos import clip, decode
@@ -168,7 +168,7 @@ def test_a_running_video_reports_its_frames_done_and_in_all(
     jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = jobs_client()
-    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
     seen: list[tuple[str, int, int]] = []
 
     async def watch() -> None:
@@ -261,7 +261,7 @@ def test_a_cut_webm_whose_headers_survive_fails_and_costs_only_the_frames_that_r
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
     a, _ = tenants()
     whole = clip("webm", frames=30)
     files = {"file": ("clip.webm", whole[: len(whole) * 2 // 3], "video/webm")}
@@ -281,7 +281,7 @@ def test_a_video_longer_than_its_header_keeps_the_credits_of_the_frames_that_ran
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)  # frames_done exact
     a, _ = tenants()
     # Three frames by its header, ten in the file: five at most (the margin, held at
     # submission) run through the model before the decode stops, and the job fails.

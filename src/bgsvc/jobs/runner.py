@@ -33,6 +33,7 @@ from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.jobs.base import JobStore
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.notify import Notifier
+from bgsvc.jobs.progress import VideoProgress
 from bgsvc.jobs.queue import Backends, JobQueue, result_key
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
@@ -48,8 +49,6 @@ ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Coroutine
 
 T = TypeVar("T")
 
-# A running video's progress is written to the job store at most this often.
-PROGRESS_EVERY_S = 0.5
 # One warning per this many seconds while the job store (Redis) keeps failing.
 UNAVAILABLE_LOG_EVERY_S = 30.0
 
@@ -245,9 +244,8 @@ class JobRunner:
             exc: BgsvcError = JobExpired("The upload expired before the job could run.")
             await self._end(backends, record, JobStatus.EXPIRED, started, error=_error(exc))
             return
-        # The frames of a video that went through the model in this attempt (empty: no
-        # video, or none reported yet).
-        ran: list[int] = []
+        # The frames of a video that went through the model in this attempt.
+        progress = VideoProgress(backends.jobs, record.id, self.owner)
         try:
             try:
                 options = self.parse_options(record.options)
@@ -259,7 +257,7 @@ class JobRunner:
                         timeout_s=self.config.timeout_s,
                         scope=record.tenant,
                         max_frames=self.config.max_frames,
-                        progress=self._progress(backends, record, ran),
+                        progress=progress.report,
                     )
                     key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever
@@ -282,7 +280,8 @@ class JobRunner:
                 # A video that fails for what its file holds (cut short, more frames than
                 # its header counted) keeps the credits of the frames that ran: else a
                 # file made to fail at its end would buy all its model work for nothing.
-                kept = ran[0] if ran else 0
+                kept = progress.done or 0
+                await progress.write_last()
                 await self._end(
                     backends, record, JobStatus.FAILED, started, error=_error(exc), kept=kept
                 )
@@ -293,6 +292,7 @@ class JobRunner:
             log.exception("job %s attempt %d failed", record.id, record.attempts)
             await self._retry_or_fail(backends, record, started, exc)
             return
+        await progress.write_last()
         await self._end(
             backends,
             record,
@@ -301,28 +301,8 @@ class JobRunner:
             result_key=key,
             content_type=result.output.media_type,
             # A video was charged the most frames it could deliver: the rest come back.
-            kept=ran[0] if ran else None,
+            kept=progress.done,
         )
-
-    def _progress(
-        self, backends: Backends, record: JobRecord, ran: list[int]
-    ) -> Callable[[int, int], Awaitable[None]]:
-        """What a video's frames report to, written at most every PROGRESS_EVERY_S (and at
-        the first and the last frame); a store that fails meanwhile costs the job nothing.
-        ``ran`` holds the frames done, written or not."""
-        written = -PROGRESS_EVERY_S
-
-        async def report(done: int, total: int) -> None:
-            nonlocal written
-            ran[:] = [done]
-            now = time.monotonic()
-            if 0 < done < total and now - written < PROGRESS_EVERY_S:
-                return
-            written = now
-            with contextlib.suppress(JobsUnavailable):
-                await backends.jobs.progress(record.id, self.owner, done, total)
-
-        return report
 
     async def _retry_or_fail(
         self, backends: Backends, record: JobRecord, started: float, exc: Exception
