@@ -19,6 +19,17 @@ from bgsvc.inference.loader import load_engines
 from tests.models import TINY_SIZE, build_tiny_model
 
 
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's service files (job database, results, keys) in a folder of its own, for
+    apps in this process and servers it starts alike: the default under the home folder
+    outlives the test, and a job database left there sets every later app's runner
+    polling, taking inference places the test counts on."""
+    path = tmp_path_factory.mktemp("data")
+    monkeypatch.setenv("BGSVC_DATA_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.onnx")
