@@ -85,7 +85,9 @@ class JobStore(Protocol):
         result_key: str | None = None,
         content_type: str | None = None,
     ) -> bool:
-        """End ``owner``'s running job; False when it is not (no longer) theirs."""
+        """End ``owner``'s running job; False when it is not (no longer) theirs. When it
+        is a segment and the last of its parent's to end (none queued or running), the
+        waiting parent is queued again in the same step, for a runner to stitch."""
         ...
 
     async def progress(self, job_id: str, owner: str, done: int, total: int) -> None:
@@ -97,7 +99,9 @@ class JobStore(Protocol):
         """Queued to canceled; False when the job is not queued."""
         ...
 
-    async def delete(self, job_id: str) -> None: ...
+    async def delete(self, job_id: str) -> None:
+        """Delete the job's record and its segments' records."""
+        ...
 
     async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None: ...
 
@@ -113,6 +117,23 @@ class JobStore(Protocol):
     async def purge(self, before: float) -> int:
         """Delete the records of jobs that expired and finished before ``before``, and of
         batches none of whose items has a record any more."""
+        ...
+
+    # A video cut into segments: each a job of its own (any node claims it), the parent
+    # waiting meanwhile; the last segment's finish queues the parent again, to stitch.
+    async def split(
+        self, job_id: str, owner: str, segments: list[JobRecord], frames_total: int
+    ) -> bool:
+        """At once: ``owner``'s running job becomes waiting (no owner, ``segments`` set to
+        their count, ``frames_total`` recorded, out of the running jobs) and ``segments``
+        (complete queued records: ids segment_id(job_id, i), ``parent`` job_id, no credits)
+        are queued, ahead of jobs submitted after the parent. False, and nothing changes,
+        when the job is not (no longer) ``owner``'s. Segments take no queue room and do
+        not count among the tenant's unfinished jobs (the parent does)."""
+        ...
+
+    async def segments_of(self, job_id: str) -> list[JobRecord]:
+        """The job's segments in order (those that still have a record)."""
         ...
 
     # Batches: a record naming its items' jobs, each job carrying the batch id.

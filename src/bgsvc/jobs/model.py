@@ -16,6 +16,9 @@ from typing import Any
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # A video cut into segments: they run as jobs of their own on any node, and the last
+    # to end queues it again, to stitch them (shown to clients as running).
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -24,7 +27,12 @@ class JobStatus(StrEnum):
     @property
     def finished(self) -> bool:
         """No attempt will run any more."""
-        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING)
+
+    @property
+    def public(self) -> str:
+        """The status clients see: a video waiting on its segments is running."""
+        return JobStatus.RUNNING.value if self is JobStatus.WAITING else self.value
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,12 @@ def new_job_id() -> str:
     # A store key segment as it is (bgsvc.storage.check_key) and unguessable: the id is
     # the only thing that lets a client read a result.
     return f"job_{uuid.uuid4().hex}"
+
+
+def segment_id(parent: str, index: int) -> str:
+    """The id of a video job's ``index``-th segment: derived, so cutting the same video
+    again after a node's death names the same jobs."""
+    return f"{parent}_s{index}"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -82,12 +96,16 @@ class JobRecord:
     # or not started yet).
     frames_done: int | None = None
     frames_total: int | None = None
+    # A segment: the video job it is a part of (never shown to clients: its parent is).
+    parent: str | None = None
+    # A video cut into segments: how many (their ids are segment_id(id, 0..n-1)).
+    segments: int = 0
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /jobs/{id} (and of the webhook's ``data``)."""
         body: dict[str, Any] = {
             "id": self.id,
-            "status": self.status.value,
+            "status": self.status.public,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
