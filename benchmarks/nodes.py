@@ -128,7 +128,13 @@ class ClusterProc:
     """`bgsvc cluster up` in the foreground of a child process; stopped with SIGTERM."""
 
     def __init__(
-        self, nodes: int, workers: int, threads: int, env: Mapping[str, str], run_dir: Path
+        self,
+        nodes: int,
+        workers: int,
+        threads: int,
+        env: Mapping[str, str],
+        run_dir: Path,
+        redis_port: int | None = None,
     ) -> None:
         listen = free_port()
         base = free_port()
@@ -147,6 +153,7 @@ class ClusterProc:
                 "--nodes", str(nodes), "--base-port", str(base),
                 "--listen-port", str(listen), "--workers", str(workers),
                 "--threads", str(threads), "--run-dir", str(run_dir),
+                *(["--redis-port", str(redis_port)] if redis_port else []),
             ],
             env={**os.environ, "BGSVC_LOG_LEVEL": "warning", **env},
             stdout=self._log,

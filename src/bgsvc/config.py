@@ -650,13 +650,14 @@ class Settings(BaseSettings):
         json_schema_extra=_in(VIDEO),
     )
     video_max_frames: int = Field(
-        # Every frame goes through the model: at the 0.23-0.25 s a 480x320 frame costs
-        # (BGSVC_SYNC_MAX_FRAMES), 200 frames take about 50 s, within a job's 60 s attempt.
-        default=200,
+        # 30 s at 30 frames/s. A video is cut into segments of one attempt's work each
+        # (BGSVC_VIDEO_SEGMENT_PIXELS), so its length is bounded by credits and patience,
+        # not by BGSVC_JOB_TIMEOUT_S.
+        default=900,
         ge=1,
         description="Most frames of a video a job takes, from the stream's header (or its "
         "duration times its frame rate), before any frame is decoded (413 video_too_large). "
-        "Each frame costs a credit. Raise BGSVC_JOB_TIMEOUT_S with it.",
+        "Each frame costs a credit.",
         json_schema_extra=_in(VIDEO),
     )
     video_max_frame_pixels: int = Field(
@@ -667,12 +668,22 @@ class Settings(BaseSettings):
         json_schema_extra=_in(VIDEO),
     )
     video_max_total_pixels: int = Field(
+        # 10 s of 1080p at 30 frames/s (22 s of 720p).
+        default=300 * 1920 * 1080,
+        ge=1,
+        description="Most pixels over all of a video's frames (frames x width x height, from "
+        "the header), 413 video_too_large beyond it.",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_segment_pixels: int = Field(
         # 60 frames of 720p (26 of 1080p): a 720p frame took 0.86 s end to end on a busy
         # 2-core machine (benchmarks/video.py), so 60 take about 52 s of a job's 60 s.
         default=60 * 1280 * 720,
         ge=1,
-        description="Most pixels over all of a video's frames (frames x width x height, from "
-        "the header), 413 video_too_large beyond it.",
+        description="A video job with more pixels over its frames than this is cut into "
+        "segments of at most this many, each run as a job of its own by whichever node has "
+        "room, then stitched into one file; each must finish within BGSVC_JOB_TIMEOUT_S. A "
+        "segment's mattes are smoothed from its own first frame on.",
         json_schema_extra=_in(VIDEO),
     )
     video_smoothing: bool = Field(

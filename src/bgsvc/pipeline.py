@@ -32,7 +32,7 @@ from bgsvc.imaging.compose import Recolour, Rendered, combine_alpha, render
 from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
 from bgsvc.imaging.place import place
-from bgsvc.imaging.video import VIDEO_FORMATS, check_video_options, is_video
+from bgsvc.imaging.video import VIDEO_FORMATS, VideoInfo, check_video_options, is_video
 from bgsvc.inference.registry import select
 from bgsvc.options import RemovalOptions
 from bgsvc.tracing import span
@@ -162,6 +162,13 @@ class Remover:
             return 1
         probe = probe_animation(data, self._limits(options), max_frames)
         return 1 if probe is None else probe.count
+
+    def video_header(self, data: bytes, options: RemovalOptions) -> VideoInfo:
+        """A video's headers, read by a child within the video limits."""
+        check_video_options(options)
+        budget = self._limits(options).max_output_pixels
+        info, _ = probe_video(child_config(self.settings, "probe", budget), data)
+        return info
 
     def decode_animation(
         self, data: bytes, options: RemovalOptions, max_frames: int

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import math
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
-from bgsvc.service_video import Progress, VideoProcessor, together
+from bgsvc.service_video import Parts, Progress, Segment, VideoProcessor, together
 from bgsvc.tracing import record, span
 
 T = TypeVar("T")
@@ -108,6 +109,20 @@ class RemovalService:
         pool = self._probes if is_video(data) else self._stages
         return await self._in_pool(pool, lambda: self.remover.frame_count(data, options, frames))
 
+    async def video_segments(
+        self, data: bytes, options: RemovalOptions
+    ) -> tuple[list[Segment], int]:
+        """How a job's video is cut, and its frames by the header's count: ranges of at
+        most BGSVC_VIDEO_SEGMENT_PIXELS each (a segment is one attempt's work), the last
+        running to the video's end. One range: not cut. Not a video: none."""
+        if not is_video(data):
+            return [], 0
+        info = await self._in_pool(self._probes, lambda: self.remover.video_header(data, options))
+        per = max(1, self.remover.settings.video_segment_pixels // (info.width * info.height))
+        count = max(1, math.ceil(info.frames / per))
+        cuts = [(i * per, None if i == count - 1 else (i + 1) * per) for i in range(count)]
+        return cuts, info.frames
+
     async def _forward(
         self,
         ticket: Ticket,
@@ -161,12 +176,15 @@ class RemovalService:
         scope: str | None = None,
         max_frames: int | None = None,
         progress: Progress | None = None,
+        segment: Segment | None = None,
+        parts: Parts | None = None,
     ) -> RemovalResult:
         """Decode, infer and encode one request within the timeout (the request budget
         unless ``timeout_s`` says otherwise: jobs have their own); raises domain errors.
         ``scope`` names whose result cache it uses (the API key's name; None: the shared
         one, when keys are off); ``max_frames`` bounds an animation (None: a request's
-        BGSVC_SYNC_MAX_FRAMES); ``progress`` hears of a video's frames as they finish."""
+        BGSVC_SYNC_MAX_FRAMES); ``progress`` hears of a video's frames as they finish;
+        ``segment`` and ``parts`` are a cut video's (VideoProcessor.process)."""
         timeout = self.timeout if timeout_s is None else timeout_s
         frames = self.max_frames if max_frames is None else max_frames
         try:
@@ -174,7 +192,9 @@ class RemovalService:
                 if is_video(data):
                     # Not cached: a video is a job's, run once, and far larger than a photo.
                     engine = self.remover.engine_for(options)
-                    return await self.video.process(ticket, data, options, engine, progress)
+                    return await self.video.process(
+                        ticket, data, options, engine, progress, segment, parts
+                    )
                 return await self._process(ticket, data, options, scope, frames)
         except TimeoutError:
             raise RequestTimeout(f"The request did not finish within {timeout:g} s.") from None

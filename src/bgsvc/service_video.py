@@ -10,6 +10,7 @@ finished and handed back to the child, which encodes it and decodes ahead.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -19,6 +20,7 @@ import numpy as np
 
 from bgsvc.cache import CachedResult
 from bgsvc.errors import InvalidVideo, VideoTooLarge
+from bgsvc.imaging import frame_pack
 from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
 from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
@@ -45,6 +47,11 @@ class MatteStep(Protocol):
 
     def fine(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
 
+
+# A stitch's frames: each segment's stored frames in order (bgsvc.imaging.frame_pack),
+# loaded one at a time.
+Parts = list[Callable[[], Awaitable[bytes]]]
+Segment = tuple[int, int | None]
 
 Forward = Callable[
     [Ticket, Predictor, StagedPredictor | None, DecodedImage, np.ndarray | None],
@@ -89,7 +96,13 @@ class VideoProcessor:
         options: RemovalOptions,
         engine: Predictor,
         progress: Progress | None = None,
+        segment: Segment | None = None,
+        parts: Parts | None = None,
     ) -> RemovalResult:
+        """The video through the model and encoded; or, for a ``segment`` (its first and
+        end frame), only those frames, finished and packed for a later stitch; or, given
+        ``parts`` (the segments' packs, in order), the whole video encoded from those
+        frames, with no model run."""
         fmt = check_video_options(options)
         mode = pixel_mode(options, fmt)
         settings = self.remover.settings
@@ -97,36 +110,30 @@ class VideoProcessor:
         if options.max_output_pixels is not None:
             budget = min(budget, options.max_output_pixels)
         config = child_config(settings, "run", budget, fmt, mode)
+        if segment is not None:
+            config = replace(config, mode="frames", first=segment[0], end=segment[1])
         started = time.perf_counter()
         child = await MediaChild.start(config, data)
         try:
             with span("decode"):
-                head = await child.receive(0)
-            if head.kind != "I":
-                raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
-            # The child is not trusted either (a decoder exploit runs there): what it says
-            # bounds the memory this process gives each frame, and a header it garbles is
-            # the file's 4xx, not a server error retried with a fresh child each attempt.
-            try:
-                info = VideoInfo.from_json(head.meta["info"])
-                size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
-                sizes = (info.width, info.height, info.frames, info.rotation)
-                if not all(type(value) is int for value in sizes):
-                    raise TypeError("a count that is not an integer")
-            except (KeyError, IndexError, TypeError, ValueError):
-                raise InvalidVideo("The video decoder gave a broken header.") from None
-            if not (0 < size[0] * size[1] <= settings.video_max_frame_pixels):
-                raise InvalidVideo("The video decoder gave an impossible frame size.")
+                info, size = await self._header(child)
             timings = {"decode": time.perf_counter() - started}
-            body, _frames = await self._frames(
-                ticket, child, info, size, options, mode, engine, progress, timings
-            )
+            if parts is not None:
+                body = await self._stitch(child, info, size, mode, parts, progress, timings)
+            else:
+                body, _frames = await self._frames(
+                    ticket, child, info, size, options, mode, engine, progress, timings, segment
+                )
         finally:
             await child.close()
+        kind: str = fmt
+        media_type = VIDEO_CONTENT_TYPES[fmt]
+        if segment is not None:
+            kind, media_type = "frames", frame_pack.MEDIA_TYPE
         output = CachedResult(
             body=body,
-            media_type=VIDEO_CONTENT_TYPES[fmt],
-            format=fmt,
+            media_type=media_type,
+            format=kind,
             width=size[0],
             height=size[1],
             box=Box(0, 0, 0, 0),
@@ -134,6 +141,83 @@ class VideoProcessor:
             source_size=info.display_size,
         )
         return RemovalResult(output, timings)
+
+    async def _header(self, child: MediaChild) -> tuple[VideoInfo, tuple[int, int]]:
+        head = await child.receive(0)
+        if head.kind != "I":
+            raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
+        # The child is not trusted either (a decoder exploit runs there): what it says
+        # bounds the memory this process gives each frame, and a header it garbles is
+        # the file's 4xx, not a server error retried with a fresh child each attempt.
+        try:
+            info = VideoInfo.from_json(head.meta["info"])
+            size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
+            sizes = (info.width, info.height, info.frames, info.rotation)
+            if not all(type(value) is int for value in sizes):
+                raise TypeError("a count that is not an integer")
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise InvalidVideo("The video decoder gave a broken header.") from None
+        if not (0 < size[0] * size[1] <= self.remover.settings.video_max_frame_pixels):
+            raise InvalidVideo("The video decoder gave an impossible frame size.")
+        return info, size
+
+    async def _stitch(
+        self,
+        child: MediaChild,
+        info: VideoInfo,
+        size: tuple[int, int],
+        mode: str,
+        parts: Parts,
+        progress: Progress | None,
+        timings: dict[str, float],
+    ) -> bytes:
+        """The child decodes the whole video again (for its timestamps and audio) and
+        encodes the segments' frames in their place, one for one."""
+        frame_size = size[0] * size[1] * 3
+        done = 0
+        started = time.perf_counter()
+
+        async def packs() -> Any:
+            for load in parts:
+                # One part's body at a time; a frame inflated at a time, off the loop.
+                frames = frame_pack.frames(await load(), size, mode)
+                while (
+                    pixels := await self.in_pool(functools.partial(next, frames, None))
+                ) is not None:
+                    yield pixels
+
+        source = packs()
+        try:
+            while True:
+                message = await child.receive(frame_size)
+                if message.kind == "N":
+                    break
+                if message.kind != "F" or len(message.payload) != frame_size:
+                    raise InvalidVideo("The video decoder sent a broken frame.")
+                pixels = await anext(source, None)
+                if pixels is None:
+                    raise InvalidVideo(
+                        f"The video has more frames than its segments delivered ({done})."
+                    )
+                await child.send("R", {}, pixels)
+                done += 1
+            if await anext(source, None) is not None:
+                raise InvalidVideo(
+                    f"The video's segments delivered more frames than it has ({done})."
+                )
+        except frame_pack.BrokenPack as exc:
+            raise RuntimeError(f"a segment's stored frames are broken: {exc}") from None
+        finally:
+            await source.aclose()
+        with span("encode"):
+            result = await child.receive(_max_result_bytes(size, done))
+        if result.kind != "D":
+            raise InvalidVideo(f"The video encoder answered {result.kind!r}.")
+        timings["encode"] = time.perf_counter() - started
+        self.metrics.encode.observe(timings["encode"])
+        if progress is not None:
+            await progress(done, done)
+        return result.payload
 
     async def _frames(
         self,
@@ -146,6 +230,7 @@ class VideoProcessor:
         engine: Predictor,
         progress: Progress | None,
         timings: dict[str, float],
+        segment: Segment | None = None,
     ) -> tuple[bytes, int]:
         remover = self.remover
         staged = engine if isinstance(engine, StagedPredictor) else None
@@ -155,6 +240,13 @@ class VideoProcessor:
         smoother = self.matte_step(options)
         frame_bytes = size[0] * size[1] * 3
         total = info.frames
+        packer = None
+        if segment is not None:
+            # A segment's frames stay here, packed for the stitch; its count is the range's
+            # (the last one's, what the header leaves for it).
+            packer = frame_pack.FramePacker(size, mode)
+            first, end = segment
+            total = max(0, (total if end is None else min(end, total)) - first)
         done = received = 0
         # The child stops at the header's count and margin; a child a decoder exploit
         # runs would not, and every frame it sends costs this process a forward pass.
@@ -201,12 +293,16 @@ class VideoProcessor:
                     matte = smoother.fine(image.pixels, matte)
             rendered = remover.compose(image, matte, compose_options)
             out = rendered.image if rendered.image.mode == mode else rendered.image.convert(mode)
-            return np.asarray(out, dtype=np.uint8).tobytes()
+            pixels = np.asarray(out, dtype=np.uint8).tobytes()
+            if packer is not None:
+                packer.add(pixels)
+            return pixels
 
         async def finish_and_send(image: DecodedImage, raw: np.ndarray) -> None:
             nonlocal done, total
             pixels = await self.in_pool(lambda: finish(image, raw))
-            await child.send("R", {}, pixels)
+            if packer is None:
+                await child.send("R", {}, pixels)
             done += 1
             total = max(total, done)
             if progress is not None:
@@ -236,6 +332,8 @@ class VideoProcessor:
         if progress is not None and done != total:
             # The header's count was an estimate (duration x rate): the real one stands.
             await progress(done, done)
+        if packer is not None:
+            return await self.in_pool(packer.body), done
         started = time.perf_counter()
         with span("encode"):
             result = await child.receive(_max_result_bytes(size, done))

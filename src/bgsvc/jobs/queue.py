@@ -59,6 +59,9 @@ def result_key(record: JobRecord, fmt: str) -> str:
     # first, so there is never more than one result object. Beside the input, wherever the
     # record says that is (records older than the per-tenant layout keep theirs).
     folder = record.input_key.rpartition("/")[0] or job_prefix(record.id, None)
+    if record.parent is not None:
+        # A video's segments share their parent's folder (and its upload).
+        return f"{folder}/{record.id}.{fmt.lower()}"
     return f"{folder}/result.{fmt.lower()}"
 
 
@@ -213,8 +216,12 @@ class JobQueue:
         another key's job, exactly as for one that does not exist."""
         backends = await self.open(create=False)
         record = None if backends is None else await backends.jobs.get(job_id)
-        if record is None or not visible(record.tenant, viewer):
+        # A segment is its video job's business: clients see that job, never its parts.
+        if record is None or record.parent is not None or not visible(record.tenant, viewer):
             raise JobNotFound(f"No job {job_id!r}.")
+        if record.status is JobStatus.WAITING and backends is not None:
+            segments = await backends.jobs.segments_of(job_id)
+            record.frames_done = sum(segment.frames_done or 0 for segment in segments)
         return record
 
     async def give_back(self, record: JobRecord, kept: int = 0) -> None:
@@ -231,8 +238,8 @@ class JobQueue:
     async def result(self, job_id: str, viewer: str | None = None) -> StoredObject | str:
         """The result object, or a URL to send the client to (presigned S3)."""
         record = await self.get(job_id, viewer)
-        if record.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            raise JobNotFinished(f"Job {job_id} is {record.status.value}.", retry_after=1)
+        if not record.status.finished:
+            raise JobNotFinished(f"Job {job_id} is {record.status.public}.", retry_after=1)
         if record.status is JobStatus.EXPIRED:
             raise JobExpired(f"The result of job {job_id} has expired.")
         if record.status is not JobStatus.SUCCEEDED or record.result_key is None:
@@ -253,7 +260,9 @@ class JobQueue:
         record = await self.get(job_id, viewer)
         assert self.backends is not None
         backends = self.backends
-        if record.status is JobStatus.QUEUED:
+        # A video whose segments ran is queued again only to be stitched: its frames went
+        # through the model, so it finishes rather than being canceled for a full refund.
+        if record.status is JobStatus.QUEUED and not record.segments:
             if await backends.jobs.cancel(job_id, self.clock()):
                 await self.give_back(record)
                 if not self.keep_originals:
@@ -264,9 +273,11 @@ class JobQueue:
                     self.wake.set()
                 return canceled
             record = await self.get(job_id)  # a runner took it meanwhile
-        if record.status is JobStatus.RUNNING:
+        if not record.status.finished:
             raise JobRunning(f"Job {job_id} is running; it cannot be canceled now.")
-        for key in (record.result_key, record.input_key):
+        keys = [record.result_key, record.input_key]
+        keys += [segment.result_key for segment in await backends.jobs.segments_of(job_id)]
+        for key in keys:
             if key:
                 await anyio.to_thread.run_sync(backends.results.delete, key)
         await backends.jobs.delete(job_id)

@@ -31,7 +31,7 @@ from bgsvc.errors import (
 )
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.jobs.base import JobStore
-from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.progress import VideoProgress
 from bgsvc.jobs.queue import Backends, JobQueue, result_key
@@ -48,6 +48,9 @@ _HOST = socket.gethostname()
 ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Coroutine[Any, Any, None]]
 
 T = TypeVar("T")
+
+# Where a segment job's options say which frames it runs: [first, end or None].
+SEGMENT_OPTION = "_segment"
 
 # One warning per this many seconds while the job store (Redis) keeps failing.
 UNAVAILABLE_LOG_EVERY_S = 30.0
@@ -176,7 +179,8 @@ class JobRunner:
         for record in expired:
             if record.finished_at is None:  # still queued: it never ran, so no charge
                 await self.queue.give_back(record)
-            for key in (record.result_key, record.input_key):
+            # A segment shares its parent's upload (the parent expires with it).
+            for key in (record.result_key, None if record.parent else record.input_key):
                 if key:
                     await anyio.to_thread.run_sync(backends.results.delete, key)
             self._item_final(backends, record)
@@ -248,8 +252,20 @@ class JobRunner:
         progress = VideoProgress(backends.jobs, record.id, self.owner)
         try:
             try:
-                options = self.parse_options(record.options)
+                params = dict(record.options)
+                cut = params.pop(SEGMENT_OPTION, None)
+                segment = None if cut is None else (int(cut[0]), cut[1])
+                options = self.parse_options(params)
                 async with asyncio.timeout(self.config.timeout_s):
+                    parts = None
+                    if record.segments:
+                        parts = await self._parts(backends, record)
+                        if parts is None:
+                            return  # a segment failed: so did the video (ended there)
+                    elif record.parent is None and await self._split(
+                        backends, record, stored.data, options
+                    ):
+                        return  # its segments run as jobs; the last queues it again
                     result = await self.service.process(
                         ticket,
                         stored.data,
@@ -258,6 +274,8 @@ class JobRunner:
                         scope=record.tenant,
                         max_frames=self.config.max_frames,
                         progress=progress.report,
+                        segment=segment,
+                        parts=parts,
                     )
                     key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever
@@ -281,6 +299,10 @@ class JobRunner:
                 # its header counted) keeps the credits of the frames that ran: else a
                 # file made to fail at its end would buy all its model work for nothing.
                 kept = progress.done or 0
+                if record.segments:  # the model's work was its segments'
+                    segments = await backends.jobs.segments_of(record.id)
+                    kept = sum(segment.frames_done or 0 for segment in segments)
+                    await progress.report(kept, max(kept, record.frames_total or 0))
                 await progress.write_last()
                 await self._end(
                     backends, record, JobStatus.FAILED, started, error=_error(exc), kept=kept
@@ -303,6 +325,70 @@ class JobRunner:
             # A video was charged the most frames it could deliver: the rest come back.
             kept=progress.done,
         )
+
+    async def _split(
+        self, backends: Backends, record: JobRecord, data: bytes, options: RemovalOptions
+    ) -> bool:
+        """Cut a video longer than one segment into segment jobs (the parent then waits
+        for them); False when it is not a video, or one segment's worth."""
+        cuts, frames = await self.service.video_segments(data, options)
+        if len(cuts) < 2:
+            return False
+        segments = [
+            JobRecord(
+                id=segment_id(record.id, index),
+                status=JobStatus.QUEUED,
+                # Just after the parent: ahead of every job submitted after it.
+                created_at=record.created_at + (index + 1) * 1e-6,
+                options={**record.options, SEGMENT_OPTION: [first, end]},
+                input_key=record.input_key,
+                fingerprint=record.fingerprint,
+                client=record.client,
+                tenant=record.tenant,
+                parent=record.id,
+            )
+            for index, (first, end) in enumerate(cuts)
+        ]
+        split = backends.jobs.split
+        if await self._settle(lambda: split(record.id, self.owner, segments, frames)):
+            log.info("job %s: %d frames cut into %d segments", record.id, frames, len(cuts))
+            self.metrics.jobs.labels("split").inc()
+            self.queue.wake.set()
+        return True
+
+    async def _parts(
+        self, backends: Backends, record: JobRecord
+    ) -> list[Callable[[], Awaitable[bytes]]] | None:
+        """The stitch's inputs: each segment's stored frames, loaded when the stitch gets
+        to it. None when a segment failed (the video is failed with its error here)."""
+        segments = await backends.jobs.segments_of(record.id)
+        done = sum(segment.frames_done or 0 for segment in segments)
+        failed = [s for s in segments if s.status is not JobStatus.SUCCEEDED]
+        if failed or len(segments) != record.segments:
+            first = failed[0] if failed else None
+            error = first.error if first is not None else None
+            if error is None:
+                what = "expired" if first is None else first.status.value
+                error = JobError(JobExpired.code, f"A segment of the video {what}.")
+            # The frames that ran are what the video keeps of its credits, and shows.
+            total = max(done, record.frames_total or 0)
+            await self._settle(lambda: backends.jobs.progress(record.id, self.owner, done, total))
+            await self._end(
+                backends, record, JobStatus.FAILED, time.monotonic(), error=error, kept=done
+            )
+            return None
+        results = backends.results
+
+        def loader(key: str) -> Callable[[], Awaitable[bytes]]:
+            async def load() -> bytes:
+                found = await anyio.to_thread.run_sync(results.get, key)
+                if found is None:
+                    raise RuntimeError(f"the stored frames {key} are gone")
+                return found.data
+
+            return load
+
+        return [loader(str(segment.result_key)) for segment in segments]
 
     async def _retry_or_fail(
         self, backends: Backends, record: JobRecord, started: float, exc: Exception
@@ -355,8 +441,14 @@ class JobRunner:
         self.metrics.jobs.labels(status.value).inc()
         self.metrics.job_duration.labels(status.value).observe(elapsed)
         self.queue.mean_job_s = 0.8 * self.queue.mean_job_s + 0.2 * elapsed
-        if not self.config.keep_originals:
+        # A segment's upload is its parent's, which goes when the parent ends; the
+        # parent's end takes its segments' stored frames with it.
+        if not self.config.keep_originals and record.parent is None:
             await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
+        if record.segments:
+            for segment in await backends.jobs.segments_of(record.id):
+                if segment.result_key:
+                    await anyio.to_thread.run_sync(backends.results.delete, segment.result_key)
         finished = await backends.jobs.get(record.id)
         if finished is not None and finished.callback_url and self.notifier is not None:
             task = asyncio.create_task(self.notifier.notify(finished, backends.jobs))

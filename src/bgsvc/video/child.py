@@ -3,7 +3,9 @@
 It takes its configuration, holds itself to its memory and CPU limits, and only then
 reads the upload. It probes the headers and checks the limits before decoding any frame
 (``probe`` mode stops there), then sends frames while the parent returns finished ones,
-at most ``WINDOW`` ahead, and encodes those into the result. Every failure is an ``E``
+at most ``WINDOW`` ahead, and encodes those into the result. A segment of a video
+(``frames`` mode) sends only the frames of its range and encodes nothing: the parent
+keeps them, and a later ``run`` over the whole video encodes them all. Every failure is an ``E``
 message with a stable code; a crash is the parent's to report.
 """
 
@@ -60,9 +62,13 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
         encoder: video_codec.Encoder | None = None
         audio: list[Any] = []
 
+        segment = config["mode"] == "frames"
+
         def audio_sink(packet: Any) -> None:
             # Packets demuxed before the encoder exists (its size waits for the first
             # frame's rotation) are muxed once it does.
+            if segment:
+                return
             if encoder is None:
                 audio.append(packet)
             else:
@@ -76,6 +82,9 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
         info = replace(info, rotation=rotation)
         size = output_size(info.display_size, config.get("max_output_pixels"))
         protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
+        if segment:
+            _segment(config, info, limits, size, itertools.chain([first], decoded), outbox)
+            return
         encoder = video_codec.Encoder(config["format"], config["pixels"], size, container)
         for packet in audio:
             encoder.mux_audio(packet)
@@ -135,6 +144,39 @@ def _stream(
     while encoder.count < len(sent):
         encode_next()
     protocol.write(outbox, "D", {"frames": len(sent)}, encoder.close())
+
+
+def _segment(
+    config: dict[str, Any],
+    info: Any,
+    limits: Any,
+    size: tuple[int, int],
+    decoded: Iterator[Any],
+    outbox: BinaryIO,
+) -> None:
+    """The frames ``first`` up to ``end`` (None: the last), in order. The video is decoded
+    from its start: frames are counted in presentation order whatever its GOPs, and
+    decoding costs a fraction of a percent of what the model does with a frame."""
+    from bgsvc.imaging import video_codec
+
+    first, end = int(config["first"]), config["end"]
+    allowed = limits.allowed_frames(info.frames)
+    sent = 0
+    for index, frame in enumerate(decoded):
+        if index >= allowed:
+            raise VideoTooLarge(
+                f"The video has more frames than its header says ({info.frames}); at most "
+                f"{allowed} are taken."
+            )
+        if end is not None and index >= int(end):
+            break
+        if index < first:
+            continue
+        rgb = video_codec.upright_rgb(frame, size, info.rotation)
+        protocol.write(outbox, "F", {"index": index}, rgb.tobytes())
+        sent += 1
+    # Whether the video is whole is the stitch's to say: it decodes every frame.
+    protocol.write(outbox, "N", {"frames": sent})
 
 
 def main() -> int:

@@ -46,7 +46,7 @@ _ERRORS: dict[str, type[BgsvcError]] = {
 class ChildConfig:
     """What the child is told before it reads the upload."""
 
-    mode: str  # "probe" or "run"
+    mode: str  # "probe", "run" or "frames" (a segment's: no encoding)
     limits: dict[str, Any]
     memory_bytes: int
     cpu_s: float
@@ -56,6 +56,9 @@ class ChildConfig:
     format: str = "webm"
     # The finished frames' layout: RGBA, RGB or L.
     pixels: str = "RGBA"
+    # A segment's frames: from ``first`` up to ``end`` (None: to the last).
+    first: int = 0
+    end: int | None = None
     command: Sequence[str] = CHILD
 
     def meta(self) -> dict[str, Any]:
@@ -68,6 +71,8 @@ class ChildConfig:
             "max_output_pixels": self.max_output_pixels,
             "format": self.format,
             "pixels": self.pixels,
+            "first": self.first,
+            "end": self.end,
         }
 
 

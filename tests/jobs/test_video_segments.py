@@ -1,0 +1,174 @@
+"""A video longer than one segment: cut into segment jobs that any runner claims, then
+stitched into one file by its own job, with the frames, timestamps, progress and
+credits of the video run whole."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bgsvc.imaging import frame_pack
+from bgsvc.jobs import progress
+from bgsvc.jobs.model import JobRecord, JobStatus, segment_id
+from tests.jobs.conftest import jobs_of
+from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
+from tests.jobs.test_video_jobs import run_video, submit_video
+from tests.videos import clip, decode
+
+# 8 frames of the 64x48 test clip per segment.
+EIGHT_FRAMES = 64 * 48 * 8
+
+
+def _segments(client: TestClient, job_id: str) -> list[JobRecord]:
+    async def read() -> list[JobRecord]:
+        backends = await jobs_of(client).queue.open(create=False)
+        assert backends is not None
+        return await backends.jobs.segments_of(job_id)
+
+    found: list[JobRecord] = client.portal.call(read)  # type: ignore[union-attr]
+    return found
+
+
+def _alphas(body: bytes) -> tuple[list[np.ndarray], list[int | None]]:
+    frames, _ = decode(body, alpha=True)
+    return [f.to_ndarray(format="rgba")[..., 3] for f in frames], [f.pts for f in frames]
+
+
+def test_a_long_video_runs_as_segments_and_comes_back_as_the_whole_video_would(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    whole_client = jobs_client()
+    _, whole = run_video(whole_client, clip("mp4", frames=30), smooth="false")
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES)
+    done, cut = run_video(client, clip("mp4", frames=30), smooth="false")
+    assert done["frames_done"] == done["frames_total"] == 30
+    segments = _segments(client, done["id"])
+    assert [s.id for s in segments] == [segment_id(done["id"], i) for i in range(4)]
+    # Each ran once, to its end, and its share of the frames.
+    assert [(s.status, s.attempts, s.frames_done) for s in segments] == [
+        (JobStatus.SUCCEEDED, 1, 8),
+        (JobStatus.SUCCEEDED, 1, 8),
+        (JobStatus.SUCCEEDED, 1, 8),
+        (JobStatus.SUCCEEDED, 1, 6),
+    ]
+    # The same frames at the same times: cutting is invisible in the result.
+    (cut_alphas, cut_pts), (whole_alphas, whole_pts) = _alphas(cut.content), _alphas(whole.content)
+    assert cut_pts == whole_pts and len(cut_pts) == 30
+    assert all(np.array_equal(a, b) for a, b in zip(cut_alphas, whole_alphas, strict=True))
+
+
+def test_the_segments_stored_frames_go_when_the_video_ends(
+    jobs_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES)
+    done, _ = run_video(client, clip("mp4", frames=20))
+    assert [s.result_key for s in _segments(client, done["id"])] != [None] * 3
+    leftovers = [p.name for p in data_dir.rglob("*.frames")]
+    assert leftovers == []
+
+
+def test_a_segment_is_no_job_a_client_can_see_or_delete(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES)
+    done, _ = run_video(client, clip("mp4", frames=20))
+    part = segment_id(done["id"], 1)
+    answers = [
+        client.get(f"/jobs/{part}"),
+        client.get(f"/jobs/{part}/result"),
+        client.delete(f"/jobs/{part}"),
+    ]
+    assert [a.status_code for a in answers] == [404, 404, 404]
+    assert _segments(client, done["id"])[1].status is JobStatus.SUCCEEDED
+    # Deleting the video takes its segments' records with it.
+    assert client.delete(f"/jobs/{done['id']}").status_code == 204
+    assert _segments(client, done["id"]) == []
+
+
+def test_a_video_waiting_for_its_segments_shows_running_with_their_frames(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES)
+    seen: list[tuple[str, int, int]] = []
+    job = submit_video(client, clip("mp4", frames=20))
+
+    while True:
+        body = client.get(job["status_url"]).json()
+        if "frames_total" in body:
+            seen.append((body["status"], body["frames_done"], body["frames_total"]))
+        if body["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.01)
+    assert body["status"] == "succeeded"
+    statuses = {status for status, _, _ in seen}
+    assert statuses <= {"running", "succeeded"}
+    counts = [done for _, done, _ in seen]
+    assert counts == sorted(counts) and counts[-1] == 20
+    assert {total for _, _, total in seen} == {20}
+
+
+def test_a_cut_video_costs_a_credit_a_frame_once_whatever_its_segments(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+) -> None:
+    a, b = tenants(video_segment_pixels=EIGHT_FRAMES)
+    files = {"file": ("clip.mp4", clip("mp4", frames=20), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "22"
+    body = a.wait(job.json()["status_url"], succeeded)
+    assert body["frames_done"] == 20
+    assert a.credits_left() == QUOTA - 20 and b.credits_left() == QUOTA
+    part = segment_id(body["id"], 0)
+    assert [b.get(f"/jobs/{part}").status_code, a.get(f"/jobs/{part}").status_code] == [404, 404]
+
+
+def test_a_cut_video_whose_end_is_missing_fails_and_keeps_the_frames_its_segments_ran(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+) -> None:
+    a, _ = tenants(video_segment_pixels=EIGHT_FRAMES)
+    whole = clip("webm", frames=30)
+    files = {"file": ("clip.webm", whole[: len(whole) * 2 // 3], "video/webm")}
+    job = a.post("/jobs", files=files)
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "32"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
+    assert done["error"]["code"] == "invalid_video"
+    assert 0 < done["frames_done"] < 30
+    assert a.credits_left() == QUOTA - done["frames_done"]
+
+
+def test_a_segments_stored_frames_are_read_back_only_as_the_stitch_expects() -> None:
+    packer = frame_pack.FramePacker((4, 2), "L")
+    packer.add(bytes(range(8)))
+    packer.add(bytes(8))
+    body = packer.body()
+    assert list(frame_pack.frames(body, (4, 2), "L")) == [bytes(range(8)), bytes(8)]
+    assert frame_pack.frame_count(body, (4, 2), "L") == 2
+    with pytest.raises(ValueError):
+        packer.add(bytes(9))
+    broken = [
+        body[:-3],  # cut short
+        body + b"x",  # something after the frames
+        body.replace(b'"L"', b'"X"'),  # another layout
+        b"not frames at all",
+    ]
+    for bad in broken:
+        with pytest.raises(frame_pack.BrokenPack):
+            list(frame_pack.frames(bad, (4, 2), "L"))
+    with pytest.raises(frame_pack.BrokenPack):
+        list(frame_pack.frames(body, (2, 4), "L"))
+    # A frame that inflates to more than a frame's bytes is refused, not inflated whole.
+    head = json.dumps({"size": [4, 2], "mode": "L", "frames": 1}).encode()
+    bomb = zlib.compress(bytes(10_000_000), 9)
+    crafted = (
+        frame_pack.MAGIC + struct.pack("!I", len(head)) + head + struct.pack("!I", len(bomb)) + bomb
+    )
+    with pytest.raises(frame_pack.BrokenPack):
+        list(frame_pack.frames(crafted, (4, 2), "L"))
