@@ -105,7 +105,11 @@ class JobRecord:
         """The JSON of GET /jobs/{id} (and of the webhook's ``data``)."""
         body: dict[str, Any] = {
             "id": self.id,
-            "status": self.status.public,
+            # A video cut into segments has run since it was cut: queued again to be
+            # stitched, it is still running to its client.
+            "status": JobStatus.RUNNING.value
+            if self.segments and self.status is JobStatus.QUEUED
+            else self.status.public,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),

@@ -219,9 +219,11 @@ class JobQueue:
         # A segment is its video job's business: clients see that job, never its parts.
         if record is None or record.parent is not None or not visible(record.tenant, viewer):
             raise JobNotFound(f"No job {job_id!r}.")
-        if record.status is JobStatus.WAITING and backends is not None:
+        if record.segments and not record.status.finished and backends is not None:
+            # Its frames go through the model in its segments, until it is stitched.
             segments = await backends.jobs.segments_of(job_id)
-            record.frames_done = sum(segment.frames_done or 0 for segment in segments)
+            done = sum(segment.frames_done or 0 for segment in segments)
+            record.frames_done = max(record.frames_done or 0, done)
         return record
 
     async def give_back(self, record: JobRecord, kept: int = 0) -> None:
