@@ -467,3 +467,36 @@ def test_records_from_before_segments_have_no_parent_and_none(tmp_path: Path) ->
     }
     record = record_from(fields, [])
     assert (record.parent, record.segments) == (None, 0)
+
+
+@pytest.mark.redis
+def test_lost_messages_of_segments_and_of_the_parent_are_sent_again_by_the_reconciler(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # A Redis without persistence restarted, or a node killed after the script and before
+    # the messages: the records say queued, and the reconciler gives them new messages.
+    store = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
+
+    def lose_messages() -> None:
+        store.redis.delete(store._queue_list, store._messages)
+
+    async def scenario() -> None:
+        try:
+            parent = await running_parent(store)
+            assert await store.split(parent.id, "runner-1", cut(parent, 2), frames_total=60)
+            lose_messages()
+            assert await store.claim("runner-1", time.time()) is None
+            assert reconcile(store, older_than_s=0) == 2
+            segments = [segment_id(parent.id, i) for i in range(2)]
+            assert sorted(await claim_all(store, "runner-1")) == segments
+            for segment in segments:
+                assert await store.finish(segment, "runner-1", JobStatus.SUCCEEDED, time.time())
+            lose_messages()
+            assert await store.claim("runner-1", time.time()) is None
+            store.redis.delete(f"{store.prefix}reconcile")  # the scan's lock, held 5 s
+            assert reconcile(store, older_than_s=0) == 1
+            assert await claim_all(store, "runner-1") == [parent.id]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
