@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 
 from bgsvc.jobs.base import JobStore, NoRoom, Room
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus, segment_id
@@ -496,6 +497,38 @@ def test_lost_messages_of_segments_and_of_the_parent_are_sent_again_by_the_recon
             store.redis.delete(f"{store.prefix}reconcile")  # the scan's lock, held 5 s
             assert reconcile(store, older_than_s=0) == 1
             assert await claim_all(store, "runner-1") == [parent.id]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_a_split_whose_messages_cannot_be_sent_is_done_and_repaired(
+    redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The script ran: the video waits and its segments are queued, whatever happens to
+    # their messages after it; the split is not to be reported failed (nor retried).
+    store = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
+    sent: list[str] = []
+
+    def down(message: object, **_: object) -> object:
+        sent.append(str(message))
+        raise redis.ConnectionError("Redis went away")
+
+    async def scenario() -> None:
+        try:
+            parent = await running_parent(store)
+            with monkeypatch.context() as patch:
+                patch.setattr(store.broker, "enqueue", down)
+                assert await store.split(parent.id, "runner-1", cut(parent, 3), frames_total=90)
+            assert len(sent) == 1  # the rest left at the first failure
+            assert await status_of(store, parent.id) is JobStatus.WAITING
+            assert await store.claim("runner-1", time.time()) is None
+            assert reconcile(store, older_than_s=0) == 3
+            segments = [segment_id(parent.id, i) for i in range(3)]
+            assert sorted(await claim_all(store, "runner-1")) == segments
         finally:
             await store.close()
 

@@ -171,16 +171,19 @@ class RedisJobs:
         sent = self.broker.enqueue(message)
         where = sent.options["redis_message_id"]
         if first:
-            self._script("FIRST", [self._queue_list], [where])
-        self._script("NOTE_RMID", [self._job(job_id)], [message_id, where])
+            self._script("FIRST", [self._job(job_id), self._queue_list], [message_id, where])
+        else:
+            self._script("NOTE_RMID", [self._job(job_id)], [message_id, where])
 
-    def _enqueue_or_leave(self, job_id: str, message_id: str) -> None:
-        """Send the message of a job queued by a change already made: when Redis fails
-        now, the reconciler gives the queued job a new message (its rmid is unset)."""
+    def _enqueue_or_leave(self, job_id: str, message_id: str) -> bool:
+        """Send, first in the queue, the message of a job queued by a change already made;
+        False when Redis failed: the reconciler gives the job a new message (no rmid)."""
         try:
             self._enqueue(job_id, message_id, first=True)
         except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
             log.warning("job %s queued, its message left to the reconciler: %s", job_id, exc)
+            return False
+        return True
 
     def _ack(self, job_id: str) -> None:
         proxy = self._inflight.pop(job_id, None)
@@ -466,8 +469,10 @@ class RedisJobs:
             if done:
                 # Each at the head, the last first: claimed in order, before any job
                 # submitted after the video, by any node.
+                # Redis failing: the rest are the reconciler's too, without waiting on each.
                 for record, message_id in reversed(list(zip(segments, messages, strict=True))):
-                    self._enqueue_or_leave(record.id, message_id)
+                    if not self._enqueue_or_leave(record.id, message_id):
+                        break
             return done
 
         return await self._run(split)

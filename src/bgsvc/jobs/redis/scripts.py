@@ -219,10 +219,14 @@ return segments
 """
 )
 
-# KEYS: dramatiq's list of a queue's messages. ARGV: a redis message id there. Moves it to
-# the head of the queue (next to be fetched), unless a runner fetched it already.
+# KEYS: job, dramatiq's list of the queue's messages. ARGV: message_id, redis message id.
+# NOTE_RMID, and the message moved to the head of the queue (next to be fetched) unless a
+# runner fetched it already.
 FIRST = """
-if redis.call('lrem', KEYS[1], -1, ARGV[1]) == 1 then redis.call('lpush', KEYS[1], ARGV[1]) end
+if redis.call('hget', KEYS[1], 'msg') == ARGV[1] then
+    redis.call('hset', KEYS[1], 'rmid', ARGV[2])
+end
+if redis.call('lrem', KEYS[2], -1, ARGV[2]) == 1 then redis.call('lpush', KEYS[2], ARGV[2]) end
 return 0
 """
 
