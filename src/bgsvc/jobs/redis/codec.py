@@ -65,6 +65,8 @@ def record_from(fields: dict[str, str], webhooks: list[str]) -> JobRecord:
         credits=int(fields.get("credits") or 0),
         frames_done=_int_or_none(fields.get("frames_done")),
         frames_total=_int_or_none(fields.get("frames_total")),
+        parent=fields.get("parent") or None,
+        segments=int(fields.get("segments") or 0),
     )
 
 
@@ -87,6 +89,8 @@ def job_fields(record: JobRecord, message_id: str) -> dict[str, str]:
         "batch_id": record.batch_id or "",
         "tenant": record.tenant or "",
         "credits": str(record.credits),
+        "parent": record.parent or "",
+        "segments": str(record.segments),
         "msg": message_id,
     }
 

@@ -15,6 +15,7 @@ JobsUnavailable (503 with Retry-After to clients, a skipped tick to the runner).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -23,18 +24,21 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 import dramatiq
+import dramatiq.errors
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 
 from bgsvc.errors import JobsUnavailable
 from bgsvc.jobs.base import NoRoom, QueueStats, Room
-from bgsvc.jobs.model import JobError, JobRecord, JobStatus
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
 from bgsvc.jobs.redis import scripts as lua
 from bgsvc.jobs.redis.codec import flat, job_fields, record_from, unavailable
 from bgsvc.jobs.redis.reconcile import reconcile
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "bgsvc:dq"
 QUEUE = "jobs"
@@ -88,9 +92,12 @@ class RedisJobs:
         self._running = f"{prefix}running"
         self._finished = f"{prefix}finished"
         self._expired = f"{prefix}expired"
+        self._waiting = f"{prefix}waiting"
         self._batches = f"{prefix}batches"
         self._heartbeats = f"{namespace}:__heartbeats__"
         self._messages = f"{namespace}:{QUEUE}.msgs"
+        # dramatiq's list of the queue's message ids, fetched from the head.
+        self._queue_list = f"{namespace}:{QUEUE}"
         self._scripts = {
             name: self.redis.register_script(getattr(lua, name))
             for name in (
@@ -107,6 +114,9 @@ class RedisJobs:
                 "RESCUE",
                 "TENANT_UNFINISHED",
                 "CREATE_BATCH",
+                "SPLIT",
+                "DELETE",
+                "FIRST",
             )
         }
         # timeout=0: an empty queue answers at once; the runner decides when to look again.
@@ -146,7 +156,10 @@ class RedisJobs:
 
     # --- messages ----------------------------------------------------------------------
 
-    def _enqueue(self, job_id: str, message_id: str) -> None:
+    def _enqueue(self, job_id: str, message_id: str, *, first: bool = False) -> None:
+        """Send the job's message; ``first``: at the head of the queue, next to be claimed
+        (a video's segments, and the video when they ended, continue a job that reached the
+        head of the queue already)."""
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=QUEUE,
             actor_name=ACTOR,
@@ -157,7 +170,20 @@ class RedisJobs:
         )
         sent = self.broker.enqueue(message)
         where = sent.options["redis_message_id"]
-        self._script("NOTE_RMID", [self._job(job_id)], [message_id, where])
+        if first:
+            self._script("FIRST", [self._job(job_id), self._queue_list], [message_id, where])
+        else:
+            self._script("NOTE_RMID", [self._job(job_id)], [message_id, where])
+
+    def _enqueue_or_leave(self, job_id: str, message_id: str) -> bool:
+        """Send, first in the queue, the message of a job queued by a change already made;
+        False when Redis failed: the reconciler gives the job a new message (no rmid)."""
+        try:
+            self._enqueue(job_id, message_id, first=True)
+        except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
+            log.warning("job %s queued, its message left to the reconciler: %s", job_id, exc)
+            return False
+        return True
 
     def _ack(self, job_id: str) -> None:
         proxy = self._inflight.pop(job_id, None)
@@ -334,17 +360,20 @@ class RedisJobs:
             extra += ["content_type", content_type]
 
         def finish() -> bool:
-            done = bool(
-                self._script(
-                    "FINISH",
-                    [self._job(job_id), self._running, self._finished],
-                    [owner, status.value, repr(now), job_id, *extra],
-                )
+            message_id = str(uuid.uuid4())
+            done = self._script(
+                "FINISH",
+                [self._job(job_id), self._running, self._finished, self._queued, self._waiting],
+                [owner, status.value, repr(now), job_id, f"{self.prefix}job:", message_id, *extra],
             )
             # Acked either way: if another runner took the job over, its message is another
             # delivery, and this one must not come back.
             self._ack(job_id)
-            return done
+            if isinstance(done, str):
+                # The last segment of a video: the video is queued again, to be stitched.
+                self._enqueue_or_leave(done, message_id)
+                return True
+            return bool(done)
 
         return await self._run(finish)
 
@@ -355,11 +384,9 @@ class RedisJobs:
         return bool(await self._run(lambda: self._script("CANCEL", keys, [repr(now), job_id])))
 
     def _delete(self, job_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self._job(job_id), f"{self._job(job_id)}:wh")
-        for index in (self._queued, self._running, self._finished, self._expired):
-            pipe.zrem(index, job_id)
-        pipe.execute()
+        """The job's hash, webhook list and index entries, and its segments'."""
+        keys = [self._queued, self._running, self._finished, self._expired, self._waiting]
+        self._script("DELETE", keys, [f"{self.prefix}job:", job_id])
 
     @unavailable
     async def progress(self, job_id: str, owner: str, done: int, total: int) -> None:
@@ -389,7 +416,7 @@ class RedisJobs:
         def expire() -> list[JobRecord]:
             ids = self._script(
                 "EXPIRE",
-                [self._finished, self._queued, self._expired],
+                [self._finished, self._queued, self._expired, self._waiting],
                 [repr(before), SCAN_LIMIT, f"{self.prefix}job:"],
             )
             records = [self._read(job_id) for job_id in ids]
@@ -411,6 +438,59 @@ class RedisJobs:
             return len(ids)
 
         return await self._run(purge)
+
+    @unavailable
+    async def split(
+        self, job_id: str, owner: str, segments: list[JobRecord], frames_total: int
+    ) -> bool:
+        def split() -> bool:
+            messages = [str(uuid.uuid4()) for _ in segments]
+            fields = [job_fields(r, m) for r, m in zip(segments, messages, strict=True)]
+            keys = [
+                self._job(job_id),
+                self._queued,
+                self._running,
+                self._finished,
+                self._expired,
+                self._waiting,
+            ]
+            args = [
+                owner,
+                frames_total,
+                job_id,
+                len(segments),
+                f"{self.prefix}job:",
+                json.dumps(fields),
+            ]
+            done = bool(self._script("SPLIT", keys, args))
+            # Acked either way, as by finish: the video's message is done with (a waiting
+            # job's, delivered again, is dropped as final).
+            self._ack(job_id)
+            if done:
+                # Each at the head, the last first: claimed in order, before any job
+                # submitted after the video, by any node.
+                # Redis failing: the rest are the reconciler's too, without waiting on each.
+                for record, message_id in reversed(list(zip(segments, messages, strict=True))):
+                    if not self._enqueue_or_leave(record.id, message_id):
+                        break
+            return done
+
+        return await self._run(split)
+
+    @unavailable
+    async def segments_of(self, job_id: str) -> list[JobRecord]:
+        def read() -> list[JobRecord]:
+            count = int(self.redis.hget(self._job(job_id), "segments") or 0)
+            pipe = self.redis.pipeline(transaction=False)
+            for index in range(count):
+                key = self._job(segment_id(job_id, index))
+                pipe.hgetall(key)
+                pipe.lrange(f"{key}:wh", 0, -1)
+            found = pipe.execute()
+            pairs = zip(found[0::2], found[1::2], strict=True)
+            return [record_from(fields, webhooks) for fields, webhooks in pairs if fields]
+
+        return await self._run(read)
 
     async def close(self) -> None:
         def close() -> None:

@@ -3,8 +3,13 @@
 A job is a hash ``<prefix>job:<id>``; its webhook attempts a list ``<prefix>job:<id>:wh``.
 Indexes (sorted sets of job ids): ``queued`` and ``running`` (score: created_at and
 started_at, for the queue metrics and the reconciler), ``finished`` (finished_at, for
-expiry) and ``expired`` (for the purge). The hash field ``msg`` names the one queue
-message that may run the job; ``hb`` the dramatiq broker (heartbeat id) of its runner.
+expiry), ``expired`` (for the purge) and ``waiting`` (created_at: the videos waiting on
+their segments, for expiry). The hash field ``msg`` names the one queue message that may
+run the job; ``hb`` the dramatiq broker (heartbeat id) of its runner.
+
+A video cut into segments: its hash has ``segments`` (their count); each segment is a job
+of its own whose hash has ``parent``, and whose id is ``<parent>_s<index>``
+(bgsvc.jobs.model.segment_id, which the scripts below spell out).
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ from __future__ import annotations
 # final or gone however they ended (runner, cancel, expiry, delete, purge): no state change
 # has to remember the set, and it holds little more than the tenant's unfinished jobs since
 # every submission counts it. An id without a record younger than a minute is a batch still
-# being written, and counts.
+# being written, and counts. A video waiting on its segments counts (its segments are never
+# in the set).
 _OPEN_COUNT = """
 local function open_count(set, prefix, now)
     local open = 0
     local found = redis.call('zrange', set, 0, -1, 'withscores')
     for i = 1, #found, 2 do
         local status = redis.call('hget', prefix .. found[i], 'status')
-        if status == 'queued' or status == 'running'
+        if status == 'queued' or status == 'running' or status == 'waiting'
             or (not status and tonumber(found[i + 1]) > now - 60) then
             open = open + 1
         else
@@ -135,19 +141,93 @@ redis.call('zadd', KEYS[2], fields[3], ARGV[5])
 return 1
 """
 
-# KEYS: job, running, finished. ARGV: owner, status, now, id, then field/value pairs.
+# KEYS: job, running, finished, queued, waiting. ARGV: owner, status, now, id, job key
+# prefix, a new message_id (for the parent), then field/value pairs. Returns 0 (not the
+# owner's running job), 1 (ended), or, when the job is the last of a waiting video's
+# segments to end (however they ended), the video's id: queued again in the same step with
+# the new message_id, which the caller enqueues.
 FINISH = """
-local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'finished_at')
+local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'finished_at', 'parent')
 -- This very finish again: its reply was lost with a dropped connection (Redis killed or
 -- restarted after applying it), and the caller retried. Answered as the first time, so
--- the runner still does what follows a finish (the upload's removal, the webhook).
+-- the runner still does what follows a finish (the upload's removal, the webhook). A
+-- parent the first one queued is left alone (the reconciler sends a message lost so).
 if fields[1] == ARGV[2] and fields[3] == ARGV[3] then return 1 end
 if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
 redis.call('hset', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'owner', '', 'hb', '')
-if #ARGV > 4 then redis.call('hset', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV > 6 then redis.call('hset', KEYS[1], unpack(ARGV, 7)) end
 redis.call('zrem', KEYS[2], ARGV[4])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+local parent = fields[4]
+if not parent or parent == '' then return 1 end
+local key = ARGV[5] .. parent
+local video = redis.call('hmget', key, 'status', 'segments', 'created_at')
+if video[1] ~= 'waiting' then return 1 end
+for i = 0, (tonumber(video[2]) or 0) - 1 do
+    local status = redis.call('hget', key .. '_s' .. i, 'status')
+    if status == 'queued' or status == 'running' then return 1 end
+end
+redis.call('hset', key, 'status', 'queued', 'owner', '', 'hb', '', 'msg', ARGV[6], 'rmid', '')
+redis.call('zrem', KEYS[5], parent)
+redis.call('zadd', KEYS[4], video[3], parent)
+return parent
+"""
+
+# Removes a job's hash, webhook list and index entries.
+_DROP = """
+local function drop(prefix, id, indexes)
+    redis.call('del', prefix .. id, prefix .. id .. ':wh')
+    for _, index in ipairs(indexes) do redis.call('zrem', index, id) end
+end
+"""
+
+# KEYS: job, queued, running, finished, expired, waiting. ARGV: owner, frames in all, id,
+# number of segments, job key prefix, the segments' fields (JSON list of objects, each with
+# "id" and "created_at"). The owner's running job waits on its segments, queued here;
+# 1, or 0 and nothing changed when it is not (no longer) the owner's.
+SPLIT = (
+    _DROP
+    + """
+local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'created_at', 'segments')
+if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'status', 'waiting', 'owner', '', 'hb', '', 'segments', ARGV[4],
+    'frames_total', ARGV[2], 'frames_done', '0')
+redis.call('zrem', KEYS[3], ARGV[3])
+redis.call('zadd', KEYS[6], fields[3], ARGV[3])
+local indexes = {KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
+-- The same video cut again (segment ids are derived): this cut replaces the last one's.
+for i = 0, (tonumber(fields[4]) or 0) - 1 do drop(ARGV[5], ARGV[3] .. '_s' .. i, indexes) end
+for _, job in ipairs(cjson.decode(ARGV[6])) do
+    drop(ARGV[5], job['id'], indexes)
+    local key = ARGV[5] .. job['id']
+    for field, value in pairs(job) do redis.call('hset', key, field, value) end
+    redis.call('zadd', KEYS[2], job['created_at'], job['id'])
+end
 return 1
+"""
+)
+
+# KEYS: queued, running, finished, expired, waiting. ARGV: job key prefix, id. The job and
+# its segments, at once.
+DELETE = (
+    _DROP
+    + """
+local segments = tonumber(redis.call('hget', ARGV[1] .. ARGV[2], 'segments')) or 0
+for i = 0, segments - 1 do drop(ARGV[1], ARGV[2] .. '_s' .. i, KEYS) end
+drop(ARGV[1], ARGV[2], KEYS)
+return segments
+"""
+)
+
+# KEYS: job, dramatiq's list of the queue's messages. ARGV: message_id, redis message id.
+# NOTE_RMID, and the message moved to the head of the queue (next to be fetched) unless a
+# runner fetched it already.
+FIRST = """
+if redis.call('hget', KEYS[1], 'msg') == ARGV[1] then
+    redis.call('hset', KEYS[1], 'rmid', ARGV[2])
+end
+if redis.call('lrem', KEYS[2], -1, ARGV[2]) == 1 then redis.call('lpush', KEYS[2], ARGV[2]) end
+return 0
 """
 
 # KEYS: job. ARGV: owner, frames done, frames in all.
@@ -185,8 +265,9 @@ end
 return 0
 """
 
-# KEYS: finished, queued, expired. ARGV: before, limit, job key prefix. Marks expired the
-# jobs finished before ``before`` and those still queued since then; returns their ids.
+# KEYS: finished, queued, expired, waiting. ARGV: before, limit, job key prefix. Marks
+# expired the jobs finished before ``before`` and those still queued, or waiting on their
+# segments, since then; returns their ids.
 EXPIRE = """
 local done = {}
 local function expire(index, id, score)
@@ -199,7 +280,7 @@ local function expire(index, id, score)
         table.insert(done, id)
     end
 end
-for _, index in ipairs({KEYS[1], KEYS[2]}) do
+for _, index in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
     local found = redis.call('zrangebyscore', index, '-inf', '(' .. ARGV[1], 'withscores',
         'limit', 0, tonumber(ARGV[2]))
     for i = 1, #found, 2 do expire(index, found[i], found[i + 1]) end
@@ -214,7 +295,7 @@ if redis.call('exists', KEYS[1]) == 0 then return 0 end
 if redis.call('hget', KEYS[1], 'completed_at') then return 0 end
 for i = 3, #ARGV do
     local status = redis.call('hget', ARGV[2] .. ARGV[i], 'status')
-    if status == 'queued' or status == 'running' then return 0 end
+    if status == 'queued' or status == 'running' or status == 'waiting' then return 0 end
 end
 redis.call('hset', KEYS[1], 'completed_at', ARGV[1])
 return 1

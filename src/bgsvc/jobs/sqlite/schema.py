@@ -55,6 +55,9 @@ _ADDED_COLUMNS = {
         "credits": "INTEGER NOT NULL DEFAULT 0",
         "frames_done": "INTEGER",
         "frames_total": "INTEGER",
+        # A video cut into segments: a segment's parent, and a parent's count of segments.
+        "parent": "TEXT",
+        "segments": "INTEGER NOT NULL DEFAULT 0",
     },
     "batches": {"tenant": "TEXT"},
 }
@@ -69,12 +72,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_client
     WHERE idempotency_key IS NOT NULL AND tenant IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id);
 CREATE INDEX IF NOT EXISTS jobs_tenant_status ON jobs (tenant, status) WHERE tenant IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent) WHERE parent IS NOT NULL;
 """
 
 COLUMNS = (
     "id, status, created_at, started_at, finished_at, attempts, error_code, error_message, "
     "options, input_key, fingerprint, result_key, content_type, client, idempotency_key, "
-    "callback_url, webhook_attempts, owner, batch_id, tenant, credits, frames_done, frames_total"
+    "callback_url, webhook_attempts, owner, batch_id, tenant, credits, frames_done, frames_total, "
+    "parent, segments"
 )
 BATCH_COLUMNS = (
     "id, created_at, client, callback_url, items, completed_at, webhook_attempts, tenant"
@@ -99,17 +104,24 @@ def migrate(db: sqlite3.Connection) -> None:
     db.executescript(_INDEXES)
 
 
+# A tenant's unfinished jobs: a video waiting on its segments is one, its segments none
+# (as the Redis store counts them: segments never enter the tenant's set of open jobs).
+TENANT_UNFINISHED = (
+    "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN ('queued', 'running', 'waiting') "
+    "AND parent IS NULL"
+)
+
+
 def check_room(db: sqlite3.Connection, tenant: str | None, jobs: int, room: Room) -> None:
+    # The queue's: queued and running jobs, segments among them (the Redis store's queued
+    # and running indexes), a waiting video not.
     unfinished = db.execute(
         "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
     ).fetchone()[0]
     if unfinished + jobs > room.limit:
         raise NoRoom("queue", unfinished)
     if tenant is not None:
-        mine = db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN ('queued', 'running')",
-            (tenant,),
-        ).fetchone()[0]
+        mine = db.execute(TENANT_UNFINISHED, (tenant,)).fetchone()[0]
         if mine + jobs > room.per_tenant:
             raise NoRoom("tenant", mine)
 

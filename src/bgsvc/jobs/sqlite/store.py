@@ -20,7 +20,7 @@ from bgsvc.jobs.base import QueueStats, Room
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus
 from bgsvc.jobs.sqlite.schema import BATCH_COLUMNS as _BATCH_COLUMNS
 from bgsvc.jobs.sqlite.schema import COLUMNS as _COLUMNS
-from bgsvc.jobs.sqlite.schema import check_room, migrate, transaction
+from bgsvc.jobs.sqlite.schema import TENANT_UNFINISHED, check_room, migrate, transaction
 
 T = TypeVar("T")
 
@@ -52,6 +52,8 @@ def _record(row: sqlite3.Row) -> JobRecord:
         credits=row["credits"] or 0,
         frames_done=row["frames_done"],
         frames_total=row["frames_total"],
+        parent=row["parent"],
+        segments=row["segments"] or 0,
     )
 
 
@@ -72,7 +74,7 @@ def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
     db.execute(
         f"INSERT INTO jobs ({_COLUMNS}) VALUES "
         "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?, ?, ?, "
-        "NULL, NULL)",
+        "NULL, NULL, ?, ?)",
         (
             record.id,
             record.status.value,
@@ -86,8 +88,16 @@ def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
             record.batch_id,
             record.tenant,
             record.credits,
+            record.parent,
+            record.segments,
         ),
     )
+
+
+def _segment_index(record: JobRecord) -> int:
+    """Where a segment is in its parent's order (its id is segment_id(parent, index))."""
+    suffix = record.id.rpartition("_s")[2]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 class SqliteJobStore:
@@ -164,10 +174,7 @@ class SqliteJobStore:
 
     async def tenant_unfinished(self, tenant: str) -> int:
         def count(db: sqlite3.Connection) -> int:
-            row = db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN ('queued', 'running')",
-                (tenant,),
-            ).fetchone()
+            row = db.execute(TENANT_UNFINISHED, (tenant,)).fetchone()
             return int(row[0])
 
         return await self._run(count)
@@ -209,11 +216,12 @@ class SqliteJobStore:
         result_key: str | None = None,
         content_type: str | None = None,
     ) -> bool:
-        def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
+        def end(db: sqlite3.Connection) -> bool:
+            # All rows read (the one): the statement is done before the next one runs.
+            rows = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error_code = ?, "
                 "error_message = ?, result_key = ?, content_type = ?, owner = NULL "
-                "WHERE id = ? AND status = 'running' AND owner = ?",
+                "WHERE id = ? AND status = 'running' AND owner = ? RETURNING parent",
                 (
                     status.value,
                     now,
@@ -224,8 +232,25 @@ class SqliteJobStore:
                     job_id,
                     owner,
                 ),
-            )
-            return cursor.rowcount == 1
+            ).fetchall()
+            if not rows:
+                return False
+            parent = rows[0]["parent"]
+            if parent is not None:
+                # The last of a video's segments to end (however it ended): the video is
+                # queued again, to be stitched. A retried finish matched no row above, and
+                # a parent queued already is not waiting: it is queued once.
+                db.execute(
+                    "UPDATE jobs SET status = 'queued', owner = NULL "
+                    "WHERE id = ? AND status = 'waiting' AND NOT EXISTS (SELECT 1 FROM jobs "
+                    "WHERE parent = ? AND status IN ('queued', 'running'))",
+                    (parent, parent),
+                )
+            return True
+
+        def update(db: sqlite3.Connection) -> bool:
+            # One transaction: two segments ending at once cannot both see the other running.
+            return transaction(db, lambda: end(db))
 
         return await self._run(update)
 
@@ -251,7 +276,9 @@ class SqliteJobStore:
         return await self._run(update)
 
     async def delete(self, job_id: str) -> None:
-        await self._run(lambda db: db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
+        await self._run(
+            lambda db: db.execute("DELETE FROM jobs WHERE id = ? OR parent = ?", (job_id, job_id))
+        )
 
     async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
         def update(db: sqlite3.Connection) -> None:
@@ -290,7 +317,8 @@ class SqliteJobStore:
             rows = db.execute(
                 "UPDATE jobs SET status = 'expired' WHERE "
                 "(status IN ('succeeded', 'failed', 'canceled') AND finished_at < ?) OR "
-                f"(status = 'queued' AND created_at < ?) RETURNING {_COLUMNS}",
+                "(status IN ('queued', 'waiting') AND created_at < ?) "
+                f"RETURNING {_COLUMNS}",
                 (before, before),
             ).fetchall()
             return [_record(r) for r in rows]
@@ -313,6 +341,38 @@ class SqliteJobStore:
             return cursor.rowcount
 
         return await self._run(delete)
+
+    async def split(
+        self, job_id: str, owner: str, segments: list[JobRecord], frames_total: int
+    ) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            def cut() -> bool:
+                cursor = db.execute(
+                    "UPDATE jobs SET status = 'waiting', owner = NULL, segments = ?, "
+                    "frames_total = ?, frames_done = 0 "
+                    "WHERE id = ? AND status = 'running' AND owner = ?",
+                    (len(segments), frames_total, job_id, owner),
+                )
+                if cursor.rowcount != 1:
+                    return False
+                # The same video cut again (its ids are derived): this cut replaces the last.
+                db.execute("DELETE FROM jobs WHERE parent = ?", (job_id,))
+                # No room checked: the video had its room. They carry its created_at, so a
+                # claim takes them before any job submitted after it.
+                for record in segments:
+                    _insert_job(db, record)
+                return True
+
+            return transaction(db, cut)
+
+        return await self._run(update)
+
+    async def segments_of(self, job_id: str) -> list[JobRecord]:
+        def select(db: sqlite3.Connection) -> list[JobRecord]:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE parent = ?", (job_id,))
+            return sorted((_record(r) for r in rows.fetchall()), key=_segment_index)
+
+        return await self._run(select)
 
     async def create_batch(self, batch: BatchRecord, jobs: list[JobRecord], room: Room) -> None:
         items = json.dumps([{"name": i.name, "job_id": i.job_id} for i in batch.items])
@@ -360,7 +420,7 @@ class SqliteJobStore:
             row = db.execute(
                 "UPDATE batches SET completed_at = ? WHERE id = ? AND completed_at IS NULL "
                 "AND NOT EXISTS (SELECT 1 FROM jobs WHERE batch_id = ? "
-                f"AND status IN ('queued', 'running')) RETURNING {_BATCH_COLUMNS}",
+                f"AND status IN ('queued', 'running', 'waiting')) RETURNING {_BATCH_COLUMNS}",
                 (now, batch_id, batch_id),
             ).fetchone()
             return None if row is None else _batch(row)
