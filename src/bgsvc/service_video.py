@@ -187,6 +187,10 @@ class VideoProcessor:
                     yield pixels
 
         source = packs()
+        # Frame n goes back only once frame n+1 (or the end) is here, as in a model run:
+        # the child writes frame n+1 before it reads frame n, and a frame is more than a
+        # pipe holds, so a frame sent back at once would block both sides.
+        pending: bytes | None = None
         try:
             while True:
                 message = await child.receive(frame_size)
@@ -199,8 +203,12 @@ class VideoProcessor:
                     raise InvalidVideo(
                         f"The video has more frames than its segments delivered ({done})."
                     )
-                await child.send("R", {}, pixels)
+                if pending is not None:
+                    await child.send("R", {}, pending)
+                pending = pixels
                 done += 1
+            if pending is not None:
+                await child.send("R", {}, pending)
             if await anext(source, None) is not None:
                 raise InvalidVideo(
                     f"The video's segments delivered more frames than it has ({done})."

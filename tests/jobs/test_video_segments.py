@@ -69,6 +69,18 @@ def test_a_long_video_runs_as_segments_and_comes_back_as_the_whole_video_would(
     assert all(np.array_equal(a, b) for a, b in zip(cut_alphas, whole_alphas, strict=True))
 
 
+def test_a_cut_video_of_frames_larger_than_a_pipe_is_stitched(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # 320x240 cutouts are 300 KiB a frame, beyond what a pipe holds: the stitch must
+    # hand frames back at the pace the encoder takes them.
+    client = jobs_client(video_segment_pixels=320 * 240 * 3)
+    done, result = run_video(client, clip("mp4", size=(320, 240), frames=8))
+    frames, _ = decode(result.content, alpha=True)
+    assert len(frames) == done["frames_done"] == 8
+    assert (frames[0].width, frames[0].height) == (320, 240)
+
+
 def test_the_segments_stored_frames_go_when_the_video_ends(
     jobs_client: Callable[..., TestClient], data_dir: Path
 ) -> None:
