@@ -154,9 +154,9 @@ class Remover:
         limits; its count is the most frames its decode may deliver (the header's and the
         margin past an estimate): held at submission, settled when the job ends."""
         if is_video(data):
-            check_video_options(options)
+            fmt = check_video_options(options)
             budget = self._limits(options).max_output_pixels
-            info, _ = probe_video(child_config(self.settings, "probe", budget), data)
+            info, _ = probe_video(child_config(self.settings, "probe", budget, fmt), data)
             return video_limits(self.settings).allowed_frames(info.frames)
         if options.frames != "all":
             return 1
@@ -165,9 +165,9 @@ class Remover:
 
     def video_header(self, data: bytes, options: RemovalOptions) -> VideoInfo:
         """A video's headers, read by a child within the video limits."""
-        check_video_options(options)
+        fmt = check_video_options(options)
         budget = self._limits(options).max_output_pixels
-        info, _ = probe_video(child_config(self.settings, "probe", budget), data)
+        info, _ = probe_video(child_config(self.settings, "probe", budget, fmt), data)
         return info
 
     def decode_animation(

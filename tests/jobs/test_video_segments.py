@@ -194,3 +194,15 @@ def test_a_segments_stored_frames_are_read_back_only_as_the_stitch_expects() -> 
     )
     with pytest.raises(frame_pack.BrokenPack):
         list(frame_pack.frames(crafted, (4, 2), "L"))
+
+
+def test_a_zip_of_a_videos_frames_takes_no_more_than_a_segments_pixels(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # A zip is held whole where it is stored; a webm of the same video is not limited so.
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES)
+    files = {"file": ("clip.mp4", clip("mp4", frames=20), "video/mp4")}
+    refused = client.post("/jobs", params={"format": "zip"}, files=files)
+    assert refused.status_code == 413 and refused.json()["code"] == "video_too_large"
+    done, result = run_video(client, clip("mp4", frames=8), format="zip")
+    assert done["status"] == "succeeded" and result.status_code == 200

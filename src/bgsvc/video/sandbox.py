@@ -292,9 +292,16 @@ def child_config(
     pixels: str = "RGBA",
 ) -> ChildConfig:
     """The child's configuration from the service's settings."""
+    limits = asdict(video_limits(settings))
+    if fmt == "zip":
+        # A zip of PNG frames is about as large as the frames themselves, and a result is
+        # held whole by the process that stores it: no more of it than a segment's worth.
+        limits["max_total_pixels"] = min(
+            settings.video_max_total_pixels, settings.video_segment_pixels
+        )
     return ChildConfig(
         mode=mode,
-        limits=asdict(video_limits(settings)),
+        limits=limits,
         memory_bytes=settings.video_child_memory_bytes,
         # A probe reads headers only; a run may take as long as a job's attempt.
         cpu_s=settings.video_step_timeout_s if mode == "probe" else settings.job_timeout_s,
