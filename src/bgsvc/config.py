@@ -676,9 +676,11 @@ class Settings(BaseSettings):
         json_schema_extra=_in(VIDEO),
     )
     video_segment_pixels: int = Field(
-        # 60 frames of 720p (26 of 1080p): a 720p frame took 0.86 s end to end on a busy
-        # 2-core machine (benchmarks/video.py), so 60 take about 52 s of a job's 60 s.
-        default=60 * 1280 * 720,
+        # 30 frames of 720p (13 of 1080p): a 720p frame took 0.86 s end to end on a busy
+        # 2-core machine (benchmarks/video.py), so a segment takes about 26 s of a job's
+        # 60 s alone, and stays within it while three share the cores (benchmarks/
+        # video_fleet.py: 60-frame segments timed out on 3 nodes of one machine).
+        default=30 * 1280 * 720,
         ge=1,
         description="A video job with more pixels over its frames than this is cut into "
         "segments of at most this many, each run as a job of its own by whichever node has "

@@ -10,7 +10,6 @@ finished and handed back to the child, which encodes it and decodes ahead.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -20,7 +19,6 @@ import numpy as np
 
 from bgsvc.cache import CachedResult
 from bgsvc.errors import InvalidVideo, VideoTooLarge
-from bgsvc.imaging import frame_pack
 from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
 from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
@@ -29,7 +27,7 @@ from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.tracing import span
-from bgsvc.video.sandbox import MediaChild, child_config, video_limits
+from bgsvc.video.sandbox import ChildConfig, MediaChild, child_config, video_limits
 
 T = TypeVar("T")
 # Called with (frames done, frames in all) as a video's frames finish.
@@ -48,8 +46,7 @@ class MatteStep(Protocol):
     def fine(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
 
 
-# A stitch's frames: each segment's stored frames in order (bgsvc.imaging.frame_pack),
-# loaded one at a time.
+# A cut video's parts: each segment's encoded frames in order, loaded one at a time.
 Parts = list[Callable[[], Awaitable[bytes]]]
 Segment = tuple[int, int | None]
 
@@ -100,9 +97,9 @@ class VideoProcessor:
         parts: Parts | None = None,
     ) -> RemovalResult:
         """The video through the model and encoded; or, for a ``segment`` (its first and
-        end frame), only those frames, finished and packed for a later stitch; or, given
-        ``parts`` (the segments' packs, in order), the whole video encoded from those
-        frames, with no model run."""
+        end frame), only those frames, encoded without audio: a part; or, given ``parts``
+        (the segments' parts, in order), the parts joined into the whole video, with no
+        model run."""
         fmt = check_video_options(options)
         mode = pixel_mode(options, fmt)
         settings = self.remover.settings
@@ -111,34 +108,67 @@ class VideoProcessor:
             budget = min(budget, options.max_output_pixels)
         config = child_config(settings, "run", budget, fmt, mode)
         if segment is not None:
-            config = replace(config, mode="frames", first=segment[0], end=segment[1])
+            config = replace(config, mode="part", first=segment[0], end=segment[1])
+        if parts is not None:
+            return await self._join(replace(config, mode="join"), data, fmt, parts, progress)
         started = time.perf_counter()
         child = await MediaChild.start(config, data)
         try:
             with span("decode"):
                 info, size = await self._header(child)
             timings = {"decode": time.perf_counter() - started}
-            if parts is not None:
-                body = await self._stitch(child, info, size, mode, parts, progress, timings)
-            else:
-                body, _frames = await self._frames(
-                    ticket, child, info, size, options, mode, engine, progress, timings, segment
-                )
+            body, _frames = await self._frames(
+                ticket, child, info, size, options, mode, engine, progress, timings
+            )
         finally:
             await child.close()
-        kind: str = fmt
-        media_type = VIDEO_CONTENT_TYPES[fmt]
-        if segment is not None:
-            kind, media_type = "frames", frame_pack.MEDIA_TYPE
         output = CachedResult(
             body=body,
-            media_type=media_type,
-            format=kind,
+            media_type=VIDEO_CONTENT_TYPES[fmt],
+            format=fmt,
             width=size[0],
             height=size[1],
             box=Box(0, 0, 0, 0),
             model=engine.name,
             source_size=info.display_size,
+        )
+        return RemovalResult(output, timings)
+
+    async def _join(
+        self, config: ChildConfig, data: bytes, fmt: str, parts: Parts, progress: Progress | None
+    ) -> RemovalResult:
+        """The parts, sent one at a time, joined by a child into one file."""
+        started = time.perf_counter()
+        # A part is the segment's frames encoded: no larger than a whole video's result.
+        limit = _max_result_bytes(
+            (self.remover.settings.video_max_frame_pixels, 1),
+            self.remover.settings.video_max_frames,
+        )
+        config = replace(config, max_part_bytes=limit)
+        child = await MediaChild.start(config, data)
+        try:
+            for load in parts:
+                await child.send("P", {}, await load())
+            await child.send("Q", {})
+            with span("encode"):
+                result = await child.receive(limit)
+        finally:
+            await child.close()
+        if result.kind != "D":
+            raise InvalidVideo(f"The video joiner answered {result.kind!r}.")
+        frames = int(result.meta.get("frames") or 0)
+        if progress is not None:
+            await progress(frames, frames)
+        timings = {"encode": time.perf_counter() - started}
+        output = CachedResult(
+            body=result.payload,
+            media_type=VIDEO_CONTENT_TYPES[fmt],
+            format=fmt,
+            width=0,
+            height=0,
+            box=Box(0, 0, 0, 0),
+            model="",
+            source_size=(0, 0),
         )
         return RemovalResult(output, timings)
 
@@ -161,72 +191,6 @@ class VideoProcessor:
             raise InvalidVideo("The video decoder gave an impossible frame size.")
         return info, size
 
-    async def _stitch(
-        self,
-        child: MediaChild,
-        info: VideoInfo,
-        size: tuple[int, int],
-        mode: str,
-        parts: Parts,
-        progress: Progress | None,
-        timings: dict[str, float],
-    ) -> bytes:
-        """The child decodes the whole video again (for its timestamps and audio) and
-        encodes the segments' frames in their place, one for one."""
-        frame_size = size[0] * size[1] * 3
-        done = 0
-        started = time.perf_counter()
-
-        async def packs() -> Any:
-            for load in parts:
-                # One part's body at a time; a frame inflated at a time, off the loop.
-                frames = frame_pack.frames(await load(), size, mode)
-                while (
-                    pixels := await self.in_pool(functools.partial(next, frames, None))
-                ) is not None:
-                    yield pixels
-
-        source = packs()
-        # Frame n goes back only once frame n+1 (or the end) is here, as in a model run:
-        # the child writes frame n+1 before it reads frame n, and a frame is more than a
-        # pipe holds, so a frame sent back at once would block both sides.
-        pending: bytes | None = None
-        try:
-            while True:
-                message = await child.receive(frame_size)
-                if message.kind == "N":
-                    break
-                if message.kind != "F" or len(message.payload) != frame_size:
-                    raise InvalidVideo("The video decoder sent a broken frame.")
-                pixels = await anext(source, None)
-                if pixels is None:
-                    raise InvalidVideo(
-                        f"The video has more frames than its segments delivered ({done})."
-                    )
-                if pending is not None:
-                    await child.send("R", {}, pending)
-                pending = pixels
-                done += 1
-            if pending is not None:
-                await child.send("R", {}, pending)
-            if await anext(source, None) is not None:
-                raise InvalidVideo(
-                    f"The video's segments delivered more frames than it has ({done})."
-                )
-        except frame_pack.BrokenPack as exc:
-            raise RuntimeError(f"a segment's stored frames are broken: {exc}") from None
-        finally:
-            await source.aclose()
-        with span("encode"):
-            result = await child.receive(_max_result_bytes(size, done))
-        if result.kind != "D":
-            raise InvalidVideo(f"The video encoder answered {result.kind!r}.")
-        timings["encode"] = time.perf_counter() - started
-        self.metrics.encode.observe(timings["encode"])
-        if progress is not None:
-            await progress(done, done)
-        return result.payload
-
     async def _frames(
         self,
         ticket: Ticket,
@@ -238,7 +202,6 @@ class VideoProcessor:
         engine: Predictor,
         progress: Progress | None,
         timings: dict[str, float],
-        segment: Segment | None = None,
     ) -> tuple[bytes, int]:
         remover = self.remover
         staged = engine if isinstance(engine, StagedPredictor) else None
@@ -248,12 +211,9 @@ class VideoProcessor:
         smoother = self.matte_step(options)
         frame_bytes = size[0] * size[1] * 3
         total = info.frames
-        packer = None
-        if segment is not None:
-            # A segment's frames stay here, packed for the stitch; its count is the range's
-            # (the last one's, what the header leaves for it).
-            packer = frame_pack.FramePacker(size, mode)
-            first, end = segment
+        if child.config.mode == "part":
+            # A segment's count is its range's (the last one's: what the header leaves).
+            first, end = child.config.first, child.config.end
             total = max(0, (total if end is None else min(end, total)) - first)
         done = received = 0
         # The child stops at the header's count and margin; a child a decoder exploit
@@ -301,16 +261,12 @@ class VideoProcessor:
                     matte = smoother.fine(image.pixels, matte)
             rendered = remover.compose(image, matte, compose_options)
             out = rendered.image if rendered.image.mode == mode else rendered.image.convert(mode)
-            pixels = np.asarray(out, dtype=np.uint8).tobytes()
-            if packer is not None:
-                packer.add(pixels)
-            return pixels
+            return np.asarray(out, dtype=np.uint8).tobytes()
 
         async def finish_and_send(image: DecodedImage, raw: np.ndarray) -> None:
             nonlocal done, total
             pixels = await self.in_pool(lambda: finish(image, raw))
-            if packer is None:
-                await child.send("R", {}, pixels)
+            await child.send("R", {}, pixels)
             done += 1
             total = max(total, done)
             if progress is not None:
@@ -340,8 +296,6 @@ class VideoProcessor:
         if progress is not None and done != total:
             # The header's count was an estimate (duration x rate): the real one stands.
             await progress(done, done)
-        if packer is not None:
-            return await self.in_pool(packer.body), done
         started = time.perf_counter()
         with span("encode"):
             result = await child.receive(_max_result_bytes(size, done))

@@ -171,6 +171,7 @@ class Encoder:
         mode: str,
         size: tuple[int, int],
         source: av.container.InputContainer,
+        audio: bool = True,
     ) -> None:
         self.fmt = fmt
         self.mode = mode
@@ -202,10 +203,8 @@ class Encoder:
         stream.codec_context.thread_count = CODEC_THREADS
         self._copy_colour(src, stream)
         self.stream = stream
-        if source.streams.audio:
-            audio = source.streams.audio[0]
-            if audio.codec_context.name in AUDIO_PASSTHROUGH[fmt]:
-                self.audio = out.add_stream_from_template(audio)
+        if audio:
+            self.audio = _audio_stream(out, source, fmt)
 
     def _copy_colour(self, src: av.VideoStream, dst: av.VideoStream) -> None:
         # The source's tags, and its matrix and range for the conversion from RGB, so a
@@ -268,3 +267,71 @@ class Encoder:
                 self._out.mux(packet)
             self._out.close()
         return self.buffer.getvalue()
+
+
+def _audio_stream(
+    out: av.container.OutputContainer, source: av.container.InputContainer, fmt: str
+) -> Any | None:
+    """The source's audio stream in ``out`` when the container takes its codec as it is."""
+    if not source.streams.audio:
+        return None
+    audio = source.streams.audio[0]
+    if audio.codec_context.name not in AUDIO_PASSTHROUGH[fmt]:
+        return None
+    return out.add_stream_from_template(audio)
+
+
+def join(fmt: str, parts: list[bytes], source: av.container.InputContainer) -> tuple[bytes, int]:
+    """The parts of a cut video (each encoded by an Encoder without audio, from the
+    source's own timestamps) as one file, and its frame count: their packets as they are
+    (each part starts on a key frame), then the source's audio where it passes."""
+    if fmt == "zip":
+        return _join_zips(parts)
+    buffer = io.BytesIO()
+    out = av.open(buffer, mode="w", format=_CONTAINERS[fmt])
+    video: Any | None = None
+    audio: Any | None = None
+    frames = 0
+    try:
+        for part in parts:
+            with av.open(io.BytesIO(part), mode="r") as container:
+                stream = container.streams.video[0]
+                if video is None:
+                    video = out.add_stream_from_template(stream)
+                    audio = _audio_stream(out, source, fmt)
+                for packet in container.demux(stream):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    packet.stream = video
+                    out.mux(packet)
+                    frames += 1
+        if video is None:
+            raise InvalidVideo("A cut video had no parts to join.")
+        if audio is not None:
+            for sound in source.demux(source.streams.audio[0]):
+                if sound.dts is None:
+                    continue
+                sound.stream = audio
+                out.mux(sound)
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        raise _failed(exc) from exc
+    finally:
+        out.close()
+    return buffer.getvalue(), frames
+
+
+def _join_zips(parts: list[bytes]) -> tuple[bytes, int]:
+    buffer = io.BytesIO()
+    times: list[float] = []
+    fps = 0.0
+    with zipfile.ZipFile(buffer, "w") as joined:
+        for part in parts:
+            with zipfile.ZipFile(io.BytesIO(part)) as archive:
+                timing = json.loads(archive.read("timestamps.json"))
+                fps = fps or float(timing["fps"])
+                names = sorted(n for n in archive.namelist() if n.startswith("frame_"))
+                for position, name in enumerate(names):
+                    joined.writestr(f"frame_{len(times) + 1:05d}.png", archive.read(name))
+                    times.append(float(timing["times"][position]))
+        joined.writestr("timestamps.json", json.dumps({"fps": fps, "times": times}))
+    return buffer.getvalue(), len(times)

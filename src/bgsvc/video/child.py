@@ -3,10 +3,10 @@
 It takes its configuration, holds itself to its memory and CPU limits, and only then
 reads the upload. It probes the headers and checks the limits before decoding any frame
 (``probe`` mode stops there), then sends frames while the parent returns finished ones,
-at most ``WINDOW`` ahead, and encodes those into the result. A segment of a video
-(``frames`` mode) sends only the frames of its range and encodes nothing: the parent
-keeps them, and a later ``run`` over the whole video encodes them all. Every failure is an ``E``
-message with a stable code; a crash is the parent's to report.
+at most ``WINDOW`` ahead, and encodes those into the result. A segment of a cut video
+(``part`` mode) does the same for the frames of its range, without audio; ``join``
+puts the parts' packets, as they are, into one file with the source's audio. Every
+failure is an ``E`` message with a stable code; a crash is the parent's to report.
 """
 
 from __future__ import annotations
@@ -59,15 +59,18 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
             size = output_size(info.display_size, config.get("max_output_pixels"))
             protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
             return
+        if config["mode"] == "join":
+            _join(config, container, inbox, outbox)
+            return
         encoder: video_codec.Encoder | None = None
         audio: list[Any] = []
-
-        segment = config["mode"] == "frames"
+        # A segment's part carries no audio: the join takes it from the source.
+        part = config["mode"] == "part"
 
         def audio_sink(packet: Any) -> None:
             # Packets demuxed before the encoder exists (its size waits for the first
             # frame's rotation) are muxed once it does.
-            if segment:
+            if part:
                 return
             if encoder is None:
                 audio.append(packet)
@@ -82,10 +85,9 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
         info = replace(info, rotation=rotation)
         size = output_size(info.display_size, config.get("max_output_pixels"))
         protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
-        if segment:
-            _segment(config, info, limits, size, itertools.chain([first], decoded), outbox)
-            return
-        encoder = video_codec.Encoder(config["format"], config["pixels"], size, container)
+        encoder = video_codec.Encoder(
+            config["format"], config["pixels"], size, container, audio=not part
+        )
         for packet in audio:
             encoder.mux_audio(packet)
         _stream(
@@ -93,6 +95,23 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
         )
     finally:
         container.close()
+
+
+def _join(config: dict[str, Any], source: Any, inbox: BinaryIO, outbox: BinaryIO) -> None:
+    """The parts (``P`` messages, in order, until ``Q``) as one file, their packets as
+    they are, with the source's audio."""
+    from bgsvc.imaging import video_codec
+
+    parts: list[bytes] = []
+    while True:
+        message = protocol.read(inbox, int(config["max_part_bytes"]))
+        if message.kind == "Q":
+            break
+        if message.kind != "P":
+            raise InvalidVideo(f"the parent sent {message.kind!r} for a part")
+        parts.append(message.payload)
+    body, frames = video_codec.join(config["format"], parts, source)
+    protocol.write(outbox, "D", {"frames": frames}, body)
 
 
 def _stream(
@@ -124,44 +143,10 @@ def _stream(
         pixels = np.frombuffer(message.payload, np.uint8).reshape(shape)
         encoder.add(pixels, sent[encoder.count])
 
-    for frame in decoded:
-        if len(sent) >= allowed:
-            raise VideoTooLarge(
-                f"The video has more frames than its header says ({info.frames}); at most "
-                f"{allowed} are taken."
-            )
-        rgb = video_codec.upright_rgb(frame, size, info.rotation)
-        while len(sent) - encoder.count >= WINDOW:
-            encode_next()
-        sent.append(frame.pts)
-        protocol.write(outbox, "F", {"index": len(sent) - 1}, rgb.tobytes())
-    if limits.too_few_frames(len(sent), info):
-        raise InvalidVideo(
-            f"The video ends after {len(sent)} of the {info.frames} frames its header "
-            "counts: it is cut short or damaged."
-        )
-    protocol.write(outbox, "N", {"frames": len(sent)})
-    while encoder.count < len(sent):
-        encode_next()
-    protocol.write(outbox, "D", {"frames": len(sent)}, encoder.close())
-
-
-def _segment(
-    config: dict[str, Any],
-    info: Any,
-    limits: Any,
-    size: tuple[int, int],
-    decoded: Iterator[Any],
-    outbox: BinaryIO,
-) -> None:
-    """The frames ``first`` up to ``end`` (None: the last), in order. The video is decoded
-    from its start: frames are counted in presentation order whatever its GOPs, and
-    decoding costs a fraction of a percent of what the model does with a frame."""
-    from bgsvc.imaging import video_codec
-
-    first, end = int(config["first"]), config["end"]
-    allowed = limits.allowed_frames(info.frames)
-    sent = 0
+    # A segment's part: the frames ``first`` up to ``end`` (None: the last). The video is
+    # decoded from its start: frames are counted in presentation order whatever its
+    # GOPs, and decoding costs a fraction of a percent of what the model does with one.
+    first, end = int(config.get("first") or 0), config.get("end")
     for index, frame in enumerate(decoded):
         if index >= allowed:
             raise VideoTooLarge(
@@ -173,10 +158,20 @@ def _segment(
         if index < first:
             continue
         rgb = video_codec.upright_rgb(frame, size, info.rotation)
-        protocol.write(outbox, "F", {"index": index}, rgb.tobytes())
-        sent += 1
-    # Whether the video is whole is the stitch's to say: it decodes every frame.
-    protocol.write(outbox, "N", {"frames": sent})
+        while len(sent) - encoder.count >= WINDOW:
+            encode_next()
+        sent.append(frame.pts)
+        protocol.write(outbox, "F", {"index": len(sent) - 1}, rgb.tobytes())
+    # Whether a cut video is whole is its join's to say (the parts' frames add up).
+    if config["mode"] == "run" and limits.too_few_frames(len(sent), info):
+        raise InvalidVideo(
+            f"The video ends after {len(sent)} of the {info.frames} frames its header "
+            "counts: it is cut short or damaged."
+        )
+    protocol.write(outbox, "N", {"frames": len(sent)})
+    while encoder.count < len(sent):
+        encode_next()
+    protocol.write(outbox, "D", {"frames": len(sent)}, encoder.close())
 
 
 def main() -> int:

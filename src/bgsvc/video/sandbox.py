@@ -46,7 +46,7 @@ _ERRORS: dict[str, type[BgsvcError]] = {
 class ChildConfig:
     """What the child is told before it reads the upload."""
 
-    mode: str  # "probe", "run" or "frames" (a segment's: no encoding)
+    mode: str  # "probe", "run", "part" (a segment's frames) or "join" (the parts as one)
     limits: dict[str, Any]
     memory_bytes: int
     cpu_s: float
@@ -59,6 +59,8 @@ class ChildConfig:
     # A segment's frames: from ``first`` up to ``end`` (None: to the last).
     first: int = 0
     end: int | None = None
+    # The largest part a join takes.
+    max_part_bytes: int = 0
     command: Sequence[str] = CHILD
 
     def meta(self) -> dict[str, Any]:
@@ -73,6 +75,7 @@ class ChildConfig:
             "pixels": self.pixels,
             "first": self.first,
             "end": self.end,
+            "max_part_bytes": self.max_part_bytes,
         }
 
 
