@@ -233,7 +233,8 @@ def test_the_last_segment_to_end_queues_the_parent_again(backend: Backend, last:
         stitch = await store.claim("runner-3", time.time())
         assert stitch is not None and stitch.id == parent.id
         assert stitch.status is JobStatus.RUNNING and stitch.owner == "runner-3"
-        assert stitch.attempts == 2 and stitch.segments == 3 and stitch.frames_total == 90
+        # The split's attempt is not counted against the stitch's.
+        assert stitch.attempts == 1 and stitch.segments == 3 and stitch.frames_total == 90
         ended = await store.segments_of(parent.id)
         assert [s.status for s in ended] == [JobStatus.FAILED, last, JobStatus.SUCCEEDED]
         assert ended[2].result_key == "r2"
@@ -261,7 +262,7 @@ def test_finishing_the_last_segment_twice_queues_the_parent_once(backend: Backen
         stitching = await store.get(parent.id)
         assert stitching is not None
         assert (stitching.status, stitching.owner) == (JobStatus.RUNNING, "runner-3")
-        assert stitching.attempts == 2
+        assert stitching.attempts == 1
         assert await store.claim("runner-4", time.time()) is None
         assert await store.finish(parent.id, "runner-3", JobStatus.SUCCEEDED, time.time())
         assert await status_of(store, parent.id) is JobStatus.SUCCEEDED

@@ -182,3 +182,13 @@ def test_a_segments_stored_frames_are_read_back_only_as_the_stitch_expects() -> 
     )
     with pytest.raises(frame_pack.BrokenPack):
         list(frame_pack.frames(crafted, (4, 2), "L"))
+
+
+def test_a_cut_video_is_stitched_whatever_attempts_its_split_used(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # The split's claim is one attempt and the stitch's another: with one attempt a job,
+    # the stitch must not be refused as the video's second attempt after its segments ran.
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
+    done, result = run_video(client, clip("mp4", frames=20))
+    assert done["frames_done"] == 20 and result.status_code == 200

@@ -190,8 +190,9 @@ SPLIT = (
     + """
 local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'created_at', 'segments')
 if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+-- Its attempts start over: the stitch's claim is not another try at the split.
 redis.call('hset', KEYS[1], 'status', 'waiting', 'owner', '', 'hb', '', 'segments', ARGV[4],
-    'frames_total', ARGV[2], 'frames_done', '0')
+    'frames_total', ARGV[2], 'frames_done', '0', 'attempts', '0')
 redis.call('zrem', KEYS[3], ARGV[3])
 redis.call('zadd', KEYS[6], fields[3], ARGV[3])
 local indexes = {KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
