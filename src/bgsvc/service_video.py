@@ -251,6 +251,12 @@ class VideoProcessor:
         # The child stops at the header's count and margin; a child a decoder exploit
         # runs would not, and every frame it sends costs this process a forward pass.
         allowed = video_limits(remover.settings).allowed_frames(info.frames)
+        if segment is not None:
+            # A segment's child is held to its range (the last one's: what the margin
+            # leaves after its first frame): each frame it sends also stays packed here
+            # until the segment ends, and costs a forward pass the video paid for once.
+            first, end = segment
+            allowed = max(0, allowed - first if end is None else min(allowed, end) - first)
         timings.update(inference=0.0, queue=0.0)
 
         async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:

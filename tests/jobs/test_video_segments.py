@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from bgsvc.imaging import frame_pack
 from bgsvc.jobs import progress
 from bgsvc.jobs.model import JobRecord, JobStatus, segment_id
-from tests.jobs.conftest import jobs_of
+from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
-from tests.jobs.test_video_jobs import run_video, submit_video
+from tests.jobs.test_video_jobs import hostile_run_child, run_video, submit_video
 from tests.videos import clip, decode
 
 # 8 frames of the 64x48 test clip per segment.
@@ -192,3 +192,19 @@ def test_a_cut_video_is_stitched_whatever_attempts_its_split_used(
     client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
     done, result = run_video(client, clip("mp4", frames=20))
     assert done["frames_done"] == 20 and result.status_code == 200
+
+
+def test_a_segments_child_is_held_to_the_segments_frames(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child that runs a segment is one a decoder exploit has taken over: asked for
+    # 8 frames, it sends the 40 its header claims. Each would cost a forward pass and stay
+    # packed in this process's memory: it is held to its range, as a whole video's child
+    # is to its header's count.
+    hostile_run_child(monkeypatch, "whole")
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
+    job = submit_video(client, clip("mp4", frames=20))
+    done = wait_status(client, job["id"], ("succeeded", "failed"), timeout=60)
+    assert done["status"] == "failed" and done["error"]["code"] == "video_too_large"
+    cut = _segments(client, job["id"])
+    assert all((s.frames_done or 0) <= 8 for s in cut[:2])
