@@ -337,6 +337,26 @@ def test_a_tenants_unfinished_jobs_count_the_waiting_parent_once_and_no_segment(
     backend.play(scenario)
 
 
+def test_a_video_cut_into_segments_takes_one_place_of_the_queue_room(backend: Backend) -> None:
+    # Segments are queued with no room checked: were each one a place, one key's few long
+    # videos would fill the whole queue (every other key 429) past its own share.
+    async def scenario() -> None:
+        store = backend.open()
+        parent = await running_parent(store, tenant="acme")
+        assert await store.split(parent.id, "runner-1", cut(parent, 3), frames_total=90)
+        room = Room(limit=2, per_tenant=2)
+        await store.create(job("job_other", time.time(), tenant="zeta"), room)
+        with pytest.raises(NoRoom) as full:
+            await store.create(job("job_third", time.time(), tenant="zeta"), room)
+        assert (full.value.scope, full.value.unfinished) == ("queue", 2)
+        # A segment running counts as its video, as one queued does.
+        assert (await store.claim("runner-2", time.time())) is not None
+        with pytest.raises(NoRoom):
+            await store.create(job("job_third", time.time(), tenant="zeta"), room)
+
+    backend.play(scenario)
+
+
 def test_deleting_the_parent_deletes_its_segments(backend: Backend) -> None:
     async def scenario() -> None:
         store = backend.open()
