@@ -211,14 +211,18 @@ class VideoProcessor:
         smoother = self.matte_step(options)
         frame_bytes = size[0] * size[1] * 3
         total = info.frames
-        if child.config.mode == "part":
-            # A segment's count is its range's (the last one's: what the header leaves).
-            first, end = child.config.first, child.config.end
-            total = max(0, (total if end is None else min(end, total)) - first)
         done = received = 0
         # The child stops at the header's count and margin; a child a decoder exploit
         # runs would not, and every frame it sends costs this process a forward pass.
         allowed = video_limits(remover.settings).allowed_frames(info.frames)
+        if child.config.mode == "part":
+            # A segment's count is its range's (the last one's: what the header leaves),
+            # and its child is held to the range (the last one's: what the margin leaves
+            # after its first frame): a frame past it costs a forward pass the video paid
+            # for once.
+            first, end = child.config.first, child.config.end
+            total = max(0, (total if end is None else min(end, total)) - first)
+            allowed = max(0, allowed - first if end is None else min(allowed, end) - first)
         timings.update(inference=0.0, queue=0.0)
 
         async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:

@@ -15,10 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bgsvc.jobs import progress
-from bgsvc.jobs.model import JobRecord, JobStatus, segment_id
-from tests.jobs.conftest import jobs_of
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
+from bgsvc.jobs.runner import JobRunner
+from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
-from tests.jobs.test_video_jobs import run_video, submit_video
+from tests.jobs.test_video_jobs import hostile_run_child, run_video, submit_video
 from tests.videos import clip, decode
 
 # 8 frames of the 64x48 test clip per segment.
@@ -199,3 +200,70 @@ def test_a_cut_video_keeps_its_audio_and_its_frames_in_each_container(
         assert len(container.streams.audio) == 1
         frames = [f.pts for f in container.decode(video=0)]
     assert len(frames) == 20 and frames == sorted(frames)
+
+
+def test_a_cut_video_is_stitched_whatever_attempts_its_split_used(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # The split's claim is one attempt and the stitch's another: with one attempt a job,
+    # the stitch must not be refused as the video's second attempt after its segments ran.
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
+    done, result = run_video(client, clip("mp4", frames=20))
+    assert done["frames_done"] == 20 and result.status_code == 200
+
+
+def test_a_segments_child_is_held_to_the_segments_frames(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child that runs a segment is one a decoder exploit has taken over: asked for
+    # 8 frames, it sends the 40 its header claims. Each would cost a forward pass and stay
+    # packed in this process's memory: it is held to its range, as a whole video's child
+    # is to its header's count.
+    hostile_run_child(monkeypatch, "whole")
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
+    job = submit_video(client, clip("mp4", frames=20))
+    done = wait_status(client, job["id"], ("succeeded", "failed"), timeout=60)
+    assert done["status"] == "failed" and done["error"]["code"] == "video_too_large"
+    cut = _segments(client, job["id"])
+    assert all((s.frames_done or 0) <= 8 for s in cut[:2])
+
+
+def test_a_cut_video_that_expires_before_its_stitch_keeps_the_credits_its_segments_ran(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its segments ran every frame through the model; then the video sat queued for its
+    # stitch (or waited on a segment) past the TTL: it never finished, but it did run.
+    real = JobRunner._attempt
+
+    async def stop_before_the_stitch(
+        self: JobRunner, backends: Any, record: JobRecord, ticket: Any, started: float
+    ) -> None:
+        if not record.segments:
+            return await real(self, backends, record, ticket, started)
+        # The node stops here: the video goes back to the queue, and no runner is left.
+        self._stopping = True
+        await backends.jobs.requeue(record.id, self.owner, JobError("canceled", "shutdown"))
+
+    monkeypatch.setattr(JobRunner, "_attempt", stop_before_the_stitch)
+    a, _ = tenants(video_segment_pixels=EIGHT_FRAMES, job_ttl_s=3600)
+    job = a.post("/jobs", files={"file": ("clip.mp4", clip("mp4", frames=20), "video/mp4")})
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "22"
+    video_id = job.json()["id"]
+    jobs = jobs_of(a.client)
+    backends = jobs.queue.backends
+    assert backends is not None
+
+    def queued_to_stitch() -> bool:
+        found = a.client.portal.call(backends.jobs.get, video_id)  # type: ignore[union-attr]
+        return found is not None and found.status is JobStatus.QUEUED and found.attempts > 0
+
+    deadline = time.monotonic() + 60
+    while not queued_to_stitch():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [s.frames_done for s in _segments(a.client, video_id)] == [8, 8, 4]
+    later = time.time() + 3601
+    assert a.client.portal.call(jobs.runner.expire, backends, later) >= 1  # type: ignore[union-attr]
+    assert a.get(f"/jobs/{video_id}").json()["status"] == "expired"
+    assert a.credits_left() == QUOTA - 20

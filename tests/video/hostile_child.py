@@ -41,6 +41,14 @@ def main(mode: str) -> None:
     if mode == "garbled":
         protocol.write(outbox, "I", {"info": {**INFO, "frames": "3", "extra": 1}, "size": [16]})
         return
+    if mode == "whole":
+        # Asked for a segment's frames, it sends a whole long video's, within the margin
+        # its header claims (forty frames), and ends as if that were the range.
+        protocol.write(outbox, "I", {"info": {**INFO, "frames": 40}, "size": [16, 16]})
+        for index in range(40):
+            protocol.write(outbox, "F", {"index": index}, bytes(16 * 16 * 3))
+        protocol.write(outbox, "N", {"frames": 40})
+        return
     protocol.write(outbox, "I", {"info": INFO, "size": [16, 16]})
     frame = bytes(16 * 16 * 3)
     index = 0

@@ -125,11 +125,12 @@ class JobStore(Protocol):
         self, job_id: str, owner: str, segments: list[JobRecord], frames_total: int
     ) -> bool:
         """At once: ``owner``'s running job becomes waiting (no owner, ``segments`` set to
-        their count, ``frames_total`` recorded, out of the running jobs) and ``segments``
-        (complete queued records: ids segment_id(job_id, i), ``parent`` job_id, no credits)
-        are queued, ahead of jobs submitted after the parent. False, and nothing changes,
-        when the job is not (no longer) ``owner``'s. Segments take no queue room and do
-        not count among the tenant's unfinished jobs (the parent does)."""
+        their count, ``frames_total`` recorded, its attempts back to 0 for the stitch's own,
+        out of the running jobs) and ``segments`` (complete queued records: ids
+        segment_id(job_id, i), ``parent`` job_id, no credits) are queued, ahead of jobs
+        submitted after the parent. False, and nothing changes, when the job is not (no
+        longer) ``owner``'s. Segments take no queue room and do not count among the
+        tenant's unfinished jobs (the parent does)."""
         ...
 
     async def segments_of(self, job_id: str) -> list[JobRecord]:

@@ -177,10 +177,19 @@ class JobRunner:
         """Expire jobs past the TTL (their objects go) and purge records a TTL later."""
         expired = await backends.jobs.expire(now - self.config.ttl_s)
         for record in expired:
-            if record.finished_at is None:  # still queued: it never ran, so no charge
+            keys = [record.result_key, None if record.parent else record.input_key]
+            if record.finished_at is None and record.segments:
+                # A video cut into segments that never got stitched: the frames they ran
+                # went through the model, and are kept as a failure's would be; their
+                # stored frames serve nothing any more.
+                segments = await backends.jobs.segments_of(record.id)
+                keys += [segment.result_key for segment in segments]
+                kept = sum(segment.frames_done or 0 for segment in segments)
+                await self.queue.give_back(record, kept)
+            elif record.finished_at is None:  # still queued: it never ran, so no charge
                 await self.queue.give_back(record)
             # A segment shares its parent's upload (the parent expires with it).
-            for key in (record.result_key, None if record.parent else record.input_key):
+            for key in keys:
                 if key:
                     await anyio.to_thread.run_sync(backends.results.delete, key)
             self._item_final(backends, record)

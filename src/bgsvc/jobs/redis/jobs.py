@@ -221,6 +221,7 @@ class RedisJobs:
                 self._queued,
                 self._running,
                 self._open(record.tenant),
+                self._waiting,
             ]
             existing = self._script(
                 "CREATE",

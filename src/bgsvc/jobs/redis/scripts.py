@@ -37,11 +37,22 @@ local function open_count(set, prefix, now)
 end
 """
 
-# Whether ``n`` more jobs fit the queue (KEYS: queued, running) and the tenant's share
-# (its set, or ""): "" if so, else "full:queue:<unfinished>" or "full:tenant:<unfinished>".
+# Whether ``n`` more jobs fit the queue (KEYS: queued, running, waiting) and the tenant's
+# share (its set, or ""): "" if so, else "full:queue:<unfinished>" or
+# "full:tenant:<unfinished>". A video cut into segments takes one place, as it did when
+# submitted: its segments are queued with no room checked, and were each a place, one
+# key's few long videos would fill the queue past its share, for every other key.
 _ROOM = """
-local function room(queued, running, set, prefix, now, n, limit, per_tenant)
+local function room(queued, running, waiting, set, prefix, now, n, limit, per_tenant)
     local unfinished = redis.call('zcard', queued) + redis.call('zcard', running)
+    for _, video in ipairs(redis.call('zrange', waiting, 0, -1)) do
+        unfinished = unfinished + 1
+        local key = prefix .. video
+        for i = 0, (tonumber(redis.call('hget', key, 'segments')) or 0) - 1 do
+            local status = redis.call('hget', key .. '_s' .. i, 'status')
+            if status == 'queued' or status == 'running' then unfinished = unfinished - 1 end
+        end
+    end
     if unfinished + n > limit then return 'full:queue:' .. unfinished end
     if set ~= '' then
         local mine = open_count(set, prefix, now)
@@ -51,7 +62,8 @@ local function room(queued, running, set, prefix, now, n, limit, per_tenant)
 end
 """
 
-# KEYS: job, idem (or ""), queued, running, the tenant's open jobs (or ""). ARGV: idem_ttl_ms,
+# KEYS: job, idem (or ""), queued, running, the tenant's open jobs (or ""), waiting.
+# ARGV: idem_ttl_ms,
 # created_at, job key prefix, id, limit, per_tenant, then field/value pairs.
 # Returns "" when created, "full:..." (see _ROOM) when there is no room, else the id of the
 # job the idempotency key already names (found first: a retry gets its job, room or not).
@@ -65,7 +77,7 @@ if KEYS[2] ~= '' then
         return existing
     end
 end
-local full = room(KEYS[3], KEYS[4], KEYS[5], ARGV[3], tonumber(ARGV[2]), 1,
+local full = room(KEYS[3], KEYS[4], KEYS[6], KEYS[5], ARGV[3], tonumber(ARGV[2]), 1,
     tonumber(ARGV[5]), tonumber(ARGV[6]))
 if full ~= '' then return full end
 if KEYS[2] ~= '' then redis.call('set', KEYS[2], ARGV[4], 'px', ARGV[1]) end
@@ -76,7 +88,8 @@ return ''
 """
 )
 
-# KEYS: batch, batches, queued, running, the tenant's open jobs (or ""). ARGV: created_at,
+# KEYS: batch, batches, queued, running, the tenant's open jobs (or ""), waiting.
+# ARGV: created_at,
 # job key prefix, limit, per_tenant, the batch's fields (JSON object), its jobs' fields (JSON
 # list of objects, each with "id"). All jobs and the batch, or "full:..." and nothing.
 CREATE_BATCH = (
@@ -85,7 +98,7 @@ CREATE_BATCH = (
     + """
 local jobs = cjson.decode(ARGV[6])
 local now = tonumber(ARGV[1])
-local full = room(KEYS[3], KEYS[4], KEYS[5], ARGV[2], now, #jobs, tonumber(ARGV[3]),
+local full = room(KEYS[3], KEYS[4], KEYS[6], KEYS[5], ARGV[2], now, #jobs, tonumber(ARGV[3]),
     tonumber(ARGV[4]))
 if full ~= '' then return full end
 for field, value in pairs(cjson.decode(ARGV[5])) do redis.call('hset', KEYS[1], field, value) end
@@ -190,8 +203,9 @@ SPLIT = (
     + """
 local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'created_at', 'segments')
 if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+-- Its attempts start over: the stitch's claim is not another try at the split.
 redis.call('hset', KEYS[1], 'status', 'waiting', 'owner', '', 'hb', '', 'segments', ARGV[4],
-    'frames_total', ARGV[2], 'frames_done', '0')
+    'frames_total', ARGV[2], 'frames_done', '0', 'attempts', '0')
 redis.call('zrem', KEYS[3], ARGV[3])
 redis.call('zadd', KEYS[6], fields[3], ARGV[3])
 local indexes = {KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}

@@ -27,6 +27,7 @@ class RedisJobStore(RedisJobs):
                 self._queued,
                 self._running,
                 self._open(batch.tenant),
+                self._waiting,
             ]
             args = [
                 repr(batch.created_at),

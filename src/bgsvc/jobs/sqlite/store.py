@@ -347,9 +347,12 @@ class SqliteJobStore:
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             def cut() -> bool:
+                # Its attempts start over: the stitch's claim is not another try at the
+                # split, and must not find them spent (BGSVC_JOB_MAX_ATTEMPTS of 1 would
+                # fail every cut video after its segments ran).
                 cursor = db.execute(
                     "UPDATE jobs SET status = 'waiting', owner = NULL, segments = ?, "
-                    "frames_total = ?, frames_done = 0 "
+                    "frames_total = ?, frames_done = 0, attempts = 0 "
                     "WHERE id = ? AND status = 'running' AND owner = ?",
                     (len(segments), frames_total, job_id, owner),
                 )
