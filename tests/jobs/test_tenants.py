@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from bgsvc.auth.base import ApiKey
 from bgsvc.auth.factory import open_store
@@ -214,6 +215,22 @@ def test_a_batch_costs_one_credit_per_image(
     a.wait(response.json()["status_url"], completed)
     assert a.credits_left() == QUOTA - 10
     assert b.credits_left() == QUOTA
+
+
+def test_an_animation_in_a_batch_costs_a_credit_a_frame_as_a_job_does(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    # Every frame of an animation goes through the model: at a credit an item, a batch of
+    # long GIFs would buy hundreds of frames for one credit each.
+    a, _ = tenants()
+    frames = [Image.new("RGB", (40, 30), (i * 20, 0, 0)) for i in range(12)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    response = a.batch([buf.getvalue(), photos[0]])
+    assert response.status_code == 202
+    assert response.headers["X-Credits-Charged"] == "13"
+    a.wait(response.json()["status_url"], completed)
+    assert a.credits_left() == QUOTA - 13
 
 
 def test_a_batch_the_quota_cannot_cover_is_refused_whole(

@@ -24,6 +24,7 @@ from PIL import Image
 
 from bgsvc import pipeline, service_video
 from bgsvc.jobs import progress
+from tests.conftest import encode_image, subject_image
 from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
 from tests.videos import clip, decode
@@ -205,13 +206,35 @@ def test_a_video_to_a_synchronous_route_is_413_naming_jobs(
         assert "/jobs" in refused.json()["message"]
 
 
-def test_a_video_in_a_batch_is_refused_naming_jobs(
+def test_a_video_in_a_batch_runs_as_its_item_and_comes_back_in_the_zip(
     jobs_client: Callable[..., TestClient],
 ) -> None:
     client = jobs_client()
+    files = [
+        ("file", ("a.webm", clip("webm", frames=6), "video/webm")),
+        ("file", ("b.png", encode_image(subject_image()), "image/png")),
+    ]
+    submitted = client.post("/batches", files=files)
+    assert submitted.status_code == 202, submitted.text
+    deadline = time.monotonic() + 60
+    while (body := client.get(submitted.json()["status_url"]).json())["status"] != "completed":
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+    assert body["counts"]["succeeded"] == 2
+    archive = zipfile.ZipFile(io.BytesIO(client.get(body["result_url"]).content))
+    names = sorted(archive.namelist())
+    assert names == ["a.webm", "b.png"]
+    frames, _ = decode(archive.read("a.webm"), alpha=True)
+    assert len(frames) == 6
+
+
+def test_a_video_in_a_batch_beyond_the_video_limits_refuses_the_batch(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    client = jobs_client(video_max_frames=5)
     files = [("file", ("a.webm", clip("webm"), "video/webm"))]
     refused = client.post("/batches", files=files)
-    assert refused.status_code == 413 and refused.json()["code"] == "video_needs_job"
+    assert refused.status_code == 413 and refused.json()["code"] == "video_too_large"
 
 
 @pytest.mark.parametrize(

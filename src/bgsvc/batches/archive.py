@@ -17,6 +17,10 @@ EXTENSIONS = {
     "image/webp": "webp",
     "image/jpeg": "jpg",
     "application/zip": "zip",
+    "image/gif": "gif",
+    "video/webm": "webm",
+    "video/quicktime": "mov",
+    "video/mp4": "mp4",
 }
 
 

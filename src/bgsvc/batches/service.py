@@ -25,18 +25,19 @@ async def submit_batch(
     client: str,
     callback_url: str | None,
     tenant: str | None = None,
-    credits_per_item: int = 0,
+    credits: list[int] | None = None,
 ) -> BatchRecord:
-    """One queued job per item, all or none. Raises JobQueueFull when the queue, or the
-    tenant's share of it, has less room than the batch has items (a part of a batch is
-    never queued)."""
+    """One queued job per item, all or none (``credits``: what each was charged). Raises
+    JobQueueFull when the queue, or the tenant's share of it, has less room than the
+    batch has items (a part of a batch is never queued)."""
     backends = await queue.open(create=True)
     assert backends is not None
     await queue.check_room(backends, tenant, len(items))
     batch_id = new_batch_id()
     now = queue.clock()
     records = []
-    for item in items:
+    charged = credits or [0] * len(items)
+    for item, item_credits in zip(items, charged, strict=True):
         job_id = new_job_id()
         records.append(
             JobRecord(
@@ -49,7 +50,7 @@ async def submit_batch(
                 client=client,
                 batch_id=batch_id,
                 tenant=tenant,
-                credits=credits_per_item,
+                credits=item_credits,
             )
         )
     batch = BatchRecord(

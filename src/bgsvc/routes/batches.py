@@ -15,11 +15,11 @@ from bgsvc.batches.intake import Item, Limits, base_name, check_count, is_zip, u
 from bgsvc.batches.service import delete_batch, get_batch, submit_batch
 from bgsvc.errors import (
     BatchTooLarge,
+    BgsvcError,
     JobHasNoResult,
     JobNotFinished,
     MissingImage,
     UploadTooLarge,
-    VideoNeedsJob,
 )
 from bgsvc.imaging.video import is_video
 from bgsvc.jobs.model import JobStatus
@@ -85,18 +85,32 @@ async def submit(request: Request) -> JSONResponse:
     limits = Limits(settings.batch_max_items, settings.max_upload_bytes, limit)
     upload = capped_request(request, limit, "batch")
     items, form = await _read_items(upload, limits)
-    videos = [item.name for item in items if is_video(item.data)]
-    if videos:
-        # A batch costs a credit an image: a video, a credit a frame, goes on its own.
-        raise VideoNeedsJob(f"{videos[0]} is a video: send each video to POST /jobs.")
     params, callback_url = await accepted_submission(request, form)
     jobs = jobs_of(request)
     context = auth_of(request)
     metered = context is not None and context.metered
+    # A credit a frame, as for a job of its own: every frame of an animation runs, so an
+    # item counts its frames, read from its header before anything is queued. A video's
+    # headers are read metered or not: one beyond the video limits is the batch's 4xx.
+    options = params.to_options()
+
+    async def count(data: bytes) -> int:
+        if is_video(data):
+            return await state.service.frame_count(data, options, settings.job_max_frames)
+        if not metered:
+            return 1
+        try:
+            return await state.service.frame_count(data, options, settings.job_max_frames)
+        except BgsvcError as exc:
+            if exc.status >= 500:
+                raise
+            return 1  # a broken image fails as its own item, and gives its credit back
+
+    frames = [await count(item.data) for item in items]
     if context is not None:
-        # One credit per image, all of them covered before anything is queued (402 for
-        # the whole batch otherwise); each item that fails or is canceled gives its back.
-        await context.charge(len(items))
+        # All of them covered before anything is queued (402 for the whole batch
+        # otherwise); each item that fails or is canceled gives its back.
+        await context.charge(sum(frames))
     batch = await submit_batch(
         jobs.queue,
         items,
@@ -104,7 +118,7 @@ async def submit(request: Request) -> JSONResponse:
         client=request.client.host if request.client else "",
         callback_url=callback_url,
         tenant=tenant_of(request),
-        credits_per_item=1 if metered else 0,
+        credits=frames if metered else None,
     )
     status_url = f"/batches/{batch.id}"
     body = {
