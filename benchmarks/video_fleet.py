@@ -145,13 +145,15 @@ def main() -> None:
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--nodes", default="1,3")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--run-dir", help="keep the fleets' logs here (default: temporary)")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     data = clip(round(args.seconds * 24), (w, h))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        base = Path(args.run_dir or tmp)
         for count in (int(n) for n in args.nodes.split(",")):
-            runs.append(run(count, data, Path(tmp) / f"fleet-{count}", args.timeout))
+            runs.append(run(count, data, base / f"fleet-{count}", args.timeout))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "segments"}))
     report = {"clip": {"seconds": args.seconds, "size": [w, h]}, "runs": runs}
     one = next((r for r in runs if r["nodes"] == 1 and r["segments"]), None)

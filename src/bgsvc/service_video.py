@@ -27,6 +27,7 @@ from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.tracing import span
+from bgsvc.video import protocol
 from bgsvc.video.sandbox import ChildConfig, MediaChild, child_config, video_limits
 
 T = TypeVar("T")
@@ -225,9 +226,20 @@ class VideoProcessor:
             allowed = max(0, allowed - first if end is None else min(allowed, end) - first)
         timings.update(inference=0.0, queue=0.0)
 
+        # A segment's child reports the frames it decodes before its range, no more
+        # often than its protocol says: a child that keeps reporting is stopped.
+        skips_allowed = 0
+        if child.config.mode == "part":
+            skips_allowed = child.config.first // protocol.SKIPPED_EVERY
+
         async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:
-            nonlocal received
+            nonlocal received, skips_allowed
             message = await child.receive(frame_bytes)
+            while message.kind == "S":
+                skips_allowed -= 1
+                if skips_allowed < 0:
+                    raise InvalidVideo("The video decoder reported more frames than it skips.")
+                message = await child.receive(frame_bytes)
             if message.kind == "N":
                 return None
             if message.kind != "F" or len(message.payload) != frame_bytes:

@@ -228,6 +228,20 @@ def test_a_segments_child_is_held_to_the_segments_frames(
     assert all((s.frames_done or 0) <= 8 for s in cut[:2])
 
 
+def test_a_segments_child_that_only_says_it_is_getting_there_is_stopped(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A late segment's child reports its progress through the frames before its range,
+    # so a slow, busy node does not miss the step deadline; one that reports without end
+    # is stopped at the reports its range can need, not at the attempt's time limit.
+    hostile_run_child(monkeypatch, "skipping")
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
+    job = submit_video(client, clip("mp4", frames=20))
+    done = wait_status(client, job["id"], ("succeeded", "failed"), timeout=30)
+    assert done["status"] == "failed" and done["error"]["code"] == "invalid_video"
+    assert "skips" in done["error"]["message"]
+
+
 def test_a_cut_video_that_expires_before_its_stitch_keeps_the_credits_its_segments_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,

@@ -49,6 +49,11 @@ def main(mode: str) -> None:
             protocol.write(outbox, "F", {"index": index}, bytes(16 * 16 * 3))
         protocol.write(outbox, "N", {"frames": 40})
         return
+    if mode == "skipping":
+        # A segment's child that says it is still on its way to its range, for ever.
+        protocol.write(outbox, "I", {"info": {**INFO, "frames": 40}, "size": [16, 16]})
+        while True:
+            protocol.write(outbox, "S", {"skipped": 16})
     protocol.write(outbox, "I", {"info": INFO, "size": [16, 16]})
     frame = bytes(16 * 16 * 3)
     index = 0

@@ -156,6 +156,10 @@ def _stream(
         if end is not None and index >= int(end):
             break
         if index < first:
+            if (index + 1) % protocol.SKIPPED_EVERY == 0:
+                # Alive, and getting there: the parent's step deadline is per message, and
+                # a late segment decodes hundreds of frames before its first one.
+                protocol.write(outbox, "S", {"skipped": index + 1})
             continue
         rgb = video_codec.upright_rgb(frame, size, info.rotation)
         while len(sent) - encoder.count >= WINDOW:

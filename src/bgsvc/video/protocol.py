@@ -4,7 +4,8 @@ and stdout: a kind (one byte), a JSON header and a binary payload, each length-p
 Parent to child: ``C`` the configuration (first), ``V`` the upload, ``R`` one finished
 frame's pixels (in order), ``Q`` no more frames will come. Child to parent: ``I`` the
 video's headers, once within limits; ``F`` one decoded frame; ``N`` no more frames;
-``D`` the encoded result; ``E`` an error (its stable code and message).
+``D`` the encoded result; ``E`` an error (its stable code and message); ``S`` a segment's
+child still decoding its way to the segment's first frame.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 HEAD = struct.Struct("!cIQ")
+# A segment's child sends ``S`` after every this many frames it decodes before its range.
+SKIPPED_EVERY = 16
 # A header is a few hundred bytes of JSON: a longer one is a broken stream.
 MAX_META = 1 << 20
 
