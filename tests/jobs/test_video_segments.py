@@ -281,3 +281,21 @@ def test_a_cut_video_that_expires_before_its_stitch_keeps_the_credits_its_segmen
     assert a.client.portal.call(jobs.runner.expire, backends, later) >= 1  # type: ignore[union-attr]
     assert a.get(f"/jobs/{video_id}").json()["status"] == "expired"
     assert a.credits_left() == QUOTA - 20
+
+
+def test_a_node_running_a_segment_claims_no_job_behind_it(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # Two segments on one node would share its slot frame by frame, each at half speed
+    # toward its attempt's time limit: the second is left for a node with a slot free.
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, max_concurrency=1, max_queue=4)
+    runner = jobs_of(client).runner
+    job = submit_video(client, clip("mp4", frames=30))
+    seen: set[tuple[int, int]] = set()
+    deadline = time.monotonic() + 60
+    while client.get(job["status_url"]).json()["status"] != "succeeded":
+        seen.add((len(runner.segments), len(runner.running)))
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert (1, 1) in seen
+    assert all(running == 1 for segments, running in seen if segments)

@@ -105,6 +105,8 @@ class JobRunner:
         self.clock = clock
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.running: set[asyncio.Task[None]] = set()
+        # The running jobs that are a cut video's segments.
+        self.segments: set[asyncio.Task[None]] = set()
         self.webhooks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._next_recover = 0.0
@@ -209,6 +211,11 @@ class JobRunner:
             return False
         if admitted < scheduler.max_concurrency:
             return jobs < scheduler.max_concurrency + 1
+        if self.segments:
+            # A segment is many forward passes: one claimed behind it would take every
+            # other one, both at half speed toward their attempt's time limit, while
+            # another node may have a slot free for it.
+            return False
         return admitted == jobs and jobs < scheduler.max_concurrency + 1
 
     async def _claim(self, backends: Backends) -> None:
@@ -226,6 +233,9 @@ class JobRunner:
             task = asyncio.create_task(self._execute(backends, record, ticket))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
+            if record.parent is not None:
+                self.segments.add(task)
+                task.add_done_callback(self.segments.discard)
 
     async def _execute(self, backends: Backends, record: JobRecord, ticket: Ticket) -> None:
         started = time.monotonic()
