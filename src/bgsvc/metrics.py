@@ -168,7 +168,8 @@ class Metrics:
         # Asynchronous jobs (bgsvc.jobs): outcomes, backlog and how long jobs take.
         self.jobs = Counter(
             "bgsvc_jobs",
-            "Jobs ended or retried, by outcome (succeeded, failed, canceled, expired, retried).",
+            "Jobs ended or retried, by outcome (succeeded, failed, canceled, expired, retried; "
+            "split: a video cut into segment jobs).",
             ["outcome"],
             registry=r,
         )

@@ -30,14 +30,16 @@ from bgsvc.errors import (
     JobTimedOut,
 )
 from bgsvc.inference.scheduler import Scheduler, Ticket
+from bgsvc.jobs import segments as cut_video
 from bgsvc.jobs.base import JobStore
-from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
+from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.progress import VideoProgress
 from bgsvc.jobs.queue import Backends, JobQueue, result_key
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.service import RemovalService
+from bgsvc.service_video import Parts
 from bgsvc.storage import default_sweep_interval
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,6 @@ _HOST = socket.gethostname()
 ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Coroutine[Any, Any, None]]
 
 T = TypeVar("T")
-
-# Where a segment job's options say which frames it runs: [first, end or None].
-SEGMENT_OPTION = "_segment"
 
 # One warning per this many seconds while the job store (Redis) keeps failing.
 UNAVAILABLE_LOG_EVERY_S = 30.0
@@ -179,19 +178,17 @@ class JobRunner:
         """Expire jobs past the TTL (their objects go) and purge records a TTL later."""
         expired = await backends.jobs.expire(now - self.config.ttl_s)
         for record in expired:
-            keys = [record.result_key, None if record.parent else record.input_key]
             if record.finished_at is None and record.segments:
                 # A video cut into segments that never got stitched: the frames they ran
                 # went through the model, and are kept as a failure's would be; their
-                # stored frames serve nothing any more.
-                segments = await backends.jobs.segments_of(record.id)
-                keys += [segment.result_key for segment in segments]
-                kept = sum(segment.frames_done or 0 for segment in segments)
+                # parts serve nothing any more.
+                kept = await cut_video.frames_run(backends.jobs, record.id)
                 await self.queue.give_back(record, kept)
+                await cut_video.delete_parts(backends.jobs, backends.results, record.id)
             elif record.finished_at is None:  # still queued: it never ran, so no charge
                 await self.queue.give_back(record)
             # A segment shares its parent's upload (the parent expires with it).
-            for key in keys:
+            for key in (record.result_key, None if record.parent else record.input_key):
                 if key:
                     await anyio.to_thread.run_sync(backends.results.delete, key)
             self._item_final(backends, record)
@@ -271,9 +268,7 @@ class JobRunner:
         progress = VideoProgress(backends.jobs, record.id, self.owner)
         try:
             try:
-                params = dict(record.options)
-                cut = params.pop(SEGMENT_OPTION, None)
-                segment = None if cut is None else (int(cut[0]), cut[1])
+                params, segment = cut_video.pop_segment(record.options)
                 options = self.parse_options(params)
                 async with asyncio.timeout(self.config.timeout_s):
                     parts = None
@@ -319,8 +314,7 @@ class JobRunner:
                 # file made to fail at its end would buy all its model work for nothing.
                 kept = progress.done or 0
                 if record.segments:  # the model's work was its segments'
-                    segments = await backends.jobs.segments_of(record.id)
-                    kept = sum(segment.frames_done or 0 for segment in segments)
+                    kept = await cut_video.frames_run(backends.jobs, record.id)
                     await progress.report(kept, max(kept, record.frames_total or 0))
                 await progress.write_last()
                 await self._end(
@@ -353,21 +347,7 @@ class JobRunner:
         cuts, frames = await self.service.video_segments(data, options)
         if len(cuts) < 2:
             return False
-        segments = [
-            JobRecord(
-                id=segment_id(record.id, index),
-                status=JobStatus.QUEUED,
-                # Just after the parent: ahead of every job submitted after it.
-                created_at=record.created_at + (index + 1) * 1e-6,
-                options={**record.options, SEGMENT_OPTION: [first, end]},
-                input_key=record.input_key,
-                fingerprint=record.fingerprint,
-                client=record.client,
-                tenant=record.tenant,
-                parent=record.id,
-            )
-            for index, (first, end) in enumerate(cuts)
-        ]
+        segments = cut_video.segment_records(record, cuts)
         split = backends.jobs.split
         if await self._settle(lambda: split(record.id, self.owner, segments, frames)):
             log.info("job %s: %d frames cut into %d segments", record.id, frames, len(cuts))
@@ -375,39 +355,21 @@ class JobRunner:
             self.queue.wake.set()
         return True
 
-    async def _parts(
-        self, backends: Backends, record: JobRecord
-    ) -> list[Callable[[], Awaitable[bytes]]] | None:
-        """The stitch's inputs: each segment's stored frames, loaded when the stitch gets
-        to it. None when a segment failed (the video is failed with its error here)."""
+    async def _parts(self, backends: Backends, record: JobRecord) -> Parts | None:
+        """The stitch's inputs: each segment's part, loaded when the stitch gets to it.
+        None when a segment failed (the video is failed with its error here)."""
         segments = await backends.jobs.segments_of(record.id)
+        error = cut_video.failure(record, segments)
+        if error is None:
+            return cut_video.part_loaders(backends.results, segments)
+        # The frames that ran are what the video keeps of its credits, and shows.
         done = sum(segment.frames_done or 0 for segment in segments)
-        failed = [s for s in segments if s.status is not JobStatus.SUCCEEDED]
-        if failed or len(segments) != record.segments:
-            first = failed[0] if failed else None
-            error = first.error if first is not None else None
-            if error is None:
-                what = "expired" if first is None else first.status.value
-                error = JobError(JobExpired.code, f"A segment of the video {what}.")
-            # The frames that ran are what the video keeps of its credits, and shows.
-            total = max(done, record.frames_total or 0)
-            await self._settle(lambda: backends.jobs.progress(record.id, self.owner, done, total))
-            await self._end(
-                backends, record, JobStatus.FAILED, time.monotonic(), error=error, kept=done
-            )
-            return None
-        results = backends.results
-
-        def loader(key: str) -> Callable[[], Awaitable[bytes]]:
-            async def load() -> bytes:
-                found = await anyio.to_thread.run_sync(results.get, key)
-                if found is None:
-                    raise RuntimeError(f"the stored frames {key} are gone")
-                return found.data
-
-            return load
-
-        return [loader(str(segment.result_key)) for segment in segments]
+        total = max(done, record.frames_total or 0)
+        await self._settle(lambda: backends.jobs.progress(record.id, self.owner, done, total))
+        await self._end(
+            backends, record, JobStatus.FAILED, time.monotonic(), error=error, kept=done
+        )
+        return None
 
     async def _retry_or_fail(
         self, backends: Backends, record: JobRecord, started: float, exc: Exception
@@ -465,9 +427,7 @@ class JobRunner:
         if not self.config.keep_originals and record.parent is None:
             await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
         if record.segments:
-            for segment in await backends.jobs.segments_of(record.id):
-                if segment.result_key:
-                    await anyio.to_thread.run_sync(backends.results.delete, segment.result_key)
+            await cut_video.delete_parts(backends.jobs, backends.results, record.id)
         finished = await backends.jobs.get(record.id)
         if finished is not None and finished.callback_url and self.notifier is not None:
             task = asyncio.create_task(self.notifier.notify(finished, backends.jobs))
