@@ -175,19 +175,26 @@ def test_a_cut_video_whose_end_is_missing_fails_and_keeps_the_frames_its_segment
     assert a.credits_left() == QUOTA - done["frames_done"]
 
 
-def test_a_zip_of_a_videos_frames_takes_no_more_than_a_segments_pixels(
-    jobs_client: Callable[..., TestClient],
+@pytest.mark.parametrize("fmt", ["zip", "mov"])
+def test_a_result_that_codes_each_frame_whole_is_bounded_by_its_weight(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
-    # A zip is held whole where it is stored; a webm of the same video is not limited so.
-    client = jobs_client(video_segment_pixels=EIGHT_FRAMES)
+    # A result is held whole where it is stored: a zip of PNGs or a ProRes video is about
+    # as large as its frames, so it gets fewer of them than a webm of the same video.
+    from bgsvc.video import sandbox
+
+    budget = int(64 * 48 * 10 * sandbox.WHOLE_FRAME_BYTES[fmt])
+    monkeypatch.setattr(sandbox, "WHOLE_RESULT_BYTES", budget)
+    client = jobs_client()
     files = {"file": ("clip.mp4", clip("mp4", frames=20), "video/mp4")}
-    refused = client.post("/jobs", params={"format": "zip"}, files=files)
+    refused = client.post("/jobs", params={"format": fmt}, files=files)
     assert refused.status_code == 413 and refused.json()["code"] == "video_too_large"
-    done, result = run_video(client, clip("mp4", frames=8), format="zip")
+    accepted = client.post("/jobs", params={"format": "webm"}, files=files)
+    assert accepted.status_code == 202
+    done, result = run_video(client, clip("mp4", frames=8), format=fmt)
     assert done["status"] == "succeeded" and result.status_code == 200
 
 
-@pytest.mark.parametrize(("source", "fmt"), [("webm", "webm"), ("mp4", "mp4")])
 def test_a_cut_video_keeps_its_audio_and_its_frames_in_each_container(
     jobs_client: Callable[..., TestClient], source: str, fmt: str
 ) -> None:

@@ -36,6 +36,11 @@ CHILD = (sys.executable, "-m", "bgsvc.video.child")
 # A probe's answer is one message without a payload; a child that writes more (a
 # decoder exploit) is cut off there rather than buffered in the serving process.
 PROBE_ANSWER_BYTES = protocol.HEAD.size + protocol.MAX_META
+# Bytes a pixel of the formats that code each frame whole, at most (measured on photo
+# cutouts: PNG frames 2-3, ProRes 4444 with alpha 1.15 at 1080p and 1.5 at 720p), and
+# the most a video's result in one of them may weigh: a tenth of a worker's memory budget.
+WHOLE_FRAME_BYTES = {"zip": 3.0, "mov": 1.5}
+WHOLE_RESULT_BYTES = 400 * 1024**2
 # The errors the child reports, by code; any other code is an invalid video.
 _ERRORS: dict[str, type[BgsvcError]] = {
     cls.code: cls for cls in (InvalidVideo, VideoTooLarge, VideoTimedOut, InvalidParameter)
@@ -296,12 +301,12 @@ def child_config(
 ) -> ChildConfig:
     """The child's configuration from the service's settings."""
     limits = asdict(video_limits(settings))
-    if fmt == "zip":
-        # A zip of PNG frames is about as large as the frames themselves, and a result is
-        # held whole by the process that stores it: no more of it than a segment's worth.
-        limits["max_total_pixels"] = min(
-            settings.video_max_total_pixels, settings.video_segment_pixels
-        )
+    if fmt in WHOLE_FRAME_BYTES:
+        # A result is held whole where it is stored (and twice over in the child that
+        # joins a cut video's parts): formats that code each frame whole are bounded by
+        # what that result may weigh, not only by the pixels the model may run.
+        most = int(WHOLE_RESULT_BYTES / WHOLE_FRAME_BYTES[fmt])
+        limits["max_total_pixels"] = min(settings.video_max_total_pixels, most)
     return ChildConfig(
         mode=mode,
         limits=limits,
