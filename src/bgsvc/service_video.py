@@ -140,11 +140,8 @@ class VideoProcessor:
     ) -> RemovalResult:
         """The parts, sent one at a time, joined by a child into one file."""
         started = time.perf_counter()
-        # A part is the segment's frames encoded: no larger than a whole video's result.
-        limit = _max_result_bytes(
-            (self.remover.settings.video_max_frame_pixels, 1),
-            self.remover.settings.video_max_frames,
-        )
+        # Neither a part nor the whole can be larger than the child's own memory.
+        limit = self.remover.settings.video_child_memory_bytes
         config = replace(config, max_part_bytes=limit)
         child = await MediaChild.start(config, data)
         try:

@@ -42,11 +42,14 @@ def _alphas(body: bytes) -> tuple[list[np.ndarray], list[int | None]]:
 
 
 def test_a_long_video_runs_as_segments_and_comes_back_as_the_whole_video_would(
-    jobs_client: Callable[..., TestClient], jobs_mode: dict[str, Any]
+    jobs_client: Callable[..., TestClient], jobs_mode: dict[str, Any], tmp_path: Path
 ) -> None:
-    # The uncut reference on a queue of its own: on a shared one, its runner (which cuts
-    # nothing) could take the other app's video.
-    own = {k: v.removesuffix("/0") + "/1" for k, v in jobs_mode.items() if k == "redis_url"}
+    # The uncut reference on a queue and a data folder of its own: on shared ones, its
+    # runner (which cuts nothing) could take the other app's video, or requeue the other
+    # runner's jobs as a previous process's (both apps are this process).
+    own: dict[str, Any] = {"data_dir": tmp_path / "whole"}
+    if "redis_url" in jobs_mode:
+        own["redis_url"] = jobs_mode["redis_url"].removesuffix("/0") + "/1"
     whole_client = jobs_client(**own)
     client = jobs_client(video_segment_pixels=EIGHT_FRAMES)
     results = {}
@@ -195,6 +198,7 @@ def test_a_result_that_codes_each_frame_whole_is_bounded_by_its_weight(
     assert done["status"] == "succeeded" and result.status_code == 200
 
 
+@pytest.mark.parametrize(("source", "fmt"), [("webm", "webm"), ("mp4", "mp4")])
 def test_a_cut_video_keeps_its_audio_and_its_frames_in_each_container(
     jobs_client: Callable[..., TestClient], source: str, fmt: str
 ) -> None:

@@ -60,7 +60,7 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
             protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
             return
         if config["mode"] == "join":
-            _join(config, container, inbox, outbox)
+            _join(config, container, info, limits, inbox, outbox)
             return
         encoder: video_codec.Encoder | None = None
         audio: list[Any] = []
@@ -97,9 +97,17 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
         container.close()
 
 
-def _join(config: dict[str, Any], source: Any, inbox: BinaryIO, outbox: BinaryIO) -> None:
+def _join(
+    config: dict[str, Any],
+    source: Any,
+    info: Any,
+    limits: Any,
+    inbox: BinaryIO,
+    outbox: BinaryIO,
+) -> None:
     """The parts (``P`` messages, in order, until ``Q``) as one file, their packets as
-    they are, with the source's audio."""
+    they are, with the source's audio; refused, as a whole run is, when they fall well
+    short of the stream's own count (each part codes a frame a packet)."""
     from bgsvc.imaging import video_codec
 
     parts: list[bytes] = []
@@ -111,6 +119,11 @@ def _join(config: dict[str, Any], source: Any, inbox: BinaryIO, outbox: BinaryIO
             raise InvalidVideo(f"the parent sent {message.kind!r} for a part")
         parts.append(message.payload)
     body, frames = video_codec.join(config["format"], parts, source)
+    if limits.too_few_frames(frames, info):
+        raise InvalidVideo(
+            f"The video ends after {frames} of the {info.frames} frames its header counts: "
+            "it is cut short or damaged."
+        )
     protocol.write(outbox, "D", {"frames": frames}, body)
 
 
