@@ -32,27 +32,13 @@ import redis
 
 from benchmarks.nodes import ClusterProc, free_port
 from benchmarks.video import clip
-from benchmarks.video_vs_images import BOUNDARY
+from benchmarks.video_vs_images import post
 from bgsvc.jobs.model import segment_id
 
 
 def submit(base: str, data: bytes) -> dict[str, Any]:
-    body = (
-        (
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=file; filename=clip.mp4\r\n"
-            "Content-Type: video/mp4\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-    request = urllib.request.Request(
-        f"{base}/jobs",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        found: dict[str, Any] = json.loads(response.read())
-        return found
+    found: dict[str, Any] = json.loads(post(base, "/jobs", data, "video/mp4", "format=webm"))
+    return found
 
 
 def wait_job(base: str, job_id: str, timeout: float) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from benchmarks.video import clip
 BOUNDARY = "bgsvc-bench"
 
 
-def _post(base: str, path: str, data: bytes, content_type: str, query: str) -> bytes:
+def post(base: str, path: str, data: bytes, content_type: str, query: str) -> bytes:
     body = (
         (
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
@@ -63,7 +63,7 @@ def _images_per_s(base: str, photos: list[bytes], clients: int, seconds: float) 
     def client(k: int) -> None:
         i = k
         while time.monotonic() < stop:
-            _post(base, "/remove-background", photos[i % len(photos)], "image/jpeg", "format=png")
+            post(base, "/remove-background", photos[i % len(photos)], "image/jpeg", "format=png")
             done[k] += 1
             i += clients
 
@@ -78,7 +78,7 @@ def _images_per_s(base: str, photos: list[bytes], clients: int, seconds: float) 
 
 def _video_frames_per_s(base: str, data: bytes, frames: int, query: str) -> float:
     started = time.monotonic()
-    job = json.loads(_post(base, "/jobs", data, "video/mp4", query))
+    job = json.loads(post(base, "/jobs", data, "video/mp4", query))
     while True:
         with urllib.request.urlopen(f"{base}{job['status_url']}", timeout=30) as r:
             status = json.loads(r.read())
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError("the node did not become ready") from None
                 time.sleep(0.5)
         for photo in photos[:2]:
-            _post(base, "/remove-background", photo, "image/jpeg", "format=png")
+            post(base, "/remove-background", photo, "image/jpeg", "format=png")
         for round_ in range(args.rounds):
             for clients in (1, 2):
                 value = _images_per_s(base, photos, clients, args.seconds)
