@@ -25,7 +25,7 @@ from PIL import Image
 from bgsvc import pipeline, service_video
 from bgsvc.jobs import progress
 from tests.conftest import encode_image, subject_image
-from tests.jobs.conftest import jobs_of, wait_status
+from tests.jobs.conftest import jobs_of, state_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
 from tests.videos import clip, decode
 
@@ -226,6 +226,27 @@ def test_a_video_in_a_batch_runs_as_its_item_and_comes_back_in_the_zip(
     assert names == ["a.webm", "b.png"]
     frames, _ = decode(archive.read("a.webm"), alpha=True)
     assert len(frames) == 6
+
+
+def test_a_batch_of_more_videos_than_it_may_probe_is_refused_before_any_is_read(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = jobs_client()
+    probes: list[bytes] = []
+    service = state_of(client).service
+    real = service.frame_count
+
+    async def counted(data: bytes, *args: Any, **kwargs: Any) -> int:
+        probes.append(data)
+        return await real(data, *args, **kwargs)
+
+    monkeypatch.setattr(service, "frame_count", counted)
+    video = clip("webm", frames=2)
+    files = [("file", (f"{i}.webm", video, "video/webm")) for i in range(11)]
+    refused = client.post("/batches", files=files)
+    assert refused.status_code == 413 and refused.json()["code"] == "batch_too_large"
+    assert probes == []
+    assert client.post("/batches", files=files[:10]).status_code == 202
 
 
 def test_a_video_in_a_batch_beyond_the_video_limits_refuses_the_batch(

@@ -223,19 +223,28 @@ def test_a_cut_video_is_stitched_whatever_attempts_its_split_used(
     assert done["frames_done"] == 20 and result.status_code == 200
 
 
+def _cut_by_a_hostile_child(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> tuple[TestClient, dict[str, Any]]:
+    """A 20-frame video cut into segments whose children are tests/video/hostile_child.py
+    in ``mode``, one attempt each: the app and the video job as it ended."""
+    hostile_run_child(monkeypatch, mode)
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
+    job = submit_video(client, clip("mp4", frames=20))
+    done: dict[str, Any] = wait_status(client, job["id"], ("succeeded", "failed"), timeout=60)
+    return client, done
+
+
 def test_a_segments_child_is_held_to_the_segments_frames(
     jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The child that runs a segment is one a decoder exploit has taken over: asked for
-    # 8 frames, it sends the 40 its header claims. Each would cost a forward pass and stay
-    # packed in this process's memory: it is held to its range, as a whole video's child
-    # is to its header's count.
-    hostile_run_child(monkeypatch, "whole")
-    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
-    job = submit_video(client, clip("mp4", frames=20))
-    done = wait_status(client, job["id"], ("succeeded", "failed"), timeout=60)
+    # 8 frames, it sends the 40 its header claims. Each would cost a forward pass the
+    # video paid for once: it is held to its range, as a whole video's child is to its
+    # header's count.
+    client, done = _cut_by_a_hostile_child(jobs_client, monkeypatch, "whole")
     assert done["status"] == "failed" and done["error"]["code"] == "video_too_large"
-    cut = _segments(client, job["id"])
+    cut = _segments(client, done["id"])
     assert all((s.frames_done or 0) <= 8 for s in cut[:2])
 
 
@@ -245,10 +254,7 @@ def test_a_segments_child_that_only_says_it_is_getting_there_is_stopped(
     # A late segment's child reports its progress through the frames before its range,
     # so a slow, busy node does not miss the step deadline; one that reports without end
     # is stopped at the reports its range can need, not at the attempt's time limit.
-    hostile_run_child(monkeypatch, "skipping")
-    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
-    job = submit_video(client, clip("mp4", frames=20))
-    done = wait_status(client, job["id"], ("succeeded", "failed"), timeout=30)
+    _, done = _cut_by_a_hostile_child(jobs_client, monkeypatch, "skipping")
     assert done["status"] == "failed" and done["error"]["code"] == "invalid_video"
     assert "skips" in done["error"]["message"]
 

@@ -27,6 +27,7 @@ from bgsvc.errors import (
     JobQueueFull,
     JobRunning,
 )
+from bgsvc.jobs import segments as cut_video
 from bgsvc.jobs.base import JobStore, NoRoom, Room
 from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
 from bgsvc.storage import ResultStore, StoredObject
@@ -221,8 +222,7 @@ class JobQueue:
             raise JobNotFound(f"No job {job_id!r}.")
         if record.segments and not record.status.finished and backends is not None:
             # Its frames go through the model in its segments, until it is stitched.
-            segments = await backends.jobs.segments_of(job_id)
-            done = sum(segment.frames_done or 0 for segment in segments)
+            done = await cut_video.frames_run(backends.jobs, job_id)
             record.frames_done = max(record.frames_done or 0, done)
         return record
 
@@ -277,11 +277,11 @@ class JobQueue:
             record = await self.get(job_id)  # a runner took it meanwhile
         if not record.status.finished:
             raise JobRunning(f"Job {job_id} is running; it cannot be canceled now.")
-        keys = [record.result_key, record.input_key]
-        keys += [segment.result_key for segment in await backends.jobs.segments_of(job_id)]
-        for key in keys:
+        for key in (record.result_key, record.input_key):
             if key:
                 await anyio.to_thread.run_sync(backends.results.delete, key)
+        if record.segments:
+            await cut_video.delete_parts(backends.jobs, backends.results, job_id)
         await backends.jobs.delete(job_id)
         return None
 

@@ -363,7 +363,7 @@ class JobRunner:
         if error is None:
             return cut_video.part_loaders(backends.results, segments)
         # The frames that ran are what the video keeps of its credits, and shows.
-        done = sum(segment.frames_done or 0 for segment in segments)
+        done = cut_video.frames_of(segments)
         total = max(done, record.frames_total or 0)
         await self._settle(lambda: backends.jobs.progress(record.id, self.owner, done, total))
         await self._end(
@@ -423,7 +423,7 @@ class JobRunner:
         self.metrics.job_duration.labels(status.value).observe(elapsed)
         self.queue.mean_job_s = 0.8 * self.queue.mean_job_s + 0.2 * elapsed
         # A segment's upload is its parent's, which goes when the parent ends; the
-        # parent's end takes its segments' stored frames with it.
+        # parent's end takes its segments' parts with it.
         if not self.config.keep_originals and record.parent is None:
             await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
         if record.segments:

@@ -6,15 +6,19 @@ stores (bgsvc.jobs.base.JobStore.split) make each step atomic.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
 from bgsvc.errors import JobExpired
 from bgsvc.jobs.base import JobStore
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
-from bgsvc.service_video import Parts, Segment
 from bgsvc.storage import ResultStore
+
+if TYPE_CHECKING:
+    # Types only: the job routes read progress through this module, and need none of
+    # the video pipeline loaded for it.
+    from bgsvc.service_video import Parts, Segment
 
 # Where a segment job's options say which frames it runs: [first, end or None].
 SEGMENT_OPTION = "_segment"
@@ -46,10 +50,15 @@ def segment_records(record: JobRecord, cuts: list[Segment]) -> list[JobRecord]:
     ]
 
 
+def frames_of(segments: list[JobRecord]) -> int:
+    """The frames these segments ran through the model."""
+    return sum(segment.frames_done or 0 for segment in segments)
+
+
 async def frames_run(jobs: JobStore, job_id: str) -> int:
     """The frames a cut video's segments ran through the model: what it keeps of its
-    credits however it ends."""
-    return sum(segment.frames_done or 0 for segment in await jobs.segments_of(job_id))
+    credits however it ends, and its progress until it is stitched."""
+    return frames_of(await jobs.segments_of(job_id))
 
 
 def failure(record: JobRecord, segments: list[JobRecord]) -> JobError | None:
