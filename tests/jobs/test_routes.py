@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,11 +76,19 @@ def test_deleting_a_finished_job_removes_its_result_and_record(
     job = submit(client, photo_png)
     wait_status(client, job["id"], ("succeeded",))
     folder = data_dir / "results" / "jobs" / job["id"]
-    assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == ["result.png"]
+
+    def visible() -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    # The upload is removed just after the record says succeeded, not with it.
+    deadline = time.monotonic() + 10
+    while visible() != ["result.png"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert visible() == ["result.png"]
 
     assert client.delete(job["status_url"]).status_code == 204
     assert client.get(job["status_url"]).status_code == 404
-    assert not any(p for p in folder.iterdir() if not p.name.startswith("."))
+    assert visible() == []
 
 
 def test_the_same_idempotency_key_returns_the_same_job_and_other_content_is_refused(
