@@ -19,6 +19,17 @@ from bgsvc.inference.loader import load_engines
 from tests.models import TINY_SIZE, build_tiny_model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The same for services a module starts once (module-scoped fixtures are set up
+    before any test's own folder, so without this they would fall back to the default
+    under the home folder, and leave a job database there for the next one)."""
+    path = tmp_path_factory.mktemp("module-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BGSVC_DATA_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test's service files (job database, results, keys) in a folder of its own, for

@@ -316,6 +316,10 @@ def test_a_gunicorn_node_exports_spans_over_otlp_and_logs_only_json(
                 }
             ),
             "BGSVC_MODEL_DIR": str(tmp_path / "models"),
+            # Every BGSVC_ variable was dropped above, the test's data folder with them: a
+            # job database under the home folder would have this node run its jobs, whose
+            # inference spans would stand in for the request's.
+            "BGSVC_DATA_DIR": str(tmp_path / "data"),
             "BGSVC_INTRA_OP_THREADS": "1",
             "BGSVC_DRAIN_SECONDS": "0",
             "BGSVC_LOG_FORMAT": "json",
