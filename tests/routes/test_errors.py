@@ -152,9 +152,14 @@ def test_slow_request_gets_504_and_worker_keeps_serving(make_client, photo_png: 
     gate.set()
     client = make_client(loader=gated_loader(gate, delay=0.5), request_timeout_s=0.2)
     assert_error(post(client, photo_png), 504, "timeout")
-    time.sleep(0.5)  # the abandoned inference finishes and frees its place
     engine = client.app.state.bgsvc.engines["tiny"]  # type: ignore[attr-defined]
     engine.delay = 0.0
+    # The abandoned inference holds the only slot until it really ends: a request sent
+    # before then would wait for it within its own 0.2 s.
+    scheduler = client.app.state.bgsvc.scheduler  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while scheduler.admitted and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert post(client, photo_png).status_code == 200
 
 
