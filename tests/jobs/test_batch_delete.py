@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +14,8 @@ from bgsvc.inference.scheduler import Ticket
 from bgsvc.outbound.signing import generate_secret
 from tests.jobs.conftest import jobs_of, verifying_hook
 from tests.jobs.test_batches import wait_batch
-from tests.jobs.test_runner import flaky_loader
 from tests.outbound.servers import serve
+from tests.routes.test_errors import gated_loader
 
 
 def submit_batch(client: TestClient, image: bytes, count: int, **kwargs: Any) -> dict[str, Any]:
@@ -89,22 +90,25 @@ def test_deleting_a_batch_of_queued_items_cancels_them_and_calls_back_once(
 def test_a_batch_with_a_running_item_is_409_and_a_delete_after_it_ends_is_204(
     jobs_client: Callable[..., TestClient], photo_png: bytes
 ) -> None:
-    loader, _ = flaky_loader(delay_s=1.0)
-    # One inference slot: one item infers, one waits behind it (claimed: running), one
-    # stays queued.
-    client = jobs_client(loader=loader)
+    gate = threading.Event()
+    # One inference slot: one item infers (until the gate opens), one waits behind it
+    # (claimed: running), one stays queued.
+    client = jobs_client(loader=gated_loader(gate))
     batch = submit_batch(client, photo_png, 3)
-    deadline = time.monotonic() + 10
-    while client.get(batch["status_url"]).json()["counts"]["running"] != 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    try:
+        deadline = time.monotonic() + 10
+        while client.get(batch["status_url"]).json()["counts"]["running"] != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
 
-    refused = client.delete(batch["status_url"])
-    assert refused.status_code == 409
-    body = refused.json()
-    assert body["code"] == "batch_running" and "2 of the 3 items" in body["message"]
-    counts = client.get(batch["status_url"]).json()["counts"]
-    assert counts["canceled"] == 1 and counts["running"] == 2
+        refused = client.delete(batch["status_url"])
+        assert refused.status_code == 409
+        body = refused.json()
+        assert body["code"] == "batch_running" and "2 of the 3 items" in body["message"]
+        counts = client.get(batch["status_url"]).json()["counts"]
+        assert counts["canceled"] == 1 and counts["running"] == 2
+    finally:
+        gate.set()
 
     done = wait_batch(client, batch["status_url"])
     assert done["counts"]["succeeded"] == 2 and done["counts"]["canceled"] == 1
