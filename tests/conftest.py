@@ -15,8 +15,20 @@ from PIL import Image
 
 from bgsvc.app import EngineLoader, create_app
 from bgsvc.config import Settings
+from bgsvc.imaging import edges, temporal
 from bgsvc.inference.loader import load_engines
 from tests.models import TINY_SIZE, build_tiny_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels() -> None:
+    """The service's numba kernels compiled into numba's cache on disk before any test
+    starts a service. A fresh checkout has no cache (it is keyed on the source files'
+    times): the first compile takes 10-20 s on two cores, and would otherwise land within
+    the readiness deadline of whichever service starts first (30 s for an app here), or
+    of every node of a cluster started at once."""
+    edges.preload()
+    temporal.preload()
 
 
 @pytest.fixture(scope="module", autouse=True)
