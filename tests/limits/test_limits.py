@@ -91,23 +91,26 @@ def test_the_bucket_refills_in_real_time_on_the_store_clock(store: Store) -> Non
     """Redis's clock cannot be injected: 10/s and a bounded sleep, counts only."""
     fast = RatePolicy(limit=10, window_s=1.0, burst=5)
 
-    async def main() -> tuple[int, int, float]:
+    async def main() -> tuple[int, float, int, float]:
         limits = store.make()
         try:
             start = time.monotonic()
             burst = 0
             while (await limits.hit("fast", fast)).allowed:
                 burst += 1
+            emptied = time.monotonic() - start
             await asyncio.sleep(0.35)
             refilled = 0
             while (await limits.hit("fast", fast)).allowed:
                 refilled += 1
-            return burst, refilled, time.monotonic() - start
+            return burst, emptied, refilled, time.monotonic() - start
         finally:
             await limits.aclose()
 
-    burst, refilled, elapsed = asyncio.run(main())
-    assert burst == 5
+    burst, emptied, refilled, elapsed = asyncio.run(main())
+    # The burst, and a token per 0.1 s the emptying itself took (a busy machine's hits
+    # can be that slow): the bucket refills while it is being emptied too.
+    assert 5 <= burst <= 5 + int(emptied * 10)
     # 0.35 s at 10/s is 3 tokens at least (below the burst of 5); never more than the time
     # since the bucket was emptied allows.
     assert 3 <= refilled <= int(elapsed * 10) + 1
