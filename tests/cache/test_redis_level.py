@@ -82,7 +82,12 @@ def test_a_node_waits_for_the_lock_holder_and_takes_its_result(
         ]
         try:
             first = asyncio.create_task(nodes[0].get_or_compute("k", compute))
-            await asyncio.sleep(0.05)
+            # The second node asks once the first holds the lock, however long its round
+            # trips to Redis took.
+            with redis_server.client() as probe:
+                while not probe.exists("bgsvc:cache:l:k"):
+                    assert not first.done()
+                    await asyncio.sleep(0.005)
             second = await nodes[1].get_or_compute("k", compute)
             return [await first, second]
         finally:
