@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import random
 import struct
 import sys
 import time
@@ -339,7 +339,8 @@ def test_a_video_longer_than_its_header_keeps_the_credits_of_the_frames_that_ran
 
 
 def _random_mp4() -> bytes:
-    return b"\x00\x00\x00\x18ftypisom" + os.urandom(4096)
+    # Seeded: bytes that ever made the probe answer otherwise could be run again.
+    return b"\x00\x00\x00\x18ftypisom" + random.Random(4096).randbytes(4096)
 
 
 @pytest.mark.parametrize(
