@@ -101,10 +101,17 @@ def test_kill_9_of_a_node_running_a_segment_loses_none_and_finishes_each_once(
     # Every segment finished once; only the killed node's ran a second time.
     assert [s for s, _, _ in final] == ["succeeded"] * len(final)
     assert [a for _, a, _ in final] == [2 if i in orphans else 1 for i in range(len(final))]
-    # What is left in the store is the video's result: no segment's frames.
+    # What is left in the store is the video's result: no segment's frames. They and the
+    # upload go just after the video is recorded succeeded, not with it.
     folder = Path(str(cluster.config.data_dir)) / "results" / "jobs" / job["id"]
-    visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    assert visible == ["result.webm"], visible
+
+    def visible() -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    deadline = time.monotonic() + 30
+    while visible() != ["result.webm"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert visible() == ["result.webm"]
     record(
         "video_segments_kill_9",
         {
