@@ -260,7 +260,7 @@ class VideoProcessor:
             tensor = await self.in_pool(lambda: staged.preprocess(image.work_pixels))
             return image, tensor
 
-        def finish(image: DecodedImage, raw: np.ndarray) -> bytes:
+        def finish(image: DecodedImage, raw: np.ndarray) -> np.ndarray:
             with span("mask"):
                 if staged is not None:
                     raw = staged.postprocess(raw, remover.matte_size(image, options))
@@ -273,13 +273,16 @@ class VideoProcessor:
                 if smoother is not None:
                     matte = smoother.fine(image.pixels, matte)
             rendered = remover.compose(image, matte, compose_options)
+            pixels = rendered.pixels
+            if pixels is not None and rendered.image.mode == mode and pixels.flags.c_contiguous:
+                return pixels  # the cutout as composed: sent without another copy
             out = rendered.image if rendered.image.mode == mode else rendered.image.convert(mode)
-            return np.asarray(out, dtype=np.uint8).tobytes()
+            return np.asarray(out, dtype=np.uint8)
 
         async def finish_and_send(image: DecodedImage, raw: np.ndarray) -> None:
             nonlocal done, total
             pixels = await self.in_pool(lambda: finish(image, raw))
-            await child.send("R", {}, pixels)
+            await child.send("R", {}, pixels.data)
             done += 1
             total = max(total, done)
             if progress is not None:

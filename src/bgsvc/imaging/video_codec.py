@@ -37,13 +37,17 @@ AUDIO_PASSTHROUGH = {
 # FFmpeg's AVCOL_*_UNSPECIFIED.
 _UNSPECIFIED = 2
 _CONTAINERS = {"webm": "webm", "mov": "mov", "mp4": "mp4"}
+_VP9 = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
 # The pixel layouts each kind of frame (cutout, on a colour, matte) is encoded in.
 _VIDEO_CODECS: dict[tuple[str, str], tuple[str, str, dict[str, str]]] = {
     # VP9's alpha is a second stream in the WebM blocks; the realtime deadline keeps the
-    # encode a small share of a frame's cost.
-    ("webm", "RGBA"): ("libvpx-vp9", "yuva420p", {"deadline": "realtime", "cpu-used": "8"}),
-    ("webm", "RGB"): ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8"}),
-    ("webm", "L"): ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8"}),
+    # encode a small share of a frame's cost. Without lag-in-frames, libvpx holds back up
+    # to 25 frames and encodes them when the file closes, after the model's last frame
+    # (a segment of 13 frames was encoded whole at its end): at 0 each frame is encoded
+    # as it comes, beside the next forward pass, into the same bytes.
+    ("webm", "RGBA"): ("libvpx-vp9", "yuva420p", _VP9),
+    ("webm", "RGB"): ("libvpx-vp9", "yuv420p", _VP9),
+    ("webm", "L"): ("libvpx-vp9", "yuv420p", _VP9),
     # ProRes 4444 carries alpha; 422 HQ is enough without it.
     ("mov", "RGBA"): ("prores_ks", "yuva444p10le", {"profile": "4444"}),
     ("mov", "RGB"): ("prores_ks", "yuv422p10le", {"profile": "hq"}),
@@ -157,8 +161,9 @@ def upright_rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> n
         threads=CODEC_THREADS,
     )
     if quarter:
-        rgb = np.ascontiguousarray(np.rot90(rgb, k=quarter))
-    return rgb
+        rgb = np.rot90(rgb, k=quarter)
+    # Contiguous: it is sent as it lies in memory (a padded row is copied once, here).
+    return np.ascontiguousarray(rgb)
 
 
 class Encoder:
@@ -242,7 +247,9 @@ class Encoder:
             return
         if self._out is None:
             raise RuntimeError("the encoder is closed")
-        frame = av.VideoFrame.from_ndarray(pixels, format=_NDARRAY_FORMATS[self.mode])
+        # Wrapped, not copied (8 MB a 1080p RGBA frame): the conversion writes a frame of
+        # its own, so the pixels are not held past this call.
+        frame = av.VideoFrame.from_numpy_buffer(pixels, format=_NDARRAY_FORMATS[self.mode])
         if self._matrix is not None:
             frame = frame.reformat(
                 format=self.stream.pix_fmt,
@@ -250,6 +257,8 @@ class Encoder:
                 dst_color_range=self._matrix[1],
                 threads=CODEC_THREADS,
             )
+        else:
+            frame = frame.reformat(format=self.stream.pix_fmt, threads=CODEC_THREADS)
         frame.pts = pts
         frame.time_base = self.time_base
         for packet in self.stream.encode(frame):

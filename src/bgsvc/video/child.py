@@ -178,7 +178,7 @@ def _stream(
         while len(sent) - encoder.count >= WINDOW:
             encode_next()
         sent.append(frame.pts)
-        protocol.write(outbox, "F", {"index": len(sent) - 1}, rgb.tobytes())
+        protocol.write(outbox, "F", {"index": len(sent) - 1}, rgb.data)
     # Whether a cut video is whole is its join's to say (the parts' frames add up).
     if config["mode"] == "run" and limits.too_few_frames(len(sent), info):
         raise InvalidVideo(
@@ -193,6 +193,8 @@ def _stream(
 
 def main() -> int:
     inbox, outbox = sys.stdin.buffer, sys.stdout.buffer
+    protocol.widen(inbox.fileno())
+    protocol.widen(outbox.fileno())
     config = protocol.read(inbox, 0).meta
     _hold(config)
     try:

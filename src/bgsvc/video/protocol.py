@@ -10,6 +10,8 @@ child still decoding its way to the segment's first frame.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +22,15 @@ HEAD = struct.Struct("!cIQ")
 SKIPPED_EVERY = 16
 # A header is a few hundred bytes of JSON: a longer one is a broken stream.
 MAX_META = 1 << 20
+# What each pipe between the two holds (Linux's default 64 KB takes a 1080p frame in
+# 128 writes, each a wake-up of the reader); 1 MB is what an unprivileged process may set.
+PIPE_BYTES = 1 << 20
+
+
+def widen(fd: int) -> None:
+    """The pipe at ``fd`` made to hold PIPE_BYTES, where the system allows."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 @dataclass
@@ -43,11 +54,15 @@ def unpack_head(head: bytes) -> tuple[str, int, int]:
     return kind.decode("ascii"), meta_len, payload_len
 
 
-def write(stream: BinaryIO, kind: str, meta: dict[str, Any], payload: bytes = b"") -> None:
-    """One message on a blocking stream (the child's side)."""
-    stream.write(pack_head(kind, meta, len(payload)))
-    if payload:
-        stream.write(payload)
+def write(
+    stream: BinaryIO, kind: str, meta: dict[str, Any], payload: bytes | memoryview = b""
+) -> None:
+    """One message on a blocking stream (the child's side); the payload may be an array's
+    memory, written without a copy."""
+    view = memoryview(payload).cast("B")
+    stream.write(pack_head(kind, meta, view.nbytes))
+    if view.nbytes:
+        stream.write(view)
     stream.flush()
 
 

@@ -206,18 +206,23 @@ class MediaChild:
             stderr=asyncio.subprocess.DEVNULL,
             # Its own session: a signal meant for the server's process group is not its.
             start_new_session=True,
+            # A frame (6-8 MB at 1080p) comes in reads of this size, not paused and resumed
+            # every 128 KB as under the default 64 KB.
+            limit=protocol.PIPE_BYTES,
         )
         child = cls(proc, config)
         await child._send_raw(_start_message(config, data))
         return child
 
-    async def _send_raw(self, data: bytes) -> None:
+    async def _send_raw(self, data: bytes, payload: memoryview | None = None) -> None:
         stdin = self.proc.stdin
         if stdin is None or self._gone:
             return
         try:
             async with asyncio.timeout(self.timeout):
                 stdin.write(data)
+                if payload is not None and payload.nbytes:
+                    stdin.write(payload)
                 await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             # The child ended (an error, a crash): the next receive says why.
@@ -228,8 +233,13 @@ class MediaChild:
                 f"The video decoder did not take a frame within {self.timeout:g} s."
             ) from None
 
-    async def send(self, kind: str, meta: dict[str, Any], payload: bytes = b"") -> None:
-        await self._send_raw(protocol.pack_head(kind, meta, len(payload)) + payload)
+    async def send(
+        self, kind: str, meta: dict[str, Any], payload: bytes | memoryview = b""
+    ) -> None:
+        """One message; the payload may be an array's memory, sent without a copy (it
+        must not change until this returns)."""
+        view = memoryview(payload).cast("B")
+        await self._send_raw(protocol.pack_head(kind, meta, view.nbytes), view)
 
     async def receive(self, max_payload: int) -> protocol.Message:
         """The child's next message; its error raised, a crash or overrun as one."""
