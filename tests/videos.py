@@ -23,10 +23,14 @@ def clip(
     audio: bool = False,
     rotation: int = 0,
     bt709: bool = False,
+    keyint: int | None = None,
 ) -> bytes:
     """A clip of ``frames`` frames of ``size`` at ``rate`` fps (timestamps counted in
     ``time_base``, 1/rate unless given), with a silent audio track when ``audio``, shown
-    turned ``rotation`` degrees counterclockwise (the display matrix)."""
+    turned ``rotation`` degrees counterclockwise (the display matrix), with a key frame
+    at least every ``keyint`` frames (else the encoder's default: the first only, for
+    a clip this short). H.264 clips have B-frames (presentation order is not decode
+    order)."""
     w, h = size
     base = time_base or Fraction(1, rate)
     step = int(Fraction(1, rate) / base)
@@ -37,6 +41,8 @@ def clip(
         video.pix_fmt = "yuv420p"
         video.time_base = base
         video.codec_context.time_base = base
+        if keyint is not None:
+            video.codec_context.gop_size = keyint
         if rotation:
             video.set_display_rotation(rotation)
         if bt709:

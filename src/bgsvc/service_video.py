@@ -224,10 +224,12 @@ class VideoProcessor:
         timings.update(inference=0.0, queue=0.0)
 
         # A segment's child reports the frames it decodes before its range, no more
-        # often than its protocol says: a child that keeps reporting is stopped.
+        # often than its protocol says: a child that keeps reporting is stopped. It may
+        # drop each frame before its range twice: once after a seek to a key frame that
+        # turned out to lie past the range's start, once more from the video's start.
         skips_allowed = 0
         if child.config.mode == "part":
-            skips_allowed = child.config.first // protocol.SKIPPED_EVERY
+            skips_allowed = 2 * child.config.first // protocol.SKIPPED_EVERY
 
         async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:
             nonlocal received, skips_allowed

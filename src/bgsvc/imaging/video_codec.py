@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import zipfile
@@ -144,6 +145,75 @@ def frames(
             yield from packet.decode()
     except (av.error.FFmpegError, ValueError) as exc:
         raise _failed(exc) from exc
+
+
+def seek_point(
+    container: av.container.InputContainer, index: int, most: int
+) -> tuple[int, int] | None:
+    """Where a decode for the ``index``-th frame (presentation order) may start: the
+    timestamp of the last key frame at or before that frame, and the frame's own, read
+    from the packets' headers (nothing is decoded). None where they cannot say: a packet
+    without a timestamp, two with one, fewer than ``index`` frames or more than ``most``."""
+    stream = container.streams.video[0]
+    stamps: list[int] = []
+    keys: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            if packet.pts is None or len(stamps) >= most:
+                return None
+            stamps.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise _failed(exc) from exc
+    stamps.sort()
+    if index >= len(stamps) or any(a == b for a, b in itertools.pairwise(stamps)):
+        return None
+    target = stamps[index]
+    before = [key for key in keys if key <= target]
+    return (max(before), target) if before else None
+
+
+def numbered_frames(data: bytes, index: int, most: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """The video's frames numbered in presentation order, for a decode that wants those
+    from the ``index``-th on: from the key frame before it where the packets' timestamps
+    allow (frames before it numbered -1, at most ``index`` of them), else from the start.
+    A segment late in a long video then decodes a group of pictures before its first
+    frame, not every frame before it. No audio."""
+    point = None
+    if index > 0:
+        headers = open_input(data)
+        try:
+            point = seek_point(headers, index, most)
+        finally:
+            headers.close()
+    container = open_input(data)
+    try:
+        if point is not None:
+            key, target = point
+            stream = container.streams.video[0]
+            try:
+                container.seek(key, stream=stream, backward=True, any_frame=False)
+            except (av.error.FFmpegError, ValueError) as exc:
+                raise _failed(exc) from exc
+            number = index
+            for frame in frames(container):
+                if frame.pts is None or frame.pts < target:
+                    yield -1, frame
+                    continue
+                if number == index and frame.pts != target:
+                    break  # the seek landed past the frame: decode from the start
+                yield number, frame
+                number += 1
+            else:
+                return
+            container.close()
+            container = open_input(data)
+        yield from enumerate(frames(container))
+    finally:
+        container.close()
 
 
 def upright_rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> np.ndarray:

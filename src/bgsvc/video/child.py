@@ -77,11 +77,16 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
             else:
                 encoder.mux_audio(packet)
 
-        decoded = video_codec.frames(container, audio_sink)
-        first = next(decoded, None)
+        numbered: Iterator[tuple[int, Any]]
+        start = int(config.get("first") or 0)
+        if part and start > 0:
+            numbered = video_codec.numbered_frames(data, start, limits.allowed_frames(info.frames))
+        else:
+            numbered = enumerate(video_codec.frames(container, audio_sink))
+        first = next(numbered, None)
         if first is None:
             raise InvalidVideo("No frame of the video could be decoded.")
-        rotation = video_codec.frame_rotation(first)
+        rotation = video_codec.frame_rotation(first[1])
         info = replace(info, rotation=rotation)
         size = output_size(info.display_size, config.get("max_output_pixels"))
         protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
@@ -91,7 +96,7 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
         for packet in audio:
             encoder.mux_audio(packet)
         _stream(
-            config, info, limits, size, itertools.chain([first], decoded), encoder, inbox, outbox
+            config, info, limits, size, itertools.chain([first], numbered), encoder, inbox, outbox
         )
     finally:
         container.close()
@@ -132,7 +137,7 @@ def _stream(
     info: Any,
     limits: Any,
     size: tuple[int, int],
-    decoded: Iterator[Any],
+    numbered: Iterator[tuple[int, Any]],
     encoder: Any,
     inbox: BinaryIO,
     outbox: BinaryIO,
@@ -156,11 +161,12 @@ def _stream(
         pixels = np.frombuffer(message.payload, np.uint8).reshape(shape)
         encoder.add(pixels, sent[encoder.count])
 
-    # A segment's part: the frames ``first`` up to ``end`` (None: the last). The video is
-    # decoded from its start: frames are counted in presentation order whatever its
-    # GOPs, and decoding costs a fraction of a percent of what the model does with one.
+    # A segment's part: the frames ``first`` up to ``end`` (None: the last), numbered in
+    # presentation order whatever the GOPs; those before ``first`` (numbered below it)
+    # are decoded and dropped.
     first, end = int(config.get("first") or 0), config.get("end")
-    for index, frame in enumerate(decoded):
+    skipped = 0
+    for index, frame in numbered:
         if index >= allowed:
             raise VideoTooLarge(
                 f"The video has more frames than its header says ({info.frames}); at most "
@@ -169,10 +175,11 @@ def _stream(
         if end is not None and index >= int(end):
             break
         if index < first:
-            if (index + 1) % protocol.SKIPPED_EVERY == 0:
+            skipped += 1
+            if skipped % protocol.SKIPPED_EVERY == 0:
                 # Alive, and getting there: the parent's step deadline is per message, and
-                # a late segment decodes hundreds of frames before its first one.
-                protocol.write(outbox, "S", {"skipped": index + 1})
+                # a segment may decode hundreds of frames before its first one.
+                protocol.write(outbox, "S", {"skipped": skipped})
             continue
         rgb = video_codec.upright_rgb(frame, size, info.rotation)
         while len(sent) - encoder.count >= WINDOW:
