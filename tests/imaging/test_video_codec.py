@@ -1,5 +1,6 @@
-"""Where a segment's decode starts: at the key frame before its first frame, found from
-the packets' timestamps, and from the video's start whenever that cannot be trusted."""
+"""The media child's codec work: where a segment's decode starts (at the key frame before
+its first frame, found from the packets' timestamps, and from the video's start whenever
+that cannot be trusted), and when its frames are encoded."""
 
 from __future__ import annotations
 
@@ -74,3 +75,36 @@ def test_the_first_segment_and_headers_that_cannot_say_decode_from_the_start() -
         assert video_codec.seek_point(opened, FIRST, most=10) is None
     finally:
         opened.close()
+
+
+class _Counted:
+    """A container that counts the packets muxed into it."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.packets = 0
+
+    def mux(self, packet: Any) -> None:
+        self.packets += 1
+        self.out.mux(packet)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.out, name)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "L"])
+def test_a_webm_frame_is_encoded_as_it_comes_not_when_the_file_closes(mode: str) -> None:
+    # Encoded beside the model's next frame: held back, a segment's frames would all be
+    # encoded after its last forward pass, while the model waits.
+    source = video_codec.open_input(clip("webm", frames=4))
+    try:
+        encoder = video_codec.Encoder("webm", mode, (64, 48), source, audio=False)
+        counted = _Counted(encoder._out)
+        encoder._out = counted  # type: ignore[assignment]
+        shape = {"RGBA": (48, 64, 4), "RGB": (48, 64, 3), "L": (48, 64)}[mode]
+        for i in range(6):
+            encoder.add(np.full(shape, 40 * i, np.uint8), None)
+            assert counted.packets == i + 1
+        assert encoder.close()
+    finally:
+        source.close()
