@@ -153,7 +153,8 @@ def seek_point(
     """Where a decode for the ``index``-th frame (presentation order) may start: the
     timestamp of the last key frame at or before that frame, and the frame's own, read
     from the packets' headers (nothing is decoded). None where they cannot say: a packet
-    without a timestamp, two with one, fewer than ``index`` frames or more than ``most``."""
+    without a timestamp, two packets with the same one, no more than ``index`` frames, or
+    more than ``most``."""
     stream = container.streams.video[0]
     stamps: list[int] = []
     keys: list[int] = []
