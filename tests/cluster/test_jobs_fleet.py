@@ -25,6 +25,7 @@ from tests.cluster.conftest import REMOVE, model_env, record, wait_for
 from tests.jobs.conftest import verifying_hook
 from tests.outbound.servers import Server, serve
 from tests.procs import children
+from tests.result_folders import visible
 
 pytestmark = pytest.mark.cluster
 
@@ -87,12 +88,8 @@ def check_each_once(cluster: Cluster, batch: dict[str, Any], events: list[dict[s
     assert batch["counts"]["succeeded"] == ITEMS, batch["counts"]
     results = Path(str(cluster.config.data_dir)) / "results" / "jobs"
 
-    def visible(item: dict[str, Any]) -> list[str]:
-        folder = results / item["job_id"]
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
     def leftovers() -> dict[str, list[str]]:
-        found = {item["job_id"]: visible(item) for item in batch["items"]}
+        found = {item["job_id"]: visible(results / item["job_id"]) for item in batch["items"]}
         return {job_id: names for job_id, names in found.items() if names != ["result.png"]}
 
     # A node removes an item's upload just after recording it succeeded, and the batch

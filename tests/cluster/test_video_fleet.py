@@ -5,6 +5,7 @@ video succeeds whole, every segment finished once, the killed one run again."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,11 @@ import pytest
 import redis
 
 from bgsvc.cluster import Cluster
+from bgsvc.cluster.nodes import Node
 from bgsvc.jobs.model import segment_id
 from tests.cluster.conftest import SLOW, model_env, record, wait_for
 from tests.procs import children
+from tests.result_folders import settled
 from tests.videos import clip, decode
 
 pytestmark = pytest.mark.cluster
@@ -39,6 +42,32 @@ def segment_states(client: redis.Redis, job_id: str) -> list[tuple[str, int, str
             )
         )
     return found
+
+
+def _frozen_running_a_segment(
+    cluster: Cluster, probe: redis.Redis, job_id: str
+) -> tuple[Node, set[int]]:
+    """A node that runs a segment, stopped (SIGSTOP) with it, and the segments it holds.
+    Frozen before they are read: a segment read as running could otherwise end between
+    that read and the kill, which would then orphan nothing."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [o for s, _, o in segment_states(probe, job_id) if s == "running" and o]
+        if running:
+            pid = int(running[0].split(":")[1])
+            node = next(n for n in cluster.nodes if os.getpgid(pid) == n.pid)
+            os.killpg(node.pid, signal.SIGSTOP)
+            pids = {node.pid, *children(node.pid)}
+            held = {
+                i
+                for i, (s, _, o) in enumerate(segment_states(probe, job_id))
+                if s == "running" and o and int(o.split(":")[1]) in pids
+            }
+            if held:
+                return node, held
+            os.killpg(node.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("no node was caught running a segment")
 
 
 def test_kill_9_of_a_node_running_a_segment_loses_none_and_finishes_each_once(
@@ -68,20 +97,11 @@ def test_kill_9_of_a_node_running_a_segment_loses_none_and_finishes_each_once(
         )
 
     wait_for(one_done_and_one_running, 120, "a segment done and one running")
-    states = segment_states(probe, job["id"])
-    index, owner = next((i, o) for i, (s, _, o) in enumerate(states) if s == "running" and o)
-    pid = int(owner.split(":")[1])
-    victim = next(n for n in cluster.nodes if os.getpgid(pid) == n.pid)
-    victim_pids = {victim.pid, *children(victim.pid)}
+    victim, orphans = _frozen_running_a_segment(cluster, probe, job["id"])
     victim.kill()
     victim.wait(timeout=10)
     killed_at = time.monotonic()
-    orphans = {
-        i
-        for i, (s, _, o) in enumerate(segment_states(probe, job["id"]))
-        if s == "running" and o and int(o.split(":")[1]) in victim_pids
-    }
-    assert index in orphans
+    assert orphans
 
     def finished() -> bool:
         try:
@@ -104,14 +124,7 @@ def test_kill_9_of_a_node_running_a_segment_loses_none_and_finishes_each_once(
     # What is left in the store is the video's result: no segment's frames. They and the
     # upload go just after the video is recorded succeeded, not with it.
     folder = Path(str(cluster.config.data_dir)) / "results" / "jobs" / job["id"]
-
-    def visible() -> list[str]:
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-    deadline = time.monotonic() + 30
-    while visible() != ["result.webm"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert visible() == ["result.webm"]
+    assert settled(folder, ["result.webm"], timeout=30) == ["result.webm"]
     record(
         "video_segments_kill_9",
         {

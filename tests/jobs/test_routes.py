@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from bgsvc.inference.scheduler import Ticket
 from tests.jobs.conftest import submit, wait_status
+from tests.result_folders import settled, visible
 
 
 def test_a_job_succeeds_with_the_same_image_as_the_sync_endpoint(
@@ -76,19 +76,11 @@ def test_deleting_a_finished_job_removes_its_result_and_record(
     job = submit(client, photo_png)
     wait_status(client, job["id"], ("succeeded",))
     folder = data_dir / "results" / "jobs" / job["id"]
-
-    def visible() -> list[str]:
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-    # The upload is removed just after the record says succeeded, not with it.
-    deadline = time.monotonic() + 10
-    while visible() != ["result.png"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert visible() == ["result.png"]
+    assert settled(folder, ["result.png"], timeout=10) == ["result.png"]
 
     assert client.delete(job["status_url"]).status_code == 204
     assert client.get(job["status_url"]).status_code == 404
-    assert visible() == []
+    assert visible(folder) == []
 
 
 def test_the_same_idempotency_key_returns_the_same_job_and_other_content_is_refused(
