@@ -5,6 +5,7 @@ credits of the video run whole."""
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from bgsvc.jobs.runner import JobRunner
 from tests.jobs.conftest import jobs_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
 from tests.jobs.test_video_jobs import hostile_run_child, run_video, submit_video
+from tests.routes.test_errors import gated_loader
 from tests.videos import clip, decode
 
 # 8 frames of the 64x48 test clip per segment.
@@ -267,10 +269,10 @@ def test_a_cut_video_that_expires_before_its_stitch_keeps_the_credits_its_segmen
     real = JobRunner._attempt
 
     async def stop_before_the_stitch(
-        self: JobRunner, backends: Any, record: JobRecord, ticket: Any, started: float
+        self: JobRunner, backends: Any, record: JobRecord, *rest: Any
     ) -> None:
         if not record.segments:
-            return await real(self, backends, record, ticket, started)
+            return await real(self, backends, record, *rest)
         # The node stops here: the video goes back to the queue, and no runner is left.
         self._stopping = True
         await backends.jobs.requeue(record.id, self.owner, JobError("canceled", "shutdown"))
@@ -299,30 +301,42 @@ def test_a_cut_video_that_expires_before_its_stitch_keeps_the_credits_its_segmen
     assert a.credits_left() == QUOTA - 20
 
 
-def test_a_node_running_a_segment_claims_no_job_behind_it(
+def test_a_node_running_a_segment_claims_the_next_job_only_once_it_is_down_to_its_last_frames(
     jobs_client: Callable[..., TestClient],
 ) -> None:
     # Two segments on one node would share its slot frame by frame, each at half speed
-    # toward its attempt's time limit: the second is left for a node with a slot free.
-    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, max_concurrency=1, max_queue=4)
+    # toward its attempt's time limit: the next is left for a node with a slot free
+    # until the running one's last forward passes, which the next one's start overlaps.
+    # Each forward pass takes 50 ms, so that overlap lasts long enough to be seen.
+    gate = threading.Event()
+    gate.set()
+    client = jobs_client(
+        video_segment_pixels=EIGHT_FRAMES,
+        max_concurrency=1,
+        max_queue=4,
+        loader=gated_loader(gate, delay=0.05),
+    )
     runner = jobs_of(client).runner
     scheduler = runner.scheduler
 
-    def state() -> tuple[int, int, int]:
+    def state() -> tuple[int, int, int, int]:
         # Read in the event loop, so the counts are of one moment. Tickets, not tasks, say
         # who holds the slot: a segment that has given its ticket back may still be
         # recording its end while the next job starts. The video itself may still hold
         # its ticket for a moment after queueing its segments, so the first one can be
         # claimed behind it, as any job behind a job that is not a segment.
-        others = len(runner.running - runner.segments)
-        return len(runner.segments), others, scheduler.admitted
+        others = len(runner.running - runner.segments.keys())
+        finishing = sum(p.finishing for p in runner.segments.values())
+        return len(runner.segments), others, scheduler.admitted, finishing
 
     job = submit_video(client, clip("mp4", frames=30))
-    seen: set[tuple[int, int, int]] = set()
+    seen: set[tuple[int, int, int, int]] = set()
     deadline = time.monotonic() + 60
     while client.get(job["status_url"]).json()["status"] != "succeeded":
         seen.add(client.portal.call(state))  # type: ignore[union-attr]
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    assert (1, 0, 1) in seen
-    assert all(admitted <= 1 for segments, others, admitted in seen if segments and not others)
+    assert (1, 0, 1, 0) in seen  # a segment alone, with frames to go
+    assert (2, 0, 2, 1) in seen  # the next one, claimed behind a finishing one
+    only_segments = [s for s in seen if s[0] and not s[1]]
+    assert all(admitted <= 1 + finishing for _, _, admitted, finishing in only_segments)

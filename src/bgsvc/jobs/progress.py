@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from bgsvc.errors import JobsUnavailable
 from bgsvc.jobs.base import JobStore
@@ -12,14 +13,26 @@ from bgsvc.jobs.base import JobStore
 # A running video's progress is written to the job store at most this often.
 PROGRESS_EVERY_S = 0.5
 
+# A video with at most this many frames left to finish has its last forward passes running
+# or waiting: the frame being finished is the one before the frame in the model.
+FINISHING_FRAMES = 2
+
 
 class VideoProgress:
     """One attempt's frames: ``report`` is what the video's frames call (done, in all);
     ``done`` is the last count reported, written or not (None: nothing reported, as for a
-    still); ``write_last`` puts it on the record before the attempt ends."""
+    still); ``write_last`` puts it on the record before the attempt ends. ``on_finishing``
+    is called once, when the video is down to its last forward passes."""
 
-    def __init__(self, jobs: JobStore, job_id: str, owner: str) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        job_id: str,
+        owner: str,
+        on_finishing: Callable[[], None] | None = None,
+    ) -> None:
         self._jobs = jobs
+        self._on_finishing = on_finishing
         self._job_id = job_id
         self._owner = owner
         self._written = -PROGRESS_EVERY_S
@@ -31,12 +44,20 @@ class VideoProgress:
     async def report(self, done: int, total: int) -> None:
         """A frame finished: written at the first and the last frame and at most every
         PROGRESS_EVERY_S between; a store that fails meanwhile costs the job nothing."""
+        was_finishing = self.finishing
         self.done, self._total = done, total
+        if self._on_finishing is not None and self.finishing and not was_finishing:
+            self._on_finishing()
         now = time.monotonic()
         if 0 < done < total and now - self._written < PROGRESS_EVERY_S:
             return
         self._written = now
         await self._write(done)
+
+    @property
+    def finishing(self) -> bool:
+        """Whether at most FINISHING_FRAMES of the frames reported are still to finish."""
+        return self.done is not None and self._total - self.done <= FINISHING_FRAMES
 
     async def write_last(self) -> None:
         """The frames the attempt ended with, whatever the last report's fate: a write the

@@ -104,8 +104,8 @@ class JobRunner:
         self.clock = clock
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.running: set[asyncio.Task[None]] = set()
-        # The running jobs that are a cut video's segments.
-        self.segments: set[asyncio.Task[None]] = set()
+        # The running jobs that are a cut video's segments, with their frames' progress.
+        self.segments: dict[asyncio.Task[None], VideoProgress] = {}
         self.webhooks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._next_recover = 0.0
@@ -208,10 +208,12 @@ class JobRunner:
             return False
         if admitted < scheduler.max_concurrency:
             return jobs < scheduler.max_concurrency + 1
-        if self.segments:
+        if self.segments and not all(p.finishing for p in self.segments.values()):
             # A segment is many forward passes: one claimed behind it would take every
             # other one, both at half speed toward their attempt's time limit, while
-            # another node may have a slot free for it.
+            # another node may have a slot free for it. Once it is down to its last
+            # ones, the next job's claim, media child and first frame overlap them rather
+            # than leaving the model idle between the two.
             return False
         return admitted == jobs and jobs < scheduler.max_concurrency + 1
 
@@ -227,14 +229,23 @@ class JobRunner:
             if record is None:
                 ticket.close()
                 return
-            task = asyncio.create_task(self._execute(backends, record, ticket))
+            # The frames of a video that go through the model in this attempt.
+            progress = VideoProgress(
+                backends.jobs, record.id, self.owner, on_finishing=self.queue.wake.set
+            )
+            task = asyncio.create_task(self._execute(backends, record, ticket, progress))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
             if record.parent is not None:
-                self.segments.add(task)
-                task.add_done_callback(self.segments.discard)
+                self.segments[task] = progress
+                task.add_done_callback(self._segment_ended)
 
-    async def _execute(self, backends: Backends, record: JobRecord, ticket: Ticket) -> None:
+    def _segment_ended(self, task: asyncio.Task[None]) -> None:
+        self.segments.pop(task, None)
+
+    async def _execute(
+        self, backends: Backends, record: JobRecord, ticket: Ticket, progress: VideoProgress
+    ) -> None:
         started = time.monotonic()
         try:
             if record.attempts > self.config.max_attempts:
@@ -244,7 +255,7 @@ class JobRunner:
                 )
                 await self._end(backends, record, JobStatus.FAILED, started, error=_error(exc))
                 return
-            await self._attempt(backends, record, ticket, started)
+            await self._attempt(backends, record, ticket, progress, started)
         except asyncio.CancelledError:
             # Shutdown: the job goes back to the queue for the next start (or process).
             with contextlib.suppress(Exception):
@@ -256,7 +267,12 @@ class JobRunner:
             ticket.close()
 
     async def _attempt(
-        self, backends: Backends, record: JobRecord, ticket: Ticket, started: float
+        self,
+        backends: Backends,
+        record: JobRecord,
+        ticket: Ticket,
+        progress: VideoProgress,
+        started: float,
     ) -> None:
         results = backends.results
         stored = await anyio.to_thread.run_sync(results.get, record.input_key)
@@ -264,8 +280,6 @@ class JobRunner:
             exc: BgsvcError = JobExpired("The upload expired before the job could run.")
             await self._end(backends, record, JobStatus.EXPIRED, started, error=_error(exc))
             return
-        # The frames of a video that went through the model in this attempt.
-        progress = VideoProgress(backends.jobs, record.id, self.owner)
         try:
             try:
                 params, segment = cut_video.pop_segment(record.options)
