@@ -1127,3 +1127,19 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings from the environment, read once per process."""
     return Settings()
+
+
+# What a child process that parses untrusted media keeps of the server's environment:
+# where Python and its packages are, and the locale. Not the rest, which holds the server's
+# secrets (API keys, Redis, S3 and webhook credentials) for any code a decoder exploit runs
+# there to read.
+_MEDIA_CHILD_KEEPS = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
+# The child uses numpy for buffers only: a BLAS thread pool per core would cost each start
+# a tenth of a second of CPU, beside a forward pass that already has every core.
+_MEDIA_CHILD_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def media_child_environ() -> dict[str, str]:
+    """The environment a media child is started with."""
+    kept = {name: os.environ[name] for name in _MEDIA_CHILD_KEEPS if name in os.environ}
+    return kept | dict.fromkeys(_MEDIA_CHILD_THREADS, "1")

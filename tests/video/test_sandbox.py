@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -71,6 +72,15 @@ def test_a_child_that_crashes_is_an_invalid_video() -> None:
             await child.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("command", [CRASH, (sys.executable, "-c", "pass")], ids=["crash", "exit"])
+def test_a_probe_child_that_dies_before_answering_is_an_invalid_video(
+    command: tuple[str, ...],
+) -> None:
+    # Not a server error: a file that crashes the decoder is the file's fault.
+    with pytest.raises(InvalidVideo, match=r"signal|status"):
+        probe(config(command), clip("mp4"))
 
 
 def test_a_probe_that_hangs_is_killed_at_the_deadline() -> None:
@@ -174,3 +184,35 @@ def test_killing_a_child_takes_the_processes_it_started_with_it(tmp_path: Path) 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(grandchild, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("way", ["probe", "run"])
+def test_a_child_sees_none_of_the_servers_secrets(
+    way: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Code a decoder exploit runs in the child could read its environment: the server's
+    # holds its keys and credentials.
+    monkeypatch.setenv("BGSVC_API_KEYS", "sk-secret")
+    monkeypatch.setenv("BGSVC_REDIS_URL", "redis://:hunter2@127.0.0.1:6379/0")
+    seen = tmp_path / "environ.json"
+    write = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    command = (sys.executable, "-c", write, str(seen))
+
+    async def run() -> None:
+        child = await MediaChild.start(config(command), clip("mp4"))
+        try:
+            with pytest.raises(InvalidVideo):
+                await child.receive(0)
+        finally:
+            await child.close()
+
+    if way == "probe":
+        with pytest.raises(InvalidVideo):
+            probe(config(command), clip("mp4"))
+    else:
+        asyncio.run(run())
+    environ = json.loads(seen.read_text())
+    assert "sk-secret" not in seen.read_text() and "hunter2" not in seen.read_text()
+    assert not any(name.startswith("BGSVC_") for name in environ)
+    assert environ["PATH"] == os.environ["PATH"]
+    assert environ["OPENBLAS_NUM_THREADS"] == "1"

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
+from bgsvc.allocator import tune_malloc
 from bgsvc.errors import BgsvcError, InvalidVideo, VideoTooLarge
 from bgsvc.video import protocol
 
@@ -204,6 +205,9 @@ def main() -> int:
     protocol.widen(outbox.fileno())
     config = protocol.read(inbox, 0).meta
     _hold(config)
+    # A frame's buffers (6-8 MB at 1080p) come from the heap and are reused, rather than
+    # mapped and page-faulted in again for every frame.
+    tune_malloc(int(config.get("malloc_mmap_threshold_bytes") or 0))
     try:
         upload = protocol.read(inbox, int(config["max_upload_bytes"]))
         _run(config, upload.payload, inbox, outbox)

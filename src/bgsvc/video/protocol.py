@@ -47,7 +47,10 @@ def pack_head(kind: str, meta: dict[str, Any], payload_len: int) -> bytes:
 
 
 def unpack_head(head: bytes) -> tuple[str, int, int]:
-    """Kind, header length and payload length; ValueError for a header no side writes."""
+    """Kind, header length and payload length; ValueError for a header no side writes
+    (one cut short included: a child that died before answering)."""
+    if len(head) != HEAD.size:
+        raise ValueError(f"a message header of {len(head)} bytes, not {HEAD.size}")
     kind, meta_len, payload_len = HEAD.unpack(head)
     if meta_len > MAX_META:
         raise ValueError(f"a message header of {meta_len} bytes")

@@ -17,11 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bgsvc.config import Settings
+from bgsvc.config import Settings, media_child_environ
 from bgsvc.errors import (
     BgsvcError,
     InvalidParameter,
@@ -66,7 +66,10 @@ class ChildConfig:
     end: int | None = None
     # The largest part a join takes.
     max_part_bytes: int = 0
+    # Allocations below this come from the heap and are reused (0: glibc's defaults).
+    malloc_mmap_threshold_bytes: int = 0
     command: Sequence[str] = CHILD
+    environ: Mapping[str, str] = field(default_factory=media_child_environ)
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class ChildConfig:
             "first": self.first,
             "end": self.end,
             "max_part_bytes": self.max_part_bytes,
+            "malloc_mmap_threshold_bytes": self.malloc_mmap_threshold_bytes,
         }
 
 
@@ -116,6 +120,7 @@ def _bounded_run(config: ChildConfig, data: bytes) -> tuple[bytes, int | None]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        env=dict(config.environ),
         start_new_session=True,
     )
     stdin, stdout = proc.stdin, proc.stdout
@@ -204,6 +209,7 @@ class MediaChild:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
+            env=dict(config.environ),
             # Its own session: a signal meant for the server's process group is not its.
             start_new_session=True,
             # A frame (6-8 MB at 1080p) comes in reads of this size, not paused and resumed
@@ -328,4 +334,5 @@ def child_config(
         max_output_pixels=max_output_pixels,
         format=fmt,
         pixels=pixels,
+        malloc_mmap_threshold_bytes=settings.malloc_mmap_threshold_bytes,
     )
