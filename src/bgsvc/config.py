@@ -1130,10 +1130,13 @@ def get_settings() -> Settings:
 
 
 # What a child process that parses untrusted media keeps of the server's environment:
-# where Python and its packages are, and the locale. Not the rest, which holds the server's
-# secrets (API keys, Redis, S3 and webhook credentials) for any code a decoder exploit runs
-# there to read.
-_MEDIA_CHILD_KEEPS = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
+# where Python, its libraries and its packages are (a user install's included), and the
+# locale. Not the rest, which holds the server's secrets (API keys, Redis, S3 and webhook
+# credentials) for any code a decoder exploit runs there to read.
+_MEDIA_CHILD_KEEPS = (
+    *("PATH", "LD_LIBRARY_PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE"),
+    *("PYTHONHOME", "PYTHONPATH", "PYTHONUSERBASE", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV"),
+)
 # The child uses numpy for buffers only: a BLAS thread pool per core would cost each start
 # a tenth of a second of CPU, beside a forward pass that already has every core.
 _MEDIA_CHILD_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
