@@ -81,6 +81,7 @@ def _client_process(
     seconds: float,
     max_requests: int,
     out: Any,
+    stop: Any,
 ) -> None:
     result = LoadResult()
     lock = threading.Lock()
@@ -90,7 +91,7 @@ def _client_process(
     def client() -> None:
         conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
         headers = {"Content-Type": content_type}
-        while time.time() < deadline:
+        while time.time() < deadline and not stop.is_set():
             with lock:
                 if sent[0] >= max_requests:
                     break
@@ -150,6 +151,7 @@ class Hammer:
         self.seconds = seconds
         self._ctx = mp.get_context("spawn")
         self._out: Any = self._ctx.Queue()
+        self._stop: Any = self._ctx.Event()
         self._args = (url_host, port, path, body, content_type, threads)
         self._max_per_process = max(1, max_requests // processes)
         self._procs = processes
@@ -161,7 +163,14 @@ class Hammer:
         take a moment to import). Returns that wall-clock start time."""
         self.started_at = time.time() + delay
         for _ in range(self._procs):
-            args = (*self._args, self.started_at, self.seconds, self._max_per_process, self._out)
+            args = (
+                *self._args,
+                self.started_at,
+                self.seconds,
+                self._max_per_process,
+                self._out,
+                self._stop,
+            )
             worker = self._ctx.Process(target=_client_process, args=args, daemon=True)
             worker.start()
             self._workers.append(worker)
@@ -169,6 +178,11 @@ class Hammer:
 
     def elapsed(self) -> float:
         return time.time() - self.started_at
+
+    def stop(self) -> None:
+        """End the load now, before its ``seconds`` are up (each client finishes the
+        request it is waiting for)."""
+        self._stop.set()
 
     def join(self) -> LoadResult:
         merged = LoadResult()
