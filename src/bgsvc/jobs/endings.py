@@ -66,6 +66,8 @@ class AttemptEnds:
     async def retry_or_fail(
         self, backends: Backends, record: JobRecord, started: float, exc: Exception
     ) -> None:
+        """Queued for another attempt while it has attempts left; else failed (with the
+        time limit's error, or as attempts exhausted with the last one's)."""
         error = job_error(exc)
         if record.attempts < self.max_attempts:
             requeue = backends.jobs.requeue
