@@ -16,9 +16,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -31,7 +30,7 @@ from bgsvc.errors import (
 )
 from bgsvc.inference.scheduler import Scheduler, Ticket
 from bgsvc.jobs import segments as cut_video
-from bgsvc.jobs.base import JobStore
+from bgsvc.jobs.endings import AttemptEnds, ItemFinished, job_error
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.progress import VideoProgress
@@ -45,12 +44,6 @@ from bgsvc.storage import default_sweep_interval
 log = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
-# Called when a batch item became final (bgsvc.batches.service.item_finished: the batch may
-# be complete): (job store, the item's record, now, notifier).
-ItemFinished = Callable[[JobStore, JobRecord, float, Notifier | None], Coroutine[Any, Any, None]]
-
-T = TypeVar("T")
-
 # One warning per this many seconds while the job store (Redis) keeps failing.
 UNAVAILABLE_LOG_EVERY_S = 30.0
 
@@ -67,12 +60,6 @@ class RunnerConfig:
     lease_grace_s: float = 30.0
     # The most frames of an animation a job takes (None: a request's limit).
     max_frames: int | None = None
-
-
-def _error(exc: BaseException) -> JobError:
-    if isinstance(exc, BgsvcError):
-        return JobError(exc.code, exc.message)
-    return JobError("internal_error", f"{type(exc).__name__}: {exc}")
 
 
 class JobRunner:
@@ -99,14 +86,25 @@ class JobRunner:
         self.config = config
         self.parse_options = parse_options
         self.serviceable = serviceable
-        self.notifier = notifier
-        self.item_finished = item_finished
         self.clock = clock
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.running: set[asyncio.Task[None]] = set()
         # The running jobs that are a cut video's segments, with their frames' progress.
         self.segments: dict[asyncio.Task[None], VideoProgress] = {}
+        # The webhooks and batch completions the runner's jobs send.
         self.webhooks: set[asyncio.Task[None]] = set()
+        self.ends = AttemptEnds(
+            queue,
+            metrics,
+            self.owner,
+            max_attempts=config.max_attempts,
+            timeout_s=config.timeout_s,
+            keep_originals=config.keep_originals,
+            notifier=notifier,
+            item_finished=item_finished,
+            clock=clock,
+            webhooks=self.webhooks,
+        )
         self._stopping = False
         self._next_recover = 0.0
         self._next_expire = 0.0
@@ -156,7 +154,7 @@ class JobRunner:
         await backends.jobs.heartbeat()
         now = self.clock()
         while self.queue.ended:
-            self._item_final(backends, self.queue.ended.pop())
+            self.ends.item_final(backends, self.queue.ended.pop())
         if now >= self._next_recover:
             self._next_recover = now + self.config.recover_every_s
             stale = now - self.config.timeout_s - self.config.lease_grace_s
@@ -191,7 +189,7 @@ class JobRunner:
             for key in (record.result_key, None if record.parent else record.input_key):
                 if key:
                     await anyio.to_thread.run_sync(backends.results.delete, key)
-            self._item_final(backends, record)
+            self.ends.item_final(backends, record)
         if expired:
             self.metrics.jobs.labels("expired").inc(len(expired))
         await backends.jobs.purge(now - 2 * self.config.ttl_s)
@@ -253,7 +251,9 @@ class JobRunner:
                 exc = JobAttemptsExhausted(
                     f"{self.config.max_attempts} attempts failed; the last: {last}"
                 )
-                await self._end(backends, record, JobStatus.FAILED, started, error=_error(exc))
+                await self.ends.end(
+                    backends, record, JobStatus.FAILED, started, error=job_error(exc)
+                )
                 return
             await self._attempt(backends, record, ticket, progress, started)
         except asyncio.CancelledError:
@@ -278,7 +278,7 @@ class JobRunner:
         stored = await anyio.to_thread.run_sync(results.get, record.input_key)
         if stored is None:
             exc: BgsvcError = JobExpired("The upload expired before the job could run.")
-            await self._end(backends, record, JobStatus.EXPIRED, started, error=_error(exc))
+            await self.ends.end(backends, record, JobStatus.EXPIRED, started, error=job_error(exc))
             return
         try:
             try:
@@ -319,7 +319,7 @@ class JobRunner:
                 self.queue.wake.set()
         except TimeoutError:
             exc = JobTimedOut(f"An attempt ran past {self.config.timeout_s:g} s.")
-            await self._retry_or_fail(backends, record, started, exc)
+            await self.ends.retry_or_fail(backends, record, started, exc)
             return
         except BgsvcError as exc:
             if exc.status < 500:  # the input or the options: another attempt cannot help
@@ -331,18 +331,18 @@ class JobRunner:
                     kept = await cut_video.frames_run(backends.jobs, record.id)
                     await progress.report(kept, max(kept, record.frames_total or 0))
                 await progress.write_last()
-                await self._end(
-                    backends, record, JobStatus.FAILED, started, error=_error(exc), kept=kept
+                await self.ends.end(
+                    backends, record, JobStatus.FAILED, started, error=job_error(exc), kept=kept
                 )
             else:
-                await self._retry_or_fail(backends, record, started, exc)
+                await self.ends.retry_or_fail(backends, record, started, exc)
             return
         except Exception as exc:
             log.exception("job %s attempt %d failed", record.id, record.attempts)
-            await self._retry_or_fail(backends, record, started, exc)
+            await self.ends.retry_or_fail(backends, record, started, exc)
             return
         await progress.write_last()
-        await self._end(
+        await self.ends.end(
             backends,
             record,
             JobStatus.SUCCEEDED,
@@ -363,7 +363,7 @@ class JobRunner:
             return False
         segments = cut_video.segment_records(record, cuts)
         split = backends.jobs.split
-        if await self._settle(lambda: split(record.id, self.owner, segments, frames)):
+        if await self.ends.settle(lambda: split(record.id, self.owner, segments, frames)):
             log.info("job %s: %d frames cut into %d segments", record.id, frames, len(cuts))
             self.metrics.jobs.labels("split").inc()
             self.queue.wake.set()
@@ -379,97 +379,11 @@ class JobRunner:
         # The frames that ran are what the video keeps of its credits, and shows.
         done = cut_video.frames_of(segments)
         total = max(done, record.frames_total or 0)
-        await self._settle(lambda: backends.jobs.progress(record.id, self.owner, done, total))
-        await self._end(
+        await self.ends.settle(lambda: backends.jobs.progress(record.id, self.owner, done, total))
+        await self.ends.end(
             backends, record, JobStatus.FAILED, time.monotonic(), error=error, kept=done
         )
         return None
-
-    async def _retry_or_fail(
-        self, backends: Backends, record: JobRecord, started: float, exc: Exception
-    ) -> None:
-        error = _error(exc)
-        if record.attempts < self.config.max_attempts:
-            requeue = backends.jobs.requeue
-            if await self._settle(lambda: requeue(record.id, self.owner, error)):
-                self.metrics.jobs.labels("retried").inc()
-                self.queue.wake.set()
-            return
-        if not isinstance(exc, JobTimedOut):
-            exhausted = JobAttemptsExhausted(
-                f"{record.attempts} attempts failed; the last: {error.message}"
-            )
-            error = _error(exhausted)
-        await self._end(backends, record, JobStatus.FAILED, started, error=error)
-
-    async def _end(
-        self,
-        backends: Backends,
-        record: JobRecord,
-        status: JobStatus,
-        started: float,
-        *,
-        error: JobError | None = None,
-        result_key: str | None = None,
-        content_type: str | None = None,
-        kept: int | None = 0,
-    ) -> None:
-        """``kept``: the credits a job keeps (a video's frames that ran): the rest are
-        given back; None: all (a job that succeeded)."""
-        now = self.clock()
-        owned = await self._settle(
-            lambda: backends.jobs.finish(
-                record.id,
-                self.owner,
-                status,
-                now,
-                error=error,
-                result_key=result_key,
-                content_type=content_type,
-            )
-        )
-        if not owned:
-            return  # another runner took it over (lease expired); it finishes it
-        if kept is not None:
-            await self.queue.give_back(record, kept)
-        elapsed = time.monotonic() - started
-        self.metrics.jobs.labels(status.value).inc()
-        self.metrics.job_duration.labels(status.value).observe(elapsed)
-        self.queue.mean_job_s = 0.8 * self.queue.mean_job_s + 0.2 * elapsed
-        # A segment's upload is its parent's, which goes when the parent ends; the
-        # parent's end takes its segments' parts with it.
-        if not self.config.keep_originals and record.parent is None:
-            await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
-        if record.segments:
-            await cut_video.delete_parts(backends.jobs, backends.results, record.id)
-        finished = await backends.jobs.get(record.id)
-        if finished is not None and finished.callback_url and self.notifier is not None:
-            task = asyncio.create_task(self.notifier.notify(finished, backends.jobs))
-            self.webhooks.add(task)
-            task.add_done_callback(self.webhooks.discard)
-        self._item_final(backends, record)
-
-    async def _settle(self, call: Callable[[], Awaitable[T]]) -> T:
-        """A store write that ends an attempt, retried while the store is unavailable (up
-        to a job time limit; after that the store's own repair requeues the job)."""
-        deadline = time.monotonic() + max(30.0, self.config.timeout_s)
-        delay = 0.2
-        while True:
-            try:
-                return await call()
-            except JobsUnavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-
-    def _item_final(self, backends: Backends, record: JobRecord) -> None:
-        """A batch item is final: its batch may be complete (batch.completed, sent once)."""
-        if record.batch_id is not None and self.item_finished is not None:
-            done = self.item_finished(backends.jobs, record, self.clock(), self.notifier)
-            batch_task = asyncio.create_task(done)
-            self.webhooks.add(batch_task)
-            batch_task.add_done_callback(self.webhooks.discard)
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; give running jobs and webhooks ``grace_s`` to end, then cancel

@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 from bgsvc.auth.base import KeyStore
 from bgsvc.config import Settings
+from bgsvc.jobs.endings import ItemFinished
 from bgsvc.jobs.factory import db_path
 from bgsvc.jobs.factory import open_store as open_job_store
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import Backends, JobQueue
-from bgsvc.jobs.runner import ItemFinished, JobRunner, RunnerConfig
+from bgsvc.jobs.runner import JobRunner, RunnerConfig
 from bgsvc.options import RemovalOptions
 from bgsvc.state import AppState
 from bgsvc.storage import open_store
