@@ -45,33 +45,33 @@ SPIN = (sys.executable, "-c", "while True: pass")
 CRASH = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
 
 
-@pytest.mark.parametrize("command", [HANG, SPIN], ids=["sleeps", "spins"])
-def test_a_child_that_never_answers_is_killed_at_the_deadline(command: tuple[str, ...]) -> None:
+def first_answer_fails(
+    command: tuple[str, ...], error: type[Exception], match: str = ""
+) -> MediaChild:
+    """A child running ``command``, whose first answer raised ``error``, closed."""
+
     async def run() -> MediaChild:
         child = await MediaChild.start(config(command), clip("mp4"))
         try:
-            with pytest.raises(VideoTimedOut):
+            with pytest.raises(error, match=match or None):
                 await child.receive(0)
         finally:
             await child.close()
         return child
 
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("command", [HANG, SPIN], ids=["sleeps", "spins"])
+def test_a_child_that_never_answers_is_killed_at_the_deadline(command: tuple[str, ...]) -> None:
     started = time.monotonic()
-    child = asyncio.run(run())
+    child = first_answer_fails(command, VideoTimedOut)
     assert time.monotonic() - started < 10
     assert child.proc.returncode is not None  # killed and reaped, not left running
 
 
 def test_a_child_that_crashes_is_an_invalid_video() -> None:
-    async def run() -> None:
-        child = await MediaChild.start(config(CRASH), clip("mp4"))
-        try:
-            with pytest.raises(InvalidVideo, match="signal"):
-                await child.receive(0)
-        finally:
-            await child.close()
-
-    asyncio.run(run())
+    first_answer_fails(CRASH, InvalidVideo, match="signal")
 
 
 @pytest.mark.parametrize("command", [CRASH, (sys.executable, "-c", "pass")], ids=["crash", "exit"])
@@ -198,19 +198,11 @@ def test_a_child_sees_none_of_the_servers_secrets(
     write = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
     command = (sys.executable, "-c", write, str(seen))
 
-    async def run() -> None:
-        child = await MediaChild.start(config(command), clip("mp4"))
-        try:
-            with pytest.raises(InvalidVideo):
-                await child.receive(0)
-        finally:
-            await child.close()
-
     if way == "probe":
         with pytest.raises(InvalidVideo):
             probe(config(command), clip("mp4"))
     else:
-        asyncio.run(run())
+        first_answer_fails(command, InvalidVideo)
     environ = json.loads(seen.read_text())
     assert "sk-secret" not in seen.read_text() and "hunter2" not in seen.read_text()
     assert not any(name.startswith("BGSVC_") for name in environ)
