@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from bgsvc.batches import service as batches
+from bgsvc.batches.intake import Item
+from bgsvc.errors import BatchRunning
 from bgsvc.inference.scheduler import Ticket
+from bgsvc.jobs import segments as cut_video
+from bgsvc.jobs.model import JobStatus
+from bgsvc.jobs.queue import Backends, JobQueue
+from bgsvc.jobs.sqlite.store import SqliteJobStore
 from bgsvc.outbound.signing import generate_secret
+from bgsvc.storage.filesystem import FilesystemStore
 from tests.jobs.conftest import jobs_of, verifying_hook
 from tests.jobs.test_batches import wait_batch
 from tests.outbound.servers import serve
@@ -148,3 +158,77 @@ def test_a_batch_whose_items_were_deleted_one_by_one_is_gone(
     assert client.get(batch["status_url"]).json()["counts"]["expired"] == 1
     assert client.delete(f"/jobs/{batch['items'][1]['job_id']}").status_code == 204
     assert client.get(batch["status_url"]).json()["code"] == "batch_not_found"
+
+
+def test_deleting_a_batch_keeps_a_video_being_stitched_and_its_credits(tmp_path: Path) -> None:
+    # A batch's video whose segments all ran is queued again only to be stitched: DELETE
+    # /batches must treat it as DELETE /jobs does (running, not canceled for a refund),
+    # and once it has ended, delete its segments' parts with it.
+    async def scenario() -> None:
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        results = FilesystemStore(tmp_path / "results", 3600)
+        queue = JobQueue(
+            lambda: Backends(store, results),
+            lambda: True,
+            queue_limit=100,
+            queue_limit_per_key=10,
+            concurrency=1,
+            keep_originals=False,
+        )
+        refunds: list[tuple[str, int]] = []
+
+        async def refund(tenant: str, credits: int) -> None:
+            refunds.append((tenant, credits))
+
+        queue.refund = refund
+        batch = await batches.submit_batch(
+            queue,
+            [Item("clip.mp4", b"\x1aE\xdf\xa3 a video")],
+            {"format": "webm"},
+            client="10.0.0.1",
+            callback_url=None,
+            tenant="a",
+            credits=[22],
+        )
+        job_id = batch.items[0].job_id
+        parent = await store.claim("runner-1", time.time())
+        assert parent is not None and parent.id == job_id
+        cuts: list[tuple[int, int | None]] = [(0, 8), (8, None)]
+        assert await store.split(job_id, "runner-1", cut_video.segment_records(parent, cuts), 12)
+        parts = []
+        for frames in (8, 4):
+            segment = await store.claim("runner-1", time.time())
+            assert segment is not None
+            part = f"jobs/{job_id}/{segment.id}.webm"
+            await asyncio.to_thread(results.put, part, b"part", "video/webm")
+            parts.append(part)
+            await store.progress(segment.id, "runner-1", frames, frames)
+            assert await store.finish(
+                segment.id, "runner-1", JobStatus.SUCCEEDED, time.time(), result_key=part
+            )
+        record, items = await batches.get_batch(queue, batch.id, "a")
+        assert record.public(items)["items"][0]["status"] == "running"
+
+        canceled: list[int] = []
+        with pytest.raises(BatchRunning):
+            await batches.delete_batch(
+                queue,
+                batch.id,
+                notifier=None,
+                background=set(),
+                on_canceled=lambda: canceled.append(1),
+                viewer="a",
+            )
+        assert canceled == [] and refunds == []
+        stitch = await store.claim("runner-1", time.time())
+        assert stitch is not None and stitch.id == job_id
+
+        assert await store.finish(job_id, "runner-1", JobStatus.SUCCEEDED, time.time())
+        await batches.delete_batch(
+            queue, batch.id, notifier=None, background=set(), on_canceled=lambda: None, viewer="a"
+        )
+        assert refunds == []
+        assert [await asyncio.to_thread(results.get, part) for part in parts] == [None, None]
+        await store.close()
+
+    asyncio.run(scenario())

@@ -242,6 +242,29 @@ def test_the_last_segment_to_end_queues_the_parent_again(backend: Backend, last:
     backend.play(scenario)
 
 
+def test_a_video_queued_again_to_be_stitched_cannot_be_canceled(backend: Backend) -> None:
+    # Its frames went through the model: a cancel here (a batch's delete does one for
+    # every queued item) would give back every credit the video held.
+    async def scenario() -> None:
+        store = backend.open()
+        parent = await running_parent(store)
+        assert await store.split(parent.id, "runner-1", cut(parent, 2), frames_total=60)
+        for segment in await claim_all(store, "runner-2"):
+            assert await store.finish(segment, "runner-2", JobStatus.SUCCEEDED, time.time())
+        assert await status_of(store, parent.id) is JobStatus.QUEUED
+
+        assert not await store.cancel(parent.id, time.time())
+        stitch = await store.claim("runner-3", time.time())
+        assert stitch is not None and stitch.id == parent.id
+        # A plain queued job still is.
+        plain = job("job_plain", time.time())
+        await store.create(plain, ROOM)
+        assert await store.cancel(plain.id, time.time())
+        assert await status_of(store, plain.id) is JobStatus.CANCELED
+
+    backend.play(scenario)
+
+
 def test_finishing_the_last_segment_twice_queues_the_parent_once(backend: Backend) -> None:
     async def scenario() -> None:
         store = backend.open()

@@ -10,6 +10,7 @@ import anyio.to_thread
 
 from bgsvc.batches.intake import Item
 from bgsvc.errors import BatchNotFound, BatchRunning
+from bgsvc.jobs import segments as cut_video
 from bgsvc.jobs.base import JobStore, NoRoom
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobRecord, JobStatus, new_batch_id, new_job_id
 from bgsvc.jobs.notify import Notifier
@@ -139,6 +140,8 @@ async def delete_batch(
         for key in (record.result_key, record.input_key):
             if key:
                 await anyio.to_thread.run_sync(backends.results.delete, key)
+        if record.segments:
+            await cut_video.delete_parts(backends.jobs, backends.results, record.id)
         await backends.jobs.delete(record.id)
     await backends.jobs.delete_batch(batch_id)
 

@@ -96,7 +96,9 @@ class JobStore(Protocol):
         ...
 
     async def cancel(self, job_id: str, now: float) -> bool:
-        """Queued to canceled; False when the job is not queued."""
+        """Queued to canceled; False when the job is not queued, or is a video queued
+        again only to be stitched (its segments ran: it finishes, and keeps what its
+        frames cost, rather than being canceled for a full refund)."""
         ...
 
     async def delete(self, job_id: str) -> None:

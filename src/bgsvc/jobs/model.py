@@ -101,15 +101,21 @@ class JobRecord:
     # A video cut into segments: how many (their ids are segment_id(id, 0..n-1)).
     segments: int = 0
 
+    @property
+    def public_status(self) -> str:
+        """The status its client sees. A video cut into segments has run since it was cut:
+        waiting on them, or queued again to be stitched, it is running."""
+        if self.segments and self.status is JobStatus.QUEUED:
+            return JobStatus.RUNNING.value
+        return self.status.public
+
     def public(self) -> dict[str, Any]:
         """The JSON of GET /jobs/{id} (and of the webhook's ``data``)."""
         body: dict[str, Any] = {
             "id": self.id,
             # A video cut into segments has run since it was cut: queued again to be
             # stitched, it is still running to its client.
-            "status": JobStatus.RUNNING.value
-            if self.segments and self.status is JobStatus.QUEUED
-            else self.status.public,
+            "status": self.public_status,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
@@ -159,7 +165,9 @@ class BatchRecord:
         items: list[dict[str, Any]] = []
         for item in self.items:
             record = jobs.get(item.job_id)
-            status = JobStatus.EXPIRED if record is None else record.status
+            # As GET /jobs/{id} says: a video being stitched is running, not queued (a
+            # client must not read it as cancelable).
+            status = JobStatus.EXPIRED.value if record is None else record.public_status
             error = None
             if record is not None and record.error is not None:
                 error = {"code": record.error.code, "message": record.error.message}
@@ -167,7 +175,7 @@ class BatchRecord:
                 {
                     "name": item.name,
                     "job_id": item.job_id,
-                    "status": status.value,
+                    "status": status,
                     "error": error,
                 }
             )

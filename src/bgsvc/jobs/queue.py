@@ -241,7 +241,7 @@ class JobQueue:
         """The result object, or a URL to send the client to (presigned S3)."""
         record = await self.get(job_id, viewer)
         if not record.status.finished:
-            raise JobNotFinished(f"Job {job_id} is {record.status.public}.", retry_after=1)
+            raise JobNotFinished(f"Job {job_id} is {record.public_status}.", retry_after=1)
         if record.status is JobStatus.EXPIRED:
             raise JobExpired(f"The result of job {job_id} has expired.")
         if record.status is not JobStatus.SUCCEEDED or record.result_key is None:

@@ -252,9 +252,11 @@ redis.call('hset', KEYS[1], 'frames_done', ARGV[2], 'frames_total', ARGV[3])
 return 1
 """
 
-# KEYS: job, queued, finished. ARGV: now, id.
+# KEYS: job, queued, finished. ARGV: now, id. A video queued again to be stitched (its
+# segments ran) is not canceled: its frames went through the model.
 CANCEL = """
 if redis.call('hget', KEYS[1], 'status') ~= 'queued' then return 0 end
+if (tonumber(redis.call('hget', KEYS[1], 'segments')) or 0) > 0 then return 0 end
 redis.call('hset', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
 redis.call('zrem', KEYS[2], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[1], ARGV[2])

@@ -268,7 +268,7 @@ class SqliteJobStore:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
                 "UPDATE jobs SET status = 'canceled', finished_at = ? "
-                "WHERE id = ? AND status = 'queued'",
+                "WHERE id = ? AND status = 'queued' AND segments = 0",
                 (now, job_id),
             )
             return cursor.rowcount == 1
