@@ -29,7 +29,7 @@ from bgsvc.jobs.model import JobRecord, JobStatus
 from bgsvc.jobs.queue import JobQueue
 from bgsvc.outbound.signing import generate_secret
 from tests.conftest import encode_image, subject_image
-from tests.jobs.conftest import state_of
+from tests.jobs.conftest import jobs_of, state_of
 
 PEPPER = "tenant-test-pepper-0123456789"
 QUOTA = 1000
@@ -135,6 +135,39 @@ def test_another_tenants_job_is_not_found_for_status_result_and_delete(
     # B's delete changed nothing: A still has the job and its result.
     assert a.get(job["status_url"]).json()["status"] == "succeeded"
     assert a.get(job["result_url"]).status_code == 200
+
+
+def test_an_id_with_a_suffix_reads_no_other_record_of_the_store(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    # Redis keeps a job's webhook attempts at job:<id>:wh: an id with that suffix, looked
+    # up, hit a list where a hash was expected (503 for a job that exists, 404 for one that
+    # does not), which told another tenant the id was real.
+    a, b = tenants()
+    job = a.submit(photos[0]).json()
+    batch = a.batch(photos[1:2]).json()
+    a.wait(job["status_url"], succeeded)
+    a.wait(batch["status_url"], completed)
+    queue = jobs_of(a.client).queue
+
+    async def note_attempt() -> None:
+        backends = await queue.open(create=False)
+        assert backends is not None
+        await backends.jobs.add_webhook_attempt(job["id"], {"attempt": 1})
+
+    a.client.portal.call(note_attempt)  # type: ignore[union-attr]
+    for suffix in (":wh", ":items", "%0A", "/../x", "%3Awh"):
+        for who in (a, b):
+            for probe in (
+                who.get(job["status_url"] + suffix),
+                who.delete(job["status_url"] + suffix),
+                who.get(batch["status_url"] + suffix),
+            ):
+                assert probe.status_code in (404, 405), (suffix, probe.status_code, probe.text)
+                if probe.status_code == 404:
+                    assert probe.json()["code"] in ("job_not_found", "batch_not_found", "not_found")
+    assert a.get(job["status_url"]).json()["status"] == "succeeded"
+    assert a.get(batch["status_url"]).json()["status"] == "completed"
 
 
 def test_another_tenants_batch_is_not_found_for_status_zip_and_delete(

@@ -12,7 +12,15 @@ from bgsvc.batches.intake import Item
 from bgsvc.errors import BatchNotFound, BatchRunning
 from bgsvc.jobs import segments as cut_video
 from bgsvc.jobs.base import JobStore, NoRoom
-from bgsvc.jobs.model import BatchItem, BatchRecord, JobRecord, JobStatus, new_batch_id, new_job_id
+from bgsvc.jobs.model import (
+    BatchItem,
+    BatchRecord,
+    JobRecord,
+    JobStatus,
+    new_batch_id,
+    new_job_id,
+    well_formed_id,
+)
 from bgsvc.jobs.notify import Notifier
 from bgsvc.jobs.queue import ORIGINAL_TYPE, JobQueue, fingerprint, input_key, visible
 from bgsvc.outbound.webhooks import BATCH_COMPLETED, DeliveryAttempt
@@ -85,6 +93,8 @@ async def get_batch(
     name) may see it. Raises BatchNotFound for another key's batch, and for a batch none
     of whose items has a record any more (purged after expiry, or deleted one by one): the
     store purges such a record on its next sweep."""
+    if not well_formed_id(batch_id):
+        raise BatchNotFound(f"No batch {batch_id!r}.")
     backends = await queue.open(create=False)
     batch = None if backends is None else await backends.jobs.get_batch(batch_id)
     if batch is None or backends is None or not visible(batch.tenant, viewer):

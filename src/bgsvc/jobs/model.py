@@ -5,6 +5,7 @@ Batch records live here, beside the jobs they group, because the job stores pers
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +48,18 @@ def new_job_id() -> str:
     # A store key segment as it is (bgsvc.storage.check_key) and unguessable: the id is
     # the only thing that lets a client read a result.
     return f"job_{uuid.uuid4().hex}"
+
+
+# What a job's or batch's id can be (they are made by new_job_id and new_batch_id, a
+# segment's by segment_id). An id from a request that is not is never looked up: a store
+# key built from it must not reach a record of another kind (Redis keeps a job's webhook
+# attempts at job:<id>:wh).
+_ID = re.compile(r"[a-z]+_[0-9a-zA-Z_]{1,64}")
+
+
+def well_formed_id(value: str) -> bool:
+    """Whether ``value`` may be a job's or a batch's id."""
+    return _ID.fullmatch(value) is not None
 
 
 def segment_id(parent: str, index: int) -> str:

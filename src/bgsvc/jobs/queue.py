@@ -29,7 +29,7 @@ from bgsvc.errors import (
 )
 from bgsvc.jobs import segments as cut_video
 from bgsvc.jobs.base import JobStore, NoRoom, Room
-from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id
+from bgsvc.jobs.model import JobRecord, JobStatus, new_job_id, well_formed_id
 from bgsvc.storage import ResultStore, StoredObject
 
 ORIGINAL_TYPE = "application/octet-stream"
@@ -215,6 +215,8 @@ class JobQueue:
     async def get(self, job_id: str, viewer: str | None = None) -> JobRecord:
         """The job, as ``viewer`` (the requesting key's name) may see it: JobNotFound for
         another key's job, exactly as for one that does not exist."""
+        if not well_formed_id(job_id):
+            raise JobNotFound(f"No job {job_id!r}.")
         backends = await self.open(create=False)
         record = None if backends is None else await backends.jobs.get(job_id)
         # A segment is its video job's business: clients see that job, never its parts.
