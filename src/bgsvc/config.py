@@ -682,10 +682,21 @@ class Settings(BaseSettings):
         # video_fleet.py: 60-frame segments timed out on 3 nodes of one machine).
         default=30 * 1280 * 720,
         ge=1,
-        description="A video job with more pixels over its frames than this is cut into "
-        "segments of at most this many, each run as a job of its own by whichever node has "
-        "room, then stitched into one file; each must finish within BGSVC_JOB_TIMEOUT_S. A "
-        "segment's mattes are smoothed from its own first frame on.",
+        description="A video job with more pixels over its frames than this, or more frames "
+        "than BGSVC_VIDEO_SEGMENT_FRAMES, is cut into segments of at most this many pixels "
+        "and that many frames, each run as a job of its own by whichever node has room, then "
+        "stitched into one file; each must finish within BGSVC_JOB_TIMEOUT_S. A segment's "
+        "mattes are smoothed from its own first frame on.",
+        json_schema_extra=_in(VIDEO),
+    )
+    video_segment_frames: int = Field(
+        # Every frame costs a forward pass at the model's own input size, however small the
+        # frame: by pixels alone, 360 frames of 320x240 were one segment, a job that could
+        # only time out on every attempt (and be refunded whole each time).
+        default=30,
+        ge=1,
+        description="Most frames of a video segment (BGSVC_VIDEO_SEGMENT_PIXELS), for videos "
+        "whose frames are small: each frame goes through the model at its own input size.",
         json_schema_extra=_in(VIDEO),
     )
     video_smoothing: bool = Field(

@@ -113,12 +113,20 @@ class RemovalService:
         self, data: bytes, options: RemovalOptions
     ) -> tuple[list[Segment], int]:
         """How a job's video is cut, and its frames by the header's count: ranges of at
-        most BGSVC_VIDEO_SEGMENT_PIXELS each (a segment is one attempt's work), the last
-        running to the video's end. One range: not cut. Not a video: none."""
+        most BGSVC_VIDEO_SEGMENT_PIXELS and BGSVC_VIDEO_SEGMENT_FRAMES each (a segment is
+        one attempt's work), the last running to the video's end. One range: not cut. Not a
+        video: none."""
         if not is_video(data):
             return [], 0
         info = await self._in_pool(self._probes, lambda: self.remover.video_header(data, options))
-        per = max(1, self.remover.settings.video_segment_pixels // (info.width * info.height))
+        settings = self.remover.settings
+        per = max(
+            1,
+            min(
+                settings.video_segment_pixels // (info.width * info.height),
+                settings.video_segment_frames,
+            ),
+        )
         count = max(1, math.ceil(info.frames / per))
         cuts = [(i * per, None if i == count - 1 else (i + 1) * per) for i in range(count)]
         return cuts, info.frames

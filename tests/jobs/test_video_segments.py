@@ -110,6 +110,18 @@ def test_the_segments_parts_go_when_the_video_ends(
     assert leftovers == []
 
 
+def test_a_video_of_small_frames_is_cut_by_its_frame_count_too(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # Each frame is a forward pass at the model's size, however few pixels it has: by
+    # pixels alone these 20 frames would be one segment, one attempt's work for all.
+    client = jobs_client(video_segment_frames=6)
+    done, result = run_video(client, clip("mp4", frames=20))
+    assert [s.frames_done for s in _segments(client, done["id"])] == [6, 6, 6, 2]
+    frames, _ = decode(result.content, alpha=True)
+    assert len(frames) == done["frames_done"] == 20
+
+
 def test_a_segment_is_no_job_a_client_can_see_or_delete(
     jobs_client: Callable[..., TestClient],
 ) -> None:
