@@ -21,14 +21,19 @@ from bgsvc.cache import CachedResult
 from bgsvc.errors import InvalidVideo, VideoTooLarge
 from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
-from bgsvc.imaging.video import VIDEO_CONTENT_TYPES, VideoInfo, check_video_options
+from bgsvc.imaging.video import (
+    VIDEO_CONTENT_TYPES,
+    VideoInfo,
+    VideoLimits,
+    check_video_options,
+)
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.tracing import span
 from bgsvc.video import protocol
-from bgsvc.video.sandbox import ChildConfig, MediaChild, child_config, video_limits
+from bgsvc.video.sandbox import ChildConfig, MediaChild, child_config, read_header, video_limits
 
 T = TypeVar("T")
 # Called with (frames done, frames in all) as a video's frames finish.
@@ -174,20 +179,9 @@ class VideoProcessor:
         head = await child.receive(0)
         if head.kind != "I":
             raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
-        # The child is not trusted either (a decoder exploit runs there): what it says
-        # bounds the memory this process gives each frame, and a header it garbles is
-        # the file's 4xx, not a server error retried with a fresh child each attempt.
-        try:
-            info = VideoInfo.from_json(head.meta["info"])
-            size = (int(head.meta["size"][0]), int(head.meta["size"][1]))
-            sizes = (info.width, info.height, info.frames, info.rotation)
-            if not all(type(value) is int for value in sizes):
-                raise TypeError("a count that is not an integer")
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise InvalidVideo("The video decoder gave a broken header.") from None
-        if not (0 < size[0] * size[1] <= self.remover.settings.video_max_frame_pixels):
-            raise InvalidVideo("The video decoder gave an impossible frame size.")
-        return info, size
+        # A header it garbles is the file's 4xx, not a server error retried with a fresh
+        # child each attempt.
+        return read_header(head.meta, VideoLimits(**child.config.limits))
 
     async def _frames(
         self,

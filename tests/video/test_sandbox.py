@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bgsvc.errors import InvalidVideo, VideoTimedOut
+from bgsvc.errors import InvalidVideo, VideoTimedOut, VideoTooLarge
 from bgsvc.video.sandbox import ChildConfig, MediaChild, probe
 from tests.videos import clip
 
@@ -81,6 +81,52 @@ def test_a_probe_child_that_dies_before_answering_is_an_invalid_video(
     # Not a server error: a file that crashes the decoder is the file's fault.
     with pytest.raises(InvalidVideo, match=r"signal|status"):
         probe(config(command), clip("mp4"))
+
+
+INFO = {
+    "width": 64,
+    "height": 48,
+    "frames": 10,
+    "duration_s": 0.4,
+    "rate_num": 25,
+    "rate_den": 1,
+    "rotation": 0,
+    "codec": "h264",
+}
+
+
+def answering(meta: dict[str, object]) -> tuple[str, ...]:
+    """A child (a decoder exploit's) that answers a probe with ``meta``."""
+    script = (
+        "import json, sys\n"
+        "from bgsvc.video import protocol\n"
+        "protocol.read(sys.stdin.buffer, 0); protocol.read(sys.stdin.buffer, 1 << 30)\n"
+        f"protocol.write(sys.stdout.buffer, 'I', json.loads({json.dumps(json.dumps(meta))}))\n"
+    )
+    return (sys.executable, "-c", script)
+
+
+@pytest.mark.parametrize(
+    ("meta", "error"),
+    [
+        ({"info": INFO}, InvalidVideo),
+        ({"info": {**INFO, "frames": "10"}, "size": [64, 48]}, InvalidVideo),
+        ({"info": {**INFO, "rate_den": 0}, "size": [64, 48]}, InvalidVideo),
+        ({"info": {**INFO, "surprise": 1}, "size": [64, 48]}, InvalidVideo),
+        ({"info": INFO, "size": [64000, 48000]}, InvalidVideo),
+        ({"info": {**INFO, "frames": 10**9}, "size": [64, 48]}, VideoTooLarge),
+        ({"info": {**INFO, "width": 4000, "height": 3000}, "size": [64, 48]}, VideoTooLarge),
+    ],
+    ids=["no-size", "text-count", "no-rate", "unknown-field", "huge-size", "frames", "pixels"],
+)
+def test_a_probe_answer_past_the_limits_or_broken_is_the_files_4xx(
+    meta: dict[str, object], error: type[Exception]
+) -> None:
+    # What the child says sets the charge and the cut: a child taken over by the file
+    # must not buy a million segments, nor a 500, with a made-up header.
+    with pytest.raises(error):
+        probe(config(answering(meta), timeout=10), clip("mp4"))
+    assert probe(config(answering({"info": INFO, "size": [64, 48]}), timeout=10), clip("mp4"))
 
 
 def test_a_probe_that_hangs_is_killed_at_the_deadline() -> None:

@@ -29,7 +29,7 @@ from bgsvc.errors import (
     VideoTimedOut,
     VideoTooLarge,
 )
-from bgsvc.imaging.video import VideoInfo, VideoLimits
+from bgsvc.imaging.video import VideoInfo, VideoLimits, check_limits
 from bgsvc.video import protocol
 
 CHILD = (sys.executable, "-m", "bgsvc.video.child")
@@ -189,8 +189,28 @@ def probe(config: ChildConfig, data: bytes) -> tuple[VideoInfo, tuple[int, int]]
         raise _error(message)
     if kind != "I":
         raise _exit_error(returncode)
-    size = meta["size"]
-    return VideoInfo.from_json(meta["info"]), (int(size[0]), int(size[1]))
+    return read_header(meta, VideoLimits(**config.limits))
+
+
+def read_header(meta: dict[str, Any], limits: VideoLimits) -> tuple[VideoInfo, tuple[int, int]]:
+    """A child's account of the video's headers, checked again here: the child is not
+    trusted either (a decoder exploit runs there), and what it says sets the charge, the
+    cut into segments and the memory each frame is given. Raises InvalidVideo for an
+    answer no honest child gives, and the limits' errors as the child would."""
+    try:
+        info = VideoInfo.from_json(meta["info"])
+        size = (int(meta["size"][0]), int(meta["size"][1]))
+        counts = (info.width, info.height, info.frames, info.rotation, info.rate_num)
+        if not all(type(value) is int for value in (*counts, info.rate_den)):
+            raise TypeError("a count that is not an integer")
+        if not isinstance(info.duration_s, int | float):
+            raise TypeError("a duration that is not a number")
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise InvalidVideo("The video decoder gave a broken header.") from None
+    check_limits(info, limits)
+    if not 0 < size[0] * size[1] <= limits.max_frame_pixels:
+        raise InvalidVideo("The video decoder gave an impossible frame size.")
+    return info, size
 
 
 class MediaChild:
