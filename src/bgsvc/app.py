@@ -35,7 +35,7 @@ from bgsvc.log import QUIET_ROUTES
 from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware
 from bgsvc.outbound.client import Resolver, system_resolver
-from bgsvc.pipeline import Predictor
+from bgsvc.pipeline import EdgeStep, Predictor
 from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, remove
 from bgsvc.state import AppState, on_drain
 from bgsvc.urlinputs.fetcher import UrlFetcher
@@ -61,6 +61,27 @@ def _on_gpu(engine: Predictor) -> bool:
     return providers[0] in GPU_PROVIDERS
 
 
+def _edge_graphs(settings: Settings, on_gpu: bool) -> EdgeStep | None:
+    """The edge step as ONNX graphs (BGSVC_EDGE_STEP=graph) on the model's GPU, or ORT's
+    CPU provider; None (the CPU kernels stay) when they cannot be built."""
+    from bgsvc.inference.edge_graph import EdgeGraphs
+    from bgsvc.inference.engine import session_options
+    from bgsvc.inference.loader import runtime_options
+    from bgsvc.inference.providers import CPU, CUDA, provider_options
+
+    runtime = runtime_options(settings)
+    providers = [CUDA, CPU] if on_gpu else [CPU]
+    try:
+        graphs = EdgeGraphs(
+            providers, provider_options(providers, runtime.gpu), session_options(runtime)
+        )
+    except Exception as exc:  # ORT's own error types; the CPU kernels do the same work
+        log.warning("edge step: the ONNX graphs could not be built (%s); on the CPU", exc)
+        return None
+    log.info("edge step: ONNX graphs on %s", graphs.providers[0])
+    return graphs
+
+
 async def _load_models(
     state: AppState, loader: EngineLoader, on_failure: Callable[[], None]
 ) -> None:
@@ -74,6 +95,11 @@ async def _load_models(
         log.error("model load failed: %s", exc.message)
         on_failure()
         return
+    if state.settings.edge_step == "graph":
+        on_gpu = any(_on_gpu(engine) for engine in engines.values())
+        graphs = await anyio.to_thread.run_sync(_edge_graphs, state.settings, on_gpu)
+        if graphs is not None:
+            state.remover.edge_step = graphs
     state.engines.update(engines)
     for name, engine in engines.items():
         seconds = getattr(engine, "load_seconds", None)

@@ -519,6 +519,17 @@ class Settings(BaseSettings):
         "semitransparency); false: the photo's colour unless a request asks.",
         json_schema_extra=_in(OUTPUT),
     )
+    edge_step: Literal["cpu", "graph"] = Field(
+        # The graphs exist for GPU hosts, where the device is idle between forward passes
+        # and the CPU is not: on the CPU provider they take 2-13x numba's time.
+        default="cpu",
+        description="Where the edge step's full-resolution work runs (the guided "
+        "enlargement of the matte and the last pass of the colour estimate): cpu, compiled "
+        "kernels in the stage threads; graph, two ONNX graphs in ONNX Runtime, on the "
+        "model's GPU when the model runs on CUDA or TensorRT, else on ONNX Runtime's CPU "
+        "provider. Both give the same result within one level.",
+        json_schema_extra=_in(OUTPUT),
+    )
     max_edge: int = Field(
         default=2048,
         ge=64,

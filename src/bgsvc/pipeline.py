@@ -76,12 +76,32 @@ class RemovalResult:
     cache: str | None = None
 
 
+class EdgeStep(Protocol):
+    """The edge step's two full-resolution calls, with imaging.edges' contracts: that
+    module itself (the CPU), or inference.edge_graph.EdgeGraphs (ONNX graphs, for a GPU)."""
+
+    def upscale_matte(
+        self, matte: np.ndarray, guide: np.ndarray, *, refine: bool = ..., work_edge: int = ...
+    ) -> np.ndarray: ...
+
+    def decontaminate(
+        self,
+        pixels: np.ndarray,
+        alpha: np.ndarray,
+        *,
+        work_edge: int = ...,
+        out: np.ndarray | None = ...,
+    ) -> np.ndarray: ...
+
+
 class Remover:
     """The synchronous pipeline stages; each runs in a worker thread under the service."""
 
     def __init__(self, engines: dict[str, Predictor], settings: Settings) -> None:
         self.engines = engines
         self.settings = settings
+        # Replaced by the lifespan when BGSVC_EDGE_STEP asks for the graphs.
+        self.edge_step: EdgeStep = edges
         self._formats = frozenset(settings.allowed_formats)
         self._encode = EncodeSettings(
             png_encoder=settings.png_encoder,
@@ -221,7 +241,7 @@ class Remover:
         self, image: DecodedImage, matte: np.ndarray, options: RemovalOptions
     ) -> np.ndarray:
         """The engine's matte at the result's size, refined along the photo's edges."""
-        return edges.upscale_matte(
+        return self.edge_step.upscale_matte(
             matte, image.pixels, refine=self.refines(options), work_edge=self.settings.max_edge
         )
 
@@ -266,9 +286,10 @@ class Remover:
         if not self.decontaminates(options):
             return None
         work_edge = self.settings.max_edge
+        step = self.edge_step
 
         def recolour(pixels: np.ndarray, mask: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-            return edges.decontaminate(pixels, mask, work_edge=work_edge, out=out)
+            return step.decontaminate(pixels, mask, work_edge=work_edge, out=out)
 
         return recolour
 

@@ -149,3 +149,35 @@ def test_service_defaults_for_the_edge_step_are_what_a_request_may_override(  # 
     assert not np.array_equal(
         np.asarray(open_image(default_plain.content)), np.asarray(open_image(default_full.content))
     )
+
+
+def test_the_edge_step_run_as_onnx_graphs_serves_what_the_cpu_kernels_do(
+    make_client: Callable[..., TestClient],
+) -> None:
+    # BGSVC_EDGE_STEP=graph is meant for a GPU; on ORT's CPU provider here, it must give
+    # the same cutout, soft edges and estimated colour included, within a level.
+    from bgsvc.inference.edge_graph import EdgeGraphs
+    from bgsvc.state import AppState
+
+    h, w = 480, 640
+    yy, xx = np.mgrid[0:h, 0:w]
+    subject = np.clip((150 - np.hypot(xx - w / 2, yy - h / 2)) / 20, 0, 1)[..., None]
+    photo = subject * np.array([230, 120, 60]) + (1 - subject) * np.array([30, 200, 40])
+    buf = io.BytesIO()
+    Image.fromarray(photo.astype(np.uint8)).save(buf, "PNG")
+    body = buf.getvalue()
+
+    cutouts = {}
+    for step in ("cpu", "graph"):
+        client = make_client(edge_step=step)
+        state: AppState = client.app.state.bgsvc  # type: ignore[attr-defined]
+        assert isinstance(state.remover.edge_step, EdgeGraphs) == (step == "graph")
+        response = client.post("/remove-background", files={"file": body})
+        assert response.status_code == 200, response.text
+        cutouts[step] = np.asarray(open_image(response.content)).astype(int)
+    diff = np.abs(cutouts["graph"] - cutouts["cpu"])
+    assert diff.max() <= 2
+    assert np.mean(diff <= 1) >= 0.999
+    # Soft pixels were there to refine and recolour.
+    alpha = cutouts["cpu"][..., 3]
+    assert np.count_nonzero((alpha > 10) & (alpha < 245)) > 1000
