@@ -138,3 +138,12 @@ def test_headers_are_the_class_defaults_then_the_callers() -> None:
     # One instance's headers are its own: the class defaults stay as they were.
     UploadTimedOut("slow").headers["X-Extra"] = "1"
     assert UploadTimedOut("slow").headers == {"Connection": "close"}
+
+
+def test_a_recorded_code_tells_whose_failure_it_was() -> None:
+    from bgsvc.errors import status_of
+
+    assert status_of("invalid_video") == 400
+    assert status_of("job_expired") == 410
+    assert status_of("job_timeout") == status_of("internal_error") == 500
+    assert status_of("no_such_code") == 500

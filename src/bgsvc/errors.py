@@ -546,3 +546,15 @@ class LimitsUnavailable(LimitsError):
 
     def __init__(self, message: str, *, retry_after: int | None = 2) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+def status_of(code: str) -> int:
+    """The HTTP status of the error type whose stable code this is (500 for a code none
+    has): what an error recorded by a code alone (a job's) says of whose failure it was."""
+    found: list[type[BgsvcError]] = [BgsvcError]
+    while found:
+        cls = found.pop()
+        if cls.__dict__.get("code") == code:
+            return cls.status
+        found.extend(cls.__subclasses__())
+    return 500

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bgsvc.config import Settings
+from bgsvc.inference.loader import load_engines
 from bgsvc.jobs import progress
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
 from bgsvc.jobs.runner import JobRunner
@@ -189,6 +191,40 @@ def test_a_cut_video_whose_end_is_missing_fails_and_keeps_the_frames_its_segment
     assert done["error"]["code"] == "invalid_video"
     assert 0 < done["frames_done"] < 30
     assert a.credits_left() == QUOTA - done["frames_done"]
+
+
+class FailingEngine:
+    """The tiny model, failing (a service error: a 500) from its ``after``-th pass on."""
+
+    def __init__(self, inner: Any, after: int) -> None:
+        self.inner, self.after, self.name, self.passes = inner, after, inner.name, 0
+
+    def predict(self, rgb: Any) -> np.ndarray:
+        self.passes += 1
+        if self.passes > self.after:
+            raise RuntimeError("the device went away")
+        result: np.ndarray = self.inner.predict(rgb)
+        return result
+
+
+def test_a_cut_video_that_the_service_fails_gives_every_credit_back(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+) -> None:
+    # Its file was fine: as for a video run whole, a failure of the service's costs the
+    # tenant nothing, though a segment's frames went through the model.
+    def loader(settings: Settings) -> Mapping[str, Any]:
+        return {n: FailingEngine(e, after=12) for n, e in load_engines(settings).items()}
+
+    # One segment at a time: the first runs whole before the model fails.
+    a, _ = tenants(
+        video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1, max_concurrency=1, loader=loader
+    )
+    files = {"file": ("clip.mp4", clip("mp4", frames=20), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "22"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
+    assert done["frames_done"] >= 8  # the first segment ran whole
+    assert a.credits_left() == QUOTA
 
 
 @pytest.mark.parametrize("fmt", ["zip", "mov"])

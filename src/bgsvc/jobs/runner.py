@@ -376,12 +376,13 @@ class JobRunner:
         error = cut_video.failure(record, segments)
         if error is None:
             return cut_video.part_loaders(backends.results, segments)
-        # The frames that ran are what the video keeps of its credits, and shows.
+        # What ran shows; it keeps those credits only when its file failed it.
         done = cut_video.frames_of(segments)
         total = max(done, record.frames_total or 0)
+        kept = cut_video.kept_credits(error, segments)
         await self.ends.settle(lambda: backends.jobs.progress(record.id, self.owner, done, total))
         await self.ends.end(
-            backends, record, JobStatus.FAILED, time.monotonic(), error=error, kept=done
+            backends, record, JobStatus.FAILED, time.monotonic(), error=error, kept=kept
         )
         return None
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from bgsvc.errors import JobExpired
+from bgsvc.errors import JobExpired, status_of
 from bgsvc.jobs.base import JobStore
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
 from bgsvc.storage import ResultStore
@@ -70,6 +70,13 @@ def failure(record: JobRecord, segments: list[JobRecord]) -> JobError | None:
         return failed.error
     what = "expired" if failed is None else failed.status.value
     return JobError(JobExpired.code, f"A segment of the video {what}.")
+
+
+def kept_credits(error: JobError, segments: list[JobRecord]) -> int:
+    """The credits a cut video that failed keeps: its segments' frames when its file
+    failed it (a 4xx: a broken part, or it expired waiting), none when the service did
+    (a 5xx, an attempt past its time), as a video run whole gives back."""
+    return frames_of(segments) if status_of(error.code) < 500 else 0
 
 
 def part_loaders(results: ResultStore, segments: list[JobRecord]) -> Parts:
