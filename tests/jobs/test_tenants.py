@@ -412,6 +412,33 @@ def test_an_idempotent_retry_finds_its_job_when_the_share_is_full(
     assert (again.status_code, again.json()["id"]) == (202, first["id"])
 
 
+def test_an_idempotent_retry_finds_its_job_when_the_quota_is_spent(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+    photos: list[bytes],
+    hold_sync: Callable[[TestClient], list[Ticket]],
+) -> None:
+    # The retry is not a new job: it costs nothing, so an empty quota does not refuse it.
+    a, b = tenants()
+    hold_sync(a.client)
+    key = {"Idempotency-Key": "paid-once"}
+    first = a.submit(photos[0], headers=key).json()
+    limits = a.client.app.state.limits  # type: ignore[attr-defined]
+    a.client.portal.call(limits.consume_quota, "a", QUOTA, QUOTA - 1)  # type: ignore[union-attr]
+    assert a.credits_left() == 0
+    again = a.submit(photos[0], headers=key)
+    assert (again.status_code, again.json()["id"]) == (202, first["id"])
+    assert again.headers["X-Credits-Charged"] == "0"
+    assert a.submit(photos[1]).status_code == 402  # a new job still pays
+    unknown = a.submit(photos[1], headers={"Idempotency-Key": "never-sent"})
+    assert (unknown.status_code, unknown.json()["code"]) == (402, "quota_exceeded")
+    assert unknown.headers["X-Credits-Charged"] == "0"
+    # Another image under the key is refused as before, and B's same key is B's own.
+    assert a.submit(photos[2], headers=key).json()["code"] == "idempotency_key_reused"
+    theirs = b.submit(photos[0], headers=key)
+    assert theirs.status_code == 202 and theirs.json()["id"] != first["id"]
+    assert theirs.headers["X-Credits-Charged"] == "1"
+
+
 def test_credits_are_refunded_only_within_the_month_they_were_charged_in() -> None:
     refunds: list[tuple[str, int]] = []
 

@@ -66,10 +66,14 @@ def scope_needed(path: str) -> str | None:
 CHARGED_POSTS = REMOVE_PATHS | {"/jobs", "/batches"}
 
 
-def credits_of(method: str, path: str, query: bytes) -> int:
+def credits_of(method: str, path: str, query: bytes, headers: Headers) -> int:
     """Credits a request costs before its body is read: one per image it asks for. A batch
     is charged its first image here and the rest once its items are counted
-    (:meth:`AuthContext.charge`), before anything is queued."""
+    (:meth:`AuthContext.charge`), before anything is queued. A job with an Idempotency-Key
+    is charged by its route, once it knows the key names no job yet: a retry of a job
+    already paid for costs nothing, even with the quota spent."""
+    if method == "POST" and path == "/jobs" and "idempotency-key" in headers:
+        return 0
     if method == "POST" and path in CHARGED_POSTS:
         return 1
     if method == "GET" and path == "/api/remove" and query:
@@ -261,7 +265,9 @@ class AuthMiddleware:
                     retry_after=max(1, decision.retry_after_s),
                     headers=rate_limit_headers(decision, removebg=removebg),
                 )
-        cost = credits_of(scope["method"], scope["path"], scope.get("query_string", b""))
+        cost = credits_of(
+            scope["method"], scope["path"], scope.get("query_string", b""), Headers(scope=scope)
+        )
         if cost and key.quota is not None:
             quota = await limits.consume_quota(key.name, key.quota, cost)
             if not quota.allowed:

@@ -54,6 +54,11 @@ class JobStore(Protocol):
         False instead (whatever the room). NoRoom when there is none."""
         ...
 
+    async def find_idempotent(self, key: str, tenant: str | None, client: str) -> JobRecord | None:
+        """The job this idempotency key names for ``tenant`` (for ``client``, the address,
+        when there is no tenant), as ``create`` would find it; None if none."""
+        ...
+
     async def tenant_unfinished(self, tenant: str) -> int:
         """How many of ``tenant``'s jobs are queued or running."""
         ...

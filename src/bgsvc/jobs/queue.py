@@ -173,12 +173,30 @@ class JobQueue:
         if not created:
             await anyio.to_thread.run_sync(backends.results.delete, record.input_key)
             if stored.fingerprint != record.fingerprint:
-                raise IdempotencyKeyReused(
-                    "This Idempotency-Key was used for another image, other options or another "
-                    "callback_url."
-                )
+                raise _key_reused()
         self.wake.set()
         return stored, created
+
+    async def find_idempotent(
+        self,
+        key: str,
+        data: bytes,
+        options: dict[str, Any],
+        *,
+        client: str,
+        callback_url: str | None,
+        tenant: str | None = None,
+    ) -> JobRecord | None:
+        """The job an earlier submission with this Idempotency-Key made (None if none yet),
+        found before anything is charged or stored; IdempotencyKeyReused when that
+        submission sent something else."""
+        backends = await self.open(create=False)
+        if backends is None:
+            return None
+        found = await backends.jobs.find_idempotent(key, tenant, client)
+        if found is not None and found.fingerprint != fingerprint(data, options, callback_url):
+            raise _key_reused()
+        return found
 
     @property
     def room(self) -> Room:
@@ -290,3 +308,9 @@ class JobQueue:
     async def aclose(self) -> None:
         if self.backends is not None:
             await self.backends.jobs.close()
+
+
+def _key_reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        "This Idempotency-Key was used for another image, other options or another callback_url."
+    )

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from bgsvc.errors import InvalidParameter, MissingImage, WebhooksDisabled
 from bgsvc.imaging.video import is_video
 from bgsvc.inference.registry import select
+from bgsvc.jobs.model import JobRecord
 from bgsvc.jobs.notify import check_callback_url
 from bgsvc.jobs.runtime import Jobs
 from bgsvc.options import RemovalOptions
@@ -99,8 +100,27 @@ async def submit_job(
         # Fetched now, not by the worker: a refused or broken URL is the submitter's 400.
         data = await fetch_url_image(request, str(url), "image_url", admit=True)
     jobs = jobs_of(request)
+    options = params.model_dump(mode="json")
+    client = request.client.host if request.client else ""
+    if idempotency_key is not None:
+        # A retry gets its job before anything is charged: at the end of a quota, the job
+        # it paid for, not a 402.
+        found = await jobs.queue.find_idempotent(
+            idempotency_key,
+            data,
+            options,
+            client=client,
+            callback_url=callback_url,
+            tenant=tenant_of(request),
+        )
+        if found is not None:
+            return _accepted(found)
     context = auth_of(request)
     metered = context is not None and context.metered
+    if context is not None:
+        # The credit the auth layer holds back for a request with a key: taken now, before
+        # any header is probed, as it is for a request without one.
+        await context.charge(1)
     frames: int | None = None
     if metered or is_video(data):
         # A credit a frame, charged at submission like the job's own credit. A video's
@@ -111,19 +131,25 @@ async def submit_job(
         await context.charge(frames)
     record, created = await jobs.queue.submit(
         data,
-        params.model_dump(mode="json"),
-        client=request.client.host if request.client else "",
+        options,
+        client=client,
         idempotency_key=idempotency_key,
         callback_url=callback_url,
         tenant=tenant_of(request),
         credits=0 if context is None else context.charged,
     )
     if not created and context is not None:
-        await context.refund()  # the job it names was charged when it was submitted
+        # Its job was made between the lookup above and now (two retries at once): it
+        # was charged when it was submitted.
+        await context.refund()
+    return _accepted(record)
+
+
+def _accepted(record: JobRecord) -> JSONResponse:
     status_url = f"/jobs/{record.id}"
     body = {
         "id": record.id,
-        "status": record.status.value,
+        "status": record.public_status,
         "status_url": status_url,
         "result_url": f"{status_url}/result",
     }

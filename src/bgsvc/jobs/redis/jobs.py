@@ -140,13 +140,16 @@ class RedisJobs:
         return f"{self.prefix}tenant:{tenant}:open" if tenant is not None else ""
 
     def _idem(self, record: JobRecord) -> str:
-        # Per tenant; per client address only for jobs submitted without a key. The two
-        # never meet: key names hold no ':' and the marker differs.
         if record.idempotency_key is None:
             return ""
-        if record.tenant is not None:
-            return f"{self.prefix}idem:key:{record.tenant}:{record.idempotency_key}"
-        return f"{self.prefix}idem:addr:{record.client}:{record.idempotency_key}"
+        return self._idem_key(record.idempotency_key, record.tenant, record.client)
+
+    def _idem_key(self, key: str, tenant: str | None, client: str) -> str:
+        # Per tenant; per client address only for jobs submitted without a key. The two
+        # never meet: key names hold no ':' and the marker differs.
+        if tenant is not None:
+            return f"{self.prefix}idem:key:{tenant}:{key}"
+        return f"{self.prefix}idem:addr:{client}:{key}"
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[name](keys=keys, args=args)
@@ -255,6 +258,14 @@ class RedisJobs:
     @unavailable
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._run(lambda: self._read(job_id))
+
+    @unavailable
+    async def find_idempotent(self, key: str, tenant: str | None, client: str) -> JobRecord | None:
+        def find() -> JobRecord | None:
+            job_id = self.redis.get(self._idem_key(key, tenant, client))
+            return None if job_id is None else self._read(str(job_id))
+
+        return await self._run(find)
 
     @unavailable
     async def stats(self) -> QueueStats:

@@ -25,6 +25,21 @@ from bgsvc.jobs.sqlite.schema import TENANT_UNFINISHED, check_room, migrate, tra
 T = TypeVar("T")
 
 
+def _by_idempotency_key(
+    db: sqlite3.Connection, key: str, tenant: str | None, client: str
+) -> JobRecord | None:
+    # Idempotency keys are the tenant's own (the client address's without keys): another
+    # tenant's key of the same text is another job.
+    if tenant is not None:
+        where, who = "tenant = ?", tenant
+    else:
+        where, who = "tenant IS NULL AND client = ?", client
+    row = db.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE {where} AND idempotency_key = ?", (who, key)
+    ).fetchone()
+    return None if row is None else _record(row)
+
+
 def _record(row: sqlite3.Row) -> JobRecord:
     error = None
     if row["error_code"] is not None:
@@ -124,21 +139,14 @@ class SqliteJobStore:
 
         return await anyio.to_thread.run_sync(locked)
 
+    async def find_idempotent(self, key: str, tenant: str | None, client: str) -> JobRecord | None:
+        return await self._run(lambda db: _by_idempotency_key(db, key, tenant, client))
+
     async def create(self, record: JobRecord, room: Room) -> tuple[JobRecord, bool]:
         def existing(db: sqlite3.Connection) -> JobRecord | None:
             if record.idempotency_key is None:
                 return None
-            # Idempotency keys are the tenant's own (the client address's without keys):
-            # another tenant's key of the same text is another job.
-            if record.tenant is not None:
-                where, who = "tenant = ?", record.tenant
-            else:
-                where, who = "tenant IS NULL AND client = ?", record.client
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE {where} AND idempotency_key = ?",
-                (who, record.idempotency_key),
-            ).fetchone()
-            return None if row is None else _record(row)
+            return _by_idempotency_key(db, record.idempotency_key, record.tenant, record.client)
 
         def insert(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
             def create() -> tuple[JobRecord, bool]:
