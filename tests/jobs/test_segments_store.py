@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 import redis
 
+from bgsvc.jobs import segments as cut_video
 from bgsvc.jobs.base import JobStore, NoRoom, Room
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus, segment_id
+from bgsvc.jobs.queue import Backends, JobQueue
 from bgsvc.jobs.redis.codec import record_from
 from bgsvc.jobs.redis.reconcile import reconcile
 from bgsvc.jobs.redis.store import RedisJobStore
 from bgsvc.jobs.sqlite.store import SqliteJobStore
+from bgsvc.storage.filesystem import FilesystemStore
 from tests.jobs.test_store_migration import old_database
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
@@ -367,13 +370,17 @@ def test_a_video_cut_into_segments_takes_one_place_of_the_queue_room(backend: Ba
         store = backend.open()
         parent = await running_parent(store, tenant="acme")
         assert await store.split(parent.id, "runner-1", cut(parent, 3), frames_total=90)
+        # What the queue's early check reads says the same (the work counts every segment).
+        assert (await store.places(), (await store.stats()).unfinished) == (1, 3)
         room = Room(limit=2, per_tenant=2)
         await store.create(job("job_other", time.time(), tenant="zeta"), room)
+        assert await store.places() == 2
         with pytest.raises(NoRoom) as full:
             await store.create(job("job_third", time.time(), tenant="zeta"), room)
         assert (full.value.scope, full.value.unfinished) == ("queue", 2)
         # A segment running counts as its video, as one queued does.
         assert (await store.claim("runner-2", time.time())) is not None
+        assert await store.places() == 2
         with pytest.raises(NoRoom):
             await store.create(job("job_third", time.time(), tenant="zeta"), room)
 
@@ -575,5 +582,42 @@ def test_a_split_whose_messages_cannot_be_sent_is_done_and_repaired(
             assert sorted(await claim_all(store, "runner-1")) == segments
         finally:
             await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cut_videos_segments_take_no_room_from_another_tenants_submission(
+    tmp_path: Path,
+) -> None:
+    # The queue's early check (before an upload is written) must count as the store does:
+    # a video cut into 11 segments is one place of 10, not 11 of them.
+    async def scenario() -> None:
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        queue = JobQueue(
+            lambda: Backends(store, FilesystemStore(tmp_path / "results", 3600)),
+            lambda: True,
+            queue_limit=10,
+            queue_limit_per_key=5,
+            concurrency=1,
+            keep_originals=False,
+        )
+        video, _ = await queue.submit(
+            b"\x1aE\xdf\xa3 a video",
+            {},
+            client="",
+            idempotency_key=None,
+            callback_url=None,
+            tenant="a",
+        )
+        parent = await store.claim("runner-1", time.time())
+        assert parent is not None and parent.id == video.id
+        cuts: list[tuple[int, int | None]] = [(i * 13, (i + 1) * 13) for i in range(10)]
+        cuts.append((130, None))
+        assert await store.split(video.id, "runner-1", cut_video.segment_records(parent, cuts), 140)
+        _, created = await queue.submit(
+            b"a photo", {}, client="", idempotency_key=None, callback_url=None, tenant="b"
+        )
+        assert created
+        await store.close()
 
     asyncio.run(scenario())

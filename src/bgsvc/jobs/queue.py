@@ -222,9 +222,9 @@ class JobQueue:
     async def check_room(self, backends: Backends, tenant: str | None, jobs: int) -> None:
         """JobQueueFull unless the queue and the tenant's share have room for ``jobs`` more
         now. Advisory (two submissions may both pass it): the store's create decides."""
-        stats = await backends.jobs.stats()
-        if stats.unfinished + jobs > self.queue_limit:
-            raise self.full(NoRoom("queue", stats.unfinished), jobs)
+        taken = await backends.jobs.places()
+        if taken + jobs > self.queue_limit:
+            raise self.full(NoRoom("queue", taken), jobs)
         if tenant is not None:
             mine = await backends.jobs.tenant_unfinished(tenant)
             if mine + jobs > self.queue_limit_per_key:

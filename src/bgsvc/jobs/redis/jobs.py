@@ -107,6 +107,7 @@ class RedisJobs:
                 "FINISH",
                 "PROGRESS",
                 "CANCEL",
+                "PLACES",
                 "REISSUE",
                 "NOTE_RMID",
                 "EXPIRE",
@@ -266,6 +267,11 @@ class RedisJobs:
             return None if job_id is None else self._read(str(job_id))
 
         return await self._run(find)
+
+    @unavailable
+    async def places(self) -> int:
+        keys = [self._queued, self._running, self._waiting]
+        return int(await self._run(lambda: self._script("PLACES", keys, [f"{self.prefix}job:"])))
 
     @unavailable
     async def stats(self) -> QueueStats:

@@ -42,8 +42,8 @@ end
 # "full:tenant:<unfinished>". A video cut into segments takes one place, as it did when
 # submitted: its segments are queued with no room checked, and were each a place, one
 # key's few long videos would fill the queue past its share, for every other key.
-_ROOM = """
-local function room(queued, running, waiting, set, prefix, now, n, limit, per_tenant)
+_PLACES = """
+local function places(queued, running, waiting, prefix)
     local unfinished = redis.call('zcard', queued) + redis.call('zcard', running)
     for _, video in ipairs(redis.call('zrange', waiting, 0, -1)) do
         unfinished = unfinished + 1
@@ -53,6 +53,13 @@ local function room(queued, running, waiting, set, prefix, now, n, limit, per_te
             if status == 'queued' or status == 'running' then unfinished = unfinished - 1 end
         end
     end
+    return unfinished
+end
+"""
+
+_ROOM = """
+local function room(queued, running, waiting, set, prefix, now, n, limit, per_tenant)
+    local unfinished = places(queued, running, waiting, prefix)
     if unfinished + n > limit then return 'full:queue:' .. unfinished end
     if set ~= '' then
         local mine = open_count(set, prefix, now)
@@ -69,6 +76,7 @@ end
 # job the idempotency key already names (found first: a retry gets its job, room or not).
 CREATE = (
     _OPEN_COUNT
+    + _PLACES
     + _ROOM
     + """
 if KEYS[2] ~= '' then
@@ -94,6 +102,7 @@ return ''
 # list of objects, each with "id"). All jobs and the batch, or "full:..." and nothing.
 CREATE_BATCH = (
     _OPEN_COUNT
+    + _PLACES
     + _ROOM
     + """
 local jobs = cjson.decode(ARGV[6])
@@ -114,6 +123,10 @@ return ''
 
 # KEYS: the tenant's open jobs. ARGV: job key prefix, now.
 TENANT_UNFINISHED = _OPEN_COUNT + "return open_count(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
+
+# KEYS: queued, running, waiting. ARGV: job key prefix. The places of the queue's room that
+# are taken, as CREATE counts them.
+PLACES = _PLACES + "return places(KEYS[1], KEYS[2], KEYS[3], ARGV[1])"
 
 
 # KEYS: job, queued, running, heartbeats. ARGV: message_id, owner, hb, now, hb_timeout_ms,

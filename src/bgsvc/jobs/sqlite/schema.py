@@ -112,14 +112,16 @@ TENANT_UNFINISHED = (
 )
 
 
+# The queue's: a video cut into segments is one place, waiting or not, as it was when
+# submitted; its segments are queued with no room checked, and were each a place, one key's
+# few long videos would fill the queue past its share, for every other key.
+QUEUE_UNFINISHED = (
+    "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running', 'waiting') AND parent IS NULL"
+)
+
+
 def check_room(db: sqlite3.Connection, tenant: str | None, jobs: int, room: Room) -> None:
-    # The queue's: a video cut into segments is one place, waiting or not, as it was when
-    # submitted; its segments are queued with no room checked, and were each a place, one
-    # key's few long videos would fill the queue past its share, for every other key.
-    unfinished = db.execute(
-        "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running', 'waiting') "
-        "AND parent IS NULL"
-    ).fetchone()[0]
+    unfinished = db.execute(QUEUE_UNFINISHED).fetchone()[0]
     if unfinished + jobs > room.limit:
         raise NoRoom("queue", unfinished)
     if tenant is not None:

@@ -20,7 +20,13 @@ from bgsvc.jobs.base import QueueStats, Room
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus
 from bgsvc.jobs.sqlite.schema import BATCH_COLUMNS as _BATCH_COLUMNS
 from bgsvc.jobs.sqlite.schema import COLUMNS as _COLUMNS
-from bgsvc.jobs.sqlite.schema import TENANT_UNFINISHED, check_room, migrate, transaction
+from bgsvc.jobs.sqlite.schema import (
+    QUEUE_UNFINISHED,
+    TENANT_UNFINISHED,
+    check_room,
+    migrate,
+    transaction,
+)
 
 T = TypeVar("T")
 
@@ -179,6 +185,9 @@ class SqliteJobStore:
             return QueueStats(int(row[0] or 0), int(row[1] or 0), row[2])
 
         return await self._run(count)
+
+    async def places(self) -> int:
+        return await self._run(lambda db: int(db.execute(QUEUE_UNFINISHED).fetchone()[0]))
 
     async def tenant_unfinished(self, tenant: str) -> int:
         def count(db: sqlite3.Connection) -> int:
