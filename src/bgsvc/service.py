@@ -110,12 +110,12 @@ class RemovalService:
         return await self._in_pool(pool, lambda: self.remover.frame_count(data, options, frames))
 
     async def video_segments(
-        self, data: bytes, options: RemovalOptions
+        self, data: bytes, options: RemovalOptions, paid_frames: int | None = None
     ) -> tuple[list[Segment], int]:
         """How a job's video is cut, and its frames by the header's count: ranges of at
         most BGSVC_VIDEO_SEGMENT_PIXELS and BGSVC_VIDEO_SEGMENT_FRAMES each (a segment is
-        one attempt's work), the last running to the video's end. One range: not cut. Not a
-        video: none."""
+        one attempt's work), the last running to the video's end, or to ``paid_frames``
+        (what the job was charged). One range: not cut. Not a video: none."""
         if not is_video(data):
             return [], 0
         info = await self._in_pool(self._probes, lambda: self.remover.video_header(data, options))
@@ -127,9 +127,13 @@ class RemovalService:
                 settings.video_segment_frames,
             ),
         )
-        count = max(1, math.ceil(info.frames / per))
-        cuts = [(i * per, None if i == count - 1 else (i + 1) * per) for i in range(count)]
-        return cuts, info.frames
+        # The header read here is a second child's: one a decoder exploit runs could count
+        # more frames than the first one was charged for.
+        frames = info.frames if paid_frames is None else min(info.frames, paid_frames)
+        count = max(1, math.ceil(frames / per))
+        cuts: list[Segment] = [(i * per, (i + 1) * per) for i in range(count)]
+        cuts[-1] = (cuts[-1][0], paid_frames)
+        return cuts, frames
 
     async def _forward(
         self,
@@ -186,13 +190,15 @@ class RemovalService:
         progress: Progress | None = None,
         segment: Segment | None = None,
         parts: Parts | None = None,
+        paid_frames: int | None = None,
     ) -> RemovalResult:
         """Decode, infer and encode one request within the timeout (the request budget
         unless ``timeout_s`` says otherwise: jobs have their own); raises domain errors.
         ``scope`` names whose result cache it uses (the API key's name; None: the shared
         one, when keys are off); ``max_frames`` bounds an animation (None: a request's
         BGSVC_SYNC_MAX_FRAMES); ``progress`` hears of a video's frames as they finish;
-        ``segment`` and ``parts`` are a cut video's (VideoProcessor.process)."""
+        ``segment``, ``parts`` and ``paid_frames`` are a video job's
+        (VideoProcessor.process)."""
         timeout = self.timeout if timeout_s is None else timeout_s
         frames = self.max_frames if max_frames is None else max_frames
         try:
@@ -201,7 +207,7 @@ class RemovalService:
                     # Not cached: a video is a job's, run once, and far larger than a photo.
                     engine = self.remover.engine_for(options)
                     return await self.video.process(
-                        ticket, data, options, engine, progress, segment, parts
+                        ticket, data, options, engine, progress, segment, parts, paid_frames
                     )
                 return await self._process(ticket, data, options, scope, frames)
         except TimeoutError:

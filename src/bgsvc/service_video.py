@@ -101,11 +101,13 @@ class VideoProcessor:
         progress: Progress | None = None,
         segment: Segment | None = None,
         parts: Parts | None = None,
+        paid_frames: int | None = None,
     ) -> RemovalResult:
         """The video through the model and encoded; or, for a ``segment`` (its first and
         end frame), only those frames, encoded without audio: a part; or, given ``parts``
         (the segments' parts, in order), the parts joined into the whole video, with no
-        model run."""
+        model run. No more than ``paid_frames`` go through the model (what the job was
+        charged; None: as many as the header allows)."""
         fmt = check_video_options(options)
         mode = pixel_mode(options, fmt)
         settings = self.remover.settings
@@ -124,7 +126,7 @@ class VideoProcessor:
                 info, size = await self._header(child)
             timings = {"decode": time.perf_counter() - started}
             body, _frames = await self._frames(
-                ticket, child, info, size, options, mode, engine, progress, timings
+                ticket, child, info, size, options, mode, engine, progress, timings, paid_frames
             )
         finally:
             await child.close()
@@ -194,6 +196,7 @@ class VideoProcessor:
         engine: Predictor,
         progress: Progress | None,
         timings: dict[str, float],
+        paid_frames: int | None = None,
     ) -> tuple[bytes, int]:
         remover = self.remover
         staged = engine if isinstance(engine, StagedPredictor) else None
@@ -207,6 +210,9 @@ class VideoProcessor:
         # The child stops at the header's count and margin; a child a decoder exploit
         # runs would not, and every frame it sends costs this process a forward pass.
         allowed = video_limits(remover.settings).allowed_frames(info.frames)
+        if paid_frames is not None:
+            # The header was this child's; the charge, the probe's at submission.
+            allowed = min(allowed, paid_frames)
         if child.config.mode == "part":
             # A segment's count is its range's (the last one's: what the header leaves),
             # and its child is held to the range (the last one's: what the margin leaves

@@ -468,6 +468,23 @@ def test_a_child_that_sends_frames_without_end_is_stopped_at_the_frame_margin(
     assert client.get("/health").status_code == 200
 
 
+def test_a_run_child_that_counts_more_frames_than_were_charged_runs_no_more_than_were(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The probe at submission counted ten frames (twelve held); the child that runs the job,
+    # taken over by the file, says forty and sends them. The charge bounds the model's work.
+    hostile_run_child(monkeypatch, "whole")
+    a, _ = tenants()
+    files = {"file": ("clip.mp4", clip("mp4", frames=10), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "12"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] in ("failed", "succeeded"))
+    assert done["status"] == "failed" and done["error"]["code"] == "video_too_large"
+    assert 0 < done["frames_done"] <= 12
+    assert QUOTA - a.credits_left() == done["frames_done"]
+
+
 def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
 ) -> None:

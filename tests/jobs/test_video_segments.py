@@ -20,7 +20,7 @@ from bgsvc.inference.loader import load_engines
 from bgsvc.jobs import progress
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
 from bgsvc.jobs.runner import JobRunner
-from tests.jobs.conftest import jobs_of, wait_status
+from tests.jobs.conftest import jobs_of, state_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
 from tests.jobs.test_video_jobs import hostile_run_child, run_video, submit_video
 from tests.routes.test_errors import gated_loader
@@ -122,6 +122,26 @@ def test_a_video_of_small_frames_is_cut_by_its_frame_count_too(
     assert [s.frames_done for s in _segments(client, done["id"])] == [6, 6, 6, 2]
     frames, _ = decode(result.content, alpha=True)
     assert len(frames) == done["frames_done"] == 20
+
+
+def test_a_video_is_cut_no_further_than_the_frames_its_job_paid_for(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # The cut reads the header again in a child of its own: were that child to count more
+    # frames than the probe at submission (a file that takes it over), the segments would
+    # still end where the charge does.
+    from bgsvc.options import RemovalOptions
+
+    client = jobs_client(video_segment_frames=6)
+    service = state_of(client).service
+    data, options = clip("mp4", frames=20), RemovalOptions(format="webm")
+
+    async def cut(paid: int | None) -> tuple[list[tuple[int, int | None]], int]:
+        return await service.video_segments(data, options, paid)
+
+    assert client.portal.call(cut, None) == ([(0, 6), (6, 12), (12, 18), (18, None)], 20)  # type: ignore[union-attr]
+    assert client.portal.call(cut, 14) == ([(0, 6), (6, 12), (12, 14)], 14)  # type: ignore[union-attr]
+    assert client.portal.call(cut, 22) == ([(0, 6), (6, 12), (12, 18), (18, 22)], 20)  # type: ignore[union-attr]
 
 
 def test_a_segment_is_no_job_a_client_can_see_or_delete(

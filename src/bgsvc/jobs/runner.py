@@ -304,6 +304,7 @@ class JobRunner:
                         progress=progress.report,
                         segment=segment,
                         parts=parts,
+                        paid_frames=record.credits or None,
                     )
                     key = result_key(record, result.output.format)
                     # Published whole before the record says succeeded: no reader ever
@@ -356,9 +357,8 @@ class JobRunner:
     async def _split(
         self, backends: Backends, record: JobRecord, data: bytes, options: RemovalOptions
     ) -> bool:
-        """Cut a video longer than one segment into segment jobs (the parent then waits
-        for them); False when it is not a video, or one segment's worth."""
-        cuts, frames = await self.service.video_segments(data, options)
+        """Cut a video into segment jobs (the parent waits for them); False: not cut."""
+        cuts, frames = await self.service.video_segments(data, options, record.credits or None)
         if len(cuts) < 2:
             return False
         segments = cut_video.segment_records(record, cuts)
