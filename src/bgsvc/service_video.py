@@ -315,8 +315,9 @@ class VideoProcessor:
             # The header's count was an estimate (duration x rate): the real one stands.
             await progress(done, done)
         started = time.perf_counter()
+        most = max_result_bytes(size, done, remover.settings.video_child_memory_bytes)
         with span("encode"):
-            result = await child.receive(_max_result_bytes(size, done))
+            result = await child.receive(most)
         if result.kind != "D":
             raise InvalidVideo(f"The video encoder answered {result.kind!r}.")
         timings["encode"] = time.perf_counter() - started
@@ -327,9 +328,12 @@ class VideoProcessor:
         return result.payload, done
 
 
-def _max_result_bytes(size: tuple[int, int], frames: int) -> int:
-    # Uncompressed RGBA and then some: no encoding of these frames is larger.
-    return 64 * 1024 * 1024 + size[0] * size[1] * 5 * max(1, frames)
+def max_result_bytes(size: tuple[int, int], frames: int, child_memory: int) -> int:
+    """The largest encoded video a child may send back: uncompressed RGBA and then some
+    (no encoding of these frames is larger), and never more than the child's own memory
+    (it encodes in memory), where one a decoder exploit runs could announce gigabytes
+    for this process to read (a 1080p video's 900 frames allow 9.4 GB by pixels)."""
+    return min(64 * 1024 * 1024 + size[0] * size[1] * 5 * max(1, frames), child_memory)
 
 
 async def together(steps: list[Awaitable[Any]]) -> list[Any]:

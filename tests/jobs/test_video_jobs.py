@@ -485,6 +485,22 @@ def test_a_run_child_that_counts_more_frames_than_were_charged_runs_no_more_than
     assert QUOTA - a.credits_left() == done["frames_done"]
 
 
+def test_a_child_that_announces_a_result_past_its_bounds_is_not_read(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1 GiB announced for three 16x16 frames: refused unread, and the file's fault (it
+    # was reported as a decode that ran out of time, since this process kills the child).
+    hostile_run_child(monkeypatch, "huge_result")
+    client = jobs_client(job_max_attempts=1)
+    job = submit_video(client, clip("mp4"))
+    done = wait_status(client, job["id"], ("failed",), timeout=20)
+    assert done["error"]["code"] == "invalid_video"
+    # The bound is the child's own memory wherever the frames' pixels would allow more.
+    gib = 1024**3
+    assert service_video.max_result_bytes((1920, 1080), 900, 2 * gib) == 2 * gib
+    assert service_video.max_result_bytes((16, 16), 3, 2 * gib) < 65 * 1024**2
+
+
 def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
 ) -> None:

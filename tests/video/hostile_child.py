@@ -56,6 +56,15 @@ def main(mode: str) -> None:
             protocol.write(outbox, "S", {"skipped": 16})
     protocol.write(outbox, "I", {"info": INFO, "size": [16, 16]})
     frame = bytes(16 * 16 * 3)
+    if mode == "huge_result":
+        # Its frames as asked, then a result it says is 1 GiB (it never sends it).
+        for index in range(3):
+            protocol.write(outbox, "F", {"index": index}, frame)
+        protocol.write(outbox, "N", {"frames": 3})
+        outbox.write(protocol.HEAD.pack(b"D", 0, 1 << 30))
+        outbox.flush()
+        threading.Event().wait(30)
+        return
     index = 0
     while mode == "endless":
         protocol.write(outbox, "F", {"index": index}, frame)

@@ -286,12 +286,15 @@ class MediaChild:
             raise VideoTimedOut(
                 f"The video decoder gave no answer within {self.timeout:g} s."
             ) from None
-        except (asyncio.IncompleteReadError, ValueError, UnicodeDecodeError):
+        except (asyncio.IncompleteReadError, ValueError, UnicodeDecodeError) as exc:
             self.kill()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self.proc.wait()
-            raise _exit_error(self.proc.returncode) from None
+            if isinstance(exc, asyncio.IncompleteReadError):
+                raise _exit_error(self.proc.returncode) from None
+            # Killed here, for what it sent: not a decode that ran out of time.
+            raise InvalidVideo("The video decoder sent a message past its bounds.") from None
         message = protocol.Message(kind, meta, payload)
         if kind == "E":
             raise _error(message)
