@@ -638,7 +638,12 @@ class Settings(BaseSettings):
     )
 
     job_timeout_s: float = Field(
-        default=60.0,
+        # Room for the largest animation a job takes (BGSVC_JOB_MAX_FRAMES) on a CPU without
+        # AMX: 80 small GIF frames ran past 60 s on every attempt of a 2-core AMD EPYC
+        # (OpenVINO bf16, about 1 s a forward pass), and failed after three minutes of model
+        # work. A stuck attempt is ended sooner by its own deadlines (the model's watchdog,
+        # the media child's step limit); a dead node's jobs by their lease.
+        default=300.0,
         gt=0,
         description="Hard limit on one attempt of a job; beyond it, a retry (after the last "
         "attempt, job_timeout).",
@@ -646,7 +651,8 @@ class Settings(BaseSettings):
     )
     job_max_frames: int = Field(
         # At the per-frame cost behind BGSVC_SYNC_MAX_FRAMES (0.23-0.25 s), 80 frames take
-        # about 19 s: under a third of a job's 60 s attempt.
+        # about 19 s; at 1-1.7 s a frame (a CPU without AMX: bf16, or ONNX Runtime f32) up
+        # to 136 s, within a job's attempt (BGSVC_JOB_TIMEOUT_S).
         default=80,
         ge=1,
         description="Most frames of an animation a job takes (BGSVC_SYNC_MAX_FRAMES for a "
@@ -688,9 +694,9 @@ class Settings(BaseSettings):
     )
     video_segment_pixels: int = Field(
         # 30 frames of 720p (13 of 1080p): a 720p frame took 0.86 s end to end on a busy
-        # 2-core machine (benchmarks/video.py), so a segment takes about 26 s of a job's
-        # 60 s alone, and stays within it while three share the cores (benchmarks/
-        # video_fleet.py: 60-frame segments timed out on 3 nodes of one machine).
+        # 2-core machine (benchmarks/video.py), so a segment takes about 26 s alone, and
+        # stayed within the 60 s attempt of the time while three shared the cores
+        # (benchmarks/video_fleet.py: 60-frame segments timed out on 3 nodes of one machine).
         default=30 * 1280 * 720,
         ge=1,
         description="A video job with more pixels over its frames than this, or more frames "
