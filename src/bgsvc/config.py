@@ -438,11 +438,12 @@ class Settings(BaseSettings):
         json_schema_extra=_in(ADMISSION),
     )
     sync_max_frames: int = Field(
-        # A frame of a 480x320 clip costs 0.23-0.25 s on the default model on 2 CPU cores,
-        # one request at a time (benchmarks/animated.py, quiet machine; the model ~0.18 s
-        # of it): 25 frames take about 6 s, a fifth of the 30 s request budget, which
-        # leaves room for each frame's pass to queue behind other requests' on a busy node.
-        default=25,
+        # A frame of a 480x320 clip costs 0.23-0.25 s on the default model on 2 Xeon cores
+        # with AMX, one request at a time (benchmarks/animated.py, quiet machine), and
+        # 0.8 s on 2 AMD EPYC cores without it (bf16): 25 frames took 20-21 s there, two
+        # thirds of the 30 s request budget with nothing else running; 12 took 9.7-10.1 s,
+        # a third, which leaves room for each frame's pass to queue behind other requests'.
+        default=12,
         ge=1,
         description="Most frames of an animated GIF, WebP or PNG that POST /remove-background "
         "takes (each goes through the model); beyond it, or beyond BGSVC_MAX_PIXELS over all "

@@ -14,7 +14,7 @@ from tests.browser.test_page import result_bytes, upload, wait_state
 
 pytestmark = pytest.mark.browser
 
-# More than BGSVC_SYNC_MAX_FRAMES (25): POST /remove-background answers 413 too_many_frames.
+# More than BGSVC_SYNC_MAX_FRAMES (12): POST /remove-background answers 413 too_many_frames.
 FRAMES = 30
 
 
