@@ -473,12 +473,13 @@ class Settings(BaseSettings):
         json_schema_extra=_in(CLIENTS),
     )
     max_concurrent_uploads: int = Field(
-        # 8 x 25 MiB of bodies in flight, part of a worker's memory budget; behind nginx,
-        # which buffers bodies, a node receives each at once.
+        # (8 + 4) x 25 MiB of bodies in flight, part of a worker's memory budget; behind
+        # nginx, which buffers bodies, a node receives each at once.
         default=8,
         ge=1,
-        description="Removal and POST /jobs bodies received at once per process (each up to "
-        "BGSVC_MAX_UPLOAD_BYTES); beyond it, 429 overloaded.",
+        description="Removal bodies received at once per process (each up to "
+        "BGSVC_MAX_UPLOAD_BYTES), and half as many POST /jobs submissions, in places of their "
+        "own; beyond either, 429 overloaded.",
         json_schema_extra=_in(CLIENTS),
     )
     max_header_bytes: int = Field(

@@ -98,6 +98,10 @@ class AdmissionMiddleware:
         self.state = state
         settings = state.settings
         self.uploads = Places(settings.max_concurrent_uploads, "uploads")
+        # A job's submission holds its place to the end of the route, its video's header
+        # check included (up to BGSVC_VIDEO_STEP_TIMEOUT_S): in places of its own, slow
+        # submissions never take the places removal requests are received in.
+        self.submissions = Places(max(1, settings.max_concurrent_uploads // 2), "job uploads")
         self.batches = Places(settings.batch_max_intakes, "batch uploads", retry_after=5)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,7 +112,7 @@ class AdmissionMiddleware:
         if route in ADMITTED:
             await self._admit(scope, receive, send)
         elif route in UPLOADING:
-            await self._within(self.uploads, scope, receive, send)
+            await self._within(self.submissions, scope, receive, send)
         elif route in BATCH_INTAKE:
             await self._within(self.batches, scope, receive, send)
         else:

@@ -523,6 +523,35 @@ def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_r
     assert a.credits_left() == QUOTA - 3 - 7
 
 
+def test_video_submissions_whose_probes_hang_take_no_place_a_photo_needs(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, photo_png: bytes
+) -> None:
+    # A submission holds its place until its video's headers are read: one that keeps the
+    # probing child busy to its deadline must not leave removal requests without places.
+    hang = (sys.executable, "-c", "import time; time.sleep(60)")
+    real = pipeline.child_config
+    monkeypatch.setattr(
+        pipeline,
+        "child_config",
+        lambda *args, **kwargs: replace(real(*args, **kwargs), command=hang),
+    )
+    client = jobs_client(video_step_timeout_s=5, max_concurrent_uploads=2)
+    with ThreadPoolExecutor(2) as pool:
+        probes = []
+        for _ in range(2):
+            probes.append(pool.submit(post_video, client, clip("mp4")))
+            time.sleep(0.5)  # waiting on its child (or refused)
+        photos = [
+            client.post("/remove-background", files={"file": ("p.png", photo_png, "image/png")})
+            for _ in range(2)
+        ]
+        answers = sorted(p.result().status_code for p in probes)
+    # One submission place (half of two): the second is refused at once, and both
+    # places of the removal requests stayed theirs.
+    assert answers == [422, 429]
+    assert [p.status_code for p in photos] == [200, 200]
+
+
 def test_video_probes_that_hang_do_not_hold_back_other_tenants_photos(
     jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, photo_png: bytes
 ) -> None:
