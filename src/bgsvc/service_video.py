@@ -153,7 +153,12 @@ class VideoProcessor:
         child = await MediaChild.start(config, data)
         try:
             for load in parts:
-                await child.send("P", {}, await load())
+                part = await load()
+                # A header's count is at times an estimate (duration x rate) past the real
+                # one: a last segment that starts beyond the video's end succeeds with no
+                # frame, and its part is an empty file, which no demuxer opens.
+                if part:
+                    await child.send("P", {}, part)
             await child.send("Q", {})
             with span("encode"):
                 result = await child.receive(limit)

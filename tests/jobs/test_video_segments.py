@@ -144,6 +144,19 @@ def test_a_video_is_cut_no_further_than_the_frames_its_job_paid_for(
     assert client.portal.call(cut, 22) == ([(0, 6), (6, 12), (12, 18), (18, 22)], 20)  # type: ignore[union-attr]
 
 
+def test_a_video_whose_header_counts_a_frame_too_many_is_stitched_without_an_empty_part(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # This WebM's header gives no frame count; its duration x rate says 31 for 30 frames,
+    # so the last segment (frames 30 on) starts past the end and runs none.
+    client = jobs_client()
+    data = clip("webm", frames=30, audio=True, rate=13)
+    done, result = run_video(client, data)
+    assert [s.frames_done for s in _segments(client, done["id"])] == [30, 0]
+    frames, _ = decode(result.content, alpha=True)
+    assert len(frames) == done["frames_done"] == 30
+
+
 def test_a_segment_is_no_job_a_client_can_see_or_delete(
     jobs_client: Callable[..., TestClient],
 ) -> None:

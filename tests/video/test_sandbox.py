@@ -129,6 +129,23 @@ def test_a_probe_answer_past_the_limits_or_broken_is_the_files_4xx(
     assert probe(config(answering({"info": INFO, "size": [64, 48]}), timeout=10), clip("mp4"))
 
 
+def test_a_child_answer_nested_past_the_parser_is_an_invalid_video() -> None:
+    # 200,000 brackets fit the header's size limit; json raises RecursionError on them,
+    # which is no ValueError: it escaped as a server error (a 500, a job's full refund).
+    script = (
+        "import sys\n"
+        "from bgsvc.video import protocol\n"
+        "protocol.read(sys.stdin.buffer, 0); protocol.read(sys.stdin.buffer, 1 << 30)\n"
+        "meta = b'[' * 200000\n"
+        "sys.stdout.buffer.write(protocol.HEAD.pack(b'I', len(meta), 0) + meta)\n"
+        "sys.stdout.buffer.flush()\n"
+    )
+    command = (sys.executable, "-c", script)
+    with pytest.raises(InvalidVideo):
+        probe(config(command, timeout=10), clip("mp4"))
+    first_answer_fails(command, InvalidVideo)
+
+
 def test_a_probe_that_hangs_is_killed_at_the_deadline() -> None:
     started = time.monotonic()
     with pytest.raises(VideoTimedOut):

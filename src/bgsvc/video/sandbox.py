@@ -182,7 +182,8 @@ def probe(config: ChildConfig, data: bytes) -> tuple[VideoInfo, tuple[int, int]]
 
         start = protocol.HEAD.size
         meta = json.loads(out[start : start + meta_len]) if meta_len else {}
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser goes, which no child writes.
         raise _exit_error(returncode) from None
     message = protocol.Message(kind, meta)
     if kind == "E":
@@ -286,7 +287,7 @@ class MediaChild:
             raise VideoTimedOut(
                 f"The video decoder gave no answer within {self.timeout:g} s."
             ) from None
-        except (asyncio.IncompleteReadError, ValueError, UnicodeDecodeError) as exc:
+        except (asyncio.IncompleteReadError, ValueError, UnicodeDecodeError, RecursionError) as exc:
             self.kill()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
