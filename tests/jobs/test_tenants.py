@@ -30,6 +30,7 @@ from bgsvc.jobs.queue import JobQueue
 from bgsvc.outbound.signing import generate_secret
 from tests.conftest import encode_image, subject_image
 from tests.jobs.conftest import jobs_of, state_of
+from tests.outbound.servers import serve
 
 PEPPER = "tenant-test-pepper-0123456789"
 QUOTA = 1000
@@ -418,7 +419,7 @@ def test_an_idempotent_retry_finds_its_job_when_the_quota_is_spent(
     hold_sync: Callable[[TestClient], list[Ticket]],
 ) -> None:
     # The retry is not a new job: it costs nothing, so an empty quota does not refuse it.
-    a, b = tenants()
+    a, b = tenants(url_inputs=True, outbound_allow="127.0.0.1")
     hold_sync(a.client)
     key = {"Idempotency-Key": "paid-once"}
     first = a.submit(photos[0], headers=key).json()
@@ -432,6 +433,17 @@ def test_an_idempotent_retry_finds_its_job_when_the_quota_is_spent(
     unknown = a.submit(photos[1], headers={"Idempotency-Key": "never-sent"})
     assert (unknown.status_code, unknown.json()["code"]) == (402, "quota_exceeded")
     assert unknown.headers["X-Credits-Charged"] == "0"
+    # A key that names no job is refused before anything is read or fetched for it.
+    with serve(
+        {"/photo.png": lambda h: h.reply(200, photos[1], {"Content-Type": "image/png"})}
+    ) as server:
+        by_url = a.client.post(
+            "/jobs",
+            data={"image_url": f"{server.base_url}/photo.png"},
+            headers={**a.headers, "Idempotency-Key": "by-url"},
+        )
+        assert (by_url.status_code, by_url.json()["code"]) == (402, "quota_exceeded")
+        assert server.seen == []
     # Another image under the key is refused as before, and B's same key is B's own.
     assert a.submit(photos[2], headers=key).json()["code"] == "idempotency_key_reused"
     theirs = b.submit(photos[0], headers=key)

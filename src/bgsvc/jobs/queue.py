@@ -178,25 +178,14 @@ class JobQueue:
         return stored, created
 
     async def find_idempotent(
-        self,
-        key: str,
-        data: bytes,
-        options: dict[str, Any],
-        *,
-        client: str,
-        callback_url: str | None,
-        tenant: str | None = None,
+        self, key: str, *, client: str, tenant: str | None = None
     ) -> JobRecord | None:
         """The job an earlier submission with this Idempotency-Key made (None if none yet),
-        found before anything is charged or stored; IdempotencyKeyReused when that
-        submission sent something else."""
+        found before anything is read, charged or stored (check_retry then compares)."""
         backends = await self.open(create=False)
         if backends is None:
             return None
-        found = await backends.jobs.find_idempotent(key, tenant, client)
-        if found is not None and found.fingerprint != fingerprint(data, options, callback_url):
-            raise _key_reused()
-        return found
+        return await backends.jobs.find_idempotent(key, tenant, client)
 
     @property
     def room(self) -> Room:
@@ -314,3 +303,11 @@ def _key_reused() -> IdempotencyKeyReused:
     return IdempotencyKeyReused(
         "This Idempotency-Key was used for another image, other options or another callback_url."
     )
+
+
+def check_retry(
+    record: JobRecord, data: bytes, options: dict[str, Any], callback_url: str | None
+) -> None:
+    """IdempotencyKeyReused unless a retry sends what made ``record``."""
+    if record.fingerprint != fingerprint(data, options, callback_url):
+        raise _key_reused()

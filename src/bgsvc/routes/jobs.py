@@ -13,6 +13,7 @@ from bgsvc.imaging.video import is_video
 from bgsvc.inference.registry import select
 from bgsvc.jobs.model import JobRecord
 from bgsvc.jobs.notify import check_callback_url
+from bgsvc.jobs.queue import check_retry
 from bgsvc.jobs.runtime import Jobs
 from bgsvc.options import RemovalOptions
 from bgsvc.routes.common import (
@@ -86,6 +87,20 @@ async def submit_job(
     limit = settings.max_upload_bytes
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise InvalidParameter("Idempotency-Key: 1 to 255 printable ASCII characters.")
+    jobs = jobs_of(request)
+    client = request.client.host if request.client else ""
+    context = auth_of(request)
+    earlier = None
+    if idempotency_key is not None:
+        # A retry gets its job without being charged: at the end of a quota, the job it
+        # paid for, not a 402.
+        earlier = await jobs.queue.find_idempotent(
+            idempotency_key, client=client, tenant=tenant_of(request)
+        )
+    if earlier is None and context is not None:
+        # The credit the auth layer takes before a body is read (it leaves it to this
+        # route when a key may name an earlier job): a refused request costs no read.
+        await context.charge(1)
     upload = capped_request(request, limit, "upload")
     data, form = await read_upload(upload, ("file", "image_file"))
     url = form.pop("image_url", None) or request.query_params.get("image_url")
@@ -99,28 +114,11 @@ async def submit_job(
     if data is None:
         # Fetched now, not by the worker: a refused or broken URL is the submitter's 400.
         data = await fetch_url_image(request, str(url), "image_url", admit=True)
-    jobs = jobs_of(request)
     options = params.model_dump(mode="json")
-    client = request.client.host if request.client else ""
-    if idempotency_key is not None:
-        # A retry gets its job before anything is charged: at the end of a quota, the job
-        # it paid for, not a 402.
-        found = await jobs.queue.find_idempotent(
-            idempotency_key,
-            data,
-            options,
-            client=client,
-            callback_url=callback_url,
-            tenant=tenant_of(request),
-        )
-        if found is not None:
-            return _accepted(found)
-    context = auth_of(request)
+    if earlier is not None:
+        check_retry(earlier, data, options, callback_url)
+        return _accepted(earlier)
     metered = context is not None and context.metered
-    if context is not None:
-        # The credit the auth layer holds back for a request with a key: taken now, before
-        # any header is probed, as it is for a request without one.
-        await context.charge(1)
     frames: int | None = None
     if metered or is_video(data):
         # A credit a frame, charged at submission like the job's own credit. A video's
