@@ -32,7 +32,8 @@ class Cluster:
     def __init__(self, config: ClusterConfig) -> None:
         self.redis: RedisServer | None = None
         if config.redis:
-            port = config.redis_port or free_port(config.host)
+            taken = {spec.port for spec in config.nodes} | {config.listen_port, config.tls_port}
+            port = config.redis_port or free_port(config.host, taken)
             self.redis = RedisServer(config.host, port, config.run_dir)
             config = replace(config, env={**config.env, "BGSVC_REDIS_URL": self.redis.url})
         self.config = config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import socket
+from collections.abc import Collection
 from pathlib import Path
 
 from bgsvc.cluster.common import ChildProcess, ClusterError
@@ -38,10 +39,16 @@ def check_client() -> None:
         )
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str, taken: Collection[int] = ()) -> int:
+    """A port nobody listens on now, other than ``taken``: ports chosen for the nodes but
+    not listened on yet are free to the kernel too, and it hands a just-closed one out
+    again (a fleet test once drew its Redis port from its own nodes')."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 class RedisServer(ChildProcess):
