@@ -35,8 +35,11 @@ def jobs_mode(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 @pytest.fixture
 def jobs_client(
-    make_client: Callable[..., TestClient], data_dir: Path, jobs_mode: dict[str, Any]
+    jobs_mode: dict[str, Any], make_client: Callable[..., TestClient], data_dir: Path
 ) -> Callable[..., TestClient]:
+    # jobs_mode first: fixtures end in the reverse order they started, so its Redis stops
+    # after the apps. The other way round, an app whose runner was still ending a job found
+    # Redis gone, retried the write and held its shutdown for its 30 s grace.
     def factory(**overrides: Any) -> TestClient:
         return make_client(**{"data_dir": data_dir, **jobs_mode, **overrides})
 
