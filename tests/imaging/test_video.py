@@ -22,18 +22,21 @@ LIMITS = VideoLimits(
 )
 
 
+# A header's fields as a child reports them: 10 frames of 64x48 at 25 fps.
+INFO: dict[str, object] = {
+    "width": 64,
+    "height": 48,
+    "frames": 10,
+    "duration_s": 0.4,
+    "rate_num": 25,
+    "rate_den": 1,
+    "rotation": 0,
+    "codec": "h264",
+}
+
+
 def info(**changes: object) -> VideoInfo:
-    values: dict[str, object] = {
-        "width": 64,
-        "height": 48,
-        "frames": 10,
-        "duration_s": 0.4,
-        "rate_num": 25,
-        "rate_den": 1,
-        "rotation": 0,
-        "codec": "h264",
-    }
-    values.update(changes)
+    values = {**INFO, **changes}
     return VideoInfo(**values)  # type: ignore[arg-type]
 
 

@@ -523,11 +523,8 @@ def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_r
     assert a.credits_left() == QUOTA - 3 - 7
 
 
-def test_video_submissions_whose_probes_hang_take_no_place_a_photo_needs(
-    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, photo_png: bytes
-) -> None:
-    # A submission holds its place until its video's headers are read: one that keeps the
-    # probing child busy to its deadline must not leave removal requests without places.
+def hanging_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every video's probing child sleeps past its deadline (as one a file keeps busy)."""
     hang = (sys.executable, "-c", "import time; time.sleep(60)")
     real = pipeline.child_config
     monkeypatch.setattr(
@@ -535,6 +532,14 @@ def test_video_submissions_whose_probes_hang_take_no_place_a_photo_needs(
         "child_config",
         lambda *args, **kwargs: replace(real(*args, **kwargs), command=hang),
     )
+
+
+def test_video_submissions_whose_probes_hang_take_no_place_a_photo_needs(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, photo_png: bytes
+) -> None:
+    # A submission holds its place until its video's headers are read: one that keeps the
+    # probing child busy to its deadline must not leave removal requests without places.
+    hanging_probes(monkeypatch)
     client = jobs_client(video_step_timeout_s=5, max_concurrent_uploads=2)
     with ThreadPoolExecutor(2) as pool:
         probes = []
@@ -558,13 +563,7 @@ def test_video_probes_that_hang_do_not_hold_back_other_tenants_photos(
     # Headers that keep the probing child busy to its deadline (a file built to, or a
     # decoder exploit): the serving process only waits for the child, and that wait
     # must not take the stage threads every photo's decode needs.
-    hang = (sys.executable, "-c", "import time; time.sleep(60)")
-    real = pipeline.child_config
-    monkeypatch.setattr(
-        pipeline,
-        "child_config",
-        lambda *args, **kwargs: replace(real(*args, **kwargs), command=hang),
-    )
+    hanging_probes(monkeypatch)
     client = jobs_client(video_step_timeout_s=3)
     with ThreadPoolExecutor(2) as pool:
         # As many as the stage threads (two at least).

@@ -17,6 +17,7 @@ import pytest
 
 from bgsvc.errors import InvalidVideo, VideoTimedOut, VideoTooLarge
 from bgsvc.video.sandbox import ChildConfig, MediaChild, probe
+from tests.imaging.test_video import INFO
 from tests.videos import clip
 
 LIMITS = {
@@ -81,18 +82,6 @@ def test_a_probe_child_that_dies_before_answering_is_an_invalid_video(
     # Not a server error: a file that crashes the decoder is the file's fault.
     with pytest.raises(InvalidVideo, match=r"signal|status"):
         probe(config(command), clip("mp4"))
-
-
-INFO = {
-    "width": 64,
-    "height": 48,
-    "frames": 10,
-    "duration_s": 0.4,
-    "rate_num": 25,
-    "rate_den": 1,
-    "rotation": 0,
-    "codec": "h264",
-}
 
 
 def answering(meta: dict[str, object]) -> tuple[str, ...]:
