@@ -695,11 +695,13 @@ class Settings(BaseSettings):
         json_schema_extra=_in(VIDEO),
     )
     video_segment_pixels: int = Field(
-        # 30 frames of 720p (13 of 1080p): a 720p frame took 0.86 s end to end on a busy
-        # 2-core machine (benchmarks/video.py), so a segment takes about 26 s alone, and
-        # stayed within the 60 s attempt of the time while three shared the cores
-        # (benchmarks/video_fleet.py: 60-frame segments timed out on 3 nodes of one machine).
-        default=30 * 1280 * 720,
+        # 30 frames of 1080p (7 of 4K): a segment is one attempt's work, and each costs a
+        # media child's start and a decode from a key frame (about 0.45 s of CPU, measured
+        # on 1080p): 13-frame segments of 1080p, sized for the 60 s attempts of the time,
+        # spent 92 ms of the child's CPU a frame against 58 with 30 (benchmarks/RESULTS.md).
+        # A 1080p frame takes about 1.1 s on a 2-core CPU without AMX, so a segment takes
+        # 35 s alone and about 100 s while three nodes share the cores, within the attempt.
+        default=30 * 1920 * 1080,
         ge=1,
         description="A video job with more pixels over its frames than this, or more frames "
         "than BGSVC_VIDEO_SEGMENT_FRAMES, is cut into segments of at most this many pixels "
