@@ -501,6 +501,33 @@ def test_a_child_that_announces_a_result_past_its_bounds_is_not_read(
     assert service_video.max_result_bytes((16, 16), 3, 2 * gib) < 65 * 1024**2
 
 
+def test_a_cut_whose_header_counts_more_frames_than_were_charged_ends_where_the_charge_does(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cut reads the header in a child of its own; one the file takes over counts forty
+    # frames for the ten charged at submission (twelve held). Were the job's charge not
+    # passed to the cut, it would queue seven segments of model work for twelve credits.
+    from bgsvc.jobs.segments import SEGMENT_OPTION
+    from tests.jobs.test_video_segments import _segments
+
+    real = pipeline.Remover.video_header
+    monkeypatch.setattr(
+        pipeline.Remover,
+        "video_header",
+        lambda self, data, options: replace(real(self, data, options), frames=40),
+    )
+    a, _ = tenants(video_segment_frames=6)
+    files = {"file": ("clip.mp4", clip("mp4", frames=10), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "12"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] in ("failed", "succeeded"))
+    assert done["status"] == "succeeded" and done["frames_done"] == 10
+    segments = _segments(a.client, done["id"])
+    assert [s.options[SEGMENT_OPTION] for s in segments] == [[0, 6], [6, 12]]
+    assert QUOTA - a.credits_left() == 10
+
+
 def test_a_video_whose_header_undercounts_its_frames_pays_for_every_frame_that_ran(
     tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
 ) -> None:
