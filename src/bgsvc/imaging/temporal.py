@@ -145,7 +145,10 @@ class TemporalSmoother:
             else:
                 weight = self._weight(residual)
                 out = np.empty_like(matte)
-                _blend(matte, prev_out, flow, weight, self.matte_levels, out)
+                # A flow that is zero everywhere (off, or holding still explained every
+                # pixel) is not interpolated per pixel.
+                moving = self.motion and bool(flow.any())
+                _blend(matte, prev_out, flow, weight, self.matte_levels, moving, out)
         self._grey, self._out = grey, out
         return out
 
@@ -279,12 +282,14 @@ def _blend(
     flow: np.ndarray,
     weight: np.ndarray,
     levels: tuple[float, float],
+    moving: bool,
     out: np.ndarray,
 ) -> None:
     """out = k * prev(x + flow) + (1 - k) * matte per full-size pixel, k the photo's weight
     times the matte's trust in the history; the weight and the flow enlarged bilinearly
-    from the analysis grid (pixel centres aligned) and the previous output sampled
-    bilinearly, clamped at the border."""
+    from the analysis grid (pixel centres aligned) and the previous output sampled at the
+    nearest pixel, clamped at the border. ``moving`` False: the flow is zero everywhere
+    and is not read."""
     big_h, big_w = matte.shape
     h, w = weight.shape
     sx = w / big_w
@@ -302,11 +307,9 @@ def _blend(
     xsf = np.arange(big_w).astype(np.float32)
     # One full-size row's analysis values interpolated vertically (the weight and the
     # displacement in full-size pixels), then per pixel: the weight and where to sample.
-    # Kept apart from the sampling loop so that this one has no branch and vectorises.
     row = np.empty((3, w + 1), np.float32)
     ks = np.empty(big_w, np.float32)
-    pxs = np.empty(big_w, np.float32)
-    pys = np.empty(big_w, np.float32)
+    ps = np.empty(big_w, np.float32)
     inv_sx = np.float32(1.0 / sx)
     inv_sy = np.float32(1.0 / sy)
     last_x = np.float32(big_w - 1)
@@ -320,47 +323,36 @@ def _blend(
         fy = np.float32(v - y0)
         for i in range(w):
             row[0, i] = (one - fy) * weight[y0, i] + fy * weight[y1, i]
-            row[1, i] = ((one - fy) * flow[y0, i, 0] + fy * flow[y1, i, 0]) * inv_sx
-            row[2, i] = ((one - fy) * flow[y0, i, 1] + fy * flow[y1, i, 1]) * inv_sy
-        row[:, w] = row[:, w - 1]
-        fyy = np.float32(y)
+        row[0, w] = row[0, w - 1]
         for x in range(big_w):
             i = x0s[x]
-            fx = fxs[x]
-            ks[x] = row[0, i] + fx * (row[0, i + 1] - row[0, i])
-            px = xsf[x] + row[1, i] + fx * (row[1, i + 1] - row[1, i])
-            py = fyy + row[2, i] + fx * (row[2, i + 1] - row[2, i])
-            pxs[x] = min(max(px, zero), last_x)
-            pys[x] = min(max(py, zero), last_y)
+            ks[x] = max(row[0, i] + fxs[x] * (row[0, i + 1] - row[0, i]), zero)
+        if moving:
+            for i in range(w):
+                row[1, i] = ((one - fy) * flow[y0, i, 0] + fy * flow[y1, i, 0]) * inv_sx
+                row[2, i] = ((one - fy) * flow[y0, i, 1] + fy * flow[y1, i, 1]) * inv_sy
+            row[1, w] = row[1, w - 1]
+            row[2, w] = row[2, w - 1]
+            fyy = np.float32(y)
+            for x in range(big_w):
+                i = x0s[x]
+                fx = fxs[x]
+                px = xsf[x] + row[1, i] + fx * (row[1, i + 1] - row[1, i])
+                py = fyy + row[2, i] + fx * (row[2, i + 1] - row[2, i])
+                # Where the flow was zeroed (holding still explains the photo), this is
+                # the same pixel: rounding an integer position keeps it.
+                px = min(max(px, zero), last_x)
+                py = min(max(py, zero), last_y)
+                ps[x] = np.float32(prev[int(py + half), int(px + half)])
+        else:
+            for x in range(big_w):
+                ps[x] = np.float32(prev[y, x])
+        # No branch per pixel, so that this loop vectorises: where k is 0 or the history
+        # equals the matte, the sum is the matte's value plus a half, truncated back.
         for x in range(big_w):
-            k = ks[x]
-            m = matte[y, x]
-            if k <= zero:
-                out[y, x] = m
-                continue
-            px = pxs[x]
-            py = pys[x]
-            if px == xsf[x] and py == fyy:
-                # No motion here (the flow was zeroed where holding still explains the
-                # photo): the previous output at the same pixel, no interpolation.
-                a8 = prev[y, x]
-                if a8 == m:
-                    out[y, x] = m
-                    continue
-                mf = np.float32(m)
-                p = np.float32(a8)
-                trust = min(max((span + d0 - abs(p - mf)) / span, zero), one)
-                k = k * trust
-                out[y, x] = np.uint8(k * p + (one - k) * mf + half)
-                continue
-            a8 = prev[int(py + half), int(px + half)]
-            if a8 == m:
-                out[y, x] = m
-                continue
-            p = np.float32(a8)
-            mf = np.float32(m)
+            m = np.float32(matte[y, x])
+            p = ps[x]
             # The history is trusted less the further it is from the new matte: a change
             # the photo's residual missed still wins, and the output never strays far.
-            trust = min(max((span + d0 - abs(p - mf)) / span, zero), one)
-            k = k * trust
-            out[y, x] = np.uint8(k * p + (one - k) * mf + half)
+            trust = min(max((span + d0 - abs(p - m)) / span, zero), one)
+            out[y, x] = np.uint8(m + ks[x] * trust * (p - m) + half)
