@@ -85,3 +85,42 @@ def test_a_finish_whose_reply_was_lost_is_answered_as_done_when_retried(
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_message_fetched_as_redis_fails_is_claimed_once_redis_answers(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # Redis goes between taking the message and the claim script: the record is still
+    # queued and its message held by this live consumer, which dramatiq never redelivers
+    # and the repair does not see as lost (a fleet's batch kept an item queued for good).
+    store = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
+    record = JobRecord(
+        id="job_fetched",
+        status=JobStatus.QUEUED,
+        created_at=time.time(),
+        options={},
+        input_key="jobs/job_fetched/original",
+        fingerprint="f",
+    )
+    script = store._script
+
+    def down(name: str, keys: list[str], args: list[object]) -> object:
+        if name == "CLAIM":
+            raise redis.ConnectionError("Redis went away")
+        return script(name, keys, args)
+
+    async def scenario() -> None:
+        await store.create(record, Room(10, 10))
+        store._script = down  # type: ignore[method-assign]
+        with pytest.raises(Exception, match="unavailable"):
+            await store.claim("runner-1", time.time())
+        store._script = script  # type: ignore[method-assign]
+        queued = await store.get("job_fetched")
+        assert queued is not None and queued.status is JobStatus.QUEUED
+        assert reconcile(store, older_than_s=0) == 0
+        claimed = await store.claim("runner-1", time.time())
+        assert claimed is not None and claimed.id == "job_fetched"
+        assert claimed.status is JobStatus.RUNNING
+        await store.close()
+
+    asyncio.run(scenario())

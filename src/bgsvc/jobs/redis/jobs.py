@@ -125,6 +125,10 @@ class RedisJobs:
         self._consumer_lock = threading.Lock()
         # The messages of the jobs this process runs, to ack when they end.
         self._inflight: dict[str, MessageProxy] = {}
+        # Messages fetched whose claim Redis did not answer: still held by this consumer
+        # (dramatiq redelivers a message only when its consumer dies), so claimed first
+        # next time rather than left queued for as long as this process lives.
+        self._unclaimed: list[MessageProxy] = []
 
     @property
     def broker_id(self) -> str:
@@ -305,23 +309,27 @@ class RedisJobs:
         def claim() -> JobRecord | None:
             # Stale or duplicate messages are acked and skipped; a few per call at most.
             for _ in range(16):
-                proxy = self._fetch()
+                proxy = self._unclaimed.pop(0) if self._unclaimed else self._fetch()
                 if proxy is None:
                     return None
                 job_id = str(proxy.args[0])
-                outcome = self._script(
-                    "CLAIM",
-                    [self._job(job_id), self._queued, self._running, self._heartbeats],
-                    [
-                        proxy.message_id,
-                        owner,
-                        self.broker_id,
-                        repr(now),
-                        self.heartbeat_timeout_ms,
-                        int(time.time() * 1000),
-                        job_id,
-                    ],
-                )
+                try:
+                    outcome = self._script(
+                        "CLAIM",
+                        [self._job(job_id), self._queued, self._running, self._heartbeats],
+                        [
+                            proxy.message_id,
+                            owner,
+                            self.broker_id,
+                            repr(now),
+                            self.heartbeat_timeout_ms,
+                            int(time.time() * 1000),
+                            job_id,
+                        ],
+                    )
+                except BaseException:
+                    self._unclaimed.append(proxy)
+                    raise
                 if outcome != "ok":
                     self._drop(proxy)
                     continue
