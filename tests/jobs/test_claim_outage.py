@@ -18,18 +18,22 @@ from tests.redis_server import RedisServer, redis_server  # noqa: F401
 pytestmark = pytest.mark.redis
 
 
+def _queued(job_id: str) -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        created_at=time.time(),
+        options={},
+        input_key=f"jobs/{job_id}/original",
+        fingerprint="f",
+    )
+
+
 def test_a_job_claimed_as_redis_fails_is_queued_again_by_the_repair(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     store = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
-    record = JobRecord(
-        id="job_claimed",
-        status=JobStatus.QUEUED,
-        created_at=time.time(),
-        options={},
-        input_key="jobs/job_claimed/original",
-        fingerprint="f",
-    )
+    record = _queued("job_claimed")
 
     def lost(job_id: str) -> JobRecord | None:
         raise redis.ConnectionError("Redis went away")
@@ -60,14 +64,7 @@ def test_a_finish_whose_reply_was_lost_is_answered_as_done_when_retried(
     # and must hear "yours, done" (so it removes the upload and sends the webhook), while
     # another runner's finish of the same job is still refused.
     store = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
-    record = JobRecord(
-        id="job_replayed",
-        status=JobStatus.QUEUED,
-        created_at=time.time(),
-        options={},
-        input_key="jobs/job_replayed/original",
-        fingerprint="f",
-    )
+    record = _queued("job_replayed")
 
     async def scenario() -> None:
         await store.create(record, Room(10, 10))
@@ -94,14 +91,7 @@ def test_a_message_fetched_as_redis_fails_is_claimed_once_redis_answers(
     # queued and its message held by this live consumer, which dramatiq never redelivers
     # and the repair does not see as lost (a fleet's batch kept an item queued for good).
     store = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
-    record = JobRecord(
-        id="job_fetched",
-        status=JobStatus.QUEUED,
-        created_at=time.time(),
-        options={},
-        input_key="jobs/job_fetched/original",
-        fingerprint="f",
-    )
+    record = _queued("job_fetched")
     script = store._script
 
     def down(name: str, keys: list[str], args: list[object]) -> object:
