@@ -29,6 +29,18 @@ def _queued(job_id: str) -> JobRecord:
     )
 
 
+async def _claim_fails_with(store: RedisJobStore, name: str, stand_in: object) -> None:
+    """One claim with the store's method ``name`` replaced by ``stand_in`` (Redis going
+    away at that step): it must say the queue is unavailable; the method is put back."""
+    real = getattr(store, name)
+    setattr(store, name, stand_in)
+    try:
+        with pytest.raises(Exception, match="unavailable"):
+            await store.claim("runner-1", time.time())
+    finally:
+        setattr(store, name, real)
+
+
 def test_a_job_claimed_as_redis_fails_is_queued_again_by_the_repair(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
@@ -40,11 +52,7 @@ def test_a_job_claimed_as_redis_fails_is_queued_again_by_the_repair(
 
     async def scenario() -> None:
         await store.create(record, Room(10, 10))
-        read = store._read
-        store._read = lost  # type: ignore[method-assign]
-        with pytest.raises(Exception, match="unavailable"):
-            await store.claim("runner-1", time.time())
-        store._read = read  # type: ignore[method-assign]
+        await _claim_fails_with(store, "_read", lost)
         running = await store.get("job_claimed")
         assert running is not None and running.status is JobStatus.RUNNING
         assert reconcile(store, older_than_s=0) == 1
@@ -101,10 +109,7 @@ def test_a_message_fetched_as_redis_fails_is_claimed_once_redis_answers(
 
     async def scenario() -> None:
         await store.create(record, Room(10, 10))
-        store._script = down  # type: ignore[method-assign]
-        with pytest.raises(Exception, match="unavailable"):
-            await store.claim("runner-1", time.time())
-        store._script = script  # type: ignore[method-assign]
+        await _claim_fails_with(store, "_script", down)
         queued = await store.get("job_fetched")
         assert queued is not None and queued.status is JobStatus.QUEUED
         assert reconcile(store, older_than_s=0) == 0
