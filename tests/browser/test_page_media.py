@@ -34,6 +34,38 @@ def moving_disc_gif(frames: int, size: tuple[int, int] = (96, 64)) -> bytes:
     return buf.getvalue()
 
 
+# The result loops while the test looks at it. Each wait polls the element's state with a
+# deadline instead of awaiting an event: the loop's own seek back to the start drops
+# readyState below HAVE_CURRENT_DATA for a moment, and "loadeddata" never fires twice, so
+# a wait for it begun in that moment would never end (Playwright's evaluate has no timeout).
+VIDEO_WAIT_MS = 20_000
+FIRST_FRAME_PIXELS = """async (video, waitMs) => {
+    const until = async (what, ok) => {
+        const deadline = performance.now() + waitMs;
+        while (!ok()) {
+            if (performance.now() > deadline) {
+                throw new Error(`video never ${what}: readyState ${video.readyState}, ` +
+                    `seeking ${video.seeking}, currentTime ${video.currentTime}, ` +
+                    `error ${video.error && video.error.code}`);
+            }
+            await new Promise((tick) => setTimeout(tick, 20));
+        }
+    };
+    await until("had a frame", () => video.readyState >= 2);
+    video.pause();
+    video.currentTime = 0;
+    await until("showed its first frame",
+        () => !video.seeking && video.readyState >= 2 && video.currentTime === 0);
+    const canvas = document.createElement("canvas");
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(video, 0, 0);
+    const at = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data);
+    return { size: [video.videoWidth, video.videoHeight], corner: at(2, 2), box: at(36, 32) };
+}"""
+
+
 def test_an_animation_beyond_the_request_frame_limit_goes_through_a_job(page: Any) -> None:
     requests: list[str] = []
     page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
@@ -62,24 +94,7 @@ def test_a_video_runs_as_a_job_and_its_cutout_plays_with_alpha(page: Any) -> Non
     # Chromium plays the WebM (VP9 with alpha) and, drawn on a canvas, its alpha is there.
     # The tiny model's matte is sigmoid(8 x mean brightness): about 92 on the blue ground
     # and 196 on the yellow box (a video without alpha would be 255 everywhere).
-    pixels = after.evaluate(
-        """async (video) => {
-            if (video.readyState < 2) {
-                await new Promise((ok) => video.addEventListener("loadeddata", ok, { once: true }));
-            }
-            video.pause();
-            video.currentTime = 0;
-            await new Promise((ok) => video.addEventListener("seeked", ok, { once: true }));
-            const canvas = document.createElement("canvas");
-            canvas.width = video.videoWidth;
-            canvas.height = video.videoHeight;
-            const ctx = canvas.getContext("2d");
-            ctx.drawImage(video, 0, 0);
-            const at = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data);
-            return { size: [video.videoWidth, video.videoHeight], corner: at(2, 2),
-                     box: at(36, 32), paused: video.paused };
-        }"""
-    )
+    pixels = after.evaluate(FIRST_FRAME_PIXELS, VIDEO_WAIT_MS)
     assert pixels["size"] == [96, 64]
     assert abs(pixels["corner"][3] - 92) <= 12, pixels
     assert abs(pixels["box"][3] - 196) <= 12, pixels
