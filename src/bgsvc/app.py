@@ -95,6 +95,14 @@ async def _load_models(
         log.error("model load failed: %s", exc.message)
         on_failure()
         return
+    except Exception as exc:
+        # Anything else (a dependency missing from the install, a broken driver) would
+        # otherwise end this task unseen and leave /ready at "loading model" for good.
+        # The body names only the type: /ready is reachable by whoever reaches the port.
+        state.load_error = f"{type(exc).__name__} (see the log)"
+        log.exception("model load failed")
+        on_failure()
+        return
     if state.settings.edge_step == "graph":
         on_gpu = any(_on_gpu(engine) for engine in engines.values())
         graphs = await anyio.to_thread.run_sync(_edge_graphs, state.settings, on_gpu)

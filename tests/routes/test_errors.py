@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bgsvc.app import create_app
 from bgsvc.config import Settings
 from bgsvc.errors import ModelError
 from bgsvc.inference.loader import load_engines
@@ -192,6 +193,29 @@ def test_failed_model_load_keeps_reporting_not_ready(make_client) -> None:  # ty
         time.sleep(0.01)
     r = client.get("/ready")
     assert r.status_code == 503 and "bgsvc models fetch" in r.json()["status"]
+
+
+def test_an_unexpected_error_while_loading_fails_the_start_instead_of_loading_for_ever(
+    make_settings, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    # A dependency missing from the install surfaces as an ImportError at start-up.
+    def broken(settings: Settings) -> Mapping[str, Predictor]:
+        raise ModuleNotFoundError("No module named 'rembg'")
+
+    failures: list[bool] = []
+    app = create_app(
+        make_settings(), engine_loader=broken, on_load_failure=lambda: failures.append(True)
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 5
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = client.get("/ready")
+    assert failures == [True]
+    assert r.status_code == 503
+    assert r.json()["status"] == "model failed to load: ModuleNotFoundError (see the log)"
+    (record,) = [rec for rec in caplog.records if rec.getMessage() == "model load failed"]
+    assert record.exc_info is not None and "rembg" in str(record.exc_info[1])
 
 
 def test_unexpected_error_is_a_generic_500_with_request_id(
