@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from benchmarks.images import BenchImage
-from benchmarks.limit import _engine, _tensors
+from benchmarks.limit import _tensors
 from benchmarks.load import Target, closed_loop
 from benchmarks.nodes import free_port
 from benchmarks.plan import cores, say
@@ -55,6 +55,20 @@ def choose_bench(available: Sequence[str], session_provider: str | None) -> Lite
     return "gpu" if CUDA in available and session_provider == CUDA else "cpu"
 
 
+def _engine() -> Any:
+    """The default model as a GPU host's service loads it (the engine factory with the
+    provider settings), without the wrapped graph: the bare forward pass. Not
+    benchmarks.limit's engine, which is the CPU's by design."""
+    from bgsvc.config import Settings
+    from bgsvc.inference.factory import load_engine
+    from bgsvc.inference.loader import runtime_options
+    from bgsvc.inference.registry import resolve
+
+    settings = Settings(graph_pipeline=False)
+    spec = resolve(settings.default_model, settings)
+    return load_engine(spec, spec.file_in(settings.model_dir), runtime_options(settings))
+
+
 def session_provider() -> tuple[list[str], str | None]:
     """ORT's providers and the one the service's session for the default model ran on
     (None when none could be loaded)."""
@@ -64,7 +78,7 @@ def session_provider() -> tuple[list[str], str | None]:
     if CUDA not in available:
         return available, None
     try:
-        engine = _engine(cores())
+        engine = _engine()
         providers: list[str] = list(engine.providers)
     except Exception as exc:  # a broken CUDA stack: the CPU bench still runs
         say(f"CUDA provider present but no session on it ({exc}); running the CPU bench")
@@ -75,7 +89,7 @@ def session_provider() -> tuple[list[str], str | None]:
 def bare_limit(image: BenchImage, threads: int, runs: int) -> dict[str, Any]:
     """``threads`` threads calling run() on one session, on one 2 MP JPEG preprocessed
     once: what the GPU does with no HTTP, decode or encode around it."""
-    engine = _engine(cores())
+    engine = _engine()
     (tensor,) = _tensors(engine, [image])
     for _ in range(3):  # cuDNN's algorithm search and first allocations
         engine.run(tensor)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from benchmarks.chaos import Outcome, summarise_chaos
@@ -242,8 +243,35 @@ def test_cpu_host_runs_the_cpu_bench_without_loading_a_session(
     from benchmarks import gpu
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    monkeypatch.setattr(gpu, "_engine", lambda threads: pytest.fail("no session on a CPU host"))
+    monkeypatch.setattr(gpu, "_engine", lambda: pytest.fail("no session on a CPU host"))
     assert gpu.choose_bench(*gpu.session_provider()) == "cpu"
+
+
+def test_cuda_host_runs_the_cuda_bench_on_the_engine_the_service_would_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnxruntime
+
+    from benchmarks import gpu
+    from bgsvc.inference import factory
+
+    loaded: list[Any] = []
+
+    class OnCuda:
+        providers: ClassVar[list[str]] = [gpu.CUDA, "CPUExecutionProvider"]
+
+    def load_engine(spec: Any, path: Any, runtime: Any) -> OnCuda:
+        loaded.append(runtime)
+        return OnCuda()
+
+    cuda_build = ["TensorrtExecutionProvider", gpu.CUDA, "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: cuda_build)
+    monkeypatch.setattr(factory, "load_engine", load_engine)
+    assert gpu.choose_bench(*gpu.session_provider()) == "gpu"
+    # The service's provider choice, not a CPU session (which sent a GPU host to the CPU
+    # bench), and the model's own forward pass, without the wrapped graph.
+    (runtime,) = loaded
+    assert runtime.provider == "auto" and runtime.graph_pipeline is False
 
 
 def test_cuda_plan_sends_every_client_several_requests_at_every_level() -> None:
