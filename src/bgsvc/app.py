@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
@@ -67,14 +67,15 @@ def _edge_graphs(settings: Settings, on_gpu: bool) -> EdgeStep | None:
     from bgsvc.inference.edge_graph import EdgeGraphs
     from bgsvc.inference.engine import session_options
     from bgsvc.inference.loader import runtime_options
-    from bgsvc.inference.providers import CPU, CUDA, provider_options
+    from bgsvc.inference.providers import CPU, CUDA, memory_limits, provider_options
 
     runtime = runtime_options(settings)
+    gpu = replace(
+        runtime.gpu, mem_limit_bytes=memory_limits(settings.cuda_mem_limit_bytes, True)[1]
+    )
     providers = [CUDA, CPU] if on_gpu else [CPU]
     try:
-        graphs = EdgeGraphs(
-            providers, provider_options(providers, runtime.gpu), session_options(runtime)
-        )
+        graphs = EdgeGraphs(providers, provider_options(providers, gpu), session_options(runtime))
     except Exception as exc:  # ORT's own error types; the CPU kernels do the same work
         log.warning("edge step: the ONNX graphs could not be built (%s); on the CPU", exc)
         return None
@@ -103,8 +104,9 @@ async def _load_models(
         log.exception("model load failed")
         on_failure()
         return
-    if state.settings.edge_step == "graph":
-        on_gpu = any(_on_gpu(engine) for engine in engines.values())
+    on_gpu = any(_on_gpu(engine) for engine in engines.values())
+    step = state.settings.edge_step
+    if step == "graph" or (step == "auto" and on_gpu):
         graphs = await anyio.to_thread.run_sync(_edge_graphs, state.settings, on_gpu)
         if graphs is not None:
             state.remover.edge_step = graphs
@@ -118,7 +120,7 @@ async def _load_models(
         state.metrics.engine_info.labels(
             name, choice["engine"], choice["precision"], choice["device"]
         ).set(1)
-    if any(_on_gpu(engine) for engine in engines.values()):
+    if on_gpu:
         from bgsvc.gpu_metrics import GpuCollector
 
         state.metrics.add_collector(GpuCollector())

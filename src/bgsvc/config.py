@@ -336,8 +336,10 @@ class Settings(BaseSettings):
     cuda_mem_limit_bytes: int = Field(
         default=0,
         ge=0,
-        description="CUDA arena limit in bytes; 0 means no limit. Unset under gunicorn with "
-        "several workers on one GPU: 80% of its memory shared out over them (docs/gpu.md).",
+        description="CUDA arena limit of one worker in bytes; 0 means no limit. Unset under "
+        "gunicorn with several workers on one GPU: 80% of its memory shared out over them. "
+        "With the edge step's graphs on the GPU, the model's session gets half and each "
+        "graph a quarter (docs/gpu.md).",
         json_schema_extra=_in(GPU),
     )
     io_binding: bool = Field(
@@ -521,15 +523,18 @@ class Settings(BaseSettings):
         "semitransparency); false: the photo's colour unless a request asks.",
         json_schema_extra=_in(OUTPUT),
     )
-    edge_step: Literal["cpu", "graph"] = Field(
-        # The graphs exist for GPU hosts, where the device is idle between forward passes
-        # and the CPU is not: on the CPU provider they take 2-13x numba's time.
-        default="cpu",
+    edge_step: Literal["auto", "cpu", "graph"] = Field(
+        # Measured on an H200: the graphs on CUDA took a fifth of the kernels' time for the
+        # enlargement and three fifths for the colour pass, and leave the host's cores to
+        # decoding and encoding; on ONNX Runtime's CPU provider they take 2-13x numba's.
+        default="auto",
         description="Where the edge step's full-resolution work runs (the guided "
-        "enlargement of the matte and the last pass of the colour estimate): cpu, compiled "
-        "kernels in the stage threads; graph, two ONNX graphs in ONNX Runtime, on the "
-        "model's GPU when the model runs on CUDA or TensorRT, else on ONNX Runtime's CPU "
-        "provider. Both give the same result within one level.",
+        "enlargement of the matte and the last pass of the colour estimate): auto, as "
+        "graph when the model runs on CUDA or TensorRT, else as cpu; cpu, compiled kernels "
+        "in the stage threads; graph, two ONNX graphs in ONNX Runtime, on the model's GPU "
+        "when the model runs on one, else on ONNX Runtime's CPU provider. Both give the "
+        "same result within one level; a call the graphs fail (device memory exhausted) "
+        "runs on the CPU kernels.",
         json_schema_extra=_in(OUTPUT),
     )
     max_edge: int = Field(

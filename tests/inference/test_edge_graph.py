@@ -171,6 +171,27 @@ def test_concurrent_calls_give_the_same_results(graphs: EdgeGraphs) -> None:
     assert all(np.array_equal(r, alone) for r in results)
 
 
+class FailingSession:
+    """An ORT session whose every run fails, as one out of device memory does."""
+
+    def run(self, outputs: Any, feeds: Any) -> Any:
+        raise RuntimeError("Failed to allocate memory for requested buffer of size 1600000000")
+
+
+def test_a_call_the_graphs_fail_runs_on_the_cpu_kernels_and_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = EdgeGraphs(["CPUExecutionProvider"], session_options=_options())
+    failing._upscale = failing._correct = FailingSession()
+    matte, photo = UPSCALE_CASES["busy 801x603, matte 1024"]()
+    alpha = failing.upscale(matte, photo)
+    assert np.array_equal(alpha, edges.upscale_matte(matte, photo))
+    assert np.array_equal(failing.decontaminate(photo, alpha), edges.decontaminate(photo, alpha))
+    assert failing.fallbacks == 2
+    warnings = [r for r in caplog.records if "ONNX graph failed" in r.getMessage()]
+    assert len(warnings) == 1 and "allocate memory" in warnings[0].getMessage()
+
+
 # The ops the graphs may use: ORT's CUDA provider registers each of these at opset 18
 # (docs/OperatorKernels.md) for the types used here. Conv and MatMul are left out on
 # purpose: cuDNN and cuBLAS may run them in TF32.

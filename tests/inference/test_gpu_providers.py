@@ -21,6 +21,7 @@ from bgsvc.inference.providers import (
     GpuOptions,
     check_provider_used,
     choose_providers,
+    memory_limits,
     provider_options,
 )
 from bgsvc.inference.registry import BUILTIN
@@ -141,6 +142,8 @@ def test_settings_reach_the_runtime_options(tmp_path: Path) -> None:
         cuda_cudnn_conv_algo_search="DEFAULT",
         cuda_arena_extend_strategy="kNextPowerOfTwo",
         cuda_mem_limit_bytes=123,
+        # The model's cap is the whole of it only with the edge step on the CPU.
+        edge_step="cpu",
         io_binding=False,
         gpu_fp16=False,
         tensorrt=True,
@@ -164,3 +167,16 @@ def test_settings_reach_the_runtime_options(tmp_path: Path) -> None:
         True,
     )
     assert gpu.tensorrt_cache_dir == tmp_path / ".prepared" / "trt"
+
+
+def test_with_the_edge_graphs_on_the_device_the_sessions_share_the_workers_cap(
+    tmp_path: Path,
+) -> None:
+    assert memory_limits(0, True) == (0, 0)  # a GPU of its own: no cap for anyone
+    assert memory_limits(8_000, False) == (8_000, 8_000)
+    model, graph = memory_limits(8_000, True)
+    assert (model, graph) == (4_000, 2_000)
+    assert model + 2 * graph <= 8_000
+    for step, expected in (("auto", 4_000), ("graph", 4_000), ("cpu", 8_000)):
+        settings = Settings(model_dir=tmp_path, cuda_mem_limit_bytes=8_000, edge_step=step)
+        assert runtime_options(settings).gpu.mem_limit_bytes == expected

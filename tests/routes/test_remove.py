@@ -151,6 +151,48 @@ def test_service_defaults_for_the_edge_step_are_what_a_request_may_override(  # 
     )
 
 
+@pytest.mark.parametrize(
+    ("step", "provider", "graphs_on"),
+    [
+        ("auto", "CPUExecutionProvider", None),
+        ("auto", "CUDAExecutionProvider", True),
+        ("auto", "TensorrtExecutionProvider", True),
+        ("cpu", "CUDAExecutionProvider", None),
+        ("graph", "CPUExecutionProvider", False),
+    ],
+)
+def test_the_edge_step_runs_as_graphs_by_default_only_where_the_model_runs_on_a_gpu(
+    make_client: Callable[..., TestClient],
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    provider: str,
+    graphs_on: bool | None,
+) -> None:
+    import sys
+
+    from bgsvc import app as app_module
+    from bgsvc.state import AppState
+    from tests.test_gpu_metrics import FakeNvml, on_provider
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml())
+    built: list[bool] = []
+    device_graphs = object()
+
+    def edge_graphs(settings: object, on_gpu: bool) -> object:
+        built.append(on_gpu)
+        return device_graphs
+
+    monkeypatch.setattr(app_module, "_edge_graphs", edge_graphs)
+    client = make_client(loader=on_provider(provider), edge_step=step)
+    state: AppState = client.app.state.bgsvc  # type: ignore[attr-defined]
+    if graphs_on is None:
+        assert built == []
+        assert state.remover.edge_step is not device_graphs
+    else:
+        assert built == [graphs_on]
+        assert state.remover.edge_step is device_graphs
+
+
 def test_the_edge_step_run_as_onnx_graphs_serves_what_the_cpu_kernels_do(
     make_client: Callable[..., TestClient],
 ) -> None:

@@ -41,6 +41,8 @@ Conv or MatMul: cuDNN and cuBLAS may run them in TF32, and the fit needs float32
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -50,6 +52,8 @@ from numba import njit
 
 from bgsvc.imaging import edges
 from bgsvc.imaging.opencv import cv2
+
+log = logging.getLogger(__name__)
 
 OPSET = 18
 _FLOAT = 1
@@ -324,6 +328,10 @@ class EdgeGraphs:
 
         self._upscale = session(upscale_model())
         self._correct = session(correct_model())
+        # Calls the graphs failed and the CPU kernels ran instead (device memory exhausted
+        # by a large photo, a driver fault): logged once, counted always.
+        self.fallbacks = 0
+        self._lock = threading.Lock()
         # numba compiles per array layout: a photo's copy, or the RGB of the cutout's RGBA.
         colour, alpha = np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.uint8)
         for out in (colour.copy(), np.zeros((1, 1, 4), np.uint8)[..., :3]):
@@ -354,7 +362,9 @@ class EdgeGraphs:
             "matte": np.ascontiguousarray(edges._resize(matte, grid)),
             "guide": np.ascontiguousarray(edges._resize(guide, grid)),
         }
-        alpha: np.ndarray = self._upscale.run(None, feeds)[0]
+        alpha = self._run(self._upscale, feeds)
+        if alpha is None:
+            return edges.upscale_matte(matte, guide, refine=refine, work_edge=work_edge)
         return alpha
 
     def correct(
@@ -398,5 +408,23 @@ class EdgeGraphs:
             "f_hat": np.ascontiguousarray(f_hat, np.float32),
             "b_hat": np.ascontiguousarray(b_hat, np.float32),
         }
-        colour: np.ndarray = self._correct.run(None, feeds)[0]
+        colour = self._run(self._correct, feeds)
+        if colour is None:
+            return edges.correct(pixels.copy(), pixels, alpha, f_hat, b_hat)
         return colour
+
+    def _run(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The graph's output, or None when ONNX Runtime failed the call."""
+        try:
+            out: np.ndarray = session.run(None, feeds)[0]
+            return out
+        except Exception as exc:  # ORT's own error types; the CPU kernels do the same work
+            with self._lock:
+                self.fallbacks += 1
+                first = self.fallbacks == 1
+            if first:
+                log.warning(
+                    "edge step: an ONNX graph failed (%s); such calls run on the CPU kernels",
+                    exc,
+                )
+            return None

@@ -10,7 +10,7 @@ from bgsvc.inference.base import BaseEngine
 from bgsvc.inference.engine import RuntimeOptions
 from bgsvc.inference.factory import load_engine
 from bgsvc.inference.prepare import prepared_dir
-from bgsvc.inference.providers import GpuOptions
+from bgsvc.inference.providers import GpuOptions, memory_limits
 from bgsvc.inference.registry import resolve
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             device_id=settings.cuda_device_id,
             cudnn_conv_algo_search=settings.cuda_cudnn_conv_algo_search,
             arena_extend_strategy=settings.cuda_arena_extend_strategy,
-            mem_limit_bytes=settings.cuda_mem_limit_bytes,
+            mem_limit_bytes=memory_limits(
+                settings.cuda_mem_limit_bytes, settings.edge_step != "cpu"
+            )[0],
             io_binding=settings.io_binding,
             fp16=settings.gpu_fp16,
             tensorrt=settings.tensorrt,

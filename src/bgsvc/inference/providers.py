@@ -67,6 +67,16 @@ def choose_providers(requested: str, available: list[str], *, tensorrt: bool = F
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+def memory_limits(limit: int, edge_graphs: bool) -> tuple[int, int]:
+    """(the model's, each edge graph's) CUDA arena cap out of a worker's ``limit`` (0: no
+    cap). With the edge step's two graphs on the device, the model keeps half and each
+    graph a quarter: the worker's three sessions together stay within its share of a
+    shared GPU, and a graph that needs more fails over to the CPU, not the model."""
+    if not limit or not edge_graphs:
+        return limit, limit
+    return limit // 2, limit // 4
+
+
 def provider_options(providers: list[str], gpu: GpuOptions) -> list[dict[str, str]]:
     """ORT's per-provider option dicts, in the order of ``providers``."""
     options: list[dict[str, str]] = []
