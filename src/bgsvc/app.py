@@ -61,9 +61,12 @@ def _on_gpu(engine: Predictor) -> bool:
     return providers[0] in GPU_PROVIDERS
 
 
-def _edge_graphs(settings: Settings, on_gpu: bool) -> EdgeStep | None:
-    """The edge step as ONNX graphs (BGSVC_EDGE_STEP=graph) on the model's GPU, or ORT's
-    CPU provider; None (the CPU kernels stay) when they cannot be built."""
+def _edge_graphs(
+    settings: Settings, on_gpu: bool, on_fallback: Callable[[], None]
+) -> EdgeStep | None:
+    """The edge step as ONNX graphs on the model's GPU (BGSVC_EDGE_STEP auto or graph), or
+    on ORT's CPU provider (graph, without a GPU); None (the CPU kernels stay) when they
+    cannot be built, or would not run on the GPU the model runs on."""
     from bgsvc.inference.edge_graph import EdgeGraphs
     from bgsvc.inference.engine import session_options
     from bgsvc.inference.loader import runtime_options
@@ -75,9 +78,16 @@ def _edge_graphs(settings: Settings, on_gpu: bool) -> EdgeStep | None:
     )
     providers = [CUDA, CPU] if on_gpu else [CPU]
     try:
-        graphs = EdgeGraphs(providers, provider_options(providers, gpu), session_options(runtime))
+        graphs = EdgeGraphs(
+            providers, provider_options(providers, gpu), session_options(runtime), on_fallback
+        )
     except Exception as exc:  # ORT's own error types; the CPU kernels do the same work
         log.warning("edge step: the ONNX graphs could not be built (%s); on the CPU", exc)
+        return None
+    if on_gpu and graphs.providers[0] != CUDA:
+        # ORT put them on its CPU provider by itself (CUDA could not start for them):
+        # there they are slower than the kernels.
+        log.warning("edge step: the ONNX graphs did not get the GPU; on the CPU kernels")
         return None
     log.info("edge step: ONNX graphs on %s", graphs.providers[0])
     return graphs
@@ -87,15 +97,11 @@ async def _load_models(
     state: AppState, loader: EngineLoader, on_failure: Callable[[], None]
 ) -> None:
     try:
-        engines = await anyio.to_thread.run_sync(loader, state.settings)
-        await anyio.to_thread.run_sync(refine.preload)
-        await anyio.to_thread.run_sync(edges.preload)
-        await anyio.to_thread.run_sync(temporal.preload)
+        await _load(state, loader)
     except ModelError as exc:
         state.load_error = exc.message
         log.error("model load failed: %s", exc.message)
         on_failure()
-        return
     except Exception as exc:
         # Anything else (a dependency missing from the install, a broken driver) would
         # otherwise end this task unseen and leave /ready at "loading model" for good.
@@ -103,11 +109,19 @@ async def _load_models(
         state.load_error = f"{type(exc).__name__} (see the log)"
         log.exception("model load failed")
         on_failure()
-        return
+
+
+async def _load(state: AppState, loader: EngineLoader) -> None:
+    """Models, kernels and the edge step, then ready."""
+    engines = await anyio.to_thread.run_sync(loader, state.settings)
+    await anyio.to_thread.run_sync(refine.preload)
+    await anyio.to_thread.run_sync(edges.preload)
+    await anyio.to_thread.run_sync(temporal.preload)
     on_gpu = any(_on_gpu(engine) for engine in engines.values())
     step = state.settings.edge_step
     if step == "graph" or (step == "auto" and on_gpu):
-        graphs = await anyio.to_thread.run_sync(_edge_graphs, state.settings, on_gpu)
+        fallbacks = state.metrics.edge_graph_fallbacks.inc
+        graphs = await anyio.to_thread.run_sync(_edge_graphs, state.settings, on_gpu, fallbacks)
         if graphs is not None:
             state.remover.edge_step = graphs
     state.engines.update(engines)

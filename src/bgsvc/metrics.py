@@ -134,6 +134,13 @@ class Metrics:
             registry=r,
         )
 
+        # The edge step's graphs failed a call and the CPU kernels ran it (device memory).
+        self.edge_graph_fallbacks = Counter(
+            "bgsvc_edge_graph_fallbacks",
+            "Edge-step calls the ONNX graphs failed and the CPU kernels ran instead.",
+            registry=r,
+        )
+
         # Alerting: restarts. "max" is the newest worker's start: files of dead workers
         # stay (and a node start wipes the folder), so each start moves it exactly once.
         self.process_start = Gauge(

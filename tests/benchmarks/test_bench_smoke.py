@@ -265,6 +265,7 @@ def test_cuda_host_runs_the_cuda_bench_on_the_engine_the_service_would_load(
         return OnCuda()
 
     cuda_build = ["TensorrtExecutionProvider", gpu.CUDA, "CPUExecutionProvider"]
+    monkeypatch.delenv("BGSVC_PROVIDER", raising=False)
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: cuda_build)
     monkeypatch.setattr(factory, "load_engine", load_engine)
     assert gpu.choose_bench(*gpu.session_provider()) == "gpu"

@@ -181,15 +181,28 @@ class FailingSession:
 def test_a_call_the_graphs_fail_runs_on_the_cpu_kernels_and_is_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    failing = EdgeGraphs(["CPUExecutionProvider"], session_options=_options())
+    counted: list[bool] = []
+    failing = EdgeGraphs(
+        ["CPUExecutionProvider"],
+        session_options=_options(),
+        on_fallback=lambda: counted.append(True),
+    )
     failing._upscale = failing._correct = FailingSession()
     matte, photo = UPSCALE_CASES["busy 801x603, matte 1024"]()
     alpha = failing.upscale(matte, photo)
     assert np.array_equal(alpha, edges.upscale_matte(matte, photo))
-    assert np.array_equal(failing.decontaminate(photo, alpha), edges.decontaminate(photo, alpha))
-    assert failing.fallbacks == 2
+    expected = edges.decontaminate(photo, alpha)
+    assert np.array_equal(failing.decontaminate(photo, alpha), expected)
+    # Into a caller's buffer (the cutout's RGB): the same pixels, in that buffer.
+    rgba = np.zeros((*photo.shape[:2], 4), np.uint8)
+    rgb = rgba[..., :3]
+    rgb[...] = photo
+    assert failing.decontaminate(photo, alpha, out=rgb) is rgb
+    assert np.array_equal(rgb, expected)
+    assert failing.fallbacks == 3 and counted == [True] * 3
     warnings = [r for r in caplog.records if "ONNX graph failed" in r.getMessage()]
     assert len(warnings) == 1 and "allocate memory" in warnings[0].getMessage()
+    assert warnings[0].exc_info is not None
 
 
 # The ops the graphs may use: ORT's CUDA provider registers each of these at opset 18

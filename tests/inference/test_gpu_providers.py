@@ -177,6 +177,7 @@ def test_with_the_edge_graphs_on_the_device_the_sessions_share_the_workers_cap(
     model, graph = memory_limits(8_000, True)
     assert (model, graph) == (4_000, 2_000)
     assert model + 2 * graph <= 8_000
+    assert memory_limits(3, True) == (1, 1)  # never 0, which would mean no cap
     for step, expected in (("auto", 4_000), ("graph", 4_000), ("cpu", 8_000)):
         settings = Settings(model_dir=tmp_path, cuda_mem_limit_bytes=8_000, edge_step=step)
         assert runtime_options(settings).gpu.mem_limit_bytes == expected

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def test_the_edge_step_runs_as_graphs_by_default_only_where_the_model_runs_on_a_
     built: list[bool] = []
     device_graphs = object()
 
-    def edge_graphs(settings: object, on_gpu: bool) -> object:
+    def edge_graphs(settings: object, on_gpu: bool, on_fallback: object) -> object:
         built.append(on_gpu)
         return device_graphs
 
@@ -191,6 +192,34 @@ def test_the_edge_step_runs_as_graphs_by_default_only_where_the_model_runs_on_a_
     else:
         assert built == [graphs_on]
         assert state.remover.edge_step is device_graphs
+
+
+def test_graphs_that_did_not_get_the_gpu_leave_the_edge_step_on_the_kernels(
+    make_settings: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ORT moves a session to its CPU provider by itself when CUDA cannot start for it;
+    # there the graphs are slower than the kernels.
+    from bgsvc import app as app_module
+    from bgsvc.inference import edge_graph
+
+    got: list[str] = []
+
+    class Graphs:
+        """Sessions that ended up on ``got``, whatever was asked."""
+
+        def __init__(self, *args: object) -> None:
+            self.providers = list(got)
+
+    monkeypatch.setattr(edge_graph, "EdgeGraphs", Graphs)
+    settings = make_settings()
+    for providers, on_gpu, kept in (
+        (["CPUExecutionProvider"], True, False),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], True, True),
+        (["CPUExecutionProvider"], False, True),  # graph asked for on a CPU host
+    ):
+        got[:] = providers
+        built = app_module._edge_graphs(settings, on_gpu, lambda: None)
+        assert (built is not None) == kept, (providers, on_gpu)
 
 
 def test_the_edge_step_run_as_onnx_graphs_serves_what_the_cpu_kernels_do(

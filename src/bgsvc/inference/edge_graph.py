@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -315,6 +315,7 @@ class EdgeGraphs:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         provider_options: Sequence[dict[str, str]] | None = None,
         session_options: Any = None,
+        on_fallback: Callable[[], None] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -329,8 +330,9 @@ class EdgeGraphs:
         self._upscale = session(upscale_model())
         self._correct = session(correct_model())
         # Calls the graphs failed and the CPU kernels ran instead (device memory exhausted
-        # by a large photo, a driver fault): logged once, counted always.
+        # by a large photo, a driver fault): logged once, counted always (on_fallback).
         self.fallbacks = 0
+        self._on_fallback = on_fallback
         self._lock = threading.Lock()
         # numba compiles per array layout: a photo's copy, or the RGB of the cutout's RGBA.
         colour, alpha = np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.uint8)
@@ -376,7 +378,10 @@ class EdgeGraphs:
         b_hat: np.ndarray,
     ) -> np.ndarray:
         """edges.correct: writes the soft pixels' colour into ``out`` and returns it."""
-        _write_soft(self._colour(pixels, alpha, f_hat, b_hat), alpha, edges.SOFT, out)
+        colour = self._run(self._correct, self._colour_feeds(pixels, alpha, f_hat, b_hat))
+        if colour is None:
+            return edges.correct(out, pixels, alpha, f_hat, b_hat)
+        _write_soft(colour, alpha, edges.SOFT, out)
         return out
 
     def decontaminate(
@@ -402,16 +407,22 @@ class EdgeGraphs:
     def _colour(
         self, pixels: np.ndarray, alpha: np.ndarray, f_hat: np.ndarray, b_hat: np.ndarray
     ) -> np.ndarray:
-        feeds = {
+        """The photo with the soft pixels' colour corrected."""
+        colour = self._run(self._correct, self._colour_feeds(pixels, alpha, f_hat, b_hat))
+        if colour is None:
+            return edges.correct(pixels.copy(), pixels, alpha, f_hat, b_hat)
+        return colour
+
+    @staticmethod
+    def _colour_feeds(
+        pixels: np.ndarray, alpha: np.ndarray, f_hat: np.ndarray, b_hat: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return {
             "photo": np.ascontiguousarray(pixels),
             "alpha": np.ascontiguousarray(alpha),
             "f_hat": np.ascontiguousarray(f_hat, np.float32),
             "b_hat": np.ascontiguousarray(b_hat, np.float32),
         }
-        colour = self._run(self._correct, feeds)
-        if colour is None:
-            return edges.correct(pixels.copy(), pixels, alpha, f_hat, b_hat)
-        return colour
 
     def _run(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
         """The graph's output, or None when ONNX Runtime failed the call."""
@@ -422,9 +433,12 @@ class EdgeGraphs:
             with self._lock:
                 self.fallbacks += 1
                 first = self.fallbacks == 1
+            if self._on_fallback is not None:
+                self._on_fallback()
             if first:
                 log.warning(
                     "edge step: an ONNX graph failed (%s); such calls run on the CPU kernels",
                     exc,
+                    exc_info=True,
                 )
             return None

@@ -74,7 +74,8 @@ def memory_limits(limit: int, edge_graphs: bool) -> tuple[int, int]:
     shared GPU, and a graph that needs more fails over to the CPU, not the model."""
     if not limit or not edge_graphs:
         return limit, limit
-    return limit // 2, limit // 4
+    # At least a byte each: 0 would mean no cap at all.
+    return max(1, limit // 2), max(1, limit // 4)
 
 
 def provider_options(providers: list[str], gpu: GpuOptions) -> list[dict[str, str]]:
