@@ -231,13 +231,15 @@ def test_with_only_jobs_running_one_more_waits_behind_them_and_no_more(
     loader, _ = flaky_loader(delay_s=0.3)
     client = jobs_client(loader=loader, max_concurrency=1, max_queue=4)
     runner = jobs_of(client).runner
+    # Swapped in while the runner holds nothing: each job's task removes itself from the
+    # set it was added to, and the runner counts that set to decide whether to claim.
+    running = _MostSet()
+    runner.running = running
     # All four queued while a sync request holds the slot, so the runner has the choice
     # whatever the machine's speed (submitted one by one, each could end before the next
     # arrived on a slow one); every job it holds is counted, not sampled.
     tickets = hold_sync(client)
     ids = [submit(client, photo_png)["id"] for _ in range(4)]
-    running = _MostSet()
-    runner.running = running
     for ticket in tickets:
         ticket.close()
     for job_id in ids:
