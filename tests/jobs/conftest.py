@@ -12,8 +12,12 @@ from fastapi.testclient import TestClient
 from standardwebhooks import Webhook
 
 from bgsvc.inference.scheduler import Ticket
+from bgsvc.jobs.base import JobStore
+from bgsvc.jobs.redis.store import RedisJobStore
 from bgsvc.jobs.runtime import Jobs
+from bgsvc.jobs.sqlite.store import SqliteJobStore
 from bgsvc.state import AppState
+from tests.jobs.backends import Backend
 from tests.outbound.servers import Handler
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
@@ -31,6 +35,21 @@ def jobs_mode(request: pytest.FixtureRequest) -> dict[str, Any]:
         return {}
     server: RedisServer = request.getfixturevalue("redis_server")
     return {"redis_url": server.url}
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Job stores of either kind, for scenarios played on both."""
+    if request.param == "embedded":
+        path = tmp_path / "jobs.sqlite3"
+        yield Backend("embedded", lambda _timeout: SqliteJobStore(path))
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+
+    def redis_store(timeout: float) -> JobStore:
+        return RedisJobStore(server.url, ttl_s=3600, heartbeat_timeout_s=timeout)
+
+    yield Backend("redis", redis_store)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,48 +20,11 @@ from bgsvc.jobs.redis.reconcile import reconcile
 from bgsvc.jobs.redis.store import RedisJobStore
 from bgsvc.jobs.sqlite.store import SqliteJobStore
 from bgsvc.storage.filesystem import FilesystemStore
+from tests.jobs.backends import Backend
 from tests.jobs.test_store_migration import old_database
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 ROOM = Room(limit=100, per_tenant=100)
-
-
-@dataclass
-class Backend:
-    """Opens stores on one backend: each a node (Redis) or a process of the node (SQLite)."""
-
-    kind: str
-    opener: Callable[[float], JobStore]
-    opened: list[JobStore] = field(default_factory=list)
-
-    def open(self, heartbeat_timeout_s: float = 5.0) -> JobStore:
-        store = self.opener(heartbeat_timeout_s)
-        self.opened.append(store)
-        return store
-
-    def play(self, scenario: Callable[[], Awaitable[None]]) -> None:
-        async def run() -> None:
-            try:
-                await scenario()
-            finally:
-                for store in self.opened:
-                    await store.close()
-
-        asyncio.run(run())
-
-
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "embedded":
-        path = tmp_path / "jobs.sqlite3"
-        yield Backend("embedded", lambda _timeout: SqliteJobStore(path))
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-
-    def redis_store(timeout: float) -> JobStore:
-        return RedisJobStore(server.url, ttl_s=3600, heartbeat_timeout_s=timeout)
-
-    yield Backend("redis", redis_store)
 
 
 def job(job_id: str, created_at: float, tenant: str | None = None) -> JobRecord:
@@ -187,22 +148,26 @@ def test_split_by_another_owner_or_of_a_job_not_running_changes_nothing(
     backend.play(scenario)
 
 
-def test_a_claim_takes_the_segments_before_a_job_submitted_after_the_parent(
-    backend: Backend,
-) -> None:
+def test_a_cut_videos_segments_take_their_keys_next_turns_in_order(backend: Backend) -> None:
+    # After the key's jobs queued before the cut, before those queued after it; another
+    # key's jobs take turns with the segments rather than wait for the whole video.
     async def scenario() -> None:
         store = backend.open()
         t0 = time.time() - 10
-        parent = await running_parent(store, created_at=t0)
+        parent = await running_parent(store, created_at=t0, tenant="a")
         # Submitted while the parent ran (before its cut), and after the cut.
-        await store.create(job("job_later", t0 + 1), ROOM)
+        await store.create(job("job_later", t0 + 1, tenant="a"), ROOM)
         assert await store.split(parent.id, "runner-1", cut(parent, 3), frames_total=90)
-        await store.create(job("job_latest", t0 + 2), ROOM)
+        await store.create(job("job_latest", t0 + 2, tenant="a"), ROOM)
+        await store.create(job("job_b1", t0 + 3, tenant="b"), ROOM)
+        await store.create(job("job_b2", t0 + 4, tenant="b"), ROOM)
         assert await claim_all(store, "runner-2") == [
+            "job_later",
+            "job_b1",
             segment_id(parent.id, 0),
+            "job_b2",
             segment_id(parent.id, 1),
             segment_id(parent.id, 2),
-            "job_later",
             "job_latest",
         ]
 
@@ -391,9 +356,9 @@ def test_deleting_the_parent_deletes_its_segments(backend: Backend) -> None:
     async def scenario() -> None:
         store = backend.open()
         parent = await running_parent(store)
+        assert await store.split(parent.id, "runner-1", cut(parent, 3), frames_total=90)
         other = job("job_other", time.time())
         await store.create(other, ROOM)
-        assert await store.split(parent.id, "runner-1", cut(parent, 3), frames_total=90)
         s0, s1, s2 = (segment_id(parent.id, i) for i in range(3))
         assert await store.claim("runner-2", time.time()) is not None
         assert await store.claim("runner-2", time.time()) is not None

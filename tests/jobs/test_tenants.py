@@ -3,7 +3,7 @@
 Tenant B plays the hostile second customer against A's jobs and batches: every probe of
 someone else's ids answers as for ids that never existed (404, nothing disclosed, nothing
 changed), idempotency keys are each tenant's own, a batch costs a credit per image, and
-one tenant's backlog leaves the others their room."""
+one tenant's backlog leaves the others their room and their turns."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -348,6 +349,27 @@ def test_one_tenant_filling_its_queue_share_leaves_the_others_room(
     assert b.batch(photos[:7]).status_code == 202
     # The whole queue still holds the node to its own limit: 8 + 8 of 20, room for 4.
     assert b.batch(photos[:5]).status_code == 429
+
+
+def test_a_tenants_job_waits_for_one_of_another_tenants_backlog_not_all_of_it(
+    tenants: Callable[..., tuple[Tenant, Tenant]],
+    photos: list[bytes],
+    hold_sync: Callable[[TestClient], list[Ticket]],
+) -> None:
+    a, b = tenants()
+    held = hold_sync(a.client)
+    batch = a.batch(photos[:8]).json()
+    job = b.submit(photos[9]).json()
+    for ticket in held:
+        ticket.close()
+    b_started = datetime.fromisoformat(b.wait(job["status_url"], succeeded)["started_at"])
+    a.wait(batch["status_url"], completed)
+    a_started = sorted(
+        datetime.fromisoformat(a.get(f"/jobs/{item['job_id']}").json()["started_at"])
+        for item in batch["items"]
+    )
+    # Queued behind eight of A's, B's job took the turn after A's first.
+    assert b_started <= a_started[1]
 
 
 def test_results_are_stored_under_their_tenant(

@@ -37,7 +37,7 @@ def segment_records(record: JobRecord, cuts: list[Segment]) -> list[JobRecord]:
         JobRecord(
             id=segment_id(record.id, index),
             status=JobStatus.QUEUED,
-            # Just after the parent: ahead of every job submitted after it.
+            # Just after the parent, in order: the tie-break among jobs of one turn.
             created_at=record.created_at + (index + 1) * 1e-6,
             options={**record.options, SEGMENT_OPTION: [first, end]},
             input_key=record.input_key,

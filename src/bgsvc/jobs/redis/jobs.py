@@ -94,6 +94,12 @@ class RedisJobs:
         self._expired = f"{prefix}expired"
         self._waiting = f"{prefix}waiting"
         self._batches = f"{prefix}batches"
+        # Turns between keys (scripts.PLACE): each placed message's turn, the latest turn
+        # claimed, each key's last turn, and a count of placements.
+        self._turns = f"{prefix}turns"
+        self._clock = f"{prefix}turns:clock"
+        self._lasts = f"{prefix}turns:keys"
+        self._placed = f"{prefix}turns:placed"
         self._heartbeats = f"{namespace}:__heartbeats__"
         self._messages = f"{namespace}:{QUEUE}.msgs"
         # dramatiq's list of the queue's message ids, fetched from the head.
@@ -109,7 +115,7 @@ class RedisJobs:
                 "CANCEL",
                 "PLACES",
                 "REISSUE",
-                "NOTE_RMID",
+                "PLACE",
                 "EXPIRE",
                 "COMPLETE_BATCH",
                 "RESCUE",
@@ -165,9 +171,9 @@ class RedisJobs:
     # --- messages ----------------------------------------------------------------------
 
     def _enqueue(self, job_id: str, message_id: str, *, first: bool = False) -> None:
-        """Send the job's message; ``first``: at the head of the queue, next to be claimed
-        (a video's segments, and the video when they ended, continue a job that reached the
-        head of the queue already)."""
+        """Send the job's message, placed at its turn (scripts.PLACE); ``first``: at the
+        head of the queue, next to be claimed (a video whose segments ended continues a job
+        that reached the head of the queue already)."""
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=QUEUE,
             actor_name=ACTOR,
@@ -181,13 +187,21 @@ class RedisJobs:
         if first:
             self._script("FIRST", [self._job(job_id), self._queue_list], [message_id, where])
         else:
-            self._script("NOTE_RMID", [self._job(job_id)], [message_id, where])
+            keys = [
+                self._job(job_id),
+                self._queue_list,
+                self._turns,
+                self._clock,
+                self._lasts,
+                self._placed,
+            ]
+            self._script("PLACE", keys, [message_id, where])
 
-    def _enqueue_or_leave(self, job_id: str, message_id: str) -> bool:
-        """Send, first in the queue, the message of a job queued by a change already made;
-        False when Redis failed: the reconciler gives the job a new message (no rmid)."""
+    def _enqueue_or_leave(self, job_id: str, message_id: str, *, first: bool) -> bool:
+        """Send the message of a job queued by a change already made; False when Redis
+        failed: the reconciler gives the job a new message (no rmid)."""
         try:
-            self._enqueue(job_id, message_id, first=True)
+            self._enqueue(job_id, message_id, first=first)
         except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
             log.warning("job %s queued, its message left to the reconciler: %s", job_id, exc)
             return False
@@ -316,7 +330,14 @@ class RedisJobs:
                 try:
                     outcome = self._script(
                         "CLAIM",
-                        [self._job(job_id), self._queued, self._running, self._heartbeats],
+                        [
+                            self._job(job_id),
+                            self._queued,
+                            self._running,
+                            self._heartbeats,
+                            self._turns,
+                            self._clock,
+                        ],
                         [
                             proxy.message_id,
                             owner,
@@ -397,7 +418,7 @@ class RedisJobs:
             self._ack(job_id)
             if isinstance(done, str):
                 # The last segment of a video: the video is queued again, to be stitched.
-                self._enqueue_or_leave(done, message_id)
+                self._enqueue_or_leave(done, message_id, first=True)
                 return True
             return bool(done)
 
@@ -493,11 +514,11 @@ class RedisJobs:
             # job's, delivered again, is dropped as final).
             self._ack(job_id)
             if done:
-                # Each at the head, the last first: claimed in order, before any job
-                # submitted after the video, by any node.
+                # In order, each at its key's next turn: after the jobs the key queued
+                # before this cut, taking turns with other keys' jobs, on any node.
                 # Redis failing: the rest are the reconciler's too, without waiting on each.
-                for record, message_id in reversed(list(zip(segments, messages, strict=True))):
-                    if not self._enqueue_or_leave(record.id, message_id):
+                for record, message_id in zip(segments, messages, strict=True):
+                    if not self._enqueue_or_leave(record.id, message_id, first=False):
                         break
             return done
 

@@ -129,10 +129,10 @@ TENANT_UNFINISHED = _OPEN_COUNT + "return open_count(KEYS[1], ARGV[1], tonumber(
 PLACES = _PLACES + "return places(KEYS[1], KEYS[2], KEYS[3], ARGV[1])"
 
 
-# KEYS: job, queued, running, heartbeats. ARGV: message_id, owner, hb, now, hb_timeout_ms,
-# now_ms, id. Returns "ok" (now running for owner), or why the message is to be dropped:
-# "gone" (no such job), "stale" (an older message of the job), "final", "busy" (running
-# for a live runner).
+# KEYS: job, queued, running, heartbeats, turns, clock. ARGV: message_id, owner, hb, now,
+# hb_timeout_ms, now_ms, id. Returns "ok" (now running for owner), or why the message is to
+# be dropped: "gone" (no such job), "stale" (an older message of the job), "final", "busy"
+# (running for a live runner). A claim moves the clock of turns (PLACE) to the job's turn.
 CLAIM = """
 local fields = redis.call('hmget', KEYS[1], 'status', 'msg', 'hb')
 local status, msg, hb = fields[1], fields[2], fields[3]
@@ -153,6 +153,16 @@ redis.call('hset', KEYS[1], 'status', 'running', 'owner', ARGV[2], 'hb', ARGV[3]
 redis.call('hincrby', KEYS[1], 'attempts', 1)
 redis.call('zrem', KEYS[2], ARGV[7])
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[7])
+local turn = tonumber(redis.call('hget', KEYS[1], 'turn'))
+if turn then
+    local clock = math.max(tonumber(redis.call('get', KEYS[6])) or 0, turn)
+    redis.call('set', KEYS[6], clock)
+    -- Messages of earlier turns are no longer where a new one is placed (every new turn
+    -- is later): their entries go, with those of messages fetched and dropped.
+    redis.call('zremrangebyscore', KEYS[5], '-inf', '(' .. clock)
+end
+local entry = redis.call('hget', KEYS[1], 'turn_entry')
+if entry then redis.call('zrem', KEYS[5], entry) end
 return 'ok'
 """
 
@@ -247,8 +257,8 @@ return segments
 )
 
 # KEYS: job, dramatiq's list of the queue's messages. ARGV: message_id, redis message id.
-# NOTE_RMID, and the message moved to the head of the queue (next to be fetched) unless a
-# runner fetched it already.
+# Notes where the message is (as PLACE), and moves it to the head of the queue (next to be
+# fetched) unless a runner fetched it already.
 FIRST = """
 if redis.call('hget', KEYS[1], 'msg') == ARGV[1] then
     redis.call('hset', KEYS[1], 'rmid', ARGV[2])
@@ -285,13 +295,41 @@ redis.call('hset', KEYS[1], 'msg', ARGV[2], 'rmid', '')
 return 1
 """
 
-# KEYS: job. ARGV: message_id, redis message id. Notes where the message is, for the
-# reconciler, unless the job moved on to another message meanwhile.
-NOTE_RMID = """
-if redis.call('hget', KEYS[1], 'msg') == ARGV[1] then
-    redis.call('hset', KEYS[1], 'rmid', ARGV[2])
+# KEYS: job, dramatiq's list of the queue's messages, turns, clock, keys' last turns,
+# placements' sequence. ARGV: message_id, redis message id (just pushed at the list's tail).
+# Turns between keys, as the embedded store gives them (bgsvc.jobs.sqlite.turns): a job
+# without one takes one past the later of its key's last turn and the clock (the latest
+# turn claimed); a job that has one (queued again: a retry, a lost message) keeps it. The
+# message then moves from the tail to just before the first message of a later turn, so
+# dramatiq's FIFO fetch hands out the lowest turn first. ``turns`` holds each placed
+# message's turn; an entry whose message is no longer in the list (fetched) is dropped
+# when met. Notes where the message is (rmid), for the reconciler, unless the job moved
+# on to another message meanwhile; such a stale message stays where it is.
+PLACE = """
+if redis.call('hget', KEYS[1], 'msg') ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'rmid', ARGV[2])
+local turn = tonumber(redis.call('hget', KEYS[1], 'turn'))
+if not turn then
+    local key = redis.call('hget', KEYS[1], 'tenant') or ''
+    local clock = tonumber(redis.call('get', KEYS[4])) or 0
+    turn = math.max(clock, tonumber(redis.call('hget', KEYS[5], key)) or 0) + 1
+    redis.call('hset', KEYS[5], key, turn)
+    redis.call('hset', KEYS[1], 'turn', turn)
 end
-return 0
+while true do
+    local later = redis.call('zrangebyscore', KEYS[3], '(' .. turn, '+inf', 'LIMIT', 0, 1)[1]
+    if not later then break end
+    if redis.call('lrem', KEYS[2], -1, ARGV[2]) == 0 then return 1 end
+    if redis.call('linsert', KEYS[2], 'BEFORE', string.sub(later, 18), ARGV[2]) > 0 then break end
+    redis.call('rpush', KEYS[2], ARGV[2])
+    redis.call('zrem', KEYS[3], later)
+end
+-- Members of one turn sort by name: the placement's sequence first, so the first of a turn
+-- found above is the one placed first, which is the first of them in the list.
+local entry = string.format('%016d', redis.call('incr', KEYS[6])) .. ':' .. ARGV[2]
+redis.call('zadd', KEYS[3], turn, entry)
+redis.call('hset', KEYS[1], 'turn_entry', entry)
+return 1
 """
 
 # KEYS: finished, queued, expired, waiting. ARGV: before, limit, job key prefix. Marks

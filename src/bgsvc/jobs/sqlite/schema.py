@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from bgsvc.jobs.base import NoRoom, Room
+from bgsvc.jobs.sqlite import turns
 
 T = TypeVar("T")
 
@@ -58,6 +59,8 @@ _ADDED_COLUMNS = {
         # A video cut into segments: a segment's parent, and a parent's count of segments.
         "parent": "TEXT",
         "segments": "INTEGER NOT NULL DEFAULT 0",
+        # Where a queued job stands among the keys' turns (bgsvc.jobs.sqlite.turns).
+        "turn": "INTEGER",
     },
     "batches": {"tenant": "TEXT"},
 }
@@ -102,6 +105,8 @@ def migrate(db: sqlite3.Connection) -> None:
                     if "duplicate column" not in str(exc):
                         raise
     db.executescript(_INDEXES)
+    db.executescript(turns.TABLE)
+    db.execute(turns.INDEX)
 
 
 # A tenant's unfinished jobs: a video waiting on its segments is one, its segments none

@@ -18,6 +18,7 @@ import anyio.to_thread
 
 from bgsvc.jobs.base import QueueStats, Room
 from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus
+from bgsvc.jobs.sqlite import turns
 from bgsvc.jobs.sqlite.schema import BATCH_COLUMNS as _BATCH_COLUMNS
 from bgsvc.jobs.sqlite.schema import COLUMNS as _COLUMNS
 from bgsvc.jobs.sqlite.schema import (
@@ -92,10 +93,11 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
 
 
 def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
+    """``record`` queued at its key's next turn (call within the write lock)."""
     db.execute(
-        f"INSERT INTO jobs ({_COLUMNS}) VALUES "
+        f"INSERT INTO jobs ({_COLUMNS}, turn) VALUES "
         "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?, ?, ?, "
-        "NULL, NULL, ?, ?)",
+        "NULL, NULL, ?, ?, ?)",
         (
             record.id,
             record.status.value,
@@ -111,6 +113,7 @@ def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
             record.credits,
             record.parent,
             record.segments,
+            turns.next_turn(db, record.tenant),
         ),
     )
 
@@ -200,16 +203,19 @@ class SqliteJobStore:
         """Nothing to do: a dead owner is found by its pid (JobRunner.orphaned)."""
 
     async def claim(self, owner: str, now: float) -> JobRecord | None:
-        def update(db: sqlite3.Connection) -> JobRecord | None:
+        def take(db: sqlite3.Connection) -> JobRecord | None:
             row = db.execute(
                 "UPDATE jobs SET status = 'running', owner = ?, started_at = ?, "
-                "attempts = attempts + 1 WHERE id = (SELECT id FROM jobs WHERE status = "
-                f"'queued' ORDER BY created_at LIMIT 1) AND status = 'queued' RETURNING {_COLUMNS}",
+                f"attempts = attempts + 1 WHERE id = ({turns.NEXT_QUEUED}) "
+                f"AND status = 'queued' RETURNING {_COLUMNS}, turn",
                 (owner, now),
             ).fetchone()
-            return None if row is None else _record(row)
+            if row is None:
+                return None
+            turns.claimed(db, row["turn"])
+            return _record(row)
 
-        return await self._run(update)
+        return await self._run(lambda db: transaction(db, lambda: take(db)))
 
     async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
         def update(db: sqlite3.Connection) -> bool:
@@ -377,8 +383,9 @@ class SqliteJobStore:
                     return False
                 # The same video cut again (its ids are derived): this cut replaces the last.
                 db.execute("DELETE FROM jobs WHERE parent = ?", (job_id,))
-                # No room checked: the video had its room. They carry its created_at, so a
-                # claim takes them before any job submitted after it.
+                # No room checked: the video had its room. They take its key's next turns,
+                # in order: after the jobs the key queued before this cut, and taking
+                # turns with other keys' jobs as any job of the key does.
                 for record in segments:
                     _insert_job(db, record)
                 return True
