@@ -21,9 +21,11 @@ PEPPER = "test-pepper-0123456789abcdef"
 
 @dataclass
 class FakeLimits:
-    """Counts in dicts; ``refuse_rate`` / ``failed_auth_budget`` make it say no."""
+    """Counts in dicts; ``refuse_rate`` / ``failed_auth_budget`` make it say no; ``down``
+    answers quotas as a store that fails open does (admitted, nothing recorded)."""
 
     refuse_rate: bool = False
+    down: bool = False
     failed_auth_budget: int = 1000
     hits: list[tuple[str, RatePolicy]] = field(default_factory=list)
     used: dict[str, int] = field(default_factory=dict)
@@ -38,6 +40,8 @@ class FakeLimits:
         return RateDecision(True, policy.limit, remaining, 1.0, 0, policy.window_s)
 
     async def consume_quota(self, key_name: str, monthly: int, cost: int = 1) -> QuotaDecision:
+        if self.down:
+            return QuotaDecision(True, monthly, cost, 2e9, recorded=False)
         used = self.used.get(key_name, 0)
         if used + cost > monthly:
             return QuotaDecision(False, monthly, used, 2e9)

@@ -163,6 +163,30 @@ def test_removebg_gets_x_ratelimit_headers_and_charges_one_credit(
     assert fake.used["frank"] == 1
 
 
+def test_credits_a_failing_open_store_did_not_record_are_neither_reported_nor_given_back(
+    auth_client: AuthClient, data_dir: Path, photo_png: bytes
+) -> None:
+    # Otherwise a key could earn credits from an outage: each item of a batch sent while
+    # the store was down that fails gives back, once the store is back, what it never took.
+    secret = add_key(data_dir, "ivy", quota=100)
+    client, fake = auth_client(FakeLimits(down=True))
+    headers = {"X-Api-Key": secret}
+    done = client.post("/remove-background", files=_upload(photo_png), headers=headers)
+    assert done.status_code == 200 and done.headers["x-credits-charged"] == "0"
+    broken = ("b.png", b"not an image", "image/png")
+    failed = client.post("/remove-background", files={"file": broken}, headers=headers)
+    assert failed.status_code == 415 and failed.headers["x-credits-charged"] == "0"
+    files = [("file", ("a.png", photo_png, "image/png")), ("file", broken)]
+    batch = client.post("/batches", files=files, headers=headers)
+    assert batch.status_code == 202 and batch.headers["x-credits-charged"] == "0"
+    fake.down = False
+    deadline = time.monotonic() + 15
+    while client.get(batch.json()["status_url"], headers=headers).json()["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert fake.refunds == [] and fake.used == {}
+
+
 def test_account_tells_the_credits_left(
     auth_client: AuthClient, data_dir: Path, photo_png: bytes
 ) -> None:

@@ -35,7 +35,7 @@ def test_fail_open_admits_everything_counts_it_and_warns_once(
             assert all(d.allowed for d in hits)
             assert hits[0].remaining == 2 and hits[0].retry_after_s == 0
             quota = await limits.consume_quota("k", 1, cost=1)
-            assert quota.allowed and quota.limit == 1
+            assert quota.allowed and quota.limit == 1 and not quota.recorded
             assert (await limits.hit_failed_auth("192.0.2.1")).allowed
             await limits.refund_quota("k")
             # A read has no harmless answer: the account page says the truth (unavailable).

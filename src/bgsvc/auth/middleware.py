@@ -120,7 +120,8 @@ class AuthContext:
                 f"{total} credits are needed and the monthly quota of {quota.limit} has "
                 f"{max(0, quota.limit - quota.used + self.charged)} left for this API key."
             )
-        self.charged = total
+        if quota.recorded:
+            self.charged = total
 
     async def refund(self) -> None:
         """Give back everything this request was charged (e.g. an idempotent replay)."""
@@ -275,7 +276,7 @@ class AuthMiddleware:
                 raise QuotaExceeded(
                     f"The monthly quota of {quota.limit} credits is used up for this API key."
                 )
-            return decision, cost
+            return decision, cost if quota.recorded else 0
         return decision, 0
 
     async def _reject(self, exc: BgsvcError, scope: Scope, receive: Receive, send: Send) -> None:

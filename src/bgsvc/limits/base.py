@@ -57,6 +57,9 @@ class QuotaDecision:
     limit: int  # per calendar month (UTC)
     used: int  # after this call
     reset_at: float  # Unix time of the next month's start (UTC)
+    # False when the store could not be reached and fail-open admitted the request: nothing
+    # was counted, so nothing is reported as charged or given back later.
+    recorded: bool = True
 
 
 class Limits(Protocol):

@@ -111,7 +111,9 @@ class RedisLimits:
             reply: Any = await self._consume_script(keys=[key], args=[cost, monthly, ttl_s])
             return QuotaDecision(bool(reply[0]), monthly, int(reply[1]), reset_at)
 
-        return await self._guard.run(consume, lambda: QuotaDecision(True, monthly, cost, reset_at))
+        return await self._guard.run(
+            consume, lambda: QuotaDecision(True, monthly, cost, reset_at, recorded=False)
+        )
 
     async def refund_quota(self, key_name: str, cost: int = 1) -> None:
         key, _ = self._quota_key(key_name)

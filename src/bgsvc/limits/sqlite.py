@@ -92,7 +92,7 @@ class SqliteLimits:
 
         return await self._guard.run(
             lambda: self._write(consume),
-            lambda: QuotaDecision(True, monthly, cost, reset_at),
+            lambda: QuotaDecision(True, monthly, cost, reset_at, recorded=False),
         )
 
     async def refund_quota(self, key_name: str, cost: int = 1) -> None:

@@ -130,7 +130,9 @@ async def submit(request: Request) -> JSONResponse:
         client=request.client.host if request.client else "",
         callback_url=callback_url,
         tenant=tenant_of(request),
-        credits=frames if metered else None,
+        # Each item's credits, to give back should it fail: none where the charge went
+        # unrecorded (the limits store down, failing open).
+        credits=frames if context is not None and context.charged >= sum(frames) > 0 else None,
     )
     status_url = f"/batches/{batch.id}"
     body = {
