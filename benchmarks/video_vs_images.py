@@ -57,6 +57,31 @@ def post(base: str, path: str, data: bytes, content_type: str, query: str) -> by
         return out
 
 
+def _cpu() -> tuple[float, float]:
+    """The machine's (busy, all) CPU seconds so far, from /proc/stat: what a phase kept
+    busy, its children and the kernel included, and what it left idle."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
+def _measured(run: Any, items: int | None = None) -> tuple[float, dict[str, float]]:
+    """``run()``'s rate, with the share of the machine it kept busy and the CPU seconds
+    an item cost (busy time over items; ``items`` None: rate x duration)."""
+    busy0, all0 = _cpu()
+    started = time.monotonic()
+    rate = run()
+    elapsed = time.monotonic() - started
+    busy1, all1 = _cpu()
+    count = items if items is not None else rate * elapsed
+    return rate, {
+        "busy_share": (busy1 - busy0) / max(1e-9, all1 - all0),
+        "cpu_s_per_item": (busy1 - busy0) / max(1, count),
+    }
+
+
 def _images_per_s(base: str, photos: list[bytes], clients: int, seconds: float) -> float:
     done = [0] * clients
     stop = time.monotonic() + seconds
@@ -97,8 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--queries",
+        default="format=webm,format=webm&smooth=false",
+        help="the video jobs' query strings, comma-separated; the first is the one compared",
+    )
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
+    queries = args.queries.split(",")
 
     from tests.videos import decode
 
@@ -134,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     base = f"http://127.0.0.1:{port}"
     rows: dict[str, list[float]] = {}
+    usage: dict[str, list[dict[str, float]]] = {}
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -149,19 +181,26 @@ def main(argv: list[str] | None = None) -> int:
             post(base, "/remove-background", photo, "image/jpeg", "format=png")
         for round_ in range(args.rounds):
             for clients in (1, 2):
-                value = _images_per_s(base, photos, clients, args.seconds)
+                value, use = _measured(
+                    lambda c=clients: _images_per_s(base, photos, c, args.seconds)
+                )
                 rows.setdefault(f"photos, {clients} client(s), img/s", []).append(value)
-                print(f"round {round_}: photos, c={clients}: {value:.2f} img/s", flush=True)
-            for query in ("format=webm", "format=webm&smooth=false"):
-                value = _video_frames_per_s(base, data, args.frames, query)
+                usage.setdefault(f"photos, {clients} client(s)", []).append(use)
+                print(f"round {round_}: photos, c={clients}: {value:.2f} img/s {use}", flush=True)
+            for query in queries:
+                value, use = _measured(
+                    lambda q=query: _video_frames_per_s(base, data, args.frames, q),
+                    args.frames,
+                )
                 rows.setdefault(f"video job [{query}], frames/s", []).append(value)
-                print(f"round {round_}: video job [{query}]: {value:.2f} frames/s", flush=True)
+                usage.setdefault(f"video job [{query}]", []).append(use)
+                print(f"round {round_}: video [{query}]: {value:.2f} frames/s {use}", flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
     photo_rows = [v for k, v in rows.items() if k.startswith("photos")]
     best_photos = max(max(v) for v in photo_rows)
-    smoothed = rows["video job [format=webm], frames/s"]
+    smoothed = rows[f"video job [{queries[0]}], frames/s"]
     # Each round's video against that round's best photo rate: the machine's speed drifts
     # between rounds, and a ratio within a round is the least disturbed by it.
     per_round = [video / max(v[i] for v in photo_rows) for i, video in enumerate(smoothed)]
@@ -171,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames,
         "segment_pixels": os.environ.get("BGSVC_VIDEO_SEGMENT_PIXELS", "default"),
         "rows": rows,
+        "machine": usage,
         "video_smoothed_best_over_photos_best": max(smoothed) / best_photos,
         "video_smoothed_over_photos_per_round": per_round,
         "median_per_round": statistics.median(per_round),
