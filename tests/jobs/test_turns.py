@@ -5,6 +5,7 @@ take their key's turns like any job."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from bgsvc.jobs.base import JobStore, Room
-from bgsvc.jobs.model import BatchItem, BatchRecord, JobError
+from bgsvc.jobs.model import BatchItem, BatchRecord, JobError, JobRecord, JobStatus
 from bgsvc.jobs.redis.store import RedisJobStore
 from bgsvc.jobs.sqlite.store import SqliteJobStore
 from tests.jobs.backends import Backend
-from tests.jobs.test_segments_store import claim_all, job
+from tests.jobs.test_segments_store import claim_all, cut, job
 from tests.jobs.test_store_migration import old_database
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
@@ -94,15 +95,46 @@ def test_a_key_back_from_idle_gets_no_turns_for_the_time_it_was_away(backend: Ba
     backend.play(scenario)
 
 
-def test_a_retried_job_keeps_its_turn(backend: Backend) -> None:
+def test_a_job_put_back_by_a_stopping_process_keeps_its_turn(backend: Backend) -> None:
     async def scenario() -> None:
         store = backend.open()
         await queue(store, "a", 3)
         assert await claim_n(store, 1) == ["job_a0"]
-        error = JobError("internal_error", "the runner's process failed")
-        assert await store.requeue("job_a0", "runner-1", error)
+        stopping = JobError("canceled", "shutdown")
+        assert await store.requeue("job_a0", "runner-1", stopping, keep_turn=True)
         await queue(store, "b", 1)
         assert await claim_all(store, "runner-1") == ["job_a0", "job_a1", "job_b0", "job_a2"]
+
+    backend.play(scenario)
+
+
+def test_a_job_retried_after_a_failed_attempt_takes_its_keys_next_turn(
+    backend: Backend,
+) -> None:
+    # A key whose jobs time out on purpose gets one attempt a turn, not three.
+    async def scenario() -> None:
+        store = backend.open()
+        await queue(store, "a", 3)
+        assert await claim_n(store, 1) == ["job_a0"]
+        timed_out = JobError("job_timeout", "the attempt ran past its time")
+        assert await store.requeue("job_a0", "runner-1", timed_out)
+        await queue(store, "b", 1)
+        assert await claim_all(store, "runner-1") == ["job_a1", "job_b0", "job_a2", "job_a0"]
+
+    backend.play(scenario)
+
+
+def test_a_keys_canceled_jobs_hold_no_turns(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = backend.open()
+        await queue(store, "a", 20, name="a_gone")
+        for i in range(20):
+            assert await store.cancel(f"job_a_gone{i}", time.time())
+        await queue(store, "b", 20)
+        await queue(store, "a", 1)
+        claimed = await claim_all(store, "runner-1")
+        assert claimed[:3] == ["job_b0", "job_a0", "job_b1"]
+        assert len(claimed) == 21
 
     backend.play(scenario)
 
@@ -189,7 +221,8 @@ def test_messages_fetched_or_dropped_leave_no_turns_behind(
             proxy = store._fetch()
             assert proxy is not None
             store._unclaimed.append(proxy)
-            assert await store.requeue("job_a0", "runner-1", JobError("internal_error", "x"))
+            stopping = JobError("canceled", "shutdown")
+            assert await store.requeue("job_a0", "runner-1", stopping, keep_turn=True)
             assert await claim_all(store, "runner-1") == ["job_a1", "job_a0", "job_a2"]
             # Canceled jobs' messages are fetched and dropped, never claimed.
             for round_ in range(5):
@@ -206,3 +239,70 @@ def test_messages_fetched_or_dropped_leave_no_turns_behind(
             await store.close()
 
     asyncio.run(scenario())
+
+
+async def _random_day(store: JobStore, seed: int) -> list[str]:
+    """A seeded mix of submissions by three keys and none, claims, cancels, retries,
+    shutdowns, cuts and ends; the order the jobs were claimed in, to the last one."""
+    rng = random.Random(seed)
+    running: dict[str, JobRecord] = {}
+    order: list[str] = []
+
+    async def claim() -> bool:
+        got = await store.claim("runner-1", time.time())
+        if got is not None:
+            order.append(got.id)
+            running[got.id] = got
+        return got is not None
+
+    for step in range(200):
+        roll = rng.random()
+        if roll < 0.4:
+            tenant = rng.choice(["a", "a", "a", "b", "c", None])
+            for n in range(rng.choice([1, 1, 1, 5])):
+                await store.create(job(f"job_{step}_{n}", time.time(), tenant=tenant), ROOM)
+        elif roll < 0.75:
+            await claim()
+        elif roll < 0.8:
+            await store.cancel(f"job_{rng.randrange(step + 1)}_0", time.time())
+        elif running:
+            job_id = rng.choice(sorted(running))
+            record = running.pop(job_id)
+            fate = rng.random()
+            if fate < 0.2:
+                error = JobError("job_timeout", "late")
+                assert await store.requeue(job_id, "runner-1", error, keep_turn=fate < 0.05)
+            elif fate < 0.3 and record.parent is None and record.segments == 0:
+                assert await store.split(job_id, "runner-1", cut(record, rng.randint(2, 4)), 90)
+            else:
+                assert await store.finish(job_id, "runner-1", JobStatus.SUCCEEDED, time.time())
+    while await claim() or running:
+        for job_id in sorted(running):
+            running.pop(job_id)
+            assert await store.finish(job_id, "runner-1", JobStatus.SUCCEEDED, time.time())
+    return order
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("seed", range(4))
+def test_both_stores_hand_out_the_same_order_for_the_same_day(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+    seed: int,
+) -> None:
+    async def scenario() -> tuple[list[str], list[str], int, int]:
+        embedded = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        shared = RedisJobStore(redis_server.url, ttl_s=3600, heartbeat_timeout_s=5)
+        try:
+            first = await _random_day(embedded, seed)
+            second = await _random_day(shared, seed)
+            left = shared.redis.llen(shared._queue_list), shared.redis.zcard(shared._turns)
+            return first, second, *left
+        finally:
+            await embedded.close()
+            await shared.close()
+
+    embedded, shared, messages_left, entries_left = asyncio.run(scenario())
+    assert len(embedded) > 150
+    assert embedded == shared
+    assert (messages_left, entries_left) == (0, 0)

@@ -77,11 +77,16 @@ class JobStore(Protocol):
         ...
 
     async def claim(self, owner: str, now: float) -> JobRecord | None:
-        """The oldest queued job, now running for ``owner`` with one more attempt."""
+        """The queued job of the lowest turn (docs/jobs-queue.md, "Order: keys take
+        turns"), now running for ``owner`` with one more attempt."""
         ...
 
-    async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
-        """Put ``owner``'s running job back in the queue (keeping its attempts)."""
+    async def requeue(
+        self, job_id: str, owner: str, error: JobError, *, keep_turn: bool = False
+    ) -> bool:
+        """Put ``owner``'s running job back in the queue (keeping its attempts): at its
+        key's next turn after a failed attempt, at its own turn when ``keep_turn`` (its
+        process is stopping: the job was not at fault)."""
         ...
 
     async def finish(
@@ -139,8 +144,8 @@ class JobStore(Protocol):
         """At once: ``owner``'s running job becomes waiting (no owner, ``segments`` set to
         their count, ``frames_total`` recorded, its attempts back to 0 for the stitch's own,
         out of the running jobs) and ``segments`` (complete queued records: ids
-        segment_id(job_id, i), ``parent`` job_id, no credits) are queued, ahead of jobs
-        submitted after the parent. False, and nothing changes, when the job is not (no
+        segment_id(job_id, i), ``parent`` job_id, no credits) are queued, in order, at the
+        key's next turns. False, and nothing changes, when the job is not (no
         longer) ``owner``'s. Segments take no queue room and do not count among the
         tenant's unfinished jobs (the parent does)."""
         ...

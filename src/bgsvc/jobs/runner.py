@@ -260,7 +260,9 @@ class JobRunner:
             # Shutdown: the job goes back to the queue for the next start (or process).
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    backends.jobs.requeue(record.id, self.owner, JobError("canceled", "shutdown"))
+                    backends.jobs.requeue(
+                        record.id, self.owner, JobError("canceled", "shutdown"), keep_turn=True
+                    )
                 )
             raise
         finally:

@@ -14,6 +14,7 @@ JobsUnavailable (503 with Retry-After to clients, a skipped tick to the runner).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -95,11 +96,11 @@ class RedisJobs:
         self._waiting = f"{prefix}waiting"
         self._batches = f"{prefix}batches"
         # Turns between keys (scripts.PLACE): each placed message's turn, the latest turn
-        # claimed, each key's last turn, and a count of placements.
+        # claimed, a count of placements, and where each key's queued turns are.
         self._turns = f"{prefix}turns"
         self._clock = f"{prefix}turns:clock"
-        self._lasts = f"{prefix}turns:keys"
         self._placed = f"{prefix}turns:placed"
+        self._key_turns = f"{prefix}turns:"
         self._heartbeats = f"{namespace}:__heartbeats__"
         self._messages = f"{namespace}:{QUEUE}.msgs"
         # dramatiq's list of the queue's message ids, fetched from the head.
@@ -123,7 +124,6 @@ class RedisJobs:
                 "CREATE_BATCH",
                 "SPLIT",
                 "DELETE",
-                "FIRST",
             )
         }
         # timeout=0: an empty queue answers at once; the runner decides when to look again.
@@ -170,10 +170,10 @@ class RedisJobs:
 
     # --- messages ----------------------------------------------------------------------
 
-    def _enqueue(self, job_id: str, message_id: str, *, first: bool = False) -> None:
-        """Send the job's message, placed at its turn (scripts.PLACE); ``first``: at the
-        head of the queue, next to be claimed (a video whose segments ended continues a job
-        that reached the head of the queue already)."""
+    def _enqueue(self, job_id: str, message_id: str) -> None:
+        """Send the job's message, placed at its turn (scripts.PLACE): its key's next one,
+        or the one it keeps (a video queued again to be stitched keeps the video's, a turn
+        already claimed, and so runs next)."""
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=QUEUE,
             actor_name=ACTOR,
@@ -183,25 +183,21 @@ class RedisJobs:
             message_id=message_id,
         )
         sent = self.broker.enqueue(message)
-        where = sent.options["redis_message_id"]
-        if first:
-            self._script("FIRST", [self._job(job_id), self._queue_list], [message_id, where])
-        else:
-            keys = [
-                self._job(job_id),
-                self._queue_list,
-                self._turns,
-                self._clock,
-                self._lasts,
-                self._placed,
-            ]
-            self._script("PLACE", keys, [message_id, where])
+        keys = [self._job(job_id), self._queue_list, self._turns, self._clock, self._placed]
+        args = [
+            message_id,
+            sent.options["redis_message_id"],
+            job_id,
+            self._key_turns,
+            f"{self.prefix}job:",
+        ]
+        self._script("PLACE", keys, args)
 
-    def _enqueue_or_leave(self, job_id: str, message_id: str, *, first: bool) -> bool:
+    def _enqueue_or_leave(self, job_id: str, message_id: str) -> bool:
         """Send the message of a job queued by a change already made; False when Redis
         failed: the reconciler gives the job a new message (no rmid)."""
         try:
-            self._enqueue(job_id, message_id, first=first)
+            self._enqueue(job_id, message_id)
         except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
             log.warning("job %s queued, its message left to the reconciler: %s", job_id, exc)
             return False
@@ -223,6 +219,10 @@ class RedisJobs:
     def _drop(self, proxy: MessageProxy) -> None:
         with self._consumer_lock:
             self._consumer.ack(proxy)
+        # A message of a job that will not run here (gone, stale, final, busy) holds no
+        # place among the turns any more (if Redis fails now, PLACE drops it when met).
+        with contextlib.suppress(redis.RedisError):
+            self.redis.zrem(self._turns, proxy.options.get("redis_message_id", ""))
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -346,6 +346,7 @@ class RedisJobs:
                             self.heartbeat_timeout_ms,
                             int(time.time() * 1000),
                             job_id,
+                            self._key_turns,
                         ],
                     )
                 except BaseException:
@@ -369,14 +370,17 @@ class RedisJobs:
         return await self._run(claim)
 
     @unavailable
-    async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
+    async def requeue(
+        self, job_id: str, owner: str, error: JobError, *, keep_turn: bool = False
+    ) -> bool:
         def requeue() -> bool:
             message_id = str(uuid.uuid4())
+            turn = "keep" if keep_turn else "next"
             moved = bool(
                 self._script(
                     "REQUEUE",
                     [self._job(job_id), self._queued, self._running],
-                    [owner, error.code, error.message, message_id, job_id],
+                    [owner, error.code, error.message, message_id, job_id, turn],
                 )
             )
             if moved:
@@ -418,7 +422,7 @@ class RedisJobs:
             self._ack(job_id)
             if isinstance(done, str):
                 # The last segment of a video: the video is queued again, to be stitched.
-                self._enqueue_or_leave(done, message_id, first=True)
+                self._enqueue_or_leave(done, message_id)
                 return True
             return bool(done)
 
@@ -518,7 +522,7 @@ class RedisJobs:
                 # before this cut, taking turns with other keys' jobs, on any node.
                 # Redis failing: the rest are the reconciler's too, without waiting on each.
                 for record, message_id in zip(segments, messages, strict=True):
-                    if not self._enqueue_or_leave(record.id, message_id, first=False):
+                    if not self._enqueue_or_leave(record.id, message_id):
                         break
             return done
 

@@ -82,7 +82,8 @@ def reconcile(store: RedisJobs, *, older_than_s: float | None = None) -> int:
         for job_id, (msg, _rmid), lost in zip(queued, rows, gone, strict=True):
             if lost and msg:
                 message_id = str(uuid.uuid4())
-                if store._script("REISSUE", [store._job(job_id), store._queued], [msg, message_id]):
+                keys = [store._job(job_id), store._queued, store._turns]
+                if store._script("REISSUE", keys, [msg, message_id]):
                     store._enqueue(job_id, message_id)
                     repaired += 1
     return repaired

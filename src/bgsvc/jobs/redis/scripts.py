@@ -130,9 +130,10 @@ PLACES = _PLACES + "return places(KEYS[1], KEYS[2], KEYS[3], ARGV[1])"
 
 
 # KEYS: job, queued, running, heartbeats, turns, clock. ARGV: message_id, owner, hb, now,
-# hb_timeout_ms, now_ms, id. Returns "ok" (now running for owner), or why the message is to
-# be dropped: "gone" (no such job), "stale" (an older message of the job), "final", "busy"
-# (running for a live runner). A claim moves the clock of turns (PLACE) to the job's turn.
+# hb_timeout_ms, now_ms, id, prefix of the keys' queued turns. Returns "ok" (now running
+# for owner), or why the message is to be dropped: "gone" (no such job), "stale" (an older
+# message of the job), "final", "busy" (running for a live runner). A claim moves the clock
+# of turns (PLACE) to the job's turn.
 CLAIM = """
 local fields = redis.call('hmget', KEYS[1], 'status', 'msg', 'hb')
 local status, msg, hb = fields[1], fields[2], fields[3]
@@ -156,22 +157,23 @@ redis.call('zadd', KEYS[3], ARGV[4], ARGV[7])
 local turn = tonumber(redis.call('hget', KEYS[1], 'turn'))
 if turn then
     local clock = math.max(tonumber(redis.call('get', KEYS[6])) or 0, turn)
-    redis.call('set', KEYS[6], clock)
-    -- Messages of earlier turns are no longer where a new one is placed (every new turn
-    -- is later): their entries go, with those of messages fetched and dropped.
-    redis.call('zremrangebyscore', KEYS[5], '-inf', '(' .. clock)
+    redis.call('set', KEYS[6], string.format('%.0f', clock))
+    local key = redis.call('hget', KEYS[1], 'tenant') or ''
+    redis.call('zrem', ARGV[8] .. (key == '' and 'keyless' or ('key:' .. key)), ARGV[7])
 end
-local entry = redis.call('hget', KEYS[1], 'turn_entry')
-if entry then redis.call('zrem', KEYS[5], entry) end
+local rmid = redis.call('hget', KEYS[1], 'rmid')
+if rmid and rmid ~= '' then redis.call('zrem', KEYS[5], rmid) end
 return 'ok'
 """
 
-# KEYS: job, queued, running. ARGV: owner, error_code, error_message, new message_id, id.
+# KEYS: job, queued, running. ARGV: owner, error_code, error_message, new message_id, id,
+# "keep" to keep the job's turn (else PLACE gives it its key's next one).
 REQUEUE = """
 local fields = redis.call('hmget', KEYS[1], 'status', 'owner', 'created_at')
 if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
 redis.call('hset', KEYS[1], 'status', 'queued', 'owner', '', 'hb', '', 'error_code', ARGV[2],
     'error_message', ARGV[3], 'msg', ARGV[4], 'rmid', '')
+if ARGV[6] ~= 'keep' then redis.call('hdel', KEYS[1], 'turn') end
 redis.call('zrem', KEYS[3], ARGV[5])
 redis.call('zadd', KEYS[2], fields[3], ARGV[5])
 return 1
@@ -256,17 +258,6 @@ return segments
 """
 )
 
-# KEYS: job, dramatiq's list of the queue's messages. ARGV: message_id, redis message id.
-# Notes where the message is (as PLACE), and moves it to the head of the queue (next to be
-# fetched) unless a runner fetched it already.
-FIRST = """
-if redis.call('hget', KEYS[1], 'msg') == ARGV[1] then
-    redis.call('hset', KEYS[1], 'rmid', ARGV[2])
-end
-if redis.call('lrem', KEYS[2], -1, ARGV[2]) == 1 then redis.call('lpush', KEYS[2], ARGV[2]) end
-return 0
-"""
-
 # KEYS: job. ARGV: owner, frames done, frames in all.
 PROGRESS = """
 local fields = redis.call('hmget', KEYS[1], 'status', 'owner')
@@ -286,49 +277,68 @@ redis.call('zadd', KEYS[3], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: job, queued. ARGV: expected message_id, new message_id. A queued job whose message
-# was lost gets a new one (the caller enqueues it); the old, if it ever shows, is stale.
+# KEYS: job, queued, turns. ARGV: expected message_id, new message_id. A queued job whose
+# message was lost gets a new one (the caller enqueues it); the old, if it ever shows, is
+# stale, and its place among the turns (PLACE) goes.
 REISSUE = """
 if redis.call('hget', KEYS[1], 'status') ~= 'queued' then return 0 end
 if redis.call('hget', KEYS[1], 'msg') ~= ARGV[1] then return 0 end
+local rmid = redis.call('hget', KEYS[1], 'rmid')
+if rmid and rmid ~= '' then redis.call('zrem', KEYS[3], rmid) end
 redis.call('hset', KEYS[1], 'msg', ARGV[2], 'rmid', '')
 return 1
 """
 
-# KEYS: job, dramatiq's list of the queue's messages, turns, clock, keys' last turns,
-# placements' sequence. ARGV: message_id, redis message id (just pushed at the list's tail).
+# KEYS: job, dramatiq's list of the queue's messages, turns, clock, placements' count.
+# ARGV: message_id, redis message id (just pushed at the list's tail), job id, prefix of the
+# keys' queued turns, job key prefix.
 # Turns between keys, as the embedded store gives them (bgsvc.jobs.sqlite.turns): a job
-# without one takes one past the later of its key's last turn and the clock (the latest
-# turn claimed); a job that has one (queued again: a retry, a lost message) keeps it. The
-# message then moves from the tail to just before the first message of a later turn, so
-# dramatiq's FIFO fetch hands out the lowest turn first. ``turns`` holds each placed
-# message's turn; an entry whose message is no longer in the list (fetched) is dropped
-# when met. Notes where the message is (rmid), for the reconciler, unless the job moved
-# on to another message meanwhile; such a stale message stays where it is.
+# without one takes one past the later of the clock (the latest turn claimed) and the last
+# turn among its key's queued jobs; a job that has one (queued again by a shutdown, or by
+# the reconciler after a lost message) keeps it. Each key's queued turns are a sorted set of
+# job ids; entries of jobs no longer queued (canceled, expired, deleted) are dropped when
+# found at its top. The message then moves from the tail to just before the first message
+# of a later turn, so dramatiq's FIFO fetch hands out the lowest turn first. ``turns`` holds
+# each placed message (its redis message id) at turn x 2^20 + the placement's number, so
+# the messages of one turn sort in the order they were placed, which is their order in the
+# list, until the message is claimed or dropped (RedisJobs.claim); one no longer in the
+# list is dropped when met. (A message a runner fetched and died before claiming comes
+# back at the tail with its entry, and a job placed at an earlier turn goes before it
+# there. The window is one call: a runner claims what it fetches in its next one.) Notes
+# where the message is (rmid), for the reconciler, unless the job moved on to another
+# message meanwhile; such a stale message stays where it is.
 PLACE = """
 if redis.call('hget', KEYS[1], 'msg') ~= ARGV[1] then return 0 end
 redis.call('hset', KEYS[1], 'rmid', ARGV[2])
+local key = redis.call('hget', KEYS[1], 'tenant') or ''
+local mine = ARGV[4] .. (key == '' and 'keyless' or ('key:' .. key))
 local turn = tonumber(redis.call('hget', KEYS[1], 'turn'))
 if not turn then
-    local key = redis.call('hget', KEYS[1], 'tenant') or ''
-    local clock = tonumber(redis.call('get', KEYS[4])) or 0
-    turn = math.max(clock, tonumber(redis.call('hget', KEYS[5], key)) or 0) + 1
-    redis.call('hset', KEYS[5], key, turn)
-    redis.call('hset', KEYS[1], 'turn', turn)
+    local last = 0
+    while true do
+        local top = redis.call('zrevrange', mine, 0, 0, 'WITHSCORES')
+        if #top == 0 then break end
+        if redis.call('hget', ARGV[5] .. top[1], 'status') == 'queued' then
+            last = tonumber(top[2])
+            break
+        end
+        redis.call('zrem', mine, top[1])
+    end
+    turn = math.max(tonumber(redis.call('get', KEYS[4])) or 0, last) + 1
+    redis.call('hset', KEYS[1], 'turn', string.format('%.0f', turn))
 end
+redis.call('zadd', mine, string.format('%.0f', turn), ARGV[3])
+local later_turns = string.format('%.0f', (turn + 1) * 1048576)
 while true do
-    local later = redis.call('zrangebyscore', KEYS[3], '(' .. turn, '+inf', 'LIMIT', 0, 1)[1]
+    local later = redis.call('zrangebyscore', KEYS[3], later_turns, '+inf', 'LIMIT', 0, 1)[1]
     if not later then break end
     if redis.call('lrem', KEYS[2], -1, ARGV[2]) == 0 then return 1 end
-    if redis.call('linsert', KEYS[2], 'BEFORE', string.sub(later, 18), ARGV[2]) > 0 then break end
+    if redis.call('linsert', KEYS[2], 'BEFORE', later, ARGV[2]) > 0 then break end
     redis.call('rpush', KEYS[2], ARGV[2])
     redis.call('zrem', KEYS[3], later)
 end
--- Members of one turn sort by name: the placement's sequence first, so the first of a turn
--- found above is the one placed first, which is the first of them in the list.
-local entry = string.format('%016d', redis.call('incr', KEYS[6])) .. ':' .. ARGV[2]
-redis.call('zadd', KEYS[3], turn, entry)
-redis.call('hset', KEYS[1], 'turn_entry', entry)
+local placed = redis.call('incr', KEYS[5]) % 1048576
+redis.call('zadd', KEYS[3], string.format('%.0f', turn * 1048576 + placed), ARGV[2])
 return 1
 """
 

@@ -61,6 +61,7 @@ _ADDED_COLUMNS = {
         "segments": "INTEGER NOT NULL DEFAULT 0",
         # Where a queued job stands among the keys' turns (bgsvc.jobs.sqlite.turns).
         "turn": "INTEGER",
+        "placed": "INTEGER",
     },
     "batches": {"tenant": "TEXT"},
 }

@@ -95,9 +95,9 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
 def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
     """``record`` queued at its key's next turn (call within the write lock)."""
     db.execute(
-        f"INSERT INTO jobs ({_COLUMNS}, turn) VALUES "
+        f"INSERT INTO jobs ({_COLUMNS}, turn, placed) VALUES "
         "(?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', NULL, ?, ?, ?, "
-        "NULL, NULL, ?, ?, ?)",
+        "NULL, NULL, ?, ?, ?, ?)",
         (
             record.id,
             record.status.value,
@@ -113,7 +113,7 @@ def _insert_job(db: sqlite3.Connection, record: JobRecord) -> None:
             record.credits,
             record.parent,
             record.segments,
-            turns.next_turn(db, record.tenant),
+            *turns.place(db, record.tenant),
         ),
     )
 
@@ -217,14 +217,27 @@ class SqliteJobStore:
 
         return await self._run(lambda db: transaction(db, lambda: take(db)))
 
-    async def requeue(self, job_id: str, owner: str, error: JobError) -> bool:
+    async def requeue(
+        self, job_id: str, owner: str, error: JobError, *, keep_turn: bool = False
+    ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
-                "UPDATE jobs SET status = 'queued', owner = NULL, error_code = ?, "
-                "error_message = ? WHERE id = ? AND status = 'running' AND owner = ?",
-                (error.code, error.message, job_id, owner),
-            )
-            return cursor.rowcount == 1
+            def back() -> bool:
+                row = db.execute(
+                    "SELECT tenant, turn FROM jobs WHERE id = ? AND status = 'running' "
+                    "AND owner = ?",
+                    (job_id, owner),
+                ).fetchone()
+                if row is None:
+                    return False
+                turn, placed = turns.place(db, row["tenant"], row["turn"] if keep_turn else None)
+                db.execute(
+                    "UPDATE jobs SET status = 'queued', owner = NULL, error_code = ?, "
+                    "error_message = ?, turn = ?, placed = ? WHERE id = ?",
+                    (error.code, error.message, turn, placed, job_id),
+                )
+                return True
+
+            return transaction(db, back)
 
         return await self._run(update)
 
@@ -261,13 +274,14 @@ class SqliteJobStore:
             parent = rows[0]["parent"]
             if parent is not None:
                 # The last of a video's segments to end (however it ended): the video is
-                # queued again, to be stitched. A retried finish matched no row above, and
-                # a parent queued already is not waiting: it is queued once.
+                # queued again, to be stitched, at its own turn (claimed already: next). A
+                # retried finish matched no row above, and a parent queued already is not
+                # waiting: it is queued once.
                 db.execute(
-                    "UPDATE jobs SET status = 'queued', owner = NULL "
+                    "UPDATE jobs SET status = 'queued', owner = NULL, placed = ? "
                     "WHERE id = ? AND status = 'waiting' AND NOT EXISTS (SELECT 1 FROM jobs "
                     "WHERE parent = ? AND status IN ('queued', 'running'))",
-                    (parent, parent),
+                    (turns.placement(db), parent, parent),
                 )
             return True
 

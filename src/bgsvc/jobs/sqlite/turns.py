@@ -1,12 +1,12 @@
 """Turns between keys in the embedded store: which queued job a claim takes.
 
-Each job gets a turn when it is queued: one past the later of its key's last turn and the
-queue's clock (the latest turn claimed). A claim takes the lowest turn, oldest first among
-equal ones, and moves the clock to it. So a key that queues 200 jobs gets turns 1-200
-while a key that queues one job after it gets the clock's next turn: it waits for at most
-one job of each other key, not for the backlog (start-time fair queueing with one unit a
-job). Jobs without a key share one line. The Redis store keeps the same turns
-(bgsvc.jobs.redis.scripts).
+Each job gets a turn when it is queued: one past the later of the queue's clock (the latest
+turn claimed) and the last turn among its key's queued jobs. A claim takes the lowest turn,
+the first queued among equal ones, and moves the clock to it. So a key that queues 200 jobs
+gets turns 1-200 while a key that queues one job after it gets the clock's next turn: it
+waits for at most one job of each other key, not for the backlog (start-time fair queueing
+with one unit a job). A key's canceled or expired jobs hold no turns, and jobs without a key
+share one line. The Redis store keeps the same turns (bgsvc.jobs.redis.scripts).
 """
 
 from __future__ import annotations
@@ -19,39 +19,50 @@ CREATE TABLE IF NOT EXISTS turns (
     turn INTEGER NOT NULL
 );
 """
-# Rows from before turns (NULL) sort first: they were queued before any turn was given.
-INDEX = "CREATE INDEX IF NOT EXISTS jobs_status_turn ON jobs (status, turn, created_at);"
-NEXT_QUEUED = "SELECT id FROM jobs WHERE status = 'queued' ORDER BY turn, created_at LIMIT 1"
+# ``placed`` numbers the placements: among jobs of one turn, the first queued runs first, as
+# in the Redis store (where a retried job's submission time would not say so). Rows from
+# before turns (NULL) sort first: they were queued before any turn was given.
+INDEX = "CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs (status, turn, placed);"
+NEXT_QUEUED = (
+    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY turn, placed, created_at LIMIT 1"
+)
 
 _CLOCK = "clock"
+_PLACED = "placed"
 
 
-def _scope(tenant: str | None) -> str:
-    return "keyless" if tenant is None else f"key:{tenant}"
-
-
-def _get(db: sqlite3.Connection, scope: str) -> int:
+def _value(db: sqlite3.Connection, scope: str) -> int:
     row = db.execute("SELECT turn FROM turns WHERE scope = ?", (scope,)).fetchone()
-    return int(row[0]) if row is not None else 0
+    return int(row[0]) if row else 0
 
 
-def _raise(db: sqlite3.Connection, scope: str, turn: int) -> None:
+def place(db: sqlite3.Connection, tenant: str | None, turn: int | None = None) -> tuple[int, int]:
+    """(turn, placement) of a job ``tenant`` queues now, at ``turn`` if it keeps one, else
+    at its key's next turn (call within the write lock)."""
+    if turn is None:
+        last = db.execute(
+            "SELECT MAX(turn) FROM jobs WHERE tenant IS ? AND status = 'queued'", (tenant,)
+        ).fetchone()
+        turn = max(_value(db, _CLOCK), last[0] or 0) + 1
+    return turn, placement(db)
+
+
+def placement(db: sqlite3.Connection) -> int:
+    """The number of a placement now: among jobs of one turn, a lower one runs first."""
+    placed = _value(db, _PLACED) + 1
     db.execute(
         "INSERT INTO turns (scope, turn) VALUES (?, ?) "
-        "ON CONFLICT (scope) DO UPDATE SET turn = MAX(turn, excluded.turn)",
-        (scope, turn),
+        "ON CONFLICT (scope) DO UPDATE SET turn = excluded.turn",
+        (_PLACED, placed),
     )
-
-
-def next_turn(db: sqlite3.Connection, tenant: str | None) -> int:
-    """The turn of a job ``tenant`` queues now, taken (call within the write lock)."""
-    scope = _scope(tenant)
-    turn = max(_get(db, _CLOCK), _get(db, scope)) + 1
-    _raise(db, scope, turn)
-    return turn
+    return placed
 
 
 def claimed(db: sqlite3.Connection, turn: int | None) -> None:
     """A job of ``turn`` was claimed: the clock is at least there."""
     if turn is not None:
-        _raise(db, _CLOCK, turn)
+        db.execute(
+            "INSERT INTO turns (scope, turn) VALUES (?, ?) "
+            "ON CONFLICT (scope) DO UPDATE SET turn = MAX(turn, excluded.turn)",
+            (_CLOCK, turn),
+        )
