@@ -306,3 +306,27 @@ def test_both_stores_hand_out_the_same_order_for_the_same_day(
     assert len(embedded) > 150
     assert embedded == shared
     assert (messages_left, entries_left) == (0, 0)
+
+
+@pytest.mark.redis
+def test_a_keys_turns_in_redis_hold_its_queued_jobs_and_expire_after_them(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = RedisJobStore(redis_server.url, ttl_s=60, heartbeat_timeout_s=5)
+    mine = f"{store.prefix}turns:key:a"
+
+    async def scenario() -> None:
+        try:
+            await queue(store, "a", 10, name="a_gone")
+            for i in range(10):
+                assert await store.cancel(f"job_a_gone{i}", time.time())
+            await queue(store, "b", 12)
+            await claim_all(store, "runner-1")
+            await queue(store, "a", 1)
+            assert store.redis.zrange(mine, 0, -1) == ["job_a0"]
+            # A key that stops submitting leaves nothing behind once its jobs expired.
+            assert 0 < store.redis.pttl(mine) <= 2 * 60 * 1000
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

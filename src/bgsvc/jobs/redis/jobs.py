@@ -190,6 +190,8 @@ class RedisJobs:
             job_id,
             self._key_turns,
             f"{self.prefix}job:",
+            # Past every queued job's expiry (a TTL after its submission).
+            2 * self.ttl_ms,
         ]
         self._script("PLACE", keys, args)
 

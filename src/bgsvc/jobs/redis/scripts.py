@@ -291,22 +291,24 @@ return 1
 
 # KEYS: job, dramatiq's list of the queue's messages, turns, clock, placements' count.
 # ARGV: message_id, redis message id (just pushed at the list's tail), job id, prefix of the
-# keys' queued turns, job key prefix.
+# keys' queued turns, job key prefix, how long a key's set outlives its last placement (ms).
 # Turns between keys, as the embedded store gives them (bgsvc.jobs.sqlite.turns): a job
 # without one takes one past the later of the clock (the latest turn claimed) and the last
 # turn among its key's queued jobs; a job that has one (queued again by a shutdown, or by
 # the reconciler after a lost message) keeps it. Each key's queued turns are a sorted set of
 # job ids; entries of jobs no longer queued (canceled, expired, deleted) are dropped when
-# found at its top. The message then moves from the tail to just before the first message
-# of a later turn, so dramatiq's FIFO fetch hands out the lowest turn first. ``turns`` holds
-# each placed message (its redis message id) at turn x 2^20 + the placement's number, so
-# the messages of one turn sort in the order they were placed, which is their order in the
-# list, until the message is claimed or dropped (RedisJobs.claim); one no longer in the
-# list is dropped when met. (A message a runner fetched and died before claiming comes
-# back at the tail with its entry, and a job placed at an earlier turn goes before it
-# there. The window is one call: a runner claims what it fetches in its next one.) Notes
-# where the message is (rmid), for the reconciler, unless the job moved on to another
-# message meanwhile; such a stale message stays where it is.
+# found at its top, those below the clock (which no longer decide a turn) at each
+# placement, and the set itself once every job in it has expired. The message then moves
+# from the tail to just before the first message of a later turn, so dramatiq's FIFO fetch
+# hands out the lowest turn first. ``turns`` holds each placed message (its redis message
+# id) at turn x 2^20 + the placement's number, so the messages of one turn sort in the
+# order they were placed, which is their order in the list, until the message is claimed
+# or dropped (RedisJobs.claim); one no longer in the list is dropped when met. (A message a
+# runner fetched and died before claiming comes back at the tail with its entry, and a job
+# placed at an earlier turn goes before it there. The window is one call: a runner claims
+# what it fetches in its next one.) Notes where the message is (rmid), for the reconciler,
+# unless the job moved on to another message meanwhile; such a stale message stays where
+# it is.
 PLACE = """
 if redis.call('hget', KEYS[1], 'msg') ~= ARGV[1] then return 0 end
 redis.call('hset', KEYS[1], 'rmid', ARGV[2])
@@ -327,7 +329,10 @@ if not turn then
     turn = math.max(tonumber(redis.call('get', KEYS[4])) or 0, last) + 1
     redis.call('hset', KEYS[1], 'turn', string.format('%.0f', turn))
 end
+local clock = tonumber(redis.call('get', KEYS[4])) or 0
+redis.call('zremrangebyscore', mine, '-inf', '(' .. string.format('%.0f', clock))
 redis.call('zadd', mine, string.format('%.0f', turn), ARGV[3])
+redis.call('pexpire', mine, ARGV[6])
 local later_turns = string.format('%.0f', (turn + 1) * 1048576)
 while true do
     local later = redis.call('zrangebyscore', KEYS[3], later_turns, '+inf', 'LIMIT', 0, 1)[1]

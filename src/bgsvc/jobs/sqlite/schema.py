@@ -107,7 +107,7 @@ def migrate(db: sqlite3.Connection) -> None:
                         raise
     db.executescript(_INDEXES)
     db.executescript(turns.TABLE)
-    db.execute(turns.INDEX)
+    db.executescript(turns.INDEXES)
 
 
 # A tenant's unfinished jobs: a video waiting on its segments is one, its segments none

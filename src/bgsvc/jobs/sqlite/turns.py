@@ -22,7 +22,11 @@ CREATE TABLE IF NOT EXISTS turns (
 # ``placed`` numbers the placements: among jobs of one turn, the first queued runs first, as
 # in the Redis store (where a retried job's submission time would not say so). Rows from
 # before turns (NULL) sort first: they were queued before any turn was given.
-INDEX = "CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs (status, turn, placed);"
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs (status, turn, placed);
+CREATE INDEX IF NOT EXISTS jobs_key_turns ON jobs (tenant, status, turn) WHERE tenant IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_keyless_turns ON jobs (status, turn) WHERE tenant IS NULL;
+"""
 NEXT_QUEUED = (
     "SELECT id FROM jobs WHERE status = 'queued' ORDER BY turn, placed, created_at LIMIT 1"
 )
@@ -40,9 +44,16 @@ def place(db: sqlite3.Connection, tenant: str | None, turn: int | None = None) -
     """(turn, placement) of a job ``tenant`` queues now, at ``turn`` if it keeps one, else
     at its key's next turn (call within the write lock)."""
     if turn is None:
-        last = db.execute(
-            "SELECT MAX(turn) FROM jobs WHERE tenant IS ? AND status = 'queued'", (tenant,)
-        ).fetchone()
+        # Each on an index of its own (jobs_key_turns, jobs_keyless_turns): this runs under
+        # the write lock, once for each of a video's segments, beside a queue of any length.
+        if tenant is None:
+            last = db.execute(
+                "SELECT MAX(turn) FROM jobs WHERE tenant IS NULL AND status = 'queued'"
+            ).fetchone()
+        else:
+            last = db.execute(
+                "SELECT MAX(turn) FROM jobs WHERE tenant = ? AND status = 'queued'", (tenant,)
+            ).fetchone()
         turn = max(_value(db, _CLOCK), last[0] or 0) + 1
     return turn, placement(db)
 
