@@ -1,7 +1,8 @@
 """The embedded job store: one SQLite file (WAL) under the data directory.
 
 Several processes of one node (gunicorn workers) may share the file: WAL lets readers run
-beside the one writer, and a claim is a single UPDATE ... RETURNING, so each queued job
+beside the one writer, and a claim is an UPDATE ... RETURNING under the write lock (the
+queue's turns, bgsvc.jobs.sqlite.turns, move in the same transaction), so each queued job
 goes to exactly one of them. Calls run in a worker thread, never on the event loop.
 """
 

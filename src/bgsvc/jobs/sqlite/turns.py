@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import sqlite3
 
+# The clock and the count of placements.
 TABLE = """
-CREATE TABLE IF NOT EXISTS turns (
-    scope TEXT PRIMARY KEY,
-    turn INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS queue_counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 """
 # ``placed`` numbers the placements: among jobs of one turn, the first queued runs first, as
@@ -35,8 +36,8 @@ _CLOCK = "clock"
 _PLACED = "placed"
 
 
-def _value(db: sqlite3.Connection, scope: str) -> int:
-    row = db.execute("SELECT turn FROM turns WHERE scope = ?", (scope,)).fetchone()
+def _value(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT value FROM queue_counters WHERE name = ?", (name,)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -62,8 +63,8 @@ def placement(db: sqlite3.Connection) -> int:
     """The number of a placement now: among jobs of one turn, a lower one runs first."""
     placed = _value(db, _PLACED) + 1
     db.execute(
-        "INSERT INTO turns (scope, turn) VALUES (?, ?) "
-        "ON CONFLICT (scope) DO UPDATE SET turn = excluded.turn",
+        "INSERT INTO queue_counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         (_PLACED, placed),
     )
     return placed
@@ -73,7 +74,7 @@ def claimed(db: sqlite3.Connection, turn: int | None) -> None:
     """A job of ``turn`` was claimed: the clock is at least there."""
     if turn is not None:
         db.execute(
-            "INSERT INTO turns (scope, turn) VALUES (?, ?) "
-            "ON CONFLICT (scope) DO UPDATE SET turn = MAX(turn, excluded.turn)",
+            "INSERT INTO queue_counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
             (_CLOCK, turn),
         )
