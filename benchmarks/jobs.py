@@ -89,10 +89,12 @@ def _seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-def _wait_job(target: Target, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
+def _wait_job(
+    target: Target, job_id: str, timeout: float = 300.0, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        _, body = _request(target, "GET", f"/jobs/{job_id}")
+        _, body = _request(target, "GET", f"/jobs/{job_id}", headers=headers)
         if body["status"] in ("succeeded", "failed", "canceled", "expired"):
             return body
         if time.monotonic() > deadline:

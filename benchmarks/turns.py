@@ -20,14 +20,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
-from benchmarks.jobs import _multipart, _redis, _request, _seconds, unique_jpegs
+from benchmarks.jobs import _multipart, _redis, _request, _seconds, _wait_job, unique_jpegs
 from benchmarks.nodes import Node
 from benchmarks.plan import HERE, cores
 from benchmarks.service import node_env
@@ -94,8 +93,11 @@ def measure(items: int, redis: bool) -> dict[str, Any]:
                 {"Content-Type": "image/jpeg", "X-Api-Key": b},
             )
             assert status == 202, job
-            b_done = _wait_job_as(node, job["id"], b)
-            a_done = [_wait_job_as(node, item["job_id"], a) for item in batch["items"]]
+            b_done = _wait_job(node.target, job["id"], 600, {"X-Api-Key": b})
+            a_done = [
+                _wait_job(node.target, item["job_id"], 600, {"X-Api-Key": a})
+                for item in batch["items"]
+            ]
         finally:
             node.stop()
     b_start = _seconds(b_done["started_at"])
@@ -109,17 +111,6 @@ def measure(items: int, redis: bool) -> dict[str, Any]:
         "a_last_start_after_submission_s": a_starts[-1] - a_created,
         "statuses": sorted({j["status"] for j in [*a_done, b_done]}),
     }
-
-
-def _wait_job_as(node: Node, job_id: str, key: str, timeout: float = 600.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        _, body = _request(node.target, "GET", f"/jobs/{job_id}", headers={"X-Api-Key": key})
-        if body["status"] in ("succeeded", "failed", "canceled", "expired"):
-            return body
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job_id} still {body['status']} after {timeout:.0f}s")
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
