@@ -222,6 +222,7 @@ CUDA_OPS = {
     "Less",
     "LessOrEqual",
     "Max",
+    "MaxPool",
     "Min",
     "Mul",
     "Pad",

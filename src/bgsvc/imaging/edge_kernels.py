@@ -57,22 +57,32 @@ def products(guide: np.ndarray, p: np.ndarray, out: np.ndarray) -> None:
 
 
 @_compiled
-def solve(sums: np.ndarray, prods: np.ndarray, n: int, eps: float, out: np.ndarray) -> None:
+def solve(
+    sums: np.ndarray, prods: np.ndarray, n: int, eps: float, near: np.ndarray, out: np.ndarray
+) -> None:
     """The colour guided filter's coefficients [a_r, a_g, a_b, b] (float32 4xHxW, for I and
     p in [0, 1]) from the window sums (over ``n`` pixels) of r, g, b, p (``sums``, int32
     4xHxW, in 0-255) and of the products (``prods``, int32 9xHxW as products() lays them
     out, in 0-65025): the 3x3 covariance plus eps inverted by cofactors (symmetric,
-    positive definite)."""
+    positive definite). Where ``near`` (uint8 HxW) is 0 the window holds no soft matte, so
+    a = 0 and b is the window's mean matte, without the solve."""
     h, w = sums.shape[1:]
     s1 = np.float32(1 / (255 * n))
     s2 = np.float32(1 / (65025 * n))
     e = np.float32(eps)
+    zero = np.float32(0)
     for y in range(h):
         for x in range(w):
+            mp = np.float32(sums[3, y, x]) * s1
+            if near[y, x] == 0:
+                out[0, y, x] = zero
+                out[1, y, x] = zero
+                out[2, y, x] = zero
+                out[3, y, x] = mp
+                continue
             mr = np.float32(sums[0, y, x]) * s1
             mg = np.float32(sums[1, y, x]) * s1
             mb = np.float32(sums[2, y, x]) * s1
-            mp = np.float32(sums[3, y, x]) * s1
             cr = np.float32(prods[0, y, x]) * s2 - mr * mp
             cg = np.float32(prods[1, y, x]) * s2 - mg * mp
             cb = np.float32(prods[2, y, x]) * s2 - mb * mp
@@ -138,24 +148,38 @@ def apply_guided(
     guide: np.ndarray,
     out: np.ndarray,
     span: tuple[int, int, int, int],
+    active: np.ndarray,
 ) -> None:
     """q = a . I + b with a and b (``coef``: float32 4xhxw, a crop of a small grid of size
     ``grid`` (w, h) that starts at ``origin`` (x, y); b scaled to 0-255) enlarged
     bilinearly to ``guide``'s size (uint8 HxWx3), written as uint8 into ``out`` for the
-    pixels in ``span`` (y0, y1, x0, x1)."""
+    pixels in ``span`` (y0, y1, x0, x1) that sample a cell where ``active`` (uint8 hxw) is
+    not 0. Elsewhere a is 0 and ``out`` already holds b enlarged."""
     h, w = out.shape
     ch, cw = coef.shape[1:]
     y0, y1, x0, x1 = span
     ys, wy = _taps(h, ch, grid[1] / h, origin[1])
     xs, wx = _taps(w, cw, grid[0] / w, origin[0])
     step = 1 if cw > 1 else 0
+    # A grid row with nothing active, and the row below it likewise: the photo's rows that
+    # sample only those two are left as they are.
+    row_active = np.zeros(ch, np.bool_)
+    for j in range(ch):
+        for i in range(cw):
+            if active[j, i] != 0:
+                row_active[j] = True
+                break
     for y in range(y0, y1):
         j = ys[y]
         j2 = min(j + 1, ch - 1)
+        if not (row_active[j] or row_active[j2]):
+            continue
         fy = wy[y]
         for x in range(x0, x1):
             i = xs[x]
             i2 = i + step
+            if (active[j, i] | active[j, i2] | active[j2, i] | active[j2, i2]) == 0:
+                continue
             w00, w01, w10, w11 = _weights(fy, wx[x])
             q = (
                 coef[3, j, i] * w00

@@ -144,11 +144,12 @@ def _to_uint8(g: _Graph, x: str) -> str:
     return g.op("Cast", rounded, to=_UINT8)
 
 
-def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str]:
+def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str, str]:
     """edges._soft_box in the graph: the bounding box of p's soft values (1x1xhxw, 0-255)
     grown by ``margin``, as Slice starts and ends (int64 [y0, x0], [y1, x1]) and as a
-    bool 1x1xhxw mask. With nothing soft the bounds span the grid (the fit has something
-    to run on) and the mask is all false."""
+    bool 1x1xhxw mask; and the soft values' own mask (float 1x1xhxw, 0 or 1). With nothing
+    soft the bounds span the grid (the fit has something to run on) and the masks are all
+    false."""
     lo, hi = edges.SOFT
     soft = g.op("And", g.op("GreaterOrEqual", p, g.f32(lo)), g.op("LessOrEqual", p, g.f32(hi)))
     soft = g.op("Cast", soft, to=_FLOAT)
@@ -169,12 +170,13 @@ def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str]:
         ends.append(g.op("Unsqueeze", end, g.axes(0)))
         inside.append(g.op("And", g.op("GreaterOrEqual", index, start), g.op("Less", index, end)))
     box = g.op("And", found, g.op("And", *inside))
-    return g.op("Concat", *starts, axis=0), g.op("Concat", *ends, axis=0), box
+    return g.op("Concat", *starts, axis=0), g.op("Concat", *ends, axis=0), box, soft
 
 
-def _solve(g: _Graph, means: str, eps: float) -> list[str]:
+def _solve(g: _Graph, means: str, eps: float, near: str) -> list[str]:
     """edge_kernels.solve on the window means (1x13xhxw: r, g, b, p in 0-255, then rp, gp,
-    bp, rr, gg, bb, rg, gb, rb in 0-65025): [a_r, a_g, a_b, b], each 1x1xhxw."""
+    bp, rr, gg, bb, rg, gb, rb in 0-65025): [a_r, a_g, a_b, b], each 1x1xhxw; a is 0 where
+    ``near`` (float 1x1xhxw) is, so that b there is the window's mean matte."""
     scale = [1 / 255] * 4 + [1 / 65025] * 9
     means = g.op("Mul", means, g.const(np.reshape(scale, (1, 13, 1, 1)), np.float32))
     mr, mg, mb, mp, pr, pg, pb, srr, sgg, sbb, srg, sgb, srb = g.ops(
@@ -199,7 +201,7 @@ def _solve(g: _Graph, means: str, eps: float) -> list[str]:
     det = add(add(mul(rr, i_rr), mul(rg, i_rg)), mul(rb, i_rb))
     inv_det = g.op("Reciprocal", det)
     a = [
-        mul(add(add(mul(i_1, cr), mul(i_2, cg)), mul(i_3, cb)), inv_det)
+        mul(mul(add(add(mul(i_1, cr), mul(i_2, cg)), mul(i_3, cb)), inv_det), near)
         for i_1, i_2, i_3 in ((i_rr, i_rg, i_rb), (i_rg, i_gg, i_gb), (i_rb, i_gb, i_bb))
     ]
     b = sub(sub(sub(mp, mul(a[0], mr)), mul(a[1], mg)), mul(a[2], mb))
@@ -212,7 +214,7 @@ def upscale_model(radius: int = edges.GUIDED_RADIUS, eps: float = edges.GUIDED_E
 
     g = _Graph()
     p = g.op("Unsqueeze", g.op("Cast", "matte", to=_FLOAT), g.axes(0, 1))  # 1x1xhxw, 0-255
-    starts, ends, box = _soft_box(g, p, 3 * radius + 2)
+    starts, ends, box, soft = _soft_box(g, p, 3 * radius + 2)
     # Fitted on the box's crop, as guided_upscale: the border the box filters reflect at
     # is the crop's (see the module's docstring).
     spatial = g.axes(2, 3)
@@ -221,7 +223,15 @@ def upscale_model(radius: int = edges.GUIDED_RADIUS, eps: float = edges.GUIDED_E
     cross = g.op("Gather", guide, g.const([1, 2, 0], np.int64), axis=1)  # g, b, r
     products = [g.op("Mul", guide, crop_p), g.op("Mul", guide, guide), g.op("Mul", guide, cross)]
     planes = g.op("Concat", guide, crop_p, *products, axis=1)
-    coef = g.op("Concat", *_solve(g, _box_mean(g, planes, radius), eps), axis=1)
+    # Windows without a soft pixel keep a = 0 (edges.guided_upscale's "near").
+    window = 2 * radius + 1
+    near = g.op(
+        "MaxPool",
+        g.op("Slice", soft, starts, ends, spatial),
+        kernel_shape=[window, window],
+        pads=[radius] * 4,
+    )
+    coef = g.op("Concat", *_solve(g, _box_mean(g, planes, radius), eps, near), axis=1)
     # Back on the grid: [0, 0, y0, x0, 0, 0, h - y1, w - x1].
     grid = g.op("Shape", p, start=2, end=4)
     zeros = g.const([0, 0], np.int64)
