@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bgsvc.imaging import area
 from bgsvc.imaging import edge_kernels as kernels
 from bgsvc.imaging.opencv import cv2
 from bgsvc.imaging.resize import shrink
@@ -83,6 +84,14 @@ def _resize(img: np.ndarray, size: _Shape) -> np.ndarray:
     if size[0] <= w and size[1] <= h:
         return shrink(img, size)
     return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _resize_region(img: np.ndarray, size: _Shape, rows: slice, cols: slice) -> np.ndarray:
+    """_resize(img, size)[rows, cols], contiguous; where the compiled average applies, only
+    that region is computed."""
+    if area.applies(img.shape, size):
+        return area.shrink(img, size, (rows, cols))
+    return np.ascontiguousarray(_resize(img, size)[rows, cols])
 
 
 def _box_sum(img: np.ndarray, radius: int, out: np.ndarray) -> None:
@@ -155,6 +164,7 @@ def preload() -> None:
     of the first request: a first compile takes seconds."""
     rng = np.random.default_rng(0)
     matte = rng.integers(0, 256, (8, 8), np.uint8)
+    area.preload()
     rgba = rng.integers(0, 256, (12, 12, 4), np.uint8)
     for photo in (np.ascontiguousarray(rgba[..., :3]), rgba[..., :3]):
         alpha = upscale_matte(matte, photo)
@@ -195,7 +205,7 @@ def guided_upscale(
     window = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
     near = cv2.dilate(np.ascontiguousarray(soft[rows, cols]), window)
     active = cv2.dilate(near, window)
-    small = np.ascontiguousarray(_resize(guide, grid)[rows, cols])
+    small = _resize_region(guide, grid, rows, cols)
     coef = guided_coefficients(small, np.ascontiguousarray(p8[rows, cols]), radius, eps, near)
     coef[3] *= 255
     # Outside the box's footprint the matte is flat: its plain enlargement is the answer.
