@@ -56,6 +56,9 @@ ML_EDGE = (512, 1024)
 # The multilevel solver's iterations (pymatting's defaults): 10 on levels up to 32 px, 2
 # above. More on the fine levels cut the error on strands but raised it on the veil.
 ML_ITERATIONS = (10, 2, 32)
+# On the fine levels the solver runs only this many grid cells from a soft one: its two
+# sweeps there carry little further, and a product photo's soft pixels are a thin band.
+ML_REACH = 4
 # How strongly the estimated background is drawn to the clear background carried into
 # the soft region (against I = aF + (1 - a)B's unit weight), and how fast that falls where
 # the clear pixels it comes from vary: divided by 1 + var / BACKGROUND_SPREAD^2, var their
@@ -148,10 +151,11 @@ def guided_coefficients(
 def _soft_box(soft: np.ndarray, pad: int) -> tuple[slice, slice] | None:
     """The bounding box of ``soft``'s non-zero pixels (a mask of p's soft values, neither
     0 nor 1), grown by pad, or None."""
-    rows = np.flatnonzero(cv2.reduce(soft, 1, cv2.REDUCE_MAX))
+    # numpy's any, not cv2.reduce: 0.1 against 3 ms on a 1024 x 681 grid.
+    rows = np.flatnonzero(soft.any(axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(cv2.reduce(soft, 0, cv2.REDUCE_MAX))
+    cols = np.flatnonzero(soft.any(axis=0))
     h, w = soft.shape
     return (
         slice(max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)),
@@ -270,7 +274,19 @@ def foreground_ml(
         # No background in view to carry: smoothness alone.
         prior, weight = small, np.zeros((1, 1, 1), np.float32)
     small_a = (small8.astype(np.float32) / 255)[..., None]
-    return kernels.foreground_ml(small, small_a, prior, weight, ML_ITERATIONS)
+    near = _near_soft(alpha, small8, grid)
+    return kernels.foreground_ml(small, small_a, prior, weight, ML_ITERATIONS, near)
+
+
+def _near_soft(alpha: np.ndarray, small8: np.ndarray, grid: _Shape) -> np.ndarray:
+    """Where on the solver's grid its fine levels are solved (float32 HxWx1, 1 or 0): cells
+    within ML_REACH of one that is soft on the grid or holds a soft pixel of the photo. The
+    estimate is read only at soft pixels (correct()); elsewhere the coarser level's serves."""
+    held = cv2.inRange(_resize(cv2.inRange(alpha, *SOFT), grid), 1, 255)
+    soft = cv2.bitwise_or(held, cv2.inRange(small8, *SOFT))
+    size = 2 * ML_REACH + 1
+    near = cv2.dilate(soft, cv2.getStructuringElement(cv2.MORPH_RECT, (size, size)))
+    return (near > 0).astype(np.float32)[..., None]
 
 
 def background_prior(pixels: np.ndarray, clear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
