@@ -237,3 +237,47 @@ def test_a_matte_soft_everywhere_has_no_background_to_carry_and_still_works() ->
     alpha = np.full((60, 80), 128, np.uint8)
     colour = decontaminate(photo, alpha)
     assert colour.shape == photo.shape and not np.array_equal(colour, photo)
+
+
+_FIRST_REQUEST = """
+import json
+import numpy as np
+from bgsvc.imaging import area, edges, edge_kernels
+from bgsvc.imaging.opencv import cv2
+
+def compiled():
+    return {
+        f"{mod.__name__}.{name}": len(fn.signatures)
+        for mod in (edge_kernels, area)
+        for name, fn in vars(mod).items()
+        if hasattr(fn, "signatures")
+    }
+
+edges.preload()
+before = compiled()
+rng = np.random.default_rng(0)
+yy, xx = np.mgrid[:600, :900]
+ring = 1 - ((xx - 430) / 300) ** 2 - ((yy - 310) / 220) ** 2
+matte = cv2.resize(np.clip(255 * ring * 8, 0, 255).astype(np.uint8), (512, 512))
+rgba = rng.integers(0, 256, (600, 900, 4), np.uint8)
+for photo in (np.ascontiguousarray(rgba[..., :3]), rgba[..., :3]):
+    alpha = edges.upscale_matte(matte, photo)
+    edges.decontaminate(photo, alpha)
+    edges.decontaminate(photo, alpha, out=np.empty_like(rgba)[..., :3])
+print(json.dumps({"before": before, "after": compiled()}))
+"""
+
+
+def test_preload_compiles_every_kernel_a_request_calls() -> None:
+    # A kernel first compiled by a request stalls it for seconds: after preload, a request's
+    # calls (a contiguous photo and the RGB of an RGBA decode, both steps) compile nothing.
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _FIRST_REQUEST], capture_output=True, text=True, check=True
+    )
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["before"]["bgsvc.imaging.area._shrink"] >= 1
+    assert seen["after"] == seen["before"]
