@@ -445,10 +445,7 @@ def _ml_without_prior(pixels: np.ndarray, alpha: np.ndarray, *, pymatting: bool)
     else:
         iterations = edges.ML_ITERATIONS
         none = np.zeros((1, 1, 1), np.float32)
-        everywhere = np.ones((1, 1, 1), np.float32)
-        f, b = edge_kernels.foreground_ml(
-            small, small_a[..., None], small, none, iterations, everywhere
-        )
+        f, b = edge_kernels.foreground_ml(small, small_a[..., None], small, none, iterations)
     f_hat, b_hat = np.asarray(f, np.float32), np.asarray(b, np.float32)
     return edges.correct(pixels.copy(), pixels, alpha, f_hat, b_hat)
 

@@ -52,10 +52,17 @@ def test_the_rgb_of_an_rgba_decode_is_read_in_place_and_gives_the_rgb_result() -
     rows, depth = area._rows(view)
     assert depth == 4 and np.shares_memory(rows, rgba)
     assert np.array_equal(area.shrink(view, (100, 70)), area.shrink(rgba, (100, 70))[..., :3])
-    # A view that does not start at its base's first channel is copied, and still right.
+    # Views whose pixels are not the first channels of their base's rows are copied, and
+    # still right: a later start, every other channel, rows and columns swapped.
+    whole = area.shrink(rgba, (100, 70))
     later = rgba[..., 1:]
     assert not np.shares_memory(area._rows(later)[0], rgba)
-    assert np.array_equal(area.shrink(later, (100, 70)), area.shrink(rgba, (100, 70))[..., 1:])
+    assert np.array_equal(area.shrink(later, (100, 70)), whole[..., 1:])
+    assert np.array_equal(area.shrink(rgba[..., ::2], (100, 70)), whole[..., ::2])
+    square = rgba[:120, :120]
+    swapped = square.transpose(1, 0, 2)[..., :3]
+    expected = cv2.resize(np.ascontiguousarray(swapped), (100, 70), interpolation=cv2.INTER_AREA)
+    assert np.abs(area.shrink(swapped, (100, 70)).astype(int) - expected).max() <= 1
 
 
 @pytest.mark.parametrize(

@@ -155,6 +155,29 @@ def test_refined_upscale_of_a_product_photo_matches_the_plain_filter_in_and_off_
     assert np.abs(got.astype(int) - cv2.resize(matte, (w, h))).max() > 20  # it did refine
 
 
+def hard_step_beside_strands() -> tuple[np.ndarray, np.ndarray]:
+    """A photo dark on the left and bright on the right, and a matte that steps from 0 to
+    255 two cells off the photo's edge with nothing soft between, beside soft strands."""
+    rng = np.random.default_rng(0)
+    w, h, edge = 1200, 900, 400
+    photo = np.clip(rng.normal(60, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+    photo[:, w // 2 :] = np.clip(rng.normal(200, 10, (h, w - w // 2, 3)), 0, 255)
+    matte = np.zeros((edge * h // w, edge), np.uint8)
+    matte[:, edge // 2 + 2 :] = 255
+    matte[100:110, 50:100] = 128
+    matte[100:110, 300:350] = 128
+    return matte, photo
+
+
+def test_a_hard_step_in_the_matte_is_fitted_to_the_photo_not_blurred() -> None:
+    # No soft value marks the step, yet the filter must still move it onto the photo's edge.
+    matte, photo = hard_step_beside_strands()
+    got = upscale_matte(matte, photo)
+    assert np.abs(got.astype(int) - _oracle_upscale(matte, photo)).max() <= 1
+    row = got[600, 580:620].astype(int)
+    assert row[:19].max() <= 10 and row[21:].min() >= 40  # the step sits at column 600
+
+
 def test_decontamination_matches_the_plain_full_resolution_step(samples: list[Sample]) -> None:
     from bgsvc.imaging import edges
 
@@ -260,17 +283,22 @@ yy, xx = np.mgrid[:600, :900]
 ring = 1 - ((xx - 430) / 300) ** 2 - ((yy - 310) / 220) ** 2
 matte = cv2.resize(np.clip(255 * ring * 8, 0, 255).astype(np.uint8), (512, 512))
 rgba = rng.integers(0, 256, (600, 900, 4), np.uint8)
-for photo in (np.ascontiguousarray(rgba[..., :3]), rgba[..., :3]):
+rgba.flags.writeable = False  # as numpy's view of a decode
+rgb = np.ascontiguousarray(rgba[..., :3])
+frozen = rgb.copy()
+frozen.flags.writeable = False
+for photo in (rgb, frozen, rgba[..., :3]):
     alpha = edges.upscale_matte(matte, photo)
     edges.decontaminate(photo, alpha)
-    edges.decontaminate(photo, alpha, out=np.empty_like(rgba)[..., :3])
+    edges.decontaminate(photo, alpha, out=np.zeros((600, 900, 4), np.uint8)[..., :3])
 print(json.dumps({"before": before, "after": compiled()}))
 """
 
 
 def test_preload_compiles_every_kernel_a_request_calls() -> None:
     # A kernel first compiled by a request stalls it for seconds: after preload, a request's
-    # calls (a contiguous photo and the RGB of an RGBA decode, both steps) compile nothing.
+    # calls (a contiguous photo and the RGB of an RGBA decode, writable or read-only as a
+    # decode's pixels are, both steps) compile nothing.
     import json
     import subprocess
     import sys

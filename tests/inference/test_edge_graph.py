@@ -25,6 +25,7 @@ from benchmarks.matting import make_sample
 from bgsvc.imaging import edges
 from bgsvc.inference import edge_graph
 from bgsvc.inference.edge_graph import EdgeGraphs
+from tests.imaging.test_edges import hard_step_beside_strands
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -79,6 +80,7 @@ UPSCALE_CASES: dict[str, Callable[[], Case]] = {
         _drawn("green", (800, 600), 256)[1],
     ),
     "empty matte": lambda: (np.zeros((256, 256), np.uint8), _drawn("green", (800, 600), 256)[1]),
+    "hard step beside soft strands": hard_step_beside_strands,
     "random": _random,
     "tiny photo 7x5": lambda: (
         _drawn("busy", (801, 603), 1024)[0],

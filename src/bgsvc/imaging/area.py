@@ -99,6 +99,8 @@ def _rows(img: np.ndarray) -> tuple[np.ndarray, int]:
         and base.shape[:2] == (h, w)
         and base.flags.c_contiguous
         and base.ctypes.data == img.ctypes.data
+        and img.strides[:2] == base.strides[:2]
+        and (img.ndim == 2 or img.strides[2] == 1)
     ):
         return base.reshape(h, -1), base.shape[2]
     copy = np.ascontiguousarray(img)
@@ -120,4 +122,7 @@ def shrink(
 
 def preload() -> None:
     """Compile (or load from numba's cache) the kernel ahead of the first request."""
-    shrink(np.zeros((5, 5, 4), np.uint8)[..., :3], (4, 4))
+    image = np.zeros((5, 5, 4), np.uint8)
+    shrink(image[..., :3], (4, 4))
+    image.flags.writeable = False  # a decode's pixels are read-only: numba compiles them apart
+    shrink(image[..., :3], (4, 4))

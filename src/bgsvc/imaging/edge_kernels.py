@@ -267,15 +267,13 @@ def foreground_ml(
     prior: np.ndarray,
     weight: np.ndarray,
     iterations: tuple[int, int, int],
-    near: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """F and B (float32 HxWx3 in [0, 1]) such that I = aF + (1 - a)B (``alpha`` float32
     HxWx1), both smooth where alpha is, and B near ``prior`` (float32 HxWx3) by ``weight``
     (float32 HxWx1; both any size, sampled level by level): Germer et al.'s multilevel
     solver as pymatting writes it (regularisation 1e-5, gradient weight 1) plus that
     prior. ``iterations``: (on a coarse level, on a fine one, the long edge up to which a
-    level is coarse). ``near`` (float32 HxWx1, any size): where a fine level is solved
-    (not 0); elsewhere it keeps the level below's estimate, enlarged.
+    level is coarse).
 
     Why the prior: where alpha is soft and wide (a veil, smoke), I = aF + (1 - a)B holds
     for a whole line of (F, B) pairs, and smoothness alone picks one by what surrounds the
@@ -311,12 +309,9 @@ def foreground_ml(
         fg = _nearest(f_prev, h, w).copy()
         bg = _nearest(b_prev, h, w).copy()
         coarse = max(w, h) <= iterations[2]
-        solved = _nearest(near, h, w)
         for _ in range(iterations[0] if coarse else iterations[1]):
             for y in range(h):
                 for x in range(w):
-                    if not coarse and solved[y, x, 0] == 0:
-                        continue
                     a0 = al[y, x, 0]
                     a1 = _ONE - a0
                     lam = lw[y, x, 0]

@@ -56,9 +56,6 @@ ML_EDGE = (512, 1024)
 # The multilevel solver's iterations (pymatting's defaults): 10 on levels up to 32 px, 2
 # above. More on the fine levels cut the error on strands but raised it on the veil.
 ML_ITERATIONS = (10, 2, 32)
-# On the fine levels the solver runs only this many grid cells from a soft one: its two
-# sweeps there carry little further, and a product photo's soft pixels are a thin band.
-ML_REACH = 4
 # How strongly the estimated background is drawn to the clear background carried into
 # the soft region (against I = aF + (1 - a)B's unit weight), and how fast that falls where
 # the clear pixels it comes from vary: divided by 1 + var / BACKGROUND_SPREAD^2, var their
@@ -148,9 +145,17 @@ def guided_coefficients(
     return out
 
 
+def _varies(p: np.ndarray) -> np.ndarray:
+    """Where the matte ``p`` (uint8) is soft (SOFT), or steps by more than a model's faint
+    values (SOFT[0] - 1) to a neighbour: a hard 0 to 255 edge with nothing soft between
+    (uint8 mask, 0 or 255). Elsewhere the matte is flat for the guided filter."""
+    step = cv2.morphologyEx(p, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    return cv2.bitwise_or(cv2.inRange(p, *SOFT), cv2.inRange(step, SOFT[0], 255))
+
+
 def _soft_box(soft: np.ndarray, pad: int) -> tuple[slice, slice] | None:
-    """The bounding box of ``soft``'s non-zero pixels (a mask of p's soft values, neither
-    0 nor 1), grown by pad, or None."""
+    """The bounding box of ``soft``'s non-zero pixels (where p varies, _varies), grown by
+    pad, or None."""
     # numpy's any, not cv2.reduce: 0.1 against 3 ms on a 1024 x 681 grid.
     rows = np.flatnonzero(soft.any(axis=1))
     if rows.size == 0:
@@ -169,12 +174,19 @@ def preload() -> None:
     rng = np.random.default_rng(0)
     matte = rng.integers(0, 256, (8, 8), np.uint8)
     area.preload()
-    rgba = rng.integers(0, 256, (12, 12, 4), np.uint8)
-    for photo in (np.ascontiguousarray(rgba[..., :3]), rgba[..., :3]):
+    writable = rng.integers(0, 256, (12, 12, 4), np.uint8)
+    # A decode's pixels are read-only (numpy's view of Pillow's buffer), and numba compiles
+    # read-only arrays apart: both kinds, as an RGB array and as the RGB of an RGBA one.
+    frozen = writable.copy()
+    frozen.flags.writeable = False
+    photos = [np.ascontiguousarray(writable[..., :3]), writable[..., :3], frozen[..., :3]]
+    photos.append(photos[0].copy())
+    photos[-1].flags.writeable = False
+    for photo in photos:
         alpha = upscale_matte(matte, photo)
         decontaminate(photo, alpha)
         # Written into a cutout's RGBA array, as the plain cutout does.
-        decontaminate(photo, alpha, out=np.empty_like(rgba)[..., :3])
+        decontaminate(photo, alpha, out=np.empty_like(writable)[..., :3])
 
 
 def upscale_matte(
@@ -196,16 +208,16 @@ def guided_upscale(
     h, w = guide.shape[:2]
     grid = _grid((matte.shape[1], matte.shape[0]), (w, h), work_edge)
     p8 = _resize(matte, grid)
-    # Only where the matte is soft does the filter change anything: a window of constant p
+    # Only where the matte varies does the filter change anything: a window of constant p
     # has a = 0 and b = p. The margin covers the two box passes and their border reflection.
-    soft = cv2.inRange(p8, *SOFT)
+    soft = _varies(p8)
     box = _soft_box(soft, 3 * radius + 2)
     if box is None:
         return cv2.resize(p8, (w, h), interpolation=cv2.INTER_LINEAR)
     rows, cols = box
     # Within the box, too, most of a product photo's matte is flat: its soft pixels are a
-    # band along the outline. The solve runs only on windows that hold soft pixels, and the
-    # full-size pass only where the averaged coefficients can then have a non-zero slope.
+    # band along the outline. The solve runs only on windows where the matte varies, and
+    # the full-size pass only where the averaged coefficients can then have a slope.
     window = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
     near = cv2.dilate(np.ascontiguousarray(soft[rows, cols]), window)
     active = cv2.dilate(near, window)
@@ -274,19 +286,7 @@ def foreground_ml(
         # No background in view to carry: smoothness alone.
         prior, weight = small, np.zeros((1, 1, 1), np.float32)
     small_a = (small8.astype(np.float32) / 255)[..., None]
-    near = _near_soft(alpha, small8, grid)
-    return kernels.foreground_ml(small, small_a, prior, weight, ML_ITERATIONS, near)
-
-
-def _near_soft(alpha: np.ndarray, small8: np.ndarray, grid: _Shape) -> np.ndarray:
-    """Where on the solver's grid its fine levels are solved (float32 HxWx1, 1 or 0): cells
-    within ML_REACH of one that is soft on the grid or holds a soft pixel of the photo. The
-    estimate is read only at soft pixels (correct()); elsewhere the coarser level's serves."""
-    held = cv2.inRange(_resize(cv2.inRange(alpha, *SOFT), grid), 1, 255)
-    soft = cv2.bitwise_or(held, cv2.inRange(small8, *SOFT))
-    size = 2 * ML_REACH + 1
-    near = cv2.dilate(soft, cv2.getStructuringElement(cv2.MORPH_RECT, (size, size)))
-    return (near > 0).astype(np.float32)[..., None]
+    return kernels.foreground_ml(small, small_a, prior, weight, ML_ITERATIONS)
 
 
 def background_prior(pixels: np.ndarray, clear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

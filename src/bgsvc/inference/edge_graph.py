@@ -145,14 +145,25 @@ def _to_uint8(g: _Graph, x: str) -> str:
 
 
 def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str, str]:
-    """edges._soft_box in the graph: the bounding box of p's soft values (1x1xhxw, 0-255)
-    grown by ``margin``, as Slice starts and ends (int64 [y0, x0], [y1, x1]) and as a
-    bool 1x1xhxw mask; and the soft values' own mask (float 1x1xhxw, 0 or 1). With nothing
+    """edges._soft_box in the graph: the bounding box of where p (1x1xhxw, 0-255) varies
+    (edges._varies) grown by ``margin``, as Slice starts and ends (int64 [y0, x0], [y1,
+    x1]) and as a bool 1x1xhxw mask; and the varying pixels' own mask (float 1x1xhxw, 0
+    or 1). With nothing
     soft the bounds span the grid (the fit has something to run on) and the masks are all
     false."""
     lo, hi = edges.SOFT
     soft = g.op("And", g.op("GreaterOrEqual", p, g.f32(lo)), g.op("LessOrEqual", p, g.f32(hi)))
-    soft = g.op("Cast", soft, to=_FLOAT)
+    # edges._varies: or a step of more than the faint values to a 3x3 neighbour, the
+    # neighbourhood's max - min, as max(p) + max(-p).
+    around = {"kernel_shape": [3, 3], "pads": [1] * 4}
+    spread = g.op(
+        "Add", g.op("MaxPool", p, **around), g.op("MaxPool", g.op("Mul", p, g.f32(-1)), **around)
+    )
+    soft = g.op(
+        "Max",
+        g.op("Cast", soft, to=_FLOAT),
+        g.op("Cast", g.op("GreaterOrEqual", spread, g.f32(lo)), to=_FLOAT),
+    )
     found = g.op("Greater", g.op("ReduceMax", soft, keepdims=0), g.f32(0))
     starts, ends, inside = [], [], []
     for axis, other, shape in ((2, 3, [1, 1, -1, 1]), (3, 2, [1, 1, 1, -1])):
