@@ -304,7 +304,11 @@ def test_preload_compiles_every_kernel_a_request_calls() -> None:
     import sys
 
     run = subprocess.run(
-        [sys.executable, "-c", _FIRST_REQUEST], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _FIRST_REQUEST],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,  # a cold numba cache compiles every kernel: tens of seconds
     )
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["before"]["bgsvc.imaging.area._shrink"] >= 1
