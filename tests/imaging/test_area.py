@@ -30,7 +30,7 @@ def test_the_compiled_area_average_is_opencvs_within_a_level(
     shape: tuple[int, ...], size: tuple[int, int]
 ) -> None:
     img = np.random.default_rng(sum(shape)).integers(0, 256, shape, np.uint8)
-    assert area.applies(img.shape, size)
+    assert area.applies(img, size)
     got = area.shrink(img, size)
     expected = cv2.resize(img, size, interpolation=cv2.INTER_AREA).reshape(got.shape)
     assert got.shape == (size[1], size[0], *shape[2:]) and got.dtype == np.uint8
@@ -78,7 +78,9 @@ def test_the_rgb_of_an_rgba_decode_is_read_in_place_and_gives_the_rgb_result() -
 def test_the_compiled_average_takes_factors_below_two_only(
     shape: tuple[int, int], size: tuple[int, int], applies: bool
 ) -> None:
-    assert area.applies(shape, size) is applies
+    assert area.applies(np.zeros(shape, np.uint8), size) is applies
+    # Only 8-bit images: a float image goes to OpenCV, whatever its size.
+    assert not area.applies(np.zeros(shape, np.float32), size)
 
 
 def test_shrink_below_a_factor_of_two_matches_opencv_and_above_it_keeps_its_two_steps() -> None:

@@ -77,11 +77,12 @@ def _shrink(
                 o[i, c] = np.uint8(min(v + _HALF, _TOP))
 
 
-def applies(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
-    """Whether shrink() takes an image of ``shape`` to ``size`` (w, h): each axis the same
-    or shrunk by less than two, and at least three pixels a side."""
-    h, w = shape[:2]
-    return min(h, w) >= 3 and size[0] <= w < 2 * size[0] and size[1] <= h < 2 * size[1]
+def applies(img: np.ndarray, size: tuple[int, int]) -> bool:
+    """Whether shrink() takes ``img`` to ``size`` (w, h): uint8, each axis the same or
+    shrunk by less than two, and at least three pixels a side."""
+    h, w = img.shape[:2]
+    fits = size[0] <= w < 2 * size[0] and size[1] <= h < 2 * size[1]
+    return img.dtype == np.uint8 and min(h, w) >= 3 and fits
 
 
 def _rows(img: np.ndarray) -> tuple[np.ndarray, int]:

@@ -64,8 +64,8 @@ def solve(
     p in [0, 1]) from the window sums (over ``n`` pixels) of r, g, b, p (``sums``, int32
     4xHxW, in 0-255) and of the products (``prods``, int32 9xHxW as products() lays them
     out, in 0-65025): the 3x3 covariance plus eps inverted by cofactors (symmetric,
-    positive definite). Where ``near`` (uint8 HxW) is 0 the window holds no soft matte, so
-    a = 0 and b is the window's mean matte, without the solve."""
+    positive definite). Where ``near`` (uint8 HxW) is 0 the matte is flat over the window,
+    so a = 0 and b is the window's mean matte, without the solve."""
     h, w = sums.shape[1:]
     s1 = np.float32(1 / (255 * n))
     s2 = np.float32(1 / (65025 * n))

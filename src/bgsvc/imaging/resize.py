@@ -34,7 +34,7 @@ def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return img
     fx, fy = max(1, w // size[0]), max(1, h // size[1])
     if fx == 1 and fy == 1:
-        if area.applies(img.shape, size):
+        if area.applies(img, size):
             return area.shrink(img, size)
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     img = cv2.resize(img, None, fx=1 / fx, fy=1 / fy, interpolation=cv2.INTER_AREA)

@@ -148,9 +148,8 @@ def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str, str]:
     """edges._soft_box in the graph: the bounding box of where p (1x1xhxw, 0-255) varies
     (edges._varies) grown by ``margin``, as Slice starts and ends (int64 [y0, x0], [y1,
     x1]) and as a bool 1x1xhxw mask; and the varying pixels' own mask (float 1x1xhxw, 0
-    or 1). With nothing
-    soft the bounds span the grid (the fit has something to run on) and the masks are all
-    false."""
+    or 1). Where nothing varies the bounds span the grid (the fit has something to run on)
+    and the masks are all false."""
     lo, hi = edges.SOFT
     soft = g.op("And", g.op("GreaterOrEqual", p, g.f32(lo)), g.op("LessOrEqual", p, g.f32(hi)))
     # edges._varies: or a step of more than the faint values to a 3x3 neighbour, the
@@ -159,15 +158,15 @@ def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str, str]:
     spread = g.op(
         "Add", g.op("MaxPool", p, **around), g.op("MaxPool", g.op("Mul", p, g.f32(-1)), **around)
     )
-    soft = g.op(
+    varies = g.op(
         "Max",
         g.op("Cast", soft, to=_FLOAT),
         g.op("Cast", g.op("GreaterOrEqual", spread, g.f32(lo)), to=_FLOAT),
     )
-    found = g.op("Greater", g.op("ReduceMax", soft, keepdims=0), g.f32(0))
+    found = g.op("Greater", g.op("ReduceMax", varies, keepdims=0), g.f32(0))
     starts, ends, inside = [], [], []
     for axis, other, shape in ((2, 3, [1, 1, -1, 1]), (3, 2, [1, 1, 1, -1])):
-        hit = g.op("Greater", g.op("ReduceMax", soft, g.axes(other)), g.f32(0))
+        hit = g.op("Greater", g.op("ReduceMax", varies, g.axes(other)), g.f32(0))
         length = g.op("Squeeze", g.op("Shape", p, start=axis, end=axis + 1), g.axes(0))
         index = g.op("Range", g.const(0, np.int64), length, g.const(1, np.int64))
         index = g.op("Reshape", index, g.const(shape, np.int64))
@@ -181,7 +180,7 @@ def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str, str]:
         ends.append(g.op("Unsqueeze", end, g.axes(0)))
         inside.append(g.op("And", g.op("GreaterOrEqual", index, start), g.op("Less", index, end)))
     box = g.op("And", found, g.op("And", *inside))
-    return g.op("Concat", *starts, axis=0), g.op("Concat", *ends, axis=0), box, soft
+    return g.op("Concat", *starts, axis=0), g.op("Concat", *ends, axis=0), box, varies
 
 
 def _solve(g: _Graph, means: str, eps: float, near: str) -> list[str]:
@@ -225,7 +224,7 @@ def upscale_model(radius: int = edges.GUIDED_RADIUS, eps: float = edges.GUIDED_E
 
     g = _Graph()
     p = g.op("Unsqueeze", g.op("Cast", "matte", to=_FLOAT), g.axes(0, 1))  # 1x1xhxw, 0-255
-    starts, ends, box, soft = _soft_box(g, p, 3 * radius + 2)
+    starts, ends, box, varies = _soft_box(g, p, 3 * radius + 2)
     # Fitted on the box's crop, as guided_upscale: the border the box filters reflect at
     # is the crop's (see the module's docstring).
     spatial = g.axes(2, 3)
@@ -234,11 +233,11 @@ def upscale_model(radius: int = edges.GUIDED_RADIUS, eps: float = edges.GUIDED_E
     cross = g.op("Gather", guide, g.const([1, 2, 0], np.int64), axis=1)  # g, b, r
     products = [g.op("Mul", guide, crop_p), g.op("Mul", guide, guide), g.op("Mul", guide, cross)]
     planes = g.op("Concat", guide, crop_p, *products, axis=1)
-    # Windows without a soft pixel keep a = 0 (edges.guided_upscale's "near").
+    # Windows where the matte does not vary keep a = 0 (edges.guided_upscale's "near").
     window = 2 * radius + 1
     near = g.op(
         "MaxPool",
-        g.op("Slice", soft, starts, ends, spatial),
+        g.op("Slice", varies, starts, ends, spatial),
         kernel_shape=[window, window],
         pads=[radius] * 4,
     )
