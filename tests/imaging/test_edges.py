@@ -132,9 +132,7 @@ def _oracle_upscale(matte: np.ndarray, photo: np.ndarray) -> np.ndarray:
     return np.clip(q * 255, 0, 255).round().astype(np.uint8)
 
 
-def test_refined_upscale_of_a_product_photo_matches_the_plain_filter_in_and_off_its_outline() -> (
-    None
-):
+def test_a_product_photos_refined_matte_is_the_whole_filters_on_and_off_its_outline() -> None:
     # A product shot: an opaque body whose soft pixels are a band along its outline. The
     # filter runs only near that band; elsewhere in the body and the background the result
     # must still be the whole filter's, and on the band too.
