@@ -480,8 +480,8 @@ class Settings(BaseSettings):
         default=8,
         ge=1,
         description="Removal bodies received at once per process (each up to "
-        "BGSVC_MAX_UPLOAD_BYTES), and half as many POST /jobs submissions, in places of their "
-        "own; beyond either, 429 overloaded.",
+        "BGSVC_MAX_UPLOAD_BYTES), as many image URLs being fetched, and half as many POST "
+        "/jobs submissions, in places of their own; beyond any, 429 overloaded.",
         json_schema_extra=_in(CLIENTS),
     )
     max_header_bytes: int = Field(

@@ -88,8 +88,8 @@ class AdmissionMiddleware:
     (BGSVC_BODY_READ_TIMEOUT_S), and only then does it take an admission ticket, which the
     route finds in the scope. A slow upload thus holds an upload place for at most the
     deadline and never a ticket, so it cannot keep inference, queued requests or the job
-    runner waiting. A URL is fetched under the ticket: tickets bound how many inputs a
-    process holds in memory once received. POST /jobs runs under an upload place, POST
+    runner waiting. A URL is fetched with the ticket set aside, in the fetcher's own places
+    (bgsvc.routes.common.fetch_url_image). POST /jobs runs under an upload place, POST
     /batches under a batch intake place (the routes receive their bodies under the same
     deadline, bgsvc.routes.common.capped_request)."""
 

@@ -344,13 +344,17 @@ def test_url_inputs_are_refused_while_the_setting_is_off(
     assert len(outer.seen) == before
 
 
-def test_a_fetch_holds_an_admission_place_like_an_upload(
+def test_a_slow_fetch_holds_a_fetch_place_and_no_admission_place(
     start: Callable[..., TestClient],
 ) -> None:
-    # One place in all: while a slow fetch holds it, the next URL is refused with 429
-    # before anything is fetched for it.
+    # One admission place and one fetch place: while a slow origin trickles its image, an
+    # upload still gets the admission place (a slow origin delays only its own request),
+    # and a second URL is refused with 429 before anything is fetched for it.
     with serve({"/stalls": _stalls, "/cat.bin": _image_as_octets}) as server:
-        client = start(outbound_allow="127.0.0.1", max_concurrency=1, max_queue=0)
+        client = start(
+            outbound_allow="127.0.0.1", max_concurrency=1, max_queue=0, max_concurrent_uploads=1
+        )
+        scheduler = client.app.state.bgsvc.scheduler  # type: ignore[attr-defined]
         slow: list[Response] = []
         worker = threading.Thread(
             target=lambda: slow.append(_via_rembg(client, f"{server.base_url}/stalls"))
@@ -361,12 +365,18 @@ def test_a_fetch_holds_an_admission_place_like_an_upload(
                 if server.seen:
                     break
                 server.stopping.wait(0.01)
+            held = scheduler.admitted
+            upload = client.post("/remove-background", files={"image_file": ("a.png", PHOTO)})
             busy = _via_rembg(client, f"{server.base_url}/cat.bin")
         finally:
             worker.join(timeout=10)
+        assert held == 0
+        assert upload.status_code == 200
         assert (busy.status_code, _code(busy)) == (429, "overloaded")
+        assert "URLs being fetched" in busy.json()["message"]
         assert [seen.path for seen in server.seen] == ["/stalls"]
         assert _code(slow[0]) == "url_fetch_failed"
+        assert scheduler.admitted == 0
 
 
 def test_fetches_are_counted_by_outcome(guarded: TestClient, outer: Server) -> None:

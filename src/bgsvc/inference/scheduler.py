@@ -46,12 +46,39 @@ class Ticket:
         self._pending = 0
         self._closed = False
         self._released = False
+        self._aside = 0
         self.queue_seconds = 0.0
 
     def close(self) -> None:
         """The response is finished; release once no inference is still running for it."""
         self._closed = True
         self._maybe_release()
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """The ticket's place given back for the block, and taken again after it. For an
+        input still being fetched (a URL): a place is for inputs in hand, and a slow origin
+        must not hold one that other requests and the job runner wait for. Overloaded (429)
+        after the block if the process filled up meanwhile. Blocks may overlap (an image
+        and its backdrop fetched side by side): the place goes with the first and comes
+        back with the last."""
+        if self._aside == 0 and not self._released:
+            self._scheduler._release()
+        self._aside += 1
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            self._aside -= 1
+            back = self._aside > 0 or (not self._released and self._scheduler._retake())
+            if not back:
+                self._released = True  # nothing for close() to give back
+        if not back and done and not self._closed:
+            raise Overloaded(
+                "The service filled up while the image was fetched; retry later.",
+                retry_after=self._scheduler.retry_after(),
+            )
 
     def _inference_done(self) -> None:
         self._pending -= 1
@@ -60,7 +87,8 @@ class Ticket:
     def _maybe_release(self) -> None:
         if self._closed and self._pending == 0 and not self._released:
             self._released = True
-            self._scheduler._release()
+            if self._aside == 0:  # else its place is already given back
+                self._scheduler._release()
 
 
 class Places:
@@ -149,6 +177,14 @@ class Scheduler:
     def _release(self) -> None:
         self._admitted -= 1
         self._publish()
+
+    def _retake(self) -> bool:
+        """A place for a ticket that set its own aside, if one is free now."""
+        if self._admitted >= self.capacity:
+            return False
+        self._admitted += 1
+        self._publish()
+        return True
 
     def _publish(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
@@ -63,24 +64,20 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-async def fetch_url_image(request: Request, url: str, what: str, *, admit: bool = False) -> bytes:
+async def fetch_url_image(request: Request, url: str, what: str) -> bytes:
     """The image at ``url`` (``what`` names the parameter); InvalidParameter while
-    BGSVC_URL_INPUTS is off. The sync routes fetch under the ticket the middleware gave
-    them; ``admit`` takes one for the fetch alone (the queueing routes have none), so that
-    fetches everywhere share the same bound on places."""
+    BGSVC_URL_INPUTS is off. The fetch holds one of the fetcher's places, never an
+    admission place: a removal's ticket is set aside while its input is fetched (a slow
+    origin delays only its own request), and taken again once the image is in hand."""
     fetcher: UrlFetcher | None = request.app.state.url_fetcher
     if fetcher is None:
         raise InvalidParameter(
             f"{what}: fetching images by URL is turned off on this server "
             "(BGSVC_URL_INPUTS=false); send the image itself."
         )
-    if not admit:
+    ticket: Ticket | None = getattr(request.state, "ticket", None)
+    with ticket.aside() if ticket is not None else nullcontext():
         return await fetcher.fetch(url)
-    ticket = app_state(request).scheduler.try_admit()
-    try:
-        return await fetcher.fetch(url)
-    finally:
-        ticket.close()
 
 
 def ticket_of(request: Request) -> Ticket:

@@ -113,7 +113,7 @@ async def submit_job(
     params, callback_url = await accepted_submission(request, form)
     if data is None:
         # Fetched now, not by the worker: a refused or broken URL is the submitter's 400.
-        data = await fetch_url_image(request, str(url), "image_url", admit=True)
+        data = await fetch_url_image(request, str(url), "image_url")
     options = params.model_dump(mode="json")
     if earlier is not None:
         check_retry(earlier, data, options, callback_url)

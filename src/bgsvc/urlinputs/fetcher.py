@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import anyio.to_thread
 
 from bgsvc.errors import BgsvcError
+from bgsvc.inference.scheduler import Places
 from bgsvc.outbound.client import OutboundClient, Resolver, system_resolver
 from bgsvc.outbound.content import sniff_image_format
 
@@ -34,11 +35,14 @@ class UrlFetcher:
         max_bytes: int,
         allowed_formats: list[str],
         metrics: Metrics | None = None,
+        max_concurrent: int = 8,
     ) -> None:
         self._client = client
         self._max_bytes = max_bytes
         self._formats = list(allowed_formats)
         self._metrics = metrics
+        # Fetches in flight, like uploads being received: each may bring max_bytes.
+        self._places = Places(max_concurrent, "image URLs being fetched")
 
     @classmethod
     def from_settings(
@@ -55,12 +59,18 @@ class UrlFetcher:
             max_bytes=settings.max_upload_bytes,
             allowed_formats=settings.allowed_formats,
             metrics=metrics,
+            max_concurrent=settings.max_concurrent_uploads,
         )
 
     async def fetch(self, url: str) -> bytes:
         """The image bytes at ``url``. Raises the outbound errors (UrlInvalid,
         UrlForbidden, UrlFetchFailed, UrlTooLarge: all 400) or, for a body that is not an
-        accepted image, the same errors an upload of it would get."""
+        accepted image, the same errors an upload of it would get; Overloaded (429) at
+        once while every fetch place is taken."""
+        with self._places.hold():
+            return await self._fetch(url)
+
+    async def _fetch(self, url: str) -> bytes:
         started = time.perf_counter()
         # Overwritten below; what stays is a cancelled or unexpected end.
         outcome = "error"
