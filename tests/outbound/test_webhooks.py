@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 from standardwebhooks import Webhook
@@ -199,3 +201,90 @@ def test_a_sender_without_a_secret_is_refused(make_client: Callable[..., Outboun
             assert isinstance(sender, WebhookSender)
 
     run(scenario())
+
+
+class _StalledReceiver:
+    """An OutboundClient stand-in whose POSTs hang until released, counting how many are
+    in flight at once, by path."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.in_flight: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.most_in_all = 0
+
+    async def post(self, url: str, **_: object) -> object:
+        path = url.rsplit("/", 1)[-1]
+        self.in_flight[path] = self.in_flight.get(path, 0) + 1
+        self.most[path] = max(self.most.get(path, 0), self.in_flight[path])
+        self.most_in_all = max(self.most_in_all, sum(self.in_flight.values()))
+        try:
+            await self.release.wait()
+        finally:
+            self.in_flight[path] -= 1
+        return SimpleNamespace(status=204, headers={})
+
+
+def test_one_key_s_stalled_receiver_holds_few_sockets_and_never_another_key_s_turn() -> None:
+    # A key whose receiver hangs (or whose jobs fail at once, each with a callback) opens
+    # at most its lane's sockets; another key's delivery goes straight through meanwhile,
+    # and all keys together stay within the process's bound.
+    async def scenario() -> tuple[_StalledReceiver, DeliveryResult]:
+        receiver = _StalledReceiver()
+        sender = WebhookSender(
+            receiver,  # type: ignore[arg-type]
+            WebhookSigner(SECRET),
+            RetrySchedule(attempts=1),
+            in_flight=(6, 2),
+        )
+        hammering = [
+            asyncio.ensure_future(
+                sender.deliver(f"http://r/{key}", JOB_SUCCEEDED, {"id": "j"}, key=key)
+            )
+            for key in ("a", "b", "c", "d")
+            for _ in range(10)
+        ]
+        await asyncio.sleep(0.05)
+        # The process's 6 places are all taken: a fresh key waits too, then goes first in
+        # its lane once any place frees.
+        late = asyncio.ensure_future(
+            sender.deliver("http://r/e", JOB_SUCCEEDED, {"id": "j"}, key="e")
+        )
+        await asyncio.sleep(0.05)
+        assert not late.done()
+        receiver.release.set()
+        result = await late
+        await asyncio.gather(*hammering)
+        return receiver, result
+
+    receiver, result = run(scenario())
+    assert result.delivered
+    assert max(receiver.most[k] for k in "abcd") == 2
+    assert receiver.most_in_all == 6
+    assert receiver.in_flight == dict.fromkeys("abcde", 0)
+
+
+def test_deliveries_of_one_key_past_its_lane_wait_and_do_not_refuse() -> None:
+    async def scenario() -> tuple[_StalledReceiver, list[DeliveryResult]]:
+        receiver = _StalledReceiver()
+        sender = WebhookSender(
+            receiver,  # type: ignore[arg-type]
+            WebhookSigner(SECRET),
+            RetrySchedule(attempts=1),
+            in_flight=(32, 4),
+        )
+        tasks = [
+            asyncio.ensure_future(sender.deliver("http://r/a", JOB_SUCCEEDED, {"id": "j"}, key="a"))
+            for _ in range(12)
+        ]
+        other = asyncio.ensure_future(
+            sender.deliver("http://r/b", JOB_SUCCEEDED, {"id": "j"}, key="b")
+        )
+        await asyncio.sleep(0.05)
+        assert receiver.in_flight == {"a": 4, "b": 1}
+        receiver.release.set()
+        return receiver, [*await asyncio.gather(*tasks), await other]
+
+    receiver, results = run(scenario())
+    assert all(r.delivered for r in results) and len(results) == 13
+    assert receiver.most == {"a": 4, "b": 1}

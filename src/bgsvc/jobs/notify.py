@@ -247,6 +247,7 @@ class Notifier:
             event_id=event_id,
             on_attempt=attempted,
             signer=None if signers is None else sign,
+            key=tenant,
         )
         if self.metrics is not None:
             self.metrics.webhook_deliveries.labels(event, result.outcome).inc()

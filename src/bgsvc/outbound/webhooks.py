@@ -7,11 +7,12 @@ follows a redirect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -123,6 +124,40 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return float(value) if value.isdigit() else None
 
 
+# Attempts in flight at once per process, and per key: each holds a socket for up to the
+# outbound total timeout, and a key whose receiver is slow on purpose (or whose jobs fail
+# at once with a callback) must not take the process's file descriptors, nor every other
+# key's deliveries with them. An attempt beyond a bound waits its turn.
+MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT_PER_KEY = 4
+
+
+class _Lanes:
+    """The bounds on attempts in flight: one for the process, one per key (lanes are made
+    when a key's first attempt waits and dropped with its last)."""
+
+    def __init__(self, total: int, per_lane: int) -> None:
+        self._total = asyncio.Semaphore(total)
+        self._per_lane = per_lane
+        self._lanes: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, lane: str | None) -> AsyncIterator[None]:
+        if lane is None:  # no keys: the process's bound alone
+            async with self._total:
+                yield
+            return
+        semaphore, users = self._lanes.setdefault(lane, (asyncio.Semaphore(self._per_lane), [0]))
+        users[0] += 1
+        try:
+            async with semaphore, self._total:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._lanes[lane]
+
+
 class WebhookSender:
     """Delivers events to callback URLs; every attempt is recorded and returned."""
 
@@ -135,6 +170,7 @@ class WebhookSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        in_flight: tuple[int, int] = (MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_KEY),
     ) -> None:
         self._client = client
         self._signer = signer
@@ -142,6 +178,7 @@ class WebhookSender:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
+        self._lanes = _Lanes(*in_flight)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: OutboundClient) -> WebhookSender:
@@ -161,6 +198,7 @@ class WebhookSender:
         event_id: str | None = None,
         on_attempt: Callable[[DeliveryAttempt], Awaitable[None]] | None = None,
         signer: Signer | None = None,
+        key: str | None = None,
     ) -> DeliveryResult:
         """POST the event until a 2xx or a 410, or until the attempts run out.
 
@@ -169,7 +207,9 @@ class WebhookSender:
         refuse timestamps older than a few minutes. ``on_attempt`` sees each attempt as it
         ends, for callers that store progress. ``signer`` signs this delivery instead of
         the sender's own (each tenant's deliveries with its own secret); a lookup that
-        raises SigningUnavailable makes that attempt a recorded failure, retried."""
+        raises SigningUnavailable makes that attempt a recorded failure, retried. ``key``
+        (the API key's name) puts the attempts in that key's lane: at most
+        MAX_IN_FLIGHT_PER_KEY in flight, and MAX_IN_FLIGHT in all."""
         sign = signer or self._signer
         if sign is None:
             raise ValueError("this sender has no secret of its own: give the delivery a signer")
@@ -177,22 +217,23 @@ class WebhookSender:
         body = event_body(event_type, data, datetime.fromtimestamp(self._clock(), tz=UTC))
         attempts: list[DeliveryAttempt] = []
         for number in range(1, self._schedule.attempts + 1):
-            started_at = self._clock()
-            began = time.monotonic()
             status: int | None = None
             error: UrlFetchFailed | UrlForbidden | UrlInvalid | SigningUnavailable | None = None
             wait_at_least = 0.0
-            try:
-                current = sign if isinstance(sign, WebhookSigner) else await sign()
-                headers = {
-                    "Content-Type": "application/json",
-                    **current.headers(event_id, int(started_at), body),
-                }
-                response = await self._client.post(url, content=body, headers=headers)
-                status = response.status
-                wait_at_least = _retry_after(response.headers) or 0.0
-            except (UrlFetchFailed, UrlForbidden, UrlInvalid, SigningUnavailable) as exc:
-                error = exc
+            async with self._lanes.slot(key):
+                started_at = self._clock()
+                began = time.monotonic()
+                try:
+                    current = sign if isinstance(sign, WebhookSigner) else await sign()
+                    headers = {
+                        "Content-Type": "application/json",
+                        **current.headers(event_id, int(started_at), body),
+                    }
+                    response = await self._client.post(url, content=body, headers=headers)
+                    status = response.status
+                    wait_at_least = _retry_after(response.headers) or 0.0
+                except (UrlFetchFailed, UrlForbidden, UrlInvalid, SigningUnavailable) as exc:
+                    error = exc
             attempt = DeliveryAttempt(
                 number=number,
                 started_at=started_at,
