@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bgsvc.config import Settings
-from bgsvc.errors import JobsUnavailable
+from bgsvc.errors import JobsUnavailable, StorageUnavailable
 from bgsvc.inference.loader import load_engines
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.outbound.signing import generate_secret
@@ -246,3 +246,26 @@ def test_with_only_jobs_running_one_more_waits_behind_them_and_no_more(
         wait_status(client, job_id, ("succeeded",), timeout=30)
     # One inferring and one waiting (its input read and decoded meanwhile), never more.
     assert running.most == 2
+
+
+def test_a_job_whose_input_cannot_be_read_is_retried_not_left_running(
+    jobs_client: Callable[..., TestClient], photo_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store that fails the read of the job's input once (a disk error, S3 down): the
+    # attempt fails and the job is retried, rather than staying "running" to its lease.
+    from bgsvc.storage.filesystem import FilesystemStore
+
+    failed: list[str] = []
+    real_get = FilesystemStore.get
+
+    def get(self: FilesystemStore, key: str) -> Any:
+        if not failed and key.endswith("/original"):  # the job's input (jobs.queue.input_key)
+            failed.append(key)
+            raise StorageUnavailable(f"cannot read {key}: Input/output error")
+        return real_get(self, key)
+
+    monkeypatch.setattr(FilesystemStore, "get", get)
+    client = jobs_client()
+    job = submit(client, photo_png)
+    done = wait_status(client, job["id"], ("succeeded", "failed"))
+    assert failed and (done["status"], done["attempts"]) == ("succeeded", 2)

@@ -277,13 +277,17 @@ class JobRunner:
         started: float,
     ) -> None:
         results = backends.results
-        stored = await anyio.to_thread.run_sync(results.get, record.input_key)
-        if stored is None:
-            exc: BgsvcError = JobExpired("The upload expired before the job could run.")
-            await self.ends.end(backends, record, JobStatus.EXPIRED, started, error=job_error(exc))
-            return
         try:
             try:
+                # Read within the attempt: a store that cannot be read now (StorageUnavailable,
+                # 503) is retried like any failed attempt, not left running to its lease.
+                stored = await anyio.to_thread.run_sync(results.get, record.input_key)
+                if stored is None:
+                    expired = JobExpired("The upload expired before the job could run.")
+                    await self.ends.end(
+                        backends, record, JobStatus.EXPIRED, started, error=job_error(expired)
+                    )
+                    return
                 params, segment = cut_video.pop_segment(record.options)
                 options = self.parse_options(params)
                 async with asyncio.timeout(self.config.timeout_s):
