@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -221,3 +222,41 @@ def test_places_refuse_beyond_their_size_and_come_back() -> None:
     assert places.held == 0
     with places.hold():
         assert places.held == 1
+
+
+def _as_key(exchange: Exchange, name: str) -> Exchange:
+    # What the auth middleware, which runs first, leaves for the request.
+    exchange.scope["state"]["auth"] = SimpleNamespace(key=SimpleNamespace(name=name))
+    return exchange
+
+
+def test_one_key_holds_at_most_half_the_places_and_the_others_stay_open() -> None:
+    places = Places(4, "uploads")
+    with places.hold("slow"), places.hold("slow"):
+        with pytest.raises(Overloaded, match="for this API key"):
+            places.check("slow")
+        full = pytest.raises(Overloaded, match="Too many uploads at once; retry")
+        with places.hold("other"), places.hold(None), full:
+            places.check("third")
+    assert places.held == 0
+    assert Places(1, "batch uploads").per_owner == 1
+
+
+def test_a_key_sending_slowly_cannot_take_every_upload_place_from_another_key(
+    make_client: Callable[..., TestClient],
+) -> None:
+    state = state_of(make_client(body_read_timeout_s=5, max_concurrent_uploads=4))
+    admission = middleware(state)
+    slow = [_as_key(Exchange("POST", "/remove-background", [b"x"]), "b") for _ in range(4)]
+    other = _as_key(Exchange("POST", "/remove-background", [b"whole"], ends=True), "c")
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(admission(e.scope, e.receive, e.send)) for e in slow]
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(admission(other.scope, other.receive, other.send), 1)
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(run())
+    assert [(e.status, e.code) for e in slow[2:]] == [(429, "overloaded")] * 2
+    assert other.status == 200

@@ -130,7 +130,7 @@ class AdmissionMiddleware:
                 raise UploadTooLarge(f"The upload exceeds {limit} bytes.")
             # Full now: refused before the upload is received (it would be refused after).
             self.state.scheduler.check_room()
-            with self.uploads.hold():
+            with self.uploads.hold(key_name(scope)):
                 body = await read_body(receive, limit, settings.body_read_timeout_s)
             ticket = self.state.scheduler.try_admit()
         except BgsvcError as exc:
@@ -143,12 +143,13 @@ class AdmissionMiddleware:
             ticket.close()
 
     async def _within(self, places: Places, scope: Scope, receive: Receive, send: Send) -> None:
+        owner = key_name(scope)
         try:
-            places.check()
+            places.check(owner)
         except Overloaded as exc:
             await self._reject(exc, scope, receive, send)
             return
-        with places.hold():
+        with places.hold(owner):
             await self.app(scope, receive, send)
 
     async def _reject(self, exc: BgsvcError, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,6 +158,14 @@ class AdmissionMiddleware:
         # idle connection when the drain ends.
         closing = {"Connection": "close"} if self.state.stuck else None
         await reject(exc, scope, self.state.metrics, closing)(scope, receive, send)
+
+
+def key_name(scope: Scope) -> str | None:
+    """The name of the API key the auth middleware found for this request (it runs
+    first), or None without keys."""
+    auth = scope.get("state", {}).get("auth")
+    name: str | None = getattr(getattr(auth, "key", None), "name", None)
+    return name
 
 
 def limited_receive(

@@ -92,37 +92,55 @@ class Ticket:
 
 
 class Places:
-    """At most ``size`` holders at once; the next one is refused at once (429), never
-    queued. Bounds work before admission (uploads being received, batch intakes) that a
-    ticket cannot: a ticket is for inputs already in hand. Event loop only."""
+    """At most ``size`` holders at once, and at most half of them (at least one) for one
+    owner (an API key): the next one is refused at once (429), never queued. Bounds work
+    before admission (uploads being received, URLs being fetched, batch intakes) that a
+    ticket cannot: a ticket is for inputs already in hand. The owner's share keeps one key
+    that sends slowly on purpose from taking every place from the others. Event loop only."""
 
     def __init__(self, size: int, what: str, retry_after: int = 1) -> None:
         self.size = size
         self.what = what
         self.retry_after = retry_after
+        self.per_owner = max(1, size // 2)
         self._held = 0
+        self._owners: dict[str, int] = {}
 
     @property
     def held(self) -> int:
         """Places taken now."""
         return self._held
 
-    def check(self) -> None:
-        """Overloaded (429) when every place is taken; nothing is taken."""
+    def check(self, owner: str | None = None) -> None:
+        """Overloaded (429) when every place is taken, or ``owner``'s share; nothing is
+        taken."""
         if self._held >= self.size:
             raise Overloaded(
                 f"Too many {self.what} at once; retry later.", retry_after=self.retry_after
             )
+        if owner is not None and self._owners.get(owner, 0) >= self.per_owner:
+            raise Overloaded(
+                f"Too many {self.what} at once for this API key (at most {self.per_owner}); "
+                "retry later.",
+                retry_after=self.retry_after,
+            )
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        """One place for the block, or Overloaded straight away."""
-        self.check()
+    def hold(self, owner: str | None = None) -> Iterator[None]:
+        """One place for the block (counted against ``owner``'s share when given), or
+        Overloaded straight away."""
+        self.check(owner)
         self._held += 1
+        if owner is not None:
+            self._owners[owner] = self._owners.get(owner, 0) + 1
         try:
             yield
         finally:
             self._held -= 1
+            if owner is not None:
+                self._owners[owner] -= 1
+                if not self._owners[owner]:
+                    del self._owners[owner]
 
 
 class Scheduler:

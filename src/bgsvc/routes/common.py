@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from bgsvc.errors import InvalidParameter, MissingImage, UploadTooLarge, VideoNeedsJob
 from bgsvc.imaging.video import is_video
 from bgsvc.inference.scheduler import Ticket
-from bgsvc.middleware import limited_receive
+from bgsvc.middleware import key_name, limited_receive
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import RemovalResult
 from bgsvc.state import AppState
@@ -77,7 +77,7 @@ async def fetch_url_image(request: Request, url: str, what: str) -> bytes:
         )
     ticket: Ticket | None = getattr(request.state, "ticket", None)
     with ticket.aside() if ticket is not None else nullcontext():
-        return await fetcher.fetch(url)
+        return await fetcher.fetch(url, key_name(request.scope))
 
 
 def ticket_of(request: Request) -> Ticket:

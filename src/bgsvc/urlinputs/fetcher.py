@@ -62,12 +62,12 @@ class UrlFetcher:
             max_concurrent=settings.max_concurrent_uploads,
         )
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str, owner: str | None = None) -> bytes:
         """The image bytes at ``url``. Raises the outbound errors (UrlInvalid,
         UrlForbidden, UrlFetchFailed, UrlTooLarge: all 400) or, for a body that is not an
         accepted image, the same errors an upload of it would get; Overloaded (429) at
-        once while every fetch place is taken."""
-        with self._places.hold():
+        once while every fetch place, or ``owner``'s (an API key's) share, is taken."""
+        with self._places.hold(owner):
             return await self._fetch(url)
 
     async def _fetch(self, url: str) -> bytes:
