@@ -225,31 +225,32 @@ class _StalledReceiver:
         return SimpleNamespace(status=204, headers={})
 
 
-def test_one_key_s_stalled_receiver_holds_few_sockets_and_never_another_key_s_turn() -> None:
-    # A key whose receiver hangs (or whose jobs fail at once, each with a callback) opens
-    # at most its lane's sockets; another key's delivery goes straight through meanwhile,
-    # and all keys together stay within the process's bound.
+def _stalled_sender(in_flight: tuple[int, int]) -> tuple[_StalledReceiver, WebhookSender]:
+    receiver = _StalledReceiver()
+    sender = WebhookSender(
+        receiver,  # type: ignore[arg-type]
+        WebhookSigner(SECRET),
+        RetrySchedule(attempts=1),
+        in_flight=in_flight,
+    )
+    return receiver, sender
+
+
+def _delivery(sender: WebhookSender, key: str) -> asyncio.Future[DeliveryResult]:
+    return asyncio.ensure_future(
+        sender.deliver(f"http://r/{key}", JOB_SUCCEEDED, {"id": "j"}, key=key)
+    )
+
+
+def test_a_key_s_stalled_receiver_holds_its_lane_and_all_keys_the_process_s_places() -> None:
+    # Keys whose receivers hang (or whose jobs fail at once, each with a callback) open at
+    # most their lane's sockets each, and all keys together the process's; a delivery past
+    # both waits its turn and goes once a place frees.
     async def scenario() -> tuple[_StalledReceiver, DeliveryResult]:
-        receiver = _StalledReceiver()
-        sender = WebhookSender(
-            receiver,  # type: ignore[arg-type]
-            WebhookSigner(SECRET),
-            RetrySchedule(attempts=1),
-            in_flight=(6, 2),
-        )
-        hammering = [
-            asyncio.ensure_future(
-                sender.deliver(f"http://r/{key}", JOB_SUCCEEDED, {"id": "j"}, key=key)
-            )
-            for key in ("a", "b", "c", "d")
-            for _ in range(10)
-        ]
+        receiver, sender = _stalled_sender((6, 2))
+        hammering = [_delivery(sender, key) for key in "abcd" for _ in range(10)]
         await asyncio.sleep(0.05)
-        # The process's 6 places are all taken: a fresh key waits too, then goes first in
-        # its lane once any place frees.
-        late = asyncio.ensure_future(
-            sender.deliver("http://r/e", JOB_SUCCEEDED, {"id": "j"}, key="e")
-        )
+        late = _delivery(sender, "e")
         await asyncio.sleep(0.05)
         assert not late.done()
         receiver.release.set()
@@ -266,20 +267,9 @@ def test_one_key_s_stalled_receiver_holds_few_sockets_and_never_another_key_s_tu
 
 def test_deliveries_of_one_key_past_its_lane_wait_and_do_not_refuse() -> None:
     async def scenario() -> tuple[_StalledReceiver, list[DeliveryResult]]:
-        receiver = _StalledReceiver()
-        sender = WebhookSender(
-            receiver,  # type: ignore[arg-type]
-            WebhookSigner(SECRET),
-            RetrySchedule(attempts=1),
-            in_flight=(32, 4),
-        )
-        tasks = [
-            asyncio.ensure_future(sender.deliver("http://r/a", JOB_SUCCEEDED, {"id": "j"}, key="a"))
-            for _ in range(12)
-        ]
-        other = asyncio.ensure_future(
-            sender.deliver("http://r/b", JOB_SUCCEEDED, {"id": "j"}, key="b")
-        )
+        receiver, sender = _stalled_sender((32, 4))
+        tasks = [_delivery(sender, "a") for _ in range(12)]
+        other = _delivery(sender, "b")
         await asyncio.sleep(0.05)
         assert receiver.in_flight == {"a": 4, "b": 1}
         receiver.release.set()
