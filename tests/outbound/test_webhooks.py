@@ -225,13 +225,16 @@ class _StalledReceiver:
         return SimpleNamespace(status=204, headers={})
 
 
-def _stalled_sender(in_flight: tuple[int, int]) -> tuple[_StalledReceiver, WebhookSender]:
+def _stalled_sender(
+    in_flight: tuple[int, int], slot_wait_s: float = 30.0
+) -> tuple[_StalledReceiver, WebhookSender]:
     receiver = _StalledReceiver()
     sender = WebhookSender(
         receiver,  # type: ignore[arg-type]
         WebhookSigner(SECRET),
         RetrySchedule(attempts=1),
         in_flight=in_flight,
+        slot_wait_s=slot_wait_s,
     )
     return receiver, sender
 
@@ -278,3 +281,23 @@ def test_deliveries_of_one_key_past_its_lane_wait_and_do_not_refuse() -> None:
     receiver, results = run(scenario())
     assert all(r.delivered for r in results) and len(results) == 13
     assert receiver.most == {"a": 4, "b": 1}
+
+
+def test_an_attempt_that_waits_past_its_limit_for_a_place_fails_and_holds_nothing() -> None:
+    # Waiting deliveries must not pile up without end behind a receiver that hangs: past
+    # the wait, the attempt is a recorded failure (retried on the schedule), and the
+    # key's lane is gone once nothing uses it.
+    async def scenario() -> tuple[_StalledReceiver, WebhookSender, DeliveryResult]:
+        receiver, sender = _stalled_sender((32, 1), slot_wait_s=0.05)
+        stuck = _delivery(sender, "a")
+        await asyncio.sleep(0.01)
+        waited = await _delivery(sender, "a")
+        receiver.release.set()
+        await stuck
+        return receiver, sender, waited
+
+    receiver, sender, waited = run(scenario())
+    assert waited.outcome == "exhausted"
+    assert [(a.status, a.error) for a in waited.attempts] == [(None, "webhook_busy")]
+    assert receiver.most == {"a": 1}
+    assert sender._lanes._lanes == {}

@@ -127,35 +127,59 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 # Attempts in flight at once per process, and per key: each holds a socket for up to the
 # outbound total timeout, and a key whose receiver is slow on purpose (or whose jobs fail
 # at once with a callback) must not take the process's file descriptors, nor every other
-# key's deliveries with them. An attempt beyond a bound waits its turn.
+# key's deliveries with them. An attempt beyond a bound waits its turn, for at most
+# SLOT_WAIT_S: past that it is a failed attempt, retried on the schedule, so a delivery
+# still ends within the schedule and waiting deliveries cannot pile up without end.
 MAX_IN_FLIGHT = 32
 MAX_IN_FLIGHT_PER_KEY = 4
+SLOT_WAIT_S = 30.0
+
+
+class LaneBusy(Exception):
+    """No place for the attempt within the wait: recorded as the attempt's error."""
+
+    code = "webhook_busy"
+    message = "Too many of this key's webhook attempts in flight; retried later."
 
 
 class _Lanes:
     """The bounds on attempts in flight: one for the process, one per key (lanes are made
     when a key's first attempt waits and dropped with its last)."""
 
-    def __init__(self, total: int, per_lane: int) -> None:
+    def __init__(self, total: int, per_lane: int, wait_s: float) -> None:
         self._total = asyncio.Semaphore(total)
         self._per_lane = per_lane
+        self._wait_s = wait_s
         self._lanes: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
     @contextlib.asynccontextmanager
     async def slot(self, lane: str | None) -> AsyncIterator[None]:
-        if lane is None:  # no keys: the process's bound alone
-            async with self._total:
-                yield
-            return
-        semaphore, users = self._lanes.setdefault(lane, (asyncio.Semaphore(self._per_lane), [0]))
-        users[0] += 1
+        """A place in ``lane`` (None: no keys, the process's bound alone) and in the
+        process, or LaneBusy once the wait is over."""
+        own = None
+        if lane is not None:
+            own = self._lanes.setdefault(lane, (asyncio.Semaphore(self._per_lane), [0]))
+            own[1][0] += 1
+        taken: list[asyncio.Semaphore] = []
         try:
-            async with semaphore, self._total:
-                yield
+            try:
+                async with asyncio.timeout(self._wait_s):
+                    for semaphore in (own[0], self._total) if own else (self._total,):
+                        await semaphore.acquire()
+                        taken.append(semaphore)
+            except TimeoutError:
+                raise LaneBusy from None
+            yield
         finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._lanes[lane]
+            for semaphore in taken:
+                semaphore.release()
+            if own is not None and lane is not None:
+                own[1][0] -= 1
+                if own[1][0] == 0:
+                    del self._lanes[lane]
+
+
+Failure = UrlFetchFailed | UrlForbidden | UrlInvalid | SigningUnavailable | LaneBusy
 
 
 class WebhookSender:
@@ -171,6 +195,7 @@ class WebhookSender:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         in_flight: tuple[int, int] = (MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_KEY),
+        slot_wait_s: float = SLOT_WAIT_S,
     ) -> None:
         self._client = client
         self._signer = signer
@@ -178,7 +203,7 @@ class WebhookSender:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
-        self._lanes = _Lanes(*in_flight)
+        self._lanes = _Lanes(*in_flight, slot_wait_s)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: OutboundClient) -> WebhookSender:
@@ -218,22 +243,27 @@ class WebhookSender:
         attempts: list[DeliveryAttempt] = []
         for number in range(1, self._schedule.attempts + 1):
             status: int | None = None
-            error: UrlFetchFailed | UrlForbidden | UrlInvalid | SigningUnavailable | None = None
+            error: Failure | None = None
             wait_at_least = 0.0
-            async with self._lanes.slot(key):
-                started_at = self._clock()
-                began = time.monotonic()
-                try:
-                    current = sign if isinstance(sign, WebhookSigner) else await sign()
-                    headers = {
-                        "Content-Type": "application/json",
-                        **current.headers(event_id, int(started_at), body),
-                    }
-                    response = await self._client.post(url, content=body, headers=headers)
-                    status = response.status
-                    wait_at_least = _retry_after(response.headers) or 0.0
-                except (UrlFetchFailed, UrlForbidden, UrlInvalid, SigningUnavailable) as exc:
-                    error = exc
+            started_at = self._clock()
+            began = time.monotonic()
+            try:
+                async with self._lanes.slot(key):
+                    started_at = self._clock()
+                    began = time.monotonic()
+                    try:
+                        current = sign if isinstance(sign, WebhookSigner) else await sign()
+                        headers = {
+                            "Content-Type": "application/json",
+                            **current.headers(event_id, int(started_at), body),
+                        }
+                        response = await self._client.post(url, content=body, headers=headers)
+                        status = response.status
+                        wait_at_least = _retry_after(response.headers) or 0.0
+                    except (UrlFetchFailed, UrlForbidden, UrlInvalid, SigningUnavailable) as exc:
+                        error = exc
+            except LaneBusy as exc:
+                error = exc
             attempt = DeliveryAttempt(
                 number=number,
                 started_at=started_at,
