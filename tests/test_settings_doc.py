@@ -24,7 +24,7 @@ def test_the_settings_reference_is_current() -> None:
     written = path.read_text() if path.exists() else ""
     if written != settings_markdown():
         pytest.fail(
-            f"{REFERENCE_PATH} does not match src/bgsvc/config.py; regenerate it from the "
+            f"{REFERENCE_PATH} does not match src/bgsvc/config/; regenerate it from the "
             f"repository root with: PYTHONPATH=src python -m {REFERENCE_COMMAND}",
             pytrace=False,
         )

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, SecretStr
 from pydantic.fields import FieldInfo
 
 from bgsvc.config import Settings
+from bgsvc.config.sections import ORDER
 
 REFERENCE_PATH = "docs/settings.md"
 REFERENCE_COMMAND = f"bgsvc settings --markdown > {REFERENCE_PATH}"
@@ -106,7 +107,10 @@ def _cell(text: str) -> str:
 def settings_markdown() -> str:
     """docs/settings.md: every setting, grouped by section, from the fields' own types,
     defaults and descriptions."""
-    sections: dict[str, list[str]] = {}
+    # Settings lists its parts' fields in reverse (pydantic collects them base class
+    # first): the reference follows the sections' own order, and each part's fields in
+    # the order they are written.
+    sections: dict[str, list[str]] = {title: [] for title in ORDER}
     for name, field in Settings.model_fields.items():
         names = ", ".join(f"`{env}`" for env in env_names(name, field))
         row = (
@@ -114,13 +118,14 @@ def settings_markdown() -> str:
             f"| {_cell(field.description or '')} |"
         )
         sections.setdefault(section_of(field) or "Other", []).append(row)
+    sections = {title: rows for title, rows in sections.items() if rows}
     lines = [
-        f"<!-- Generated from src/bgsvc/config.py by `{REFERENCE_COMMAND}`; "
+        f"<!-- Generated from src/bgsvc/config/ by `{REFERENCE_COMMAND}`; "
         "edit the descriptions there, not here. -->",
         "",
         "# Settings",
         "",
-        "Environment variables, read once at start by `src/bgsvc/config.py`, the only module "
+        "Environment variables, read once at start by `src/bgsvc/config/`, the only package "
         "that reads the environment. A name without the `BGSVC_` prefix is the standard one "
         "that other tools read as well (OpenTelemetry, prometheus-client, CUDA, gunicorn's "
         "`WEB_CONCURRENCY`). Booleans are `true` or `false`; lists and objects are "

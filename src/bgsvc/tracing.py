@@ -1,6 +1,6 @@
 """Optional OpenTelemetry tracing behind a tiny interface: ``with span("decode"):``.
 
-Off unless the settings name a trace exporter or an OTLP endpoint (config.py reads the
+Off unless the settings name a trace exporter or an OTLP endpoint (bgsvc.config reads the
 OTEL_* variables that decide). Off, nothing here imports the OpenTelemetry SDK, every
 call returns at once and FastAPI's own telemetry is switched off.
 

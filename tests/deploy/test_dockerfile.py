@@ -256,7 +256,7 @@ def test_dockerignore_keeps_caches_and_git_out_of_the_context() -> None:
         "deploy/k8s/deployment.yaml",
     ]:
         assert _dockerignore_excludes(rel), rel
-    assert not _dockerignore_excludes("src/bgsvc/config.py")
+    assert not _dockerignore_excludes("src/bgsvc/config/__init__.py")
 
 
 def test_gpu_image_uses_cuda_with_cudnn_and_only_the_gpu_onnxruntime() -> None:

@@ -2,6 +2,6 @@
 
 Import from the modules: ``policy`` (what may be reached), ``client`` (the guarded httpx
 client), ``content`` (sniffing what came back) and ``webhooks`` (signing and delivery).
-The package itself imports nothing, because config.py validates BGSVC_OUTBOUND_ALLOW with
+The package itself imports nothing, because bgsvc.config validates BGSVC_OUTBOUND_ALLOW with
 ``policy`` and the client reads config.
 """

@@ -3,7 +3,7 @@
 
 The ``standardwebhooks`` library does the HMAC (the spec authors' reference code, MIT, no
 dependencies), so any Standard Webhooks receiver library verifies what we send. Only the
-secret is read here, strictly: this module is light enough for config.py to validate with.
+secret is read here, strictly: this module is light enough for bgsvc.config to validate with.
 """
 
 from __future__ import annotations
