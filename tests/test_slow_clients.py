@@ -7,6 +7,7 @@ under attack (BGSVC's own timings are never asserted)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -80,12 +81,11 @@ class Node:
     port: int
 
 
-@pytest.fixture(scope="module")
-def node(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """`bgsvc serve` (one process, no gunicorn) with the short limits."""
-    tmp = tmp_path_factory.mktemp("slow-clients")
+@contextlib.contextmanager
+def serving(model: Path, tmp: Path, **overrides: str) -> Iterator[Node]:
+    """`bgsvc serve` (one process, no gunicorn) with the short limits, and ``overrides``."""
     port = free_port()
-    env = {**os.environ, **guard_env(tiny_model_path, tmp)}
+    env = {**os.environ, **guard_env(model, tmp), **overrides}
     env.update({"BGSVC_HOST": "127.0.0.1", "BGSVC_PORT": str(port)})
     log = tmp / "serve.log"
     with log.open("wb") as out:
@@ -103,6 +103,12 @@ def node(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def node(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with serving(tiny_model_path, tmp_path_factory.mktemp("slow-clients")) as started:
+        yield started
 
 
 # --- Raw HTTP/1.1 on sockets: what a hostile client sends. ---------------------------------
@@ -198,33 +204,66 @@ class HealthProbe:
 # --- The tests ------------------------------------------------------------------------------
 
 
-def test_connections_beyond_the_limit_get_503_and_are_closed(node: Node) -> None:
-    # Kept-alive connections stay open (75 s), so MAX_CONNECTIONS of them fill the node.
+def test_idle_connections_make_room_for_a_request_the_longest_idle_first(node: Node) -> None:
+    # Kept-alive connections stay open (75 s) and cost their client nothing to hold: at the
+    # limit, a request is served in place of the connection idle the longest.
     held = [connect(node.port) for _ in range(MAX_CONNECTIONS)]
     try:
         assert [get(sock)[0] for sock in held] == [200] * MAX_CONNECTIONS
-        extra = connect(node.port)
-        try:
-            status, headers, body = get(extra, "/models")
-            assert (status, json.loads(body)["code"]) == (503, "too_many_connections")
-            assert headers["retry-after"] == "1" and headers["connection"] == "close"
-            assert closed_by_server(extra)
-        finally:
-            extra.close()
-        # Probes are answered past the limit: a flood must not get a live node restarted.
-        with connect(node.port) as probe:
-            assert get(probe, "/health")[0] == 200
-        held.pop().close()
-        # A place freed (once the node has seen the close): the next connection is served.
-        statuses = []
-        deadline = time.monotonic() + GENEROUS_S
-        while 200 not in statuses and time.monotonic() < deadline:
-            with connect(node.port) as again:
-                statuses.append(get(again)[0])
-        assert statuses[-1] == 200
+        # The first one becomes the most recently idle: the second is now the oldest.
+        assert get(held[0])[0] == 200
+        with connect(node.port) as extra:
+            assert get(extra, "/models")[0] == 200
+        assert closed_by_server(held[1])
+        assert get(held[0])[0] == 200
     finally:
         for sock in held:
             sock.close()
+
+
+def busy(sock: socket.socket) -> socket.socket:
+    """``sock`` with a request answered before its announced body is in: not idle, until
+    the node's deadline for the rest (the header timeout), which its node sets long."""
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nx")
+    assert read_response(sock)[0] == 200
+    return sock
+
+
+def test_connections_beyond_the_limit_get_503_and_are_closed_when_none_is_idle(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    limit = 4
+    with serving(
+        tiny_model_path,
+        tmp_path,
+        BGSVC_MAX_CONNECTIONS=str(limit),
+        BGSVC_HEADER_TIMEOUT_S="60",
+        BGSVC_BODY_READ_TIMEOUT_S="60",
+    ) as small:
+        held = [busy(connect(small.port)) for _ in range(limit)]
+        try:
+            extra = connect(small.port)
+            try:
+                status, headers, body = get(extra, "/models")
+                assert (status, json.loads(body)["code"]) == (503, "too_many_connections")
+                assert headers["retry-after"] == "1" and headers["connection"] == "close"
+                assert closed_by_server(extra)
+            finally:
+                extra.close()
+            # Probes are answered past the limit: a flood must not get a live node restarted.
+            with connect(small.port) as probe:
+                assert get(probe, "/health")[0] == 200
+            held.pop().close()
+            # A place freed (once the node has seen the close): the next connection is served.
+            statuses = []
+            deadline = time.monotonic() + GENEROUS_S
+            while 200 not in statuses and time.monotonic() < deadline:
+                with connect(small.port) as again:
+                    statuses.append(get(again, "/models")[0])
+            assert statuses[-1] == 200
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def test_a_header_over_the_limit_gets_431_or_a_closed_connection(node: Node) -> None:
@@ -372,5 +411,6 @@ def test_a_gunicorn_node_applies_the_same_connection_guards(
         with connect(started.port) as one, connect(started.port) as two:
             assert get(one)[0] == 200 and get(two)[0] == 200
             with connect(started.port) as three:
-                status, _, body = get(three, "/models")
-                assert (status, json.loads(body)["code"]) == (503, "too_many_connections")
+                # The limit, served by closing the connection idle the longest.
+                assert get(three, "/models")[0] == 200
+                assert closed_by_server(one)

@@ -15,7 +15,10 @@ a request's head must arrive within ``header_timeout_s`` (from the connection's 
 from the head's first byte on a kept-alive connection) and within the config's
 ``h11_max_incomplete_event_size`` bytes (uvicorn applies that one to h11 only); and beyond
 the config's ``limit_concurrency`` connections (or running requests) a request gets a JSON
-503 that closes its connection (probes excepted). A request answered before its body is all
+503 that closes its connection (probes excepted), unless closing idle connections, the
+longest idle first, makes room for it (as nginx reuses idle keep-alive connections when it
+runs out): an idle connection costs its client nothing to hold, and held by the thousand
+they locked out every client that asked. A request answered before its body is all
 in must finish sending it within ``header_timeout_s`` of the answer, or its connection is
 closed.
 Without them a node kept a silent connection, half-sent headers, a 1 MiB header or a body
@@ -25,6 +28,8 @@ dripped after its answer open for as long as the client liked.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import time
@@ -45,6 +50,9 @@ _warned: dict[str, float] = {}
 
 # Answered past the connection limit too: liveness and readiness probes.
 PROBES = frozenset({b"/health", b"/ready"})
+# The order connections become idle in, for closing the longest idle first: a count, since
+# uvloop's clock moves once per loop turn and a burst of them would tie.
+_BECAME_IDLE = itertools.count()
 
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -159,9 +167,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # the rest of that body must arrive by a deadline, or the connection closes.
         self.unread: Any = None
         self.unread_timer: asyncio.TimerHandle | None = None
+        # When the connection began to wait for its client's next request (or its first),
+        # as a place in the order connections became idle; None while a request is under
+        # way.
+        self.became_idle: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.became_idle = next(_BECAME_IDLE)
         self._time_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -175,6 +188,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # held the connection (and a place under the connection limit) for ever.
         unread = self.cycle is not None and self.cycle.more_body
         super().on_response_complete()
+        if self.timeout_keep_alive_task is not None and not unread:
+            self.became_idle = next(_BECAME_IDLE)
         if unread and not self.transport.is_closing():
             self.unread = self.cycle
             delay = self.header_timeout_s if self.header_timeout_s is not None else 0.0
@@ -192,6 +207,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 self.timeout_keep_alive_task = self.loop.call_later(
                     self.timeout_keep_alive, self.timeout_keep_alive_handler
                 )
+                self.became_idle = next(_BECAME_IDLE)
 
     def _close_unread(self) -> None:
         self._untime_unread()
@@ -218,6 +234,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.became_idle = None
         self.head_begun = True
         if self.head_bytes is None:
             self.head_bytes = 0
@@ -253,13 +270,38 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _refused_connection(self) -> BgsvcError | None:
         limit = self.max_connections
-        if limit is None or (len(self.connections) <= limit and len(self.tasks) < limit):
+        if limit is None or (len(self.tasks) < limit and self._room_made(limit)):
             return None
         if self.url.split(b"?", 1)[0] in PROBES:
             # A flood of connections must not get a live process restarted by its probes.
             return None
         _warn("connections", f"requests over {limit} connections refused (503)")
         return TooManyConnections("This node has too many connections open; retry.")
+
+    def _room_made(self, limit: int) -> bool:
+        """Whether this request's connection is within ``limit`` open ones, once as many
+        idle connections as it takes, the longest idle first, are closed (those closing
+        already do not count)."""
+        if len(self.connections) <= limit:
+            return True
+        closing = 0
+        idle: list[tuple[int, CoalescingHttpToolsProtocol]] = []
+        for other in self.connections:
+            if not isinstance(other, CoalescingHttpToolsProtocol):
+                continue  # upgraded (none here), counted as open
+            if other.transport.is_closing():
+                closing += 1
+            elif other is not self and other.became_idle is not None:
+                idle.append((other.became_idle, other))
+        excess = len(self.connections) - closing - limit
+        if excess <= 0:
+            return True
+        if len(idle) < excess:
+            return False
+        for _, oldest in heapq.nsmallest(excess, idle, key=lambda pair: pair[0]):
+            oldest.transport.close()
+        _warn("idle", f"idle connections closed to make room at the limit of {limit}")
+        return True
 
     def _time_head(self) -> None:
         if self.header_timeout_s is not None and self.head_timer is None:

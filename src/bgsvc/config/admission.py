@@ -138,8 +138,9 @@ class ClientSettings(BaseModel):
     max_connections: int = Field(
         default=1000,
         ge=0,
-        description="Open connections per process (uvicorn's limit_concurrency); a request "
-        "beyond it, or with that many still running, gets 503 too_many_connections, except "
-        "/health and /ready; 0 means no limit.",
+        description="Open connections per process (uvicorn's limit_concurrency). At the "
+        "limit, a request is served in place of the connection idle the longest (closed); "
+        "with none idle, or that many requests running, it gets 503 too_many_connections, "
+        "except /health and /ready; 0 means no limit.",
         json_schema_extra=in_section(CLIENTS),
     )
