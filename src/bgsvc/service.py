@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import json
 import math
 import os
 import threading
@@ -20,6 +21,7 @@ import numpy as np
 from bgsvc.cache import CachedResult, MemoryLRUCache, ResultCache, cache_key
 from bgsvc.cache.factory import build_tiers
 from bgsvc.config import Settings
+from bgsvc.config.output import OutputSettings
 from bgsvc.errors import (
     RequestTimeout,
 )
@@ -55,6 +57,16 @@ def _stage_thread_init(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
+def shaping_settings(settings: Settings) -> str:
+    """The service's own settings that shape a result (the edge step's defaults, the
+    encoders' and their qualities, the largest output), as they key it beside the request's
+    options: nodes that share a cache with other settings, or a fleet part-way through a
+    change of them, serve no result made under other ones."""
+    shaping = {name: getattr(settings, name) for name in OutputSettings.model_fields}
+    shaping["max_output_pixels"] = settings.max_output_pixels
+    return json.dumps(shaping, sort_keys=True, default=str)
+
+
 class RemovalService:
     """The pipeline under the scheduler and the request budget, with stage metrics and an
     optional result cache."""
@@ -76,6 +88,7 @@ class RemovalService:
             cache = MemoryLRUCache(settings.result_cache_bytes)
         self.cache = cache
         self.tiers = build_tiers(cache, settings, metrics)
+        self._shaping = shaping_settings(settings)
         self._evictions_seen = 0
         # Decode, pre/post-processing and encode run here, never on the event loop.
         self._stages = ThreadPoolExecutor(
@@ -225,11 +238,7 @@ class RemovalService:
         if self.tiers is None:
             return await self._compute(ticket, data, options, engine, max_frames)
         started = time.perf_counter()
-        version = str(getattr(engine, "version", engine.name))
-        # A request that leaves the edge step to the service gets the service's defaults:
-        # they key the result too, so a fleet whose defaults change serves no stale ones.
-        settings = self.remover.settings
-        version += f":refine{int(settings.refine)}:decontaminate{int(settings.decontaminate)}"
+        version = f"{getattr(engine, 'version', engine.name)}:{self._shaping}"
         if len(data) < _INLINE_HASH_BYTES:
             key = cache_key(data, options, engine.name, version, scope)
         else:

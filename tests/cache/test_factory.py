@@ -35,3 +35,19 @@ def test_redis_with_the_shared_cache_setting_adds_the_shared_level() -> None:
     assert tiers is not None
     assert tiers.local is None and isinstance(tiers.shared, RedisLevel)
     asyncio.run(tiers.aclose())
+
+
+def test_the_cache_takes_its_own_redis_when_one_is_named() -> None:
+    from bgsvc.cache.redis import RedisLevel
+
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0",
+        cache_redis_url="redis://127.0.0.1:2/3",
+        shared_cache_max_entry_bytes=1234,
+    )
+    tiers = build_tiers(None, settings, Metrics())
+    assert tiers is not None and isinstance(tiers.shared, RedisLevel)
+    pool = tiers.shared._client.connection_pool.connection_kwargs
+    assert (pool["port"], pool["db"]) == (2, 3)
+    assert tiers.shared.max_entry_bytes == 1234
+    asyncio.run(tiers.aclose())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bgsvc.cache import CachedResult
+from bgsvc.cache import CachedResult, codec
 from bgsvc.cache.redis import RedisLevel, Unavailable
 from bgsvc.cache.tiered import Outcome, TieredCache
 from bgsvc.imaging.compose import Box
@@ -61,6 +61,27 @@ def test_entries_get_ttls_within_the_jitter_bounds(redis_server: RedisServer) ->
     assert all(90_000 - elapsed_ms <= t <= 110_000 for t in ttls), (elapsed_ms, ttls)
     # Jittered: forty draws from +-10 s do not land within one second of each other.
     assert max(ttls) - min(ttls) > 1000
+
+
+def test_a_result_over_the_entry_limit_stays_out_of_redis(redis_server: RedisServer) -> None:
+    small, large = entry("s"), entry("large")
+
+    async def main() -> tuple[bool, bool]:
+        shared = RedisLevel(
+            redis_server.url,
+            ttl_s=100.0,
+            jitter_s=10.0,
+            socket_timeout_s=0.5,
+            max_entry_bytes=len(codec.dumps(small)),
+        )
+        try:
+            return await shared.put("small", small), await shared.put("large", large)
+        finally:
+            await shared.aclose()
+
+    assert asyncio.run(main()) == (True, False)
+    with redis_server.client() as client:
+        assert client.exists("bgsvc:cache:r:small") and not client.exists("bgsvc:cache:r:large")
 
 
 def test_a_node_waits_for_the_lock_holder_and_takes_its_result(

@@ -90,6 +90,27 @@ def test_second_node_is_served_from_redis_with_the_first_nodes_bytes_and_headers
     assert metric(second, hit % "local") == 1.0
 
 
+@pytest.mark.parametrize(
+    "setting",
+    [{"jpeg_quality": 60}, {"decontaminate": False}, {"max_output_pixels": 1_000_000}],
+    ids=lambda s: next(iter(s)),
+)
+def test_a_node_with_other_output_settings_computes_its_own_result(
+    make_client: Callable[..., TestClient],
+    redis_server: RedisServer,
+    photo_png: bytes,
+    setting: dict[str, object],
+) -> None:
+    # A fleet part-way through a change of settings, or nodes configured apart on one
+    # Redis: a result made under other settings is not theirs to serve.
+    first = make_client(redis_url=redis_server.url)
+    second = make_client(redis_url=redis_server.url, **setting)
+    same = make_client(redis_url=redis_server.url)
+    assert post(first, photo_png).headers["X-Cache"] == "MISS"
+    assert post(second, photo_png).headers["X-Cache"] == "MISS"
+    assert post(same, photo_png).headers["X-Cache"] == "HIT"
+
+
 def test_shared_cache_off_leaves_each_node_to_compute_its_own(
     make_client: Callable[..., TestClient], redis_server: RedisServer, photo_png: bytes
 ) -> None:

@@ -206,6 +206,27 @@ def test_replicas_queue_jobs_in_the_compose_redis_which_keeps_them_on_a_volume(
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
+def test_replicas_cache_results_in_a_redis_of_their_own_that_evicts(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    cache = services["redis-cache"]
+    command = cache["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    # Bounded, evicting, and nothing on disk: a cache, not a store.
+    assert flags == {
+        "--maxmemory": "512mb",
+        "--maxmemory-policy": "allkeys-lru",
+        "--appendonly": "no",
+        "--save": "",
+    }
+    assert "volumes" not in cache and "ports" not in cache
+    for name in REPLICAS:
+        service = services[name]
+        assert service["environment"]["BGSVC_CACHE_REDIS_URL"] == "redis://redis-cache:6379/0"
+        assert service["depends_on"]["redis-cache"]["condition"] == "service_started"
+
+
 def test_replicas_require_api_keys_and_refuse_to_start_without_a_pepper(
     compose: dict[str, Any],
 ) -> None:

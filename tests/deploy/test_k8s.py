@@ -203,6 +203,36 @@ def test_pods_reach_the_redis_service_and_only_they_may() -> None:
     assert [p["port"] for p in rule["ports"]] == [port["targetPort"]]
 
 
+CACHE = {
+    doc["kind"]: doc
+    for _, doc in DOCS
+    if doc["metadata"]["labels"]["app.kubernetes.io/name"] == "redis-cache"
+}
+
+
+def test_pods_cache_results_in_a_redis_of_their_own_that_evicts_and_only_they_reach() -> None:
+    container = CACHE["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags == {
+        "--maxmemory": "384mb",
+        "--maxmemory-policy": "allkeys-lru",
+        "--appendonly": "no",
+        "--save": "",
+    }
+    # The cap leaves room for Redis itself within the container's memory.
+    assert container["resources"]["limits"]["memory"] == "512Mi"
+    service = CACHE["Service"]
+    pod_labels = CACHE["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    port = service["spec"]["ports"][0]["port"]
+    assert _env()["BGSVC_CACHE_REDIS_URL"] == f"redis://{service['metadata']['name']}:{port}/0"
+    (rule,) = CACHE["NetworkPolicy"]["spec"]["ingress"]
+    (source,) = rule["from"]
+    api_labels = BY_KIND["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert source["podSelector"]["matchLabels"].items() <= api_labels.items()
+
+
 def test_job_results_go_to_a_store_every_pod_reads() -> None:
     assert (_env()["BGSVC_STORAGE_URL"] or "").startswith("s3://")
     (source,) = _container()["envFrom"]

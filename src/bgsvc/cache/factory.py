@@ -28,10 +28,12 @@ class _CacheObserver:
 def build_tiers(
     local: ResultCache | None, settings: Settings, metrics: Metrics
 ) -> TieredCache | None:
-    """The local LRU and, with BGSVC_REDIS_URL (and BGSVC_SHARED_CACHE), the shared level
-    behind it; None when neither is configured (no cache, no single flight)."""
+    """The local LRU and, with BGSVC_CACHE_REDIS_URL or BGSVC_REDIS_URL (and
+    BGSVC_SHARED_CACHE), the shared level behind it; None when neither is configured (no
+    cache, no single flight)."""
     shared = None
-    if settings.redis_url and settings.shared_cache:
+    url = settings.cache_redis_url or settings.redis_url
+    if url and settings.shared_cache:
         try:
             from bgsvc.cache.redis import RedisLevel
         except ModuleNotFoundError as exc:
@@ -41,7 +43,8 @@ def build_tiers(
 
         errors = metrics.cache_errors.labels("redis")
         shared = RedisLevel(
-            settings.redis_url,
+            url,
+            max_entry_bytes=settings.shared_cache_max_entry_bytes,
             ttl_s=settings.cache_ttl_s,
             jitter_s=settings.cache_ttl_jitter_s,
             socket_timeout_s=settings.redis_socket_timeout_s,

@@ -39,7 +39,8 @@ LOG_EVERY_S = 30.0
 
 
 class RedisLevel:
-    """Results under ``<prefix>r:<key>`` with a jittered TTL; locks under ``<prefix>l:<key>``."""
+    """Results under ``<prefix>r:<key>`` with a jittered TTL, each at most
+    ``max_entry_bytes`` encoded (0: any size); locks under ``<prefix>l:<key>``."""
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class RedisLevel:
         jitter_s: float,
         socket_timeout_s: float,
         prefix: str = "bgsvc:cache:",
+        max_entry_bytes: int = 0,
         on_error: Callable[[], None] = lambda: None,
         retry_after_s: float = RETRY_AFTER_ERROR_S,
     ) -> None:
@@ -56,6 +58,7 @@ class RedisLevel:
             raise ValueError("jitter_s must be >= 0 and below ttl_s")
         self.ttl_s = ttl_s
         self.jitter_s = jitter_s
+        self.max_entry_bytes = max_entry_bytes
         self._prefix = prefix
         self._on_error = on_error
         self._retry_after_s = retry_after_s
@@ -87,10 +90,15 @@ class RedisLevel:
         return self._decode(raw)
 
     async def put(self, key: str, entry: CachedResult) -> bool:
-        """Store with a jittered TTL; False (counted, logged) when Redis is unavailable."""
+        """Store with a jittered TTL; False when the entry is over ``max_entry_bytes`` (a
+        few such results would take the memory of thousands of ordinary ones), or (counted,
+        logged) when Redis is unavailable."""
+        data = codec.dumps(entry)
+        if self.max_entry_bytes and len(data) > self.max_entry_bytes:
+            return False
         try:
             self._check()
-            await self._client.set(self._prefix + "r:" + key, codec.dumps(entry), px=self.ttl_ms())
+            await self._client.set(self._prefix + "r:" + key, data, px=self.ttl_ms())
         except Unavailable:
             return False
         except (RedisError, OSError) as exc:

@@ -126,8 +126,25 @@ class CacheSettings(BaseModel):
     )
     shared_cache: bool = Field(
         default=True,
-        description="With BGSVC_REDIS_URL, keep a shared result cache there behind the local "
-        "one; false leaves Redis to the job queue, keys and limits.",
+        description="With BGSVC_REDIS_URL (or BGSVC_CACHE_REDIS_URL), keep a shared result "
+        "cache there behind the local one; false leaves Redis to the job queue, keys and "
+        "limits.",
+        json_schema_extra=in_section(CACHE),
+    )
+    cache_redis_url: str = Field(
+        default="",
+        description="A Redis for the shared result cache alone (redis://host:6379/0); empty "
+        "means BGSVC_REDIS_URL's. Give the cache one of its own, with maxmemory and the "
+        "allkeys-lru policy: its entries are megabytes that only their TTL ends, while the "
+        "Redis of jobs, keys and limits must never evict, and full, it stops them for every "
+        "tenant.",
+        json_schema_extra=in_section(CACHE),
+    )
+    shared_cache_max_entry_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="Largest result written to the shared cache; a larger one is kept in the "
+        "process's own cache only. 0 means no limit.",
         json_schema_extra=in_section(CACHE),
     )
     cache_ttl_s: float = Field(
