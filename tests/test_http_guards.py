@@ -19,6 +19,8 @@ from bgsvc.server import guard_connections
 from tests.transport import RecordingTransport
 
 LIMIT = 4096
+# A request its answer leaves unread: the body goes on after the response.
+UNREAD = b"GET /ok HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
 
 
 async def _ok(request: Request) -> PlainTextResponse:
@@ -128,11 +130,35 @@ def test_a_kept_alive_connection_waits_without_a_head_timer_between_requests() -
     assert connection.status() == 200 and not connection.closed
 
 
-def test_a_request_beyond_the_connection_limit_gets_503_and_closes() -> None:
-    async def run() -> tuple[Connection, Connection]:
+def test_at_the_limit_the_connection_idle_the_longest_is_closed_to_serve_a_request() -> None:
+    async def run() -> tuple[Connection, Connection, Connection]:
         config, state = _config(max_connections=2), ServerState()
+        older = Connection(config, state)
+        older.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        newer = Connection(config, state)
+        newer.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        older.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")  # idle again, after newer
+        await _settle()
+        third = Connection(config, state)
+        third.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        for connection in (older, newer, third):
+            connection.close()
+        return older, newer, third
+
+    older, newer, third = asyncio.run(run())
+    assert third.status() == 200 and not third.closed
+    assert newer.closed and not older.closed
+
+
+def test_a_request_beyond_the_limit_gets_503_and_closes_when_no_connection_is_idle() -> None:
+    async def run() -> tuple[Connection, Connection]:
+        config, state = _config(max_connections=2, header_timeout_s=5), ServerState()
         first, second = Connection(config, state), Connection(config, state)
-        second.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        first.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n")  # a head under way
+        second.send(UNREAD)  # answered, its body still coming
         await _settle()
         third = Connection(config, state)
         third.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -146,9 +172,6 @@ def test_a_request_beyond_the_connection_limit_gets_503_and_closes() -> None:
     assert (refused.status(), refused.code()) == (503, "too_many_connections")
     assert b"retry-after: 1" in refused.transport.data.lower()
     assert refused.closed
-
-
-UNREAD = b"GET /ok HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
 
 
 def test_a_body_the_answer_left_unread_cannot_hold_the_connection_by_dripping() -> None:
