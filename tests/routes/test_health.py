@@ -40,6 +40,19 @@ def test_metrics_count_requests_by_route_and_status(client: TestClient, photo_pn
     assert "bgsvc_input_megapixels_count 1.0" in text
 
 
+def test_methods_outside_http_s_usual_ones_share_one_series(client: TestClient) -> None:
+    # The parser accepts some forty methods (WebDAV's, RTSP's): each must not be a series
+    # of its own for anyone to multiply by routes and statuses.
+    for method in ("PROPFIND", "MKCOL", "LOCK", "SUBSCRIBE"):
+        client.request(method, "/health")
+    client.request("DELETE", "/health")
+    text = client.get("/metrics").text
+    series = [row for row in text.splitlines() if row.startswith("bgsvc_http_requests_total{")]
+    methods = {row.split('method="')[1].split('"')[0] for row in series}
+    assert methods == {"GET", "DELETE", "other"}
+    assert 'bgsvc_http_requests_total{method="other",route="/health",status="405"} 4.0' in text
+
+
 def test_metrics_aggregate_across_processes_in_multiprocess_mode(
     make_client, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]

@@ -138,7 +138,8 @@ def _custom_spec(name: str, custom: CustomModel) -> ModelSpec:
         name=name,
         profile=profile,
         source="file",
-        description=f"Custom ONNX file {custom.path}",
+        # GET /models answers anyone: the file's place on the host is the operator's to know.
+        description=f"Custom ONNX file ({profile.name} profile)",
         license="as supplied",
         filename=custom.path.name,
         path=custom.path,
