@@ -36,7 +36,7 @@ from bgsvc.metrics import Metrics
 from bgsvc.middleware import AdmissionMiddleware, RequestContextMiddleware
 from bgsvc.outbound.client import Resolver, system_resolver
 from bgsvc.pipeline import EdgeStep, Predictor
-from bgsvc.routes import batches, compat_rembg, compat_removebg, health, jobs, remove
+from bgsvc.routes import batches, compat_rembg, compat_removebg, docs, health, jobs, remove
 from bgsvc.state import AppState, on_drain
 from bgsvc.urlinputs.fetcher import UrlFetcher
 from bgsvc.web.security import add_cors
@@ -169,6 +169,9 @@ def create_app(
         description="Background removal as an HTTP service: native, rembg- and "
         "remove.bg-compatible APIs.",
         lifespan=_lifespan(parts, engine_loader, on_load_failure, on_stuck),
+        # Served by routes.docs, with its scripts pinned to their hashes.
+        docs_url=None,
+        redoc_url=None,
         telemetry=tracing.fastapi_telemetry(traces, lambda scope: scope["path"] in QUIET_ROUTES),
     )
     _attach(app, parts)
@@ -316,6 +319,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(compat_rembg.router)
     app.include_router(compat_removebg.router)
     app.include_router(account.router)
+    app.include_router(docs.router)
     if settings.ui_enabled:
         from bgsvc.routes import ui
 

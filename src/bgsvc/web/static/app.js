@@ -19,10 +19,12 @@ const $ = (sel, root = document) => root.querySelector(sel);
 
 // ---------- API key (servers with BGSVC_AUTH=required) ----------
 
+// The tab's session storage, not localStorage: a key kept for good would be there for any
+// script the origin ever runs, and for whoever uses the browser next.
 const KEY_STORAGE = "bgsvc.apiKey";
 
 function apiKey() {
-  try { return localStorage.getItem(KEY_STORAGE) || ""; } catch { return ""; }
+  try { return sessionStorage.getItem(KEY_STORAGE) || ""; } catch { return ""; }
 }
 
 // Headers for every API request: the saved key as X-Api-Key, or nothing.
@@ -47,10 +49,10 @@ function initApiKey() {
     e.preventDefault();
     const key = field.value.trim();
     try {
-      if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
+      if (key) sessionStorage.setItem(KEY_STORAGE, key); else sessionStorage.removeItem(KEY_STORAGE);
     } catch { /* storage blocked: the key lasts until the page is closed */ }
     form.classList.remove("needed");
-    $("#api-key-note").textContent = key ? "Saved in this browser." : "Removed.";
+    $("#api-key-note").textContent = key ? "Kept until this tab closes." : "Removed.";
     // Images refused for want of a key run again with it.
     for (const card of state.cards) if (card.needsKey) { card.needsKey = false; card.start(); }
   });
