@@ -27,7 +27,19 @@ async def _ok(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
-APP = Starlette(routes=[Route("/ok", _ok), Route("/health", _ok)])
+async def _slow(request: Request) -> PlainTextResponse:
+    body = await request.body()
+    await asyncio.sleep(0.2)
+    return PlainTextResponse(f"slow:{len(body)}")
+
+
+APP = Starlette(
+    routes=[
+        Route("/ok", _ok),
+        Route("/health", _ok),
+        Route("/slow", _slow, methods=["GET", "POST"]),
+    ]
+)
 
 
 def _config(max_connections: int = 0, header_timeout_s: float = 0.2) -> uvicorn.Config:
@@ -151,6 +163,71 @@ def test_at_the_limit_the_connection_idle_the_longest_is_closed_to_serve_a_reque
     older, newer, third = asyncio.run(run())
     assert third.status() == 200 and not third.closed
     assert newer.closed and not older.closed
+
+
+def test_a_connection_with_a_pipelined_request_under_way_is_never_closed_as_idle() -> None:
+    async def run() -> tuple[Connection, Connection, Connection]:
+        config, state = _config(max_connections=2, header_timeout_s=5), ServerState()
+        busy = Connection(config, state)
+        # The first request runs; the second is pipelined behind it, its body half in when
+        # the first is answered, the rest after: the second runs while nothing is idle here.
+        busy.send(
+            b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nxx"
+        )
+        await _settle(0.3)
+        busy.send(b"yy")
+        await _settle()
+        fresh = Connection(config, state)  # idle: it has asked nothing yet
+        third = Connection(config, state)
+        third.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle(0.4)
+        for connection in (busy, fresh, third):
+            connection.close()
+        return busy, fresh, third
+
+    busy, fresh, third = asyncio.run(run())
+    assert busy.transport.data.count(b"HTTP/1.1 200") == 2 and b"slow:4" in busy.transport.data
+    assert not busy.closed and fresh.closed
+    assert third.status() == 200
+
+
+def test_a_client_that_stops_reading_keeps_its_connection_at_the_limit() -> None:
+    # Its last response still sits in the node's buffer: closing it would not free the
+    # socket until the client reads, so it is not a connection to make room with.
+    async def run() -> tuple[Connection, Connection]:
+        config, state = _config(max_connections=1), ServerState()
+        slow_reader = Connection(config, state)
+        slow_reader.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        slow_reader.transport.buffered = 1 << 20
+        other = Connection(config, state)
+        other.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        for connection in (slow_reader, other):
+            connection.close()
+        return slow_reader, other
+
+    slow_reader, other = asyncio.run(run())
+    assert not slow_reader.closed
+    assert (other.status(), other.code()) == (503, "too_many_connections")
+
+
+def test_a_probe_at_the_limit_is_answered_without_closing_anyone_else() -> None:
+    async def run() -> tuple[Connection, Connection]:
+        config, state = _config(max_connections=1), ServerState()
+        idle = Connection(config, state)
+        idle.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        probe = Connection(config, state)
+        probe.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _settle()
+        for connection in (idle, probe):
+            connection.close()
+        return idle, probe
+
+    idle, probe = asyncio.run(run())
+    assert probe.status() == 200 and not idle.closed
 
 
 def test_a_request_beyond_the_limit_gets_503_and_closes_when_no_connection_is_idle() -> None:

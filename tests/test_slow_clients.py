@@ -204,21 +204,25 @@ class HealthProbe:
 # --- The tests ------------------------------------------------------------------------------
 
 
-def test_idle_connections_make_room_for_a_request_the_longest_idle_first(node: Node) -> None:
+def test_idle_connections_make_room_for_a_request_the_longest_idle_first(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
     # Kept-alive connections stay open (75 s) and cost their client nothing to hold: at the
-    # limit, a request is served in place of the connection idle the longest.
-    held = [connect(node.port) for _ in range(MAX_CONNECTIONS)]
-    try:
-        assert [get(sock)[0] for sock in held] == [200] * MAX_CONNECTIONS
-        # The first one becomes the most recently idle: the second is now the oldest.
-        assert get(held[0])[0] == 200
-        with connect(node.port) as extra:
-            assert get(extra, "/models")[0] == 200
-        assert closed_by_server(held[1])
-        assert get(held[0])[0] == 200
-    finally:
-        for sock in held:
-            sock.close()
+    # limit, a request is served in place of the connection idle the longest. A node of its
+    # own: another test's idle connection would be the longest idle.
+    with serving(tiny_model_path, tmp_path) as own:
+        held = [connect(own.port) for _ in range(MAX_CONNECTIONS)]
+        try:
+            assert [get(sock)[0] for sock in held] == [200] * MAX_CONNECTIONS
+            # The first one becomes the most recently idle: the second is now the oldest.
+            assert get(held[0])[0] == 200
+            with connect(own.port) as extra:
+                assert get(extra, "/models")[0] == 200
+            assert closed_by_server(held[1])
+            assert get(held[0])[0] == 200
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def busy(sock: socket.socket) -> socket.socket:

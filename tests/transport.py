@@ -14,6 +14,8 @@ class RecordingTransport(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        # Bytes the kernel has not taken yet: a client that stops reading.
+        self.buffered = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
         self.writes.append(bytes(data))
@@ -23,6 +25,9 @@ class RecordingTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(

@@ -28,11 +28,10 @@ dripped after its answer open for as long as the client liked.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,9 +49,12 @@ _warned: dict[str, float] = {}
 
 # Answered past the connection limit too: liveness and readiness probes.
 PROBES = frozenset({b"/health", b"/ready"})
-# The order connections become idle in, for closing the longest idle first: a count, since
-# uvloop's clock moves once per loop turn and a burst of them would tie.
-_BECAME_IDLE = itertools.count()
+# Each server's idle connections, the longest idle first (insertion order: uvloop's clock
+# moves once per loop turn, and a burst of connections would tie on it). Per server state,
+# so that a request at the limit finds a connection to close without looking at the rest.
+_IDLE: weakref.WeakKeyDictionary[ServerState, dict[CoalescingHttpToolsProtocol, None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -167,29 +169,35 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # the rest of that body must arrive by a deadline, or the connection closes.
         self.unread: Any = None
         self.unread_timer: asyncio.TimerHandle | None = None
-        # When the connection began to wait for its client's next request (or its first),
-        # as a place in the order connections became idle; None while a request is under
-        # way.
-        self.became_idle: int | None = None
+        # The server's connections waiting for their client's next request (or its first).
+        self.idle = _IDLE.setdefault(server_state, {})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.became_idle = next(_BECAME_IDLE)
+        self._idle_now()
         self._time_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.idle.pop(self, None)
         self._untime_head()
         self._untime_unread()
         super().connection_lost(exc)
+
+    def _idle_now(self) -> None:
+        """The connection waits for its client, from now: the last in line to be closed."""
+        self.idle.pop(self, None)
+        self.idle[self] = None
 
     def on_response_complete(self) -> None:
         # uvicorn reads on into the body nobody asked for, and re-arms nothing but its
         # keep-alive timer, which each byte received cancels: a client dripping such a body
         # held the connection (and a place under the connection limit) for ever.
-        unread = self.cycle is not None and self.cycle.more_body
+        # self.cycle is the newest request's: with one pipelined behind, not this response's.
+        cycle = self.cycle
+        unread = cycle is not None and cycle.response_complete and cycle.more_body
         super().on_response_complete()
-        if self.timeout_keep_alive_task is not None and not unread:
-            self.became_idle = next(_BECAME_IDLE)
+        if self.timeout_keep_alive_task is not None and not unread and not self.head_begun:
+            self._idle_now()  # uvicorn armed its keep-alive timer: nothing under way
         if unread and not self.transport.is_closing():
             self.unread = self.cycle
             delay = self.header_timeout_s if self.header_timeout_s is not None else 0.0
@@ -207,7 +215,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 self.timeout_keep_alive_task = self.loop.call_later(
                     self.timeout_keep_alive, self.timeout_keep_alive_handler
                 )
-                self.became_idle = next(_BECAME_IDLE)
+                self._idle_now()
 
     def _close_unread(self) -> None:
         self._untime_unread()
@@ -234,7 +242,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.became_idle = None
+        self.idle.pop(self, None)
         self.head_begun = True
         if self.head_bytes is None:
             self.head_bytes = 0
@@ -270,37 +278,36 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _refused_connection(self) -> BgsvcError | None:
         limit = self.max_connections
-        if limit is None or (len(self.tasks) < limit and self._room_made(limit)):
+        if limit is None or (len(self.connections) <= limit and len(self.tasks) < limit):
             return None
         if self.url.split(b"?", 1)[0] in PROBES:
-            # A flood of connections must not get a live process restarted by its probes.
+            # A flood of connections must not get a live process restarted by its probes
+            # (answered past the limit, they close no one else's connection for it).
+            return None
+        if len(self.tasks) < limit and self._room_made(len(self.connections) - limit):
             return None
         _warn("connections", f"requests over {limit} connections refused (503)")
         return TooManyConnections("This node has too many connections open; retry.")
 
-    def _room_made(self, limit: int) -> bool:
-        """Whether this request's connection is within ``limit`` open ones, once as many
-        idle connections as it takes, the longest idle first, are closed (those closing
-        already do not count)."""
-        if len(self.connections) <= limit:
-            return True
-        closing = 0
-        idle: list[tuple[int, CoalescingHttpToolsProtocol]] = []
-        for other in self.connections:
-            if not isinstance(other, CoalescingHttpToolsProtocol):
-                continue  # upgraded (none here), counted as open
-            if other.transport.is_closing():
-                closing += 1
-            elif other is not self and other.became_idle is not None:
-                idle.append((other.became_idle, other))
-        excess = len(self.connections) - closing - limit
-        if excess <= 0:
-            return True
-        if len(idle) < excess:
+    def _room_made(self, excess: int) -> bool:
+        """Whether ``excess`` idle connections, the longest idle first, could be closed to
+        bring this one within the limit; if so, closed. Idle: nothing under way, and the
+        last response all written (a client that stops reading holds its socket, and
+        keeps its place, until it reads). Connections still closing count as open."""
+        victims = []
+        for other in self.idle:
+            transport = other.transport
+            if other is self or transport.is_closing() or transport.get_write_buffer_size():
+                continue
+            victims.append(other)
+            if len(victims) == excess:
+                break
+        if len(victims) < excess:
             return False
-        for _, oldest in heapq.nsmallest(excess, idle, key=lambda pair: pair[0]):
-            oldest.transport.close()
-        _warn("idle", f"idle connections closed to make room at the limit of {limit}")
+        for victim in victims:
+            self.idle.pop(victim, None)
+            victim.transport.close()
+        _warn("idle", "idle connections closed to make room at the connection limit")
         return True
 
     def _time_head(self) -> None:

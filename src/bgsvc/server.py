@@ -44,7 +44,9 @@ except ImportError:  # pragma: no cover - older installs
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Idle keep-alive connections stay open longer than nginx keeps its upstream connections
 # (keepalive_timeout 60s in deploy/nginx/nginx.conf), so the balancer, not the node,
-# closes them and never sends a request on a connection the node is closing.
+# closes them and never sends a request on a connection the node is closing. (A node at
+# BGSVC_MAX_CONNECTIONS closes its longest idle ones, bgsvc.http_protocol; nginx's pool of
+# 32 per worker never brings it there.)
 KEEPALIVE_SECONDS = 75
 
 

@@ -107,9 +107,8 @@ def _cell(text: str) -> str:
 def settings_markdown() -> str:
     """docs/settings.md: every setting, grouped by section, from the fields' own types,
     defaults and descriptions."""
-    # Settings lists its parts' fields in reverse (pydantic collects them base class
-    # first): the reference follows the sections' own order, and each part's fields in
-    # the order they are written.
+    # Sections in their own order (config.sections.ORDER), each part's fields in the
+    # order they are written.
     sections: dict[str, list[str]] = {title: [] for title in ORDER}
     for name, field in Settings.model_fields.items():
         names = ", ".join(f"`{env}`" for env in env_names(name, field))

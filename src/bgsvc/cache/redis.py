@@ -93,14 +93,15 @@ class RedisLevel:
         """Store with a jittered TTL; False when the entry is over ``max_entry_bytes`` (a
         few such results would take the memory of thousands of ordinary ones), or (counted,
         logged) when Redis is unavailable."""
+        try:
+            self._check()
+        except Unavailable:
+            return False
         data = codec.dumps(entry)
         if self.max_entry_bytes and len(data) > self.max_entry_bytes:
             return False
         try:
-            self._check()
             await self._client.set(self._prefix + "r:" + key, data, px=self.ttl_ms())
-        except Unavailable:
-            return False
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return False

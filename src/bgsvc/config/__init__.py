@@ -23,22 +23,24 @@ from bgsvc.config.server import ServerSettings, TracingSettings
 __all__ = ["CustomModel", "Settings", "get_settings", "media_child_environ"]
 
 
+# The parts last to first: pydantic collects fields base class first, so Settings lists them
+# (bgsvc settings, the reference) from the server's to the edge's.
 class Settings(
-    ServerSettings,
-    TracingSettings,
-    ModelSettings,
-    CpuRuntimeSettings,
-    GpuSettings,
-    AdmissionSettings,
-    ClientSettings,
-    OutputSettings,
-    CacheSettings,
-    JobSettings,
-    VideoSettings,
-    StorageSettings,
-    OutboundSettings,
-    AccessSettings,
     EdgeSettings,
+    AccessSettings,
+    OutboundSettings,
+    StorageSettings,
+    VideoSettings,
+    JobSettings,
+    CacheSettings,
+    OutputSettings,
+    ClientSettings,
+    AdmissionSettings,
+    GpuSettings,
+    CpuRuntimeSettings,
+    ModelSettings,
+    TracingSettings,
+    ServerSettings,
     BaseSettings,
 ):
     """Every knob of the service; environment variables use the ``BGSVC_`` prefix."""

@@ -42,6 +42,8 @@ function askForKey(message) {
 }
 
 function initApiKey() {
+  // Where earlier versions kept the key for good.
+  try { localStorage.removeItem(KEY_STORAGE); } catch { /* storage blocked */ }
   const form = $("#api-key-form");
   const field = $("#api-key");
   field.value = apiKey();
