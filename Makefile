@@ -32,12 +32,19 @@ system-deps-cluster:
 model: install
 	$(BIN)/bgsvc models fetch
 
-## remove.bg's own Node.js client, pinned by its lock file, for the tests that drive it.
+## remove.bg's own Node.js client, pinned by its lock file, for the tests that drive it;
+## and the API reference pages' CDN files, from the npm packages at the versions the pages
+## pin (src/bgsvc/routes/docs.py), for the browser test that serves them in the CDN's place.
 CLIENTS := tests/clients/removebg
-clients: $(CLIENTS)/node_modules/.installed-stamp
+APIDOCS := tests/clients/apidocs
+clients: $(CLIENTS)/node_modules/.installed-stamp $(APIDOCS)/node_modules/.fetched-stamp
 
 $(CLIENTS)/node_modules/.installed-stamp: $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 	npm ci --prefix $(CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(APIDOCS)/node_modules/.fetched-stamp: src/bgsvc/routes/docs.py tests/clients/apidocs.py | install
+	$(BIN)/python -m tests.clients.apidocs
 	touch $@
 
 ## Start the service in the foreground on BGSVC_HOST:BGSVC_PORT (127.0.0.1:8000).
@@ -75,4 +82,4 @@ bench: model
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache $(CLIENTS)/node_modules
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache $(CLIENTS)/node_modules $(APIDOCS)/node_modules

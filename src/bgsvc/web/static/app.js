@@ -231,6 +231,7 @@ class Card {
     });
     this.before.addEventListener(this.video ? "loadedmetadata" : "load", () => {
       if (!this.result) this.setAspect(...naturalSize(this.before));
+      else this.compareFrames();  // an answer came before the original was shown
     });
 
     this.fillModels();
@@ -464,10 +465,7 @@ class Card {
     this.after.hidden = false;
     this.el.classList.remove("no-preview");
 
-    // Comparing needs both images in the same frame: not so once the result is cropped.
-    const [bw, bh] = naturalSize(this.before);
-    const sameFrame = bw && !this.before.hidden && Math.abs(bw / bh - width / height) < 0.01;
-    this.el.classList.toggle("compare-on", Boolean(sameFrame));
+    this.compareFrames();
     this.setAspect(width, height);
 
     const type = typeName(blob.type);
@@ -487,6 +485,15 @@ class Card {
     link.hidden = false;
     this.setState("done", "Done.");
     updateToolbar();
+  }
+
+  // Comparing needs both images in the same frame: not so once the result is cropped. A
+  // fast answer can come before the original is decoded: its load decides then.
+  compareFrames() {
+    const [bw, bh] = naturalSize(this.before);
+    const r = this.result;
+    const sameFrame = r && bw && !this.before.hidden && Math.abs(bw / bh - r.width / r.height) < 0.01;
+    this.el.classList.toggle("compare-on", Boolean(sameFrame));
   }
 
   destroy() {
