@@ -14,7 +14,6 @@ from pydantic import AliasChoices, SecretStr
 from pydantic.fields import FieldInfo
 
 from bgsvc.config import Settings
-from bgsvc.config.sections import ORDER
 
 REFERENCE_PATH = "docs/settings.md"
 REFERENCE_COMMAND = f"bgsvc settings --markdown > {REFERENCE_PATH}"
@@ -107,9 +106,8 @@ def _cell(text: str) -> str:
 def settings_markdown() -> str:
     """docs/settings.md: every setting, grouped by section, from the fields' own types,
     defaults and descriptions."""
-    # Sections in their own order (config.sections.ORDER), each part's fields in the
-    # order they are written.
-    sections: dict[str, list[str]] = {title: [] for title in ORDER}
+    # Settings lists the parts' fields server first (config/__init__), in section order.
+    sections: dict[str, list[str]] = {}
     for name, field in Settings.model_fields.items():
         names = ", ".join(f"`{env}`" for env in env_names(name, field))
         row = (
@@ -117,7 +115,6 @@ def settings_markdown() -> str:
             f"| {_cell(field.description or '')} |"
         )
         sections.setdefault(section_of(field) or "Other", []).append(row)
-    sections = {title: rows for title, rows in sections.items() if rows}
     lines = [
         f"<!-- Generated from src/bgsvc/config/ by `{REFERENCE_COMMAND}`; "
         "edit the descriptions there, not here. -->",

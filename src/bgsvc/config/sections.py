@@ -1,6 +1,7 @@
 """The sections of the settings reference (docs/settings.md), in the order they appear
-there, and the types several sections' fields share. Each field names its own section, so
-the reference is derived from the fields alone."""
+there (Settings lists its parts in that order), and the types several sections' fields
+share. Each field names its own section, so the reference is derived from the fields
+alone."""
 
 from __future__ import annotations
 
@@ -24,10 +25,6 @@ STORAGE = "Result storage"
 OUTBOUND = "Outbound requests, webhooks and URL inputs"
 ACCESS = "Authentication, rate limits and metrics"
 EDGE = "TLS, the edge and browsers"
-ORDER = (
-    *(SERVER, TRACING, MODELS, CPU_RUNTIME, GPU, ADMISSION, CLIENTS, OUTPUT, CACHE, JOBS),
-    *(VIDEO, STORAGE, OUTBOUND, ACCESS, EDGE),
-)
 
 
 def in_section(title: str) -> dict[str, Any]:
