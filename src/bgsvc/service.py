@@ -25,6 +25,7 @@ from bgsvc.config.output import OutputSettings
 from bgsvc.errors import (
     RequestTimeout,
 )
+from bgsvc.imaging import bands
 from bgsvc.imaging.animation import (
     Animation,
     animation_format,
@@ -94,6 +95,15 @@ class RemovalService:
         self._stages = ThreadPoolExecutor(
             max_workers=max(2, settings.effective_intra_op_threads),
             thread_name_prefix="bgsvc-stage",
+            initializer=_stage_thread_init,
+            initargs=(settings.stage_thread_nice,),
+        )
+        # A request alone in the process hands bands of its edge step to these: the cores
+        # its forward pass has just used would otherwise stand idle (imaging.bands).
+        self._band_helpers = settings.effective_intra_op_threads - 1
+        self._bands = ThreadPoolExecutor(
+            max_workers=max(1, self._band_helpers),
+            thread_name_prefix="bgsvc-band",
             initializer=_stage_thread_init,
             initargs=(settings.stage_thread_nice,),
         )
@@ -171,6 +181,12 @@ class RemovalService:
 
         return await self.scheduler.run(ticket, run, model=engine.name)
 
+    def _idle_helpers(self) -> int:
+        """Helper threads for a request's edge step: the rest of the forward pass's cores
+        when the request is the only one in the process, else none (under load the other
+        requests' work fills them, and bands would only contend)."""
+        return self._band_helpers if self.scheduler.admitted <= 1 else 0
+
     async def _in_stage_pool(self, fn: Callable[[], T]) -> T:
         return await self._in_pool(self._stages, fn)
 
@@ -184,6 +200,7 @@ class RemovalService:
     def shutdown(self) -> None:
         """Stop the stage threads after the work they hold."""
         self._stages.shutdown(wait=True, cancel_futures=True)
+        self._bands.shutdown(wait=True, cancel_futures=True)
         self._probes.shutdown(wait=True, cancel_futures=True)
 
     async def aclose(self) -> None:
@@ -307,6 +324,10 @@ class RemovalService:
         self.metrics.inference.labels(engine.name).observe(timings["inference"])
 
         def finish() -> tuple[RemovalResult, float, float]:
+            with bands.spread(self._bands, self._idle_helpers()):
+                return finish_here()
+
+        def finish_here() -> tuple[RemovalResult, float, float]:
             t0 = time.perf_counter()
             with span("mask"):
                 if staged is not None:

@@ -1,9 +1,18 @@
-"""The pipeline runs a real engine's stages apart, and reports each in Server-Timing."""
+"""The pipeline runs a real engine's stages apart, reports each in Server-Timing, and gives a
+lone request's edge step the cores its forward pass has just used."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+
+import pytest
 from benchmarks.stats import parse_server_timing
 from fastapi.testclient import TestClient
+
+from bgsvc.imaging import bands
+from bgsvc.state import AppState
 
 
 def test_staged_engine_reports_preprocess_inference_and_mask(
@@ -15,3 +24,33 @@ def test_staged_engine_reports_preprocess_inference_and_mask(
     expected = {"decode", "preprocess", "queue", "inference", "mask", "postprocess", "encode"}
     assert expected <= set(stages)
     assert all(seconds >= 0 for seconds in stages.values())
+
+
+@pytest.mark.parametrize(("others", "helpers"), [(0, 2), (1, 0)])
+def test_a_lone_requests_edge_step_gets_the_rest_of_the_passes_cores(
+    make_client: Callable[..., TestClient],
+    photo_jpeg: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    others: int,
+    helpers: int,
+) -> None:
+    """Alone in the process, a request's edge step is spread over the helper threads (the
+    forward pass's cores less its own); beside another request it keeps to its thread."""
+    given: list[int] = []
+    real = bands.spread
+
+    @contextmanager
+    def spy(pool: Executor | None, count: int) -> Iterator[None]:
+        given.append(count)
+        with real(pool, count):
+            yield
+
+    monkeypatch.setattr(bands, "spread", spy)
+    client = make_client(intra_op_threads=3)
+    state: AppState = client.app.state.bgsvc  # type: ignore[attr-defined]
+    held = [state.scheduler.try_admit() for _ in range(others)]
+    response = client.post("/remove-background", files={"file": ("a.jpg", photo_jpeg)})
+    for ticket in held:
+        ticket.close()
+    assert response.status_code == 200
+    assert given == [helpers]

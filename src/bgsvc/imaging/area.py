@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from bgsvc.imaging import bands
+
 _HALF = np.float32(0.5)
 _TOP = np.float32(255)
 
@@ -117,7 +119,10 @@ def shrink(
     shape = (rows.stop - rows.start, cols.stop - cols.start)
     out = np.empty((*shape, img.shape[2] if img.ndim == 3 else 1), np.uint8)
     flat, depth = _rows(img)
-    _shrink(flat, depth, out, size, (cols.start, rows.start))
+    bands.over(
+        shape[0],
+        lambda lo, hi: _shrink(flat, depth, out[lo:hi], size, (cols.start, rows.start + lo)),
+    )
     return out if img.ndim == 3 else out[..., 0]
 
 

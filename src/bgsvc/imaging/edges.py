@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bgsvc.imaging import area
+from bgsvc.imaging import area, bands
 from bgsvc.imaging import edge_kernels as kernels
 from bgsvc.imaging.opencv import cv2
 from bgsvc.imaging.resize import shrink
@@ -94,12 +94,6 @@ def _resize_region(img: np.ndarray, size: _Shape, rows: slice, cols: slice) -> n
     return np.ascontiguousarray(_resize(img, size)[rows, cols])
 
 
-def _box_sum(img: np.ndarray, radius: int, out: np.ndarray) -> None:
-    """Into ``out`` (int32): the sum over each (2r+1)^2 window of ``img`` (uint8/uint16)."""
-    k = 2 * radius + 1
-    cv2.boxFilter(img, cv2.CV_32S, (k, k), dst=out, normalize=False, borderType=cv2.BORDER_REFLECT)
-
-
 def _box_mean(img: np.ndarray, radius: int, out: np.ndarray) -> None:
     """Into ``out`` (float32): the mean over each (2r+1)^2 window of ``img`` (float32)."""
     k = 2 * radius + 1
@@ -120,29 +114,22 @@ def guided_coefficients(
     such that q = a . I + b with I and q in [0, 1]; ``guide`` uint8 HxWx3, ``p`` uint8 HxW;
     ``near`` (uint8 HxW): where a window holds a pixel where p varies (_varies); a is 0
     elsewhere. None: everywhere.
-    The window sums of the photo, the matte and their products are integers, exact, and
-    the cheap kind of box filter for OpenCV: one plane of them costs half a float plane's,
-    and a 13-channel float box filter cost 22 ms on a 1024 x 681 grid against 7 for 13
-    integer planes."""
+    The window sums of the photo, the matte and their products are integers, exact, kept
+    as running sums by the fit's one pass (edge_kernels.fit)."""
     h, w = p.shape
-    planes = np.ascontiguousarray(guide.transpose(2, 0, 1))
-    prods = np.empty((9, h, w), np.uint16)
-    kernels.products(planes, p, prods)
-    sums = np.empty((4, h, w), np.int32)
-    for i, plane in enumerate((*planes, p)):
-        _box_sum(plane, radius, sums[i])
-    prod_sums = np.empty((9, h, w), np.int32)
-    for i, plane in enumerate(prods):
-        _box_sum(plane, radius, prod_sums[i])
-    del prods  # each intermediate goes as soon as it is read: 100 bytes a grid pixel in all
     coef = np.empty((4, h, w), np.float32)
     if near is None:
         near = np.ones((h, w), np.uint8)
-    kernels.solve(sums, prod_sums, (2 * radius + 1) ** 2, eps, near, coef)
-    del sums, prod_sums
+    solved = near  # narrowed, for the closure
+    bands.over(h, lambda y0, y1: kernels.fit(guide, p, radius, eps, solved, coef, y0, y1))
     out = np.empty_like(coef)
-    for i, plane in enumerate(coef):
-        _box_mean(plane, radius, out[i])
+
+    def mean(first: int, last: int) -> None:
+        for i in range(first, last):
+            _box_mean(coef[i], radius, out[i])
+
+    # By plane, not by band: OpenCV's running float sums would round a band's own way.
+    bands.over(len(coef), mean, least=1)
     return out
 
 
@@ -232,7 +219,13 @@ def guided_upscale(
     span = (*_footprint(rows, grid[1], h), *_footprint(cols, grid[0], w))
     # The photo as it is, often the RGB view of an RGBA decode: a contiguous copy would be
     # 75 MB at 25 MP. preload() compiles the kernels for both layouts.
-    kernels.apply_guided(coef, grid, (cols.start, rows.start), guide, out, span, active)
+    origin = (cols.start, rows.start)
+
+    def apply(lo: int, hi: int) -> None:
+        band = (span[0] + lo, span[0] + hi, span[2], span[3])
+        kernels.apply_guided(coef, grid, origin, guide, out, band, active)
+
+    bands.over(span[1] - span[0], apply)
     return out
 
 
@@ -332,5 +325,7 @@ def correct(
     F = F^ + a(I - aF^ - (1 - a)B^) from the small estimates F^ and B^ (float32, [0, 1])."""
     f = np.ascontiguousarray(f_hat * 255, np.float32)
     b = np.ascontiguousarray(b_hat * 255, np.float32)
-    kernels.correct(pixels, alpha, f, b, SOFT, out)
+    bands.over(
+        alpha.shape[0], lambda y0, y1: kernels.correct(pixels, alpha, f, b, SOFT, out, y0, y1)
+    )
     return out
