@@ -1,10 +1,13 @@
 """The CPU stages around the model, measured in-process on 2 MP photos with real mattes.
 
-    python -m benchmarks.lean [--rounds N] [stages] [webp] [gil]
+    python -m benchmarks.lean [--rounds N] [stages] [webp] [gil] [edges]
 
 stages: decode, compose (combine_alpha + render) and encode per output format;
 webp: libwebp's method x quality x alpha_quality trade (time, size, fidelity);
-gil: whether the PNG writer lets a second thread run (two threads encoding at once).
+gil: whether the PNG writer lets a second thread run (two threads encoding at once);
+edges: the edge step (the matte's guided enlargement and the colour estimate) from the
+model's own 1024 x 1024 matte, wall time on one thread and in bands with one helper, as a
+request alone in its process runs it (bgsvc.imaging.bands).
 
 Mattes come from the real default model (one forward per photo, cached as PNG in
 benchmarks/out/lean/mattes), so the cutouts have real soft edges and transparent areas.
@@ -24,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,90 @@ def photos() -> list[tuple[BenchImage, np.ndarray]]:
         with Image.open(cache / f"{im.name}.png") as matte:
             out.append((im, np.array(matte)))
     return out
+
+
+def model_mattes() -> list[tuple[BenchImage, np.ndarray, np.ndarray]]:
+    """The 2 MP bench photos, their decoded pixels, and the default model's matte at the
+    model's own size, as the edge step receives it (cached)."""
+    from bgsvc.imaging.decode import DecodeLimits, decode
+
+    images = build_set(PHOTOS, OUT / "images", duplicates=0)
+    cache = OUT / "lean" / "model-mattes"
+    cache.mkdir(parents=True, exist_ok=True)
+    limits = DecodeLimits(frozenset({"JPEG"}), 50_000_000, 2048)
+    decoded = [decode(im.data, limits) for im in images]
+    missing = [im for im in images if not (cache / f"{im.name}.png").is_file()]
+    if missing:
+        from bgsvc.config import Settings
+        from bgsvc.inference.loader import load_engines
+
+        settings = Settings()
+        engine = load_engines(settings)[settings.default_model]
+        for im, image in zip(images, decoded, strict=True):
+            if im in missing:
+                raw = engine.run(engine.preprocess(image.work_pixels))
+                matte = engine.postprocess(raw, None)
+                Image.fromarray(matte, "L").save(cache / f"{im.name}.png")
+    out = []
+    for im, image in zip(images, decoded, strict=True):
+        with Image.open(cache / f"{im.name}.png") as matte:
+            out.append((im, image.pixels, np.array(matte)))
+    return out
+
+
+def _edge_step(
+    matte: np.ndarray, pixels: np.ndarray, pool: Executor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The matte enlarged and the colour estimated, in bands when given a pool."""
+    from bgsvc.imaging import bands
+    from bgsvc.imaging import edges as step
+
+    with bands.spread(pool, 1):
+        alpha = step.upscale_matte(matte, pixels)
+        return alpha, step.decontaminate(pixels, alpha)
+
+
+def edges(rounds: int) -> dict[str, Any]:
+    """The edge step's wall time on the calling thread alone and in bands with one helper
+    thread, interleaved, min and median; and whether both give the same bytes."""
+    from bgsvc.imaging import edges as step
+
+    step.preload()
+    rows = []
+    with ThreadPoolExecutor(1) as pool:
+        for im, pixels, matte in model_mattes():
+            run = partial(_edge_step, matte, pixels)
+            banded = partial(_edge_step, matte, pixels, pool)
+            times: dict[str, list[float]] = {"alone": [], "bands": []}
+            results = {}
+            for _ in range(rounds):
+                for name, fn in (("alone", run), ("bands", banded)):
+                    started = time.perf_counter()
+                    results[name] = fn()
+                    times[name].append((time.perf_counter() - started) * 1000)
+            same = all(
+                np.array_equal(a, b)
+                for a, b in zip(results["alone"], results["bands"], strict=True)
+            )
+            rows.append(
+                [
+                    f"{im.name} {im.width}x{im.height}",
+                    min(times["alone"]),
+                    statistics.median(times["alone"]),
+                    min(times["bands"]),
+                    statistics.median(times["bands"]),
+                    same,
+                ]
+            )
+    headers = [
+        "photo",
+        "alone min ms",
+        "alone median ms",
+        "2 bands min ms",
+        "2 bands median ms",
+        "same bytes",
+    ]
+    return {"rounds": rounds, "table": {"headers": headers, "rows": rows}}
 
 
 def stages(rounds: int) -> dict[str, Any]:
@@ -229,7 +317,12 @@ def gil(rounds: int) -> dict[str, Any]:
     return {"rounds": rounds, "table": {"headers": headers, "rows": rows}}
 
 
-PARTS: dict[str, Callable[[int], dict[str, Any]]] = {"stages": stages, "webp": webp, "gil": gil}
+PARTS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "stages": stages,
+    "webp": webp,
+    "gil": gil,
+    "edges": edges,
+}
 
 
 def webp_table(results: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, cast
 
@@ -101,6 +101,8 @@ class RemovalService:
         # A request alone in the process hands bands of its edge step to these: the cores
         # its forward pass has just used would otherwise stand idle (imaging.bands).
         self._band_helpers = settings.effective_intra_op_threads - 1
+        self._edge_steps = 0
+        self._edge_lock = threading.Lock()
         self._bands = ThreadPoolExecutor(
             max_workers=max(1, self._band_helpers),
             thread_name_prefix="bgsvc-band",
@@ -181,11 +183,20 @@ class RemovalService:
 
         return await self.scheduler.run(ticket, run, model=engine.name)
 
-    def _idle_helpers(self) -> int:
-        """Helper threads for a request's edge step: the rest of the forward pass's cores
-        when the request is the only one in the process, else none (under load the other
-        requests' work fills them, and bands would only contend)."""
-        return self._band_helpers if self.scheduler.admitted <= 1 else 0
+    @contextlib.contextmanager
+    def _edge_helpers(self) -> Iterator[int]:
+        """Helper threads for a still's edge step: the rest of the forward pass's cores
+        when its request is the only one in the process and no other edge step is running
+        (one that a timed-out request left behind included), else none: under load the
+        other requests' work fills those cores, and bands would only contend."""
+        with self._edge_lock:
+            self._edge_steps += 1
+            alone = self._edge_steps == 1 and self.scheduler.admitted <= 1
+        try:
+            yield self._band_helpers if alone else 0
+        finally:
+            with self._edge_lock:
+                self._edge_steps -= 1
 
     async def _in_stage_pool(self, fn: Callable[[], T]) -> T:
         return await self._in_pool(self._stages, fn)
@@ -324,7 +335,7 @@ class RemovalService:
         self.metrics.inference.labels(engine.name).observe(timings["inference"])
 
         def finish() -> tuple[RemovalResult, float, float]:
-            with bands.spread(self._bands, self._idle_helpers()):
+            with self._edge_helpers() as helpers, bands.spread(self._bands, helpers):
                 return finish_here()
 
         def finish_here() -> tuple[RemovalResult, float, float]:

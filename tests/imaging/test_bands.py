@@ -118,3 +118,13 @@ def test_an_area_shrinks_region_in_bands_is_the_region_of_the_whole(
     with bands.spread(pool, 2):
         part = area.shrink(image, (333, 450), region)
     assert np.array_equal(part, whole[region])
+
+
+def test_bands_a_closed_pool_cannot_take_are_run_by_the_caller() -> None:
+    closed = ThreadPoolExecutor(1)
+    closed.shutdown()
+    seen, fn = recorder()
+    with bands.spread(closed, 2):
+        bands.over(300, fn)
+    me = threading.current_thread().name
+    assert sorted(seen) == [(0, 100, me), (100, 200, me), (200, 300, me)]

@@ -311,3 +311,96 @@ def test_preload_compiles_every_kernel_a_request_calls() -> None:
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["before"]["bgsvc.imaging.area._shrink"] >= 1
     assert seen["after"] == seen["before"]
+
+
+def _window_sums_solved(
+    guide: np.ndarray, p: np.ndarray, radius: int, eps: float, near: np.ndarray
+) -> np.ndarray:
+    """The fit as OpenCV's integer box sums of the thirteen planes and the 3x3 solve by
+    cofactors in float32, step for step as edge_kernels.fit writes it (the oracle)."""
+    k = 2 * radius + 1
+    planes = [guide[..., i].astype(np.int32) for i in range(3)]
+    q = p.astype(np.int32)
+    r, g, b = planes
+    quantities = [r, g, b, q, r * q, g * q, b * q, r * r, r * g, r * b, g * g, g * b, b * b]
+    sums = [
+        cv2.boxFilter(x, cv2.CV_32S, (k, k), normalize=False, borderType=cv2.BORDER_REFLECT)
+        for x in quantities
+    ]
+    f = np.float32
+    s1, s2, e = f(1 / (255 * k * k)), f(1 / (65025 * k * k)), f(eps)
+    mr, mg, mb, mp = (x.astype(f) * s1 for x in sums[:4])
+    cr, cg, cb = (sums[4 + i].astype(f) * s2 - m * mp for i, m in enumerate((mr, mg, mb)))
+    rr = sums[7].astype(f) * s2 - mr * mr + e
+    rg = sums[8].astype(f) * s2 - mr * mg
+    rb = sums[9].astype(f) * s2 - mr * mb
+    gg = sums[10].astype(f) * s2 - mg * mg + e
+    gb = sums[11].astype(f) * s2 - mg * mb
+    bb = sums[12].astype(f) * s2 - mb * mb + e
+    i_rr, i_rg, i_rb = gg * bb - gb * gb, gb * rb - rg * bb, rg * gb - gg * rb
+    i_gg, i_gb, i_bb = rr * bb - rb * rb, rb * rg - rr * gb, rr * gg - rg * rg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = f(1) / (rr * i_rr + rg * i_rg + rb * i_rb)
+    a_r = (i_rr * cr + i_rg * cg + i_rb * cb) * inv
+    a_g = (i_rg * cr + i_gg * cg + i_gb * cb) * inv
+    a_b = (i_rb * cr + i_gb * cg + i_bb * cb) * inv
+    b0 = mp - a_r * mr - a_g * mg - a_b * mb
+    flat = near == 0
+    out = np.stack([a_r, a_g, a_b, b0])
+    out[:3, flat] = 0
+    out[3, flat] = mp[flat]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("shape", "radius"),
+    [
+        ((1, 1), 3),
+        ((1, 9), 3),
+        ((9, 1), 2),
+        ((2, 2), 5),
+        ((37, 53), 3),
+        ((64, 40), 1),
+        ((20, 30), 12),
+    ],
+)
+def test_the_fits_running_sums_give_opencvs_box_sums_and_solve_bit_for_bit(
+    shape: tuple[int, int], radius: int
+) -> None:
+    from bgsvc.imaging import edge_kernels
+
+    rng = np.random.default_rng(sum(shape) + radius)
+    guide = rng.integers(0, 256, (*shape, 4), np.uint8)[..., :3]  # an RGBA decode's RGB
+    p = rng.integers(0, 256, shape, np.uint8)
+    # Runs of flat and varying windows, starting and ending anywhere in a row.
+    near = (rng.random(shape) < 0.6).astype(np.uint8)
+    near[:, -1] = 1
+    expected = _window_sums_solved(guide, p, radius, 1e-4, near)
+    got = np.empty((4, *shape), np.float32)
+    edge_kernels.fit(guide, p, radius, 1e-4, near, got, 0, shape[0])
+    assert np.array_equal(got, expected, equal_nan=True)
+    # A band of rows alone is the same rows of the whole.
+    if shape[0] > 2:
+        band = np.full_like(got, -1)
+        edge_kernels.fit(guide, p, radius, 1e-4, near, band, 1, shape[0] - 1)
+        assert np.array_equal(band[:, 1:-1], expected[:, 1:-1], equal_nan=True)
+        assert (band[:, [0, -1]] == -1).all()
+
+
+def test_an_empty_grid_fits_to_nothing_and_returns() -> None:
+    import threading
+
+    from bgsvc.imaging import edge_kernels
+
+    def fit_empty() -> None:
+        for shape in ((0, 5), (5, 0)):
+            out = np.empty((4, *shape), np.float32)
+            guide = np.zeros((*shape, 3), np.uint8)
+            ones = np.ones(shape, np.uint8)
+            edge_kernels.fit(guide, ones, 3, 1e-4, ones, out, 0, shape[0])
+
+    # A line of no samples has nothing to reflect into: a loop there would never end.
+    worker = threading.Thread(target=fit_empty, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()

@@ -3,9 +3,11 @@ lone request's edge step the cores its forward pass has just used."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from benchmarks.stats import parse_server_timing
@@ -54,3 +56,40 @@ def test_a_lone_requests_edge_step_gets_the_rest_of_the_passes_cores(
         ticket.close()
     assert response.status_code == 200
     assert given == [helpers]
+
+
+def test_an_edge_step_left_running_by_a_timed_out_request_keeps_the_helpers_from_the_next(
+    make_client: Callable[..., TestClient],
+    photo_jpeg: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request past its deadline gets its 504 and gives back its ticket, while its edge
+    step runs on: the next request, alone by the tickets, still shares the cores with it."""
+    given: list[int] = []
+    real = bands.spread
+
+    @contextmanager
+    def spy(pool: Executor | None, count: int) -> Iterator[None]:
+        given.append(count)
+        with real(pool, count):
+            yield
+
+    monkeypatch.setattr(bands, "spread", spy)
+    client = make_client(intra_op_threads=3, request_timeout_s=0.5)
+    state: AppState = client.app.state.bgsvc  # type: ignore[attr-defined]
+    remover = state.service.remover
+    full_matte = remover.full_matte
+    second_in = threading.Event()
+
+    def slow_first(*args: Any) -> Any:
+        if len(given) == 1:
+            second_in.wait(10)  # the first outlives its deadline until the second is in
+        else:
+            second_in.set()
+        return full_matte(*args)
+
+    monkeypatch.setattr(remover, "full_matte", slow_first)
+    first = client.post("/remove-background", files={"file": ("a.jpg", photo_jpeg)})
+    second = client.post("/remove-background", files={"file": ("a.jpg", photo_jpeg)})
+    assert (first.status_code, second.status_code) == (504, 200)
+    assert given == [2, 0]

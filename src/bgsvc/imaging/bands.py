@@ -50,15 +50,20 @@ def over(n: int, fn: Callable[[int, int], None], least: int = LEAST_ROWS) -> Non
     pool = given[0]
     cuts = [n * i // parts for i in range(parts + 1)]
     bands = list(itertools.pairwise(cuts))
-    futures: list[Future[None]] = [pool.submit(fn, lo, hi) for lo, hi in bands[1:]]
+    handed: list[tuple[int, int, Future[None] | None]] = []
+    for lo, hi in bands[1:]:
+        try:
+            handed.append((lo, hi, pool.submit(fn, lo, hi)))
+        except RuntimeError:  # the pool is shutting down: the caller keeps the band
+            handed.append((lo, hi, None))
     error: BaseException | None = None
     try:
         fn(*bands[0])
     except BaseException as exc:  # the helpers still write into the caller's arrays
         error = exc
-    for (lo, hi), future in zip(bands[1:], futures, strict=True):
+    for lo, hi, future in handed:
         try:
-            if future.cancel():
+            if future is None or future.cancel():
                 if error is None:
                     fn(lo, hi)
             else:

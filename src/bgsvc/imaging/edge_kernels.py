@@ -4,7 +4,8 @@ written in it).
 One pass per stage over each pixel, with no temporaries: the same arithmetic in numpy took
 about sixty passes over whole planes for the guided filter's fit (32 ms of a 2 MP photo's
 55), and the full-resolution steps went through 64-px blocks of float copies. Each kernel
-runs on the calling thread and holds no GIL, like the OpenCV calls around it.
+holds no GIL, like the OpenCV calls around it, and the row-wise ones take a range of rows,
+so that a caller can run bands of one call on several threads (bgsvc.imaging.bands).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def fit(
     One pass, nothing the size of the grid but ``out``: thirteen planes of products and
     box sums took 24 ms of a 1024 x 1024 grid, running sums about a fifth of that."""
     h, w = p.shape
+    if h == 0 or w == 0:
+        return  # nothing to fit, and no line to reflect into
     k = 2 * radius + 1
     n = k * k
     s1 = np.float32(1 / (255 * n))

@@ -27,7 +27,8 @@ any opaque pixel gets the blurred mixture of itself and the background.
 At full resolution both are one compiled pass (bgsvc.imaging.edge_kernels) that enlarges
 the small maps bilinearly as it goes, over the soft region only, and writes uint8: no
 full-size float plane is ever made (one of a 25 MP photo alone is 100 MB). All OpenCV calls
-and kernels run on the calling thread (bgsvc.imaging.opencv).
+and kernels run on the calling thread (bgsvc.imaging.opencv), or in bands on the helper
+threads the caller lends for the call (bgsvc.imaging.bands).
 """
 
 from __future__ import annotations

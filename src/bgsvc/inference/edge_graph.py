@@ -5,7 +5,7 @@ hosts: ONNX Runtime's CUDA provider runs them on the device, where the CPU path 
 HxWx3), ``matte`` (uint8 hxw, already on the fit grid) and ``guide`` (uint8 hxwx3, the photo
 on that grid). In the graph: the box of soft matte values (edges.SOFT) grown by 3r + 2,
 found with ReduceMax over rows and columns; on its crop, the window means of r, g, b, p
-and their products, the 3x3 solve by cofactors (edge_kernels.solve's float32 arithmetic)
+and their products, the 3x3 solve by cofactors (edge_kernels.fit's float32 arithmetic)
 and the box mean of the coefficients; back on the grid, their bilinear enlargement to HxW
 and q = a.I + b, where every bilinear sample lies in the box, else the matte's plain
 enlargement (edges._footprint and the "flat" map). Fitting the crop, not the grid, is what
@@ -184,7 +184,7 @@ def _soft_box(g: _Graph, p: str, margin: int) -> tuple[str, str, str, str]:
 
 
 def _solve(g: _Graph, means: str, eps: float, near: str) -> list[str]:
-    """edge_kernels.solve on the window means (1x13xhxw: r, g, b, p in 0-255, then rp, gp,
+    """edge_kernels.fit's solve on the window means (1x13xhxw: r, g, b, p in 0-255, then rp, gp,
     bp, rr, gg, bb, rg, gb, rb in 0-65025): [a_r, a_g, a_b, b], each 1x1xhxw; a is 0 where
     ``near`` (float 1x1xhxw) is, so that b there is the window's mean matte."""
     scale = [1 / 255] * 4 + [1 / 65025] * 9
