@@ -86,7 +86,8 @@ class ModelSettings(BaseModel):
         default=0,
         ge=0,
         description="Inference threads per process (ORT's intra-op, OpenVINO's); 0 means "
-        "the usable cores shared out over the workers (cores // workers, at least 1).",
+        "the usable cores shared out over the workers (cores // workers, at least 1). A "
+        "request alone in its process runs its edge step on as many threads.",
         json_schema_extra=in_section(MODELS),
     )
     inter_op_threads: int = Field(
