@@ -72,6 +72,9 @@ def make_settings(tiny_model_path: Path, tmp_path: Path) -> Callable[..., Settin
             # The engine choice has tests of its own (tests/inference/test_engine_choice.py);
             # timing the tiny model's microsecond forward passes would only add noise here.
             "engine": "onnxruntime",
+            # A rehearsal per app would add a 2 MP photo's stages to hundreds of tests; its
+            # own tests turn it on.
+            "warm_stages": False,
         }
         values.update(overrides)
         return Settings(**values)

@@ -3,6 +3,7 @@ by bgsvc.service under the scheduler, and whole by the CLI."""
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
@@ -318,6 +319,21 @@ class Remover:
             source_size=image.source_size,
         )
         return RemovalResult(output), time.perf_counter() - started
+
+    def rehearse(self, size: tuple[int, int] = (1728, 1152), matte_edge: int = 1024) -> None:
+        """A photo's stages without the model, on a made-up photo (a JPEG of ``size``) and
+        matte (a soft disc, ``matte_edge`` square, as a model makes it): decode, the edge
+        step, compose and encode, in the calling thread."""
+        w, h = size
+        ramp = np.linspace(0, 255, w, dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(np.dstack([np.tile(ramp, (h, 1))] * 3)).save(buf, "JPEG", quality=90)
+        options = RemovalOptions()
+        image = self.decode(buf.getvalue(), options)
+        yy, xx = np.mgrid[0:matte_edge, 0:matte_edge]
+        half = matte_edge / 2
+        matte = np.clip(half - np.hypot(yy - half, xx - half), 0, 255).astype(np.uint8)
+        self.finish(image, self.full_matte(image, matte, options), options, "rehearsal")
 
     def remove(self, data: bytes, options: RemovalOptions) -> RemovalResult:
         """The whole pipeline in the calling thread (the CLI's path)."""

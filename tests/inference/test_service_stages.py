@@ -14,6 +14,7 @@ from benchmarks.stats import parse_server_timing
 from fastapi.testclient import TestClient
 
 from bgsvc.imaging import bands
+from bgsvc.pipeline import Remover
 from bgsvc.state import AppState
 
 
@@ -93,3 +94,36 @@ def test_an_edge_step_left_running_by_a_timed_out_request_keeps_the_helpers_from
     second = client.post("/remove-background", files={"file": ("a.jpg", photo_jpeg)})
     assert (first.status_code, second.status_code) == (504, 200)
     assert given == [2, 0]
+
+
+def test_a_made_up_photo_goes_through_the_stages_on_a_stage_thread_before_ready(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request must not be the one that pays for the process's fresh memory."""
+    threads: list[str] = []
+    rehearse = Remover.rehearse
+
+    def spy(self: Remover) -> None:
+        threads.append(threading.current_thread().name)
+        rehearse(self)
+
+    monkeypatch.setattr(Remover, "rehearse", spy)
+    client = make_client(warm_stages=True)
+    assert client.get("/ready").status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("bgsvc-stage")
+
+
+def test_a_rehearsal_that_fails_does_not_keep_the_node_from_serving(
+    make_client: Callable[..., TestClient],
+    monkeypatch: pytest.MonkeyPatch,
+    photo_jpeg: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(self: Remover) -> None:
+        raise RuntimeError("no memory for a made-up photo")
+
+    monkeypatch.setattr(Remover, "rehearse", broken)
+    client = make_client(warm_stages=True)
+    response = client.post("/remove-background", files={"file": ("a.jpg", photo_jpeg)})
+    assert response.status_code == 200
+    assert "rehearsing the stages failed" in caplog.text
