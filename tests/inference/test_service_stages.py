@@ -29,26 +29,32 @@ def test_staged_engine_reports_preprocess_inference_and_mask(
     assert all(seconds >= 0 for seconds in stages.values())
 
 
+@pytest.fixture
+def given(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The helper counts the service hands bands.spread, call by call."""
+    counts: list[int] = []
+    real = bands.spread
+
+    @contextmanager
+    def spy(pool: Executor | None, helpers: int) -> Iterator[None]:
+        counts.append(helpers)
+        with real(pool, helpers):
+            yield
+
+    monkeypatch.setattr(bands, "spread", spy)
+    return counts
+
+
 @pytest.mark.parametrize(("others", "helpers"), [(0, 2), (1, 0)])
 def test_a_lone_requests_edge_step_gets_the_rest_of_the_passes_cores(
     make_client: Callable[..., TestClient],
     photo_jpeg: bytes,
-    monkeypatch: pytest.MonkeyPatch,
+    given: list[int],
     others: int,
     helpers: int,
 ) -> None:
     """Alone in the process, a request's edge step is spread over the helper threads (the
     forward pass's cores less its own); beside another request it keeps to its thread."""
-    given: list[int] = []
-    real = bands.spread
-
-    @contextmanager
-    def spy(pool: Executor | None, count: int) -> Iterator[None]:
-        given.append(count)
-        with real(pool, count):
-            yield
-
-    monkeypatch.setattr(bands, "spread", spy)
     client = make_client(intra_op_threads=3)
     state: AppState = client.app.state.bgsvc  # type: ignore[attr-defined]
     held = [state.scheduler.try_admit() for _ in range(others)]
@@ -62,20 +68,11 @@ def test_a_lone_requests_edge_step_gets_the_rest_of_the_passes_cores(
 def test_an_edge_step_left_running_by_a_timed_out_request_keeps_the_helpers_from_the_next(
     make_client: Callable[..., TestClient],
     photo_jpeg: bytes,
+    given: list[int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A request past its deadline gets its 504 and gives back its ticket, while its edge
     step runs on: the next request, alone by the tickets, still shares the cores with it."""
-    given: list[int] = []
-    real = bands.spread
-
-    @contextmanager
-    def spy(pool: Executor | None, count: int) -> Iterator[None]:
-        given.append(count)
-        with real(pool, count):
-            yield
-
-    monkeypatch.setattr(bands, "spread", spy)
     client = make_client(intra_op_threads=3, request_timeout_s=0.5)
     state: AppState = client.app.state.bgsvc  # type: ignore[attr-defined]
     remover = state.service.remover
