@@ -4,16 +4,11 @@ pool, the forward pass through the scheduler, stage metrics, the result cache.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import functools
 import json
 import math
-import os
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 import numpy as np
@@ -25,7 +20,6 @@ from bgsvc.config.output import OutputSettings
 from bgsvc.errors import (
     RequestTimeout,
 )
-from bgsvc.imaging import bands
 from bgsvc.imaging.animation import (
     Animation,
     animation_format,
@@ -41,21 +35,13 @@ from bgsvc.metrics import Metrics
 from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.service_video import Parts, Progress, Segment, VideoProcessor, together
+from bgsvc.stage_threads import StageThreads
 from bgsvc.tracing import record, span
 
 T = TypeVar("T")
 
 # Below this, hashing the upload for the cache key costs less than a thread hop.
 _INLINE_HASH_BYTES = 1 << 20
-
-
-def _stage_thread_init(nice: int) -> None:
-    # Under saturation the decode/encode of queued requests competes with the forward
-    # pass for the same cores; a niced thread still uses every idle cycle but yields to
-    # ONNX Runtime's threads (Linux schedules niceness per thread).
-    if nice > 0:
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def shaping_settings(settings: Settings) -> str:
@@ -91,36 +77,15 @@ class RemovalService:
         self.tiers = build_tiers(cache, settings, metrics)
         self._shaping = shaping_settings(settings)
         self._evictions_seen = 0
-        # Decode, pre/post-processing and encode run here, never on the event loop.
-        self._stages = ThreadPoolExecutor(
-            max_workers=max(2, settings.effective_intra_op_threads),
-            thread_name_prefix="bgsvc-stage",
-            initializer=_stage_thread_init,
-            initargs=(settings.stage_thread_nice,),
-        )
-        # A request alone in the process hands bands of its edge step to these: the cores
-        # its forward pass has just used would otherwise stand idle (imaging.bands).
-        self._band_helpers = settings.effective_intra_op_threads - 1
-        self._edge_steps = 0
-        self._edge_lock = threading.Lock()
-        self._bands = ThreadPoolExecutor(
-            max_workers=max(1, self._band_helpers),
-            thread_name_prefix="bgsvc-band",
-            initializer=_stage_thread_init,
-            initargs=(settings.stage_thread_nice,),
-        )
-        # A video's headers are read by a child process; a thread of this pool only waits
-        # for it, up to the step deadline. In the stage pool, a few uploads whose probing
-        # runs to its deadline would hold every stage thread, and every tenant's decodes
-        # behind them; here they queue among themselves.
-        self._probes = ThreadPoolExecutor(
-            max_workers=max(2, settings.effective_intra_op_threads),
-            thread_name_prefix="bgsvc-probe",
+        self.threads = StageThreads(
+            settings.effective_intra_op_threads,
+            settings.stage_thread_nice,
+            lambda: scheduler.admitted,
         )
         self.video = VideoProcessor(
             remover,
             self._forward,
-            self._in_stage_pool,
+            self.threads.stage,
             metrics,
             matte_step=lambda options: VideoMattes() if remover.smooths(options) else None,
         )
@@ -131,8 +96,8 @@ class RemovalService:
         """Remover.frame_count off the event loop (a GIF's frames are counted by walking
         its blocks); ``max_frames`` as for process()."""
         frames = self.max_frames if max_frames is None else max_frames
-        pool = self._probes if is_video(data) else self._stages
-        return await self._in_pool(pool, lambda: self.remover.frame_count(data, options, frames))
+        run = self.threads.probe if is_video(data) else self.threads.stage
+        return await run(lambda: self.remover.frame_count(data, options, frames))
 
     async def video_segments(
         self, data: bytes, options: RemovalOptions, paid_frames: int | None = None
@@ -143,7 +108,7 @@ class RemovalService:
         (what the job was charged). One range: not cut. Not a video: none."""
         if not is_video(data):
             return [], 0
-        info = await self._in_pool(self._probes, lambda: self.remover.video_header(data, options))
+        info = await self.threads.probe(lambda: self.remover.video_header(data, options))
         settings = self.remover.settings
         per = max(
             1,
@@ -183,21 +148,6 @@ class RemovalService:
 
         return await self.scheduler.run(ticket, run, model=engine.name)
 
-    @contextlib.contextmanager
-    def _edge_helpers(self) -> Iterator[int]:
-        """Helper threads for a still's edge step: the rest of the forward pass's cores
-        when its request is the only one in the process and no other edge step is running
-        (one that a timed-out request left behind included), else none: under load the
-        other requests' work fills those cores, and bands would only contend."""
-        with self._edge_lock:
-            self._edge_steps += 1
-            alone = self._edge_steps == 1 and self.scheduler.admitted <= 1
-        try:
-            yield self._band_helpers if alone else 0
-        finally:
-            with self._edge_lock:
-                self._edge_steps -= 1
-
     async def warm_stages(self) -> float:
         """Remover.rehearse() once on a stage thread, as a lone request's stages run
         (edge step in bands): the kernel hands a process fresh memory page by page, and
@@ -207,31 +157,15 @@ class RemovalService:
         started = time.perf_counter()
 
         def run() -> None:
-            with (
-                span("rehearsal"),
-                self._edge_helpers() as helpers,
-                bands.spread(self._bands, helpers),
-            ):
+            with span("rehearsal"), self.threads.edge_step():
                 self.remover.rehearse()
 
-        await self._in_stage_pool(run)
+        await self.threads.stage(run)
         return time.perf_counter() - started
-
-    async def _in_stage_pool(self, fn: Callable[[], T]) -> T:
-        return await self._in_pool(self._stages, fn)
-
-    async def _in_pool(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
-        # A cancelled await (request timeout) abandons the thread's work rather than
-        # waiting for it; the thread finishes on its own. run_in_executor does not carry
-        # contextvars: the copy gives the thread the request id and the current span.
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(pool, context.run, fn)
 
     def shutdown(self) -> None:
         """Stop the stage threads after the work they hold."""
-        self._stages.shutdown(wait=True, cancel_futures=True)
-        self._bands.shutdown(wait=True, cancel_futures=True)
-        self._probes.shutdown(wait=True, cancel_futures=True)
+        self.threads.shutdown()
 
     async def aclose(self) -> None:
         """Close network connections (the shared cache's), on the serving loop."""
@@ -289,7 +223,7 @@ class RemovalService:
         if len(data) < _INLINE_HASH_BYTES:
             key = cache_key(data, options, engine.name, version, scope)
         else:
-            key = await self._in_stage_pool(
+            key = await self.threads.stage(
                 lambda: cache_key(data, options, engine.name, version, scope)
             )
         outcome = await self.tiers.get_or_compute(
@@ -321,7 +255,7 @@ class RemovalService:
     ) -> RemovalResult:
         if options.frames == "all":
             started = time.perf_counter()
-            animation = await self._in_stage_pool(
+            animation = await self.threads.stage(
                 lambda: self.remover.decode_animation(data, options, max_frames)
             )
             if animation is not None:
@@ -341,7 +275,7 @@ class RemovalService:
             return image, tensor, time.perf_counter() - t0
 
         started = time.perf_counter()
-        image, tensor, preprocess_s = await self._in_stage_pool(decode)
+        image, tensor, preprocess_s = await self.threads.stage(decode)
         timings["decode"] = time.perf_counter() - started - preprocess_s
         if staged is not None:
             timings["preprocess"] = preprocess_s
@@ -354,7 +288,7 @@ class RemovalService:
         self.metrics.inference.labels(engine.name).observe(timings["inference"])
 
         def finish() -> tuple[RemovalResult, float, float]:
-            with self._edge_helpers() as helpers, bands.spread(self._bands, helpers):
+            with self.threads.edge_step():
                 return finish_here()
 
         def finish_here() -> tuple[RemovalResult, float, float]:
@@ -370,7 +304,7 @@ class RemovalService:
             return result, mask_s, encode_s
 
         started = time.perf_counter()
-        result, mask_s, timings["encode"] = await self._in_stage_pool(finish)
+        result, mask_s, timings["encode"] = await self.threads.stage(finish)
         if staged is not None:
             timings["mask"] = mask_s
         timings["postprocess"] = time.perf_counter() - started - timings["encode"] - mask_s
@@ -435,7 +369,7 @@ class RemovalService:
         async def staged_call(fn: Callable[[], T]) -> T:
             t0 = time.perf_counter()
             try:
-                return await self._in_stage_pool(fn)
+                return await self.threads.stage(fn)
             finally:
                 timings["postprocess"] += time.perf_counter() - t0
 
@@ -468,7 +402,7 @@ class RemovalService:
                 )
 
         started = time.perf_counter()
-        body = await self._in_stage_pool(encode_all)
+        body = await self.threads.stage(encode_all)
         timings["encode"] = time.perf_counter() - started
         self.metrics.postprocess.observe(timings["postprocess"])
         self.metrics.encode.observe(timings["encode"])
