@@ -141,7 +141,8 @@ async def _load(state: AppState, loader: EngineLoader) -> None:
     if state.settings.warm_stages:
         try:
             seconds = await state.service.warm_stages()
-            log.info("stages rehearsed on a made-up 2 MP photo in %.2fs", seconds)
+            if seconds is not None:
+                log.info("stages rehearsed on a made-up photo in %.2fs", seconds)
         except Exception:
             # A warm-up only saves the first request some time: never a reason not to serve.
             log.exception("rehearsing the stages failed; serving without")

@@ -148,20 +148,21 @@ class RemovalService:
 
         return await self.scheduler.run(ticket, run, model=engine.name)
 
-    async def warm_stages(self) -> float:
+    async def warm_stages(self) -> float | None:
         """Remover.rehearse() once on a stage thread, as a lone request's stages run
         (edge step in bands): the kernel hands a process fresh memory page by page, and
         the first 2 MP request paid 0.2 s for it (at the median of seven starts, decode 95
         ms instead of 8 and the edge step 136 instead of 30); the memory stays with malloc
-        for the requests after. Returns its seconds."""
+        for the requests after. Returns its seconds, or None when no input format it can
+        make is allowed."""
         started = time.perf_counter()
 
-        def run() -> None:
+        def run() -> bool:
             with span("rehearsal"), self.threads.edge_step():
-                self.remover.rehearse()
+                return self.remover.rehearse()
 
-        await self.threads.stage(run)
-        return time.perf_counter() - started
+        rehearsed = await self.threads.stage(run)
+        return time.perf_counter() - started if rehearsed else None
 
     def shutdown(self) -> None:
         """Stop the stage threads after the work they hold."""

@@ -124,3 +124,26 @@ def test_a_rehearsal_that_fails_does_not_keep_the_node_from_serving(
     response = client.post("/remove-background", files={"file": ("a.jpg", photo_jpeg)})
     assert response.status_code == 200
     assert "rehearsing the stages failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("limits", "rehearsed"),
+    [
+        ({"allowed_formats": ["PNG"]}, True),
+        ({"allowed_formats": ["WEBP"], "max_pixels": 100_000}, True),
+        ({"allowed_formats": ["GIF"]}, False),
+    ],
+)
+def test_the_rehearsal_keeps_to_the_input_guard_the_node_is_configured_with(
+    make_client: Callable[..., TestClient],
+    caplog: pytest.LogCaptureFixture,
+    limits: dict[str, Any],
+    rehearsed: bool,
+) -> None:
+    """An operator's narrower formats or pixel budget are no reason for a failed start-up
+    step: the made-up photo is made to pass them, or the rehearsal is left out."""
+    caplog.set_level("INFO", logger="bgsvc.app")
+    client = make_client(warm_stages=True, **limits)
+    assert client.get("/ready").status_code == 200
+    assert "rehearsing the stages failed" not in caplog.text
+    assert ("stages rehearsed on a made-up photo" in caplog.text) is rehearsed
