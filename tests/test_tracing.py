@@ -139,6 +139,15 @@ def test_without_a_traceparent_each_request_starts_its_own_trace(
     assert servers[0].context.trace_id != servers[1].context.trace_id
 
 
+def test_the_start_up_rehearsal_of_the_stages_makes_no_trace(
+    traced: Callable[..., tuple[TestClient, InMemorySpanExporter]],
+) -> None:
+    # A made-up photo at every process start is no request's: no trace of its own.
+    client, exporter = traced(warm_stages=True)
+    assert client.get("/ready").status_code == 200
+    assert not [s for s in exporter.get_finished_spans() if not s.name.startswith("GET")]
+
+
 def test_probes_are_not_traced(
     traced: Callable[..., tuple[TestClient, InMemorySpanExporter]],
 ) -> None:

@@ -139,13 +139,20 @@ async def _load(state: AppState, loader: EngineLoader) -> None:
 
         state.metrics.add_collector(GpuCollector())
     if state.settings.warm_stages:
+        # A warm-up only saves the first request some time: never a reason not to serve,
+        # nor to keep /ready waiting past one request's budget.
         try:
-            seconds = await state.service.warm_stages()
-            if seconds is not None:
-                log.info("stages rehearsed on a made-up photo in %.2fs", seconds)
+            seconds = await asyncio.wait_for(
+                state.service.warm_stages(), state.settings.request_timeout_s
+            )
+            log.info("stages rehearsed on a made-up photo in %.2fs", seconds)
+        except TimeoutError:
+            log.warning(
+                "rehearsing the stages took over %.0fs; serving without waiting",
+                state.settings.request_timeout_s,
+            )
         except Exception:
-            # A warm-up only saves the first request some time: never a reason not to serve.
-            log.exception("rehearsing the stages failed; serving without")
+            log.warning("rehearsing the stages failed; serving without", exc_info=True)
     state.ready = True
     state.metrics.ready.set(1)
 

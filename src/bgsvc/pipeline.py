@@ -320,26 +320,31 @@ class Remover:
         )
         return RemovalResult(output), time.perf_counter() - started
 
-    def rehearse(self, size: tuple[int, int] = (1728, 1152), matte_edge: int = 1024) -> bool:
+    def rehearse(self, size: tuple[int, int] = (1728, 1152), matte_edge: int = 1024) -> None:
         """A photo's stages without the model, on a made-up photo (``size``, or less where
-        BGSVC_MAX_PIXELS is less) and matte (a soft disc, ``matte_edge`` square, as a model
-        makes it): decode, the edge step, compose and encode, in the calling thread. False
-        when no input format it can write is allowed (BGSVC_ALLOWED_FORMATS)."""
-        fmt = next((f for f in ("JPEG", "PNG", "WEBP") if f in self._formats), None)
-        if fmt is None:
-            return False
-        scale = min(1.0, (self.settings.max_pixels / (size[0] * size[1])) ** 0.5)
+        BGSVC_MAX_PIXELS or BGSVC_MAX_OUTPUT_PIXELS is less) and matte (a soft disc,
+        ``matte_edge`` square, as a model makes it): decode (where an input format it can
+        write is allowed), the edge step, compose and encode, in the calling thread."""
+        budget = min(self.settings.max_pixels, self.settings.max_output_pixels)
+        scale = min(1.0, (budget / (size[0] * size[1])) ** 0.5)
         w, h = max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
         ramp = np.linspace(0, 255, w, dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(np.dstack([np.tile(ramp, (h, 1))] * 3)).save(buf, fmt)
+        photo = Image.fromarray(np.dstack([np.tile(ramp, (h, 1))] * 3))
         options = RemovalOptions()
-        image = self.decode(buf.getvalue(), options)
+        fmt = next((f for f in ("JPEG", "PNG", "WEBP") if f in self._formats), None)
+        if fmt is None:
+            edge = self.settings.max_edge
+            image = DecodedImage.of(
+                photo, None, source_format="PNG", source_size=(w, h), work_edge=edge
+            )
+        else:
+            buf = io.BytesIO()
+            photo.save(buf, fmt)
+            image = self.decode(buf.getvalue(), options)
         yy, xx = np.mgrid[0:matte_edge, 0:matte_edge]
         half = matte_edge / 2
         matte = np.clip(half - np.hypot(yy - half, xx - half), 0, 255).astype(np.uint8)
         self.finish(image, self.full_matte(image, matte, options), options, "rehearsal")
-        return True
 
     def remove(self, data: bytes, options: RemovalOptions) -> RemovalResult:
         """The whole pipeline in the calling thread (the CLI's path)."""

@@ -36,7 +36,7 @@ from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.service_video import Parts, Progress, Segment, VideoProcessor, together
 from bgsvc.stage_threads import StageThreads
-from bgsvc.tracing import record, span
+from bgsvc.tracing import quiet, record, span
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ class RemovalService:
         self.threads = StageThreads(
             settings.effective_intra_op_threads,
             settings.stage_thread_nice,
-            lambda: scheduler.admitted,
+            lambda: self.scheduler.admitted,
         )
         self.video = VideoProcessor(
             remover,
@@ -148,21 +148,20 @@ class RemovalService:
 
         return await self.scheduler.run(ticket, run, model=engine.name)
 
-    async def warm_stages(self) -> float | None:
+    async def warm_stages(self) -> float:
         """Remover.rehearse() once on a stage thread, as a lone request's stages run
         (edge step in bands): the kernel hands a process fresh memory page by page, and
         the first 2 MP request paid 0.2 s for it (at the median of seven starts, decode 95
         ms instead of 8 and the edge step 136 instead of 30); the memory stays with malloc
-        for the requests after. Returns its seconds, or None when no input format it can
-        make is allowed."""
+        for the requests after. Returns its seconds; no spans are made."""
         started = time.perf_counter()
 
-        def run() -> bool:
-            with span("rehearsal"), self.threads.edge_step():
-                return self.remover.rehearse()
+        def run() -> None:
+            with quiet(), self.threads.edge_step():
+                self.remover.rehearse()
 
-        rehearsed = await self.threads.stage(run)
-        return time.perf_counter() - started if rehearsed else None
+        await self.threads.stage(run)
+        return time.perf_counter() - started
 
     def shutdown(self) -> None:
         """Stop the stage threads after the work they hold."""

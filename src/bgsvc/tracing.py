@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from bgsvc import __version__
@@ -122,16 +123,32 @@ def fastapi_telemetry(
     }
 
 
+# Work of no request's (the start-up rehearsal of the stages) makes no spans: it would be
+# a trace of its own from every process start.
+_quiet: ContextVar[bool] = ContextVar("bgsvc_tracing_quiet", default=False)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Within the block (and the threads it hands contextvars to), span() and record()
+    make nothing."""
+    token = _quiet.set(True)
+    try:
+        yield
+    finally:
+        _quiet.reset(token)
+
+
 def span(name: str) -> AbstractContextManager[Any]:
     """A child span of the current one around a block; a shared no-op when off."""
-    if _active is None:
+    if _active is None or _quiet.get():
         return _NO_SPAN
     return _active.tracer.start_as_current_span(name)
 
 
 def record(name: str, seconds: float) -> None:
     """A child span that ends now and lasted ``seconds`` (a wait measured elsewhere)."""
-    if _active is None:
+    if _active is None or _quiet.get():
         return
     end = time.time_ns()
     started = _active.tracer.start_span(name, start_time=end - int(seconds * 1e9))

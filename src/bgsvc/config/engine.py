@@ -168,10 +168,10 @@ class CpuRuntimeSettings(BaseModel):
     )
     warm_stages: bool = Field(
         default=True,
-        description="Before /ready: run a made-up 2 MP photo through the stages around the "
-        "model once (decode, edge step, encode; 0.5 s on a 2-vCPU VM), so that the first "
-        "request does not pay for the process's fresh memory (0.2 s of a 2 MP photo, "
-        "benchmarks/RESULTS.md).",
+        description="Before /ready: run a made-up photo of up to 2 MP through the stages around "
+        "the model once (decode, edge step, compose, encode; 0.5 s on a 2-vCPU VM), so that "
+        "the first request does not pay for the process's fresh memory (0.2 s of a 2 MP "
+        "photo, benchmarks/RESULTS.md).",
         json_schema_extra=in_section(CPU_RUNTIME),
     )
 
