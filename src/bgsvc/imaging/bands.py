@@ -43,8 +43,8 @@ def over(n: int, fn: Callable[[int, int], None], least: int = LEAST_ROWS) -> Non
     time the caller is done, the caller takes too. Returns once every band is done, and
     raises the first band's error, if any."""
     given = _helpers.get()
-    parts = 1 if given is None else max(1, min(1 + given[1], n // max(1, least)))
-    if given is None or parts == 1:
+    parts = 1 if given is None else min(1 + given[1], n // max(1, least))
+    if given is None or parts <= 1:
         fn(0, n)
         return
     pool = given[0]
