@@ -76,6 +76,11 @@ def model_env(models: dict[str, Path], default: str, allow: Sequence[str] = ()) 
         # Prepared (optimised) copies go next to the generated models, not into the
         # user's model cache.
         "BGSVC_MODEL_DIR": str(next(iter(models.values())).parent / "model-dir"),
+        # The rehearsal before /ready warms a real photo's stages, which no fleet test
+        # measures, and every node start under load would pay its CPU; it is tested on
+        # its own (tests/inference/test_service_stages.py) and in the single-node
+        # process tests.
+        "BGSVC_WARM_STAGES": "false",
     }
     if allow:
         env["BGSVC_MODELS"] = json.dumps(list(allow))
