@@ -77,9 +77,9 @@ def model_env(models: dict[str, Path], default: str, allow: Sequence[str] = ()) 
         # user's model cache.
         "BGSVC_MODEL_DIR": str(next(iter(models.values())).parent / "model-dir"),
         # The rehearsal before /ready warms a real photo's stages, which no fleet test
-        # measures, and every node start under load would pay its CPU; it is tested on
-        # its own (tests/inference/test_service_stages.py) and in the single-node
-        # process tests.
+        # measures, and every node start under load would pay its CPU; it has tests of
+        # its own (tests/inference/test_service_stages.py) and runs in every test that
+        # starts a single node as a process.
         "BGSVC_WARM_STAGES": "false",
     }
     if allow:
