@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -52,8 +52,21 @@ class MatteStep(Protocol):
     def fine(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
 
 
-# A cut video's parts: each segment's encoded frames in order, loaded one at a time.
-Parts = list[Callable[[], Awaitable[bytes]]]
+# Room in a joined file beyond its parts' bytes and the upload's (whose audio it takes):
+# the container's own headers and index, a few bytes a frame.
+JOIN_OVERHEAD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A cut video's parts, in order: each segment's encoded frames, loaded when the join
+    gets to it, and the frames they hold by this process's own count (its segments'
+    records), which the joined file must hold too."""
+
+    loads: list[Callable[[], Awaitable[bytes]]]
+    frames: int
+
+
 Segment = tuple[int, int | None]
 
 Forward = Callable[
@@ -145,28 +158,42 @@ class VideoProcessor:
     async def _join(
         self, config: ChildConfig, data: bytes, fmt: str, parts: Parts, progress: Progress | None
     ) -> RemovalResult:
-        """The parts, sent one at a time, joined by a child into one file."""
+        """The parts, sent one at a time, joined by a child into one file. The child
+        parses the upload (for its audio) and may be one a decoder exploit has taken over:
+        what it answers is held to what this process knows of the parts."""
         started = time.perf_counter()
         # Neither a part nor the whole can be larger than the child's own memory.
         limit = self.remover.settings.video_child_memory_bytes
         config = replace(config, max_part_bytes=limit)
+        sent = 0
         child = await MediaChild.start(config, data)
         try:
-            for load in parts:
+            for load in parts.loads:
                 part = await load()
                 # A header's count is at times an estimate (duration x rate) past the real
                 # one: a last segment that starts beyond the video's end succeeds with no
                 # frame, and its part is an empty file, which no demuxer opens.
                 if part:
+                    sent += len(part)
                     await child.send("P", {}, part)
             await child.send("Q", {})
             with span("encode"):
-                result = await child.receive(limit)
+                # The joined file is the parts' packets and the upload's audio, as they
+                # are: a child announcing more is not read.
+                most = min(limit, sent + len(data) + JOIN_OVERHEAD_BYTES)
+                result = await child.receive(most)
         finally:
             await child.close()
         if result.kind != "D":
             raise InvalidVideo(f"The video joiner answered {result.kind!r}.")
-        frames = int(result.meta.get("frames") or 0)
+        # The frames are charged, and shown, by the segments' records: a joined file
+        # that holds another count is not the video its segments made.
+        if int(result.meta.get("frames") or 0) != parts.frames:
+            raise InvalidVideo(
+                f"The video joiner counted {result.meta.get('frames')!r} frames in parts "
+                f"that hold {parts.frames}."
+            )
+        frames = parts.frames
         if progress is not None:
             await progress(frames, frames)
         timings = {"encode": time.perf_counter() - started}

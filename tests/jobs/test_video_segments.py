@@ -226,6 +226,39 @@ def test_a_cut_video_whose_end_is_missing_fails_and_keeps_the_frames_its_segment
     assert a.credits_left() == QUOTA - done["frames_done"]
 
 
+def test_a_cut_video_whose_joiner_miscounts_its_frames_fails_and_keeps_what_its_segments_ran(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The child that joins the parts parses the upload too, so a decoder exploit may run
+    # it: one that joins the parts for real and says they hold no frame would, believed,
+    # give the whole charge back for a video delivered whole.
+    hostile_run_child(monkeypatch, "join_uncounted")
+    a, _ = tenants(video_segment_pixels=EIGHT_FRAMES)
+    files = {"file": ("clip.mp4", clip("mp4", frames=20), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    assert job.status_code == 202 and job.headers["X-Credits-Charged"] == "22"
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
+    assert done["error"]["code"] == "invalid_video"
+    assert done["frames_done"] == 20
+    assert a.credits_left() == QUOTA - 20
+
+
+def test_a_joiner_that_announces_more_than_its_parts_is_not_read(
+    tenants: Callable[..., tuple[Tenant, Tenant]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A run's child is held to the frames' pixels; the joiner to the parts' bytes and the
+    # upload's: 1 GiB for a 64 x 48 clip is refused at its header, not awaited.
+    hostile_run_child(monkeypatch, "join_huge")
+    a, _ = tenants(video_segment_pixels=EIGHT_FRAMES, job_max_attempts=1)
+    files = {"file": ("clip.mp4", clip("mp4", frames=20), "video/mp4")}
+    job = a.post("/jobs", files=files)
+    done = a.wait(job.json()["status_url"], lambda b: b["status"] == "failed")
+    assert done["error"]["code"] == "invalid_video"
+    assert a.credits_left() == QUOTA - 20
+
+
 class FailingEngine:
     """The tiny model, failing (a service error: a 500) from its ``after``-th pass on."""
 

@@ -381,7 +381,8 @@ class JobRunner:
         segments = await backends.jobs.segments_of(record.id)
         error = cut_video.failure(record, segments)
         if error is None:
-            return cut_video.part_loaders(backends.results, segments)
+            loads = cut_video.part_loaders(backends.results, segments)
+            return Parts(loads, cut_video.frames_of(segments))
         # What ran shows; it keeps those credits only when its file failed it.
         done = cut_video.frames_of(segments)
         total = max(done, record.frames_total or 0)

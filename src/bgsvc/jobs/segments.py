@@ -18,7 +18,7 @@ from bgsvc.storage import ResultStore
 if TYPE_CHECKING:
     # Types only: the job routes read progress through this module, and need none of
     # the video pipeline loaded for it.
-    from bgsvc.service_video import Parts, Segment
+    from bgsvc.service_video import Segment
 
 # Where a segment job's options say which frames it runs: [first, end or None].
 SEGMENT_OPTION = "_segment"
@@ -79,7 +79,9 @@ def kept_credits(error: JobError, segments: list[JobRecord]) -> int:
     return frames_of(segments) if status_of(error.code) < 500 else 0
 
 
-def part_loaders(results: ResultStore, segments: list[JobRecord]) -> Parts:
+def part_loaders(
+    results: ResultStore, segments: list[JobRecord]
+) -> list[Callable[[], Awaitable[bytes]]]:
     """Each segment's part, read from the result store when the stitch gets to it."""
 
     def loader(key: str) -> Callable[[], Awaitable[bytes]]:
