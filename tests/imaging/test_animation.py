@@ -88,3 +88,57 @@ def test_gif_output_cuts_the_matte_at_half() -> None:
     body = encode_frames([rgba, rgba], [10, 10], 0, "gif", None, EncodeSettings())
     alpha = np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))[0, :, 3]
     assert alpha.tolist() == [0, 0, 255, 255]
+
+
+def _gif_block(size: tuple[int, int], colour: int) -> tuple[bytes, bytes]:
+    """A one-frame GIF of ``size``: its header up to the first block, and its image block
+    (descriptor, LZW data), to splice into another GIF."""
+    buf = io.BytesIO()
+    Image.new("P", size, colour).save(buf, "GIF", palette=bytes(range(256)) * 3)
+    data = buf.getvalue()
+    start = 13 + (3 << ((data[10] & 7) + 1)) if data[10] & 0x80 else 13
+    pos = start
+    while data[pos] != 0x2C:  # past the extensions Pillow writes
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    return data[:start], data[pos:-1]
+
+
+def gif_of_two_frames(first: tuple[int, int], second: tuple[int, int]) -> bytes:
+    head, one = _gif_block(first, 1)
+    _, two = _gif_block(second, 2)
+    control = b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # 100 ms, no disposal
+    loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    return head + loop + control + one + control + two + b"\x3b"
+
+
+def test_a_gif_frame_reaching_past_its_picture_is_refused_before_any_frame_is_decoded() -> None:
+    # Two frames of 100 x 100 pass the budget; Pillow would grow the picture to the second
+    # frame's 3000 x 3000 at its seek (a 13,000 px one cost 2 GB and 9 s of CPU).
+    data = gif_of_two_frames((100, 100), (3000, 3000))
+    with pytest.raises(InvalidImage, match="reaches past"):
+        count_gif_frames(data, 10)
+    with pytest.raises(InvalidImage, match="reaches past"):
+        open_animation(data, LIMITS, max_frames=10)
+
+
+def test_a_gif_whose_first_frame_sets_its_picture_size_is_counted_as_it_is() -> None:
+    # Some encoders write a logical screen of 0 x 0: the first frame's extent is the
+    # picture (as Pillow opens it), and frames within it are no reason to refuse.
+    data = bytearray(gif_of_two_frames((60, 40), (60, 40)))
+    data[6:10] = bytes(4)
+    assert count_gif_frames(bytes(data), 10) == 2
+    decoded = open_animation(bytes(data), LIMITS, max_frames=10)
+    assert decoded is not None and [f.size for f in decoded.frames] == [(60, 40)] * 2
+
+
+def test_decoding_frames_stops_at_a_frame_that_changes_the_picture_size() -> None:
+    # Past the count's check (a probe made by hand): the decode refuses at the seek,
+    # before the enlarged frame's pixels are decoded.
+    from bgsvc.imaging.animation import Probe, decode_frames
+
+    img = Image.open(io.BytesIO(gif_of_two_frames((100, 100), (3000, 3000))))
+    with pytest.raises(InvalidImage, match="changes its size"):
+        decode_frames(Probe(img, 2, "gif"), LIMITS)

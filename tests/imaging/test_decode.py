@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -287,3 +288,46 @@ def test_decoded_image_keeps_one_copy_of_the_pixels() -> None:
     assert out.pixels.shape == (30, 40, 3)
     assert "rgb" not in out.__dict__  # no Pillow image until a step asks for one
     np.testing.assert_array_equal(np.asarray(out.rgb), out.pixels)
+
+
+def _progressive_jpeg(extra_scans: int) -> bytes:
+    """A progressive JPEG with ``extra_scans`` empty scans (10 bytes each) before its end:
+    libjpeg runs every scan over every block of the picture."""
+    data = encode_image(subject_image((64, 48)), "JPEG", progressive=True)
+    empty = b"\xff\xda\x00\x08\x01\x01\x00\x01\x3f\x00"
+    return data[:-2] + empty * extra_scans + data[-2:]
+
+
+def test_a_jpeg_of_more_scans_than_are_decoded_is_refused_before_decoding() -> None:
+    from bgsvc.imaging.decode import MAX_JPEG_SCANS
+
+    # A 25 MP one of 10,000 empty scans, 397 KB, took 16.5 s of CPU to decode.
+    assert decode(_progressive_jpeg(10), LIMITS).size == (64, 48)
+    with pytest.raises(InvalidImage, match="scans"):
+        decode(_progressive_jpeg(MAX_JPEG_SCANS), LIMITS)
+
+
+def test_an_mpo_is_decoded_at_the_reduced_size_as_a_jpeg_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import JpegImagePlugin
+
+    drafts: list[tuple[int, int]] = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def draft(
+        self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None
+    ) -> object:
+        drafts.append(size or (0, 0))
+        return real(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", draft)
+    buf = io.BytesIO()
+    photo = subject_image((1000, 600))
+    photo.save(buf, "MPO", save_all=True, append_images=[photo.resize((64, 40))], quality=90)
+    limits = DecodeLimits(
+        LIMITS.allowed_formats | {"MPO"}, LIMITS.max_pixels, 2048, 1000 * 600 // 16
+    )
+    out = decode(buf.getvalue(), limits)
+    assert out.source_format == "MPO"
+    assert drafts == [(250, 150)] and out.size == (250, 150)

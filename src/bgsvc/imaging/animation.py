@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image, PngImagePlugin
 
-from bgsvc.errors import InvalidImage, InvalidParameter, TooManyFrames
+from bgsvc.errors import InvalidImage, InvalidParameter, TooManyFrames, TooManyPixels
 from bgsvc.imaging.decode import (
     DECODE_ERRORS,
     DecodedImage,
@@ -64,11 +64,15 @@ def _skip_sub_blocks(data: bytes, pos: int) -> int:
 def count_gif_frames(data: bytes, stop_at: int) -> int:
     """The image descriptors in a GIF, counted by walking its blocks without decoding any
     pixel; stops once ``stop_at`` are seen, so a GIF of 100,000 frames costs no more than
-    one of ``stop_at`` frames. A truncated file counts what it holds."""
+    one of ``stop_at`` frames. A truncated file counts what it holds. A frame reaching past
+    the picture (the logical screen, or as far as the first frame reaches past it, as
+    Pillow opens it) is refused: Pillow would enlarge the picture to it at its seek,
+    beyond the size the pixel budget was checked against."""
     end = len(data)
     if end < 13:
         return 0
     pos = 13
+    width, height = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
     flags = data[10]
     if flags & 0x80:
         pos += 3 << ((flags & 7) + 1)
@@ -79,6 +83,15 @@ def count_gif_frames(data: bytes, stop_at: int) -> int:
             frames += 1
             if pos + 10 > end:
                 break
+            x0, y0, w, h = (
+                int.from_bytes(data[i : i + 2], "little") for i in range(pos + 1, pos + 9, 2)
+            )
+            if frames == 1:
+                width, height = max(width, x0 + w), max(height, y0 + h)
+            elif x0 + w > width or y0 + h > height:
+                raise InvalidImage(
+                    f"Frame {frames} of the GIF reaches past its {width}x{height} picture."
+                )
             local = data[pos + 9]
             pos += 10
             if local & 0x80:
@@ -154,6 +167,10 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
     try:
         for index in range(count):
             img.seek(index)
+            if img.size != (w, h):
+                # A GIF's frame past its picture enlarges it at the seek, before any pixel
+                # is decoded: not within the budget its size was checked against.
+                raise InvalidImage(f"Frame {index + 1} of the animation changes its size.")
             # Pillow composes each frame over what its predecessor left (GIF disposal and
             # transparency, APNG blending, WebP's own decoder); the RGBA copy is that
             # full picture, and stays put when the next seek reuses ``img``.
@@ -174,6 +191,8 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
             durations.append(round(float(img.info.get("duration") or 0)))
             if loop is None and img.info.get("loop") is not None:
                 loop = int(img.info["loop"])
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixels(f"A frame of the animation is too large: {exc}.") from exc
     except EOFError:
         # Fewer frames than counted (a GIF cut at a block boundary): what decoded is kept.
         if len(frames) < 2:

@@ -21,6 +21,15 @@ _SRGB = ImageCms.createProfile("sRGB")
 # Pillow raises these for corrupt or truncated streams, depending on the codec.
 # RuntimeError: what pi-heif and Pillow's AVIF plugin raise for a damaged file (libheif's
 # security limits, libavif's failed frame decode).
+# Most scans a JPEG may hold. Each scan of a progressive JPEG runs over every block of the
+# picture (about 1.5 ms a scan at 25 MP here) and an empty one is 10 bytes, so without a
+# bound a 25 MB upload could buy an hour of decoding; encoders write about 10 (libjpeg's
+# progressive script) to a few dozen, and libjpeg-turbo's own tools stop at 500.
+MAX_JPEG_SCANS = 256
+# A JPEG's start-of-scan marker: entropy-coded data escapes every 0xFF, so outside the
+# metadata segments (which may add a chance few) these bytes are scans.
+_SOS = b"\xff\xda"
+
 DECODE_ERRORS = (
     OSError,
     SyntaxError,
@@ -164,6 +173,10 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     if img.format == "AVIF":
         # libavif decodes the frame the bitstream holds, whatever size the header says.
         avif.check(data)
+    if img.format in ("JPEG", "MPO") and data.count(_SOS) > MAX_JPEG_SCANS:
+        raise InvalidImage(
+            f"The JPEG holds more than {MAX_JPEG_SCANS} scans, the most that are decoded."
+        )
     w, h = img.size
     if w < 1 or h < 1:
         raise InvalidImage("The image has no pixels.")
@@ -265,7 +278,8 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     source_format = img.format or "UNKNOWN"
     header_size = img.size
     want = target_size(header_size, limits)
-    if source_format == "JPEG" and want != header_size:
+    # An MPO (a camera's JPEG with a second picture) is a JPEG to decode.
+    if source_format in ("JPEG", "MPO") and want != header_size:
         # DCT-domain downscaling: decodes a large JPEG at 1/2, 1/4 or 1/8 of the cost;
         # draft never goes below the requested size, so quality is kept.
         img.draft(img.mode, want)
