@@ -188,7 +188,7 @@ class VideoProcessor:
             raise InvalidVideo(f"The video joiner answered {result.kind!r}.")
         # The frames are charged, and shown, by the segments' records: a joined file
         # that holds another count is not the video its segments made.
-        if int(result.meta.get("frames") or 0) != parts.frames:
+        if result.meta.get("frames") != parts.frames:
             raise InvalidVideo(
                 f"The video joiner counted {result.meta.get('frames')!r} frames in parts "
                 f"that hold {parts.frames}."

@@ -18,18 +18,18 @@ from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and
 from bgsvc.imaging.resize import shrink
 
 _SRGB = ImageCms.createProfile("sRGB")
-# Pillow raises these for corrupt or truncated streams, depending on the codec.
-# RuntimeError: what pi-heif and Pillow's AVIF plugin raise for a damaged file (libheif's
-# security limits, libavif's failed frame decode).
 # Most scans a JPEG may hold. Each scan of a progressive JPEG runs over every block of the
 # picture (about 1.5 ms a scan at 25 MP here) and an empty one is 10 bytes, so without a
 # bound a 25 MB upload could buy an hour of decoding; encoders write about 10 (libjpeg's
-# progressive script) to a few dozen, and libjpeg-turbo's own tools stop at 500.
+# progressive script) to a few dozen; libjpeg-turbo's own API has a scan limit for this.
 MAX_JPEG_SCANS = 256
 # A JPEG's start-of-scan marker: entropy-coded data escapes every 0xFF, so outside the
 # metadata segments (which may add a chance few) these bytes are scans.
 _SOS = b"\xff\xda"
 
+# Pillow raises these for corrupt or truncated streams, depending on the codec.
+# RuntimeError: what pi-heif and Pillow's AVIF plugin raise for a damaged file (libheif's
+# security limits, libavif's failed frame decode).
 DECODE_ERRORS = (
     OSError,
     SyntaxError,
