@@ -88,7 +88,10 @@ class OutboundClient:
             limits=httpx.Limits(max_keepalive_connections=0),
             cookies=_no_cookies(),
             verify=verify,
-            headers={"User-Agent": f"bgsvc/{__version__}"},
+            # Bodies are counted as they arrive on the wire: a compressed one would be
+            # inflated by httpx a whole read at a time before it could be counted (and
+            # "gzip, gzip" multiplies that a thousandfold: 2 KB became 2.4 GB).
+            headers={"User-Agent": f"bgsvc/{__version__}", "Accept-Encoding": "identity"},
         )
 
     @classmethod
@@ -284,9 +287,13 @@ async def _read_body(response: httpx.Response, max_bytes: int, truncate: bool, u
     declared = response.headers.get("content-length", "")
     if not truncate and declared.isdigit() and int(declared) > max_bytes:
         raise UrlTooLarge(f"{url} declares {declared} bytes; the limit is {max_bytes}.")
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity") and not truncate:
+        raise UrlFetchFailed(f"{url} sent its body {encoding}-encoded, which was not asked for.")
     body = bytearray()
-    # Decoded bytes are counted, so a small gzip that inflates past the limit stops too.
-    async for chunk in response.aiter_bytes():
+    # The bytes as sent, never inflated here: what is counted is what is held (a reply to a
+    # webhook that is compressed anyway is kept as it came, cut at the limit).
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > max_bytes:
             if truncate:
