@@ -30,7 +30,7 @@ from bgsvc.imaging.animation import (
     probe_animation,
 )
 from bgsvc.imaging.compose import Recolour, Rendered, combine_alpha, render
-from bgsvc.imaging.decode import DecodedImage, DecodeLimits, decode
+from bgsvc.imaging.decode import DRAFTED_FORMATS, DecodedImage, DecodeLimits, decode, open_image
 from bgsvc.imaging.encode import CONTENT_TYPES, EncodeSettings, encode, encode_zip
 from bgsvc.imaging.place import place
 from bgsvc.imaging.video import VIDEO_FORMATS, VideoInfo, check_video_options, is_video
@@ -145,10 +145,21 @@ class Remover:
             return None
         # Decoded here, before the inference slot: a bad background fails fast. It is
         # scaled to cover the result, so twice the result's pixels is all it needs (a
-        # different aspect ratio is cropped): never a second 25 MP decode for a small photo.
+        # different aspect ratio is cropped). A JPEG is decoded at about that size; other
+        # formats only whole, so those are held, with the photo already decoded, to the
+        # pixels one request may decode: a small PNG or WebP of 25 MP was a full second
+        # decode beside the photo, for one credit.
         budget = limits.max_output_pixels or limits.max_pixels
         backdrop = replace(limits, max_output_pixels=min(budget, 2 * size[0] * size[1]))
         try:
+            header = open_image(options.bg_image, backdrop)
+            room = limits.max_pixels - size[0] * size[1]
+            w, h = header.size
+            if header.format not in DRAFTED_FORMATS and w * h > room:
+                raise TooManyPixels(
+                    f"it is {w}x{h} ({w * h} pixels) and, beside this photo, at most {room} "
+                    "may be decoded; send it smaller, or as a JPEG (decoded at the size used)."
+                )
             return decode(options.bg_image, backdrop).rgb
         except (MissingImage, InvalidImage, UnsupportedFormat, TooManyPixels) as exc:
             raise type(exc)(f"The background image: {exc.message}") from exc

@@ -27,6 +27,10 @@ MAX_JPEG_SCANS = 256
 # metadata segments (which may add a chance few) these bytes are scans.
 _SOS = b"\xff\xda"
 
+# What is decoded at a reduced size when less is needed (DCT scaling): JPEG, and an MPO (a
+# camera's JPEG with a second picture).
+DRAFTED_FORMATS = frozenset({"JPEG", "MPO"})
+
 # Pillow raises these for corrupt or truncated streams, depending on the codec.
 # RuntimeError: what pi-heif and Pillow's AVIF plugin raise for a damaged file (libheif's
 # security limits, libavif's failed frame decode).
@@ -173,7 +177,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     if img.format == "AVIF":
         # libavif decodes the frame the bitstream holds, whatever size the header says.
         avif.check(data)
-    if img.format in ("JPEG", "MPO") and data.count(_SOS) > MAX_JPEG_SCANS:
+    if img.format in DRAFTED_FORMATS and data.count(_SOS) > MAX_JPEG_SCANS:
         raise InvalidImage(
             f"The JPEG holds more than {MAX_JPEG_SCANS} scans, the most that are decoded."
         )
@@ -278,8 +282,7 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     source_format = img.format or "UNKNOWN"
     header_size = img.size
     want = target_size(header_size, limits)
-    # An MPO (a camera's JPEG with a second picture) is a JPEG to decode.
-    if source_format in ("JPEG", "MPO") and want != header_size:
+    if source_format in DRAFTED_FORMATS and want != header_size:
         # DCT-domain downscaling: decodes a large JPEG at 1/2, 1/4 or 1/8 of the cost;
         # draft never goes below the requested size, so quality is kept.
         img.draft(img.mode, want)
