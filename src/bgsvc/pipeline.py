@@ -274,6 +274,7 @@ class Remover:
                 mask = options.roi.apply(mask, image.size, image.source_size)
             mask = combine_alpha(mask, image.alpha)
             recolour = self._recolour(options)
+            budget = self._limits(options).max_output_pixels
             if options.placement is not None:
                 placed = None
                 if recolour is not None:
@@ -281,7 +282,9 @@ class Remover:
                     placed = None if pixels is image.pixels else Image.fromarray(pixels)
                 placed = image.rgb if placed is None else placed
                 placed, mask = place(placed, mask, options.placement)
-                rendered = render(placed, mask, options, background=image.background)
+                rendered = render(
+                    placed, mask, options, background=image.background, max_pixels=budget
+                )
             else:
                 rendered = render(
                     None,  # made from the pixels only if the output needs a Pillow image
@@ -290,6 +293,7 @@ class Remover:
                     image.pixels,
                     background=image.background,
                     recolour=recolour,
+                    max_pixels=budget,
                 )
         return rendered
 

@@ -167,6 +167,23 @@ def test_a_background_decoded_only_whole_keeps_to_the_pixels_the_photo_leaves(
     assert with_background((120, 100), "JPEG").status_code == 200
 
 
+def test_a_crop_with_margins_stays_within_the_size_asked(
+    client: TestClient,
+) -> None:
+    # size=preview promises at most 0.25 MP; 500 px margins around the subject of a photo
+    # decoded at that size made 9 times as much.
+    photo = encode_image(subject_image((1200, 900)), "JPEG")
+    data = {"size": "preview", "crop": "true", "crop_margin": "500px", "format": "png"}
+    r = client.post("/v1.0/removebg", files={"image_file": photo}, data=data)
+    assert r.status_code == 200, r.text
+    w, h = Image.open(io.BytesIO(r.content)).size
+    bare = client.post(
+        "/v1.0/removebg", files={"image_file": photo}, data={**data, "crop_margin": "0px"}
+    )
+    bw, bh = Image.open(io.BytesIO(bare.content)).size
+    assert w * h <= 250_000 and w > bw and h > bh
+
+
 def test_removebg_background_image_conflicts_and_bad_bytes_are_refused(
     client: TestClient, photo_png: bytes
 ) -> None:

@@ -130,6 +130,7 @@ def render(
     pixels: np.ndarray | None = None,
     background: Image.Image | None = None,
     recolour: Recolour | None = None,
+    max_pixels: int | None = None,
 ) -> Rendered:
     """Cut out, crop, fill the background and pick the concrete output format. ``pixels``
     (``rgb`` as a uint8 array, when the caller has it) makes the plain cutout cheaper, and
@@ -137,7 +138,8 @@ def render(
     ``background`` (RGB) is scaled to cover the output, centred, and put behind it.
     ``recolour`` (with ``pixels``): the colour to use where the matte is see-through (the
     edge step's decontamination); the plain cutout has it written straight into its RGBA
-    array, every other output gets a recoloured copy of ``pixels``."""
+    array, every other output gets a recoloured copy of ``pixels``. ``max_pixels``: the
+    result's pixel budget, which a crop's margins are narrowed to keep to."""
     box = foreground_box(mask)
     height, width = mask.shape
     region = (0, 0, width, height)
@@ -145,6 +147,8 @@ def render(
         if box is None:
             raise NoForeground("No subject was found in the image, so there is nothing to crop to.")
         top, right, bottom, left = options.crop_margin.resolve(box.width, box.height)
+        if max_pixels is not None:
+            top, right, bottom, left = _narrowed(box, (top, right, bottom, left), max_pixels)
         region = (
             box.left - left,
             box.top - top,
@@ -210,6 +214,27 @@ def render(
     if fmt == "auto":
         fmt = "png" if out.mode == "RGBA" else "jpg"
     return Rendered(image=out, format=fmt, box=_box_in(box, region))
+
+
+def _narrowed(
+    box: Box, margins: tuple[int, int, int, int], max_pixels: int
+) -> tuple[int, int, int, int]:
+    """``margins`` (top, right, bottom, left) scaled down alike, as little as needed for
+    the subject and them to fit ``max_pixels``: up to 500 px a side would otherwise take a
+    result past the size a client asked for (9 times a 0.25 MP preview) or the service's
+    ceiling. The subject itself always fits: it lies within the decoded photo."""
+    top, right, bottom, left = margins
+
+    def area(k: float) -> float:
+        return (box.width + k * (left + right)) * (box.height + k * (top + bottom))
+
+    if area(1.0) <= max_pixels:
+        return margins
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if area(mid) <= max_pixels else (lo, mid)
+    return (int(lo * top), int(lo * right), int(lo * bottom), int(lo * left))
 
 
 def _box_in(box: Box | None, region: tuple[int, int, int, int]) -> Box:
