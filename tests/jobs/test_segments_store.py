@@ -586,3 +586,30 @@ def test_a_cut_videos_segments_take_no_room_from_another_tenants_submission(
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_webhook_attempt_recorded_after_its_record_was_deleted_leaves_nothing(
+    backend: Backend,
+) -> None:
+    # A delivery still retrying when its job or batch is deleted (up to 18 minutes of
+    # retries) wrote its attempt to Redis all the same: a list of no record, which
+    # nothing would ever expire, one a deleted job.
+    async def scenario() -> None:
+        store = backend.open()
+        kept, gone = job("job_kept", time.time()), job("job_gone", time.time())
+        batch = BatchRecord("batch_gone", gone.created_at, [BatchItem("a.png", gone.id)])
+        await store.create(kept, ROOM)
+        await store.create_batch(batch, [gone], ROOM)
+        await store.delete_batch(batch.id)
+        await store.delete(gone.id)
+        await store.add_webhook_attempt(gone.id, {"status": 500})
+        await store.add_batch_webhook_attempt(batch.id, {"status": 500})
+        await store.add_webhook_attempt(kept.id, {"status": 200})
+        assert await store.get(gone.id) is None and await store.get_batch(batch.id) is None
+        found = await store.get(kept.id)
+        assert found is not None and found.webhook_attempts == [{"status": 200}]
+        if isinstance(store, RedisJobStore):
+            left = {str(k) for k in store.redis.keys("*") if "gone" in str(k)}
+            assert left == set()
+
+    asyncio.run(scenario())

@@ -113,6 +113,7 @@ class RedisJobs:
                 "REQUEUE",
                 "FINISH",
                 "PROGRESS",
+                "ADD_WEBHOOK_ATTEMPT",
                 "CANCEL",
                 "PLACES",
                 "REISSUE",
@@ -452,8 +453,8 @@ class RedisJobs:
 
     @unavailable
     async def add_webhook_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
-        key = f"{self._job(job_id)}:wh"
-        await self._run(lambda: self.redis.rpush(key, json.dumps(attempt)))
+        keys = [self._job(job_id), f"{self._job(job_id)}:wh"]
+        await self._run(lambda: self._script("ADD_WEBHOOK_ATTEMPT", keys, [json.dumps(attempt)]))
 
     @unavailable
     async def recover(self, orphaned: Callable[[str], bool], started_before: float) -> int:

@@ -258,6 +258,14 @@ return segments
 """
 )
 
+# KEYS: a job's or batch's hash, its webhook list. ARGV: the attempt. A delivery still
+# retrying when its record was deleted writes nothing: a list made again after the delete
+# would have no record to expire with it.
+ADD_WEBHOOK_ATTEMPT = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+return redis.call('rpush', KEYS[2], ARGV[1])
+"""
+
 # KEYS: job. ARGV: owner, frames done, frames in all.
 PROGRESS = """
 local fields = redis.call('hmget', KEYS[1], 'status', 'owner')

@@ -88,8 +88,8 @@ class RedisJobStore(RedisJobs):
 
     @unavailable
     async def add_batch_webhook_attempt(self, batch_id: str, attempt: dict[str, Any]) -> None:
-        key = f"{self._batch(batch_id)}:wh"
-        await self._run(lambda: self.redis.rpush(key, json.dumps(attempt)))
+        keys = [self._batch(batch_id), f"{self._batch(batch_id)}:wh"]
+        await self._run(lambda: self._script("ADD_WEBHOOK_ATTEMPT", keys, [json.dumps(attempt)]))
 
     def _delete_batch(self, batch_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
