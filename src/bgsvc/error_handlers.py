@@ -63,6 +63,16 @@ def error_response(exc: BgsvcError, request_id: str, path: str) -> JSONResponse:
     )
 
 
+# Where an answer's error says the request keeps the credits it was charged
+# (BgsvcError.keeps_credits), for the key middleware that gives a failure's back.
+_KEEPS_CREDITS = "keeps_credits"
+
+
+def keeps_credits(scope: Scope) -> bool:
+    """Whether the request's answer was an error that keeps its credits."""
+    return bool((scope.get("state") or {}).get(_KEEPS_CREDITS))
+
+
 def reject(
     exc: BgsvcError,
     scope: Scope,
@@ -74,6 +84,8 @@ def reject(
     that refuses before the routes and by the app's handler for errors the routes raise."""
     if exc.reason is not None:
         metrics.rejections.labels(exc.reason).inc()
+    if exc.keeps_credits:
+        scope.setdefault("state", {})[_KEEPS_CREDITS] = True
     response = error_response(exc, request_id_of(scope), scope["path"])
     if headers:
         response.headers.update(headers)

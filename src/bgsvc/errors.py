@@ -65,6 +65,10 @@ class BgsvcError(Exception):
     # Label for bgsvc_rejections_total; None means "not counted as a rejection".
     reason: ClassVar[str | None] = None
     default_headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # Raised only after the model ran for the request: the credits it was charged are
+    # kept, where any other failure gives them back (else a request made to fail there,
+    # on purpose, would buy the model's work for nothing).
+    keeps_credits: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -184,6 +188,8 @@ class NoForeground(InputError):
     code = "no_foreground"
     status = 422
     reason = "no_foreground"
+    # Known only from the model's matte (crop=true with no subject in it).
+    keeps_credits = True
 
 
 # --- The node's capacity (bgsvc.inference.scheduler, bgsvc.middleware). ----------------

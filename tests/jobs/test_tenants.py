@@ -312,6 +312,31 @@ def test_batch_items_that_fail_or_are_canceled_give_their_credit_back(
     assert a.credits_left() == QUOTA - 2
 
 
+def test_no_subject_to_crop_to_keeps_its_credit_where_the_model_ran_for_it(
+    tenants: Callable[..., tuple[Tenant, Tenant]], photos: list[bytes]
+) -> None:
+    # "No subject" is the model's answer, known only once it ran: were its credit given
+    # back, crop=true on an empty picture would buy forward passes for nothing (five ran
+    # on a key of one credit).
+    a, _ = tenants()
+    empty = [encode_image(Image.new("RGB", (64 + i, 64), (5, 5, 5))) for i in range(3)]
+    sync = a.post("/remove-background?crop=true", files={"file": ("e.png", empty[0], "image/png")})
+    assert sync.status_code == 422 and sync.json()["code"] == "no_foreground"
+    assert sync.headers["X-Credits-Charged"] == "1"
+    assert a.credits_left() == QUOTA - 1
+    job = a.post("/jobs?crop=true", files={"file": ("e.png", empty[1], "image/png")}).json()
+    done = a.wait(job["status_url"], lambda body: body["status"] == "failed")
+    assert done["error"]["code"] == "no_foreground"
+    assert a.credits_left() == QUOTA - 2
+    batch = a.batch([empty[2], photos[0]], params={"crop": "true"}).json()
+    a.wait(batch["status_url"], completed)
+    assert a.credits_left() == QUOTA - 4
+    # A failure before the model ran still gives its credit back.
+    broken = a.post("/remove-background", files={"file": ("b.png", b"\x89PNG broken")})
+    assert broken.status_code == 415 and broken.headers["X-Credits-Charged"] == "0"
+    assert a.credits_left() == QUOTA - 4
+
+
 def test_canceled_jobs_and_batch_items_give_their_credit_back(
     tenants: Callable[..., tuple[Tenant, Tenant]],
     photos: list[bytes],

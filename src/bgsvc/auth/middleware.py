@@ -20,7 +20,7 @@ from bgsvc.auth.base import ApiKey, KeyStore
 from bgsvc.auth.headers import rate_limit_headers
 from bgsvc.auth.keys import digest_of, verify
 from bgsvc.auth.labels import KeyLabels
-from bgsvc.error_handlers import reject
+from bgsvc.error_handlers import keeps_credits, reject
 from bgsvc.errors import (
     AuthRequired,
     AuthUnavailable,
@@ -180,14 +180,17 @@ class AuthMiddleware:
                     removebg = path.startswith("/v1.0/")
                     headers.update(rate_limit_headers(decision, removebg=removebg))
                 if reports_credits:
-                    headers["X-Credits-Charged"] = str(context.charged if status < 300 else 0)
+                    kept = status < 300 or keeps_credits(scope)
+                    headers["X-Credits-Charged"] = str(context.charged if kept else 0)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            if context.charged and not 200 <= status < 300 and limits is not None:
-                # No result, no charge: the credits go back.
+            failed = not 200 <= status < 300 and not keeps_credits(scope)
+            if context.charged and failed and limits is not None:
+                # No result, no charge: the credits go back (unless the model ran for an
+                # answer that is an error, BgsvcError.keeps_credits).
                 await limits.refund_quota(key.name, context.charged)
             self.metrics.key_requests.labels(self.labels(key.name), str(status)).inc()
 

@@ -334,6 +334,8 @@ class JobRunner:
                 # its header counted) keeps the credits of the frames that ran: else a
                 # file made to fail at its end would buy all its model work for nothing.
                 kept = progress.done or 0
+                if exc.keeps_credits:  # the model ran for it (BgsvcError.keeps_credits)
+                    kept = record.credits or kept
                 if record.segments:  # the model's work was its segments'
                     kept = await cut_video.frames_run(backends.jobs, record.id)
                     await progress.report(kept, max(kept, record.frames_total or 0))
