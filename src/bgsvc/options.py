@@ -38,6 +38,28 @@ _RGB_LIST = re.compile(
     r"^\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*(?:,\s*(\d{1,3})\s*)?\)?$"
 )
 _HEX_BARE = re.compile(r"^[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")
+
+# The longest option value read. A legitimate one ("10.5px 20.5% 10.5px 20.5%", a CSS
+# colour name) is a few dozen characters; numbers of hundreds of digits are still taken
+# (and clamped), but a JSON body sets no bound of its own: 25 MB of "1 " as roi was split
+# and matched token by token on the event loop for 31 s.
+MAX_OPTION_CHARS = 1024
+
+
+def _bounded(value: str | None, name: str) -> str | None:
+    """``value``, refused when longer than any legitimate one before it is parsed."""
+    if value is not None and len(value) > MAX_OPTION_CHARS:
+        raise InvalidParameter(f"{name} is longer than {MAX_OPTION_CHARS} characters.")
+    return value
+
+
+def _shown(value: str | None) -> str:
+    """``value`` quoted for an error message, cut short: a message does not echo a
+    client's megabytes back."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 _MARGIN_TOKEN = re.compile(r"^(\d+(?:\.\d+)?)(px|%)?$")
 
 
@@ -183,7 +205,7 @@ SIZE_PIXELS: dict[str, int | None] = {
 def parse_size(value: str | None) -> int | None:
     """A result size: one of remove.bg's names (``preview`` ... ``full``, ``50MP``) or a
     number of pixels; None: the service's budget (BGSVC_MAX_OUTPUT_PIXELS)."""
-    text = (value or "").strip().lower()
+    text = (_bounded(value, "size") or "").strip().lower()
     if not text:
         return None
     if text in SIZE_PIXELS:
@@ -191,7 +213,7 @@ def parse_size(value: str | None) -> int | None:
     if text.isdigit() and len(text) <= 12 and int(text) > 0:
         return int(text)
     names = ", ".join(SIZE_PIXELS)
-    raise InvalidParameter(f"Unknown size {value!r}; use {names} or a number of pixels.")
+    raise InvalidParameter(f"Unknown size {_shown(value)}; use {names} or a number of pixels.")
 
 
 def parse_format(value: str | None) -> OutputFormat:
@@ -200,19 +222,19 @@ def parse_format(value: str | None) -> OutputFormat:
     if value is None or value == "":
         return "png"
     try:
-        return _FORMAT_ALIASES[value.strip().lower()]
+        return _FORMAT_ALIASES[value.strip().lower()[:16]]
     except KeyError:
         raise InvalidParameter(
-            f"Unknown format {value!r}; use png, webp, jpg, gif, auto or zip "
+            f"Unknown format {_shown(value)}; use png, webp, jpg, gif, auto or zip "
             "(for a video: webm, mov, mp4 or zip)."
         ) from None
 
 
 def parse_color(value: str | None) -> RGBA | None:
     """A colour as ``#rrggbb``, ``#rrggbbaa``, bare hex, ``r,g,b[,a]`` or a CSS name."""
-    if value is None or not value.strip():
+    if _bounded(value, "bg_color") is None or not str(value).strip():
         return None
-    text = value.strip()
+    text = str(value).strip()
     if _HEX_BARE.match(text):
         text = "#" + text
     match = _RGB_LIST.match(text)
@@ -226,7 +248,8 @@ def parse_color(value: str | None) -> RGBA | None:
             rgb = ImageColor.getrgb(text)
     except ValueError:
         raise InvalidParameter(
-            f"Unknown colour {value!r}; use #rrggbb, #rrggbbaa, r,g,b[,a] or a CSS colour name."
+            f"Unknown colour {_shown(value)}; use #rrggbb, #rrggbbaa, r,g,b[,a] "
+            "or a CSS colour name."
         ) from None
     if len(rgb) == 3:
         return rgb[0], rgb[1], rgb[2], 255
@@ -235,15 +258,18 @@ def parse_color(value: str | None) -> RGBA | None:
 
 def parse_margin(value: str | None) -> Margin:
     """CSS-like margin: one, two or four values, each ``N``, ``Npx`` or ``N%``."""
-    if value is None or not value.strip():
+    if _bounded(value, "crop_margin") is None or not str(value).strip():
         return Margin()
-    tokens = value.replace(",", " ").split()
+    tokens = str(value).replace(",", " ").split(maxsplit=4)
+    if len(tokens) > 4:
+        raise InvalidParameter("crop_margin takes 1, 2 or 4 values.")
     parsed: list[tuple[float, bool]] = []
     for token in tokens:
         match = _MARGIN_TOKEN.match(token.strip().lower())
         if not match:
             raise InvalidParameter(
-                f"Bad crop_margin {value!r}; use e.g. 30px, 10% or '10px 5%' (1, 2 or 4 values)."
+                f"Bad crop_margin {_shown(value)}; use e.g. 30px, 10% or '10px 5%' "
+                "(1, 2 or 4 values)."
             )
         parsed.append((float(match.group(1)), match.group(2) == "%"))
     if len(parsed) == 1:
@@ -263,19 +289,20 @@ def parse_margin(value: str | None) -> Margin:
 
 def parse_roi(value: str | None) -> Roi | None:
     """remove.bg's ``roi``: four values ``x1 y1 x2 y2``, each ``N``/``Npx`` or ``N%``."""
-    if value is None or not value.strip():
+    if _bounded(value, "roi") is None or not str(value).strip():
         return None
-    tokens = value.replace(",", " ").split()
+    tokens = str(value).replace(",", " ").split(maxsplit=4)
     matches = [_MARGIN_TOKEN.match(t.strip().lower()) for t in tokens]
     if len(tokens) != 4 or not all(matches):
         raise InvalidParameter(
-            f"Bad roi {value!r}; use four values x1 y1 x2 y2 in px or %, e.g. '0% 0% 100% 100%'."
+            f"Bad roi {_shown(value)}; use four values x1 y1 x2 y2 in px or %, "
+            "e.g. '0% 0% 100% 100%'."
         )
     values = tuple(float(m.group(1)) for m in matches if m)
     relative = tuple(m.group(2) == "%" for m in matches if m)
     for lo, hi in ((0, 2), (1, 3)):
         if relative[lo] == relative[hi] and values[lo] >= values[hi]:
-            raise InvalidParameter(f"Bad roi {value!r}: x2 and y2 must exceed x1 and y1.")
+            raise InvalidParameter(f"Bad roi {_shown(value)}: x2 and y2 must exceed x1 and y1.")
     return Roi(
         (values[0], values[1], values[2], values[3]),
         (relative[0], relative[1], relative[2], relative[3]),
@@ -289,15 +316,17 @@ def _percent(token: str, name: str, lo: float, hi: float) -> float:
     match = _PERCENT.match(token.strip())
     value = float(match.group(1)) if match else -1.0
     if not lo <= value <= hi:
-        raise InvalidParameter(f"Bad {name} {token!r}; use a percentage from {lo:g}% to {hi:g}%.")
+        raise InvalidParameter(
+            f"Bad {name} {_shown(token)}; use a percentage from {lo:g}% to {hi:g}%."
+        )
     return value / 100.0
 
 
 def parse_placement(scale: str | None, position: str | None) -> Placement | None:
     """remove.bg's ``scale`` (``original`` or 10%-100%) and ``position`` (``original``,
     ``center``, or one or two of 0%-100%); a scale without a position centres the subject."""
-    scale_text = (scale or "").strip().lower()
-    position_text = (position or "").strip().lower()
+    scale_text = (_bounded(scale, "scale") or "").strip().lower()
+    position_text = (_bounded(position, "position") or "").strip().lower()
     factor = None
     if scale_text not in ("", "original"):
         factor = _percent(scale_text, "scale", 10, 100)
@@ -308,9 +337,11 @@ def parse_placement(scale: str | None, position: str | None) -> Placement | None
     elif position_text == "center":
         x = y = 0.5
     else:
-        tokens = position_text.replace(",", " ").split()
+        tokens = position_text.replace(",", " ").split(maxsplit=2)
         if len(tokens) not in (1, 2):
-            raise InvalidParameter(f"Bad position {position!r}; use original, center or x% [y%].")
+            raise InvalidParameter(
+                f"Bad position {_shown(position)}; use original, center or x% [y%]."
+            )
         x = _percent(tokens[0], "position", 0, 100)
         y = _percent(tokens[-1], "position", 0, 100)
     return Placement(factor, x, y)

@@ -349,3 +349,33 @@ def test_native_zip_honours_quality_for_its_colour(client: TestClient) -> None:
         assert z.status_code == 200
         sizes.append(len(zipfile.ZipFile(io.BytesIO(z.content)).read("color.jpg")))
     assert sizes[0] < sizes[1]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past the parser's depth
+        b'{"size": ' + b"9" * 5_000 + b"}",  # past Python's digits for an int
+        b'{"size": "\xff"}',  # not UTF-8
+    ],
+    ids=["deep", "digits", "bytes"],
+)
+def test_a_json_body_that_cannot_be_parsed_is_a_400_not_a_server_error(
+    client: TestClient, body: bytes
+) -> None:
+    r = client.post("/v1.0/removebg", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["code"] == "invalid_parameter"
+
+
+@pytest.mark.parametrize("field", ["roi", "crop_margin", "format", "bg_color", "position"])
+def test_an_option_of_megabytes_is_refused_unparsed_and_not_echoed_back(
+    client: TestClient, photo_png: bytes, field: str
+) -> None:
+    # 25 MB of "1 " as roi blocked the event loop for 31 s and took 3 GB; a bad value of
+    # any size came back whole in the error message.
+    payload = {"image_file_b64": base64.b64encode(photo_png).decode(), field: "1 " * 500_000}
+    r = client.post("/v1.0/removebg", json=payload)
+    assert r.status_code == 400, r.text[:300]
+    assert len(r.content) < 1_000
+    assert field in r.json()["errors"][0]["title"]
