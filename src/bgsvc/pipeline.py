@@ -95,6 +95,11 @@ class EdgeStep(Protocol):
     ) -> np.ndarray: ...
 
 
+# The most pixels of a background image that is decoded whole (not a JPEG) behind any
+# result, however small: a 4K picture.
+BACKGROUND_FLOOR_PIXELS = 3840 * 2160
+
+
 class Remover:
     """The synchronous pipeline stages; each runs in a worker thread under the service."""
 
@@ -146,19 +151,20 @@ class Remover:
         # Decoded here, before the inference slot: a bad background fails fast. It is
         # scaled to cover the result, so twice the result's pixels is all it needs (a
         # different aspect ratio is cropped). A JPEG is decoded at about that size; other
-        # formats only whole, so those are held, with the photo already decoded, to the
-        # pixels one request may decode: a small PNG or WebP of 25 MP was a full second
-        # decode beside the photo, for one credit.
+        # formats only whole, so those are held to four times the result, or a 4K picture
+        # whatever the result: a small PNG or WebP of 25 MP behind a small photo was a
+        # full second decode, for one credit.
         budget = limits.max_output_pixels or limits.max_pixels
         backdrop = replace(limits, max_output_pixels=min(budget, 2 * size[0] * size[1]))
         try:
             header = open_image(options.bg_image, backdrop)
-            room = limits.max_pixels - size[0] * size[1]
+            room = max(4 * size[0] * size[1], BACKGROUND_FLOOR_PIXELS)
             w, h = header.size
             if header.format not in DRAFTED_FORMATS and w * h > room:
                 raise TooManyPixels(
-                    f"it is {w}x{h} ({w * h} pixels) and, beside this photo, at most {room} "
-                    "may be decoded; send it smaller, or as a JPEG (decoded at the size used)."
+                    f"it is {w}x{h} ({w * h} pixels) and, behind a result of {size[0]}x"
+                    f"{size[1]}, at most {room} are decoded; send it smaller, or as a JPEG "
+                    "(decoded at about the size used)."
                 )
             return decode(options.bg_image, backdrop).rgb
         except (MissingImage, InvalidImage, UnsupportedFormat, TooManyPixels) as exc:

@@ -307,6 +307,15 @@ def test_a_jpeg_of_more_scans_than_are_decoded_is_refused_before_decoding() -> N
         decode(_progressive_jpeg(MAX_JPEG_SCANS), LIMITS)
 
 
+def test_what_follows_a_jpegs_picture_is_not_counted_as_its_scans() -> None:
+    # A motion photo carries its video after the picture: bytes that may hold the scan
+    # marker by chance (about once in 64 KB of it), none of them decoded.
+    from bgsvc.imaging.decode import MAX_JPEG_SCANS
+
+    tail = b"\x00\xff\xda\x01" * (MAX_JPEG_SCANS + 1)
+    assert decode(_progressive_jpeg(0) + tail, LIMITS).size == (64, 48)
+
+
 def test_an_mpo_is_decoded_at_the_reduced_size_as_a_jpeg_is(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -155,6 +155,17 @@ def target_size(size: tuple[int, int], limits: DecodeLimits) -> tuple[int, int]:
     return max(1, math.floor(w * scale)), max(1, math.floor(h * scale))
 
 
+def _scans(data: bytes) -> int:
+    """The start-of-scan markers of a JPEG's picture: from its first to the end-of-image
+    marker after it (which entropy-coded data cannot hold). What follows (an MPO's
+    second picture, a motion photo's video) is not decoded, so not counted."""
+    first = data.find(_SOS)
+    if first < 0:
+        return 0
+    end = data.find(b"\xff\xd9", first)
+    return data.count(_SOS, first, len(data) if end < 0 else end)
+
+
 def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     """``data`` opened (header only) and checked against ``limits``: format allowed, pixel
     count from the header within budget. Shared by the still and the animated paths."""
@@ -177,7 +188,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     if img.format == "AVIF":
         # libavif decodes the frame the bitstream holds, whatever size the header says.
         avif.check(data)
-    if img.format in DRAFTED_FORMATS and data.count(_SOS) > MAX_JPEG_SCANS:
+    if img.format in DRAFTED_FORMATS and _scans(data) > MAX_JPEG_SCANS:
         raise InvalidImage(
             f"The JPEG holds more than {MAX_JPEG_SCANS} scans, the most that are decoded."
         )

@@ -142,7 +142,7 @@ async def _image_bytes(request: Request, data: bytes | None, fields: dict[str, s
     if data is None and b64:
         try:
             # A data: URL's prefix dropped; decoded off the event loop (25 MB of it).
-            encoded = b64.partition(",")[2] or b64
+            encoded = b64.partition(",")[2] if "," in b64 else b64
             return await anyio.to_thread.run_sync(base64.b64decode, encoded)
         except (binascii.Error, ValueError):
             raise InvalidParameter("image_file_b64 is not valid base64.") from None
