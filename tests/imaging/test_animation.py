@@ -142,3 +142,13 @@ def test_decoding_frames_stops_at_a_frame_that_changes_the_picture_size() -> Non
     img = Image.open(io.BytesIO(gif_of_two_frames((100, 100), (3000, 3000))))
     with pytest.raises(InvalidImage, match="changes its size"):
         decode_frames(Probe(img, 2, "gif"), LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["gif", "webp", "png"])
+def test_an_apngs_loop_count_and_delays_are_cut_to_what_the_output_holds(fmt: str) -> None:
+    # An APNG may say 100,000 loops and 65,535 s a frame; as a GIF or WebP that was a 500.
+    frames = [Image.new("RGBA", (8, 8), colour) for colour in ("red", "blue")]
+    out = encode_frames(frames, [65_535_000, 100], 100_000, fmt, None, EncodeSettings())
+    decoded = Image.open(io.BytesIO(out))
+    assert decoded.n_frames == 2
+    assert decoded.info["loop"] == (100_000 if fmt == "png" else 65_535)

@@ -202,6 +202,12 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
     return Animation(frames, durations, loop, probe.kind)
 
 
+# The longest frame each output format holds: GIF's delay is 16-bit hundredths of a
+# second, WebP's 24-bit milliseconds; both loop counts are 16-bit. APNG's hold any an
+# APNG source had.
+_LONGEST_FRAME_MS = {"gif": 0xFFFF * 10, "webp": 0xFFFFFF}
+
+
 def encode_frames(
     frames: Sequence[Image.Image],
     durations: Sequence[int],
@@ -211,9 +217,15 @@ def encode_frames(
     settings: EncodeSettings,
 ) -> bytes:
     """``frames`` (one is a still) as an animated ``fmt``: gif, webp or png (APNG), with
-    their durations (ms) and ``loop`` (None: played once)."""
+    their durations (ms) and ``loop`` (None: played once), each cut to what ``fmt`` can
+    hold (an APNG's 32-bit loop count and delays of up to 65535 s were a 500 as GIF or
+    WebP)."""
     buf = io.BytesIO()
     first, rest = frames[0], list(frames[1:])
+    longest = _LONGEST_FRAME_MS.get(fmt)
+    if longest is not None:
+        durations = [min(max(0, d), longest) for d in durations]
+        loop = None if loop is None else min(max(0, loop), 0xFFFF)
     if fmt == "gif":
         paletted = [gif_frame(f) for f in frames]
         extra: dict[str, object] = {} if loop is None else {"loop": loop}
