@@ -340,3 +340,35 @@ def test_an_mpo_is_decoded_at_the_reduced_size_as_a_jpeg_is(
     out = decode(buf.getvalue(), limits)
     assert out.source_format == "MPO"
     assert drafts == [(250, 150)] and out.size == (250, 150)
+
+
+def _png_with(extra: bytes) -> bytes:
+    """An 8 x 8 PNG with ``extra`` chunks after its header chunk."""
+    data = encode_image(subject_image((8, 8)))
+    ihdr_end = 8 + 12 + 13
+    return data[:ihdr_end] + extra + data[ihdr_end:]
+
+
+def _chunk(kind: bytes, body: bytes = b"") -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        _chunk(b"iCCP", b"a\0\0" + zlib.compress(bytes(1 << 20))) * 2,  # 1 MB inflated each
+        _chunk(b"prVt") * 1_100,  # Pillow reads each one in Python
+    ],
+    ids=["profiles", "chunks"],
+)
+def test_a_png_of_more_chunks_than_an_image_needs_is_refused_unread(extra: bytes) -> None:
+    # 24 MB of iCCP chunks took 100 s of CPU inside Image.open, before the header's size
+    # was checked; 2 million empty chunks, 10 s.
+    with pytest.raises(InvalidImage, match="chunks"):
+        decode(_png_with(extra), LIMITS)
+
+
+def test_a_png_with_its_profile_and_a_few_text_chunks_decodes() -> None:
+    extra = _chunk(b"iCCP", b"a\0\0" + zlib.compress(b"x")) + _chunk(b"tEXt", b"k\0v") * 50
+    assert decode(_png_with(extra), LIMITS).size == (8, 8)

@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bgsvc.errors import InvalidImage, TooManyPixels, UnsupportedFormat
 from bgsvc.imaging import formats as _formats  # noqa: F401  (registers HEIF and AVIF)
+from bgsvc.imaging.decode import check_png_chunks
 
 
 def sniff_image_format(data: bytes, allowed_formats: Iterable[str]) -> str:
@@ -18,6 +19,7 @@ def sniff_image_format(data: bytes, allowed_formats: Iterable[str]) -> str:
     formats = sorted({f.upper() for f in allowed_formats})
     if not data:
         raise InvalidImage("The URL returned an empty body.")
+    check_png_chunks(data)  # Pillow reads a PNG's chunks up to its image data in Python
     try:
         with warnings.catch_warnings():
             # Only the format is wanted here; the decoder enforces the pixel limit later.
