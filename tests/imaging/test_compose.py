@@ -54,18 +54,25 @@ def test_crop_margin_can_extend_past_the_image_with_transparency() -> None:
     assert np.asarray(edge.image)[0, 0, 3] == 0
 
 
-def test_crop_margins_narrow_alike_to_keep_the_result_within_its_pixel_budget() -> None:
-    # 500 px a side around a 30 x 20 subject would be 1,030 x 1,020; a budget of 2,400
-    # pixels keeps the subject whole and narrows every margin by the same factor.
+def test_a_crop_past_its_pixel_budget_is_scaled_whole_with_its_margins() -> None:
+    # 500 px a side around a 30 x 20 subject is 1,030 x 1,020; a budget of 2,400 pixels
+    # scales the whole result, margins and subject alike, so the margins keep their
+    # meaning at every size.
     rgb, mask = scene()
     options = RemovalOptions(crop=True, crop_margin=parse_margin("500px"))
     out = render(rgb, mask, options, max_pixels=2_400)
     w, h = out.image.size
-    assert w * h <= 2_400 and w >= 30 and h >= 20
-    assert out.box.width == 30 and out.box.height == 20
-    assert abs(out.box.left - (w - 30) / 2) <= 1 and abs(out.box.top - (h - 20) / 2) <= 1
-    # Within the budget, the margins are as asked.
+    assert w * h <= 2_400 and abs(w / h - 1030 / 1020) < 0.05
+    assert abs(out.box.left - w * 500 / 1030) <= 1 and abs(out.box.width - w * 30 / 1030) <= 1
+    # Within the budget, it is as asked.
     assert render(rgb, mask, options, max_pixels=10**7).image.size == (1030, 1020)
+    zipped = render(
+        rgb,
+        mask,
+        RemovalOptions(crop=True, crop_margin=parse_margin("500px"), format="zip"),
+        max_pixels=2_400,
+    )
+    assert zipped.image.size == (w, h) and zipped.color is not None and zipped.color.size == (w, h)
 
 
 def test_crop_without_subject_is_an_error() -> None:

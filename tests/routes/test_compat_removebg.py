@@ -177,7 +177,8 @@ def test_a_crop_with_margins_stays_within_the_size_asked(
         "/v1.0/removebg", files={"image_file": photo}, data={**data, "crop_margin": "0px"}
     )
     bw, bh = Image.open(io.BytesIO(bare.content)).size
-    assert w * h <= 250_000 and w > bw and h > bh
+    # Scaled whole: the subject's box and its 500 px margins keep their proportions.
+    assert w * h <= 250_000 and abs(w / h - (bw + 1000) / (bh + 1000)) < 0.02
 
 
 def test_removebg_background_image_conflicts_and_bad_bytes_are_refused(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -147,8 +148,6 @@ def render(
         if box is None:
             raise NoForeground("No subject was found in the image, so there is nothing to crop to.")
         top, right, bottom, left = options.crop_margin.resolve(box.width, box.height)
-        if max_pixels is not None:
-            top, right, bottom, left = _narrowed(box, (top, right, bottom, left), max_pixels)
         region = (
             box.left - left,
             box.top - top,
@@ -156,6 +155,7 @@ def render(
             box.top + box.height + bottom,
         )
 
+    fit = _fitted(region, max_pixels)
     plain_cutout = (
         options.bg_color is None
         and options.format not in ("jpg", "zip")
@@ -187,7 +187,12 @@ def render(
         if options.channels == "rgba":
             rgb = rgb.crop(region)
     if options.format == "zip":
-        return Rendered(image=alpha, format="zip", box=_box_in(box, region), color=rgb)
+        return Rendered(
+            image=_resized(alpha, fit),
+            format="zip",
+            box=_box_in(box, region, fit),
+            color=_resized(rgb, fit),
+        )
 
     out: Image.Image
     if options.channels == "alpha":
@@ -213,32 +218,40 @@ def render(
     fmt = options.format
     if fmt == "auto":
         fmt = "png" if out.mode == "RGBA" else "jpg"
-    return Rendered(image=out, format=fmt, box=_box_in(box, region))
+    return Rendered(image=_resized(out, fit), format=fmt, box=_box_in(box, region, fit))
 
 
-def _narrowed(
-    box: Box, margins: tuple[int, int, int, int], max_pixels: int
-) -> tuple[int, int, int, int]:
-    """``margins`` (top, right, bottom, left) scaled down alike, as little as needed for
-    the subject and them to fit ``max_pixels``: up to 500 px a side would otherwise take a
-    result past the size a client asked for (9 times a 0.25 MP preview) or the service's
-    ceiling. The subject itself always fits: it lies within the decoded photo."""
-    top, right, bottom, left = margins
-
-    def area(k: float) -> float:
-        return (box.width + k * (left + right)) * (box.height + k * (top + bottom))
-
-    if area(1.0) <= max_pixels:
-        return margins
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if area(mid) <= max_pixels else (lo, mid)
-    return (int(lo * top), int(lo * right), int(lo * bottom), int(lo * left))
+def _fitted(region: tuple[int, int, int, int], max_pixels: int | None) -> tuple[int, int] | None:
+    """The size a crop's ``region`` is scaled down to where its margins take it past
+    ``max_pixels`` (up to 500 px a side: a 0.25 MP preview came back 2.25 MP, a 25 MP
+    result 36 MP); None where it fits. Scaled whole, the margins keep their meaning."""
+    width, height = region[2] - region[0], region[3] - region[1]
+    if max_pixels is None or width * height <= max_pixels:
+        return None
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
-def _box_in(box: Box | None, region: tuple[int, int, int, int]) -> Box:
-    """The subject's box in the output ``region`` of the photo (empty without a subject)."""
+def _resized(img: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    if size is None or img.size == size:
+        return img
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def _box_in(
+    box: Box | None, region: tuple[int, int, int, int], fit: tuple[int, int] | None = None
+) -> Box:
+    """The subject's box in the output ``region`` of the photo (empty without a subject),
+    as the region is scaled to ``fit`` when it is."""
     if box is None:
         return Box(0, 0, 0, 0)
-    return Box(box.left - region[0], box.top - region[1], box.width, box.height)
+    found = Box(box.left - region[0], box.top - region[1], box.width, box.height)
+    if fit is None:
+        return found
+    sx, sy = fit[0] / (region[2] - region[0]), fit[1] / (region[3] - region[1])
+    return Box(
+        round(found.left * sx),
+        round(found.top * sy),
+        round(found.width * sx),
+        round(found.height * sy),
+    )
