@@ -61,16 +61,24 @@ def _skip_sub_blocks(data: bytes, pos: int) -> int:
     return end
 
 
-def count_gif_frames(data: bytes, stop_at: int) -> int:
+@dataclass(frozen=True)
+class GifWalk:
+    """What a GIF's blocks say before any pixel is decoded: its frames (up to the walk's
+    stop) and the picture they need, which Pillow grows to take a frame reaching past the
+    logical screen (decoders clip such a frame; Pillow enlarges the picture at its seek)."""
+
+    frames: int
+    width: int
+    height: int
+
+
+def walk_gif(data: bytes, stop_at: int) -> GifWalk:
     """The image descriptors in a GIF, counted by walking its blocks without decoding any
     pixel; stops once ``stop_at`` are seen, so a GIF of 100,000 frames costs no more than
-    one of ``stop_at`` frames. A truncated file counts what it holds. A frame reaching past
-    the picture (the logical screen, or as far as the first frame reaches past it, as
-    Pillow opens it) is refused: Pillow would enlarge the picture to it at its seek,
-    beyond the size the pixel budget was checked against."""
+    one of ``stop_at`` frames. A truncated file counts what it holds."""
     end = len(data)
     if end < 13:
-        return 0
+        return GifWalk(0, 0, 0)
     pos = 13
     width, height = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
     flags = data[10]
@@ -86,12 +94,7 @@ def count_gif_frames(data: bytes, stop_at: int) -> int:
             x0, y0, w, h = (
                 int.from_bytes(data[i : i + 2], "little") for i in range(pos + 1, pos + 9, 2)
             )
-            if frames == 1:
-                width, height = max(width, x0 + w), max(height, y0 + h)
-            elif x0 + w > width or y0 + h > height:
-                raise InvalidImage(
-                    f"Frame {frames} of the GIF reaches past its {width}x{height} picture."
-                )
+            width, height = max(width, x0 + w), max(height, y0 + h)
             local = data[pos + 9]
             pos += 10
             if local & 0x80:
@@ -101,15 +104,22 @@ def count_gif_frames(data: bytes, stop_at: int) -> int:
             pos = _skip_sub_blocks(data, pos + 2)
         else:  # the trailer (0x3B), or bytes that are no GIF block
             break
-    return frames
+    return GifWalk(frames, width, height)
 
 
-def _frame_count(img: Image.Image, data: bytes, stop_at: int) -> int:
+def count_gif_frames(data: bytes, stop_at: int) -> int:
+    """The frames of a GIF (walk_gif)."""
+    return walk_gif(data, stop_at).frames
+
+
+def _frame_count(img: Image.Image, data: bytes, stop_at: int) -> tuple[int, int, int]:
+    """The frames and the picture's width and height they are decoded at."""
     if img.format == "GIF":
         # Pillow's n_frames walks every frame of the file, however many.
-        return count_gif_frames(data, stop_at)
+        walk = walk_gif(data, stop_at)
+        return walk.frames, max(walk.width, img.width), max(walk.height, img.height)
     # WebP's and APNG's counts are in their headers (the demuxer's, acTL).
-    return min(int(getattr(img, "n_frames", 1)), stop_at)
+    return min(int(getattr(img, "n_frames", 1)), stop_at), img.width, img.height
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,9 @@ class Probe:
     count: int
     # The kind of file it is: gif, webp or png.
     kind: str
+    # The picture the frames were budgeted at (a GIF's frame may grow it, walk_gif); None:
+    # the image's own size.
+    canvas: tuple[int, int] | None = None
 
 
 def probe_animation(data: bytes, limits: DecodeLimits, max_frames: int) -> Probe | None:
@@ -131,12 +144,11 @@ def probe_animation(data: bytes, limits: DecodeLimits, max_frames: int) -> Probe
     try:
         if not getattr(img, "is_animated", False):
             return None
-        count = _frame_count(img, data, max_frames + 1)
+        count, w, h = _frame_count(img, data, max_frames + 1)
     except DECODE_ERRORS as exc:
         raise InvalidImage(f"The animation could not be read: {exc}.") from exc
     if count <= 1:
         return None
-    w, h = img.size
     if count > max_frames:
         raise TooManyFrames(
             f"The animation has more than {max_frames} frames, the most a request takes; "
@@ -147,7 +159,7 @@ def probe_animation(data: bytes, limits: DecodeLimits, max_frames: int) -> Probe
             f"The animation is {count} frames of {w}x{h} ({count * w * h} pixels in all); "
             f"the limit is {limits.max_pixels} pixels over all frames; {_JOBS_HINT}."
         )
-    return Probe(img, count, SOURCE_KINDS[str(img.format)])
+    return Probe(img, count, SOURCE_KINDS[str(img.format)], (w, h))
 
 
 def open_animation(data: bytes, limits: DecodeLimits, max_frames: int) -> Animation | None:
@@ -160,6 +172,7 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
     """Every frame of a probed animation as the full picture a viewer shows then."""
     img, count = probe.image, probe.count
     w, h = img.size
+    grown = probe.canvas or img.size
     final = target_size((w, h), limits)
     frames: list[DecodedImage] = []
     durations: list[int] = []
@@ -167,14 +180,19 @@ def decode_frames(probe: Probe, limits: DecodeLimits) -> Animation:
     try:
         for index in range(count):
             img.seek(index)
-            if img.size != (w, h):
-                # A GIF's frame past its picture enlarges it at the seek, before any pixel
-                # is decoded: not within the budget its size was checked against.
+            if img.width > grown[0] or img.height > grown[1]:
+                # Past what the budget was checked against (the walk's picture): not
+                # decoded. The walk sees every frame Pillow does, so only a file that
+                # reads differently the second time gets here.
                 raise InvalidImage(f"Frame {index + 1} of the animation changes its size.")
             # Pillow composes each frame over what its predecessor left (GIF disposal and
             # transparency, APNG blending, WebP's own decoder); the RGBA copy is that
-            # full picture, and stays put when the next seek reuses ``img``.
-            rgb, alpha = split_alpha(img.convert("RGBA"))
+            # full picture, and stays put when the next seek reuses ``img``. A GIF frame
+            # that grew the picture is clipped to it, as decoders show it.
+            frame = img.convert("RGBA")
+            if frame.size != (w, h):
+                frame = frame.crop((0, 0, w, h))
+            rgb, alpha = split_alpha(frame)
             if rgb.size != final:
                 rgb = rgb.resize(final, Image.Resampling.BILINEAR, reducing_gap=2.0)
                 if alpha is not None:
