@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bgsvc.errors import InvalidImage, TooManyFrames
-from bgsvc.imaging.animation import count_gif_frames, encode_frames, open_animation
+from bgsvc.imaging.animation import encode_frames, open_animation, walk_gif
 from bgsvc.imaging.decode import DecodeLimits
 from bgsvc.imaging.encode import EncodeSettings
 from tests.conftest import encode_image
@@ -22,14 +22,14 @@ LIMITS = DecodeLimits(
 
 def test_counting_gif_frames_stops_at_the_limit() -> None:
     data = gif_of_tiny_frames(100_000)
-    assert count_gif_frames(data, 51) == 51
-    assert count_gif_frames(gif_of_tiny_frames(7), 51) == 7
+    assert walk_gif(data, 51).frames == 51
+    assert walk_gif(gif_of_tiny_frames(7), 51).frames == 7
 
 
 def test_counting_a_cut_gif_counts_what_it_holds() -> None:
     data = gif_of_tiny_frames(5)
-    assert count_gif_frames(data[:-30], 100) == 4
-    assert count_gif_frames(b"GIF89a", 100) == 0
+    assert walk_gif(data[:-30], 100).frames == 4
+    assert walk_gif(b"GIF89a", 100).frames == 0
 
 
 def test_frame_budget_is_checked_before_any_frame_is_decoded() -> None:
@@ -142,7 +142,7 @@ def test_a_gif_whose_first_frame_sets_its_picture_size_is_counted_as_it_is() -> 
     # picture (as Pillow opens it), and frames within it are no reason to refuse.
     data = bytearray(gif_of_two_frames((60, 40), (60, 40)))
     data[6:10] = bytes(4)
-    assert count_gif_frames(bytes(data), 10) == 2
+    assert walk_gif(bytes(data), 10).frames == 2
     decoded = open_animation(bytes(data), LIMITS, max_frames=10)
     assert decoded is not None and [f.size for f in decoded.frames] == [(60, 40)] * 2
 

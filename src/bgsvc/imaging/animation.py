@@ -107,11 +107,6 @@ def walk_gif(data: bytes, stop_at: int) -> GifWalk:
     return GifWalk(frames, width, height)
 
 
-def count_gif_frames(data: bytes, stop_at: int) -> int:
-    """The frames of a GIF (walk_gif)."""
-    return walk_gif(data, stop_at).frames
-
-
 def _frame_count(img: Image.Image, data: bytes, stop_at: int) -> tuple[int, int, int]:
     """The frames and the picture's width and height they are decoded at."""
     if img.format == "GIF":

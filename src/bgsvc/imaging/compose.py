@@ -140,7 +140,7 @@ def render(
     ``recolour`` (with ``pixels``): the colour to use where the matte is see-through (the
     edge step's decontamination); the plain cutout has it written straight into its RGBA
     array, every other output gets a recoloured copy of ``pixels``. ``max_pixels``: the
-    result's pixel budget, which a crop's margins are narrowed to keep to."""
+    result's pixel budget, which a crop its margins take past it is scaled down to fit."""
     box = foreground_box(mask)
     height, width = mask.shape
     region = (0, 0, width, height)
