@@ -307,6 +307,18 @@ def test_a_jpeg_of_more_scans_than_are_decoded_is_refused_before_decoding() -> N
         decode(_progressive_jpeg(MAX_JPEG_SCANS), LIMITS)
 
 
+def test_a_thumbnail_before_a_jpegs_picture_does_not_hide_its_scans() -> None:
+    # The scans are counted by walking the segments by their lengths: an EXIF thumbnail
+    # (a whole JPEG, with its own end-of-image marker) is not where counting stops.
+    from bgsvc.imaging.decode import MAX_JPEG_SCANS
+
+    thumbnail = b"Exif\0\0" + encode_image(subject_image((8, 8)), "JPEG")
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    data = _progressive_jpeg(MAX_JPEG_SCANS)
+    with pytest.raises(InvalidImage, match="scans"):
+        decode(data[:2] + app1 + data[2:], LIMITS)
+
+
 def test_what_follows_a_jpegs_picture_is_not_counted_as_its_scans() -> None:
     # A motion photo carries its video after the picture: bytes that may hold the scan
     # marker by chance (about once in 64 KB of it), none of them decoded.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,9 +24,9 @@ _SRGB = ImageCms.createProfile("sRGB")
 # bound a 25 MB upload could buy an hour of decoding; encoders write about 10 (libjpeg's
 # progressive script) to a few dozen; libjpeg-turbo's own API has a scan limit for this.
 MAX_JPEG_SCANS = 256
-# A JPEG's start-of-scan marker: entropy-coded data escapes every 0xFF, so outside the
-# metadata segments (which may add a chance few) these bytes are scans.
-_SOS = b"\xff\xda"
+# The next marker in a JPEG's entropy-coded data, which escapes every 0xFF it holds as
+# FF 00 (and whose restart markers, FF D0-D7, belong to the scan).
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 # What is decoded at a reduced size when less is needed (DCT scaling): JPEG, and an MPO (a
 # camera's JPEG with a second picture).
@@ -186,15 +187,31 @@ def check_png_chunks(data: bytes) -> None:
         pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
 
 
-def _scans(data: bytes) -> int:
-    """The start-of-scan markers of a JPEG's picture: from its first to the end-of-image
-    marker after it (which entropy-coded data cannot hold). What follows (an MPO's
-    second picture, a motion photo's video) is not decoded, so not counted."""
-    first = data.find(_SOS)
-    if first < 0:
-        return 0
-    end = data.find(b"\xff\xd9", first)
-    return data.count(_SOS, first, len(data) if end < 0 else end)
+def _scans(data: bytes, most: int) -> int:
+    """The scans of a JPEG's picture, counted by walking its segments as a decoder reads
+    them (by their lengths, so an EXIF thumbnail's or a table's bytes are not taken for
+    markers), up to its end-of-image marker: what follows (an MPO's second picture, a
+    motion photo's video) is not decoded. Stops past ``most``."""
+    pos, scans, end = 2, 0, len(data)
+    while pos + 4 <= end and scans <= most:
+        if data[pos] != 0xFF or data[pos + 1] in (0x00, 0xFF):
+            found = _NEXT_MARKER.search(data, pos)  # fill bytes or junk, as libjpeg skips
+            if found is None:
+                break
+            pos = found.start()
+            continue
+        marker = data[pos + 1]
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length: restart markers, TEM
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # start of scan: its header, then its entropy-coded data
+            scans += 1
+            found = _NEXT_MARKER.search(data, pos)
+            pos = end if found is None else found.start()
+    return scans
 
 
 def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
@@ -220,7 +237,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     if img.format == "AVIF":
         # libavif decodes the frame the bitstream holds, whatever size the header says.
         avif.check(data)
-    if img.format in DRAFTED_FORMATS and _scans(data) > MAX_JPEG_SCANS:
+    if img.format in DRAFTED_FORMATS and _scans(data, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
         raise InvalidImage(
             f"The JPEG holds more than {MAX_JPEG_SCANS} scans, the most that are decoded."
         )
