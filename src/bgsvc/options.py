@@ -222,7 +222,7 @@ def parse_format(value: str | None) -> OutputFormat:
     if value is None or value == "":
         return "png"
     try:
-        return _FORMAT_ALIASES[value.strip().lower()[:16]]
+        return _FORMAT_ALIASES[(_bounded(value, "format") or "").strip().lower()]
     except KeyError:
         raise InvalidParameter(
             f"Unknown format {_shown(value)}; use png, webp, jpg, gif, auto or zip "
@@ -232,9 +232,10 @@ def parse_format(value: str | None) -> OutputFormat:
 
 def parse_color(value: str | None) -> RGBA | None:
     """A colour as ``#rrggbb``, ``#rrggbbaa``, bare hex, ``r,g,b[,a]`` or a CSS name."""
-    if _bounded(value, "bg_color") is None or not str(value).strip():
+    value = _bounded(value, "bg_color")
+    if value is None or not value.strip():
         return None
-    text = str(value).strip()
+    text = value.strip()
     if _HEX_BARE.match(text):
         text = "#" + text
     match = _RGB_LIST.match(text)
@@ -258,9 +259,10 @@ def parse_color(value: str | None) -> RGBA | None:
 
 def parse_margin(value: str | None) -> Margin:
     """CSS-like margin: one, two or four values, each ``N``, ``Npx`` or ``N%``."""
-    if _bounded(value, "crop_margin") is None or not str(value).strip():
+    value = _bounded(value, "crop_margin")
+    if value is None or not value.strip():
         return Margin()
-    tokens = str(value).replace(",", " ").split(maxsplit=4)
+    tokens = value.replace(",", " ").split(maxsplit=4)
     if len(tokens) > 4:
         raise InvalidParameter("crop_margin takes 1, 2 or 4 values.")
     parsed: list[tuple[float, bool]] = []
@@ -289,9 +291,10 @@ def parse_margin(value: str | None) -> Margin:
 
 def parse_roi(value: str | None) -> Roi | None:
     """remove.bg's ``roi``: four values ``x1 y1 x2 y2``, each ``N``/``Npx`` or ``N%``."""
-    if _bounded(value, "roi") is None or not str(value).strip():
+    value = _bounded(value, "roi")
+    if value is None or not value.strip():
         return None
-    tokens = str(value).replace(",", " ").split(maxsplit=4)
+    tokens = value.replace(",", " ").split(maxsplit=4)
     matches = [_MARGIN_TOKEN.match(t.strip().lower()) for t in tokens]
     if len(tokens) != 4 or not all(matches):
         raise InvalidParameter(
