@@ -37,6 +37,8 @@ from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.service_video import Parts, Progress, Segment, VideoProcessor, together
 from bgsvc.stage_threads import StageThreads
 from bgsvc.tracing import quiet, record, span
+from bgsvc.video.pool import EncoderPool
+from bgsvc.video.sandbox import child_config
 
 T = TypeVar("T")
 
@@ -88,6 +90,7 @@ class RemovalService:
             self.threads.stage,
             metrics,
             matte_step=lambda options: VideoMattes() if remover.smooths(options) else None,
+            encoders=EncoderPool(child_config(settings, "encode"), settings.video_encoder_keep_s),
         )
 
     async def frame_count(
@@ -168,9 +171,12 @@ class RemovalService:
         self.threads.shutdown()
 
     async def aclose(self) -> None:
-        """Close network connections (the shared cache's), on the serving loop."""
+        """Close network connections (the shared cache's) and the kept encoding
+        children, on the serving loop."""
         if self.tiers is not None:
             await self.tiers.aclose()
+        if self.video.encoders is not None:
+            await self.video.encoders.aclose()
 
     async def process(
         self,

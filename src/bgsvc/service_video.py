@@ -10,6 +10,7 @@ finished and handed back to the child, which encodes it and decodes ahead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from bgsvc.imaging.video import (
     VideoInfo,
     VideoLimits,
     check_video_options,
+    stream_params_ok,
 )
 from bgsvc.inference.scheduler import Ticket
 from bgsvc.metrics import Metrics
@@ -33,6 +35,7 @@ from bgsvc.options import RemovalOptions
 from bgsvc.pipeline import Predictor, RemovalResult, Remover, StagedPredictor
 from bgsvc.tracing import span
 from bgsvc.video import protocol
+from bgsvc.video.pool import EncoderPool
 from bgsvc.video.sandbox import ChildConfig, MediaChild, child_config, read_header, video_limits
 
 T = TypeVar("T")
@@ -52,6 +55,8 @@ class MatteStep(Protocol):
     def fine(self, photo: np.ndarray, matte: np.ndarray) -> np.ndarray: ...
 
 
+# Frame timestamps passed on to an encoder lie within this (FFmpeg's are 64-bit).
+MAX_PTS = 2**53
 # Room in a joined file beyond its parts' bytes and the upload's (whose audio it takes):
 # the container's own headers and index, a few bytes a frame.
 JOIN_OVERHEAD_BYTES = 1 << 20
@@ -96,11 +101,14 @@ class VideoProcessor:
         in_pool: InPool,
         metrics: Metrics,
         matte_step: Callable[[RemovalOptions], MatteStep | None] = lambda options: None,
+        encoders: EncoderPool | None = None,
     ) -> None:
         self.remover = remover
         self.forward = forward
         self.in_pool = in_pool
         self.metrics = metrics
+        # Where a segment's frames are encoded (None: by the child that decodes them).
+        self.encoders = encoders
         # A fresh step per video (it keeps the previous frames' state), as the request's
         # options say; None: none.
         self.matte_step = matte_step
@@ -128,21 +136,38 @@ class VideoProcessor:
         if options.max_output_pixels is not None:
             budget = min(budget, options.max_output_pixels)
         config = child_config(settings, "run", budget, fmt, mode)
+        pooled = segment is not None and self.encoders is not None
         if segment is not None:
-            config = replace(config, mode="part", first=segment[0], end=segment[1])
+            config = replace(
+                config, mode="part", first=segment[0], end=segment[1], encode=not pooled
+            )
         if parts is not None:
             return await self._join(replace(config, mode="join"), data, fmt, parts, progress)
         started = time.perf_counter()
-        child = await MediaChild.start(config, data)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            child = await MediaChild.start(config, data)
+            stack.push_async_callback(child.close)
             with span("decode"):
-                info, size = await self._header(child)
+                info, size, stream = await self._header(child)
             timings = {"decode": time.perf_counter() - started}
+            sink = child
+            if pooled and self.encoders is not None:
+                sink = await stack.enter_async_context(self.encoders.encoder())
+                begin = {"format": fmt, "pixels": mode, "size": list(size), "stream": stream}
+                await sink.send("B", begin)
             body, _frames = await self._frames(
-                ticket, child, info, size, options, mode, engine, progress, timings, paid_frames
+                ticket,
+                child,
+                sink,
+                info,
+                size,
+                options,
+                mode,
+                engine,
+                progress,
+                timings,
+                paid_frames,
             )
-        finally:
-            await child.close()
         output = CachedResult(
             body=body,
             media_type=VIDEO_CONTENT_TYPES[fmt],
@@ -209,18 +234,25 @@ class VideoProcessor:
         )
         return RemovalResult(output, timings)
 
-    async def _header(self, child: MediaChild) -> tuple[VideoInfo, tuple[int, int]]:
+    async def _header(self, child: MediaChild) -> tuple[VideoInfo, tuple[int, int], dict[str, Any]]:
+        """The video's headers, its output size, and the stream parameters an encoder
+        takes (video_codec.stream_params: checked by the encoder that reads them)."""
         head = await child.receive(0)
         if head.kind != "I":
             raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
         # A header it garbles is the file's 4xx, not a server error retried with a fresh
         # child each attempt.
-        return read_header(head.meta, VideoLimits(**child.config.limits))
+        info, size = read_header(head.meta, VideoLimits(**child.config.limits))
+        stream = head.meta.get("stream", {"colour": {}})
+        if not stream_params_ok(stream):
+            raise InvalidVideo("The video decoder gave a broken header.")
+        return info, size, stream
 
     async def _frames(
         self,
         ticket: Ticket,
         child: MediaChild,
+        sink: MediaChild,
         info: VideoInfo,
         size: tuple[int, int],
         options: RemovalOptions,
@@ -263,7 +295,7 @@ class VideoProcessor:
         if child.config.mode == "part":
             skips_allowed = 2 * child.config.first // protocol.SKIPPED_EVERY
 
-        async def receive() -> tuple[DecodedImage, np.ndarray | None] | None:
+        async def receive() -> tuple[DecodedImage, np.ndarray | None, int | None] | None:
             nonlocal received, skips_allowed
             message = await child.receive(frame_bytes)
             while message.kind == "S":
@@ -281,6 +313,11 @@ class VideoProcessor:
                     f"The video decoder sent more frames than the header counts "
                     f"({info.frames}); at most {allowed} are taken."
                 )
+            # The frame's timestamp, passed on to the encoder; the encoder numbers a frame
+            # without a usable one after the last.
+            pts = message.meta.get("pts")
+            if type(pts) is not int or not -MAX_PTS < pts < MAX_PTS:
+                pts = None
             pixels = np.frombuffer(message.payload, np.uint8).reshape(size[1], size[0], 3)
             image = DecodedImage(
                 pixels=pixels,
@@ -290,9 +327,9 @@ class VideoProcessor:
                 work_edge=remover.settings.max_edge,
             )
             if staged is None:
-                return image, None
+                return image, None, pts
             tensor = await self.in_pool(lambda: staged.preprocess(image.work_pixels))
-            return image, tensor
+            return image, tensor, pts
 
         def finish(image: DecodedImage, raw: np.ndarray) -> np.ndarray:
             with span("mask"):
@@ -313,10 +350,10 @@ class VideoProcessor:
             out = rendered.image if rendered.image.mode == mode else rendered.image.convert(mode)
             return np.asarray(out, dtype=np.uint8)
 
-        async def finish_and_send(image: DecodedImage, raw: np.ndarray) -> None:
+        async def finish_and_send(image: DecodedImage, raw: np.ndarray, pts: int | None) -> None:
             nonlocal done, total
             pixels = await self.in_pool(lambda: finish(image, raw))
-            await child.send("R", {}, pixels.data)
+            await sink.send("R", {"pts": pts}, pixels.data)
             done += 1
             total = max(total, done)
             if progress is not None:
@@ -332,14 +369,14 @@ class VideoProcessor:
         if progress is not None:
             await progress(0, total)
         current = await receive()
-        previous: tuple[DecodedImage, np.ndarray] | None = None
+        previous: tuple[DecodedImage, np.ndarray, int | None] | None = None
         while current is not None:
-            image, tensor = current
+            image, tensor, pts = current
             steps: list[Awaitable[Any]] = [infer(image, tensor), receive()]
             if previous is not None:
                 steps.append(finish_and_send(*previous))
             results = await together(steps)
-            previous = (image, results[0])
+            previous = (image, results[0], pts)
             current = results[1]
         if previous is not None:
             await finish_and_send(*previous)
@@ -349,9 +386,13 @@ class VideoProcessor:
         started = time.perf_counter()
         most = max_result_bytes(size, done, remover.settings.video_child_memory_bytes)
         with span("encode"):
-            result = await child.receive(most)
+            if sink is not child:
+                await sink.send("Q", {})
+            result = await sink.receive(most)
         if result.kind != "D":
             raise InvalidVideo(f"The video encoder answered {result.kind!r}.")
+        if sink is not child and result.meta.get("frames") != done:
+            raise RuntimeError(f"the encoder took {result.meta.get('frames')!r} of {done} frames")
         timings["encode"] = time.perf_counter() - started
         self.metrics.decode.observe(timings["decode"])
         self.metrics.encode.observe(timings["encode"])

@@ -98,7 +98,7 @@ def test_a_webm_frame_is_encoded_as_it_comes_not_when_the_file_closes(mode: str)
     # encoded after its last forward pass, while the model waits.
     source = video_codec.open_input(clip("webm", frames=4))
     try:
-        encoder = video_codec.Encoder("webm", mode, (64, 48), source, audio=False)
+        encoder = video_codec.Encoder("webm", mode, (64, 48), video_codec.stream_params(source))
         counted = _Counted(encoder._out)
         encoder._out = counted  # type: ignore[assignment]
         shape = {"RGBA": (48, 64, 4), "RGB": (48, 64, 3), "L": (48, 64)}[mode]

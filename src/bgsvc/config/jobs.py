@@ -182,6 +182,15 @@ class VideoSettings(BaseModel):
         "and the job fails with 422 video_timeout.",
         json_schema_extra=in_section(VIDEO),
     )
+    video_encoder_keep_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A cut video's segments are decoded each by a child of its own but "
+        "encoded by children a worker keeps this long for the next segment: a 1080p VP9 "
+        "encoder with alpha takes about 300 MB, which a fresh child would fault in again "
+        "for every segment. A worker keeps at most two; 0 starts one for every segment.",
+        json_schema_extra=in_section(VIDEO),
+    )
     video_child_memory_bytes: int = Field(
         # The child's interpreter, numpy and PyAV take ~300 MiB of address space before any
         # frame; a 1080p VP9 encoder and decoder with their frames take a few hundred more.

@@ -41,6 +41,32 @@ _IMAGE_BRANDS = frozenset(
 _QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"pnot"})
 
 
+# The largest numerator or denominator of a time base or frame rate (FFmpeg's are ints).
+MOST_TERM = 2**31 - 1
+
+
+def rational_terms(terms: object) -> tuple[int, int] | None:
+    """A time base or frame rate as a child writes it (``[numerator, denominator]``,
+    both positive), else None."""
+    if isinstance(terms, list) and len(terms) == 2:
+        num, den = terms
+        if type(num) is int and type(den) is int and 0 < num <= MOST_TERM and 0 < den <= MOST_TERM:
+            return num, den
+    return None
+
+
+def stream_params_ok(params: object) -> bool:
+    """Whether ``params`` is what an honest decoding child sends for an encoder
+    (bgsvc.imaging.video_codec.stream_params): the child may be run by a decoder exploit,
+    and what it sends goes on to an encoder that serves other videos."""
+    if not isinstance(params, dict) or not isinstance(params.get("colour"), dict):
+        return False
+    rationals = (params.get(key) for key in ("time_base", "rate"))
+    if any(value is not None and rational_terms(value) is None for value in rationals):
+        return False
+    return all(type(value) is int for value in params["colour"].values())
+
+
 def is_video(data: bytes) -> bool:
     """Whether ``data`` is an MP4/MOV (ISO base media) or a Matroska/WebM container, from
     its first bytes: the client's content type is not trusted."""

@@ -23,7 +23,7 @@ import av.error
 import numpy as np
 
 from bgsvc.errors import InvalidVideo
-from bgsvc.imaging.video import VideoInfo
+from bgsvc.imaging.video import VideoInfo, rational_terms
 
 # One codec thread: the child runs beside the forward passes that admission control
 # budgets, and a decoder's own pool would take cores it did not count.
@@ -237,17 +237,52 @@ def upright_rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> n
     return np.ascontiguousarray(rgb)
 
 
+# Colour tags an encoder copies from the source; its matrix and range also set the
+# conversion from RGB.
+_COLOUR_TAGS = ("color_primaries", "color_trc", "colorspace", "color_range")
+
+
+def stream_params(source: av.container.InputContainer) -> dict[str, Any]:
+    """What an encoder takes from the source's first video stream, as JSON: its time
+    base and frame rate (the frames' timestamps are in that time base) and its colour
+    tags, so an encoder in another process codes the frames as this one would."""
+    src = source.streams.video[0]
+    rate = src.average_rate or src.guessed_rate
+    ctx = src.codec_context
+    return {
+        "time_base": _terms(src.time_base),
+        "rate": _terms(rate),
+        "colour": {name: int(getattr(ctx, name, 0) or 0) for name in _COLOUR_TAGS},
+    }
+
+
+def _terms(value: Fraction | None) -> list[int] | None:
+    return None if not value else [int(value.numerator), int(value.denominator)]
+
+
+def _fraction(terms: Any, default: Fraction) -> Fraction:
+    """A time base or rate from stream_params, checked: it may come through the decoding
+    child, which a decoder exploit may run."""
+    if terms is None:
+        return default
+    checked = rational_terms(terms)
+    if checked is None:
+        raise InvalidVideo("The video decoder gave a broken time base or frame rate.")
+    return Fraction(*checked)
+
+
 class Encoder:
     """Frames (RGBA, RGB or L arrays) into the result, in order, with their timestamps;
-    the source's audio passed through when the container takes its codec."""
+    the source's audio passed through when the container takes its codec and ``source``
+    is given. ``params`` are the source's stream_params."""
 
     def __init__(
         self,
         fmt: str,
         mode: str,
         size: tuple[int, int],
-        source: av.container.InputContainer,
-        audio: bool = True,
+        params: dict[str, Any],
+        source: av.container.InputContainer | None = None,
     ) -> None:
         self.fmt = fmt
         self.mode = mode
@@ -256,9 +291,8 @@ class Encoder:
         self.count = 0
         self._last_pts = -1
         self._times: list[float] = []
-        src = source.streams.video[0]
-        self.time_base = src.time_base or Fraction(1, 1000)
-        self.rate = src.average_rate or src.guessed_rate or Fraction(25)
+        self.time_base = _fraction(params.get("time_base"), Fraction(1, 1000))
+        self.rate = _fraction(params.get("rate"), Fraction(25))
         self.audio: Any | None = None
         self._matrix: tuple[int, int] | None = None
         if fmt == "zip":
@@ -277,23 +311,29 @@ class Encoder:
         stream.time_base = self.time_base
         stream.codec_context.time_base = self.time_base
         stream.codec_context.thread_count = CODEC_THREADS
-        self._copy_colour(src, stream)
+        self._copy_colour(params.get("colour"), stream)
         self.stream = stream
-        if audio:
+        if source is not None:
             self.audio = _audio_stream(out, source, fmt)
 
-    def _copy_colour(self, src: av.VideoStream, dst: av.VideoStream) -> None:
+    def _copy_colour(self, colour: Any, dst: av.VideoStream) -> None:
         # The source's tags, and its matrix and range for the conversion from RGB, so a
         # player shows the colours the source's rendition had. Unspecified (2) or
-        # unknown (0) stays the encoder's default.
-        source = src.codec_context
-        for name in ("color_primaries", "color_trc", "colorspace", "color_range"):
-            value = getattr(source, name, None)
-            if value and value != _UNSPECIFIED:
+        # unknown (0) stays the encoder's default; so does anything not a tag's value.
+        if not isinstance(colour, dict):
+            return
+        tags: dict[str, int] = {}
+        for name in _COLOUR_TAGS:
+            value = colour.get(name)
+            if type(value) is int and 0 < value < 256:
+                tags[name] = value
+        for name, value in tags.items():
+            if value != _UNSPECIFIED:
                 with contextlib.suppress(AttributeError, ValueError, TypeError):
                     setattr(dst.codec_context, name, value)
-        if source.colorspace not in (0, _UNSPECIFIED) and self.fmt != "zip":
-            self._matrix = (int(source.colorspace), int(source.color_range or 1))
+        space = tags.get("colorspace", 0)
+        if space not in (0, _UNSPECIFIED) and self.fmt != "zip":
+            self._matrix = (space, tags.get("color_range", 1))
 
     def mux_audio(self, packet: Any) -> None:
         """One audio packet of the source, as it is (dropped when not passed through)."""

@@ -4,9 +4,12 @@ It takes its configuration, holds itself to its memory and CPU limits, and only 
 reads the upload. It probes the headers and checks the limits before decoding any frame
 (``probe`` mode stops there), then sends frames while the parent returns finished ones,
 at most ``WINDOW`` ahead, and encodes those into the result. A segment of a cut video
-(``part`` mode) does the same for the frames of its range, without audio; ``join``
-puts the parts' packets, as they are, into one file with the source's audio. Every
-failure is an ``E`` message with a stable code; a crash is the parent's to report.
+(``part`` mode) does the same for the frames of its range, without audio, or only
+decodes them when the parent has them encoded elsewhere; ``join`` puts the parts'
+packets, as they are, into one file with the source's audio. ``encode`` mode reads no
+upload: it encodes segments' finished frames, one segment after another, for as long as
+the parent keeps it (bgsvc.video.pool). Every failure is an ``E`` message with a stable
+code; a crash is the parent's to report.
 """
 
 from __future__ import annotations
@@ -90,12 +93,17 @@ def _run(config: dict[str, Any], data: bytes, inbox: BinaryIO, outbox: BinaryIO)
         rotation = video_codec.frame_rotation(first[1])
         info = replace(info, rotation=rotation)
         size = output_size(info.display_size, config.get("max_output_pixels"))
-        protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size)})
-        encoder = video_codec.Encoder(
-            config["format"], config["pixels"], size, container, audio=not part
-        )
-        for packet in audio:
-            encoder.mux_audio(packet)
+        params = video_codec.stream_params(container)
+        protocol.write(outbox, "I", {"info": info.to_json(), "size": list(size), "stream": params})
+        if part and not config.get("encode", True):
+            # The parent has the frames encoded by a child of its own (bgsvc.video.pool).
+            encoder = None
+        else:
+            encoder = video_codec.Encoder(
+                config["format"], config["pixels"], size, params, None if part else container
+            )
+            for packet in audio:
+                encoder.mux_audio(packet)
         _stream(
             config, info, limits, size, itertools.chain([first], numbered), encoder, inbox, outbox
         )
@@ -183,10 +191,10 @@ def _stream(
                 protocol.write(outbox, "S", {"skipped": skipped})
             continue
         rgb = video_codec.upright_rgb(frame, size, info.rotation)
-        while len(sent) - encoder.count >= WINDOW:
+        while encoder is not None and len(sent) - encoder.count >= WINDOW:
             encode_next()
         sent.append(frame.pts)
-        protocol.write(outbox, "F", {"index": len(sent) - 1}, rgb.data)
+        protocol.write(outbox, "F", {"index": len(sent) - 1, "pts": frame.pts}, rgb.data)
     # Whether a cut video is whole is its join's to say (the parts' frames add up).
     if config["mode"] == "run" and limits.too_few_frames(len(sent), info):
         raise InvalidVideo(
@@ -194,9 +202,43 @@ def _stream(
             "counts: it is cut short or damaged."
         )
     protocol.write(outbox, "N", {"frames": len(sent)})
+    if encoder is None:
+        return
     while encoder.count < len(sent):
         encode_next()
     protocol.write(outbox, "D", {"frames": len(sent)}, encoder.close())
+
+
+def _encode(config: dict[str, Any], inbox: BinaryIO, outbox: BinaryIO) -> None:
+    """Sessions one after another until the parent closes the pipe: ``B`` (a segment's
+    format, layout, size and stream_params), its finished frames (``R``, each with its
+    timestamp) until ``Q``, then ``D``. Every input is the parent's own: the frames it
+    composed, and stream parameters it passes on from a decoding child, which the
+    Encoder checks."""
+    import numpy as np
+
+    from bgsvc.imaging import video_codec
+
+    while True:
+        try:
+            begin = protocol.read(inbox, 0)
+        except EOFError:
+            return
+        if begin.kind != "B":
+            raise InvalidVideo(f"the parent sent {begin.kind!r} to begin a segment")
+        w, h = (int(side) for side in begin.meta["size"])
+        mode = str(begin.meta["pixels"])
+        channels = {"RGBA": 4, "RGB": 3, "L": 1}[mode]
+        shape = (h, w, channels) if channels > 1 else (h, w)
+        encoder = video_codec.Encoder(str(begin.meta["format"]), mode, (w, h), begin.meta["stream"])
+        while (message := protocol.read(inbox, w * h * channels)).kind == "R":
+            pts = message.meta.get("pts")
+            pixels = np.frombuffer(message.payload, np.uint8).reshape(shape)
+            encoder.add(pixels, pts if type(pts) is int else None)
+        if message.kind != "Q":
+            raise InvalidVideo(f"the parent sent {message.kind!r} for a frame")
+        protocol.write(outbox, "D", {"frames": encoder.count}, encoder.close())
+        del encoder
 
 
 def main() -> int:
@@ -210,7 +252,10 @@ def main() -> int:
     tune_malloc(int(config.get("malloc_mmap_threshold_bytes") or 0))
     try:
         upload = protocol.read(inbox, int(config["max_upload_bytes"]))
-        _run(config, upload.payload, inbox, outbox)
+        if config["mode"] == "encode":
+            _encode(config, inbox, outbox)
+        else:
+            _run(config, upload.payload, inbox, outbox)
     except BgsvcError as exc:
         protocol.write(outbox, "E", {"code": exc.code, "message": exc.message})
     except MemoryError:

@@ -51,7 +51,9 @@ _ERRORS: dict[str, type[BgsvcError]] = {
 class ChildConfig:
     """What the child is told before it reads the upload."""
 
-    mode: str  # "probe", "run", "part" (a segment's frames) or "join" (the parts as one)
+    # "probe", "run", "part" (a segment's frames), "join" (the parts as one) or "encode"
+    # (segments' finished frames, one segment after another: bgsvc.video.pool).
+    mode: str
     limits: dict[str, Any]
     memory_bytes: int
     cpu_s: float
@@ -66,6 +68,9 @@ class ChildConfig:
     end: int | None = None
     # The largest part a join takes.
     max_part_bytes: int = 0
+    # Whether a part's child encodes its frames (else it only decodes them, and the
+    # parent has them encoded by an encoding child: bgsvc.video.pool).
+    encode: bool = True
     # Allocations below this come from the heap and are reused (0: glibc's defaults).
     malloc_mmap_threshold_bytes: int = 0
     command: Sequence[str] = CHILD
@@ -84,6 +89,7 @@ class ChildConfig:
             "first": self.first,
             "end": self.end,
             "max_part_bytes": self.max_part_bytes,
+            "encode": self.encode,
             "malloc_mmap_threshold_bytes": self.malloc_mmap_threshold_bytes,
         }
 
