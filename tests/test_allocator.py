@@ -46,3 +46,47 @@ def test_a_tuned_process_serves_image_sized_buffers_from_the_heap() -> None:
 
 def test_zero_leaves_glibc_as_it_is() -> None:
     assert tune_malloc(0) is False
+
+
+# In a fresh interpreter: the page faults of allocating and filling a 100 MB buffer (a
+# 1080p VP9 encoder's token buffer) a second time, after the first was freed.
+AGAIN = """
+import ctypes, resource, sys
+from bgsvc.allocator import tune_malloc
+tuned = tune_malloc(32 * 1024 * 1024, int(sys.argv[1]))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def fill():
+    # C's malloc and memset, as libvpx does it (numpy asks for huge pages).
+    buffer = libc.malloc(100_000_000)
+    ctypes.memset(buffer, 1, 100_000_000)
+    libc.free(buffer)
+fill()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fill()
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults_again(keep_free: int) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", AGAIN, str(keep_free)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc only")
+def test_a_process_that_keeps_what_it_frees_reuses_even_buffers_past_32_mib() -> None:
+    # An encoding child kept between segments: its encoder's largest buffers would
+    # otherwise be mapped afresh, and faulted in page by page, for every segment.
+    tuned, faults = _faults_again(1024**3)
+    assert tuned == "True" and faults < 1000
+    # Past glibc's largest mmap threshold, a freed buffer is unmapped: 24,000 pages again.
+    tuned, faults = _faults_again(0)
+    assert tuned == "True" and faults > 20_000

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # mallopt parameters from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 # deploy/start.sh's MALLOC_ARENA_MAX, for processes started any other way (bgsvc serve):
 # with a glibc arena per stage thread, a 12 MP result's buffers came from thread heaps that
@@ -29,10 +30,13 @@ M_ARENA_MAX = -8
 ARENAS = 2
 
 
-def tune_malloc(mmap_threshold: int) -> bool:
+def tune_malloc(mmap_threshold: int, keep_free: int = 0) -> bool:
     """Serve allocations below ``mmap_threshold`` bytes from the heap, and keep up to twice
-    that free at the heap's top rather than returning it to the kernel. 0 leaves glibc's
-    defaults. False where the C library is not glibc (musl has no mallopt) or refused."""
+    that free at the heap's top rather than returning it to the kernel. ``keep_free`` (for
+    a process that frees and allocates the same large buffers over and over): every
+    allocation from the heap, however large, and up to that many bytes kept free. 0
+    leaves glibc's defaults. False where the C library is not glibc (musl has no
+    mallopt) or refused."""
     if mmap_threshold <= 0:
         return False
     try:
@@ -46,7 +50,9 @@ def tune_malloc(mmap_threshold: int) -> bool:
     # glibc documents 32 MiB as the largest mmap threshold on 64-bit; some versions refuse more.
     ok = (
         bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
-        and bool(mallopt(M_TRIM_THRESHOLD, 2 * mmap_threshold))
+        and bool(mallopt(M_TRIM_THRESHOLD, min(max(2 * mmap_threshold, keep_free), 2**31 - 1)))
+        # glibc maps anything past 32 MiB on its own, and unmaps it when freed.
+        and (keep_free <= 0 or bool(mallopt(M_MMAP_MAX, 0)))
         and bool(mallopt(M_ARENA_MAX, ARENAS))
     )
     if not ok:

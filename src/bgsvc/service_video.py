@@ -1,5 +1,7 @@
 """A video through the model, frame by frame: the child decodes and encodes
-(bgsvc.video), this process runs each frame through the same path as an animation's.
+(bgsvc.video), this process runs each frame through the same path as an animation's. A
+cut video's segment is decoded by its own child and encoded by one the process keeps
+(bgsvc.video.pool).
 
 The frames' forward passes go through the scheduler one after another under the job's
 one ticket, so a video holds one admission place and at most one inference slot at a
@@ -313,11 +315,7 @@ class VideoProcessor:
                     f"The video decoder sent more frames than the header counts "
                     f"({info.frames}); at most {allowed} are taken."
                 )
-            # The frame's timestamp, passed on to the encoder; the encoder numbers a frame
-            # without a usable one after the last.
-            pts = message.meta.get("pts")
-            if type(pts) is not int or not -MAX_PTS < pts < MAX_PTS:
-                pts = None
+            pts = frame_pts(message.meta)
             pixels = np.frombuffer(message.payload, np.uint8).reshape(size[1], size[0], 3)
             image = DecodedImage(
                 pixels=pixels,
@@ -399,6 +397,13 @@ class VideoProcessor:
         w, h = info.display_size
         self.metrics.input_megapixels.observe(done * w * h / 1e6)
         return result.payload, done
+
+
+def frame_pts(meta: dict[str, Any]) -> int | None:
+    """A decoded frame's timestamp, as its child says, to pass on to the encoder: an
+    integer within MAX_PTS, else None (the encoder then numbers it after the last)."""
+    pts = meta.get("pts")
+    return pts if type(pts) is int and -MAX_PTS < pts < MAX_PTS else None
 
 
 def max_result_bytes(size: tuple[int, int], frames: int, child_memory: int) -> int:

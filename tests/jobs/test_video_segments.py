@@ -20,6 +20,7 @@ from bgsvc.inference.loader import load_engines
 from bgsvc.jobs import progress
 from bgsvc.jobs.model import JobError, JobRecord, JobStatus, segment_id
 from bgsvc.jobs.runner import JobRunner
+from bgsvc.service_video import frame_pts
 from tests.jobs.conftest import jobs_of, state_of, wait_status
 from tests.jobs.test_tenants import QUOTA, Tenant, succeeded, tenants  # noqa: F401
 from tests.jobs.test_video_jobs import hostile_run_child, run_video, submit_video
@@ -361,6 +362,39 @@ def test_a_segments_child_is_held_to_the_segments_frames(
     assert done["status"] == "failed" and done["error"]["code"] == "video_too_large"
     cut = _segments(client, done["id"])
     assert all((s.frames_done or 0) <= 8 for s in cut[:2])
+
+
+def test_a_segments_child_that_sends_broken_stream_parameters_fails_before_the_model(
+    jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a segment's decoding child says of the stream goes on to an encoding child
+    # that serves other videos after this one: a value no file gives is the video's 4xx,
+    # found before its frames cost a forward pass.
+    client, done = _cut_by_a_hostile_child(jobs_client, monkeypatch, "bad_stream")
+    assert done["status"] == "failed" and done["error"]["code"] == "invalid_video"
+    assert all(not s.frames_done for s in _segments(client, done["id"]))
+
+
+@pytest.mark.parametrize(
+    ("meta", "pts"),
+    [
+        ({"pts": 7}, 7),
+        ({"pts": -3}, -3),
+        ({}, None),
+        ({"pts": None}, None),
+        ({"pts": "7"}, None),
+        ({"pts": 7.0}, None),
+        ({"pts": True}, None),
+        ({"pts": 2**70}, None),
+        ({"pts": -(2**70)}, None),
+    ],
+)
+def test_a_frame_timestamp_passed_to_the_encoder_is_an_integer_in_range(
+    meta: dict[str, Any], pts: int | None
+) -> None:
+    # A decoding child a decoder exploit runs says what it likes; the encoding child
+    # serves other videos, so it is given an integer FFmpeg takes, or nothing.
+    assert frame_pts(meta) == pts
 
 
 def test_a_segments_child_that_only_says_it_is_getting_there_is_stopped(

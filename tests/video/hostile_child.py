@@ -81,6 +81,15 @@ def main(mode: str) -> None:
             protocol.write(outbox, "F", {"index": index}, bytes(16 * 16 * 3))
         protocol.write(outbox, "N", {"frames": 40})
         return
+    if mode == "bad_stream":
+        # Stream parameters for the encoder that no decoder reads from a file: the
+        # encoder serves other videos after this one.
+        stream = {"time_base": [1, 0], "rate": [24, 1], "colour": {}}
+        protocol.write(outbox, "I", {"info": INFO, "size": [16, 16], "stream": stream})
+        for index in range(3):
+            protocol.write(outbox, "F", {"index": index, "pts": index}, bytes(16 * 16 * 3))
+        protocol.write(outbox, "N", {"frames": 3})
+        return
     if mode == "skipping":
         # A segment's child that says it is still on its way to its range, for ever.
         protocol.write(outbox, "I", {"info": {**INFO, "frames": 40}, "size": [16, 16]})

@@ -183,12 +183,13 @@ class VideoSettings(BaseModel):
         json_schema_extra=in_section(VIDEO),
     )
     video_encoder_keep_s: float = Field(
-        default=30.0,
+        default=60.0,
         ge=0,
         description="A cut video's segments are decoded each by a child of its own but "
-        "encoded by children a worker keeps this long for the next segment: a 1080p VP9 "
-        "encoder with alpha takes about 300 MB, which a fresh child would fault in again "
-        "for every segment. A worker keeps at most two; 0 starts one for every segment.",
+        "encoded by children a worker keeps this long after a segment, for the next one: "
+        "a 1080p VP9 encoder with alpha takes about 300 MB, which a fresh child faults in "
+        "again. A worker keeps at most two (about 0.4 GB each after 1080p, and never more "
+        "than BGSVC_VIDEO_CHILD_MEMORY_BYTES); 0 starts one for every segment.",
         json_schema_extra=in_section(VIDEO),
     )
     video_child_memory_bytes: int = Field(

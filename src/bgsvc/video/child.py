@@ -249,7 +249,11 @@ def main() -> int:
     _hold(config)
     # A frame's buffers (6-8 MB at 1080p) come from the heap and are reused, rather than
     # mapped and page-faulted in again for every frame.
-    tune_malloc(int(config.get("malloc_mmap_threshold_bytes") or 0))
+    # An encoding child also keeps what one segment's encoder freed for the next (its
+    # memory limit bounds it): returned to the kernel, it is faulted in again, which on
+    # this machine cost as much CPU as a fresh child's.
+    keep = int(config["memory_bytes"]) if config["mode"] == "encode" else 0
+    tune_malloc(int(config.get("malloc_mmap_threshold_bytes") or 0), keep)
     try:
         upload = protocol.read(inbox, int(config["max_upload_bytes"]))
         if config["mode"] == "encode":
