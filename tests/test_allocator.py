@@ -27,14 +27,19 @@ else:
 """
 
 
-def _probe(threshold: int) -> str:
+def _run(code: str, arg: int) -> str:
+    """What ``code`` prints in a fresh interpreter given ``arg``."""
     return subprocess.run(
-        [sys.executable, "-c", PROBE, str(threshold)],
+        [sys.executable, "-c", code, str(arg)],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     ).stdout.strip()
+
+
+def _probe(threshold: int) -> str:
+    return _run(PROBE, threshold)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc only")
@@ -71,14 +76,8 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults_again(keep_free: int) -> tuple[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", AGAIN, str(keep_free)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.split()
-    return out[0], int(out[1])
+    tuned, faults = _run(AGAIN, keep_free).split()
+    return tuned, int(faults)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc only")

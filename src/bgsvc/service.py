@@ -90,7 +90,12 @@ class RemovalService:
             self.threads.stage,
             metrics,
             matte_step=lambda options: VideoMattes() if remover.smooths(options) else None,
-            encoders=EncoderPool(child_config(settings, "encode"), settings.video_encoder_keep_s),
+            # 0: a segment's child encodes its own frames, as a whole video's does.
+            encoders=(
+                EncoderPool(child_config(settings, "encode"), settings.video_encoder_keep_s)
+                if settings.video_encoder_keep_s > 0
+                else None
+            ),
         )
 
     async def frame_count(

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from bgsvc.cache import CachedResult
-from bgsvc.errors import InvalidVideo, VideoTooLarge
+from bgsvc.errors import BgsvcError, InvalidVideo, VideoTooLarge
 from bgsvc.imaging.compose import Box
 from bgsvc.imaging.decode import DecodedImage
 from bgsvc.imaging.video import (
@@ -156,7 +156,7 @@ class VideoProcessor:
             if pooled and self.encoders is not None:
                 sink = await stack.enter_async_context(self.encoders.encoder())
                 begin = {"format": fmt, "pixels": mode, "size": list(size), "stream": stream}
-                await sink.send("B", begin)
+                await _begin(sink, begin)
             body, _frames = await self._frames(
                 ticket,
                 child,
@@ -238,14 +238,15 @@ class VideoProcessor:
 
     async def _header(self, child: MediaChild) -> tuple[VideoInfo, tuple[int, int], dict[str, Any]]:
         """The video's headers, its output size, and the stream parameters an encoder
-        takes (video_codec.stream_params: checked by the encoder that reads them)."""
+        takes (video_codec.stream_params), checked here before any frame costs a forward
+        pass, and again by the encoder that reads them."""
         head = await child.receive(0)
         if head.kind != "I":
             raise InvalidVideo(f"The video decoder answered {head.kind!r} first.")
         # A header it garbles is the file's 4xx, not a server error retried with a fresh
         # child each attempt.
         info, size = read_header(head.meta, VideoLimits(**child.config.limits))
-        stream = head.meta.get("stream", {"colour": {}})
+        stream = head.meta.get("stream", {"time_base": None, "rate": None, "colour": {}})
         if not stream_params_ok(stream):
             raise InvalidVideo("The video decoder gave a broken header.")
         return info, size, stream
@@ -352,6 +353,9 @@ class VideoProcessor:
             nonlocal done, total
             pixels = await self.in_pool(lambda: finish(image, raw))
             await sink.send("R", {"pts": pts}, pixels.data)
+            if sink is not child and sink.gone:
+                # Found now, not after every frame left has run through the model.
+                raise EncoderFailed("the encoding child is gone")
             done += 1
             total = max(total, done)
             if progress is not None:
@@ -384,19 +388,54 @@ class VideoProcessor:
         started = time.perf_counter()
         most = max_result_bytes(size, done, remover.settings.video_child_memory_bytes)
         with span("encode"):
-            if sink is not child:
-                await sink.send("Q", {})
-            result = await sink.receive(most)
+            if sink is child:
+                result = await child.receive(most)
+            else:
+                result = await _finish(sink, most, done)
         if result.kind != "D":
             raise InvalidVideo(f"The video encoder answered {result.kind!r}.")
-        if sink is not child and result.meta.get("frames") != done:
-            raise RuntimeError(f"the encoder took {result.meta.get('frames')!r} of {done} frames")
         timings["encode"] = time.perf_counter() - started
         self.metrics.decode.observe(timings["decode"])
         self.metrics.encode.observe(timings["encode"])
         w, h = info.display_size
         self.metrics.input_megapixels.observe(done * w * h / 1e6)
         return result.payload, done
+
+
+class EncoderFailed(RuntimeError):
+    """An encoding child failed on frames this process composed: the service's fault,
+    not the video's (the job is retried, with another child)."""
+
+
+async def _begin(encoder: MediaChild, begin: dict[str, Any]) -> None:
+    """A segment begun on an encoding child, which answers once its codec is open. Its
+    own error there is the video's (a time base or rate the codec refuses, which came
+    from the upload's headers); a child that died while kept, or does not answer, is
+    the service's."""
+    try:
+        await encoder.send("B", begin)
+        ready = await encoder.receive(0)
+    except BgsvcError as exc:
+        if encoder.answered_error:
+            raise
+        raise EncoderFailed(f"the encoding child failed to begin: {exc.message}") from exc
+    if ready.kind != "A":
+        raise EncoderFailed(f"the encoding child answered {ready.kind!r} to begin")
+
+
+async def _finish(encoder: MediaChild, most: int, frames: int) -> protocol.Message:
+    """The segment's encoded part, from an encoding child that has taken ``frames``."""
+    try:
+        await encoder.send("Q", {})
+        result = await encoder.receive(most)
+    except BgsvcError as exc:
+        raise EncoderFailed(f"the encoding child failed: {exc.message}") from exc
+    if result.kind != "D" or result.meta.get("frames") != frames:
+        raise EncoderFailed(
+            f"the encoding child answered {result.kind!r} for {result.meta.get('frames')!r} "
+            f"of {frames} frames"
+        )
+    return result
 
 
 def frame_pts(meta: dict[str, Any]) -> int | None:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from bgsvc.errors import InvalidImage, TooManyPixels, UnsupportedFormat
 from bgsvc.imaging.avif import check as avif_check
+from bgsvc.imaging.avif import coded_pixels
 from bgsvc.imaging.decode import DecodeLimits, decode
 
 HEIF = Path(__file__).parent.parent / "fixtures" / "heif"
@@ -352,3 +353,29 @@ def test_an_avif_grid_whose_tile_is_larger_than_the_grid_is_refused_before_decod
     assert Image.open(io.BytesIO(bomb)).size == (64, 64)
     with pytest.raises(InvalidImage, match="2048x1536 but the image it is part of is 64x64"):
         decode(bomb, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels"),
+    [("bomb-alpha", 16_781_312), ("bomb-grid", 1_073_741_824), ("bomb-overlay", 1_073_741_824)],
+)
+def test_a_heif_whose_pictures_add_up_past_its_size_is_refused_before_decoding(
+    name: str, pixels: int
+) -> None:
+    # Each a few KB, built by hand around one 4096x4096 HEVC frame (x265 through PyAV):
+    # a 64x64 picture with a 4096x4096 alpha image, a 64x64 grid of 64 such tiles, an
+    # overlay of 64 of them. Pillow, and the pixel guard, saw 64x64; libheif decoded
+    # every picture whole (the grid and the overlay: 7.6 and 11.3 s of CPU a request).
+    data = fixture(f"{name}.heic")
+    assert Image.open(io.BytesIO(data)).size == (64, 64)
+    started = time.process_time()
+    with pytest.raises(TooManyPixels, match=f"add up to {pixels} pixels"):
+        decode(data, LIMITS)
+    assert time.process_time() - started < 1.0
+
+
+def test_a_heif_with_alpha_is_within_what_its_size_allows() -> None:
+    # The picture and its alpha image of the same size: twice its pixels, no more.
+    data = fixture("alpha.heic")
+    assert coded_pixels(data) == 2 * 120 * 80
+    assert decode(data, LIMITS).size == (120, 80)

@@ -364,6 +364,18 @@ def test_a_segments_child_is_held_to_the_segments_frames(
     assert all((s.frames_done or 0) <= 8 for s in cut[:2])
 
 
+def test_with_no_encoders_kept_a_segments_child_encodes_its_own_frames(
+    jobs_client: Callable[..., TestClient],
+) -> None:
+    # BGSVC_VIDEO_ENCODER_KEEP_S=0: one child a segment, decoding and encoding, as a
+    # whole video's does; the cut video is the same.
+    client = jobs_client(video_segment_pixels=EIGHT_FRAMES, video_encoder_keep_s=0)
+    assert state_of(client).service.video.encoders is None
+    done, result = run_video(client, clip("mp4", frames=20))
+    assert done["frames_done"] == 20 and result.status_code == 200
+    assert len(decode(result.content)[0]) == 20
+
+
 def test_a_segments_child_that_sends_broken_stream_parameters_fails_before_the_model(
     jobs_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:

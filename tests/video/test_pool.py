@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import av
 import numpy as np
 import pytest
 
+from bgsvc import service_video
 from bgsvc.config import Settings
 from bgsvc.errors import InvalidVideo
 from bgsvc.imaging.video import stream_params_ok
+from bgsvc.service_video import EncoderFailed
 from bgsvc.video import pool as pool_module
 from bgsvc.video.pool import EncoderPool
 from bgsvc.video.sandbox import MediaChild, child_config
@@ -34,6 +37,7 @@ async def encode(child: MediaChild, frames: int, stream: dict[str, Any] = STREAM
     await child.send(
         "B", {"format": "webm", "pixels": "RGBA", "size": list(SIZE), "stream": stream}
     )
+    assert (await child.receive(0)).kind == "A"
     for index in range(frames):
         pixels = np.full((SIZE[1], SIZE[0], 4), 30 * index, np.uint8)
         await child.send("R", {"pts": index}, pixels.data)
@@ -220,6 +224,7 @@ def test_a_kept_encoder_reuses_its_memory_for_the_next_segment() -> None:
         await child.send(
             "B", {"format": "webm", "pixels": "RGBA", "size": list(size), "stream": STREAM}
         )
+        assert (await child.receive(0)).kind == "A"
         for index in range(2):
             await child.send("R", {"pts": index}, frame.data)
         await child.send("Q", {})
@@ -237,5 +242,77 @@ def test_a_kept_encoder_reuses_its_memory_for_the_next_segment() -> None:
         # second finds it in the heap, and faults in at most the frames it is sent.
         assert faults[0] > 20_000
         assert faults[1] < 6_000
+
+    run(body)
+
+
+def begin_message(stream: dict[str, Any] = STREAM) -> dict[str, Any]:
+    return {"format": "webm", "pixels": "RGBA", "size": list(SIZE), "stream": stream}
+
+
+def test_a_kept_encoder_that_died_is_the_services_failure_not_the_videos() -> None:
+    # Killed while kept (the OOM killer picks the largest process): the next tenant's
+    # segment is retried as a server error, not failed as a broken file, and finds out
+    # before its frames run through the model.
+    async def body() -> None:
+        pool = make_pool()
+        async with pool.encoder() as child:
+            await encode(child, 1)
+            victim = child.proc.pid
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(EncoderFailed):
+            async with pool.encoder() as child:
+                await service_video._begin(child, begin_message())
+        async with pool.encoder() as child:
+            assert child.proc.pid != victim
+            await service_video._begin(child, begin_message())
+            await child.send("Q", {})
+            assert (await child.receive(1 << 24)).meta == {"frames": 0}
+        await pool.aclose()
+
+    run(body)
+
+
+def test_a_time_base_the_codec_refuses_is_the_videos_4xx_before_any_frame() -> None:
+    # Within what the parent accepts from a decoder, but not what libvpx opens: said
+    # when the segment begins, not after its frames have cost the model.
+    async def body() -> None:
+        pool = make_pool()
+        refused = {"time_base": [1, 2**31 - 1], "rate": [24, 1], "colour": {}}
+        assert stream_params_ok(refused)
+        with pytest.raises(InvalidVideo, match="timing"):
+            async with pool.encoder() as child:
+                await service_video._begin(child, begin_message(refused))
+        assert pool.idle == 0
+        await pool.aclose()
+
+    run(body)
+
+
+def test_an_encoder_left_holding_much_memory_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 4K encoder, or a ProRes or PNG segment's frames, leave the heap it keeps far
+    # larger than a 1080p VP9 encoder's.
+    monkeypatch.setattr(pool_module, "KEEP_MOST_BYTES", 1024 * 1024)
+
+    async def body() -> None:
+        pool = make_pool()
+        async with pool.encoder() as child:
+            await encode(child, 1)
+            pid = child.proc.pid
+        assert pool.idle == 0
+        assert gone(pid)
+
+    run(body)
+
+
+def test_a_closed_pool_keeps_no_encoder_it_gets_back() -> None:
+    async def body() -> None:
+        pool = make_pool()
+        async with pool.encoder() as child:
+            await pool.aclose()  # the worker stops while a segment runs
+            await encode(child, 1)
+            pid = child.proc.pid
+        assert pool.idle == 0
+        assert gone(pid)
 
     run(body)

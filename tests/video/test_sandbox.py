@@ -103,10 +103,21 @@ def answering(meta: dict[str, object]) -> tuple[str, ...]:
         ({"info": {**INFO, "rate_den": 0}, "size": [64, 48]}, InvalidVideo),
         ({"info": {**INFO, "surprise": 1}, "size": [64, 48]}, InvalidVideo),
         ({"info": INFO, "size": [64000, 48000]}, InvalidVideo),
+        # A product within the frame's pixels, of two impossible sides.
+        ({"info": INFO, "size": [-16, -16]}, InvalidVideo),
         ({"info": {**INFO, "frames": 10**9}, "size": [64, 48]}, VideoTooLarge),
         ({"info": {**INFO, "width": 4000, "height": 3000}, "size": [64, 48]}, VideoTooLarge),
     ],
-    ids=["no-size", "text-count", "no-rate", "unknown-field", "huge-size", "frames", "pixels"],
+    ids=[
+        "no-size",
+        "text-count",
+        "no-rate",
+        "unknown-field",
+        "huge-size",
+        "negative-sides",
+        "frames",
+        "pixels",
+    ],
 )
 def test_a_probe_answer_past_the_limits_or_broken_is_the_files_4xx(
     meta: dict[str, object], error: type[Exception]

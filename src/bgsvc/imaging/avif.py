@@ -96,7 +96,7 @@ def _items(data: bytes, start: int, end: int, budget: list[int]) -> dict[int, _I
 
     def item(item_id: int) -> _Item:
         if item_id not in items and len(items) >= MAX_ITEMS:
-            raise InvalidImage("The AVIF file has too many items.")
+            raise InvalidImage("The image file has too many items.")
         return items.setdefault(item_id, _Item())
 
     for kind, s, e in _boxes(data, start, end, budget):
@@ -159,7 +159,7 @@ def _locations(data: bytes, s: int, e: int, item: _ItemOf) -> None:
     count = _u(data, at, count_size)
     at += count_size
     if count > MAX_ITEMS:
-        raise InvalidImage("The AVIF file has too many items.")
+        raise InvalidImage("The image file has too many items.")
     for _ in range(count):
         id_size = 2 if version < 2 else 4
         entry = item(_u(data, at, id_size))
@@ -347,6 +347,37 @@ def check(data: bytes) -> None:
         raise InvalidImage("The AVIF file's structure could not be read.") from None
     except IndexError:
         raise InvalidImage("The AVIF file's structure could not be read.") from None
+
+
+# Item types that are coded pictures, each decoded whole when anything refers to it (a
+# grid's or overlay's tiles, an alpha or depth image): HEVC, AV1, H.264, JPEG, VVC,
+# JPEG 2000 and uncompressed.
+CODED_ITEMS = frozenset({b"hvc1", b"av01", b"avc1", b"jpeg", b"vvc1", b"j2k1", b"unci"})
+
+
+def coded_pixels(data: bytes) -> int:
+    """The pixels a HEIF or AVIF file's coded pictures declare, all together (each its
+    ``ispe``; one without counts as too many). Pillow reports only the primary item's
+    size: a 64x64 grid or overlay built from a thousand 4096x4096 tiles, or a 64x64
+    picture with a 4096x4096 alpha image, is a few KB whose decode costs gigapixels.
+    InvalidImage where the structure cannot be read."""
+    budget = [MAX_BOXES]
+    try:
+        top = {kind: (s, e) for kind, s, e in _boxes(data, 0, len(data), budget)}
+        meta = top.get(b"meta")
+        if meta is None:
+            raise _Truncated
+        start = meta[0] + 4  # a full box: version and flags first
+        items = _items(data, start, meta[1], budget)
+        properties = _property_sizes(data, start, meta[1], budget)
+        total = 0
+        for item in items.values():
+            if item.kind in CODED_ITEMS:
+                size = _size_of(item, properties)
+                total += size[0] * size[1] if size is not None else 1 << 62
+        return total
+    except (_Truncated, IndexError):
+        raise InvalidImage("The image file's structure could not be read.") from None
 
 
 def _primary_id(data: bytes, start: int, end: int, budget: list[int]) -> int:

@@ -248,7 +248,25 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise TooManyPixels(
             f"Image is {w}x{h} ({w * h} pixels); the limit is {limits.max_pixels} pixels."
         )
+    if img.format in ("HEIF", "AVIF"):
+        # Every coded picture the file holds is decoded whole (a grid's or overlay's
+        # tiles, the alpha image), and what is reported is only the primary's size.
+        coded = avif.coded_pixels(data)
+        most = CODED_PER_PIXEL * w * h + CODED_EXTRA_PIXELS
+        if coded > most:
+            raise TooManyPixels(
+                f"The image's pictures add up to {coded} pixels, more than a {w}x{h} image "
+                f"takes ({most})."
+            )
     return img
+
+
+# A HEIF or AVIF image's coded pictures may add up to this many times its own pixels,
+# and this many more: the picture and an alpha image of its size, with room for what a
+# phone adds (a thumbnail, a depth map, an HDR gain map at half size: an iPhone photo's
+# add up to about 1.4 times its size).
+CODED_PER_PIXEL = 3
+CODED_EXTRA_PIXELS = 1_000_000
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

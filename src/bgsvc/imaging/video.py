@@ -59,7 +59,9 @@ def stream_params_ok(params: object) -> bool:
     """Whether ``params`` is what an honest decoding child sends for an encoder
     (bgsvc.imaging.video_codec.stream_params): the child may be run by a decoder exploit,
     and what it sends goes on to an encoder that serves other videos."""
-    if not isinstance(params, dict) or not isinstance(params.get("colour"), dict):
+    if not isinstance(params, dict) or set(params) != {"time_base", "rate", "colour"}:
+        return False
+    if not isinstance(params["colour"], dict):
         return False
     rationals = (params.get(key) for key in ("time_base", "rate"))
     if any(value is not None and rational_terms(value) is None for value in rationals):

@@ -335,6 +335,16 @@ class Encoder:
         if space not in (0, _UNSPECIFIED) and self.fmt != "zip":
             self._matrix = (space, tags.get("color_range", 1))
 
+    def open(self) -> None:
+        """Open the codec now rather than at the first frame: InvalidVideo where it
+        refuses the stream parameters (a time base or rate libvpx does not take)."""
+        if self._out is None:
+            return
+        try:
+            self.stream.codec_context.open()
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise InvalidVideo(f"The video's timing cannot be encoded: {exc}.") from exc
+
     def mux_audio(self, packet: Any) -> None:
         """One audio packet of the source, as it is (dropped when not passed through)."""
         if self.audio is None or self._out is None:

@@ -29,6 +29,9 @@ from bgsvc.video import protocol
 # the model runs on the other; the parent returns frame n only once it holds frame n+1,
 # so neither side ever blocks writing while the other does.
 WINDOW = 2
+# An encoding child's heap serves allocations up to glibc's largest mmap threshold (and,
+# kept, every larger one too).
+ENCODER_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 
 def _limit(kind: int, value: int) -> None:
@@ -211,10 +214,10 @@ def _stream(
 
 def _encode(config: dict[str, Any], inbox: BinaryIO, outbox: BinaryIO) -> None:
     """Sessions one after another until the parent closes the pipe: ``B`` (a segment's
-    format, layout, size and stream_params), its finished frames (``R``, each with its
-    timestamp) until ``Q``, then ``D``. Every input is the parent's own: the frames it
-    composed, and stream parameters it passes on from a decoding child, which the
-    Encoder checks."""
+    format, layout, size and stream_params), answered ``A`` once the codec is open, its
+    finished frames (``R``, each with its timestamp) until ``Q``, then ``D``. Every
+    input is the parent's own: the frames it composed, and stream parameters it passes
+    on from a decoding child, which the Encoder checks."""
     import numpy as np
 
     from bgsvc.imaging import video_codec
@@ -231,6 +234,9 @@ def _encode(config: dict[str, Any], inbox: BinaryIO, outbox: BinaryIO) -> None:
         channels = {"RGBA": 4, "RGB": 3, "L": 1}[mode]
         shape = (h, w, channels) if channels > 1 else (h, w)
         encoder = video_codec.Encoder(str(begin.meta["format"]), mode, (w, h), begin.meta["stream"])
+        encoder.open()
+        # Ready: a parameter the codec refuses was said before any frame ran the model.
+        protocol.write(outbox, "A", {})
         while (message := protocol.read(inbox, w * h * channels)).kind == "R":
             pts = message.meta.get("pts")
             pixels = np.frombuffer(message.payload, np.uint8).reshape(shape)
@@ -251,9 +257,13 @@ def main() -> int:
     # mapped and page-faulted in again for every frame.
     # An encoding child also keeps what one segment's encoder freed for the next (its
     # memory limit bounds it): returned to the kernel, it is faulted in again, which on
-    # this machine cost as much CPU as a fresh child's.
-    keep = int(config["memory_bytes"]) if config["mode"] == "encode" else 0
-    tune_malloc(int(config.get("malloc_mmap_threshold_bytes") or 0), keep)
+    # this machine cost as much CPU as a fresh child's. That is what it is kept for, so
+    # it is tuned whatever the serving process's own setting.
+    threshold = int(config.get("malloc_mmap_threshold_bytes") or 0)
+    if config["mode"] == "encode":
+        tune_malloc(ENCODER_MMAP_THRESHOLD, int(config["memory_bytes"]))
+    else:
+        tune_malloc(threshold)
     try:
         upload = protocol.read(inbox, int(config["max_upload_bytes"]))
         if config["mode"] == "encode":

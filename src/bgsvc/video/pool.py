@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -22,6 +23,10 @@ from bgsvc.video.sandbox import ChildConfig, MediaChild
 MOST_IDLE = 2
 # Segments one child encodes before it is replaced: its CPU limit covers that many.
 SEGMENTS_PER_CHILD = 64
+# A child left holding more than this after its segment is not kept: a 1080p VP9 encoder
+# with alpha leaves about 0.4 GiB; a 4K one, or the whole frames of a ProRes or PNG
+# segment kept in its heap, twice that and more.
+KEEP_MOST_BYTES = 640 * 1024 * 1024
 
 
 @dataclass
@@ -44,6 +49,7 @@ class EncoderPool:
         self.keep_s = keep_s
         self._idle: list[_Kept] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @contextlib.asynccontextmanager
     async def encoder(self) -> AsyncIterator[MediaChild]:
@@ -72,9 +78,11 @@ class EncoderPool:
     def _keeps(self, kept: _Kept) -> bool:
         return (
             self.keep_s > 0
+            and not self._closed
             and kept.segments < SEGMENTS_PER_CHILD
             and kept.child.proc.returncode is None
             and len(self._idle) < MOST_IDLE
+            and resident_bytes(kept.child.proc.pid) <= KEEP_MOST_BYTES
         )
 
     def _put(self, kept: _Kept) -> None:
@@ -97,8 +105,18 @@ class EncoderPool:
         return len(self._idle)
 
     async def aclose(self) -> None:
-        """Close every kept child (the process is stopping)."""
+        """Close every kept child, and keep none from now on (the process is stopping)."""
+        self._closed = True
         while self._idle:
             self._expire(self._idle[-1])
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def resident_bytes(pid: int) -> int:
+    """The process's resident memory (Linux's /proc); unknown counts as too much."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return KEEP_MOST_BYTES + 1

@@ -2,10 +2,11 @@
 and stdout: a kind (one byte), a JSON header and a binary payload, each length-prefixed.
 
 Parent to child: ``C`` the configuration (first), ``V`` the upload, ``R`` one finished
-frame's pixels (in order), ``Q`` no more frames will come. Child to parent: ``I`` the
-video's headers, once within limits; ``F`` one decoded frame; ``N`` no more frames;
-``D`` the encoded result; ``E`` an error (its stable code and message); ``S`` a segment's
-child still decoding its way to the segment's first frame.
+frame's pixels (in order), ``Q`` no more frames will come; to an encoding child, ``B``
+a segment begins. Child to parent: ``I`` the video's headers, once within limits; ``F``
+one decoded frame; ``N`` no more frames; ``D`` the encoded result; ``E`` an error (its
+stable code and message); ``S`` a segment's child still decoding its way to the
+segment's first frame; ``A`` an encoding child ready for a segment's frames.
 """
 
 from __future__ import annotations

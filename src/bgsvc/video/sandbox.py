@@ -215,7 +215,7 @@ def read_header(meta: dict[str, Any], limits: VideoLimits) -> tuple[VideoInfo, t
     except (KeyError, IndexError, TypeError, ValueError):
         raise InvalidVideo("The video decoder gave a broken header.") from None
     check_limits(info, limits)
-    if not 0 < size[0] * size[1] <= limits.max_frame_pixels:
+    if not (size[0] > 0 and size[1] > 0 and size[0] * size[1] <= limits.max_frame_pixels):
         raise InvalidVideo("The video decoder gave an impossible frame size.")
     return info, size
 
@@ -228,6 +228,9 @@ class MediaChild:
         self.config = config
         self.timeout = config.step_timeout_s
         self._gone = False
+        # Whether the child's last answer was its own error (``E``), not a crash or a
+        # silence: what it reported, rather than what happened to it.
+        self.answered_error = False
 
     @classmethod
     async def start(cls, config: ChildConfig, data: bytes) -> MediaChild:
@@ -304,8 +307,14 @@ class MediaChild:
             raise InvalidVideo("The video decoder sent a message past its bounds.") from None
         message = protocol.Message(kind, meta, payload)
         if kind == "E":
+            self.answered_error = True
             raise _error(message)
         return message
+
+    @property
+    def gone(self) -> bool:
+        """Whether a send found the child's end of the pipe closed."""
+        return self._gone
 
     def kill(self) -> None:
         if self.proc.returncode is None:
