@@ -199,7 +199,8 @@ class VideoSettings(BaseModel):
         ge=256 * 1024**2,
         description="Address space of the child process that decodes and encodes a video "
         "(RLIMIT_AS); a file that needs more fails with 400 invalid_video. Its CPU time is "
-        "held to BGSVC_JOB_TIMEOUT_S (RLIMIT_CPU).",
+        "held to BGSVC_JOB_TIMEOUT_S (RLIMIT_CPU); a kept encoding child's to that for each "
+        "of the 64 segments it encodes before it is replaced.",
         json_schema_extra=in_section(VIDEO),
     )
 
