@@ -152,6 +152,69 @@ def test_a_received_upload_takes_its_ticket_for_the_route(
     assert whole.status == 204 and state.scheduler.admitted == 0
 
 
+def test_a_body_the_client_cut_short_never_reaches_the_route(
+    make_client: Callable[..., TestClient],
+) -> None:
+    # A Content-Length 100 bytes past what was sent, then the client closed: the cut
+    # body ran through the model as if it were the whole upload.
+    state = state_of(make_client())
+    ran: list[bytes] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        ran.append((await receive())["body"])
+
+    class Leaves(Exchange):
+        async def receive(self) -> Message:
+            if self.chunks:
+                return await super().receive()
+            return {"type": "http.disconnect"}
+
+    cut = Leaves("POST", "/remove-background", [b"\x89PNG and half a picture"])
+    asyncio.run(middleware(state, route)(cut.scope, cut.receive, cut.send))
+    assert ran == [] and cut.sent == []
+    assert state.scheduler.admitted == 0
+
+
+def test_a_large_body_reaches_the_route_in_pieces_with_the_loop_turning_between(
+    make_client: Callable[..., TestClient],
+) -> None:
+    # The route's form parser works on the loop: given 24 MB in one piece, it held every
+    # other request (health checks included) for seconds.
+    state = state_of(make_client())
+    body = bytes(range(256)) * 1200  # 300 KiB
+    pieces: list[int] = []
+    turns = 0
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        received = b""
+        while True:
+            message = await receive()
+            pieces.append(turns)
+            received += message["body"]
+            if not message["more_body"]:
+                break
+        assert received == body
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def run() -> None:
+        ticker = asyncio.create_task(other())
+        whole = Exchange("POST", "/remove-background", [body], ends=True)
+        await middleware(state, route)(whole.scope, whole.receive, whole.send)
+        ticker.cancel()
+        assert whole.status == 204
+
+    asyncio.run(run())
+    assert len(pieces) == 5  # 64 KiB at a time
+    assert pieces == sorted(set(pieces))  # another task ran before each later piece
+
+
 def test_batch_intakes_beyond_their_places_get_429_with_retry_after(
     make_client: Callable[..., TestClient],
 ) -> None:
