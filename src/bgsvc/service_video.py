@@ -352,10 +352,10 @@ class VideoProcessor:
         async def finish_and_send(image: DecodedImage, raw: np.ndarray, pts: int | None) -> None:
             nonlocal done, total
             pixels = await self.in_pool(lambda: finish(image, raw))
-            await sink.send("R", {"pts": pts}, pixels.data)
-            if sink is not child and sink.gone:
-                # Found now, not after every frame left has run through the model.
-                raise EncoderFailed("the encoding child is gone")
+            if sink is child:
+                await child.send("R", {}, pixels.data)
+            else:
+                await _encode(sink, pixels, pts)
             done += 1
             total = max(total, done)
             if progress is not None:
@@ -421,6 +421,18 @@ async def _begin(encoder: MediaChild, begin: dict[str, Any]) -> None:
         raise EncoderFailed(f"the encoding child failed to begin: {exc.message}") from exc
     if ready.kind != "A":
         raise EncoderFailed(f"the encoding child answered {ready.kind!r} to begin")
+
+
+async def _encode(encoder: MediaChild, pixels: np.ndarray, pts: int | None) -> None:
+    """One finished frame to an encoding child; a child that is gone or does not take it
+    in time fails the segment as the service's fault, at this frame rather than after
+    every frame left has run through the model."""
+    try:
+        await encoder.send("R", {"pts": pts}, pixels.data)
+    except BgsvcError as exc:
+        raise EncoderFailed(f"the encoding child failed: {exc.message}") from exc
+    if encoder.gone:
+        raise EncoderFailed("the encoding child is gone")
 
 
 async def _finish(encoder: MediaChild, most: int, frames: int) -> protocol.Message:

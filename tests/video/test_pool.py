@@ -316,3 +316,24 @@ def test_a_closed_pool_keeps_no_encoder_it_gets_back() -> None:
         assert gone(pid)
 
     run(body)
+
+
+def test_an_encoder_that_dies_mid_segment_fails_it_at_that_frame_as_the_services() -> None:
+    # Not at the segment's end, after every frame left has cost a forward pass; and not
+    # as the tenant's broken file.
+    async def body() -> None:
+        pool = make_pool()
+        frame = np.zeros((SIZE[1], SIZE[0], 4), np.uint8)
+        with pytest.raises(EncoderFailed):
+            async with pool.encoder() as child:
+                await service_video._begin(child, begin_message())
+                await service_video._encode(child, frame, 0)
+                os.kill(child.proc.pid, signal.SIGKILL)
+                await child.proc.wait()
+                for index in range(1, 4):
+                    await service_video._encode(child, frame, index)
+                raise AssertionError("every frame was taken by a dead child")
+        assert pool.idle == 0
+        await pool.aclose()
+
+    run(body)
